@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "vmm",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vmm", targets: ["vmm"]),
+        .executable(name: "vmm-bench", targets: ["VMMBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C interop: KVM ioctl numbers and structs, Linux calls Swift cannot import directly.
+        .target(name: "CKVM"),
+        .target(name: "CLinux"),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+
+        // The thin syscall layer: owned fds and mappings, typed errno, spawning with exact fds.
+        .target(name: "System", dependencies: ["CLinux"]),
+        // Pure device models: no syscalls, unit-tested without a VM.
+        .target(name: "Devices"),
+        // Guest RAM and guest-physical addresses.
+        .target(name: "Memory", dependencies: ["System"]),
+        // Shared-memory rings, doorbells and the messages that cross them.
+        .target(name: "Channel", dependencies: ["System", "CLinux"]),
+        // KVM: VM, vCPU (kvm_run, register cache), CPUID, exits.
+        .target(name: "KVM", dependencies: ["CKVM", "System", "Memory"]),
+        // Guest image loaders: multiboot v1, ELF64.
+        .target(name: "Boot", dependencies: ["Memory"]),
+        // The Firecracker-format config and its validation.
+        .target(name: "Config"),
+        // One folder per process role.
+        .target(name: "Processes", dependencies: [
+            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "CSeccomp", "CCap",
+        ]),
+        .executableTarget(name: "vmm", dependencies: [
+            "Processes", "Config", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "VMMBench", dependencies: [
+            "KVM", "Memory", "Boot", "System",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "tools/bench"),
+        // A second real process for the ring tests.
+        .executableTarget(name: "ring-peer", dependencies: ["Channel", "System"], path: "Tests/RingPeer"),
+
+        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
+                    resources: []),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,1 @@
+// CKVM is header-only; this file gives SwiftPM a C target to compile.

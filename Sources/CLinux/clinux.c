@@ -1,0 +1,56 @@
+#define _GNU_SOURCE
+#include "clinux.h"
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <pthread.h>
+
+const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
+const unsigned int VMM_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
+const int VMM_EFD_CLOEXEC = EFD_CLOEXEC;
+const int VMM_EFD_NONBLOCK = EFD_NONBLOCK;
+const int VMM_SFD_CLOEXEC = SFD_CLOEXEC;
+const int VMM_O_CLOEXEC = O_CLOEXEC;
+const int VMM_POSIX_SPAWN_SETSIGMASK = POSIX_SPAWN_SETSIGMASK;
+const int VMM_POSIX_SPAWN_SETSIGDEF = POSIX_SPAWN_SETSIGDEF;
+
+int vmm_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+int vmm_eventfd(unsigned int initval, int flags) { return eventfd(initval, flags); }
+int vmm_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
+int vmm_pidfd_send_signal(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); }
+int vmm_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+int vmm_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+int vmm_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+int vmm_ioctl_val(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+int vmm_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+int vmm_prctl(int option, unsigned long arg2) { return prctl(option, arg2, 0, 0, 0); }
+int vmm_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+int vmm_thread_kill(unsigned long thread, int sig) { return pthread_kill((pthread_t)thread, sig); }
+int vmm_signalfd(int fd, const sigset_t *mask, int flags) { return signalfd(fd, mask, flags); }
+int vmm_sigset_of(sigset_t *set, const int *signals, int count) {
+    sigemptyset(set);
+    for (int i = 0; i < count; i++) if (sigaddset(set, signals[i]) != 0) return -1;
+    return 0;
+}
+int vmm_block_signals(const int *signals, int count) {
+    sigset_t set;
+    if (vmm_sigset_of(&set, signals, count) != 0) return -1;
+    return pthread_sigmask(SIG_BLOCK, &set, NULL) == 0 ? 0 : -1;
+}
+int vmm_open(const char *path, int flags, int mode) { return open(path, flags, mode); }
+int vmm_signalfd_read(int fd) {
+    struct signalfd_siginfo info;
+    ssize_t n = read(fd, &info, sizeof info);
+    if (n != (ssize_t)sizeof info) return -1;
+    return (int)info.ssi_signo;
+}
+int vmm_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }

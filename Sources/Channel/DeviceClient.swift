@@ -1,0 +1,80 @@
+import Glibc
+import System
+
+/// The vcpu side of one lane of a device channel: posts writes, makes synchronous reads.
+///
+/// Writes return as soon as they are on the ring; reads wait (spin, then block) for the answer with the
+/// same sequence number. A late answer to a read that already timed out is recognised by its sequence
+/// and dropped, so it can never be taken for the answer to a later read.
+public struct DeviceClient: @unchecked Sendable {
+    private var requests: RingProducer
+    private var responses: RingConsumer
+    private let deviceDoorbell: Int32
+    private let responseDoorbell: Int32
+    public let policy: WaitPolicy
+    public let timeoutMs: Int
+    private var nextSequence: UInt64
+    public let region: ChannelRegion
+
+    public init(region: ChannelRegion, lane: Int, deviceDoorbell: Int32, responseDoorbell: Int32,
+                policy: WaitPolicy, timeoutMs: Int) {
+        self.region = region
+        requests = RingProducer(region.requestRing(lane))
+        responses = RingConsumer(region.responseRing(lane))
+        self.deviceDoorbell = deviceDoorbell
+        self.responseDoorbell = responseDoorbell
+        self.policy = policy
+        self.timeoutMs = timeoutMs
+        nextSequence = region.requestRing(lane).tail.pointee.load(ordering: .relaxed) &+ 1
+    }
+
+    /// Queues an access without waiting for the device (port and MMIO writes).
+    public mutating func post(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
+        _ = try send(operation, size: size, address: address, data: data)
+    }
+
+    /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
+    public mutating func call(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
+        let sequence = try send(operation, size: size, address: address, data: data)
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
+        while true {
+            let ready = spin(microseconds: policy.spinMicroseconds) { responses.hasMessages() }
+            if ready {
+                let answer: Message?
+                do { answer = try responses.pop() } catch { throw .peer(error) }
+                guard let answer else { continue }
+                guard answer.operation == .response else { throw .peer(.unknownOperation(answer.operation.rawValue)) }
+                if answer.sequence == sequence { return answer.data }
+                if answer.sequence < sequence { continue }  // answer to a read that already timed out
+                throw .peer(.unexpectedSequence(expected: sequence, got: answer.sequence))
+            }
+            let now = monotonicNanoseconds()
+            if now >= deadline { throw .timedOut("\(operation) at 0x\(String(address, radix: 16))") }
+            responses.setSleeping(true)
+            if !responses.hasMessages() {
+                let left = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
+                do { _ = try Poll.wait([responseDoorbell], timeoutMs: left) } catch { throw .system(error) }
+                drain(responseDoorbell)
+            }
+            responses.setSleeping(false)
+        }
+    }
+
+    private mutating func send(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
+        let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
+        var waitedNs: UInt64 = 0
+        while true {
+            let pushed: Bool
+            do { pushed = try requests.push(message) } catch { throw .peer(error) }
+            if pushed { break }
+            // Full ring: the device is behind. Wake it and back off; give up after the timeout.
+            try ring(deviceDoorbell)
+            if waitedNs >= UInt64(timeoutMs) * 1_000_000 { throw .timedOut("ring full") }
+            usleep(50)
+            waitedNs += 50_000
+        }
+        nextSequence &+= 1
+        if requests.consumerSleeping() { try ring(deviceDoorbell) }
+        return message.sequence
+    }
+}

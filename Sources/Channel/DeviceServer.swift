@@ -1,0 +1,73 @@
+import Glibc
+import System
+
+/// The device side of a channel: takes requests from every lane in order and answers the ones that need it.
+public struct DeviceServer: @unchecked Sendable {
+    private var requests: [RingConsumer]
+    private var responses: [RingProducer]
+    private let responseDoorbells: [Int32]
+    public let deviceDoorbell: Int32
+    public let policy: WaitPolicy
+    public let region: ChannelRegion
+    private var nextLane = 0
+
+    public init(region: ChannelRegion, deviceDoorbell: Int32, responseDoorbells: [Int32], policy: WaitPolicy) {
+        precondition(responseDoorbells.count == region.layout.lanes)
+        self.region = region
+        requests = (0..<region.layout.lanes).map { RingConsumer(region.requestRing($0)) }
+        responses = (0..<region.layout.lanes).map { RingProducer(region.responseRing($0)) }
+        self.responseDoorbells = responseDoorbells
+        self.deviceDoorbell = deviceDoorbell
+        self.policy = policy
+    }
+
+    /// The next request from any lane, or nil when none is waiting. A malformed request is consumed and thrown
+    /// together with its lane so that the caller can answer a read with all-ones and keep going.
+    public mutating func poll() throws(LaneError) -> (lane: Int, message: Message)? {
+        for i in 0..<requests.count {
+            let lane = (nextLane + i) % requests.count
+            let message: Message?
+            do { message = try requests[lane].pop() } catch { throw LaneError(lane: lane, error: error) }
+            if let message {
+                nextLane = lane
+                return (lane, message)
+            }
+        }
+        return nil
+    }
+
+    /// Sends the answer to `request` on `lane`.
+    public mutating func respond(lane: Int, to request: Message, data: UInt64) throws(ChannelError) {
+        let answer = Message(sequence: request.sequence, operation: .response, size: request.size,
+                             address: request.address, data: data)
+        while true {
+            let pushed: Bool
+            do { pushed = try responses[lane].push(answer) } catch { throw .peer(error) }
+            if pushed { break }
+            usleep(50)  // the vcpu side drains answers as it takes them; a full response ring is transient
+        }
+        if responses[lane].consumerSleeping() { try ring(responseDoorbells[lane]) }
+    }
+
+    /// Waits until a request is waiting or one of `extra` descriptors is readable; returns the readiness of
+    /// `extra`. Spins first, then announces sleep on every lane and blocks.
+    public func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        if spin(microseconds: policy.spinMicroseconds, until: { requests.contains { $0.hasMessages() } }) {
+            return Array(repeating: [], count: extra.count)
+        }
+        for r in requests { r.setSleeping(true) }
+        defer { for r in requests { r.setSleeping(false) } }
+        if requests.contains(where: { $0.hasMessages() }) { return Array(repeating: [], count: extra.count) }
+        let ready: [Poll.Event]
+        do { ready = try Poll.wait([deviceDoorbell] + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
+        if ready[0].contains(.readable) { drain(deviceDoorbell) }
+        return Array(ready.dropFirst())
+    }
+}
+
+/// A malformed request, with the lane it came from.
+public struct LaneError: Error, CustomStringConvertible {
+    public let lane: Int
+    public let error: MessageError
+    public var description: String { "lane \(lane): \(error)" }
+}

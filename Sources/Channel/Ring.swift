@@ -1,0 +1,105 @@
+import Synchronization
+
+/// Where one single-producer/single-consumer ring lives inside a shared mapping.
+///
+/// Layout: the producer's tail (own cache line), the consumer's head (own cache line), the consumer's
+/// "sleeping" flag (own cache line), then `capacity` slots. Each side keeps its own index privately and only
+/// publishes it, so a peer that scribbles over the shared copy cannot move our position.
+public struct RingLayout: Sendable {
+    public let capacity: Int
+    public static let headerSize = 192
+
+    public init(capacity: Int) {
+        precondition(capacity > 0 && capacity & (capacity - 1) == 0, "ring capacity must be a power of two")
+        self.capacity = capacity
+    }
+
+    public var byteSize: Int { Self.headerSize + capacity * Message.slotSize }
+}
+
+/// A view of one ring in shared memory.
+struct RingView: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let layout: RingLayout
+
+    var tail: UnsafeMutablePointer<Atomic<UInt64>> { base.assumingMemoryBound(to: Atomic<UInt64>.self) }
+    var head: UnsafeMutablePointer<Atomic<UInt64>> { (base + 64).assumingMemoryBound(to: Atomic<UInt64>.self) }
+    var sleeping: UnsafeMutablePointer<Atomic<UInt32>> { (base + 128).assumingMemoryBound(to: Atomic<UInt32>.self) }
+
+    func slot(_ index: UInt64) -> UnsafeMutableRawPointer {
+        base + RingLayout.headerSize + Int(index & UInt64(layout.capacity - 1)) * Message.slotSize
+    }
+
+    /// Zeroes indices and flags; only the channel's creator does this.
+    func reset() {
+        tail.pointee.store(0, ordering: .relaxed)
+        head.pointee.store(0, ordering: .relaxed)
+        sleeping.pointee.store(0, ordering: .relaxed)
+    }
+}
+
+/// The writing end of a ring.
+public struct RingProducer: @unchecked Sendable {
+    let ring: RingView
+    private var tail: UInt64
+
+    init(_ ring: RingView) {
+        self.ring = ring
+        // Attaching to a live ring (a restarted peer) continues from the published position.
+        tail = ring.tail.pointee.load(ordering: .relaxed)
+    }
+
+    /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head.
+    public mutating func push(_ message: Message) throws(MessageError) -> Bool {
+        let head = ring.head.pointee.load(ordering: .acquiring)
+        guard head <= tail, tail - head <= UInt64(ring.layout.capacity) else {
+            throw .indexOutOfRange(head: head, tail: tail)
+        }
+        if tail - head == UInt64(ring.layout.capacity) { return false }
+        message.store(to: ring.slot(tail))
+        tail &+= 1
+        // Sequentially consistent so that the load of `sleeping` below cannot pass this store (Dekker pairing
+        // with the consumer's store to `sleeping` and its re-check of the tail).
+        ring.tail.pointee.store(tail, ordering: .sequentiallyConsistent)
+        return true
+    }
+
+    /// True when the consumer has announced it is about to block, so a doorbell is needed.
+    public func consumerSleeping() -> Bool {
+        ring.sleeping.pointee.load(ordering: .sequentiallyConsistent) != 0
+    }
+}
+
+/// The reading end of a ring.
+public struct RingConsumer: @unchecked Sendable {
+    let ring: RingView
+    private var head: UInt64
+
+    init(_ ring: RingView) {
+        self.ring = ring
+        head = ring.head.pointee.load(ordering: .relaxed)
+    }
+
+    /// True when at least one message is waiting (or the producer's tail is corrupt, which pop reports).
+    public func hasMessages() -> Bool {
+        ring.tail.pointee.load(ordering: .acquiring) != head
+    }
+
+    /// Takes the next message, nil when empty. A corrupt tail or slot throws; a bad slot is consumed.
+    public mutating func pop() throws(MessageError) -> Message? {
+        let tail = ring.tail.pointee.load(ordering: .acquiring)
+        if tail == head { return nil }
+        guard tail > head, tail - head <= UInt64(ring.layout.capacity) else {
+            throw .indexOutOfRange(head: head, tail: tail)
+        }
+        let slot = ring.slot(head)
+        head &+= 1
+        defer { ring.head.pointee.store(head, ordering: .releasing) }
+        return try Message.load(from: slot)
+    }
+
+    /// Announces (true) or withdraws (false) that this consumer is about to block on its doorbell.
+    public func setSleeping(_ on: Bool) {
+        ring.sleeping.pointee.store(on ? 1 : 0, ordering: .sequentiallyConsistent)
+    }
+}

@@ -1,0 +1,70 @@
+import CKVM
+
+/// One change to a CPUID register, in Firecracker's custom CPU template form: a 32-character pattern, most
+/// significant bit first, where '0' and '1' force a bit and 'x' keeps what KVM reports.
+public struct CPUIDModifier: Equatable, Sendable {
+    public enum Register: String, Sendable, CaseIterable { case eax, ebx, ecx, edx }
+    public let leaf: UInt32
+    public let subleaf: UInt32
+    public let register: Register
+    public let clearMask: UInt32
+    public let setMask: UInt32
+
+    public init(leaf: UInt32, subleaf: UInt32, register: Register, clearMask: UInt32, setMask: UInt32) {
+        self.leaf = leaf
+        self.subleaf = subleaf
+        self.register = register
+        self.clearMask = clearMask
+        self.setMask = setMask
+    }
+
+    /// Parses "0b" followed by 32 of '0', '1', 'x'; nil if malformed.
+    public init?(leaf: UInt32, subleaf: UInt32, register: Register, bitmap: String) {
+        guard bitmap.hasPrefix("0b") else { return nil }
+        let bits = Array(bitmap.dropFirst(2))
+        guard bits.count == 32 else { return nil }
+        var clear: UInt32 = 0, set: UInt32 = 0
+        for (i, c) in bits.enumerated() {
+            let bit = UInt32(1) << UInt32(31 - i)
+            switch c {
+            case "0": clear |= bit
+            case "1": set |= bit
+            case "x", "X": break
+            default: return nil
+            }
+        }
+        self.init(leaf: leaf, subleaf: subleaf, register: register, clearMask: clear, setMask: set)
+    }
+
+    func apply(_ value: UInt32) -> UInt32 { (value & ~clearMask) | setMask }
+}
+
+/// Builds the CPUID table a vCPU gets: KVM's supported entries, the per-vCPU fields, then the template.
+public enum CPUIDTable {
+    public static func build(supported: [kvm_cpuid_entry2], vcpuID: Int, vcpuCount: Int,
+                             template: [CPUIDModifier]) -> [kvm_cpuid_entry2] {
+        supported.map { entry in
+            var e = entry
+            if e.function == 1 {
+                // Initial APIC ID and logical processor count.
+                e.ebx = (e.ebx & 0x0000_ffff) | (UInt32(vcpuID) << 24) | (UInt32(max(1, vcpuCount)) << 16)
+            }
+            if e.function == 0xb || e.function == 0x1f {
+                e.edx = UInt32(vcpuID)  // x2APIC ID of this vCPU
+            }
+            for m in template where m.leaf == e.function && (m.subleaf == e.index || !indexed(e)) {
+                switch m.register {
+                case .eax: e.eax = m.apply(e.eax)
+                case .ebx: e.ebx = m.apply(e.ebx)
+                case .ecx: e.ecx = m.apply(e.ecx)
+                case .edx: e.edx = m.apply(e.edx)
+                }
+            }
+            return e
+        }
+    }
+
+    private static func indexed(_ e: kvm_cpuid_entry2) -> Bool {
+        e.flags & UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX) != 0
+    }
+}

@@ -1,0 +1,128 @@
+import CKVM
+import CLinux
+import Glibc
+import System
+
+/// One virtual CPU: its fd, the shared kvm_run page, and a register cache.
+///
+/// The cache follows KVM's own `regs_avail`/`regs_dirty`: after an exit nothing is available, a read fetches
+/// the set once, a write marks it dirty, and dirty sets go back before the next entry. General registers go back
+/// through KVM_CAP_SYNC_REGS (written into the run page, no ioctl) when the host offers it.
+public final class VCPU: @unchecked Sendable {
+    public let id: Int
+    public let vm: VirtualMachine
+    public let fd: FileDescriptor
+    private let runPage: MappedRegion
+    public let run: UnsafeMutablePointer<kvm_run>
+    private let syncRegs: Bool
+
+    /// Which register sets the cache holds (available) or must write back (dirty).
+    public struct RegisterSets: OptionSet, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        public static let general = RegisterSets(rawValue: 1)
+        public static let special = RegisterSets(rawValue: 2)
+    }
+    public private(set) var available: RegisterSets = []
+    public private(set) var dirty: RegisterSets = []
+    private var regsCache = kvm_regs()
+    private var sregsCache = kvm_sregs()
+
+    init(vm: VirtualMachine, id: Int, fd: consuming FileDescriptor) throws(KVMError) {
+        self.vm = vm
+        self.id = id
+        self.fd = fd
+        let size = try vm.host.vcpuMmapSize()
+        do { runPage = try MappedRegion(fd: self.fd.raw, size: size) } catch { throw .system(error) }
+        run = runPage.base.assumingMemoryBound(to: kvm_run.self)
+        let caps = vm.host.checkExtension(KVM_CAP_SYNC_REGS)
+        syncRegs = (UInt32(caps) & UInt32(KVM_SYNC_X86_REGS)) != 0
+    }
+
+    // MARK: register cache
+
+    public func regs() throws(KVMError) -> kvm_regs {
+        if !available.contains(.general) {
+            _ = try kvmCall("KVM_GET_REGS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_GET_REGS, &regsCache) }
+            available.insert(.general)
+        }
+        return regsCache
+    }
+
+    public func setRegs(_ r: kvm_regs) {
+        regsCache = r
+        available.insert(.general)
+        dirty.insert(.general)
+    }
+
+    public func sregs() throws(KVMError) -> kvm_sregs {
+        if !available.contains(.special) {
+            _ = try kvmCall("KVM_GET_SREGS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_GET_SREGS, &sregsCache) }
+            available.insert(.special)
+        }
+        return sregsCache
+    }
+
+    public func setSregs(_ s: kvm_sregs) {
+        sregsCache = s
+        available.insert(.special)
+        dirty.insert(.special)
+    }
+
+    /// Writes dirty register sets back to KVM.
+    public func flushRegisters() throws(KVMError) {
+        if dirty.contains(.special) {
+            _ = try kvmCall("KVM_SET_SREGS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_SREGS, &sregsCache) }
+        }
+        if dirty.contains(.general) {
+            if syncRegs {
+                vmm_run_sync_regs(run).pointee = regsCache
+                run.pointee.kvm_dirty_regs |= UInt64(KVM_SYNC_X86_REGS)
+            } else {
+                _ = try kvmCall("KVM_SET_REGS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_REGS, &regsCache) }
+            }
+        }
+        dirty = []
+    }
+
+    // MARK: running
+
+    /// Enters the guest until the next exit; returns the exit reason. EINTR (a kick) returns KVM_EXIT_INTR.
+    public func runOnce() throws(KVMError) -> UInt32 {
+        if !dirty.isEmpty { try flushRegisters() }
+        available = []
+        if vmm_ioctl_val(fd.raw, VMM_KVM_RUN, 0) != 0 {
+            let e = errno
+            if e == EINTR || e == EAGAIN { return UInt32(KVM_EXIT_INTR) }
+            throw .system(SystemError("KVM_RUN", errno: e))
+        }
+        return run.pointee.exit_reason
+    }
+
+    /// Data bytes of the current KVM_EXIT_IO, inside the run page.
+    public var ioData: UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(run) + Int(vmm_run_io(run).data_offset)
+    }
+
+    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
+        let bytes = vmm_kvm_cpuid2_size(UInt32(entries.count))
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { raw.deallocate() }
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        let c = raw.assumingMemoryBound(to: kvm_cpuid2.self)
+        c.pointee.nent = UInt32(entries.count)
+        let dst = vmm_kvm_cpuid2_entries(c)!
+        for (i, e) in entries.enumerated() { dst[i] = e }
+        _ = try kvmCall("KVM_SET_CPUID2") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_CPUID2, raw) }
+    }
+
+    public func events() throws(KVMError) -> kvm_vcpu_events {
+        var ev = kvm_vcpu_events()
+        _ = try kvmCall("KVM_GET_VCPU_EVENTS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_GET_VCPU_EVENTS, &ev) }
+        return ev
+    }
+
+    public func tscKHz() -> Int {
+        Int(max(0, vmm_ioctl_val(fd.raw, VMM_KVM_GET_TSC_KHZ, 0)))
+    }
+}

@@ -1,0 +1,36 @@
+import CKVM
+import CLinux
+import Memory
+import System
+
+/// A KVM virtual machine: memory slots and vCPUs. No in-kernel irqchip: the LAPIC lives in userspace.
+public final class VirtualMachine: @unchecked Sendable {
+    public let host: KVMHost
+    public let fd: FileDescriptor
+
+    init(host: KVMHost, fd: consuming FileDescriptor) {
+        self.host = host
+        self.fd = fd
+    }
+
+    /// Maps guest RAM into the VM at guest-physical 0.
+    public func mapMemory(_ memory: GuestMemory, slot: UInt32 = 0, dirtyLogging: Bool = false) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: dirtyLogging ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0, guest_phys_addr: 0,
+            memory_size: UInt64(memory.size), userspace_addr: UInt64(UInt(bitPattern: memory.hostBase)))
+        _ = try kvmCall("KVM_SET_USER_MEMORY_REGION") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_USER_MEMORY_REGION, &region) }
+    }
+
+    /// Intel VMX needs three pages for a real-mode TSS and one for an identity map, above guest RAM.
+    public func setSystemAddresses(tss: UInt64, identityMap: UInt64) throws(KVMError) {
+        _ = try kvmCall("KVM_SET_TSS_ADDR") { vmm_ioctl_val(fd.raw, VMM_KVM_SET_TSS_ADDR, UInt(tss)) }
+        var map = identityMap
+        // Older or non-VMX hosts may not implement this one; it is only needed for unpaged real mode on VMX.
+        _ = vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_IDENTITY_MAP_ADDR, &map)
+    }
+
+    public func createVCPU(id: Int) throws(KVMError) -> VCPU {
+        let vcpu = try kvmCall("KVM_CREATE_VCPU") { vmm_ioctl_val(fd.raw, VMM_KVM_CREATE_VCPU, UInt(id)) }
+        return try VCPU(vm: self, id: id, fd: FileDescriptor(owning: vcpu))
+    }
+}

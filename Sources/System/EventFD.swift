@@ -1,0 +1,54 @@
+import Glibc
+import CLinux
+
+/// An eventfd used as a doorbell between processes.
+public struct EventFD: ~Copyable, @unchecked Sendable {
+    public let fd: FileDescriptor
+
+    public init() throws(SystemError) {
+        fd = FileDescriptor(owning: try syscallRetrying("eventfd") { vmm_eventfd(0, VMM_EFD_CLOEXEC) })
+    }
+
+    public init(owning raw: Int32) { fd = FileDescriptor(owning: raw) }
+
+    public var raw: Int32 { fd.raw }
+
+    /// Adds one to the counter, waking a waiter.
+    public func signal() throws(SystemError) {
+        var one: UInt64 = 1
+        _ = try syscallRetrying("eventfd write") { Glibc.write(fd.raw, &one, 8) }
+    }
+
+    /// Waits until the counter is non-zero and resets it. Returns false on timeout.
+    public func wait(timeoutMs: Int32) throws(SystemError) -> Bool {
+        let ready = try Poll.wait([fd.raw], timeoutMs: timeoutMs)
+        guard ready[0].contains(.readable) else { return false }
+        var value: UInt64 = 0
+        _ = try syscallRetrying("eventfd read") { Glibc.read(fd.raw, &value, 8) }
+        return true
+    }
+}
+
+/// An anonymous shared-memory file (memfd), the backing of guest RAM and of channels.
+public enum MemFD {
+    public static func create(name: String, size: Int) throws(SystemError) -> FileDescriptor {
+        let fd = FileDescriptor(owning: try syscallRetrying("memfd_create") { vmm_memfd_create(name, VMM_MFD_CLOEXEC) })
+        try fd.truncate(to: size)
+        return fd
+    }
+}
+
+/// A pipe whose ends are close-on-exec.
+public struct Pipe: ~Copyable {
+    public let readEnd: FileDescriptor
+    public let writeEnd: FileDescriptor
+
+    public init() throws(SystemError) {
+        var fds: [Int32] = [-1, -1]
+        if fds.withUnsafeMutableBufferPointer({ vmm_pipe2($0.baseAddress!, O_CLOEXEC) }) != 0 {
+            throw SystemError("pipe2", errno: Glibc.errno)
+        }
+        readEnd = FileDescriptor(owning: fds[0])
+        writeEnd = FileDescriptor(owning: fds[1])
+    }
+}

@@ -1,0 +1,114 @@
+import Glibc
+import CLinux
+
+/// An owned file descriptor, closed when dropped. `take()` hands ownership to the caller.
+public struct FileDescriptor: ~Copyable, @unchecked Sendable {
+    public let raw: Int32
+
+    /// Takes ownership of `raw`.
+    public init(owning raw: Int32) { self.raw = raw }
+
+    deinit { if raw >= 0 { close(raw) } }
+
+    /// Gives up ownership without closing.
+    public consuming func take() -> Int32 {
+        let r = raw
+        discard self
+        return r
+    }
+
+    /// Opens a path (O_CLOEXEC is always added).
+    public static func open(_ path: String, _ flags: Int32, mode: Int32 = 0o644) throws(SystemError) -> FileDescriptor {
+        let fd = try syscallRetrying("open \(path)") { vmm_open(path, flags | VMM_O_CLOEXEC, mode) }
+        return FileDescriptor(owning: fd)
+    }
+
+    public func duplicate(atLeast minimum: Int32 = 3) throws(SystemError) -> FileDescriptor {
+        FileDescriptor(owning: try syscallRetrying("fcntl(F_DUPFD_CLOEXEC)") { vmm_fcntl_int(raw, F_DUPFD_CLOEXEC, minimum) })
+    }
+
+    /// Reads up to `count` bytes; 0 means end of file.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int) throws(SystemError) -> Int {
+        try syscallRetrying("read") { Glibc.read(raw, buffer, count) }
+    }
+
+    /// Writes all of the buffer.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let base = buffer.baseAddress! + done
+            let left = buffer.count - done
+            done += try syscallRetrying("write") { Glibc.write(raw, base, left) }
+        }
+    }
+
+    public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { b in Glibc.write(raw, b.baseAddress! + done, b.count - done) }
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SystemError("write", errno: Glibc.errno)
+            }
+            done += n
+        }
+    }
+
+    public func setNonBlocking(_ on: Bool) throws(SystemError) {
+        let flags = try syscallRetrying("fcntl(F_GETFL)") { vmm_fcntl_int(raw, F_GETFL, 0) }
+        let new = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        _ = try syscallRetrying("fcntl(F_SETFL)") { vmm_fcntl_int(raw, F_SETFL, new) }
+    }
+
+    /// Size of the file behind the descriptor.
+    public func size() throws(SystemError) -> Int {
+        var st = stat()
+        _ = try syscallRetrying("fstat") { fstat(raw, &st) }
+        return Int(st.st_size)
+    }
+
+    public func truncate(to size: Int) throws(SystemError) {
+        _ = try syscallRetrying("ftruncate") { ftruncate(raw, off_t(size)) }
+    }
+
+    /// Reads the whole file from offset 0.
+    public func readAll() throws(SystemError) -> [UInt8] {
+        let n = try size()
+        var out = [UInt8](repeating: 0, count: n)
+        var done = 0
+        while done < n {
+            let got = out.withUnsafeMutableBytes { b in pread(raw, b.baseAddress! + done, n - done, off_t(done)) }
+            if got < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SystemError("pread", errno: Glibc.errno)
+            }
+            if got == 0 { break }
+            done += got
+        }
+        return Array(out[0..<done])
+    }
+}
+
+/// Which of a set of descriptors are ready; a thin wrapper over poll(2).
+public enum Poll {
+    public struct Event: OptionSet, Sendable {
+        public let rawValue: Int16
+        public init(rawValue: Int16) { self.rawValue = rawValue }
+        public static let readable = Event(rawValue: Int16(POLLIN))
+        public static let hangup = Event(rawValue: Int16(POLLHUP))
+        public static let error = Event(rawValue: Int16(POLLERR))
+    }
+
+    /// Waits until one of `fds` is readable (or hung up); returns the readiness per fd. `timeoutMs` < 0 waits forever.
+    public static func wait(_ fds: [Int32], timeoutMs: Int32) throws(SystemError) -> [Event] {
+        var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let n = pfds.count
+        var r: Int32
+        repeat {
+            r = pfds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t(n), timeoutMs) }
+        } while r < 0 && Glibc.errno == EINTR
+        if r < 0 { throw SystemError("poll", errno: Glibc.errno) }
+        if r == 0 { return Array(repeating: [], count: n) }
+        return pfds.map { Event(rawValue: $0.revents) }
+    }
+}

@@ -1,0 +1,33 @@
+import Glibc
+
+/// A failed system call: the call's name and the errno it returned.
+public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let call: String
+    public let errno: Int32
+
+    public init(_ call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(call): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+}
+
+/// Runs a syscall wrapper that returns -1 and sets errno on failure, retrying on EINTR.
+@inline(__always)
+public func syscallRetrying<T: BinaryInteger>(_ call: String, _ body: () -> T) throws(SystemError) -> T {
+    while true {
+        let r = body()
+        if r != -1 { return r }
+        let e = Glibc.errno
+        if e != EINTR { throw SystemError(call, errno: e) }
+    }
+}
+
+/// Like `syscallRetrying` for calls whose failure is reported through the return value (pthread style).
+@inline(__always)
+public func checkReturn(_ call: String, _ r: Int32) throws(SystemError) {
+    if r != 0 { throw SystemError(call, errno: r) }
+}
