@@ -27,7 +27,7 @@ let package = Package(
         // Shared-memory rings, doorbells and the messages that cross them.
         .target(name: "Channel", dependencies: ["System", "CLinux"]),
         // KVM: VM, vCPU (kvm_run, register cache), CPUID, exits.
-        .target(name: "KVM", dependencies: ["CKVM", "System", "Memory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "System", "Memory", "Boot"]),
         // Guest image loaders: multiboot v1, ELF64.
         .target(name: "Boot", dependencies: ["Memory"]),
         // The Firecracker-format config and its validation.

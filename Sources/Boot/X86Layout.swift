@@ -1,0 +1,64 @@
+import Memory
+
+/// Fixed low-memory layout the loaders use, all below 640 KiB.
+public enum X86Layout {
+    public static let gdt: GuestAddress = 0x500
+    public static let pml4: GuestAddress = 0x1000
+    public static let pdpt: GuestAddress = 0x2000
+    public static let pageDirectories: GuestAddress = 0x3000  // four, mapping 4 GiB with 2 MiB pages
+    public static let stackTop: GuestAddress = 0x8ff0
+    public static let bootInfo: GuestAddress = 0x9000  // multiboot info, memory map, modules, command line
+    public static let bootInfoEnd: GuestAddress = 0xa000
+    public static let ebda: GuestAddress = 0x9fc00
+    public static let highMemory: GuestAddress = 0x10_0000
+    /// Nothing a loader places may go below this: it would overwrite the tables above.
+    public static let lowestLoadAddress: GuestAddress = bootInfoEnd
+
+    /// GDT selectors shared by every entry mode (the Linux boot protocol's __BOOT_CS and __BOOT_DS).
+    public static let codeSelector: UInt16 = 0x10
+    public static let dataSelector: UInt16 = 0x18
+
+    static func descriptor(base: UInt32, limit: UInt32, flags: UInt16) -> UInt64 {
+        // flags: access byte in bits 0-7, G/DB/L/AVL nibble in bits 12-15, as Firecracker's gdt_entry.
+        (UInt64(base & 0xff00_0000) << 32) | (UInt64(flags & 0xf0ff) << 40) | (UInt64(limit & 0x000f_0000) << 32)
+            | (UInt64(base & 0x00ff_ffff) << 16) | UInt64(limit & 0x0000_ffff)
+    }
+
+    /// Writes a GDT: null, null, code, data. `longMode` picks a 64-bit code segment.
+    static func writeGDT(_ memory: GuestMemory, longMode: Bool) throws(GuestMemoryError) {
+        let code = descriptor(base: 0, limit: 0xfffff, flags: longMode ? 0xa09b : 0xc09b)
+        let data = descriptor(base: 0, limit: 0xfffff, flags: 0xc093)
+        for (i, d) in [0, 0, code, data].enumerated() {
+            try memory.store(d, at: gdt + UInt64(i * 8))
+        }
+    }
+
+    /// Identity-maps the first 4 GiB with 2 MiB pages.
+    static func writeIdentityPageTables(_ memory: GuestMemory) throws(GuestMemoryError) {
+        let present: UInt64 = 0x3  // present | writable
+        try memory.fill(pml4, count: 0x6000)
+        try memory.store(pdpt | present, at: pml4)
+        for i in 0..<4 {
+            let pd = pageDirectories + UInt64(i) * 0x1000
+            try memory.store(pd | present, at: pdpt + UInt64(i * 8))
+            for j in 0..<512 {
+                let frame = (UInt64(i) << 30) | (UInt64(j) << 21)
+                try memory.store(frame | present | 0x80, at: pd + UInt64(j * 8))  // 0x80: 2 MiB page
+            }
+        }
+    }
+}
+
+/// The CPU state a loader asks the vCPU to start in.
+public struct EntryState: Equatable, Sendable {
+    public enum Mode: Sendable { case protected32, long64 }
+    public var mode: Mode
+    public var rip: UInt64
+    public var rsp: UInt64 = 0
+    public var rax: UInt64 = 0
+    public var rbx: UInt64 = 0
+    public var rsi: UInt64 = 0
+    public var gdtBase: UInt64 = X86Layout.gdt
+    public var gdtLimit: UInt16 = 31
+    public var cr3: UInt64 = 0
+}

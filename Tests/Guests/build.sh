@@ -1,0 +1,17 @@
+#!/bin/sh
+# Builds the test guests into OUTDIR with the system compiler (never committed as binaries).
+#   <name>.elf       multiboot ELF32 (also boots under qemu-system-x86_64 -kernel)
+#   <name>.flat.bin  flat image with a multiboot a.out-kludge header
+#   hello64.elf      ELF64 entered in long mode
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: build.sh OUTDIR}
+mkdir -p "$out"
+CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables -mno-sse -mno-mmx -mno-red-zone -O2 -Wall -Werror -nostdlib -static -Wl,--build-id=none -Wl,-z,noexecstack -Wl,--no-warn-rwx-segments"
+for g in hello portloop triplefault echo; do
+    cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
+done
+cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
+objcopy -O binary "$out/hello.flat.elf" "$out/hello.flat.bin"
+rm "$out/hello.flat.elf"
+cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/hello64.elf" "$here/start64.S" "$here/guest.c" "$here/hello64.c"

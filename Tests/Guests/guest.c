@@ -1,0 +1,37 @@
+#include "guest.h"
+
+void putc(char c) {
+    while (!(inb(COM1 + 5) & 0x20)) { }
+    outb(COM1, (uint8_t)c);
+}
+void puts(const char *s) { while (*s) putc(*s++); }
+void put_dec(uint64_t v) {
+    char buf[21]; int i = 20; buf[i] = 0;
+    do { buf[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+    puts(&buf[i]);
+}
+void put_hex(uint64_t v) {
+    puts("0x");
+    for (int s = 60; s >= 0; s -= 4) putc("0123456789abcdef"[(v >> s) & 0xf]);
+}
+void guest_exit(uint8_t code) { outb(DEBUG_EXIT, code); }
+const char *cmdline_arg(const char *cmdline, const char *key) {
+    for (const char *p = cmdline; p && *p; ) {
+        const char *k = key, *q = p;
+        while (*k && *q == *k) { k++; q++; }
+        if (!*k && *q == '=') return q + 1;
+        while (*p && *p != ' ') p++;
+        while (*p == ' ') p++;
+    }
+    return 0;
+}
+uint64_t parse_u64(const char *s) {
+    uint64_t v = 0;
+    while (s && *s >= '0' && *s <= '9') v = v * 10 + (uint64_t)(*s++ - '0');
+    return v;
+}
+void copy_word(char *out, const char *s, int n) {
+    int i = 0;
+    while (s && s[i] && s[i] != ' ' && i < n - 1) { out[i] = s[i]; i++; }
+    out[i] = 0;
+}

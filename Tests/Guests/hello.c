@@ -1,0 +1,12 @@
+/* Prints a greeting and the word given as say=WORD, then exits with status exit=N (debug-exit). */
+#include "guest.h"
+
+void guest_main(uint32_t magic, struct multiboot_info *info) {
+    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    char word[64];
+    copy_word(word, cmdline_arg(cmdline, "say"), sizeof word);
+    puts("Hello from the guest: ");
+    puts(word);
+    puts("\n");
+    guest_exit((uint8_t)parse_u64(cmdline_arg(cmdline, "exit")));
+}

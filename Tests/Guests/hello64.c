@@ -1,0 +1,13 @@
+/* The ELF64 guest: starts in long mode, prints its command line's say=WORD and exits with exit=N. */
+#include "guest.h"
+
+void guest_main(uint32_t magic, uint32_t info_addr) {
+    struct multiboot_info *info = (struct multiboot_info *)(uintptr_t)info_addr;
+    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    char word[64];
+    copy_word(word, cmdline_arg(cmdline, "say"), sizeof word);
+    puts("Hello from long mode: ");
+    puts(word);
+    puts("\n");
+    guest_exit((uint8_t)parse_u64(cmdline_arg(cmdline, "exit")));
+}
