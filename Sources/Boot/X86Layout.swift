@@ -50,8 +50,8 @@ public enum X86Layout {
 }
 
 /// The CPU state a loader asks the vCPU to start in.
-public struct EntryState: Equatable, Sendable {
-    public enum Mode: Sendable { case protected32, long64 }
+public struct EntryState: Equatable, Sendable, Codable {
+    public enum Mode: String, Sendable, Codable { case protected32, long64 }
     public var mode: Mode
     public var rip: UInt64
     public var rsp: UInt64 = 0

@@ -8,7 +8,9 @@
 #include <sys/syscall.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 
 const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
 const unsigned int VMM_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
@@ -54,3 +56,12 @@ int vmm_signalfd_read(int fd) {
     return (int)info.ssi_signo;
 }
 int vmm_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
+int vmm_set_affinity(pid_t pid, const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) { errno = EINVAL; return -1; }
+        CPU_SET(cpus[i], &set);
+    }
+    return sched_setaffinity(pid, sizeof set, &set);
+}

@@ -1,7 +1,7 @@
 import CKVM
 
-/// One change to a CPUID register, in Firecracker's custom CPU template form: a 32-character pattern, most
-/// significant bit first, where '0' and '1' force a bit and 'x' keeps what KVM reports.
+/// One change to a CPUID register (a Firecracker custom CPU template entry): bits in `clearMask` are forced
+/// to 0, bits in `setMask` to 1, every other bit keeps what KVM reports.
 public struct CPUIDModifier: Equatable, Sendable {
     public enum Register: String, Sendable, CaseIterable { case eax, ebx, ecx, edx }
     public let leaf: UInt32
@@ -16,24 +16,6 @@ public struct CPUIDModifier: Equatable, Sendable {
         self.register = register
         self.clearMask = clearMask
         self.setMask = setMask
-    }
-
-    /// Parses "0b" followed by 32 of '0', '1', 'x'; nil if malformed.
-    public init?(leaf: UInt32, subleaf: UInt32, register: Register, bitmap: String) {
-        guard bitmap.hasPrefix("0b") else { return nil }
-        let bits = Array(bitmap.dropFirst(2))
-        guard bits.count == 32 else { return nil }
-        var clear: UInt32 = 0, set: UInt32 = 0
-        for (i, c) in bits.enumerated() {
-            let bit = UInt32(1) << UInt32(31 - i)
-            switch c {
-            case "0": clear |= bit
-            case "1": set |= bit
-            case "x", "X": break
-            default: return nil
-            }
-        }
-        self.init(leaf: leaf, subleaf: subleaf, register: register, clearMask: clear, setMask: set)
     }
 
     func apply(_ value: UInt32) -> UInt32 { (value & ~clearMask) | setMask }

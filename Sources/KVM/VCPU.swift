@@ -126,3 +126,13 @@ public final class VCPU: @unchecked Sendable {
         Int(max(0, vmm_ioctl_val(fd.raw, VMM_KVM_GET_TSC_KHZ, 0)))
     }
 }
+
+extension VCPU {
+    /// Guest-physical address of a guest-virtual one through the vCPU's current page tables (KVM_TRANSLATE).
+    public func translate(_ linear: UInt64) -> UInt64? {
+        var t = kvm_translation()
+        t.linear_address = linear
+        guard vmm_ioctl_ptr(fd.raw, VMM_KVM_TRANSLATE, &t) == 0, t.valid != 0 else { return nil }
+        return t.physical_address
+    }
+}

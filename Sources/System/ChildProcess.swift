@@ -122,3 +122,9 @@ public enum Signals {
         return getppid() == expectedParent
     }
 }
+
+/// Restricts a process to the given CPUs (sched_setaffinity).
+public func setCPUAffinity(pid: pid_t, cpus: [Int]) throws(SystemError) {
+    let list = cpus.map { Int32($0) }
+    _ = try syscallRetrying("sched_setaffinity") { vmm_set_affinity(pid, list, Int32(list.count)) }
+}

@@ -24,6 +24,11 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     }
 
     public func duplicate(atLeast minimum: Int32 = 3) throws(SystemError) -> FileDescriptor {
+        try Self.duplicate(raw, atLeast: minimum)
+    }
+
+    /// An owned close-on-exec copy of a descriptor owned elsewhere (e.g. stdout).
+    public static func duplicate(_ raw: Int32, atLeast minimum: Int32 = 3) throws(SystemError) -> FileDescriptor {
         FileDescriptor(owning: try syscallRetrying("fcntl(F_DUPFD_CLOEXEC)") { vmm_fcntl_int(raw, F_DUPFD_CLOEXEC, minimum) })
     }
 
@@ -43,6 +48,11 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     }
 
     public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
+        try Self.writeAll(raw, bytes)
+    }
+
+    /// Writes all of `bytes` to a descriptor owned elsewhere.
+    public static func writeAll(_ raw: Int32, _ bytes: [UInt8]) throws(SystemError) {
         var done = 0
         while done < bytes.count {
             let n = bytes.withUnsafeBytes { b in Glibc.write(raw, b.baseAddress! + done, b.count - done) }

@@ -23,6 +23,7 @@ static const unsigned long VMM_KVM_SET_SREGS = KVM_SET_SREGS;
 static const unsigned long VMM_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long VMM_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long VMM_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long VMM_KVM_TRANSLATE = KVM_TRANSLATE;
 
 /// Size in bytes of a struct kvm_cpuid2 holding `n` entries.
 static inline size_t vmm_kvm_cpuid2_size(uint32_t n) {

@@ -26,6 +26,7 @@ int vmm_block_signals(const int *signals, int count);
 int vmm_open(const char *path, int flags, int mode);
 int vmm_signalfd_read(int fd);
 int vmm_set_pdeathsig(int sig);
+int vmm_set_affinity(pid_t pid, const int *cpus, int count);
 
 static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 

@@ -1,0 +1,218 @@
+import Glibc
+
+/// Reads and validates a config file. Every error names the JSON path and the reason; nothing starts
+/// before the whole file is known good.
+public enum ConfigParser {
+    public static func load(path: String) throws(ConfigError) -> VMConfig {
+        guard let bytes = readFile(path) else {
+            throw ConfigError("--config-file", "cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        return try parse(bytes)
+    }
+
+    public static func parse(_ bytes: [UInt8]) throws(ConfigError) -> VMConfig {
+        let json: JSONValue
+        do { json = try JSONParser.parse(bytes) } catch { throw ConfigError("(file)", error.description) }
+        var top = try ObjectReader(json, path: "")
+
+        guard let bootJSON = top.value("boot-source") else { throw ConfigError("boot-source", "missing (the kernel to boot)") }
+        var config = VMConfig(bootSource: try bootSource(bootJSON))
+        if let m = top.value("machine-config") { config.machine = try machine(m) }
+        if let c = top.value("cpu-config") { config.cpuid = try cpuConfig(c) }
+        if let l = top.value("logger") { config.logger = try logger(l) }
+        if let v = top.value("vmm") { config.vmm = try vmmSettings(v) }
+        try top.rejectIfSet("drives", "virtio-blk arrives with the virtio device processes")
+        try top.rejectIfSet("network-interfaces", "virtio-net arrives with the virtio device processes")
+        try top.rejectIfSet("vsock", "virtio-vsock arrives with the virtio device processes")
+        try top.rejectIfSet("entropy", "virtio-rng arrives with the virtio device processes")
+        try top.rejectIfSet("balloon", "no balloon device")
+        try top.rejectIfSet("metrics", "no metrics output yet")
+        try top.rejectIfSet("mmds-config", "no metadata service")
+        try top.finish()
+        return config
+    }
+
+    static func readFile(_ path: String) -> [UInt8]? {
+        guard let f = fopen(path, "rb") else { return nil }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n > 0 { out += buf[0..<n] }
+            if n < buf.count { return ferror(f) != 0 ? nil : out }
+            if out.count > 16 << 20 { errno = EFBIG; return nil }
+        }
+    }
+
+    /// A path to a regular file this process can read.
+    static func readableFile(_ path: String, at jsonPath: String) throws(ConfigError) -> String {
+        guard !path.isEmpty else { throw ConfigError(jsonPath, "empty path") }
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw ConfigError(jsonPath, "\(path): \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw ConfigError(jsonPath, "\(path) is not a regular file") }
+        guard access(path, R_OK) == 0 else { throw ConfigError(jsonPath, "\(path): \(String(cString: strerror(errno)))") }
+        return path
+    }
+
+    static func bootSource(_ v: JSONValue) throws(ConfigError) -> VMConfig.BootSource {
+        var r = try ObjectReader(v, path: "boot-source")
+        guard let kernel = try r.string("kernel_image_path") else { throw ConfigError(r.child("kernel_image_path"), "missing") }
+        let source = VMConfig.BootSource(
+            kernelImagePath: try readableFile(kernel, at: r.child("kernel_image_path")),
+            initrdPath: try r.string("initrd_path").map { (p) throws(ConfigError) in try readableFile(p, at: r.child("initrd_path")) },
+            bootArgs: try r.string("boot_args") ?? "")
+        guard source.bootArgs.utf8.count < 2048 else { throw ConfigError(r.child("boot_args"), "longer than 2047 bytes") }
+        try r.finish()
+        return source
+    }
+
+    static func machine(_ v: JSONValue) throws(ConfigError) -> VMConfig.Machine {
+        var r = try ObjectReader(v, path: "machine-config")
+        var m = VMConfig.Machine()
+        if let n = try r.integer("vcpu_count", in: 1...32) {
+            guard n == 1 else { throw .notSupportedYet(r.child("vcpu_count"), "more than one vCPU needs the irqchip process for INIT/SIPI") }
+            m.vcpuCount = n
+        }
+        guard let mem = try r.integer("mem_size_mib", in: 0...Int(Int32.max)) else { throw ConfigError(r.child("mem_size_mib"), "missing") }
+        guard mem >= 2 else { throw ConfigError(r.child("mem_size_mib"), "\(mem) MiB is too small (at least 2)") }
+        guard mem <= VMConfig.maxMemoryMiB else {
+            throw .notSupportedYet(r.child("mem_size_mib"), "more than \(VMConfig.maxMemoryMiB) MiB needs RAM above the 32-bit MMIO gap")
+        }
+        m.memSizeMiB = mem
+        if try r.bool("smt") == true { throw .notSupportedYet(r.child("smt"), "SMT topology needs more than one vCPU") }
+        m.trackDirtyPages = try r.bool("track_dirty_pages") ?? false
+        if let t = try r.string("cpu_template"), t != "None" {
+            throw .notSupportedYet(r.child("cpu_template"), "static template \"\(t)\"; use cpu-config.cpuid_modifiers")
+        }
+        if let h = try r.string("huge_pages"), h != "None" { throw .notSupportedYet(r.child("huge_pages"), "huge pages \"\(h)\"") }
+        try r.finish()
+        return m
+    }
+
+    static func hex32(_ v: JSONValue, path: String) throws(ConfigError) -> UInt32 {
+        switch v {
+        case .string(let s):
+            let digits = s.hasPrefix("0x") || s.hasPrefix("0X") ? String(s.dropFirst(2)) : s
+            let radix = digits.count == s.count ? 10 : 16
+            guard let n = UInt32(digits, radix: radix) else { throw ConfigError(path, "\"\(s)\" is not a 32-bit integer") }
+            return n
+        case .number:
+            return UInt32(try ObjectReader.integer(v, path: path, in: 0...Int(UInt32.max)))
+        default:
+            throw ConfigError(path, "expected a string such as \"0x1\", found \(v.kind)")
+        }
+    }
+
+    static func cpuConfig(_ v: JSONValue) throws(ConfigError) -> [VMConfig.CPUIDRule] {
+        var r = try ObjectReader(v, path: "cpu-config")
+        var rules: [VMConfig.CPUIDRule] = []
+        if let mods = r.value("cpuid_modifiers") {
+            guard case .array(let items) = mods else { throw ConfigError(r.child("cpuid_modifiers"), "expected an array") }
+            for (i, item) in items.enumerated() {
+                let p = "\(r.child("cpuid_modifiers"))[\(i)]"
+                var m = try ObjectReader(item, path: p)
+                guard let leafJSON = m.value("leaf") else { throw ConfigError(m.child("leaf"), "missing") }
+                let leaf = try hex32(leafJSON, path: m.child("leaf"))
+                let subleaf = try m.value("subleaf").map { (s) throws(ConfigError) in try hex32(s, path: m.child("subleaf")) } ?? 0
+                _ = try m.integer("flags", in: 0...1)
+                guard case .array(let regs)? = m.value("modifiers") else { throw ConfigError(m.child("modifiers"), "missing or not an array") }
+                for (j, reg) in regs.enumerated() {
+                    var rr = try ObjectReader(reg, path: "\(m.child("modifiers"))[\(j)]")
+                    guard let name = try rr.string("register"), ["eax", "ebx", "ecx", "edx"].contains(name) else {
+                        throw ConfigError(rr.child("register"), "expected one of eax, ebx, ecx, edx")
+                    }
+                    guard let bitmap = try rr.string("bitmap") else { throw ConfigError(rr.child("bitmap"), "missing") }
+                    guard let (clear, set) = parseBitmap(bitmap) else {
+                        throw ConfigError(rr.child("bitmap"), "expected \"0b\" and 32 characters of 0, 1 or x")
+                    }
+                    try rr.finish()
+                    rules.append(.init(leaf: leaf, subleaf: subleaf, register: name, clear: clear, set: set))
+                }
+                try m.finish()
+            }
+        }
+        try r.rejectIfSet("msr_modifiers", "MSR templates")
+        try r.rejectIfSet("kvm_capabilities", "KVM capability templates")
+        try r.finish()
+        return rules
+    }
+
+    /// "0b" and 32 of '0', '1', 'x' (most significant first) into (bits forced to 0, bits forced to 1).
+    public static func parseBitmap(_ s: String) -> (UInt32, UInt32)? {
+        guard s.hasPrefix("0b") else { return nil }
+        let bits = Array(s.utf8.dropFirst(2))
+        guard bits.count == 32 else { return nil }
+        var clear: UInt32 = 0, set: UInt32 = 0
+        for (i, c) in bits.enumerated() {
+            let bit = UInt32(1) << UInt32(31 - i)
+            switch c {
+            case UInt8(ascii: "0"): clear |= bit
+            case UInt8(ascii: "1"): set |= bit
+            case UInt8(ascii: "x"): break
+            default: return nil
+            }
+        }
+        return (clear, set)
+    }
+
+    static func logger(_ v: JSONValue) throws(ConfigError) -> VMConfig.Logger {
+        var r = try ObjectReader(v, path: "logger")
+        var l = VMConfig.Logger()
+        l.logPath = try r.string("log_path")
+        if let level = try r.string("level") {
+            guard let parsed = VMConfig.Logger.Level.allCases.first(where: { $0.rawValue.lowercased() == level.lowercased() }) else {
+                throw ConfigError(r.child("level"), "expected one of \(VMConfig.Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            l.level = parsed
+        }
+        l.showLevel = try r.bool("show_level") ?? false
+        l.showLogOrigin = try r.bool("show_log_origin") ?? false
+        try r.rejectIfSet("module", "per-module log filters")
+        try r.finish()
+        return l
+    }
+
+    static func cpuList(_ v: JSONValue?, path: String) throws(ConfigError) -> [Int] {
+        guard let v else { return [] }
+        guard case .array(let items) = v else { throw ConfigError(path, "expected an array of CPU numbers") }
+        return try items.enumerated().map { (i, item) throws(ConfigError) in
+            try ObjectReader.integer(item, path: "\(path)[\(i)]", in: 0...1023)
+        }
+    }
+
+    static func vmmSettings(_ v: JSONValue) throws(ConfigError) -> VMConfig.VMM {
+        var r = try ObjectReader(v, path: "vmm")
+        var s = VMConfig.VMM()
+        if let serialJSON = r.value("serial") {
+            var sr = try ObjectReader(serialJSON, path: r.child("serial"))
+            if let out = try sr.string("output") {
+                switch out {
+                case "stdout": s.serialOutput = .stdout
+                case "none": s.serialOutput = .none
+                case "": throw ConfigError(sr.child("output"), "empty; use \"stdout\", \"none\" or a file path")
+                default: s.serialOutput = .file(out)
+                }
+            }
+            if let input = try sr.string("input") {
+                switch input {
+                case "stdin": s.serialInputFromStdin = true
+                case "none": s.serialInputFromStdin = false
+                default: throw ConfigError(sr.child("input"), "expected \"stdin\" or \"none\"")
+                }
+            }
+            try sr.finish()
+        }
+        s.spinBudgetMicroseconds = try r.integer("spin_budget_us", in: 0...1_000_000) ?? s.spinBudgetMicroseconds
+        s.deviceTimeoutMs = try r.integer("device_timeout_ms", in: 1...600_000) ?? s.deviceTimeoutMs
+        if let p = r.value("placement") {
+            var pr = try ObjectReader(p, path: r.child("placement"))
+            s.vcpuCPUs = try cpuList(pr.value("vcpu"), path: pr.child("vcpu"))
+            s.deviceCPUs = try cpuList(pr.value("devices"), path: pr.child("devices"))
+            try pr.finish()
+        }
+        try r.rejectIfSet("sandbox", "sandbox options arrive with the seccomp/namespaces work")
+        try r.finish()
+        return s
+    }
+}

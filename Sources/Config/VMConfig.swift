@@ -1,0 +1,57 @@
+import Glibc
+
+/// A microVM description in Firecracker's config-file format, plus this VMM's own settings under "vmm".
+public struct VMConfig: Equatable, Sendable {
+    public struct BootSource: Equatable, Sendable {
+        public var kernelImagePath: String
+        public var initrdPath: String?
+        public var bootArgs: String
+    }
+
+    public struct Machine: Equatable, Sendable {
+        public var vcpuCount: Int = 1
+        public var memSizeMiB: Int = 128
+        public var smt = false
+        public var trackDirtyPages = false
+    }
+
+    /// One CPUID register change from a Firecracker custom CPU template: bits in `clear` are forced to 0,
+    /// bits in `set` to 1, all others keep the value KVM reports.
+    public struct CPUIDRule: Equatable, Sendable {
+        public var leaf: UInt32
+        public var subleaf: UInt32
+        public var register: String  // eax, ebx, ecx or edx
+        public var clear: UInt32
+        public var set: UInt32
+    }
+
+    public struct Logger: Equatable, Sendable {
+        public enum Level: String, CaseIterable, Sendable { case error = "Error", warning = "Warning", info = "Info", debug = "Debug", trace = "Trace", off = "Off" }
+        public var logPath: String?
+        public var level: Level = .warning
+        public var showLevel = false
+        public var showLogOrigin = false
+    }
+
+    /// This project's own settings (the "vmm" key).
+    public struct VMM: Equatable, Sendable {
+        public enum SerialOutput: Equatable, Sendable { case stdout, file(String), none }
+        public var serialOutput: SerialOutput = .stdout
+        public var serialInputFromStdin = true
+        /// How long a side spins on a ring before it blocks on the doorbell.
+        public var spinBudgetMicroseconds = 50
+        /// How long the vcpu process waits for a device to answer a read.
+        public var deviceTimeoutMs = 1000
+        /// CPUs the vcpu process and the device processes may run on (empty: anywhere).
+        public var vcpuCPUs: [Int] = []
+        public var deviceCPUs: [Int] = []
+    }
+
+    public var bootSource: BootSource
+    public var machine = Machine()
+    public var cpuid: [CPUIDRule] = []
+    public var logger = Logger()
+    public var vmm = VMM()
+
+    public static let maxMemoryMiB = 3072
+}

@@ -1,0 +1,33 @@
+import Glibc
+
+/// Diagnostics to stderr (or the logger's file), prefixed with the role, filtered by level.
+public enum Log {
+    public enum Level: Int, Sendable, Comparable {
+        case off = 0, error, warning, info, debug, trace
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    nonisolated(unsafe) public static var level: Level = .warning
+    nonisolated(unsafe) public static var role = "vmm"
+    nonisolated(unsafe) public static var fd: Int32 = 2
+
+    public static func error(_ message: @autoclosure () -> String) { write(.error, message()) }
+    public static func warning(_ message: @autoclosure () -> String) { write(.warning, message()) }
+    public static func info(_ message: @autoclosure () -> String) { write(.info, message()) }
+    public static func debug(_ message: @autoclosure () -> String) { write(.debug, message()) }
+
+    /// Always printed: the outcome a user must see (why the VM ended).
+    public static func report(_ message: String) {
+        emit("vmm: \(message)\n")
+    }
+
+    private static func write(_ l: Level, _ message: String) {
+        guard l <= level, l != .off else { return }
+        emit("[\(role)] \(l): \(message)\n")
+    }
+
+    private static func emit(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+}

@@ -1,0 +1,68 @@
+import Boot
+import Foundation
+
+/// What the supervisor hands a helper process: its descriptors (by number, after spawn they are 3, 4, ...)
+/// and its settings, as one JSON argument. Both sides use these types, so the two ends cannot drift apart.
+protocol RoleSpec: Codable {}
+
+extension RoleSpec {
+    func encoded() -> String {
+        // Encoding plain structs of numbers and strings cannot fail.
+        String(decoding: (try? JSONEncoder().encode(self)) ?? Data(), as: UTF8.self)
+    }
+
+    static func decode(_ text: String) throws -> Self {
+        try JSONDecoder().decode(Self.self, from: Data(text.utf8))
+    }
+}
+
+/// A device channel as one side sees it.
+struct ChannelSpec: Codable {
+    var memoryFD: Int32
+    var lanes: Int
+    var capacity: Int
+    var stateSize: Int
+    /// Rung by the vcpu side when the device sleeps; the device waits on it.
+    var deviceDoorbellFD: Int32
+    /// One per lane, rung by the device when the vcpu thread of that lane sleeps.
+    var responseDoorbellFDs: [Int32]
+}
+
+/// A range of ports and the channel that serves it.
+struct PortRouteSpec: Codable {
+    var first: UInt16
+    var last: UInt16
+    var device: Int
+}
+
+struct VCPUSpec: RoleSpec {
+    var kvmFD: Int32
+    var ramFD: Int32
+    var memSizeMiB: Int
+    var controlFD: Int32
+    var vcpuCount: Int
+    var entry: EntryState
+    var cpuid: [CPUIDRuleSpec]
+    var trackDirtyPages: Bool
+    var channels: [ChannelSpec]
+    var deviceNames: [String]
+    var routes: [PortRouteSpec]
+    var spinMicroseconds: Int
+    var deviceTimeoutMs: Int
+    var supervisorPID: Int32
+    var logLevel: Int
+}
+
+struct CPUIDRuleSpec: Codable {
+    var leaf: UInt32, subleaf: UInt32, register: String, clear: UInt32, set: UInt32
+}
+
+struct PIOSpec: RoleSpec {
+    var channel: ChannelSpec
+    var controlFD: Int32
+    var consoleOutFD: Int32?
+    var consoleInFD: Int32?
+    var spinMicroseconds: Int
+    var supervisorPID: Int32
+    var logLevel: Int
+}

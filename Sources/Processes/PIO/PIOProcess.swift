@@ -1,0 +1,104 @@
+import Channel
+import Devices
+import Glibc
+import System
+
+/// The port-I/O device process: COM1 (8250 UART) and the debug-exit port, served from one channel in
+/// request order, so console bytes written before a debug-exit are always out before the VM ends.
+public enum PIOProcess {
+    public static func main(specJSON: String) -> Int32 {
+        guard let spec = try? PIOSpec.decode(specJSON) else {
+            Log.error("bad role arguments")
+            return 2
+        }
+        guard HelperStartup.begin(role: "pio", logLevel: spec.logLevel, supervisorPID: spec.supervisorPID) else { return 1 }
+        do {
+            try serve(spec)
+            return 0
+        } catch {
+            Log.error("\(error)")
+            return 1
+        }
+    }
+
+    /// Bytes for the console, written once per batch of requests rather than once per byte.
+    final class ConsoleOutput {
+        let fd: Int32?
+        var pending: [UInt8] = []
+        var failed = false
+        init(fd: Int32?) { self.fd = fd }
+
+        func append(_ byte: UInt8) { if fd != nil { pending.append(byte) } }
+
+        func flush() {
+            guard let fd, !pending.isEmpty else { return }
+            defer { pending.removeAll(keepingCapacity: true) }
+            guard !failed else { return }
+            do { try FileDescriptor.writeAll(fd, pending) } catch {
+                failed = true
+                Log.warning("console output failed, dropping it from now on: \(error)")
+            }
+        }
+    }
+
+    static func serve(_ spec: PIOSpec) throws {
+        let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+        var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
+                                  responseDoorbells: spec.channel.responseDoorbellFDs,
+                                  policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+        let console = ConsoleOutput(fd: spec.consoleOutFD)
+        var exitStatus: Int32?
+        var exitReported = false
+        let uart = Serial8250(transmit: console.append)
+        let bus = PortBus()
+        try bus.attach(uart, at: Serial8250.com1)
+        try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort)
+
+        var input = spec.consoleInFD
+        var inputBuffer = [UInt8](repeating: 0, count: Serial8250.fifoDepth)
+
+        while true {
+            while true {
+                let next: (lane: Int, message: Message)?
+                do { next = try server.poll() } catch {
+                    Log.warning("dropping a malformed request: \(error)")
+                    continue
+                }
+                guard let (lane, m) = next else { break }
+                switch m.operation {
+                case .portRead:
+                    let value = m.address <= 0xffff ? bus.read(port: UInt16(m.address), size: Int(m.size)) : ~0
+                    try server.respond(lane: lane, to: m, data: value & mask(m.size))
+                case .portWrite:
+                    if m.address <= 0xffff { bus.write(port: UInt16(m.address), size: Int(m.size), value: m.data) }
+                case .mmioRead:
+                    try server.respond(lane: lane, to: m, data: mask(m.size))
+                case .sync:
+                    console.flush()
+                    try server.respond(lane: lane, to: m, data: 0)
+                case .mmioWrite, .response:
+                    break
+                }
+                if let status = exitStatus, !exitReported {
+                    console.flush()
+                    ControlMessage.guestExit(status: status).send(on: spec.controlFD)
+                    exitReported = true
+                }
+            }
+            console.flush()
+
+            let wantInput = input != nil && uart.receiveSpace > 0
+            let ready = try server.wait(extra: wantInput ? [input!] : [])
+            if wantInput, let fd = input, !ready[0].isEmpty {
+                let n = Glibc.read(fd, &inputBuffer, uart.receiveSpace)
+                if n > 0 {
+                    for b in inputBuffer[0..<n] { uart.receive(b) }
+                } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
+                    input = nil  // end of input
+                }
+            }
+        }
+    }
+
+    static func mask(_ size: UInt8) -> UInt64 { size >= 8 ? ~0 : (UInt64(1) << (UInt64(size) * 8)) - 1 }
+}

@@ -1,0 +1,216 @@
+import Boot
+import Channel
+import Config
+import Glibc
+import Memory
+import System
+
+/// The supervisor: validates and prepares everything (guest RAM with the kernel loaded, channels, doorbells,
+/// control pipes), spawns the vcpu and device processes with exactly the fds each needs, watches them through
+/// pidfds, and turns how the VM ended into vmm's exit status. It never reads guest-controlled data: it writes
+/// guest RAM only before the guest runs, and reads nothing from the channels.
+public final class Supervisor {
+    let config: VMConfig
+    let executable: String
+    let signals: FileDescriptor
+
+    /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
+    public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
+        self.config = config
+        self.executable = executable
+        self.signals = signals
+    }
+
+    /// One watched helper.
+    final class Helper {
+        let role: String
+        let process: ChildProcess
+        let control: FileDescriptor
+        var ended: ChildProcess.Outcome?
+        init(role: String, process: consuming ChildProcess, control: consuming FileDescriptor) {
+            self.role = role
+            self.process = process
+            self.control = control
+        }
+    }
+
+    public func run() -> Int32 {
+        do {
+            return try launchAndWatch()
+        } catch let e as HostSetupError {
+            Log.report(e.description)
+            return ExitStatus.hostError
+        } catch {
+            Log.report("\(error)")
+            return ExitStatus.hostError
+        }
+    }
+
+    struct HostSetupError: Error, CustomStringConvertible { let description: String }
+
+    private func launchAndWatch() throws -> Int32 {
+        let kvm: FileDescriptor
+        do { kvm = try FileDescriptor.open("/dev/kvm", O_RDWR) } catch {
+            throw HostSetupError(description: "cannot open /dev/kvm: \(error) (is KVM available, and may this user use it?)")
+        }
+
+        // Guest RAM, with the kernel and boot structures written before any helper exists.
+        let memSize = config.machine.memSizeMiB << 20
+        let ram = try MemFD.create(name: "guest-ram", size: memSize)
+        let entry = try loadGuest(ramFD: ram.raw, size: memSize)
+
+        // The port-I/O device channel: one lane per vCPU.
+        let layout = ChannelLayout(lanes: config.machine.vcpuCount)
+        let channelMemory = try ChannelRegion.create(layout: layout, name: "pio-channel")
+        let deviceDoorbell = try EventFD()
+        let responseDoorbell = try EventFD()
+        let pioControl = try Pipe()
+        let vcpuControl = try Pipe()
+        let devNull = try FileDescriptor.open("/dev/null", O_RDWR)
+        let consoleOut: FileDescriptor  // -1 when the console goes nowhere
+        switch config.vmm.serialOutput {
+        case .stdout: consoleOut = try FileDescriptor.duplicate(1)
+        case .none: consoleOut = FileDescriptor(owning: -1)
+        case .file(let path):
+            do { consoleOut = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC) } catch {
+                throw HostSetupError(description: "vmm.serial.output: cannot open \(path): \(error)")
+            }
+        }
+        let logFD = Log.fd
+
+        // pio: fds 3.. are channel memory, device doorbell, response doorbell, control, [console out], [console in].
+        var pioFDs = FDList()
+        let pioChannel = ChannelSpec(
+            memoryFD: pioFDs.add(channelMemory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
+            stateSize: layout.stateSize, deviceDoorbellFD: pioFDs.add(deviceDoorbell.raw),
+            responseDoorbellFDs: [pioFDs.add(responseDoorbell.raw)])
+        let pioSpec = PIOSpec(
+            channel: pioChannel, controlFD: pioFDs.add(pioControl.writeEnd.raw),
+            consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
+            consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
+            spinMicroseconds: config.vmm.spinBudgetMicroseconds, supervisorPID: getpid(), logLevel: Log.level.rawValue)
+
+        var vcpuFDs = FDList()
+        let vcpuChannel = ChannelSpec(
+            memoryFD: vcpuFDs.add(channelMemory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
+            stateSize: layout.stateSize, deviceDoorbellFD: vcpuFDs.add(deviceDoorbell.raw),
+            responseDoorbellFDs: [vcpuFDs.add(responseDoorbell.raw)])
+        let vcpuSpec = VCPUSpec(
+            kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
+            controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: config.machine.vcpuCount, entry: entry,
+            cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
+            trackDirtyPages: config.machine.trackDirtyPages, channels: [vcpuChannel], deviceNames: ["pio"],
+            routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
+            spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
+            supervisorPID: getpid(), logLevel: Log.level.rawValue)
+
+        // Devices first, so the vCPU never runs before the device it talks to exists.
+        let pio = Helper(role: "pio", process: try ChildProcess.spawn(
+            executable: executable, arguments: ["_role", "pio", pioSpec.encoded()],
+            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds), control: try pioControl.readEnd.duplicate())
+        var helpers = [pio]
+        defer { stopAll(helpers) }
+        if !config.vmm.deviceCPUs.isEmpty { try setCPUAffinity(pid: pio.process.pid, cpus: config.vmm.deviceCPUs) }
+        let vcpu = Helper(role: "vcpu", process: try ChildProcess.spawn(
+            executable: executable, arguments: ["_role", "vcpu", vcpuSpec.encoded()],
+            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds), control: try vcpuControl.readEnd.duplicate())
+        helpers.append(vcpu)
+        if !config.vmm.vcpuCPUs.isEmpty { try setCPUAffinity(pid: vcpu.process.pid, cpus: config.vmm.vcpuCPUs) }
+        for h in helpers { try h.control.setNonBlocking(true) }
+        return try watch(helpers)
+    }
+
+    private func loadGuest(ramFD: Int32, size: Int) throws -> EntryState {
+        let memory = try GuestMemory(fd: ramFD, size: size)
+        let kernel: [UInt8]
+        do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll() } catch {
+            throw HostSetupError(description: "boot-source.kernel_image_path: \(error)")
+        }
+        var modules: [Multiboot.Module] = []
+        if let initrd = config.bootSource.initrdPath {
+            do { modules.append(.init(bytes: try FileDescriptor.open(initrd, O_RDONLY).readAll(), string: "initrd")) } catch {
+                throw HostSetupError(description: "boot-source.initrd_path: \(error)")
+            }
+        }
+        do {
+            return try GuestLoader.load(kernel: kernel, cmdline: config.bootSource.bootArgs, modules: modules, into: memory)
+        } catch {
+            throw HostSetupError(description: "boot-source.kernel_image_path: \(config.bootSource.kernelImagePath): \(error)")
+        }
+    }
+
+    /// Waits for the first decisive event and returns vmm's exit status.
+    private func watch(_ helpers: [Helper]) throws -> Int32 {
+        while true {
+            let fds = [signals.raw] + helpers.map { $0.control.raw } + helpers.map { $0.process.pidfd.raw }
+            let ready = try Poll.wait(fds, timeoutMs: -1)
+            if !ready[0].isEmpty {
+                let sig = try Signals.read(from: signals)
+                Log.report("\(signalName(sig)) received; stopping the VM")
+                return sig == SIGINT ? ExitStatus.interrupted : ExitStatus.terminated
+            }
+            // Control messages first: a helper that reported and then exited is not a crash.
+            for h in helpers {
+                if let status = try readControl(h) { return status }
+            }
+            for (i, h) in helpers.enumerated() where !ready[1 + helpers.count + i].isEmpty {
+                h.ended = try h.process.reap(block: true)
+                for other in helpers { if let status = try readControl(other) { return status } }
+                Log.report("\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
+                return ExitStatus.helperDied
+            }
+        }
+    }
+
+    /// Reads one control message from a helper, if one is waiting; returns the exit status it decides.
+    private func readControl(_ h: Helper) throws -> Int32? {
+        var record = [UInt8](repeating: 0, count: ControlMessage.recordSize)
+        let n = Glibc.read(h.control.raw, &record, record.count)
+        if n < 0 { return errno == EAGAIN || errno == EINTR ? nil : ExitStatus.hostError }
+        if n == 0 { return nil }
+        guard n == record.count, let message = ControlMessage(record: record) else {
+            Log.report("\(h.role) process sent a malformed control message; stopping the VM")
+            return ExitStatus.helperDied
+        }
+        return outcome(of: message, from: h)
+    }
+
+    private func outcome(of message: ControlMessage, from h: Helper) -> Int32 {
+        switch message {
+        case .guestExit(let status):
+            Log.info("guest requested exit through the debug-exit port: status \(status)")
+            return status
+        case .vcpuStopped(let stop):
+            switch stop {
+            case .halted:
+                Log.report("guest halted with nothing left to wake it (no interrupt sources yet)")
+                return ExitStatus.guestHalted
+            case .tripleFault:
+                Log.report("guest triple fault; register dump above")
+                return ExitStatus.tripleFault
+            case .internalError, .failedEntry, .unhandledExit:
+                Log.report("the vCPU stopped on an exit it cannot handle; register dump above")
+                return ExitStatus.vcpuError
+            case .systemEvent(let type):
+                Log.report("guest requested a system event (type \(type))")
+                return type == 1 ? 0 : ExitStatus.vcpuError
+            case .setupFailed:
+                return ExitStatus.hostError
+            }
+        }
+    }
+
+    private func stopAll(_ helpers: [Helper]) {
+        for h in helpers.reversed() where h.ended == nil { h.process.kill(SIGKILL) }
+        for h in helpers where h.ended == nil { h.ended = try? h.process.reap(block: true) }
+    }
+}
+
+/// Descriptors for a child, in the order they will be numbered there (3, 4, ...).
+struct FDList {
+    private(set) var fds: [Int32] = []
+    mutating func add(_ fd: Int32) -> Int32 {
+        fds.append(fd)
+        return Int32(2 + fds.count)
+    }
+}

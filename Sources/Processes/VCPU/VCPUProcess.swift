@@ -1,0 +1,70 @@
+import Channel
+import Foundation
+import KVM
+import Memory
+import System
+
+/// The vcpu process: creates the VM on the supervisor's RAM memfd, one dedicated thread per vCPU, and the
+/// port routing to device channels. It parses no files and talks to no host resource but KVM.
+public enum VCPUProcess {
+    public static func main(specJSON: String) -> Int32 {
+        guard let spec = try? VCPUSpec.decode(specJSON) else {
+            Log.error("bad role arguments")
+            return 2
+        }
+        guard HelperStartup.begin(role: "vcpu", logLevel: spec.logLevel, supervisorPID: spec.supervisorPID) else { return 1 }
+        let stop: ControlMessage.VCPUStop
+        do {
+            stop = try run(spec)
+        } catch {
+            Log.report("vcpu setup failed: \(error)")
+            stop = .setupFailed
+        }
+        ControlMessage.vcpuStopped(stop).send(on: spec.controlFD)
+        return 0
+    }
+
+    static func run(_ spec: VCPUSpec) throws -> ControlMessage.VCPUStop {
+        let kvm = try KVMHost(fd: FileDescriptor(owning: spec.kvmFD))
+        let vm = try kvm.createVM()
+        let memory = try GuestMemory(fd: spec.ramFD, size: spec.memSizeMiB << 20)
+        try vm.mapMemory(memory, dirtyLogging: spec.trackDirtyPages)
+        // Above guest RAM and below the 4 GiB MMIO window, as Firecracker and QEMU place them.
+        try vm.setSystemAddresses(tss: 0xfffb_d000, identityMap: 0xfffb_c000)
+
+        let supported = try kvm.supportedCPUID()
+        let template = spec.cpuid.compactMap { r -> CPUIDModifier? in
+            guard let reg = CPUIDModifier.Register(rawValue: r.register) else { return nil }
+            return CPUIDModifier(leaf: r.leaf, subleaf: r.subleaf, register: reg, clearMask: r.clear, setMask: r.set)
+        }
+        let vcpu = try vm.createVCPU(id: 0)
+        try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: 0, vcpuCount: spec.vcpuCount, template: template))
+        try vcpu.apply(spec.entry)
+
+        let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
+        let clients = try spec.channels.map { c in
+            DeviceClient(region: try ChannelRegion(attaching: c.memoryFD, layout: c.layout), lane: 0,
+                         deviceDoorbell: c.deviceDoorbellFD, responseDoorbell: c.responseDoorbellFDs[0],
+                         policy: policy, timeoutMs: spec.deviceTimeoutMs)
+        }
+        let runner = VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
+                                router: PortRouter(routes: spec.routes))
+        return runOnDedicatedThread(runner)
+    }
+
+    /// KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread.
+    static func runOnDedicatedThread(_ runner: VCPURunner) -> ControlMessage.VCPUStop {
+        final class Box: @unchecked Sendable { var stop: ControlMessage.VCPUStop = .setupFailed }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            box.stop = runner.run()
+            done.signal()
+        }
+        thread.name = "vcpu0"
+        thread.stackSize = 8 << 20
+        thread.start()
+        done.wait()
+        return box.stop
+    }
+}

@@ -1,0 +1,157 @@
+import CKVM
+import Channel
+import KVM
+import Memory
+
+/// One vCPU's run loop: enter the guest, dispatch the exit through the handler table, repeat until a handler
+/// says stop. Runs on its own dedicated thread.
+final class VCPURunner: @unchecked Sendable {
+    enum Action { case resume, stop(ControlMessage.VCPUStop) }
+    typealias Handler = @Sendable (VCPURunner) throws -> Action
+
+    let vcpu: VCPU
+    let memory: GuestMemory
+    var clients: [DeviceClient]
+    let deviceNames: [String]
+    let router: PortRouter
+    private var complainedAbout: Set<Int> = []
+
+    /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
+    static let handlers: [Handler?] = {
+        var table = [Handler?](repeating: nil, count: 64)
+        table[Int(KVM_EXIT_IO)] = { try $0.handlePortIO() }
+        table[Int(KVM_EXIT_MMIO)] = { $0.handleMMIO() }
+        table[Int(KVM_EXIT_HLT)] = { $0.handleHalt() }
+        table[Int(KVM_EXIT_INTR)] = { _ in .resume }
+        table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
+        table[Int(KVM_EXIT_INTERNAL_ERROR)] = { $0.handleInternalError() }
+        table[Int(KVM_EXIT_FAIL_ENTRY)] = {
+            let reason = vmm_run_fail_entry_reason($0.vcpu.run)
+            return $0.fatal(.failedEntry(reason: reason), "KVM could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
+        }
+        table[Int(KVM_EXIT_SYSTEM_EVENT)] = {
+            let type = vmm_run_system_event_type($0.vcpu.run)
+            return .stop(.systemEvent(type: type))
+        }
+        return table
+    }()
+
+    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter) {
+        self.vcpu = vcpu
+        self.memory = memory
+        self.clients = clients
+        self.deviceNames = deviceNames
+        self.router = router
+    }
+
+    /// Runs the guest until it stops; returns why.
+    func run() -> ControlMessage.VCPUStop {
+        while true {
+            do {
+                let reason = try vcpu.runOnce()
+                let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
+                guard let handler else {
+                    return stopWithDump(.unhandledExit(reason: reason), "unhandled exit reason \(reason)")
+                }
+                if case .stop(let why) = try handler(self) { return why }
+            } catch {
+                return stopWithDump(.setupFailed, "vCPU failed: \(error)")
+            }
+        }
+    }
+
+    // MARK: handlers
+
+    func handlePortIO() throws -> Action {
+        let io = vmm_run_io(vcpu.run)
+        let size = Int(io.size)
+        guard size == 1 || size == 2 || size == 4 else { return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_IO)), "port access of size \(size)") }
+        let data = vcpu.ioData
+        let device = router.device(for: io.port)
+        for i in 0..<Int(io.count) {
+            let element = data + i * size
+            if io.direction == UInt8(KVM_EXIT_IO_IN) {
+                let value = device.map { read(device: $0, .portRead, address: UInt64(io.port), size: size) } ?? ~0
+                store(value, to: element, size: size)
+            } else if let device {
+                write(device: device, .portWrite, address: UInt64(io.port), size: size, value: load(element, size: size))
+            }
+        }
+        return .resume
+    }
+
+    func handleMMIO() -> Action {
+        // No MMIO devices yet: reads float high, writes go nowhere (as on a bus with nothing behind it).
+        let len = Int(vmm_run_mmio_len(vcpu.run))
+        if vmm_run_mmio_is_write(vcpu.run) == 0, let data = vmm_run_mmio_data(vcpu.run) {
+            for i in 0..<min(len, 8) { data[i] = 0xff }
+        }
+        return .resume
+    }
+
+    /// With no interrupt source yet, a halted vCPU can never wake: finish every device's posted writes (so the
+    /// console is complete and a debug-exit is seen first), then report the halt.
+    func handleHalt() -> Action {
+        for i in clients.indices {
+            do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
+        }
+        return .stop(.halted)
+    }
+
+    func handleInternalError() -> Action {
+        let sub = vmm_run_internal_suberror(vcpu.run)
+        let n = vmm_run_internal_ndata(vcpu.run)
+        let data = (0..<min(n, 16)).map { "0x" + String(vmm_run_internal_data(vcpu.run, $0), radix: 16) }
+        let what = sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) ? "instruction emulation failed" : "internal error, suberror \(sub)"
+        return fatal(.internalError(suberror: sub), "KVM \(what) (data: \(data.joined(separator: " ")))")
+    }
+
+    func fatal(_ why: ControlMessage.VCPUStop, _ headline: String) -> Action {
+        .stop(stopWithDump(why, headline))
+    }
+
+    private func stopWithDump(_ why: ControlMessage.VCPUStop, _ headline: String) -> ControlMessage.VCPUStop {
+        Log.report(CrashDump.render(vcpu: vcpu, memory: memory, headline: headline))
+        return why
+    }
+
+    // MARK: device access
+
+    @inline(__always)
+    private func read(device: Int, _ op: Operation, address: UInt64, size: Int) -> UInt64 {
+        do { return try clients[device].call(op, size: UInt8(size), address: address) } catch {
+            complain(device, error)
+            return ~0
+        }
+    }
+
+    @inline(__always)
+    private func write(device: Int, _ op: Operation, address: UInt64, size: Int, value: UInt64) {
+        do { try clients[device].post(op, size: UInt8(size), address: address, data: value) } catch { complain(device, error) }
+    }
+
+    /// A device that fails is the supervisor's business; the guest sees a floating bus, the vCPU goes on.
+    private func complain(_ device: Int, _ error: Error) {
+        if complainedAbout.insert(device).inserted {
+            Log.warning("device \(deviceNames[device]) failed: \(error); its reads return all-ones")
+        }
+    }
+
+    @inline(__always)
+    private func load(_ p: UnsafeMutableRawPointer, size: Int) -> UInt64 {
+        switch size {
+        case 1: return UInt64(p.load(as: UInt8.self))
+        case 2: return UInt64(p.loadUnaligned(as: UInt16.self))
+        default: return UInt64(p.loadUnaligned(as: UInt32.self))
+        }
+    }
+
+    @inline(__always)
+    private func store(_ v: UInt64, to p: UnsafeMutableRawPointer, size: Int) {
+        switch size {
+        case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: v), as: UInt8.self)
+        case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
+        default: p.storeBytes(of: UInt32(truncatingIfNeeded: v), as: UInt32.self)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+import ArgumentParser
+import Config
+import Glibc
+import Processes
+import System
+
+@main
+struct VMMCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmm",
+        abstract: "A multi-process, sandboxed KVM microVMM.",
+        subcommands: [Run.self, Validate.self, Role.self])
+}
+
+/// Options shared by the commands that read a config file.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .customLong("config-file"), help: "Firecracker-format JSON config file.")
+    var configFile: String
+
+    func load() throws -> VMConfig {
+        do { return try ConfigParser.load(path: configFile) } catch {
+            Log.report("config error: \(error)")
+            throw ExitCode(ExitStatus.configError)
+        }
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Launch a microVM from a config file.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "Diagnostics level: error, warning, info, debug (overrides logger.level).")
+    var logLevel: String?
+
+    func run() throws {
+        // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
+        let signals: FileDescriptor
+        do { signals = try Signals.blockAndOpenSignalFD([SIGINT, SIGTERM, SIGHUP]) } catch {
+            Log.report("\(error)")
+            throw ExitCode(ExitStatus.hostError)
+        }
+        let config = try options.load()
+        Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
+        if let path = config.logger.logPath {
+            do { Log.fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND).take() } catch {
+                Log.report("config error: logger.log_path: cannot open \(path): \(error)")
+                throw ExitCode(ExitStatus.configError)
+            }
+        }
+        let status = Supervisor(config: config, signals: signals).run()
+        throw ExitCode(status)
+    }
+
+    private func level(_ name: String?) -> Log.Level? {
+        switch name?.lowercased() {
+        case "off": return .off
+        case "error": return .error
+        case "warning", "warn": return .warning
+        case "info": return .info
+        case "debug": return .debug
+        case "trace": return .trace
+        default: return nil
+        }
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check a config file and exit; starts nothing.")
+    @OptionGroup var options: ConfigOptions
+
+    func run() throws {
+        _ = try options.load()
+        print("\(options.configFile): OK")
+    }
+}
+
+/// The helper processes: the same binary, started by the supervisor with a role and its arguments.
+struct Role: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_role", abstract: "Internal: run as a helper process.",
+                                                    shouldDisplay: false)
+    @Argument var role: String
+    @Argument var spec: String
+
+    func run() throws {
+        switch role {
+        case "vcpu": throw ExitCode(VCPUProcess.main(specJSON: spec))
+        case "pio": throw ExitCode(PIOProcess.main(specJSON: spec))
+        default: throw ValidationError("unknown role \(role)")
+        }
+    }
+}
