@@ -29,12 +29,12 @@ public struct DeviceClient: @unchecked Sendable {
     }
 
     /// Queues an access without waiting for the device (port and MMIO writes).
-    public mutating func post(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
+    public mutating func post(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
         _ = try send(operation, size: size, address: address, data: data)
     }
 
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
-    public mutating func call(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
+    public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         let sequence = try send(operation, size: size, address: address, data: data)
         let deadline = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
         while true {
@@ -60,7 +60,7 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    private mutating func send(_ operation: Operation, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
+    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
         while true {

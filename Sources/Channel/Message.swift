@@ -1,5 +1,5 @@
 /// What a slot carries. Requests flow vcpu -> device, responses device -> vcpu.
-public enum Operation: UInt8, Sendable {
+public enum MessageKind: UInt8, Sendable {
     case portRead = 1
     case portWrite = 2
     case mmioRead = 3
@@ -15,12 +15,12 @@ public enum Operation: UInt8, Sendable {
 /// A guest access or its answer: one fixed-size slot (32 bytes) on a ring.
 public struct Message: Equatable, Sendable {
     public var sequence: UInt64
-    public var operation: Operation
+    public var operation: MessageKind
     public var size: UInt8
     public var address: UInt64
     public var data: UInt64
 
-    public init(sequence: UInt64, operation: Operation, size: UInt8, address: UInt64, data: UInt64) {
+    public init(sequence: UInt64, operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) {
         self.sequence = sequence
         self.operation = operation
         self.size = size
@@ -69,7 +69,7 @@ extension Message {
         let data = slot.load(fromByteOffset: 24, as: UInt64.self)
         guard header >> 16 == 0 else { throw .reservedBitsSet }
         let rawOp = UInt8(truncatingIfNeeded: header)
-        guard let op = Operation(rawValue: rawOp) else { throw .unknownOperation(rawOp) }
+        guard let op = MessageKind(rawValue: rawOp) else { throw .unknownOperation(rawOp) }
         let size = UInt8(truncatingIfNeeded: header >> 8)
         if op == .sync {
             guard size == 0 else { throw .badSize(size) }

@@ -1,12 +1,13 @@
 import Glibc
 import CLinux
 
-/// An eventfd used as a doorbell between processes.
+/// An eventfd used as a doorbell between processes. Non-blocking: waiting is done with poll(2), and draining
+/// a counter that is already zero must never block.
 public struct EventFD: ~Copyable, @unchecked Sendable {
     public let fd: FileDescriptor
 
     public init() throws(SystemError) {
-        fd = FileDescriptor(owning: try syscallRetrying("eventfd") { vmm_eventfd(0, VMM_EFD_CLOEXEC) })
+        fd = FileDescriptor(owning: try syscallRetrying("eventfd") { vmm_eventfd(0, VMM_EFD_CLOEXEC | VMM_EFD_NONBLOCK) })
     }
 
     public init(owning raw: Int32) { fd = FileDescriptor(owning: raw) }
@@ -24,7 +25,7 @@ public struct EventFD: ~Copyable, @unchecked Sendable {
         let ready = try Poll.wait([fd.raw], timeoutMs: timeoutMs)
         guard ready[0].contains(.readable) else { return false }
         var value: UInt64 = 0
-        _ = try syscallRetrying("eventfd read") { Glibc.read(fd.raw, &value, 8) }
+        _ = Glibc.read(fd.raw, &value, 8)  // EAGAIN: another waiter took it; still a wake-up
         return true
     }
 }

@@ -118,7 +118,7 @@ final class VCPURunner: @unchecked Sendable {
     // MARK: device access
 
     @inline(__always)
-    private func read(device: Int, _ op: Operation, address: UInt64, size: Int) -> UInt64 {
+    private func read(device: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
         do { return try clients[device].call(op, size: UInt8(size), address: address) } catch {
             complain(device, error)
             return ~0
@@ -126,7 +126,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func write(device: Int, _ op: Operation, address: UInt64, size: Int, value: UInt64) {
+    private func write(device: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
         do { try clients[device].post(op, size: UInt8(size), address: address, data: value) } catch { complain(device, error) }
     }
 

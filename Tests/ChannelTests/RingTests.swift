@@ -1,0 +1,118 @@
+import XCTest
+import Glibc
+@testable import Channel
+import System
+
+/// A channel mapped twice in this process: one view per side, as two processes would have.
+struct LocalChannel {
+    let fd: Int32
+    let device: ChannelRegion
+    let vcpu: ChannelRegion
+    init(layout: ChannelLayout) throws {
+        fd = try ChannelRegion.create(layout: layout, name: "test-channel").take()
+        device = try ChannelRegion(attaching: fd, layout: layout)
+        vcpu = try ChannelRegion(attaching: fd, layout: layout)
+    }
+}
+
+final class RingTests: XCTestCase {
+    func message(_ i: UInt64, _ op: MessageKind = .portWrite) -> Message {
+        Message(sequence: i, operation: op, size: 1, address: 0x3f8, data: i & 0xff)
+    }
+
+    func testWrapAroundKeepsOrder() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 4))
+        var producer = RingProducer(ch.vcpu.requestRing(0))
+        var consumer = RingConsumer(ch.device.requestRing(0))
+        for round in 0..<10 {
+            for i in 0..<3 { XCTAssertTrue(try producer.push(message(UInt64(round * 3 + i)))) }
+            for i in 0..<3 { XCTAssertEqual(try consumer.pop(), message(UInt64(round * 3 + i))) }
+            XCTAssertNil(try consumer.pop())
+        }
+    }
+
+    func testFullRingRefusesUntilConsumed() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        var producer = RingProducer(ch.vcpu.requestRing(0))
+        var consumer = RingConsumer(ch.device.requestRing(0))
+        for i in 0..<8 { XCTAssertTrue(try producer.push(message(UInt64(i)))) }
+        XCTAssertFalse(try producer.push(message(8)), "a full ring refuses, never overwrites")
+        XCTAssertEqual(try consumer.pop(), message(0))
+        XCTAssertTrue(try producer.push(message(8)))
+        for i in 1...8 { XCTAssertEqual(try consumer.pop(), message(UInt64(i))) }
+    }
+
+    func testHostileSlotContentsAreRejected() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 4))
+        let ring = ch.vcpu.requestRing(0)
+        var consumer = RingConsumer(ch.device.requestRing(0))
+        func publish(_ header: UInt64, data: UInt64 = 0) {
+            let tail = ring.tail.pointee.load(ordering: .relaxed)
+            let slot = ring.slot(tail)
+            slot.storeBytes(of: tail, as: UInt64.self)
+            slot.storeBytes(of: header, toByteOffset: 8, as: UInt64.self)
+            slot.storeBytes(of: data, toByteOffset: 24, as: UInt64.self)
+            ring.tail.pointee.store(tail + 1, ordering: .releasing)
+        }
+        publish(0x0109)  // operation 9
+        XCTAssertThrowsError(try consumer.pop()) { XCTAssertEqual($0 as? MessageError, .unknownOperation(9)) }
+        publish(0x0302)  // size 3
+        XCTAssertThrowsError(try consumer.pop()) { XCTAssertEqual($0 as? MessageError, .badSize(3)) }
+        publish(0x0102, data: 0x100)  // one-byte write carrying two bytes
+        XCTAssertThrowsError(try consumer.pop()) { XCTAssertEqual($0 as? MessageError, .dataWiderThanSize) }
+        publish(0xdead_0000_0102)  // reserved bytes
+        XCTAssertThrowsError(try consumer.pop()) { XCTAssertEqual($0 as? MessageError, .reservedBitsSet) }
+        publish(0x0102, data: 0x41)
+        XCTAssertEqual(try consumer.pop()?.data, 0x41, "a good slot after bad ones is still read")
+
+        ring.tail.pointee.store(1_000_000, ordering: .releasing)  // a tail far beyond the ring
+        XCTAssertThrowsError(try consumer.pop()) {
+            guard case .indexOutOfRange = $0 as? MessageError else { return XCTFail("\($0)") }
+        }
+        var producer = RingProducer(ch.device.responseRing(0))
+        ch.vcpu.responseRing(0).head.pointee.store(99, ordering: .releasing)  // a head ahead of our tail
+        XCTAssertThrowsError(try producer.push(message(0, .response)))
+    }
+
+    func testHeaderMismatchIsRefused() throws {
+        let fd = try ChannelRegion.create(layout: ChannelLayout(lanes: 1, capacity: 4), name: "t").take()
+        defer { close(fd) }
+        XCTAssertThrowsError(try ChannelRegion(attaching: fd, layout: ChannelLayout(lanes: 1, capacity: 8)))
+    }
+
+    func testClientTimesOutOnASilentDeviceAndDropsTheLateAnswer() throws {
+        let layout = ChannelLayout(lanes: 1, capacity: 8)
+        let ch = try LocalChannel(layout: layout)
+        let doorbell = try EventFD(), response = try EventFD()
+        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 50)
+        var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
+                                  policy: WaitPolicy(spinMicroseconds: 0))
+        let start = monotonicNanoseconds()
+        XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
+            guard case .timedOut = $0 as? ChannelError else { return XCTFail("\($0)") }
+        }
+        XCTAssertGreaterThanOrEqual(monotonicNanoseconds() - start, 50_000_000)
+        // The device answers the first read late, then a second one; the client must take only the second.
+        let first = try XCTUnwrap(try server.poll())
+        try server.respond(lane: 0, to: first.message, data: 0x11)
+        let reader = Thread { [server] in
+            var s = server
+            while true { if let r = try? s.poll() { try? s.respond(lane: 0, to: r.message, data: 0x22); return } }
+        }
+        reader.start()
+        XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3fd), 0x22)
+    }
+
+    func testWrongSequenceFromDeviceIsAnError() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        let doorbell = try EventFD(), response = try EventFD()
+        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 100)
+        var forged = RingProducer(ch.device.responseRing(0))
+        XCTAssertTrue(try forged.push(Message(sequence: 77, operation: .response, size: 1, address: 0, data: 0)))
+        XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
+            guard case .peer(.unexpectedSequence) = $0 as? ChannelError else { return XCTFail("\($0)") }
+        }
+    }
+}
