@@ -20,9 +20,11 @@ public struct ChildProcess: ~Copyable, @unchecked Sendable {
     }
 
     /// Starts `executable` with `arguments`. The child's fds 0, 1, 2 are `stdio`; `fds[i]` becomes fd 3+i;
-    /// every other descriptor is closed. The child gets an empty signal mask and default signal actions.
+    /// every other descriptor is closed. The child gets an empty signal mask and default signal actions, and
+    /// `environment` (or this process's environment when nil).
     public static func spawn(
-        executable: String, arguments: [String], stdio: (Int32, Int32, Int32), fds: [Int32]
+        executable: String, arguments: [String], stdio: (Int32, Int32, Int32), fds: [Int32],
+        environment: [String]? = nil
     ) throws(SystemError) -> ChildProcess {
         // Move every source above the target range first so that no dup2 clobbers a later source.
         var staged: [Int32] = []
@@ -56,7 +58,15 @@ public struct ChildProcess: ~Copyable, @unchecked Sendable {
         defer { argv.forEach { free($0) } }
         var cArgv = argv + [nil]
         var pid: pid_t = 0
-        let r = posix_spawn(&pid, executable, &actions, &attr, &cArgv, environ)
+        let r: Int32
+        if let environment {
+            let envp = environment.map { strdup($0) }
+            defer { envp.forEach { free($0) } }
+            var cEnv = envp + [nil]
+            r = posix_spawn(&pid, executable, &actions, &attr, &cArgv, &cEnv)
+        } else {
+            r = posix_spawn(&pid, executable, &actions, &attr, &cArgv, environ)
+        }
         try checkReturn("posix_spawn \(executable)", r)
         let pidfd = try syscallRetrying("pidfd_open") { vmm_pidfd_open(pid, 0) }
         return ChildProcess(pid: pid, pidfd: FileDescriptor(owning: pidfd))

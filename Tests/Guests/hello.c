@@ -1,4 +1,5 @@
-/* Prints a greeting and the word given as say=WORD, then exits with status exit=N (debug-exit). */
+/* Prints a greeting and the word given as say=WORD, then exits with status exit=N (debug-exit); without
+ * exit= it halts with interrupts off. */
 #include "guest.h"
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
@@ -8,5 +9,5 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     puts("Hello from the guest: ");
     puts(word);
     puts("\n");
-    guest_exit((uint8_t)parse_u64(cmdline_arg(cmdline, "exit")));
+    if (cmdline_arg(cmdline, "exit")) guest_exit((uint8_t)parse_u64(cmdline_arg(cmdline, "exit")));
 }

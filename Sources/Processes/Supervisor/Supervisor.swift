@@ -107,18 +107,22 @@ public final class Supervisor {
         // Devices first, so the vCPU never runs before the device it talks to exists.
         let pio = Helper(role: "pio", process: try ChildProcess.spawn(
             executable: executable, arguments: ["_role", "pio", pioSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds), control: try pioControl.readEnd.duplicate())
+            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds, environment: Self.helperEnvironment), control: try pioControl.readEnd.duplicate())
         var helpers = [pio]
         defer { stopAll(helpers) }
         if !config.vmm.deviceCPUs.isEmpty { try setCPUAffinity(pid: pio.process.pid, cpus: config.vmm.deviceCPUs) }
         let vcpu = Helper(role: "vcpu", process: try ChildProcess.spawn(
             executable: executable, arguments: ["_role", "vcpu", vcpuSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds), control: try vcpuControl.readEnd.duplicate())
+            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds, environment: Self.helperEnvironment), control: try vcpuControl.readEnd.duplicate())
         helpers.append(vcpu)
         if !config.vmm.vcpuCPUs.isEmpty { try setCPUAffinity(pid: vcpu.process.pid, cpus: config.vmm.vcpuCPUs) }
         for h in helpers { try h.control.setNonBlocking(true) }
         return try watch(helpers)
     }
+
+    /// Helpers get a minimal environment. The Swift runtime's crash backtracer is off there: a crashed helper
+    /// must die at once so the supervisor can act, and it is reported by role and signal.
+    static let helperEnvironment = ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"]
 
     private func loadGuest(ramFD: Int32, size: Int) throws -> EntryState {
         let memory = try GuestMemory(fd: ramFD, size: size)

@@ -1,0 +1,128 @@
+import XCTest
+@testable import Config
+
+final class ConfigParserTests: XCTestCase {
+    var kernel: String!
+
+    override func setUpWithError() throws {
+        kernel = NSTemporaryDirectory() + "/config-test-kernel-\(getpid())"
+        FileManager.default.createFile(atPath: kernel, contents: Data([0x7f, 0x45, 0x4c, 0x46]))
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: kernel) }
+
+    func parse(_ text: String) throws -> VMConfig { try ConfigParser.parse(Array(text.utf8)) }
+
+    func assertError(_ text: String, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try parse(text), file: file, line: line) {
+            XCTAssertEqual(($0 as? ConfigError)?.description, expected, file: file, line: line)
+        }
+    }
+
+    var boot: String { #""boot-source": {"kernel_image_path": "\#(kernel!)", "boot_args": "console=ttyS0"}"# }
+
+    func testFullFirecrackerStyleConfig() throws {
+        let c = try parse("""
+        {
+          \(boot),
+          "machine-config": {"vcpu_count": 1, "mem_size_mib": 256, "smt": false, "track_dirty_pages": true,
+                             "huge_pages": "None", "cpu_template": "None"},
+          "cpu-config": {"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+              "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxx0xxxxxxxxxxxxxxxxxxx1xxxx0"}]}]},
+          "drives": [], "network-interfaces": [], "vsock": null, "entropy": null, "balloon": null,
+          "logger": {"level": "Info", "show_level": true},
+          "metrics": null, "mmds-config": null,
+          "vmm": {"serial": {"output": "/tmp/console.log", "input": "none"}, "spin_budget_us": 10,
+                  "device_timeout_ms": 500, "placement": {"vcpu": [0], "devices": [1]}}
+        }
+        """)
+        XCTAssertEqual(c.bootSource.kernelImagePath, kernel)
+        XCTAssertEqual(c.bootSource.bootArgs, "console=ttyS0")
+        XCTAssertNil(c.bootSource.initrdPath)
+        XCTAssertEqual(c.machine.memSizeMiB, 256)
+        XCTAssertTrue(c.machine.trackDirtyPages)
+        XCTAssertEqual(c.cpuid, [.init(leaf: 1, subleaf: 0, register: "ecx", clear: 0x0200_0001, set: 0x20)])
+        XCTAssertEqual(c.logger.level, .info)
+        XCTAssertEqual(c.vmm.serialOutput, .file("/tmp/console.log"))
+        XCTAssertFalse(c.vmm.serialInputFromStdin)
+        XCTAssertEqual(c.vmm.spinBudgetMicroseconds, 10)
+        XCTAssertEqual(c.vmm.deviceTimeoutMs, 500)
+        XCTAssertEqual(c.vmm.vcpuCPUs, [0])
+        XCTAssertEqual(c.vmm.deviceCPUs, [1])
+    }
+
+    func testBadJSONNamesLineAndColumn() {
+        assertError("{\n  \"boot-source\": {,}\n}", "(file): invalid JSON at line 2, column 19: expected a string key")
+        assertError("{\"a\": 1,}", "(file): invalid JSON at line 1, column 9: expected a string key")
+        assertError("{\"a\": 1, \"a\": 2}", "(file): invalid JSON at line 1, column 10: duplicate key \"a\"")
+        assertError("", "(file): invalid JSON at line 1, column 1: unexpected end of input")
+    }
+
+    func testUnknownFieldsAreNamedWithTheirPath() {
+        assertError("{\(boot), \"machine-config\": {\"mem_size_mib\": 64, \"vcpus\": 2}}", "machine-config.vcpus: unknown field")
+        assertError("{\(boot), \"bogus\": 1}", "bogus: unknown field")
+        assertError("{\(boot), \"vmm\": {\"serial\": {\"colour\": \"red\"}}}", "vmm.serial.colour: unknown field")
+    }
+
+    func testMissingKernelFile() {
+        assertError(#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#,
+                    "boot-source.kernel_image_path: /nonexistent/vmlinux: No such file or directory")
+        assertError(#"{"boot-source": {"kernel_image_path": "/tmp"}}"#, "boot-source.kernel_image_path: /tmp is not a regular file")
+        assertError(#"{"boot-source": {}}"#, "boot-source.kernel_image_path: missing")
+        assertError("{}", "boot-source: missing (the kernel to boot)")
+        assertError("{\(boot.replacingOccurrences(of: "}", with: ", \"initrd_path\": \"/nonexistent/initrd\"}"))}",
+                    "boot-source.initrd_path: /nonexistent/initrd: No such file or directory")
+    }
+
+    func testUnsupportedSectionsAreRejectedNotIgnored() {
+        assertError(#"{\#(boot), "drives": [{"drive_id": "rootfs"}]}"#,
+                    "not supported yet: drives (virtio-blk arrives with the virtio device processes)")
+        assertError(#"{\#(boot), "network-interfaces": [{"iface_id": "eth0"}]}"#,
+                    "not supported yet: network-interfaces (virtio-net arrives with the virtio device processes)")
+        assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#,
+                    "not supported yet: vsock (virtio-vsock arrives with the virtio device processes)")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2}}"#,
+                    "not supported yet: machine-config.vcpu_count (more than one vCPU needs the irqchip process for INIT/SIPI)")
+        assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
+                    "not supported yet: cpu-config.msr_modifiers (MSR templates)")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "log"}}}"#,
+                    "not supported yet: vmm.sandbox (sandbox options arrive with the seccomp/namespaces work)")
+    }
+
+    func testMachineConfigValues() {
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 0}}"#, "machine-config.mem_size_mib: 0 MiB is too small (at least 2)")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": -5}}"#, "machine-config.mem_size_mib: -5 is out of range 0...2147483647")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": "64"}}"#, "machine-config.mem_size_mib: expected an integer, found a string")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 1.5}}"#, "machine-config.mem_size_mib: expected an integer, found 1.5")
+        assertError(#"{\#(boot), "machine-config": {"vcpu_count": 1}}"#, "machine-config.mem_size_mib: missing")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 0}}"#, "machine-config.vcpu_count: 0 is out of range 1...32")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "smt": "yes"}}"#, "machine-config.smt: expected true or false, found a string")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 8192}}"#,
+                    "not supported yet: machine-config.mem_size_mib (more than 3072 MiB needs RAM above the 32-bit MMIO gap)")
+    }
+
+    func testCPUTemplateBitmaps() {
+        XCTAssertNil(ConfigParser.parseBitmap("0b0101"))
+        XCTAssertNil(ConfigParser.parseBitmap("0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx2"))
+        let allX = "0b" + String(repeating: "x", count: 32)
+        XCTAssertEqual(ConfigParser.parseBitmap(allX)?.0, 0)
+        XCTAssertEqual(ConfigParser.parseBitmap("0b1" + String(repeating: "x", count: 30) + "0")?.1, 0x8000_0000)
+        assertError(#"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0x1", "modifiers": [{"register": "esp", "bitmap": "\#(allX)"}]}]}}"#,
+                    "cpu-config.cpuid_modifiers[0].modifiers[0].register: expected one of eax, ebx, ecx, edx")
+        assertError(#"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0xz", "modifiers": []}]}}"#,
+                    "cpu-config.cpuid_modifiers[0].leaf: \"0xz\" is not a 32-bit integer")
+    }
+
+    func testSerialSettings() throws {
+        XCTAssertEqual(try parse(#"{\#(boot), "vmm": {"serial": {"output": "none"}}}"#).vmm.serialOutput, .none)
+        assertError(#"{\#(boot), "vmm": {"serial": {"input": "keyboard"}}}"#, "vmm.serial.input: expected \"stdin\" or \"none\"")
+        assertError(#"{\#(boot), "vmm": {"spin_budget_us": -1}}"#, "vmm.spin_budget_us: -1 is out of range 0...1000000")
+    }
+
+    func testJSONParserEscapesAndNumbers() throws {
+        let v = try JSONParser.parse(Array(#"{"s": "a\u00e9\n\ud83d\ude00", "n": -1.5e3, "l": [true, false, null]}"#.utf8))
+        XCTAssertEqual(v, .object([("s", .string("aé\n😀")), ("n", .number("-1.5e3")), ("l", .array([.bool(true), .bool(false), .null]))]))
+        XCTAssertThrowsError(try JSONParser.parse(Array("[01]".utf8)))
+        XCTAssertThrowsError(try JSONParser.parse(Array(String(repeating: "[", count: 100).utf8)))
+    }
+}

@@ -1,0 +1,167 @@
+import Foundation
+import XCTest
+
+/// End-to-end: the vmm binary, its vcpu and pio processes, real KVM, real test guests.
+final class GuestRunTests: XCTestCase {
+    override func setUpWithError() throws {
+        try Harness.requireKVM()
+        _ = try Harness.guests.get()
+    }
+
+    override func tearDown() {
+        // No process outlives its test: helpers die with their supervisor.
+        var left = Harness.allHelperPIDs()
+        for _ in 0..<100 where !left.isEmpty { usleep(20_000); left = Harness.allHelperPIDs() }
+        XCTAssertEqual(left, [], "helper processes outlived the test")
+    }
+
+    func testGuestPrintsExactTextAndExitsWithChosenStatus() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=abc exit=21"))
+        XCTAssertEqual(run.wait(), 43, "debug-exit 21 gives (21 << 1) | 1; stderr: \(run.stderr)")
+        XCTAssertEqual(run.stdout, "Hello from the guest: abc\n")
+        XCTAssertEqual(run.stderr, "")
+    }
+
+    func testFlatMultibootImageWithAddressFields() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.flat.bin"), args: "say=flat exit=2"))
+        XCTAssertEqual(run.wait(), 5)
+        XCTAssertEqual(run.stdout, "Hello from the guest: flat\n")
+    }
+
+    func testELF64StartsInLongMode() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello64.elf"), args: "say=long exit=0"))
+        XCTAssertEqual(run.wait(), 1)
+        XCTAssertEqual(run.stdout, "Hello from long mode: long\n")
+    }
+
+    func testTripleFaultGivesARegisterDumpAndItsOwnStatus() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("triplefault.elf"), args: ""))
+        XCTAssertEqual(run.wait(), 6)
+        XCTAssertEqual(run.stdout, "about to triple fault\n")
+        let err = run.stderr
+        XCTAssertTrue(err.contains("vcpu0: triple fault (KVM_EXIT_SHUTDOWN)"), err)
+        XCTAssertTrue(err.contains("RIP="), err)
+        XCTAssertTrue(err.contains("CS=0010"), err)
+        XCTAssertTrue(err.contains("): 0f 0b"), "code bytes at RIP show the ud2: \(err)")
+        XCTAssertTrue(err.contains("vmm: guest triple fault"), err)
+    }
+
+    func testHaltWithNothingToWakeItEndsTheVM() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
+        XCTAssertEqual(run.wait(), 12)
+        XCTAssertEqual(run.stdout, "Hello from the guest: zzz\n", "posted console writes are flushed before the halt is reported")
+        XCTAssertTrue(run.stderr.contains("guest halted"), run.stderr)
+    }
+
+    func testSerialInputFromStdinReachesTheGuest() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("echo.elf"), args: "",
+                                                         serial: #"{"output": "stdout", "input": "stdin"}"#),
+                                  stdin: Data("typed into the console.".utf8))
+        XCTAssertEqual(run.wait(), 1, run.stderr)
+        XCTAssertEqual(run.stdout, "echo: ready\ntyped into the console.\n")
+    }
+
+    func testSerialOutputToAFile() throws {
+        let path = NSTemporaryDirectory() + "vmm-console-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=file exit=0",
+                                                         serial: #"{"output": "\#(path)", "input": "none"}"#))
+        XCTAssertEqual(run.wait(), 1)
+        XCTAssertEqual(run.stdout, "")
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "Hello from the guest: file\n")
+    }
+
+    /// A guest that runs until stopped: the CPL3 port loop with a huge count.
+    func startEndlessGuest() throws -> Harness.Run {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"))
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        return run
+    }
+
+    func testKillingThePIOProcessEndsTheVMNamingTheRole() throws {
+        let run = try startEndlessGuest()
+        let helpers = Harness.helperPIDs(of: run.process.processIdentifier)
+        let pio = try XCTUnwrap(helpers.first { Harness.role(of: $0) == "pio" }, "helpers: \(helpers)")
+        XCTAssertEqual(kill(pio, SIGKILL), 0)
+        XCTAssertEqual(run.wait(timeout: 20), 10, "the VM ends, without hanging")
+        XCTAssertTrue(run.stderr.contains("vmm: pio process (pid \(pio)) killed by signal 9 (SIGKILL)"), run.stderr)
+    }
+
+    func testKillingTheVCPUProcessEndsTheVMNamingTheRole() throws {
+        let run = try startEndlessGuest()
+        let vcpu = try XCTUnwrap(Harness.helperPIDs(of: run.process.processIdentifier).first { Harness.role(of: $0) == "vcpu" })
+        XCTAssertEqual(kill(vcpu, SIGSEGV), 0)
+        XCTAssertEqual(run.wait(timeout: 20), 10)
+        XCTAssertTrue(run.stderr.contains("vmm: vcpu process (pid \(vcpu)) killed by signal 11 (SIGSEGV)"), run.stderr)
+    }
+
+    func testCtrlCStopsEverythingCleanly() throws {
+        let run = try startEndlessGuest()
+        XCTAssertEqual(Harness.helperPIDs(of: run.process.processIdentifier).count, 2)
+        XCTAssertEqual(kill(run.process.processIdentifier, SIGINT), 0)
+        XCTAssertEqual(run.wait(timeout: 20), 130)
+        XCTAssertTrue(run.stderr.contains("vmm: SIGINT received; stopping the VM"), run.stderr)
+    }
+
+    func testHelpersDieWithTheSupervisor() throws {
+        let run = try startEndlessGuest()
+        let helpers = Harness.helperPIDs(of: run.process.processIdentifier)
+        XCTAssertEqual(helpers.count, 2)
+        kill(run.process.processIdentifier, SIGKILL)
+        _ = run.wait()
+        var alive = helpers.filter { kill($0, 0) == 0 }
+        for _ in 0..<250 where !alive.isEmpty { usleep(20_000); alive = helpers.filter { Harness.allHelperPIDs().contains($0) } }
+        XCTAssertEqual(alive, [], "helpers must not outlive a killed supervisor")
+    }
+
+    func testHelpersHoldExactlyTheirDescriptors() throws {
+        let run = try startEndlessGuest()
+        defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
+        for pid in Harness.helperPIDs(of: run.process.processIdentifier) {
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap(Int.init).sorted()
+            let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
+            switch Harness.role(of: pid) {
+            case "pio":
+                // stdio, channel memory, two doorbells, control pipe, console out (input is "none").
+                XCTAssertEqual(fds, Array(0...7), "\(targets)")
+            case "vcpu":
+                // stdio, channel memory, two doorbells, /dev/kvm, RAM, control pipe, then what it made itself:
+                // the VM, the vCPU and their anonymous inodes.
+                XCTAssertEqual(Array(fds.prefix(9)), Array(0...8), "\(targets)")
+                XCTAssertTrue(targets[6].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[7].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertTrue(targets.dropFirst(9).allSatisfy { $0.contains("kvm") }, "\(targets)")
+            default:
+                XCTFail("unexpected helper \(pid)")
+            }
+        }
+    }
+}
+
+final class ConfigErrorTests: XCTestCase {
+    func testBadConfigExitsBeforeAnythingStarts() throws {
+        let run = try Harness.run(config: #"{"boot-source": {"kernel_image_path": "/nonexistent"}, "machine-config": {"mem_size_mib": 0}}"#)
+        XCTAssertEqual(run.wait(), 2)
+        XCTAssertEqual(run.stderr, "vmm: config error: boot-source.kernel_image_path: /nonexistent: No such file or directory\n")
+        XCTAssertEqual(Harness.allHelperPIDs(), [])
+    }
+
+    func testUnreadableConfigFile() throws {
+        let run = try Harness.Run(arguments: ["run", "--config-file", "/nonexistent/config.json"])
+        XCTAssertEqual(run.wait(), 2)
+        XCTAssertTrue(run.stderr.contains("--config-file: cannot read /nonexistent/config.json: No such file or directory"), run.stderr)
+    }
+
+    func testValidateCommand() throws {
+        let run = try Harness.Run(arguments: ["validate", "--config-file", try Harness.writeConfig(#"{"boot-source": {"kernel_image_path": "/etc/hostname"}, "drives": [{}]}"#)])
+        XCTAssertEqual(run.wait(), 2)
+        XCTAssertTrue(run.stderr.contains("not supported yet: drives"), run.stderr)
+    }
+
+    func testKernelThatIsNotAnImage() throws {
+        try Harness.requireKVM()
+        let run = try Harness.run(config: Harness.config(kernel: "/etc/hostname", args: ""))
+        XCTAssertEqual(run.wait(), 4)
+        XCTAssertTrue(run.stderr.contains("boot-source.kernel_image_path: /etc/hostname: not a multiboot image or an ELF64 executable"), run.stderr)
+    }
+}

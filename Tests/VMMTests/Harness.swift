@@ -1,0 +1,140 @@
+import Foundation
+import XCTest
+
+/// Runs the real vmm binary on test guests built from Tests/Guests with the system compiler.
+enum Harness {
+    static let productsDirectory: String = {
+        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") {
+            return (b.bundlePath as NSString).deletingLastPathComponent
+        }
+        return (CommandLine.arguments[0] as NSString).deletingLastPathComponent
+    }()
+    static var vmm: String { productsDirectory + "/vmm" }
+    static let sourceRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+    /// Guests are built once per test process.
+    static let guests: Result<String, Error> = Result {
+        let dir = NSTemporaryDirectory() + "vmm-test-guests-\(getpid())"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = [sourceRoot + "/Tests/Guests/build.sh", dir]
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw NSError(domain: "guest build failed", code: Int(p.terminationStatus)) }
+        return dir
+    }
+
+    static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }
+
+    /// Tests that need /dev/kvm skip loudly where it is missing.
+    static func requireKVM() throws {
+        if access("/dev/kvm", R_OK | W_OK) != 0 {
+            let message = "SKIPPED: /dev/kvm is not usable here; this test needs real KVM"
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            throw XCTSkip(message)
+        }
+    }
+
+    static func config(kernel: String, args: String, memMiB: Int = 32, serial: String = #"{"output": "stdout", "input": "none"}"#,
+                       extra: String = "") -> String {
+        """
+        {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
+         "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
+         "vmm": {"serial": \(serial)\(extra)}}
+        """
+    }
+
+    static func writeConfig(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "vmm-test-config-\(UUID().uuidString).json"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// A vmm run in progress with its output going to files.
+    final class Run {
+        let process = Process()
+        let stdoutPath = NSTemporaryDirectory() + "vmm-out-\(UUID().uuidString)"
+        let stderrPath = NSTemporaryDirectory() + "vmm-err-\(UUID().uuidString)"
+
+        init(arguments: [String], stdin: Data? = nil) throws {
+            FileManager.default.createFile(atPath: stdoutPath, contents: nil)
+            FileManager.default.createFile(atPath: stderrPath, contents: nil)
+            process.executableURL = URL(fileURLWithPath: Harness.vmm)
+            process.arguments = arguments
+            process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
+            process.standardError = FileHandle(forWritingAtPath: stderrPath)
+            if let stdin {
+                let pipe = Pipe()
+                process.standardInput = pipe
+                try process.run()
+                pipe.fileHandleForWriting.write(stdin)
+                try pipe.fileHandleForWriting.close()
+            } else {
+                process.standardInput = FileHandle.nullDevice
+                try process.run()
+            }
+        }
+
+        var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+        var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+
+        /// Waits for exit; kills the whole run and fails after `timeout` seconds, so no test can hang.
+        func wait(timeout: TimeInterval = 60) -> Int32? {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning {
+                if Date() > deadline {
+                    for pid in Harness.helperPIDs(of: process.processIdentifier) { kill(pid, SIGKILL) }
+                    kill(process.processIdentifier, SIGKILL)
+                    process.waitUntilExit()
+                    return nil
+                }
+                usleep(10_000)
+            }
+            return process.terminationStatus
+        }
+
+        func waitForOutput(_ text: String, timeout: TimeInterval = 30) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if stdout.contains(text) { return true }
+                if !process.isRunning { return stdout.contains(text) }
+                usleep(10_000)
+            }
+            return false
+        }
+
+        deinit {
+            try? FileManager.default.removeItem(atPath: stdoutPath)
+            try? FileManager.default.removeItem(atPath: stderrPath)
+        }
+    }
+
+    static func run(config: String, stdin: Data? = nil) throws -> Run {
+        try Run(arguments: ["run", "--config-file", try writeConfig(config)], stdin: stdin)
+    }
+
+    /// Every process running this build's vmm binary as a helper role.
+    static func allHelperPIDs() -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid_t($0) }.filter { pid in
+            guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return args.count > 1 && args[1] == "_role" && (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) == vmm
+        }
+    }
+
+    static func helperPIDs(of parent: pid_t) -> [pid_t] {
+        allHelperPIDs().filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && pid_t(fields[1]) == parent
+        }
+    }
+
+    static func role(of pid: pid_t) -> String? {
+        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+        let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        return args.count > 2 ? args[2] : nil
+    }
+}
