@@ -39,16 +39,19 @@ let package = Package(
         .executableTarget(name: "vmm", dependencies: [
             "Processes", "Config", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
+        .target(name: "BenchKit", path: "tools/bench/BenchKit"),
         .executableTarget(name: "VMMBench", dependencies: [
-            "KVM", "Memory", "Boot", "System",
+            "BenchKit", "KVM", "Memory", "Boot", "System",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], path: "tools/bench"),
+        ], path: "tools/bench/Command"),
         // A second real process for the ring tests.
         .executableTarget(name: "ring-peer", dependencies: ["Channel", "System"], path: "Tests/RingPeer"),
 
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
                     resources: []),
     ],

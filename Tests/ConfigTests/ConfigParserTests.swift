@@ -126,3 +126,21 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertThrowsError(try JSONParser.parse(Array(String(repeating: "[", count: 100).utf8)))
     }
 }
+
+final class ShippedConfigTests: XCTestCase {
+    /// Every example in Configs/ parses (its guest path swapped for a file that exists here).
+    func testExampleConfigsParse() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Configs")
+        let kernel = NSTemporaryDirectory() + "shipped-config-kernel-\(getpid())"
+        FileManager.default.createFile(atPath: kernel, contents: Data([0]))
+        defer { try? FileManager.default.removeItem(atPath: kernel) }
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }
+        XCTAssertFalse(files.isEmpty)
+        for f in files {
+            let text = try String(contentsOf: dir.appendingPathComponent(f), encoding: .utf8)
+                .replacingOccurrences(of: "out/guests/hello.elf", with: kernel)
+            XCTAssertNoThrow(try ConfigParser.parse(Array(text.utf8)), f)
+        }
+    }
+}

@@ -8,7 +8,7 @@ import System
 /// The baseline: the same guest on a bare in-process KVM loop that answers port accesses itself,
 /// with no channel and no other process. Output bytes to COM1 are collected; debug-exit ends the run.
 struct BareLoop {
-    struct Result { var output: [UInt8] = []; var exitStatus: Int32 = -1; var exits = 0 }
+    struct Result { var output: [UInt8] = []; var exitStatus: Int32 = -1; var exits = 0; var tscKHz = 0 }
 
     static func run(kernel: [UInt8], cmdline: String, memoryMiB: Int = 64) throws -> Result {
         let kvm = try KVMHost.open()
@@ -21,6 +21,7 @@ struct BareLoop {
         try vcpu.setCPUID(CPUIDTable.build(supported: try kvm.supportedCPUID(), vcpuID: 0, vcpuCount: 1, template: []))
         try vcpu.apply(try GuestLoader.load(kernel: kernel, cmdline: cmdline, modules: [], into: memory))
         var result = Result()
+        result.tscKHz = vcpu.tscKHz()
         while true {
             let reason = try vcpu.runOnce()
             result.exits += 1

@@ -1,0 +1,53 @@
+import XCTest
+@testable import BenchKit
+
+final class BenchKitTests: XCTestCase {
+    func testParsesTheGuestTimingLine() {
+        XCTAssertEqual(GuestTiming.parse("portloop: ready\ncycles=1234 iters=10\n"), GuestTiming(cycles: 1234, iterations: 10))
+        XCTAssertNil(GuestTiming.parse("portloop: ready\n"))
+        XCTAssertNil(GuestTiming.parse("cycles=12 iters=0\n"), "zero iterations cannot give a per-iteration time")
+        XCTAssertNil(GuestTiming.parse("cycles=-1 iters=3\n"))
+        XCTAssertEqual(GuestTiming(cycles: 3_000_000, iterations: 1000).nanosecondsPerIteration(tscKHz: 3_000_000), 1000)
+    }
+
+    func testMinMedianAndRatio() {
+        XCTAssertEqual(Samples([5, 1, 3]).median, 3)
+        XCTAssertEqual(Samples([4, 1, 3, 2]).median, 2.5)
+        XCTAssertEqual(Samples([4, 1, 3, 2]).min, 1)
+        XCTAssertNil(Samples().median)
+        let report = Report(machine: [:], rows: [
+            Row(name: "bare", unit: "ns", samples: Samples([100, 110, 90])),
+            Row(name: "vmm", unit: "ns", samples: Samples([105, 120, 108]), baseline: "bare", goal: 1.10),
+            Row(name: "slow", unit: "ns", samples: Samples([200]), baseline: "bare", goal: 1.10),
+            Row(name: "startup", unit: "ms", samples: Samples([12, 14]), goal: 15),
+            Row(name: "orphan", unit: "ns", samples: Samples([1]), baseline: "missing", goal: 2),
+        ])
+        XCTAssertEqual(report.ratio(report.rows[1])!, 108.0 / 100.0, accuracy: 1e-9)
+        XCTAssertEqual(report.meetsGoal(report.rows[1]), true)
+        XCTAssertEqual(report.meetsGoal(report.rows[2]), false)
+        XCTAssertEqual(report.meetsGoal(report.rows[3]), true)
+        XCTAssertNil(report.meetsGoal(report.rows[4]))
+        XCTAssertNil(report.meetsGoal(report.rows[0]))
+        let table = report.table()
+        XCTAssertTrue(table.contains("1.08x"), table)
+        XCTAssertTrue(table.contains("MISSED"), table)
+        XCTAssertNoThrow(try report.json())
+    }
+
+    func testPSSLeavesOutGuestRAM() {
+        let smaps = """
+        55d0c0a00000-55d0c0b00000 r-xp 00000000 fe:01 123  /usr/bin/vmm
+        Size:               1024 kB
+        Pss:                 300 kB
+        7f0000000000-7f0004000000 rw-s 00000000 00:01 5    /memfd:guest-ram (deleted)
+        Size:              65536 kB
+        Pss:                2048 kB
+        7f1000000000-7f1000021000 rw-p 00000000 00:00 0
+        Size:                132 kB
+        Pss:                  40 kB
+        """
+        let m = Memory.parseSmaps(smaps)
+        XCTAssertEqual(m.count, 3)
+        XCTAssertEqual(Memory.pssExcludingGuestRAM(m, ramKiB: 65536, ramName: "memfd:guest-ram"), 340)
+    }
+}

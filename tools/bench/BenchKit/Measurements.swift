@@ -1,0 +1,149 @@
+import Foundation
+
+/// What a timing guest printed: "cycles=C iters=N".
+public struct GuestTiming: Equatable, Sendable {
+    public let cycles: UInt64
+    public let iterations: UInt64
+
+    /// Finds the timing line in a guest's console output; nil when absent or malformed.
+    public static func parse(_ output: String) -> GuestTiming? {
+        for line in output.split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: " ")
+            guard fields.count == 2, fields[0].hasPrefix("cycles="), fields[1].hasPrefix("iters="),
+                  let c = UInt64(fields[0].dropFirst(7)), let n = UInt64(fields[1].dropFirst(6)), n > 0 else { continue }
+            return GuestTiming(cycles: c, iterations: n)
+        }
+        return nil
+    }
+
+    /// Nanoseconds per iteration at a TSC of `tscKHz`.
+    public func nanosecondsPerIteration(tscKHz: Int) -> Double {
+        Double(cycles) * 1_000_000 / (Double(iterations) * Double(tscKHz))
+    }
+}
+
+/// Repeated samples of one figure.
+public struct Samples: Equatable, Sendable, Codable {
+    public var values: [Double]
+    public init(_ values: [Double] = []) { self.values = values }
+
+    public var min: Double? { values.min() }
+    public var median: Double? {
+        guard !values.isEmpty else { return nil }
+        let s = values.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+}
+
+/// One row of the report: a figure, its unit, its samples, and optionally a baseline and a goal on the ratio.
+public struct Row: Sendable, Codable, Equatable {
+    public var name: String
+    public var unit: String
+    public var samples: Samples
+    /// Name of the row this one is compared with (ratio of medians, this / baseline).
+    public var baseline: String?
+    /// Highest acceptable value (of the ratio when there is a baseline, else of the median).
+    public var goal: Double?
+    public var note: String?
+
+    public init(name: String, unit: String, samples: Samples, baseline: String? = nil, goal: Double? = nil, note: String? = nil) {
+        self.name = name
+        self.unit = unit
+        self.samples = samples
+        self.baseline = baseline
+        self.goal = goal
+        self.note = note
+    }
+}
+
+/// The whole run: rows, ratios computed within it, and where it ran.
+public struct Report: Sendable, Codable {
+    public var machine: [String: String]
+    public var rows: [Row]
+
+    public init(machine: [String: String], rows: [Row]) {
+        self.machine = machine
+        self.rows = rows
+    }
+
+    /// Ratio of this row's median to its baseline's median, both from this run.
+    public func ratio(_ row: Row) -> Double? {
+        guard let b = row.baseline, let base = rows.first(where: { $0.name == b })?.samples.median, base > 0,
+              let m = row.samples.median else { return nil }
+        return m / base
+    }
+
+    /// True, false, or nil when there is no goal or no figure.
+    public func meetsGoal(_ row: Row) -> Bool? {
+        guard let goal = row.goal else { return nil }
+        if row.baseline != nil { return ratio(row).map { $0 <= goal } }
+        return row.samples.median.map { $0 <= goal }
+    }
+
+    public func table() -> String {
+        func f(_ v: Double?) -> String { v.map { String(format: $0 >= 100 ? "%.0f" : "%.2f", $0) } ?? "-" }
+        func line(_ c: [String]) -> String {
+            pad(c[0], 48) + pad(c[1], 10, right: true) + " " + pad(c[2], 10, right: true) + "  " + pad(c[3], 8)
+                + pad(c[4], 8, right: true) + "  " + c[5]
+        }
+        var lines = [line(["figure", "min", "median", "unit", "ratio", "goal"])]
+        for r in rows {
+            let ratioText = ratio(r).map { String(format: "%.2fx", $0) } ?? ""
+            var goalText = ""
+            if let g = r.goal {
+                let what = r.baseline != nil ? "<= \(String(format: "%.2f", g))x \(r.baseline!)" : "<= \(f(g)) \(r.unit)"
+                goalText = "\(what): " + (meetsGoal(r).map { $0 ? "met" : "MISSED" } ?? "no data")
+            }
+            if let n = r.note { goalText += goalText.isEmpty ? n : "  (\(n))" }
+            lines.append(line([r.name, f(r.samples.min), f(r.samples.median), r.unit, ratioText, goalText]))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - s.count))
+        return right ? fill + s : s + fill
+    }
+
+    public func json() throws -> Data {
+        struct Out: Codable { var machine: [String: String]; var rows: [Entry] }
+        struct Entry: Codable {
+            var name: String, unit: String, samples: [Double], min: Double?, median: Double?
+            var baseline: String?, ratio: Double?, goal: Double?, goalMet: Bool?, note: String?
+        }
+        let out = Out(machine: machine, rows: rows.map {
+            Entry(name: $0.name, unit: $0.unit, samples: $0.samples.values, min: $0.samples.min, median: $0.samples.median,
+                  baseline: $0.baseline, ratio: ratio($0), goal: $0.goal, goalMet: meetsGoal($0), note: $0.note)
+        })
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try e.encode(out)
+    }
+}
+
+/// Proportional set size from /proc/PID/smaps, in KiB, leaving out the mappings `exclude` picks (guest RAM).
+public enum Memory {
+    public struct Mapping: Equatable { public var name: String; public var sizeKiB: Int; public var pssKiB: Int }
+
+    public static func parseSmaps(_ text: String) -> [Mapping] {
+        var out: [Mapping] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let first = fields.first else { continue }
+            if first.contains("-"), first.allSatisfy({ $0.isHexDigit || $0 == "-" }) {
+                out.append(Mapping(name: fields.count > 5 ? fields[5...].joined(separator: " ") : "", sizeKiB: 0, pssKiB: 0))
+            } else if first == "Size:", fields.count > 1, let v = Int(fields[1]), !out.isEmpty {
+                out[out.count - 1].sizeKiB = v
+            } else if first == "Pss:", fields.count > 1, let v = Int(fields[1]), !out.isEmpty {
+                out[out.count - 1].pssKiB = v
+            }
+        }
+        return out
+    }
+
+    /// PSS of all mappings except guest RAM: the mapping named `ramName`, or else any mapping at least as large
+    /// as guest RAM (QEMU's anonymous RAM block).
+    public static func pssExcludingGuestRAM(_ mappings: [Mapping], ramKiB: Int, ramName: String) -> Int {
+        mappings.filter { !($0.name.contains(ramName) || $0.sizeKiB >= ramKiB) }.reduce(0) { $0 + $1.pssKiB }
+    }
+}

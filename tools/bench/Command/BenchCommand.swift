@@ -1,0 +1,125 @@
+import ArgumentParser
+import BenchKit
+import Foundation
+import Glibc
+
+/// Measures the VMM's hot paths side by side with a bare in-process KVM loop and QEMU, in one run, and prints
+/// ratios computed within that run (these machines are noisy; only same-run ratios mean anything).
+@main
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "vmm-bench",
+                                                    abstract: "Exit cost, start-up and memory, against a bare KVM loop and QEMU.")
+
+    @Option(help: "Guest port accesses per exit-cost sample.") var iterations = 1_000_000
+    @Option(help: "Samples of each figure.") var repetitions = 5
+    @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
+    @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
+    @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
+    @Option(help: "QEMU comparison: auto (if installed), install (apt-get it if missing), skip.") var qemu = "auto"
+    @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
+
+    func run() throws {
+        let iterations = smoke ? 1000 : self.iterations
+        let repetitions = smoke ? 1 : self.repetitions
+        let guestDir = try ensureGuests()
+        let portloop = guestDir + "/portloop.elf", hello = guestDir + "/hello.elf"
+        let ours = OurVMM(binary: vmm ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/vmm"))
+        var qemus: [QEMU] = []
+        if qemu != "skip", let q = QEMU.locate(install: qemu == "install") {
+            qemus = [QEMU(binary: q, irqchip: true), QEMU(binary: q, irqchip: false)]
+        }
+
+        var rows: [String: Samples] = [:]
+        func add(_ name: String, _ v: Double?) { if let v { rows[name, default: Samples()].values.append(v) } }
+        let kernelBytes = Array(try Data(contentsOf: URL(fileURLWithPath: portloop)))
+        var tscKHz = 0
+
+        for rep in 0..<repetitions {
+            log("repetition \(rep + 1)/\(repetitions)")
+            for (op, port) in [("in", 0x3fd), ("out", 0x3ff)] {
+                let args = "iters=\(iterations) op=\(op) port=\(port)"
+                let bare = try BareLoop.run(kernel: kernelBytes, cmdline: args)
+                tscKHz = bare.tscKHz
+                add("port \(op): bare KVM loop", GuestTiming.parse(String(decoding: bare.output, as: UTF8.self))?.nanosecondsPerIteration(tscKHz: tscKHz))
+                let v = try Runner.run(ours, kernel: portloop, args: args)
+                add("port \(op): vmm (pio process)", GuestTiming.parse(v.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
+                for q in qemus {
+                    let r = try Runner.run(q, kernel: portloop, args: args)
+                    add("port \(op): \(q.name)", GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
+                }
+            }
+            for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) {
+                let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
+                add("start-up to first UART byte: \(m.name)", r.firstByte.map { $0 * 1000 })
+                add("start-up to exit: \(m.name)", r.total * 1000)
+            }
+        }
+        let memMiB = 64
+        for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) {
+            let p = try Runner.startResident(m, kernel: portloop, args: "iters=100000000000", memMiB: memMiB, ready: "portloop: ready")
+            var pss = 0
+            for pid in ProcessTree.all(p.processIdentifier) {
+                let smaps = (try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8)) ?? ""
+                pss += BenchKit.Memory.pssExcludingGuestRAM(BenchKit.Memory.parseSmaps(smaps), ramKiB: memMiB * 1024, ramName: "guest-ram")
+            }
+            for pid in ProcessTree.all(p.processIdentifier).reversed() { kill(pid, SIGKILL) }
+            p.waitUntilExit()
+            add("memory PSS without guest RAM: \(m.name)", Double(pss) / 1024)
+        }
+
+        var report = Report(machine: machineInfo(tscKHz: tscKHz), rows: [])
+        func row(_ name: String, _ unit: String, baseline: String? = nil, goal: Double? = nil, note: String? = nil) {
+            guard let s = rows[name] else { return }
+            report.rows.append(Row(name: name, unit: unit, samples: s, baseline: baseline, goal: goal, note: note))
+        }
+        for op in ["in", "out"] {
+            let bare = "port \(op): bare KVM loop"
+            row(bare, "ns/exit")
+            row("port \(op): vmm (pio process)", "ns/exit", baseline: bare, goal: op == "in" ? 1.10 : 1.03,
+                note: op == "in" ? "read answered by the device process" : "posted write")
+            for q in qemus { row("port \(op): \(q.name)", "ns/exit", baseline: bare) }
+        }
+        row("start-up to first UART byte: vmm", "ms", goal: 15)
+        row("start-up to exit: vmm", "ms")
+        row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
+        row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
+        row("memory PSS without guest RAM: vmm", "MiB", goal: 10)
+        row("memory PSS without guest RAM: qemu", "MiB", baseline: "memory PSS without guest RAM: vmm")
+
+        print(report.machine.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n"))
+        print("")
+        print(report.table())
+        try FileManager.default.createDirectory(atPath: (json as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try report.json().write(to: URL(fileURLWithPath: json))
+        print("\nJSON: \(json)")
+    }
+
+    func log(_ s: String) { FileHandle.standardError.write(Data("vmm-bench: \(s)\n".utf8)) }
+
+    func ensureGuests() throws -> String {
+        if access(guests + "/portloop.elf", R_OK) != 0 || access(guests + "/hello.elf", R_OK) != 0 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["Tests/Guests/build.sh", guests]
+            try p.run()
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else { throw ValidationError("building the test guests failed (run from the repository root)") }
+        }
+        return guests
+    }
+
+    func machineInfo(tscKHz: Int) -> [String: String] {
+        var info: [String: String] = ["date": ISO8601DateFormatter().string(from: Date()), "tsc_khz": "\(tscKHz)",
+                                      "iterations": "\(smoke ? 1000 : iterations)", "repetitions": "\(smoke ? 1 : repetitions)"]
+        var u = utsname()
+        uname(&u)
+        info["kernel"] = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        if let model = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) {
+            info["cpu"] = model.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        info["cpus"] = "\(sysconf(Int32(_SC_NPROCESSORS_ONLN)))"
+        info["kvm"] = cpuinfo.contains(" hypervisor") ? "nested (this host is itself a guest)" : "bare metal"
+        return info
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import Glibc
+
+/// Starts a VMM (ours or QEMU) on a test guest and collects what the guest printed.
+struct GuestRun {
+    var output = ""
+    var status: Int32 = -1
+    /// Seconds from spawn to the first console byte, and to exit.
+    var firstByte: Double?
+    var total: Double = 0
+}
+
+protocol VMMUnderTest {
+    var name: String { get }
+    func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String])
+}
+
+/// This project's vmm, from a config file written for the run.
+struct OurVMM: VMMUnderTest {
+    let binary: String
+    let name = "vmm"
+    func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
+        let config = """
+        {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
+         "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
+         "vmm": {"serial": {"output": "stdout", "input": "none"}}}
+        """
+        let path = NSTemporaryDirectory() + "vmm-bench-\(getpid()).json"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        return (binary, ["run", "--config-file", path])
+    }
+}
+
+/// QEMU with KVM, the same multiboot guest, its UART on stdio and isa-debug-exit at 0xf4.
+struct QEMU: VMMUnderTest {
+    let binary: String
+    let irqchip: Bool
+    var name: String { irqchip ? "qemu" : "qemu (kernel-irqchip=off)" }
+    func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
+        (binary, ["-accel", irqchip ? "kvm" : "kvm,kernel-irqchip=off", "-m", "\(memMiB)", "-kernel", kernel,
+                  "-append", args, "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
+                  "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+    }
+
+    /// The binary, installing Debian's qemu-system-x86 first when asked to and it is missing.
+    static func locate(install: Bool) -> String? {
+        let path = "/usr/bin/qemu-system-x86_64"
+        if access(path, X_OK) == 0 { return path }
+        guard install else { return nil }
+        FileHandle.standardError.write(Data("installing qemu-system-x86 for the comparison...\n".utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null"]
+        try? p.run()
+        p.waitUntilExit()
+        return access(path, X_OK) == 0 ? path : nil
+    }
+}
+
+enum Runner {
+    /// Runs to completion (or `timeout`), timing the first output byte.
+    static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300) throws -> GuestRun {
+        let (exe, argv) = try vmm.command(kernel: kernel, args: args, memMiB: memMiB)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = argv
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.standardError
+        p.standardInput = FileHandle.nullDevice
+        var result = GuestRun()
+        let start = Date()
+        try p.run()
+        let killer = DispatchWorkItem { p.terminate() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        var data = Data()
+        while true {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            if result.firstByte == nil { result.firstByte = Date().timeIntervalSince(start) }
+            data.append(chunk)
+        }
+        p.waitUntilExit()
+        killer.cancel()
+        result.total = Date().timeIntervalSince(start)
+        result.status = p.terminationStatus
+        result.output = String(decoding: data, as: UTF8.self)
+        return result
+    }
+
+    /// Starts a guest that runs until killed, waits for `ready`, returns the process.
+    static func startResident(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int, ready: String) throws -> Process {
+        let (exe, argv) = try vmm.command(kernel: kernel, args: args, memMiB: memMiB)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = argv
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.standardError
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        var seen = ""
+        while !seen.contains(ready) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += String(decoding: chunk, as: UTF8.self)
+        }
+        return p
+    }
+}
+
+enum ProcessTree {
+    /// `pid` and all its descendants.
+    static func all(_ pid: pid_t) -> [pid_t] {
+        var out = [pid]
+        let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
+        return out
+    }
+}
