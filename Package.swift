@@ -22,6 +22,8 @@ let package = Package(
         .target(name: "System", dependencies: ["CLinux"]),
         // Pure device models: no syscalls, unit-tested without a VM.
         .target(name: "Devices"),
+        // Policies -> seccomp, capabilities, namespaces, the empty-root jail.
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"]),
         // Guest RAM and guest-physical addresses.
         .target(name: "Memory", dependencies: ["System"]),
         // Shared-memory rings, doorbells and the messages that cross them.
@@ -34,7 +36,7 @@ let package = Package(
         .target(name: "Config"),
         // One folder per process role.
         .target(name: "Processes", dependencies: [
-            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "CSeccomp", "CCap",
+            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "Sandbox",
         ]),
         .executableTarget(name: "vmm", dependencies: [
             "Processes", "Config", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -52,6 +54,7 @@ let package = Package(
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
                     resources: []),
     ],

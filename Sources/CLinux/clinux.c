@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <grp.h>
 #include <sched.h>
 
 const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
@@ -64,4 +66,19 @@ int vmm_set_affinity(pid_t pid, const int *cpus, int count) {
         CPU_SET(cpus[i], &set);
     }
     return sched_setaffinity(pid, sizeof set, &set);
+}
+
+const int VMM_PR_CAPBSET_DROP = PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT = PR_CAP_AMBIENT;
+const int VMM_PR_CAP_AMBIENT_CLEAR_ALL = PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
+const int VMM_PR_SET_NAME = PR_SET_NAME, VMM_PR_GET_NAME = PR_GET_NAME;
+const int VMM_RLIMIT_NOFILE = RLIMIT_NOFILE, VMM_RLIMIT_CORE = RLIMIT_CORE, VMM_RLIMIT_FSIZE = RLIMIT_FSIZE;
+const int VMM_RLIMIT_NPROC = RLIMIT_NPROC;
+int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
+    return prctl(option, a2, a3, a4, a5);
+}
+int vmm_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
+int vmm_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }
+int vmm_set_rlimit(int resource, uint64_t value) {
+    struct rlimit l = { (rlim_t)value, (rlim_t)value };
+    return setrlimit(resource, &l);
 }

@@ -71,8 +71,8 @@ extension Message {
         let rawOp = UInt8(truncatingIfNeeded: header)
         guard let op = MessageKind(rawValue: rawOp) else { throw .unknownOperation(rawOp) }
         let size = UInt8(truncatingIfNeeded: header >> 8)
-        if op == .sync {
-            guard size == 0 else { throw .badSize(size) }
+        if op == .sync || (op == .response && size == 0) {  // a sync and its answer carry no access
+            guard size == 0, data == 0 else { throw .badSize(size) }
         } else {
             guard size == 1 || size == 2 || size == 4 || size == 8 else { throw .badSize(size) }
             if size < 8, data >> (UInt64(size) * 8) != 0 { throw .dataWiderThanSize }

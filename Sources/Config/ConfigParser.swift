@@ -211,7 +211,17 @@ public enum ConfigParser {
             s.deviceCPUs = try cpuList(pr.value("devices"), path: pr.child("devices"))
             try pr.finish()
         }
-        try r.rejectIfSet("sandbox", "sandbox options arrive with the seccomp/namespaces work")
+        if let sb = r.value("sandbox") {
+            var sr = try ObjectReader(sb, path: r.child("sandbox"))
+            if let mode = try sr.string("seccomp") {
+                guard mode == "kill" || mode == "log" else { throw ConfigError(sr.child("seccomp"), "expected \"kill\" or \"log\"") }
+                s.sandbox.seccompLogOnly = mode == "log"
+            }
+            s.sandbox.uid = UInt32(try sr.integer("uid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
+            s.sandbox.gid = UInt32(try sr.integer("gid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
+            s.sandbox.policyDirectory = try sr.string("policy_dir")
+            try sr.finish()
+        }
         try r.finish()
         return s
     }

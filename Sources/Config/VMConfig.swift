@@ -45,6 +45,18 @@ public struct VMConfig: Equatable, Sendable {
         /// CPUs the vcpu process and the device processes may run on (empty: anywhere).
         public var vcpuCPUs: [Int] = []
         public var deviceCPUs: [Int] = []
+        public var sandbox = Sandbox()
+    }
+
+    /// How helpers are confined. There is no switch to turn confinement off: every path runs sandboxed.
+    public struct Sandbox: Equatable, Sendable {
+        /// "kill": a denied call kills the helper; "log": it fails with ENOSYS and is reported by name.
+        public var seccompLogOnly = false
+        /// The unprivileged ids helpers run as (when vmm runs as root).
+        public var uid: UInt32 = 64999
+        public var gid: UInt32 = 64999
+        /// Where the role policies are; nil: found next to the binary or in /usr/share/vmm/Policies.
+        public var policyDirectory: String?
     }
 
     public var bootSource: BootSource

@@ -1,5 +1,5 @@
-import Glibc
 import CLinux
+import Glibc
 
 /// A child process started with an exact set of file descriptors, watched through a pidfd.
 public struct ChildProcess: ~Copyable, @unchecked Sendable {
@@ -19,56 +19,41 @@ public struct ChildProcess: ~Copyable, @unchecked Sendable {
         }
     }
 
+    /// Namespaces a child can be started in.
+    public struct Namespaces: OptionSet, Sendable {
+        public let rawValue: UInt
+        public init(rawValue: UInt) { self.rawValue = rawValue }
+        public static let mount = Namespaces(rawValue: UInt(CLONE_NEWNS))
+        public static let pid = Namespaces(rawValue: UInt(CLONE_NEWPID))
+        public static let ipc = Namespaces(rawValue: UInt(CLONE_NEWIPC))
+        public static let uts = Namespaces(rawValue: UInt(CLONE_NEWUTS))
+        public static let network = Namespaces(rawValue: UInt(CLONE_NEWNET))
+        public static let user = Namespaces(rawValue: UInt(CLONE_NEWUSER))
+        public static let all: Namespaces = [.mount, .pid, .ipc, .uts, .network]
+    }
+
     /// Starts `executable` with `arguments`. The child's fds 0, 1, 2 are `stdio`; `fds[i]` becomes fd 3+i;
-    /// every other descriptor is closed. The child gets an empty signal mask and default signal actions, and
-    /// `environment` (or this process's environment when nil).
+    /// every other descriptor is closed. The child starts in `namespaces`, with an empty signal mask and default
+    /// signal actions, gets SIGKILL when this process dies, and gets `environment` (or this process's).
     public static func spawn(
         executable: String, arguments: [String], stdio: (Int32, Int32, Int32), fds: [Int32],
-        environment: [String]? = nil
+        environment: [String]? = nil, namespaces: Namespaces = []
     ) throws(SystemError) -> ChildProcess {
-        // Move every source above the target range first so that no dup2 clobbers a later source.
-        var staged: [Int32] = []
-        defer { staged.forEach { close($0) } }
-        for fd in [stdio.0, stdio.1, stdio.2] + fds {
-            staged.append(try syscallRetrying("fcntl(F_DUPFD_CLOEXEC)") {
-                vmm_fcntl_int(fd, F_DUPFD_CLOEXEC, 100 + Int32(fds.count))
-            })
-        }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for (target, source) in staged.enumerated() {
-            try checkReturn("posix_spawn_file_actions_adddup2",
-                            posix_spawn_file_actions_adddup2(&actions, source, Int32(target)))
-        }
-        try checkReturn("posix_spawn_file_actions_addclosefrom_np", vmm_spawn_closefrom(&actions, Int32(3 + fds.count)))
-
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(VMM_POSIX_SPAWN_SETSIGMASK | VMM_POSIX_SPAWN_SETSIGDEF))
-
+        let all = [stdio.0, stdio.1, stdio.2] + fds
         let argv = ([executable] + arguments).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var cArgv = argv + [nil]
-        var pid: pid_t = 0
-        let r: Int32
-        if let environment {
-            let envp = environment.map { strdup($0) }
-            defer { envp.forEach { free($0) } }
-            var cEnv = envp + [nil]
-            r = posix_spawn(&pid, executable, &actions, &attr, &cArgv, &cEnv)
-        } else {
-            r = posix_spawn(&pid, executable, &actions, &attr, &cArgv, environ)
+        let envp = (environment ?? ProcessInfo.environmentStrings()).map { strdup($0) }
+        defer { (argv + envp).forEach { free($0) } }
+        let cArgv = argv + [nil], cEnv = envp + [nil]
+        let selfPidfd = vmm_pidfd_open(getpid(), 0)
+        defer { if selfPidfd >= 0 { close(selfPidfd) } }
+        var pidfd: Int32 = -1, error: Int32 = 0
+        let pid = cArgv.withUnsafeBufferPointer { a in
+            cEnv.withUnsafeBufferPointer { e in
+                vmm_spawn(executable, a.baseAddress, e.baseAddress, all, Int32(all.count), namespaces.rawValue,
+                          selfPidfd, &pidfd, &error)
+            }
         }
-        try checkReturn("posix_spawn \(executable)", r)
-        let pidfd = try syscallRetrying("pidfd_open") { vmm_pidfd_open(pid, 0) }
+        guard pid > 0 else { throw SystemError("spawn \(executable)", errno: error) }
         return ChildProcess(pid: pid, pidfd: FileDescriptor(owning: pidfd))
     }
 
@@ -126,10 +111,9 @@ public enum Signals {
         for s in signals { signal(s, SIG_IGN) }
     }
 
-    /// Asks the kernel to SIGKILL this process when its parent dies, then checks the parent is still `expectedParent`.
-    public static func dieWithParent(expectedParent: pid_t) throws(SystemError) -> Bool {
+    /// Asks the kernel to SIGKILL this process when its parent dies.
+    public static func dieWithParent() throws(SystemError) {
         _ = try syscallRetrying("prctl(PR_SET_PDEATHSIG)") { vmm_set_pdeathsig(SIGKILL) }
-        return getppid() == expectedParent
     }
 }
 
@@ -137,4 +121,17 @@ public enum Signals {
 public func setCPUAffinity(pid: pid_t, cpus: [Int]) throws(SystemError) {
     let list = cpus.map { Int32($0) }
     _ = try syscallRetrying("sched_setaffinity") { vmm_set_affinity(pid, list, Int32(list.count)) }
+}
+
+enum ProcessInfo {
+    /// This process's environment as "NAME=value" strings.
+    static func environmentStrings() -> [String] {
+        var out: [String] = []
+        var p = environ
+        while let entry = p.pointee {
+            out.append(String(cString: entry))
+            p += 1
+        }
+        return out
+    }
 }

@@ -81,6 +81,12 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         _ = try syscallRetrying("ftruncate") { ftruncate(raw, off_t(size)) }
     }
 
+    /// The contents of a text file, nil when it cannot be read.
+    public static func readText(_ path: String) -> String? {
+        guard let bytes = try? open(path, O_RDONLY).readAll() else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// Reads the whole file from offset 0.
     public func readAll() throws(SystemError) -> [UInt8] {
         let n = try size()

@@ -9,7 +9,7 @@ struct VMMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmm",
         abstract: "A multi-process, sandboxed KVM microVMM.",
-        subcommands: [Run.self, Validate.self, Role.self])
+        subcommands: [Run.self, Validate.self, PolicyCheckCommand.self, Role.self])
 }
 
 /// Options shared by the commands that read a config file.
@@ -33,6 +33,9 @@ struct Run: ParsableCommand {
     @Option(help: "Diagnostics level: error, warning, info, debug (overrides logger.level).")
     var logLevel: String?
 
+    @Flag(help: "Seccomp log mode: a denied call is reported by name and fails with ENOSYS instead of killing the helper.")
+    var seccompLog = false
+
     func run() throws {
         // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
         let signals: FileDescriptor
@@ -40,7 +43,8 @@ struct Run: ParsableCommand {
             Log.report("\(error)")
             throw ExitCode(ExitStatus.hostError)
         }
-        let config = try options.load()
+        var config = try options.load()
+        if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
         Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
         if let path = config.logger.logPath {
             do { Log.fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND).take() } catch {
@@ -72,6 +76,18 @@ struct Validate: ParsableCommand {
     func run() throws {
         _ = try options.load()
         print("\(options.configFile): OK")
+    }
+}
+
+struct PolicyCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "policy-check", abstract: "Check that every role's seccomp policy parses and compiles; list the rules.")
+    @Option(help: "The policy directory (default: found as vmm run finds it).") var dir: String?
+
+    func run() throws {
+        let (report, ok) = PolicyCheck.run(directory: dir, reader: FileDescriptor.readText)
+        print(report)
+        if !ok { throw ExitCode(1) }
     }
 }
 

@@ -85,8 +85,8 @@ final class ConfigParserTests: XCTestCase {
                     "not supported yet: machine-config.vcpu_count (more than one vCPU needs the irqchip process for INIT/SIPI)")
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
                     "not supported yet: cpu-config.msr_modifiers (MSR templates)")
-        assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "log"}}}"#,
-                    "not supported yet: vmm.sandbox (sandbox options arrive with the seccomp/namespaces work)")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "off"}}}"#, "vmm.sandbox.seccomp: expected \"kill\" or \"log\"")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is out of range 1...4294967294")
     }
 
     func testMachineConfigValues() {

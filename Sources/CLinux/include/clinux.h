@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <poll.h>
+#include <linux/sched.h>
 
 int vmm_memfd_create(const char *name, unsigned int flags);
 int vmm_eventfd(unsigned int initval, int flags);
@@ -27,6 +28,27 @@ int vmm_open(const char *path, int flags, int mode);
 int vmm_signalfd_read(int fd);
 int vmm_set_pdeathsig(int sig);
 int vmm_set_affinity(pid_t pid, const int *cpus, int count);
+
+/// clone3 + execve with `fds[i]` as the child's fd i (all others closed), optionally in new namespaces
+/// (CLONE_NEW* flags). The child gets SIGKILL when this process dies, and does not start if `parent_pidfd`
+/// (>= 0) shows this process already gone. Returns the pid and a pidfd, or -1 with *error_out set.
+pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds,
+                unsigned long namespaces, int parent_pidfd, int *pidfd_out, int *error_out);
+
+/// Installs the SIGSYS handler for seccomp's trap action: report the call on `report_fd` (a control pipe),
+/// then fail it with ENOSYS (`only_log`) or die by SIGSYS.
+int vmm_sigsys_install(int report_fd, int only_log);
+int vmm_pivot_root(const char *new_root, const char *put_old);
+/// Privilege dropping: calls that need _GNU_SOURCE or are variadic, and the constants Swift cannot see.
+int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+int vmm_setresuid(uid_t uid);
+int vmm_setresgid(gid_t gid);
+int vmm_set_rlimit(int resource, uint64_t value);
+extern const int VMM_PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT, VMM_PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS, VMM_PR_SET_NAME, VMM_PR_GET_NAME;
+extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMIT_NPROC;
+
+/// Test hook: ptrace(PTRACE_TRACEME), a call no helper policy allows.
+long vmm_fault_ptrace(void);
 
 static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 

@@ -8,6 +8,10 @@ public enum ControlMessage: Equatable, Sendable {
     case guestExit(status: Int32)
     /// The vCPU stopped for good.
     case vcpuStopped(VCPUStop)
+    /// The helper made a call its policy denies and is dying by SIGSYS (written by the SIGSYS handler in C).
+    case seccompKilled(syscall: Int32)
+    /// Log mode: the helper made a call its policy denies; the call failed with ENOSYS and the helper goes on.
+    case seccompLogged(syscall: Int32)
 
     public enum VCPUStop: Equatable, Sendable {
         case halted
@@ -32,6 +36,8 @@ public enum ControlMessage: Equatable, Sendable {
         case .vcpuStopped(.unhandledExit(let r)): (kind, arg, value) = (6, r, 0)
         case .vcpuStopped(.systemEvent(let t)): (kind, arg, value) = (7, t, 0)
         case .vcpuStopped(.setupFailed): (kind, arg, value) = (8, 0, 0)
+        case .seccompKilled(let nr): (kind, arg, value) = (9, UInt32(bitPattern: nr), 0)
+        case .seccompLogged(let nr): (kind, arg, value) = (10, UInt32(bitPattern: nr), 0)
         }
         return withUnsafeBytes(of: kind.littleEndian, Array.init) + withUnsafeBytes(of: arg.littleEndian, Array.init)
             + withUnsafeBytes(of: value.littleEndian, Array.init)
@@ -54,6 +60,9 @@ public enum ControlMessage: Equatable, Sendable {
         case 6: self = .vcpuStopped(.unhandledExit(reason: arg))
         case 7: self = .vcpuStopped(.systemEvent(type: arg))
         case 8: self = .vcpuStopped(.setupFailed)
+        case 9, 10:
+            guard arg < 4096 else { return nil }
+            self = u32(0) == 9 ? .seccompKilled(syscall: Int32(arg)) : .seccompLogged(syscall: Int32(arg))
         default: return nil
         }
     }

@@ -2,23 +2,13 @@ import Channel
 import Glibc
 import System
 
-/// What every helper process does first: name itself, stop reacting to the terminal's signals (the supervisor
-/// handles Ctrl-C for everyone), and arrange to die with the supervisor.
+/// What every helper process does first: name itself and stop reacting to the terminal's signals (the
+/// supervisor handles Ctrl-C for everyone). Dying with the supervisor was arranged before exec (see vmm_spawn).
 enum HelperStartup {
-    static func begin(role: String, logLevel: Int, supervisorPID: Int32) -> Bool {
+    static func begin(role: String, logLevel: Int) {
         Log.role = role
         Log.level = Log.Level(rawValue: logLevel) ?? .warning
         Signals.ignore([SIGINT, SIGQUIT, SIGTSTP, SIGPIPE])
-        do {
-            guard try Signals.dieWithParent(expectedParent: supervisorPID) else {
-                Log.error("supervisor \(supervisorPID) is gone; not starting")
-                return false
-            }
-        } catch {
-            Log.error("\(error)")
-            return false
-        }
-        return true
     }
 }
 

@@ -49,8 +49,8 @@ struct VCPUSpec: RoleSpec {
     var routes: [PortRouteSpec]
     var spinMicroseconds: Int
     var deviceTimeoutMs: Int
-    var supervisorPID: Int32
     var logLevel: Int
+    var sandbox: SandboxSpec
 }
 
 struct CPUIDRuleSpec: Codable {
@@ -63,6 +63,6 @@ struct PIOSpec: RoleSpec {
     var consoleOutFD: Int32?
     var consoleInFD: Int32?
     var spinMicroseconds: Int
-    var supervisorPID: Int32
     var logLevel: Int
+    var sandbox: SandboxSpec
 }

@@ -11,8 +11,10 @@ public enum PIOProcess {
             Log.error("bad role arguments")
             return 2
         }
-        guard HelperStartup.begin(role: "pio", logLevel: spec.logLevel, supervisorPID: spec.supervisorPID) else { return 1 }
+        HelperStartup.begin(role: "pio", logLevel: spec.logLevel)
         do {
+            // Single-threaded and forking nothing: no new processes at all for its uid.
+            try HelperSandbox.enter(spec.sandbox, role: "pio", controlFD: spec.controlFD, processes: 0)
             try serve(spec)
             return 0
         } catch {

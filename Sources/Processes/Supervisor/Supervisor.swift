@@ -3,6 +3,7 @@ import Channel
 import Config
 import Glibc
 import Memory
+import Sandbox
 import System
 
 /// The supervisor: validates and prepares everything (guest RAM with the kernel loaded, channels, doorbells,
@@ -88,7 +89,8 @@ public final class Supervisor {
             channel: pioChannel, controlFD: pioFDs.add(pioControl.writeEnd.raw),
             consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
             consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
-            spinMicroseconds: config.vmm.spinBudgetMicroseconds, supervisorPID: getpid(), logLevel: Log.level.rawValue)
+            spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
+            sandbox: try sandboxSpec(role: "pio"))
 
         var vcpuFDs = FDList()
         let vcpuChannel = ChannelSpec(
@@ -102,22 +104,48 @@ public final class Supervisor {
             trackDirtyPages: config.machine.trackDirtyPages, channels: [vcpuChannel], deviceNames: ["pio"],
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
-            supervisorPID: getpid(), logLevel: Log.level.rawValue)
+            logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
         // Devices first, so the vCPU never runs before the device it talks to exists.
         let pio = Helper(role: "pio", process: try ChildProcess.spawn(
             executable: executable, arguments: ["_role", "pio", pioSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds, environment: Self.helperEnvironment), control: try pioControl.readEnd.duplicate())
+            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds, environment: Self.helperEnvironment,
+            namespaces: Self.helperNamespaces), control: try pioControl.readEnd.duplicate())
         var helpers = [pio]
         defer { stopAll(helpers) }
         if !config.vmm.deviceCPUs.isEmpty { try setCPUAffinity(pid: pio.process.pid, cpus: config.vmm.deviceCPUs) }
         let vcpu = Helper(role: "vcpu", process: try ChildProcess.spawn(
             executable: executable, arguments: ["_role", "vcpu", vcpuSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds, environment: Self.helperEnvironment), control: try vcpuControl.readEnd.duplicate())
+            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds, environment: Self.helperEnvironment,
+            namespaces: Self.helperNamespaces), control: try vcpuControl.readEnd.duplicate())
         helpers.append(vcpu)
         if !config.vmm.vcpuCPUs.isEmpty { try setCPUAffinity(pid: vcpu.process.pid, cpus: config.vmm.vcpuCPUs) }
         for h in helpers { try h.control.setNonBlocking(true) }
         return try watch(helpers)
+    }
+
+    /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than
+    /// root, vmm adds a user namespace, which gives the helper just enough (inside it) to build its jail.
+    static var helperNamespaces: ChildProcess.Namespaces { geteuid() == 0 ? .all : ChildProcess.Namespaces.all.union(.user) }
+
+    /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
+    private func sandboxSpec(role: String) throws -> SandboxSpec {
+        let dir = try PolicyDirectory.locate(configured: config.vmm.sandbox.policyDirectory)
+        let text: String
+        do {
+            text = try PolicySource.load("\(role).policy", directory: dir, reader: FileDescriptor.readText)
+        } catch { throw HostSetupError(description: "policy for \(role): \(error)") }
+        let fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
+        return SandboxSpec(policyName: "\(role).policy", policyText: text,
+                           mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
+                           uid: config.vmm.sandbox.uid, gid: config.vmm.sandbox.gid, faultSyscall: fault)
+    }
+
+    /// Test hook: VMM_FAULT_INJECT=ROLE:SYSCALL makes that helper call SYSCALL once it is sandboxed.
+    private var faultInjection: (role: String, syscall: String)? {
+        guard let raw = getenv("VMM_FAULT_INJECT") else { return nil }
+        let parts = String(cString: raw).split(separator: ":")
+        return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
     }
 
     /// Helpers get a minimal environment. The Swift runtime's crash backtracer is off there: a crashed helper
@@ -176,7 +204,17 @@ public final class Supervisor {
             Log.report("\(h.role) process sent a malformed control message; stopping the VM")
             return ExitStatus.helperDied
         }
-        return outcome(of: message, from: h)
+        switch message {
+        case .seccompLogged(let nr):
+            Log.report("\(h.role) process made a call its policy denies: syscall \(SeccompFilter.name(of: nr)) (log mode: it failed with ENOSYS)")
+            return try readControl(h)
+        case .seccompKilled(let nr):
+            h.ended = try h.process.reap(block: true)
+            Log.report("\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
+            return ExitStatus.helperDied
+        default:
+            return outcome(of: message, from: h)
+        }
     }
 
     private func outcome(of message: ControlMessage, from h: Helper) -> Int32 {
@@ -184,6 +222,8 @@ public final class Supervisor {
         case .guestExit(let status):
             Log.info("guest requested exit through the debug-exit port: status \(status)")
             return status
+        case .seccompKilled, .seccompLogged:
+            return ExitStatus.helperDied  // handled in readControl
         case .vcpuStopped(let stop):
             switch stop {
             case .halted:

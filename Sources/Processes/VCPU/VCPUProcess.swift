@@ -12,7 +12,7 @@ public enum VCPUProcess {
             Log.error("bad role arguments")
             return 2
         }
-        guard HelperStartup.begin(role: "vcpu", logLevel: spec.logLevel, supervisorPID: spec.supervisorPID) else { return 1 }
+        HelperStartup.begin(role: "vcpu", logLevel: spec.logLevel)
         let stop: ControlMessage.VCPUStop
         do {
             stop = try run(spec)
@@ -49,6 +49,9 @@ public enum VCPUProcess {
         }
         let runner = VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
                                 router: PortRouter(routes: spec.routes))
+        // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
+        // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
+        try HelperSandbox.enter(spec.sandbox, role: "vcpu", controlFD: spec.controlFD, processes: nil)
         return runOnDedicatedThread(runner)
     }
 

@@ -1,0 +1,72 @@
+import CKVM
+import CLinux
+import Glibc
+import Sandbox
+import System
+
+/// How a helper is confined, as the supervisor decided it: the policy text (includes expanded), the seccomp
+/// mode, the unprivileged ids, and a test-only fault to provoke once confined.
+struct SandboxSpec: Codable {
+    var policyName: String
+    var policyText: String
+    var mode: SeccompFilter.Mode
+    var uid: UInt32
+    var gid: UInt32
+    /// Test hook: a forbidden system call (openat, socket, execve, ptrace) the helper makes once sandboxed.
+    var faultSyscall: String?
+}
+
+/// The confinement every helper enters before it reads anything a guest controls: the empty root, resource
+/// limits, no privileges, then its seccomp policy (on every thread).
+enum HelperSandbox {
+    /// `processes` caps the processes (threads included) of the helper's uid; nil leaves it to the policy.
+    static func enter(_ spec: SandboxSpec, role: String, controlFD: Int32, processes: UInt64?) throws {
+        try Jail.enterEmptyRoot(hostname: "vmm-\(role)")
+        try Privileges.limit(openFiles: 64, processes: processes)
+        try Privileges.drop(uid: spec.uid, gid: spec.gid)
+        try rearmParentDeathSignal(controlFD: controlFD)
+        let policy = try Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table)
+        try SeccompFilter.load(policy, mode: spec.mode, reportFD: controlFD)
+        if let fault = spec.faultSyscall { provoke(fault) }
+    }
+
+    /// Changing credentials clears the parent-death signal set before exec: set it again, then make sure the
+    /// supervisor did not die in between (its end of the control pipe would be gone).
+    static func rearmParentDeathSignal(controlFD: Int32) throws {
+        _ = try Signals.dieWithParent()
+        var p = pollfd(fd: controlFD, events: Int16(POLLOUT), revents: 0)
+        if poll(&p, 1, 0) == 1 && p.revents & Int16(POLLERR | POLLHUP) != 0 {
+            Log.error("the supervisor is gone; stopping")
+            exit(1)
+        }
+    }
+
+    /// Makes a call the policy forbids, so tests can watch the sandbox react.
+    static func provoke(_ name: String) {
+        Log.info("fault hook: calling \(name)")
+        switch name {
+        case "openat": _ = vmm_open("/etc/hostname", O_RDONLY, 0)
+        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "execve":
+            var argv: [UnsafeMutablePointer<CChar>?] = [nil]
+            _ = execve("/bin/true", &argv, &argv)
+        case "ptrace": _ = vmm_fault_ptrace()
+        default: Log.warning("fault hook: unknown call \(name)")
+        }
+    }
+}
+
+/// Names a policy may use for argument values.
+enum PolicyConstants {
+    static let table: [String: UInt64] = [
+        "KVM_RUN": UInt64(VMM_KVM_RUN), "KVM_GET_REGS": UInt64(VMM_KVM_GET_REGS), "KVM_SET_REGS": UInt64(VMM_KVM_SET_REGS),
+        "KVM_GET_SREGS": UInt64(VMM_KVM_GET_SREGS), "KVM_SET_SREGS": UInt64(VMM_KVM_SET_SREGS),
+        "KVM_GET_VCPU_EVENTS": UInt64(VMM_KVM_GET_VCPU_EVENTS), "KVM_TRANSLATE": UInt64(VMM_KVM_TRANSLATE),
+        "KVM_SET_CPUID2": UInt64(VMM_KVM_SET_CPUID2), "KVM_CREATE_VCPU": UInt64(VMM_KVM_CREATE_VCPU),
+        "PROT_NONE": UInt64(PROT_NONE), "PROT_READ": UInt64(PROT_READ), "PROT_WRITE": UInt64(PROT_WRITE),
+        "CLONE_VM": UInt64(CLONE_VM), "CLONE_THREAD": UInt64(CLONE_THREAD),
+        "PR_SET_NAME": UInt64(VMM_PR_SET_NAME), "PR_GET_NAME": UInt64(VMM_PR_GET_NAME), "SIGSYS": UInt64(SIGSYS),
+        "F_GETFL": UInt64(F_GETFL), "F_SETFL": UInt64(F_SETFL), "O_NONBLOCK": UInt64(O_NONBLOCK),
+        "ENOSYS": UInt64(ENOSYS), "EPERM": UInt64(EPERM),
+    ]
+}

@@ -1,0 +1,42 @@
+import Sandbox
+
+/// The policy checker behind `vmm policy-check`: every role's policy must parse (each rule with its comment)
+/// and compile with libseccomp; prints each role's rules.
+public enum PolicyCheck {
+    public static let roles = ["vcpu", "pio"]
+
+    /// Returns the report and whether every policy passed.
+    public static func run(directory: String?, reader: (String) -> String?) -> (String, Bool) {
+        var out: [String] = []
+        var ok = true
+        let dir: String
+        do { dir = try PolicyDirectory.locate(configured: directory) } catch {
+            return ("\(error)", false)
+        }
+        out.append("policies in \(dir)")
+        for role in roles {
+            do {
+                let text = try PolicySource.load("\(role).policy", directory: dir, reader: reader)
+                let policy = try Policy.parse(text, file: "\(role).policy", constants: PolicyConstants.table)
+                SeccompFilter.release(try SeccompFilter.compile(policy))
+                out.append("\n\(role).policy: \(policy.rules.count) rules, compiles")
+                for r in policy.rules {
+                    let condition: String
+                    if let e = r.errno { condition = "fails with errno \(e)" } else if r.clauses.isEmpty { condition = "allowed" } else {
+                        condition = r.clauses.map { c in c.map { "arg\($0.argument) \($0.op.rawValue) 0x\(String($0.value, radix: 16))" }
+                            .joined(separator: " && ") }.joined(separator: " || ")
+                    }
+                    out.append("  \(r.syscall.padding(18)) \(condition)  # \(r.comment)")
+                }
+            } catch {
+                ok = false
+                out.append("\n\(role).policy: FAILED: \(error)")
+            }
+        }
+        return (out.joined(separator: "\n"), ok)
+    }
+}
+
+extension String {
+    fileprivate func padding(_ width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
+}

@@ -1,0 +1,76 @@
+import CLinux
+import CSeccomp
+import Glibc
+
+/// Compiles a `Policy` with libseccomp and loads it. Calls outside the policy trap: the SIGSYS handler reports
+/// them on the control pipe, then kills the process (kill mode) or fails the call with ENOSYS (log mode).
+public enum SeccompFilter {
+    public enum Mode: String, Sendable, Codable { case kill, log }
+
+    public struct Error: Swift.Error, CustomStringConvertible { public let description: String }
+
+    /// Checks every rule against libseccomp without loading anything (tools/policy-check uses it too).
+    public static func compile(_ policy: Policy) throws(Error) -> scmp_filter_ctx {
+        guard let ctx = seccomp_init(UInt32(SCMP_ACT_TRAP)) else { throw Error(description: "seccomp_init failed") }
+        for rule in policy.rules {
+            let nr = seccomp_syscall_resolve_name(rule.syscall)
+            guard nr != __NR_SCMP_ERROR else {
+                seccomp_release(ctx)
+                throw Error(description: "line \(rule.line): unknown system call \(rule.syscall)")
+            }
+            var failed: Int32 = 0
+            if let e = rule.errno {
+                failed = seccomp_rule_add_array(ctx, 0x0005_0000 | UInt32(e & 0xffff), nr, 0, nil)  // SCMP_ACT_ERRNO(e)
+            } else if rule.clauses.isEmpty {
+                failed = seccomp_rule_add_array(ctx, UInt32(SCMP_ACT_ALLOW), nr, 0, nil)
+            } else {
+                for clause in rule.clauses where failed == 0 {
+                    let cmps = clause.map(argumentComparison)
+                    failed = cmps.withUnsafeBufferPointer {
+                        seccomp_rule_add_array(ctx, UInt32(SCMP_ACT_ALLOW), nr, UInt32(cmps.count), $0.baseAddress)
+                    }
+                }
+            }
+            if failed != 0 {
+                seccomp_release(ctx)
+                throw Error(description: "line \(rule.line): libseccomp refused the rule for \(rule.syscall): \(String(cString: strerror(-failed)))")
+            }
+        }
+        return ctx
+    }
+
+    static func argumentComparison(_ c: Policy.Comparison) -> scmp_arg_cmp {
+        let op: scmp_compare
+        var a = c.value, b: UInt64 = 0
+        switch c.op {
+        case .eq: op = SCMP_CMP_EQ
+        case .ne: op = SCMP_CMP_NE
+        case .lt: op = SCMP_CMP_LT
+        case .le: op = SCMP_CMP_LE
+        case .gt: op = SCMP_CMP_GT
+        case .ge: op = SCMP_CMP_GE
+        case .allBits: op = SCMP_CMP_MASKED_EQ; a = c.value; b = c.value
+        }
+        return scmp_arg_cmp(arg: UInt32(c.argument), op: op, datum_a: a, datum_b: b)
+    }
+
+    /// Frees a filter from `compile` that was not loaded.
+    public static func release(_ ctx: scmp_filter_ctx) { seccomp_release(ctx) }
+
+    /// Installs the SIGSYS handler and loads the filter, on every thread of the process (TSYNC).
+    public static func load(_ policy: Policy, mode: Mode, reportFD: Int32) throws(Error) {
+        let ctx = try compile(policy)
+        defer { seccomp_release(ctx) }
+        if seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0 { throw Error(description: "cannot synchronise threads") }
+        if vmm_sigsys_install(reportFD, mode == .log ? 1 : 0) != 0 { throw Error(description: "sigaction(SIGSYS) failed") }
+        let r = seccomp_load(ctx)
+        if r != 0 { throw Error(description: "seccomp_load failed: \(String(cString: strerror(-r)))") }
+    }
+
+    /// The name of a system call number on this architecture.
+    public static func name(of number: Int32) -> String {
+        guard let p = seccomp_syscall_resolve_num_arch(UInt32(SCMP_ARCH_NATIVE), number) else { return "syscall \(number)" }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}
