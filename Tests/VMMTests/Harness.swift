@@ -56,11 +56,14 @@ enum Harness {
         let stdoutPath = NSTemporaryDirectory() + "vmm-out-\(UUID().uuidString)"
         let stderrPath = NSTemporaryDirectory() + "vmm-err-\(UUID().uuidString)"
 
-        init(arguments: [String], stdin: Data? = nil) throws {
+        init(arguments: [String], stdin: Data? = nil, environment: [String: String] = [:]) throws {
             FileManager.default.createFile(atPath: stdoutPath, contents: nil)
             FileManager.default.createFile(atPath: stderrPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: Harness.vmm)
             process.arguments = arguments
+            if !environment.isEmpty {
+                process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            }
             process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
             process.standardError = FileHandle(forWritingAtPath: stderrPath)
             if let stdin {
@@ -109,8 +112,8 @@ enum Harness {
         }
     }
 
-    static func run(config: String, stdin: Data? = nil) throws -> Run {
-        try Run(arguments: ["run", "--config-file", try writeConfig(config)], stdin: stdin)
+    static func run(config: String, stdin: Data? = nil, options: [String] = [], environment: [String: String] = [:]) throws -> Run {
+        try Run(arguments: ["run", "--config-file", try writeConfig(config)] + options, stdin: stdin, environment: environment)
     }
 
     /// Every process running this build's vmm binary as a helper role.

@@ -1,0 +1,93 @@
+import Foundation
+import XCTest
+
+/// The sandbox, checked on the running helper processes (not on paper) and by provoking it.
+final class SandboxTests: XCTestCase {
+    override func setUpWithError() throws {
+        try Harness.requireKVM()
+        _ = try Harness.guests.get()
+    }
+
+    override func tearDown() {
+        var left = Harness.allHelperPIDs()
+        for _ in 0..<100 where !left.isEmpty { usleep(20_000); left = Harness.allHelperPIDs() }
+        XCTAssertEqual(left, [], "helper processes outlived the test")
+    }
+
+    func startEndlessGuest(options: [String] = []) throws -> Harness.Run {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"),
+                                  options: options)
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        return run
+    }
+
+    func status(_ pid: pid_t) throws -> [String: String] {
+        let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            out[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        return out
+    }
+
+    func testEveryHelperIsConfinedWhileTheGuestRuns() throws {
+        let run = try startEndlessGuest()
+        defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
+        let supervisor = run.process.processIdentifier
+        let helpers = Harness.helperPIDs(of: supervisor)
+        XCTAssertEqual(Set(helpers.compactMap(Harness.role)), ["vcpu", "pio"])
+        for pid in helpers {
+            let role = Harness.role(of: pid) ?? "?"
+            let s = try status(pid)
+            XCTAssertEqual(s["Seccomp"], "2", role)
+            XCTAssertEqual(s["NoNewPrivs"], "1", role)
+            for set in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+                XCTAssertEqual(s[set], "0000000000000000", "\(role) \(set)")
+            }
+            for ids in [s["Uid"], s["Gid"]] {
+                let values = ids?.split(separator: "\t").map(String.init) ?? []
+                XCTAssertEqual(values.count, 4, role)
+                XCTAssertFalse(values.contains("0"), "\(role) runs with a root id: \(values)")
+            }
+            for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+                let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(supervisor)/ns/\(ns)")
+                let theirs = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(ns)")
+                XCTAssertNotEqual(mine, theirs, "\(role) shares the supervisor's \(ns) namespace")
+            }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root"), [], "\(role)'s root is not empty")
+            XCTAssertEqual(s["NSpid"]?.split(separator: "\t").last, "1", "\(role) is the first process of its own pid namespace")
+        }
+    }
+
+    func provoke(role: String, syscall: String) throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=x exit=0"),
+                                  environment: ["VMM_FAULT_INJECT": "\(role):\(syscall)"])
+        XCTAssertEqual(run.wait(timeout: 20), 10, "\(role) \(syscall): \(run.stderr)")
+        XCTAssertTrue(run.stderr.contains("vmm: \(role) process killed by seccomp: syscall \(syscall)"), run.stderr)
+    }
+
+    func testForbiddenCallsKillTheDeviceProcessAndAreNamed() throws {
+        for call in ["openat", "socket", "execve", "ptrace"] { try provoke(role: "pio", syscall: call) }
+    }
+
+    func testForbiddenCallKillsTheVCPUProcessAndIsNamed() throws {
+        try provoke(role: "vcpu", syscall: "openat")
+    }
+
+    func testLogModeReportsTheCallAndKeepsRunning() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=logged exit=4"),
+                                  options: ["--seccomp-log"], environment: ["VMM_FAULT_INJECT": "pio:socket"])
+        XCTAssertEqual(run.wait(timeout: 20), 9, run.stderr)
+        XCTAssertEqual(run.stdout, "Hello from the guest: logged\n")
+        XCTAssertTrue(run.stderr.contains("vmm: pio process made a call its policy denies: syscall socket (log mode: it failed with ENOSYS)"), run.stderr)
+    }
+
+    func testPolicyCheckCommand() throws {
+        let run = try Harness.Run(arguments: ["policy-check", "--dir", Harness.sourceRoot + "/Policies"])
+        XCTAssertEqual(run.wait(), 0, run.stdout + run.stderr)
+        XCTAssertTrue(run.stdout.contains("vcpu.policy: "), run.stdout)
+        XCTAssertTrue(run.stdout.contains("pio.policy: "), run.stdout)
+        XCTAssertTrue(run.stdout.contains("ioctl"), run.stdout)
+    }
+}
