@@ -22,11 +22,14 @@ enum HelperSandbox {
     /// `processes` caps the processes (threads included) of the helper's uid; nil leaves it to the policy.
     static func enter(_ spec: SandboxSpec, role: String, controlFD: Int32, processes: UInt64?) throws {
         try Jail.enterEmptyRoot(hostname: "vmm-\(role)")
+        Log.debug("jail: empty root entered")
         try Privileges.limit(openFiles: 64, processes: processes)
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
+        Log.debug("privileges dropped")
         let policy = try Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table)
         try SeccompFilter.load(policy, mode: spec.mode, reportFD: controlFD)
+        Log.debug("seccomp policy \(spec.policyName) compiled and loaded (\(policy.rules.count) rules)")
         if let fault = spec.faultSyscall { provoke(fault) }
     }
 
@@ -65,7 +68,7 @@ enum PolicyConstants {
         "KVM_SET_CPUID2": UInt64(VMM_KVM_SET_CPUID2), "KVM_CREATE_VCPU": UInt64(VMM_KVM_CREATE_VCPU),
         "PROT_NONE": UInt64(PROT_NONE), "PROT_READ": UInt64(PROT_READ), "PROT_WRITE": UInt64(PROT_WRITE),
         "CLONE_VM": UInt64(CLONE_VM), "CLONE_THREAD": UInt64(CLONE_THREAD),
-        "PR_SET_NAME": UInt64(VMM_PR_SET_NAME), "PR_GET_NAME": UInt64(VMM_PR_GET_NAME), "SIGSYS": UInt64(SIGSYS),
+        "PR_SET_NAME": UInt64(VMM_PR_SET_NAME), "SIGSYS": UInt64(SIGSYS),
         "F_GETFL": UInt64(F_GETFL), "F_SETFL": UInt64(F_SETFL), "O_NONBLOCK": UInt64(O_NONBLOCK),
         "ENOSYS": UInt64(ENOSYS), "EPERM": UInt64(EPERM),
     ]

@@ -23,7 +23,14 @@ public enum Log {
 
     private static func write(_ l: Level, _ message: String) {
         guard l <= level, l != .off else { return }
-        emit("[\(role)] \(l): \(message)\n")
+        // Debug lines carry CLOCK_MONOTONIC (shared by all processes), so start-up phases line up across roles.
+        var stamp = ""
+        if level >= .debug {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            stamp = " t=\(Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000).\(String(Int(ts.tv_nsec) / 1000 % 1000 + 1000).dropFirst())ms"
+        }
+        emit("[\(role)]\(stamp) \(l): \(message)\n")
     }
 
     private static func emit(_ text: String) {

@@ -1,5 +1,5 @@
 import Boot
-import Foundation
+import FoundationEssentials
 
 /// What the supervisor hands a helper process: its descriptors (by number, after spawn they are 3, 4, ...)
 /// and its settings, as one JSON argument. Both sides use these types, so the two ends cannot drift apart.

@@ -12,9 +12,11 @@ public enum PIOProcess {
             return 2
         }
         HelperStartup.begin(role: "pio", logLevel: spec.logLevel)
+        Log.debug("started")
         do {
             // Single-threaded and forking nothing: no new processes at all for its uid.
             try HelperSandbox.enter(spec.sandbox, role: "pio", controlFD: spec.controlFD, processes: 0)
+            Log.debug("sandboxed; serving")
             try serve(spec)
             return 0
         } catch {

@@ -50,6 +50,7 @@ public final class Supervisor {
     struct HostSetupError: Error, CustomStringConvertible { let description: String }
 
     private func launchAndWatch() throws -> Int32 {
+        Log.debug("supervisor starting")
         let kvm: FileDescriptor
         do { kvm = try FileDescriptor.open("/dev/kvm", O_RDWR) } catch {
             throw HostSetupError(description: "cannot open /dev/kvm: \(error) (is KVM available, and may this user use it?)")
@@ -106,6 +107,7 @@ public final class Supervisor {
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
+        Log.debug("guest loaded, channels ready; spawning helpers")
         // Devices first, so the vCPU never runs before the device it talks to exists.
         let pio = Helper(role: "pio", process: try ChildProcess.spawn(
             executable: executable, arguments: ["_role", "pio", pioSpec.encoded()],
@@ -121,6 +123,7 @@ public final class Supervisor {
         helpers.append(vcpu)
         if !config.vmm.vcpuCPUs.isEmpty { try setCPUAffinity(pid: vcpu.process.pid, cpus: config.vmm.vcpuCPUs) }
         for h in helpers { try h.control.setNonBlocking(true) }
+        Log.debug("helpers spawned")
         return try watch(helpers)
     }
 

@@ -1,5 +1,4 @@
 import Channel
-import Foundation
 import KVM
 import Memory
 import System
@@ -13,6 +12,7 @@ public enum VCPUProcess {
             return 2
         }
         HelperStartup.begin(role: "vcpu", logLevel: spec.logLevel)
+        Log.debug("started")
         let stop: ControlMessage.VCPUStop
         do {
             stop = try run(spec)
@@ -51,23 +51,18 @@ public enum VCPUProcess {
                                 router: PortRouter(routes: spec.routes))
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
+        Log.debug("VM set up")
         try HelperSandbox.enter(spec.sandbox, role: "vcpu", controlFD: spec.controlFD, processes: nil)
-        return runOnDedicatedThread(runner)
+        Log.debug("sandboxed; entering the guest")
+        return try runOnDedicatedThread(runner)
     }
 
     /// KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread.
-    static func runOnDedicatedThread(_ runner: VCPURunner) -> ControlMessage.VCPUStop {
+    static func runOnDedicatedThread(_ runner: VCPURunner) throws -> ControlMessage.VCPUStop {
         final class Box: @unchecked Sendable { var stop: ControlMessage.VCPUStop = .setupFailed }
         let box = Box()
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            box.stop = runner.run()
-            done.signal()
-        }
-        thread.name = "vcpu0"
-        thread.stackSize = 8 << 20
-        thread.start()
-        done.wait()
+        let thread = try OSThread.start(name: "vcpu0") { box.stop = runner.run() }
+        thread.join()
         return box.stop
     }
 }

@@ -14,6 +14,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Samples of each figure.") var repetitions = 5
     @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
+    @Option(help: "A second vmm binary (e.g. an older build) whose start-up is measured side by side.") var baselineVmm: String?
     @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
     @Option(help: "QEMU comparison: auto (if installed), install (apt-get it if missing), skip.") var qemu = "auto"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
@@ -48,7 +49,8 @@ struct BenchCommand: ParsableCommand {
                     add("port \(op): \(q.name)", GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
                 }
             }
-            for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) {
+            let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
+            for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) {
                 let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
                 add("start-up to first UART byte: \(m.name)", r.firstByte.map { $0 * 1000 })
                 add("start-up to exit: \(m.name)", r.total * 1000)
@@ -81,6 +83,8 @@ struct BenchCommand: ParsableCommand {
         }
         row("start-up to first UART byte: vmm", "ms", goal: 15)
         row("start-up to exit: vmm", "ms")
+        row("start-up to first UART byte: baseline vmm", "ms", baseline: "start-up to first UART byte: vmm")
+        row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
         row("memory PSS without guest RAM: vmm", "MiB", goal: 10)

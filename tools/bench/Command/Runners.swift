@@ -18,7 +18,7 @@ protocol VMMUnderTest {
 /// This project's vmm, from a config file written for the run.
 struct OurVMM: VMMUnderTest {
     let binary: String
-    let name = "vmm"
+    var name = "vmm"
     func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
         let config = """
         {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
