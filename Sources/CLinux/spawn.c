@@ -20,8 +20,32 @@ static void child_fail(int report_fd, int step) {
     _exit(127);
 }
 
+// Maps uid/gid 0 of a new user namespace to the creator's ids, from inside: an unprivileged process may map
+// exactly its own ids. Root inside keeps its capabilities (in that namespace only) across execve.
+static int write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t len = (ssize_t)strlen(text);
+    ssize_t n = write(fd, text, (size_t)len);
+    close(fd);
+    return n == len ? 0 : -1;
+}
+
+static void format_map(char *out, unsigned id) {
+    char digits[16];
+    int n = 0;
+    do { digits[n++] = (char)('0' + id % 10); id /= 10; } while (id);
+    out[0] = '0'; out[1] = ' ';
+    int i = 2;
+    while (n) out[i++] = digits[--n];
+    out[i++] = ' '; out[i++] = '1'; out[i++] = '\n'; out[i] = 0;
+}
+
 pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds,
                 unsigned long namespaces, int parent_pidfd, int *pidfd_out, int *error_out) {
+    char uid_map[32], gid_map[32];
+    format_map(uid_map, (unsigned)geteuid());
+    format_map(gid_map, (unsigned)getegid());
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) { *error_out = errno; return -1; }
 
@@ -54,6 +78,11 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
             (void)sigaction(s, &dfl, NULL);
         }
         if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) child_fail(report[1], 2);
+        if (namespaces & CLONE_NEWUSER) {
+            if (write_file("/proc/self/setgroups", "deny") != 0) child_fail(report[1], 8);
+            if (write_file("/proc/self/uid_map", uid_map) != 0) child_fail(report[1], 9);
+            if (write_file("/proc/self/gid_map", gid_map) != 0) child_fail(report[1], 10);
+        }
         // Two steps so that no dup2 clobbers a later source: first above every target, then into place.
         int moved[nfds > 0 ? nfds : 1];
         for (int i = 0; i < nfds; i++) {

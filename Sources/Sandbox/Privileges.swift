@@ -7,7 +7,8 @@ import Glibc
 public enum Privileges {
     public struct Error: Swift.Error, CustomStringConvertible { public let description: String }
 
-    public static func drop(uid: UInt32, gid: UInt32) throws(Error) {
+    /// `uid`/`gid` nil: keep the current ids (a helper in a user namespace has no other id to switch to).
+    public static func drop(uid: UInt32?, gid: UInt32?) throws(Error) {
         // The bounding set first: dropping from it needs CAP_SETPCAP, which goes with the uid change.
         for cap in 0..<Int(cap_max_bits()) {
             if vmm_prctl5(VMM_PR_CAPBSET_DROP, UInt(cap), 0, 0, 0) != 0 && errno != EINVAL {
@@ -15,7 +16,7 @@ public enum Privileges {
             }
         }
         if vmm_prctl5(VMM_PR_CAP_AMBIENT, UInt(VMM_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0) != 0 { throw fail("PR_CAP_AMBIENT_CLEAR_ALL") }
-        if getuid() == 0 {
+        if let uid, let gid {
             if setgroups(0, nil) != 0 { throw fail("setgroups") }
             if vmm_setresgid(gid) != 0 { throw fail("setresgid(\(gid))") }
             if vmm_setresuid(uid) != 0 { throw fail("setresuid(\(uid))") }

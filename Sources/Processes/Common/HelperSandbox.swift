@@ -10,8 +10,9 @@ struct SandboxSpec: Codable {
     var policyName: String
     var policyText: String
     var mode: SeccompFilter.Mode
-    var uid: UInt32
-    var gid: UInt32
+    /// The unprivileged ids to switch to; nil in a user namespace, where the helper keeps the user's own ids.
+    var uid: UInt32?
+    var gid: UInt32?
     /// Test hook: a forbidden system call (openat, socket, execve, ptrace) the helper makes once sandboxed.
     var faultSyscall: String?
 }

@@ -141,7 +141,8 @@ public final class Supervisor {
         let fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
         return SandboxSpec(policyName: "\(role).policy", policyText: text,
                            mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
-                           uid: config.vmm.sandbox.uid, gid: config.vmm.sandbox.gid, faultSyscall: fault)
+                           uid: geteuid() == 0 ? config.vmm.sandbox.uid : nil,
+                           gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault)
     }
 
     /// Test hook: VMM_FAULT_INJECT=ROLE:SYSCALL makes that helper call SYSCALL once it is sandboxed.
