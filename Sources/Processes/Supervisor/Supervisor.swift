@@ -86,6 +86,7 @@ public final class Supervisor {
             memoryFD: pioFDs.add(channelMemory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
             stateSize: layout.stateSize, deviceDoorbellFD: pioFDs.add(deviceDoorbell.raw),
             responseDoorbellFDs: [pioFDs.add(responseDoorbell.raw)])
+        Log.debug("memory, channels and console ready")
         let pioSpec = PIOSpec(
             channel: pioChannel, controlFD: pioFDs.add(pioControl.writeEnd.raw),
             consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
@@ -108,23 +109,27 @@ public final class Supervisor {
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
         Log.debug("guest loaded, channels ready; spawning helpers")
-        // Devices first, so the vCPU never runs before the device it talks to exists.
-        let pio = Helper(role: "pio", process: try ChildProcess.spawn(
-            executable: executable, arguments: ["_role", "pio", pioSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: pioFDs.fds, environment: Self.helperEnvironment,
-            namespaces: Self.helperNamespaces), control: try pioControl.readEnd.duplicate())
-        var helpers = [pio]
+        // The vCPU first: its path to the first guest instruction (VM set-up) is the longer one. It cannot get
+        // ahead of the device: requests wait on the channel, which exists already, until the device serves them.
+        var helpers: [Helper] = []
         defer { stopAll(helpers) }
-        if !config.vmm.deviceCPUs.isEmpty { try setCPUAffinity(pid: pio.process.pid, cpus: config.vmm.deviceCPUs) }
-        let vcpu = Helper(role: "vcpu", process: try ChildProcess.spawn(
-            executable: executable, arguments: ["_role", "vcpu", vcpuSpec.encoded()],
-            stdio: (devNull.raw, devNull.raw, logFD), fds: vcpuFDs.fds, environment: Self.helperEnvironment,
-            namespaces: Self.helperNamespaces), control: try vcpuControl.readEnd.duplicate())
-        helpers.append(vcpu)
-        if !config.vmm.vcpuCPUs.isEmpty { try setCPUAffinity(pid: vcpu.process.pid, cpus: config.vmm.vcpuCPUs) }
-        for h in helpers { try h.control.setNonBlocking(true) }
+        helpers.append(try spawnHelper("vcpu", spec: vcpuSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
+                                       fds: vcpuFDs.fds, control: vcpuControl.readEnd, cpus: config.vmm.vcpuCPUs))
+        helpers.append(try spawnHelper("pio", spec: pioSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
+                                       fds: pioFDs.fds, control: pioControl.readEnd, cpus: config.vmm.deviceCPUs))
         Log.debug("helpers spawned")
         return try watch(helpers)
+    }
+
+    /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
+    private func spawnHelper(_ role: String, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
+                             control: borrowing FileDescriptor, cpus: [Int]) throws -> Helper {
+        let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role, spec], stdio: stdio, fds: fds,
+                                             environment: Self.helperEnvironment, namespaces: Self.helperNamespaces)
+        if !cpus.isEmpty { try setCPUAffinity(pid: process.pid, cpus: cpus) }
+        let readEnd = try control.duplicate()
+        try readEnd.setNonBlocking(true)
+        return Helper(role: role, process: process, control: readEnd)
     }
 
     /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than

@@ -18,6 +18,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
     @Option(help: "QEMU comparison: auto (if installed), install (apt-get it if missing), skip.") var qemu = "auto"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
+    @Option(help: "Measure only these groups (comma-separated: exits, startup, memory).") var only: String?
+
+    func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? true }
 
     func run() throws {
         let iterations = smoke ? 1000 : self.iterations
@@ -37,7 +40,7 @@ struct BenchCommand: ParsableCommand {
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
-            for (op, port) in [("in", 0x3fd), ("out", 0x3ff)] {
+            for (op, port) in [("in", 0x3fd), ("out", 0x3ff)] where wants("exits") {
                 let args = "iters=\(iterations) op=\(op) port=\(port)"
                 let bare = try BareLoop.run(kernel: kernelBytes, cmdline: args)
                 tscKHz = bare.tscKHz
@@ -50,14 +53,14 @@ struct BenchCommand: ParsableCommand {
                 }
             }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
-            for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) {
+            for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) where wants("startup") {
                 let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
                 add("start-up to first UART byte: \(m.name)", r.firstByte.map { $0 * 1000 })
                 add("start-up to exit: \(m.name)", r.total * 1000)
             }
         }
         let memMiB = 64
-        for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) {
+        for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) where wants("memory") {
             let p = try Runner.startResident(m, kernel: portloop, args: "iters=100000000000", memMiB: memMiB, ready: "portloop: ready")
             var pss = 0
             for pid in ProcessTree.all(p.processIdentifier) {

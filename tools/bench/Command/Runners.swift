@@ -80,9 +80,11 @@ enum Runner {
             if result.firstByte == nil { result.firstByte = Date().timeIntervalSince(start) }
             data.append(chunk)
         }
+        // End of output: every process of the VMM has closed its stdout, i.e. exited. (waitUntilExit polls its
+        // run loop in 50 ms steps on Linux, too coarse to time with.)
+        result.total = Date().timeIntervalSince(start)
         p.waitUntilExit()
         killer.cancel()
-        result.total = Date().timeIntervalSince(start)
         result.status = p.terminationStatus
         result.output = String(decoding: data, as: UTF8.self)
         return result
