@@ -55,6 +55,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
                     resources: []),
     ],

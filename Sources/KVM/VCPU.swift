@@ -27,6 +27,10 @@ public final class VCPU: @unchecked Sendable {
     public private(set) var dirty: RegisterSets = []
     private var regsCache = kvm_regs()
     private var sregsCache = kvm_sregs()
+    /// MAXPHYADDR the guest sees (CPUID 0x80000008 EAX[7:0]), for reserved-bit checks in page walks.
+    public private(set) var physicalAddressBits = 52
+    /// Whether the guest's CPUID offers 1 GiB pages.
+    public private(set) var gigabytePages = true
 
     init(vm: VirtualMachine, id: Int, fd: consuming FileDescriptor) throws(KVMError) {
         self.vm = vm
@@ -114,6 +118,10 @@ public final class VCPU: @unchecked Sendable {
         let dst = vmm_kvm_cpuid2_entries(c)!
         for (i, e) in entries.enumerated() { dst[i] = e }
         _ = try kvmCall("KVM_SET_CPUID2") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_CPUID2, raw) }
+        if let e = entries.first(where: { $0.function == 0x8000_0008 }), e.eax & 0xff >= 32 {
+            physicalAddressBits = Int(e.eax & 0xff)
+        }
+        gigabytePages = entries.first(where: { $0.function == 0x8000_0001 }).map { $0.edx & (1 << 26) != 0 } ?? false
     }
 
     public func events() throws(KVMError) -> kvm_vcpu_events {
@@ -130,9 +138,25 @@ public final class VCPU: @unchecked Sendable {
 extension VCPU {
     /// Guest-physical address of a guest-virtual one through the vCPU's current page tables (KVM_TRANSLATE).
     public func translate(_ linear: UInt64) -> UInt64? {
+        kvmTranslate(linear)?.physical
+    }
+}
+
+import Memory
+
+extension VCPU {
+    /// The registers the guest's page walk depends on, from the cached special registers.
+    public func pagingContext() throws(KVMError) -> PagingContext {
+        let s = try sregs()
+        return PagingContext(cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer, physicalAddressBits: physicalAddressBits,
+                             gigabytePages: gigabytePages)
+    }
+
+    /// What KVM_TRANSLATE says about a guest-virtual address: nil when it reports no valid translation.
+    public func kvmTranslate(_ linear: UInt64) -> (physical: UInt64, writeable: Bool, user: Bool)? {
         var t = kvm_translation()
         t.linear_address = linear
         guard vmm_ioctl_ptr(fd.raw, VMM_KVM_TRANSLATE, &t) == 0, t.valid != 0 else { return nil }
-        return t.physical_address
+        return (t.physical_address, t.writeable != 0, t.usermode != 0)
     }
 }

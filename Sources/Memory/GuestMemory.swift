@@ -53,3 +53,19 @@ public final class GuestMemory: @unchecked Sendable {
         try pointer(address, length: count).initializeMemory(as: UInt8.self, repeating: byte, count: count)
     }
 }
+
+import Synchronization
+
+extension GuestMemory {
+    /// Atomically ORs `bits` into an aligned 64-bit guest word (page-table A/D updates race with other vCPUs).
+    public func atomicOr(_ bits: UInt64, at address: GuestAddress) throws(GuestMemoryError) {
+        guard address % 8 == 0 else { throw GuestMemoryError(address: address, length: 8) }
+        _ = try pointer(address, length: 8).assumingMemoryBound(to: Atomic<UInt64>.self).pointee.bitwiseOr(bits, ordering: .relaxed)
+    }
+
+    /// The 32-bit form, for 32-bit paging structures.
+    public func atomicOr(_ bits: UInt32, at address: GuestAddress) throws(GuestMemoryError) {
+        guard address % 4 == 0 else { throw GuestMemoryError(address: address, length: 4) }
+        _ = try pointer(address, length: 4).assumingMemoryBound(to: Atomic<UInt32>.self).pointee.bitwiseOr(bits, ordering: .relaxed)
+    }
+}
