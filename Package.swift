@@ -17,6 +17,7 @@ let package = Package(
         .target(name: "CLinux"),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CZydis", providers: [.apt(["libzydis-dev"])]),
 
         // The thin syscall layer: owned fds and mappings, typed errno, spawning with exact fds.
         .target(name: "System", dependencies: ["CLinux"]),
@@ -32,11 +33,13 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "System", "Memory", "Boot"]),
         // Guest image loaders: multiboot v1, ELF64.
         .target(name: "Boot", dependencies: ["Memory"]),
+        // The instruction-emulation fallback: Zydis decoding, the handled instruction set, exception injection.
+        .target(name: "Emulator", dependencies: ["KVM", "Memory", "CKVM", "CZydis"]),
         // The Firecracker-format config and its validation.
         .target(name: "Config"),
         // One folder per process role.
         .target(name: "Processes", dependencies: [
-            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "Sandbox",
+            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "Sandbox", "Emulator",
         ]),
         .executableTarget(name: "vmm", dependencies: [
             "Processes", "Config", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -56,6 +59,7 @@ let package = Package(
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System"]),
+        .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
                     resources: []),
     ],

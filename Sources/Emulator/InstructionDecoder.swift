@@ -1,0 +1,63 @@
+import CZydis
+
+/// The CPU mode an instruction is decoded in.
+public enum CPUMode: String, Sendable {
+    case real16, protected16, protected32, long64
+
+    var zydis: ZydisMachineMode {
+        switch self {
+        case .real16: return ZYDIS_MACHINE_MODE_REAL_16
+        case .protected16: return ZYDIS_MACHINE_MODE_LEGACY_16
+        case .protected32: return ZYDIS_MACHINE_MODE_LEGACY_32
+        case .long64: return ZYDIS_MACHINE_MODE_LONG_64
+        }
+    }
+}
+
+/// One decoded instruction: what the fallback needs (length, the operation, operand size, immediate) and
+/// Intel-syntax text for crash reports.
+public struct DecodedInstruction: Equatable, Sendable {
+    public enum Operation: Equatable, Sendable {
+        case int3
+        case int(UInt8)
+        case into
+        case fwait
+        case iret
+        case other
+    }
+    public let length: Int
+    public let operation: Operation
+    /// Operand size in bits (16, 32 or 64): decides the width of IRET's pops.
+    public let operandSize: Int
+    public let text: String
+    public let bytes: [UInt8]
+}
+
+/// x86 decoding with Zydis (Debian's libzydis-dev).
+public enum InstructionDecoder {
+    /// Decodes the instruction at the start of `bytes`; nil when the bytes are not a valid instruction (or too few).
+    public static func decode(_ bytes: [UInt8], mode: CPUMode, address: UInt64 = 0) -> DecodedInstruction? {
+        var out = ZydisDisassembledInstruction()
+        let status = bytes.withUnsafeBytes { buffer in
+            ZydisDisassembleIntel(mode.zydis, address, buffer.baseAddress, buffer.count, &out)
+        }
+        guard vmm_zyan_success(status) != 0 else { return nil }
+        let info = out.info
+        let length = Int(info.length)
+        let text = withUnsafeBytes(of: out.text) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        let operation: DecodedInstruction.Operation
+        switch info.mnemonic {
+        case ZYDIS_MNEMONIC_INT3: operation = .int3
+        case ZYDIS_MNEMONIC_INT:
+            operation = .int(UInt8(truncatingIfNeeded: out.operands.0.imm.value.u))
+        case ZYDIS_MNEMONIC_INTO: operation = .into
+        case ZYDIS_MNEMONIC_FWAIT: operation = .fwait
+        case ZYDIS_MNEMONIC_IRET, ZYDIS_MNEMONIC_IRETD, ZYDIS_MNEMONIC_IRETQ: operation = .iret
+        default: operation = .other
+        }
+        return DecodedInstruction(length: length, operation: operation, operandSize: Int(info.operand_width),
+                                  text: text, bytes: Array(bytes.prefix(length)))
+    }
+}
