@@ -130,6 +130,19 @@ public final class VCPU: @unchecked Sendable {
         return ev
     }
 
+    /// Replaces the exception and interrupt state (flags 0: NMI, SIPI and shadow state stay as they are).
+    public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) {
+        var ev = events
+        ev.flags = 0
+        _ = try kvmCall("KVM_SET_VCPU_EVENTS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_VCPU_EVENTS, &ev) }
+    }
+
+    public func fpu() throws(KVMError) -> kvm_fpu {
+        var f = kvm_fpu()
+        _ = try kvmCall("KVM_GET_FPU") { vmm_ioctl_ptr(fd.raw, VMM_KVM_GET_FPU, &f) }
+        return f
+    }
+
     public func tscKHz() -> Int {
         Int(max(0, vmm_ioctl_val(fd.raw, VMM_KVM_GET_TSC_KHZ, 0)))
     }

@@ -2,7 +2,7 @@
 # Builds the test guests into OUTDIR with the system compiler (never committed as binaries).
 #   <name>.elf       multiboot ELF32 (also boots under qemu-system-x86_64 -kernel)
 #   <name>.flat.bin  flat image with a multiboot a.out-kludge header
-#   hello64.elf      ELF64 entered in long mode
+#   hello64.elf, traps64.elf   ELF64 entered in long mode
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUTDIR}
@@ -11,7 +11,9 @@ CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-
 for g in hello portloop triplefault echo; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
 done
+cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/traps32.elf" "$here/multiboot.S" "$here/guest.c" "$here/traps32.c" "$here/traps32.S"
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
 objcopy -O binary "$out/hello.flat.elf" "$out/hello.flat.bin"
 rm "$out/hello.flat.elf"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/hello64.elf" "$here/start64.S" "$here/guest.c" "$here/hello64.c"
+cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/traps64.elf" "$here/start64.S" "$here/guest.c" "$here/traps64.c" "$here/traps64.S"

@@ -24,6 +24,8 @@ static const unsigned long VMM_KVM_SET_CPUID2 = KVM_SET_CPUID2;
 static const unsigned long VMM_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long VMM_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 static const unsigned long VMM_KVM_TRANSLATE = KVM_TRANSLATE;
+static const unsigned long VMM_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long VMM_KVM_GET_FPU = KVM_GET_FPU;
 
 /// Size in bytes of a struct kvm_cpuid2 holding `n` entries.
 static inline size_t vmm_kvm_cpuid2_size(uint32_t n) {

@@ -1,9 +1,10 @@
 import CKVM
+import Emulator
 import KVM
 import Memory
 
-/// The readable report printed when a vCPU stops abnormally: registers, segments, pending events, and the
-/// code bytes at RIP.
+/// The readable report printed when a vCPU stops abnormally: registers, segments, pending events, the
+/// instruction at RIP (bytes and disassembly) and the top of the stack, both read through the guest's page tables.
 enum CrashDump {
     static func hex(_ v: UInt64, _ width: Int = 16) -> String {
         let s = String(v, radix: 16)
@@ -15,7 +16,7 @@ enum CrashDump {
             + "dpl=\(s.dpl) p=\(s.present) s=\(s.s) db=\(s.db) l=\(s.l) g=\(s.g)"
     }
 
-    static func render(vcpu: VCPU, memory: GuestMemory, headline: String) -> String {
+    static func render(vcpu: VCPU, mmu: MMU, headline: String) -> String {
         var lines = ["vcpu\(vcpu.id): \(headline)"]
         guard let r = try? vcpu.regs(), let s = try? vcpu.sregs() else {
             return (lines + ["  (registers unavailable)"]).joined(separator: "\n")
@@ -35,19 +36,43 @@ enum CrashDump {
                          + "error=\(ev.exception.has_error_code != 0 ? hex(UInt64(ev.exception.error_code), 8) : "none")"
                          + "  interrupt: injected=\(ev.interrupt.injected) nr=\(ev.interrupt.nr)  nmi: pending=\(ev.nmi.pending)")
         }
-        lines.append("  " + codeBytes(vcpu: vcpu, memory: memory, regs: r, sregs: s))
+        if let context = try? vcpu.pagingContext() { mmu.update(context) }
+        lines.append("  " + instruction(mmu: mmu, regs: r, sregs: s))
+        lines.append("  " + stack(mmu: mmu, regs: r, sregs: s))
         return lines.joined(separator: "\n")
     }
 
-    static func codeBytes(vcpu: VCPU, memory: GuestMemory, regs: kvm_regs, sregs: kvm_sregs) -> String {
-        let linear = sregs.cs.base &+ regs.rip
-        let paging = sregs.cr0 & 0x8000_0000 != 0
-        guard let physical = paging ? vcpu.translate(linear) : linear else {
-            return "code at RIP: linear \(hex(linear)) is not mapped"
+    static func mode(_ s: kvm_sregs) -> CPUMode {
+        if s.cr0 & 1 == 0 { return .real16 }
+        if s.efer & 0x400 != 0 && s.cs.l != 0 { return .long64 }
+        return s.cs.db != 0 ? .protected32 : .protected16
+    }
+
+    static func instruction(mmu: MMU, regs: kvm_regs, sregs: kvm_sregs) -> String {
+        let m = mode(sregs)
+        let linear = m == .long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xffff_ffff
+        var bytes: [UInt8] = []
+        for i in 0..<15 {
+            guard let b = try? mmu.read(linear &+ UInt64(i), count: 1) else { break }
+            bytes += b
         }
-        guard let bytes = try? memory.read(physical, count: 16) else {
-            return "code at RIP: physical \(hex(physical)) is outside guest RAM"
+        guard !bytes.isEmpty else { return "instruction at RIP: linear \(hex(linear)) cannot be read (not mapped or outside RAM)" }
+        let hexBytes = bytes.map { hex(UInt64($0), 2) }.joined(separator: " ")
+        guard let d = InstructionDecoder.decode(bytes, mode: m, address: regs.rip) else {
+            return "instruction at RIP (\(m.rawValue)): \(hexBytes)  (does not decode)"
         }
-        return "code at RIP (physical \(hex(physical))): " + bytes.map { hex(UInt64($0), 2) }.joined(separator: " ")
+        return "instruction at RIP (\(m.rawValue)): \(d.text)   [\(d.bytes.map { hex(UInt64($0), 2) }.joined(separator: " "))]"
+    }
+
+    static func stack(mmu: MMU, regs: kvm_regs, sregs: kvm_sregs) -> String {
+        let m = mode(sregs)
+        let width = m == .long64 ? 8 : 4
+        let linear = m == .long64 ? regs.rsp : (sregs.ss.base &+ regs.rsp) & 0xffff_ffff
+        var words: [String] = []
+        for i in 0..<6 {
+            guard let b = try? mmu.read(linear &+ UInt64(i * width), count: width) else { break }
+            words.append(hex(b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }, width * 2))
+        }
+        return words.isEmpty ? "stack: \(hex(linear)) cannot be read" : "stack at \(hex(linear)): " + words.joined(separator: " ")
     }
 }

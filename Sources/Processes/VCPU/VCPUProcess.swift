@@ -47,8 +47,8 @@ public enum VCPUProcess {
                          deviceDoorbell: c.deviceDoorbellFD, responseDoorbell: c.responseDoorbellFDs[0],
                          policy: policy, timeoutMs: spec.deviceTimeoutMs)
         }
-        let runner = VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
-                                router: PortRouter(routes: spec.routes))
+        let runner = try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
+                                    router: PortRouter(routes: spec.routes))
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
         Log.debug("VM set up")

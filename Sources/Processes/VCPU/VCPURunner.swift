@@ -1,5 +1,6 @@
 import CKVM
 import Channel
+import Emulator
 import KVM
 import Memory
 
@@ -14,6 +15,7 @@ final class VCPURunner: @unchecked Sendable {
     var clients: [DeviceClient]
     let deviceNames: [String]
     let router: PortRouter
+    let fallback: EmulationFallback
     private var complainedAbout: Set<Int> = []
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
@@ -24,7 +26,7 @@ final class VCPURunner: @unchecked Sendable {
         table[Int(KVM_EXIT_HLT)] = { $0.handleHalt() }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
         table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
-        table[Int(KVM_EXIT_INTERNAL_ERROR)] = { $0.handleInternalError() }
+        table[Int(KVM_EXIT_INTERNAL_ERROR)] = { try $0.handleInternalError() }
         table[Int(KVM_EXIT_FAIL_ENTRY)] = {
             let reason = vmm_run_fail_entry_reason($0.vcpu.run)
             return $0.fatal(.failedEntry(reason: reason), "KVM could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
@@ -36,7 +38,8 @@ final class VCPURunner: @unchecked Sendable {
         return table
     }()
 
-    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter) {
+    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter) throws {
+        fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         self.vcpu = vcpu
         self.memory = memory
         self.clients = clients
@@ -98,8 +101,18 @@ final class VCPURunner: @unchecked Sendable {
         return .stop(.halted)
     }
 
-    func handleInternalError() -> Action {
+    func handleInternalError() throws -> Action {
         let sub = vmm_run_internal_suberror(vcpu.run)
+        if sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
+            // KVM's emulator gave up: the userspace fallback may know the instruction.
+            switch try fallback.handle() {
+            case .handled(let what):
+                Log.debug("emulation fallback: \(what)")
+                return .resume
+            case .unhandled(let why):
+                return fatal(.internalError(suberror: sub), "KVM instruction emulation failed and the fallback cannot handle it: \(why)")
+            }
+        }
         let n = vmm_run_internal_ndata(vcpu.run)
         let data = (0..<min(n, 16)).map { "0x" + String(vmm_run_internal_data(vcpu.run, $0), radix: 16) }
         let what = sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) ? "instruction emulation failed" : "internal error, suberror \(sub)"
@@ -111,7 +124,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     private func stopWithDump(_ why: ControlMessage.VCPUStop, _ headline: String) -> ControlMessage.VCPUStop {
-        Log.report(CrashDump.render(vcpu: vcpu, memory: memory, headline: headline))
+        Log.report(CrashDump.render(vcpu: vcpu, mmu: fallback.mmu, headline: headline))
         return why
     }
 

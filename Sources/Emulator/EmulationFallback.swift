@@ -1,0 +1,300 @@
+import CKVM
+import KVM
+import Memory
+
+/// What KVM's instruction emulator cannot do, done in userspace: KVM's `x86_emulate_instruction` with
+/// `inject_emulated_exception`, for a documented set. On an emulation failure the instruction at CS:RIP is
+/// fetched through the MMU and decoded with Zydis; INT3, INT n, INTO, FWAIT and the IRET forms are carried out;
+/// a fault raised on the way (#PF from the walk, #GP, #NP, #SS, #UD) is injected into the guest. Anything else
+/// is reported unhandled, and the caller stops the VM with a crash report.
+public final class EmulationFallback {
+    public let vcpu: VCPU
+    public let mmu: MMU
+    public private(set) var handledCount: [String: Int] = [:]
+
+    public init(vcpu: VCPU, memory: GuestMemory) throws(KVMError) {
+        self.vcpu = vcpu
+        mmu = MMU(memory: memory, context: try vcpu.pagingContext())
+    }
+
+    public enum Outcome: Equatable {
+        /// The instruction was carried out or its exception injected; resume the guest.
+        case handled(String)
+        /// Outside the handled set: stop with a crash report.
+        case unhandled(String)
+    }
+
+    /// A fault the emulated instruction raises: injected into the guest.
+    struct GuestFault: Error {
+        let vector: UInt8
+        let errorCode: UInt32?
+        var pageFaultAddress: UInt64? = nil
+        static func gp(_ code: UInt32 = 0) -> GuestFault { GuestFault(vector: 13, errorCode: code) }
+        static func pageFault(_ f: PageFault) -> GuestFault { GuestFault(vector: 14, errorCode: f.errorCode, pageFaultAddress: f.address) }
+    }
+
+    /// An emulation that cannot continue (a page table outside RAM, an unsupported form): stop the VM.
+    struct Unsupported: Error { let reason: String }
+
+    public func handle() throws(KVMError) -> Outcome {
+        let regs = try vcpu.regs()
+        let sregs = try vcpu.sregs()
+        mmu.update(try vcpu.pagingContext())
+        let mode = Self.mode(sregs)
+        let cpl = Int(sregs.cs.dpl)
+        let linear = mode == .long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xffff_ffff
+        let (bytes, fetchFault) = fetch(linear, user: cpl == 3)
+        guard let instruction = InstructionDecoder.decode(bytes, mode: mode, address: regs.rip) else {
+            if let fetchFault { try inject(fetchFault); return .handled("instruction fetch fault at 0x\(String(linear, radix: 16))") }
+            return .unhandled("undecodable bytes at RIP: \(bytes.prefix(15).map { String($0, radix: 16) }.joined(separator: " "))")
+        }
+        do {
+            let done = try execute(instruction, mode: mode, regs: regs, sregs: sregs)
+            handledCount[instruction.text, default: 0] += 1
+            return .handled(done)
+        } catch let fault as GuestFault {
+            try inject(fault)
+            return .handled("\(instruction.text) raised vector \(fault.vector)")
+        } catch let u as Unsupported {
+            return .unhandled("\(instruction.text): \(u.reason)")
+        } catch let e as KVMError {
+            throw e
+        } catch {
+            return .unhandled("\(instruction.text): \(error)")
+        }
+    }
+
+    static func mode(_ s: kvm_sregs) -> CPUMode {
+        if s.cr0 & 1 == 0 { return .real16 }
+        if s.efer & 0x400 != 0 && s.cs.l != 0 { return .long64 }
+        return s.cs.db != 0 ? .protected32 : .protected16
+    }
+
+    /// Up to 15 bytes at `linear`, stopping at the first byte that cannot be fetched.
+    func fetch(_ linear: UInt64, user: Bool) -> ([UInt8], GuestFault?) {
+        var bytes: [UInt8] = []
+        for i in 0..<15 {
+            do { bytes += try mmu.read(linear &+ UInt64(i), count: 1, user ? [.fetch, .user] : .fetch) } catch {
+                if case .walk(.pageFault(let f)) = error { return (bytes, .pageFault(f)) }
+                return (bytes, nil)
+            }
+        }
+        return (bytes, nil)
+    }
+
+    private func execute(_ i: DecodedInstruction, mode: CPUMode, regs: kvm_regs, sregs: kvm_sregs) throws -> String {
+        var r = regs
+        let next = r.rip &+ UInt64(i.length)
+        switch i.operation {
+        case .int3:
+            // A trap: the handler returns after the INT3.
+            r.rip = next
+            vcpu.setRegs(r)
+            try inject(GuestFault(vector: 3, errorCode: nil))
+            return "int3: #BP injected"
+        case .int(let vector):
+            r.rip = next
+            vcpu.setRegs(r)
+            try injectSoftwareInterrupt(vector)
+            return "int 0x\(String(vector, radix: 16)) injected"
+        case .into:
+            if mode == .long64 { throw GuestFault(vector: 6, errorCode: nil) }
+            r.rip = next
+            vcpu.setRegs(r)
+            if r.rflags & 0x800 != 0 { try inject(GuestFault(vector: 4, errorCode: nil)); return "into: #OF injected" }
+            return "into: no overflow"
+        case .fwait:
+            // #MF when an unmasked x87 exception is pending (FSW.ES), else nothing to wait for.
+            if try vcpu.fpu().fsw & 0x80 != 0 { throw GuestFault(vector: 16, errorCode: nil) }
+            r.rip = next
+            vcpu.setRegs(r)
+            return "fwait: no x87 exception pending"
+        case .iret:
+            try iret(operandSize: i.operandSize, mode: mode, regs: regs, sregs: sregs)
+            return "\(i.text) emulated"
+        case .other:
+            throw Unsupported(reason: "not in the emulation fallback's set")
+        }
+    }
+
+    // MARK: IRET
+
+    private func iret(operandSize: Int, mode: CPUMode, regs: kvm_regs, sregs: kvm_sregs) throws {
+        var r = regs
+        var s = sregs
+        let width = operandSize / 8
+        let stack = StackReader(mmu: mmu, sregs: sregs, mode: mode, user: s.cs.dpl == 3)
+        var sp = r.rsp
+        func pop() throws -> UInt64 {
+            let v = try stack.read(sp, width: width)
+            sp = stack.advance(sp, by: width)
+            return v
+        }
+        let newIP = try pop(), newCS = UInt16(truncatingIfNeeded: try pop()), popped = try pop()
+        if mode == .real16 {
+            r.rip = newIP & (width == 2 ? 0xffff : 0xffff_ffff)
+            s.cs.selector = newCS
+            s.cs.base = UInt64(newCS) << 4
+            r.rflags = mergeFlags(r.rflags, popped, width: width, cpl: 0, iopl: 3)
+            r.rsp = stack.setPointer(r.rsp, sp)
+            vcpu.setRegs(r)
+            vcpu.setSregs(s)
+            return
+        }
+        if r.rflags & 0x4000 != 0 && mode != .long64 { throw Unsupported(reason: "IRET with NT set (task return)") }
+        if popped & 0x2_0000 != 0 && s.cs.dpl == 0 && mode != .long64 { throw Unsupported(reason: "IRET to virtual-8086 mode") }
+        let cpl = Int(s.cs.dpl)
+        let rpl = Int(newCS & 3)
+        guard newCS & 0xfffc != 0 else { throw GuestFault.gp(0) }
+        guard rpl >= cpl else { throw GuestFault.gp(UInt32(newCS & 0xfffc)) }
+        var code = try descriptor(newCS, sregs: s)
+        guard code.s == 1, code.type & 8 != 0 else { throw GuestFault.gp(UInt32(newCS & 0xfffc)) }
+        if code.type & 4 != 0 { guard Int(code.dpl) <= rpl else { throw GuestFault.gp(UInt32(newCS & 0xfffc)) } } else {
+            guard Int(code.dpl) == rpl else { throw GuestFault.gp(UInt32(newCS & 0xfffc)) }
+        }
+        guard code.present == 1 else { throw GuestFault(vector: 11, errorCode: UInt32(newCS & 0xfffc)) }
+        let outer = rpl > cpl
+        if outer || mode == .long64 {
+            // 64-bit IRET always pops SS:RSP; elsewhere only on a return to an outer privilege level.
+            let newSP = try pop(), newSS = UInt16(truncatingIfNeeded: try pop())
+            if newSS & 0xfffc == 0 && !(mode == .long64 && rpl != 3) { throw GuestFault.gp(0) }
+            if newSS & 0xfffc != 0 {
+                var ss = try descriptor(newSS, sregs: s)
+                guard Int(newSS & 3) == rpl, Int(ss.dpl) == rpl, ss.s == 1, ss.type & 0xa == 2 else {
+                    throw GuestFault.gp(UInt32(newSS & 0xfffc))
+                }
+                guard ss.present == 1 else { throw GuestFault(vector: 12, errorCode: UInt32(newSS & 0xfffc)) }
+                ss.selector = newSS
+                s.ss = ss
+            } else {
+                s.ss.selector = newSS
+                s.ss.unusable = 1
+                s.ss.dpl = UInt8(rpl)
+            }
+            r.rsp = mode == .long64 || s.ss.db != 0 ? newSP & (width == 2 ? 0xffff : (mode == .long64 && width == 8 ? .max : 0xffff_ffff)) : (r.rsp & ~0xffff) | (newSP & 0xffff)
+        } else {
+            r.rsp = stack.setPointer(r.rsp, sp)
+        }
+        code.selector = newCS
+        code.dpl = UInt8(rpl)  // CPL lives in CS.DPL for KVM
+        s.cs = code
+        r.rip = newIP & (width == 2 ? 0xffff : (width == 4 ? 0xffff_ffff : .max))
+        r.rflags = mergeFlags(r.rflags, popped, width: width, cpl: cpl, iopl: Int((r.rflags >> 12) & 3))
+        if outer {
+            // Data segments the new, less privileged code may not use are nulled, as the CPU does.
+            for keyPath in [\kvm_sregs.ds, \kvm_sregs.es, \kvm_sregs.fs, \kvm_sregs.gs] {
+                let seg = s[keyPath: keyPath]
+                let conformingCode = seg.type & 0xc == 0xc
+                if seg.unusable == 0 && !conformingCode && Int(seg.dpl) < rpl {
+                    s[keyPath: keyPath].selector = 0
+                    s[keyPath: keyPath].unusable = 1
+                    s[keyPath: keyPath].present = 0
+                }
+            }
+        }
+        vcpu.setRegs(r)
+        vcpu.setSregs(s)
+    }
+
+    /// The flags IRET may change at this privilege level: IOPL only at CPL 0, IF only when CPL <= IOPL.
+    private func mergeFlags(_ old: UInt64, _ popped: UInt64, width: Int, cpl: Int, iopl: Int) -> UInt64 {
+        var changeable: UInt64 = 0x25_7fd5 & ~0x3000 & ~0x200  // CF PF AF ZF SF TF DF OF NT RF AC ID
+        if cpl == 0 { changeable |= 0x3000 }
+        if cpl <= iopl { changeable |= 0x200 }
+        if width == 2 { changeable &= 0xffff }
+        return (old & ~changeable) | (popped & changeable) | 2
+    }
+
+    /// The GDT or LDT descriptor of `selector`, as a KVM segment, with its accessed bit set (in memory too).
+    private func descriptor(_ selector: UInt16, sregs: kvm_sregs) throws -> kvm_segment {
+        let local = selector & 4 != 0
+        let tableBase = local ? sregs.ldt.base : sregs.gdt.base
+        let tableLimit = local ? UInt64(sregs.ldt.limit) : UInt64(sregs.gdt.limit)
+        let offset = UInt64(selector & 0xfff8)
+        guard offset + 7 <= tableLimit, !(local && sregs.ldt.unusable != 0) else { throw GuestFault.gp(UInt32(selector & 0xfffc)) }
+        let raw: [UInt8]
+        do { raw = try mmu.read(tableBase &+ offset, count: 8, .implicit) } catch {
+            if case .walk(.pageFault(let f)) = error { throw GuestFault.pageFault(f) }
+            throw Unsupported(reason: "descriptor table unreadable: \(error)")
+        }
+        let d = raw.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        var seg = kvm_segment()
+        seg.base = ((d >> 16) & 0xff_ffff) | ((d >> 32) & 0xff00_0000)
+        var limit = UInt32((d & 0xffff) | ((d >> 32) & 0xf_0000))
+        seg.g = UInt8((d >> 55) & 1)
+        if seg.g == 1 { limit = (limit << 12) | 0xfff }
+        seg.limit = limit
+        seg.type = UInt8((d >> 40) & 0xf) | 1
+        seg.s = UInt8((d >> 44) & 1)
+        seg.dpl = UInt8((d >> 45) & 3)
+        seg.present = UInt8((d >> 47) & 1)
+        seg.avl = UInt8((d >> 52) & 1)
+        seg.l = UInt8((d >> 53) & 1)
+        seg.db = UInt8((d >> 54) & 1)
+        seg.selector = selector
+        if (d >> 40) & 1 == 0, seg.present == 1 {
+            var updated = raw
+            updated[5] |= 1
+            try? mmu.write(updated, at: tableBase &+ offset, .implicit)
+        }
+        return seg
+    }
+
+    // MARK: injection
+
+    private func inject(_ fault: GuestFault) throws(KVMError) {
+        if let address = fault.pageFaultAddress {
+            var s = try vcpu.sregs()
+            s.cr2 = address
+            vcpu.setSregs(s)
+        }
+        try vcpu.flushRegisters()
+        var ev = try vcpu.events()
+        ev.exception.injected = 1
+        ev.exception.pending = 0
+        ev.exception.nr = fault.vector
+        ev.exception.has_error_code = fault.errorCode == nil ? 0 : 1
+        ev.exception.error_code = fault.errorCode ?? 0
+        try vcpu.setEvents(ev)
+    }
+
+    private func injectSoftwareInterrupt(_ vector: UInt8) throws(KVMError) {
+        try vcpu.flushRegisters()
+        var ev = try vcpu.events()
+        ev.interrupt.injected = 1
+        ev.interrupt.nr = vector
+        ev.interrupt.soft = 1
+        try vcpu.setEvents(ev)
+    }
+}
+
+/// Reads the guest stack (SS-relative, with the stack's address width) through the MMU.
+struct StackReader {
+    let mmu: MMU
+    let sregs: kvm_sregs
+    let mode: CPUMode
+    let user: Bool
+
+    var wide: Bool { mode == .long64 || (mode != .real16 && sregs.ss.db != 0) }
+
+    func read(_ sp: UInt64, width: Int) throws -> UInt64 {
+        let linear = mode == .long64 ? sp : (sregs.ss.base &+ (wide ? sp & 0xffff_ffff : sp & 0xffff)) & 0xffff_ffff
+        do {
+            let b = try mmu.read(linear, count: width, user ? .user : [])
+            return b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        } catch {
+            if case .walk(.pageFault(let f)) = error { throw EmulationFallback.GuestFault.pageFault(f) }
+            throw EmulationFallback.GuestFault(vector: 12, errorCode: 0)  // #SS: the stack is not in RAM
+        }
+    }
+
+    func advance(_ sp: UInt64, by n: Int) -> UInt64 {
+        mode == .long64 ? sp &+ UInt64(n) : (wide ? (sp &+ UInt64(n)) & 0xffff_ffff : (sp &+ UInt64(n)) & 0xffff)
+    }
+
+    /// The new RSP: only the stack's width of it changes.
+    func setPointer(_ old: UInt64, _ sp: UInt64) -> UInt64 {
+        if mode == .long64 { return sp }
+        return wide ? sp & 0xffff_ffff : (old & ~0xffff) | (sp & 0xffff)
+    }
+}
