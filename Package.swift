@@ -46,8 +46,10 @@ let package = Package(
         ]),
         // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
         .target(name: "BenchKit", path: "tools/bench/BenchKit"),
+        // A guest on a bare in-process KVM loop: the benchmark's baseline and a harness for guest-level tests.
+        .target(name: "BareLoop", dependencies: ["KVM", "Memory", "Boot", "System", "CKVM"], path: "tools/bench/BareLoop"),
         .executableTarget(name: "VMMBench", dependencies: [
-            "BenchKit", "KVM", "Memory", "Boot", "System",
+            "BenchKit", "BareLoop", "KVM", "Memory", "Boot", "System", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "tools/bench/Command"),
         // A second real process for the ring tests.
@@ -58,7 +60,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
-        .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System"]),
+        .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System"], path: "Tests/VMMTests",
                     resources: []),

@@ -9,7 +9,7 @@ public final class MMU: @unchecked Sendable {
     public let walker: PageWalker
     public private(set) var context: PagingContext
     public var tlbEnabled: Bool
-    private var tlb: [Entry]
+    private let tlb: UnsafeMutablePointer<Entry>
     private static let slots = 256
     public private(set) var hits = 0
     public private(set) var misses = 0
@@ -24,8 +24,11 @@ public final class MMU: @unchecked Sendable {
         walker = PageWalker(memory: memory)
         self.context = context
         self.tlbEnabled = tlbEnabled
-        tlb = Array(repeating: Entry(), count: Self.slots)
+        tlb = .allocate(capacity: Self.slots)
+        tlb.initialize(repeating: Entry(), count: Self.slots)
     }
+
+    deinit { tlb.deallocate() }
 
     /// Adopts new paging registers; any change to them flushes the TLB.
     public func update(_ new: PagingContext) {
@@ -34,7 +37,7 @@ public final class MMU: @unchecked Sendable {
     }
 
     public func flush() {
-        for i in tlb.indices { tlb[i] = Entry() }
+        tlb.update(repeating: Entry(), count: Self.slots)
     }
 
     public func translate(_ address: UInt64, _ access: AccessKind, alignmentCheck: Bool = false) throws(WalkError) -> GuestAddress {

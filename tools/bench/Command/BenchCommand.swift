@@ -1,4 +1,5 @@
 import ArgumentParser
+import BareLoop
 import BenchKit
 import Foundation
 import Glibc
@@ -18,7 +19,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
     @Option(help: "QEMU comparison: auto (if installed), install (apt-get it if missing), skip.") var qemu = "auto"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, startup, memory).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, startup, memory, mmu).") var only: String?
 
     func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? true }
 
@@ -42,7 +43,7 @@ struct BenchCommand: ParsableCommand {
             log("repetition \(rep + 1)/\(repetitions)")
             for (op, port) in [("in", 0x3fd), ("out", 0x3ff)] where wants("exits") {
                 let args = "iters=\(iterations) op=\(op) port=\(port)"
-                let bare = try BareLoop.run(kernel: kernelBytes, cmdline: args)
+                let bare = try BareVM.run(kernel: kernelBytes, cmdline: args)
                 tscKHz = bare.tscKHz
                 add("port \(op): bare KVM loop", GuestTiming.parse(String(decoding: bare.output, as: UTF8.self))?.nanosecondsPerIteration(tscKHz: tscKHz))
                 let v = try Runner.run(ours, kernel: portloop, args: args)
@@ -58,6 +59,11 @@ struct BenchCommand: ParsableCommand {
                 add("start-up to first UART byte: \(m.name)", r.firstByte.map { $0 * 1000 })
                 add("start-up to exit: \(m.name)", r.total * 1000)
             }
+        }
+        for _ in 0..<repetitions where wants("mmu") {
+            let (with, without) = try MMUBench.measure(translations: smoke ? 10_000 : 2_000_000)
+            add("MMU translations, software TLB", with / 1e6)
+            add("MMU translations, page walk every time", without / 1e6)
         }
         let memMiB = 64
         for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) where wants("memory") {
@@ -90,6 +96,8 @@ struct BenchCommand: ParsableCommand {
         row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
+        row("MMU translations, page walk every time", "M/s")
+        row("MMU translations, software TLB", "M/s", baseline: "MMU translations, page walk every time")
         row("memory PSS without guest RAM: vmm", "MiB", goal: 10)
         row("memory PSS without guest RAM: qemu", "MiB", baseline: "memory PSS without guest RAM: vmm")
 
