@@ -1,0 +1,153 @@
+/* Page-fault error codes as the guest's own #PF handler receives them. Long mode, own page tables with one
+ * test page per permission combination at 0x40000000, CR0.WP and EFER.NXE on; probes reads, writes and fetches
+ * at CPL0 and CPL3, records CR2 and the error code of each fault, returns to the kernel through a fault at
+ * DONE_ADDRESS, prints
+ * "pf va=0x... kind=r|w|x cpl=0|3 code=0x..." per fault and "pagefaults: done N", exits with status 0. */
+#include "guest.h"
+
+#define P 1ull
+#define RW 2ull
+#define US 4ull
+#define PS 0x80ull
+#define XD (1ull << 63)
+#define TEST_BASE 0x40000000ull
+#define DONE_ADDRESS (TEST_BASE + 0x800)  /* inside the not-present page */
+
+static uint64_t pml4[512] __attribute__((aligned(4096)));
+static uint64_t pdpt[512] __attribute__((aligned(4096)));
+static uint64_t pd_low[512] __attribute__((aligned(4096)));
+static uint64_t pd_test[512] __attribute__((aligned(4096)));
+static uint64_t pt_test[512] __attribute__((aligned(4096)));
+static uint8_t frames[6][4096] __attribute__((aligned(4096)));
+static uint8_t kernel_stack[8192] __attribute__((aligned(16)));
+static uint8_t user_stack[8192] __attribute__((aligned(16)));
+
+struct gate64 { uint16_t off0, selector; uint8_t ist, attr; uint16_t off1; uint32_t off2, zero; } __attribute__((packed));
+static struct gate64 idt[256] __attribute__((aligned(16)));
+static struct { uint32_t r0; uint64_t rsp0, rsp1, rsp2, r1, ist[7], r2; uint16_t r3, iomap; } __attribute__((packed)) tss;
+static uint64_t gdt[7] = {
+    0, 0x00af9a000000ffffull, 0x00cf92000000ffffull,  /* 0x08 kernel code, 0x10 kernel data */
+    0x00cff2000000ffffull, 0x00affa000000ffffull,      /* 0x18 user data, 0x20 user code (RPL 3 selectors) */
+    0, 0,                                              /* 0x28 TSS (16 bytes) */
+};
+
+volatile uint64_t resume_rip;
+static volatile uint64_t fault_va[32], fault_code[32];
+static volatile char fault_kind[32], fault_cpl[32];
+static volatile int faults;
+static char current_kind;
+
+void isr_page_fault(void);
+void reload_segments(void);
+void finish(void);
+
+void on_page_fault(uint64_t *frame) {
+    uint64_t cr2;
+    __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+    if (cr2 == DONE_ADDRESS) finish();  /* the user-mode part is done (INT n from CPL3 faults on these hosts) */
+    if (faults < 32) {
+        fault_va[faults] = cr2;
+        fault_code[faults] = frame[0];
+        fault_kind[faults] = current_kind;
+        fault_cpl[faults] = (char)(frame[2] & 3);
+        faults++;
+    }
+    frame[1] = resume_rip;
+}
+
+/* Each probe sets the place to resume at, then makes one access that may fault. */
+static void probe_read(uint64_t va) {
+    current_kind = 'r';
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); mov (%0), %%rax; 1:" : : "r"(va) : "rax", "memory");
+}
+static void probe_write(uint64_t va) {
+    current_kind = 'w';
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); movq $1, (%0); 1:" : : "r"(va) : "rax", "memory");
+}
+static void probe_fetch(uint64_t va) {
+    current_kind = 'x';
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); jmp *%0; 1:" : : "r"(va) : "rax", "memory");
+}
+
+static uint64_t page(int k) { return TEST_BASE + (uint64_t)k * 4096; }
+
+static void user_main(void) {
+    probe_read(page(1));   /* supervisor page */
+    probe_write(page(3));  /* read-only user page */
+    probe_read(page(0));   /* not present */
+    probe_fetch(page(4));  /* execute-disabled user page */
+    probe_read(page(2));   /* allowed: no fault */
+    (void)*(volatile uint64_t *)DONE_ADDRESS;  /* back to the kernel */
+    for (;;) { }
+}
+
+void finish(void) {
+    for (int i = 0; i < faults; i++) {
+        puts("pf va="); put_hex(fault_va[i]);
+        puts(" kind="); putc(fault_kind[i]);
+        puts(" cpl="); put_dec((uint64_t)fault_cpl[i]);
+        puts(" code="); put_hex(fault_code[i]);
+        puts("\n");
+    }
+    puts("pagefaults: done ");
+    put_dec((uint64_t)faults);
+    puts("\n");
+    guest_exit(0);
+}
+
+static void set_gate(int vector, void (*handler)(void), int dpl) {
+    uint64_t a = (uint64_t)(uintptr_t)handler;
+    idt[vector] = (struct gate64){ (uint16_t)a, 0x08, 0, (uint8_t)(0x8e | (dpl << 5)), (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0 };
+}
+
+void guest_main(uint32_t magic, uint32_t info) {
+    (void)magic; (void)info;
+    /* Identity map of the first GiB with 2 MiB pages; the one holding this image is user-accessible. */
+    for (int i = 0; i < 512; i++) pd_low[i] = ((uint64_t)i << 21) | P | RW | PS | (i == 1 ? US : 0);
+    pml4[0] = (uint64_t)(uintptr_t)pdpt | P | RW | US;
+    pdpt[0] = (uint64_t)(uintptr_t)pd_low | P | RW | US;
+    pdpt[1] = (uint64_t)(uintptr_t)pd_test | P | RW | US;
+    pd_test[0] = (uint64_t)(uintptr_t)pt_test | P | RW | US;
+    uint64_t f[6];
+    for (int k = 0; k < 6; k++) { f[k] = (uint64_t)(uintptr_t)frames[k]; frames[k][0] = 0xc3; }
+    pt_test[0] = 0;                          /* not present */
+    pt_test[1] = f[1] | P;                   /* read-only, supervisor */
+    pt_test[2] = f[2] | P | RW | US;         /* read-write, user */
+    pt_test[3] = f[3] | P | US;              /* read-only, user */
+    pt_test[4] = f[4] | P | RW | US | XD;    /* user, execute-disabled */
+    pt_test[5] = f[5] | P | RW | XD;         /* supervisor, execute-disabled */
+
+    uint64_t t = (uint64_t)(uintptr_t)&tss;
+    tss.rsp0 = (uint64_t)(uintptr_t)(kernel_stack + sizeof kernel_stack);
+    tss.iomap = sizeof tss;
+    gdt[5] = (sizeof tss - 1) | ((t & 0xffffff) << 16) | (0x89ull << 40) | (((t >> 24) & 0xff) << 56);
+    gdt[6] = t >> 32;
+    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) gdtr = { sizeof gdt - 1, (uint64_t)(uintptr_t)gdt };
+    __asm__ volatile("lgdt %0" : : "m"(gdtr));
+    reload_segments();
+    __asm__ volatile("ltr %w0" : : "r"(0x28));
+    set_gate(14, isr_page_fault, 0);
+    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint64_t)(uintptr_t)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xc0000080));
+    lo |= 1u << 11;  /* EFER.NXE */
+    __asm__ volatile("wrmsr" : : "a"(lo), "d"(hi), "c"(0xc0000080));
+    uint64_t cr0;
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    cr0 |= 1u << 16;  /* WP */
+    __asm__ volatile("mov %0, %%cr0" : : "r"(cr0));
+    __asm__ volatile("mov %0, %%cr3" : : "r"((uint64_t)(uintptr_t)pml4) : "memory");
+
+    probe_read(page(0));   /* not present */
+    probe_write(page(1));  /* read-only with CR0.WP */
+    probe_read(page(1));   /* allowed */
+    probe_fetch(page(4));  /* execute-disabled */
+    probe_fetch(page(5));  /* execute-disabled */
+    probe_write(page(3));  /* read-only user page, supervisor write */
+
+    /* To CPL3 with IRETQ: SS, RSP, RFLAGS, CS, RIP. */
+    __asm__ volatile("pushq $0x1b; pushq %0; pushq $0x2; pushq $0x23; pushq %1; iretq"
+                     : : "r"((uint64_t)(uintptr_t)(user_stack + sizeof user_stack)), "r"((uint64_t)(uintptr_t)user_main) : "memory");
+}
