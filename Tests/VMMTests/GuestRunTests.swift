@@ -63,6 +63,16 @@ final class GuestRunTests: XCTestCase {
         XCTAssertEqual(run.stdout, "traps32: int3=1 into=1 int80=1\n")
     }
 
+    func testInstructionOutsideTheFallbackStopsWithACrashReport() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("unhandled64.elf"), args: ""))
+        XCTAssertEqual(run.wait(timeout: 30), 8, "a clean stop, not a hang")
+        XCTAssertEqual(run.stdout, "unhandled64: about to run xrstor\n")
+        let err = run.stderr
+        XCTAssertTrue(err.contains("vcpu0: KVM instruction emulation failed and the fallback cannot handle it: xrstor"), err)
+        XCTAssertTrue(err.contains("instruction at RIP (long64): xrstor ["), err)
+        XCTAssertTrue(err.contains("vmm: the vCPU stopped on an exit it cannot handle"), err)
+    }
+
     func testHaltWithNothingToWakeItEndsTheVM() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 12)
