@@ -1,0 +1,238 @@
+/// A 256-bit vector set (IRR, ISR, TMR).
+public struct VectorSet: Equatable, Sendable {
+    private var words = [UInt64](repeating: 0, count: 4)
+    public init() {}
+    public func contains(_ v: UInt8) -> Bool { words[Int(v >> 6)] & (1 << UInt64(v & 63)) != 0 }
+    public mutating func insert(_ v: UInt8) { words[Int(v >> 6)] |= 1 << UInt64(v & 63) }
+    public mutating func remove(_ v: UInt8) { words[Int(v >> 6)] &= ~(1 << UInt64(v & 63)) }
+    public var highest: UInt8? {
+        for w in stride(from: 3, through: 0, by: -1) where words[w] != 0 {
+            return UInt8(w * 64 + 63 - words[w].leadingZeroBitCount)
+        }
+        return nil
+    }
+    /// The 32-bit register that holds vectors 32*i ... 32*i+31.
+    public func register(_ i: Int) -> UInt32 { UInt32(truncatingIfNeeded: words[i / 2] >> (i % 2 == 0 ? 0 : 32)) }
+}
+
+/// What a local APIC asks of the rest of the interrupt system after a register write or a timer event.
+public enum APICEffect: Equatable, Sendable {
+    /// An IPI from the ICR. `shorthand`: 0 none (use the destination), 1 self, 2 all including self, 3 all excluding self.
+    case interprocessorInterrupt(InterruptMessage, shorthand: UInt8)
+    /// EOI of a level-triggered vector: the IOAPIC clears remote IRR.
+    case endOfInterrupt(vector: UInt8)
+    /// Arm the timer to fire at this time (ns, the model's clock), replacing any armed time.
+    case armTimer(atNanoseconds: UInt64)
+    case cancelTimer
+}
+
+/// One local APIC in xAPIC (MMIO) mode, as Linux drives it: ID, version, TPR/PPR, EOI, LDR/DFR, SVR,
+/// ISR/TMR/IRR, ESR, ICR (fixed, lowest priority, NMI, INIT, SIPI, shorthands), the LVT (timer, LINT0, LINT1,
+/// error, thermal, performance), and the timer with one-shot, periodic and TSC-deadline modes. Pure model:
+/// time comes in as nanoseconds on a monotonic clock; effects go out as values.
+public final class LocalAPIC {
+    public static let defaultBase: UInt64 = 0xfee0_0000
+    /// The timer's input clock before the divider: 1 GHz, as QEMU's APIC, so one tick is one nanosecond.
+    public static let timerNanosecondsPerTick: UInt64 = 1
+
+    public let apicID: UInt8
+    private var tpr: UInt32 = 0
+    private var ldr: UInt32 = 0
+    private var dfr: UInt32 = 0xffff_ffff
+    private var svr: UInt32 = 0xff
+    private var esr: UInt32 = 0
+    private var pendingESR: UInt32 = 0
+    private var icrLow: UInt32 = 0
+    private var icrHigh: UInt32 = 0
+    public private(set) var irr = VectorSet()
+    public private(set) var isr = VectorSet()
+    public private(set) var tmr = VectorSet()
+    private var lvt: [UInt32] = Array(repeating: 1 << 16, count: 7)  // CMCI, timer, thermal, perf, LINT0, LINT1, error: masked
+    private var divideConfig: UInt32 = 0
+    private var initialCount: UInt32 = 0
+    private var timerStart: UInt64 = 0
+    private var timerRunning = false
+    /// TSC-deadline mode: the deadline in the model's nanoseconds (0: disarmed).
+    public private(set) var deadline: UInt64 = 0
+
+    enum LVT { static let cmci = 0, timer = 1, thermal = 2, performance = 3, lint0 = 4, lint1 = 5, error = 6 }
+
+    public init(apicID: UInt8) { self.apicID = apicID }
+
+    public var softwareEnabled: Bool { svr & 0x100 != 0 }
+    var timerLVT: UInt32 { lvt[LVT.timer] }
+    public var timerMode: UInt32 { (timerLVT >> 17) & 3 }  // 0 one-shot, 1 periodic, 2 TSC-deadline
+    var divisor: UInt64 {
+        let v = (divideConfig & 3) | ((divideConfig >> 1) & 4)
+        return v == 7 ? 1 : UInt64(2) << UInt64(v)
+    }
+    var period: UInt64 { UInt64(initialCount) * divisor * Self.timerNanosecondsPerTick }
+
+    public var processorPriority: UInt32 {
+        let isrv = UInt32(isr.highest ?? 0)
+        return (tpr & 0xf0) >= (isrv & 0xf0) ? tpr & 0xff : isrv & 0xf0
+    }
+
+    // MARK: registers
+
+    public func read(offset: UInt64, now: UInt64) -> UInt32 {
+        switch offset {
+        case 0x20: return UInt32(apicID) << 24
+        case 0x30: return 0x0005_0014  // version 0x14 (integrated APIC), max LVT entry 5 (as QEMU's)
+        case 0x80: return tpr
+        case 0x90: return 0  // arbitration priority: not implemented on P4/Xeon-era APICs either
+        case 0xa0: return processorPriority
+        case 0xd0: return ldr
+        case 0xe0: return dfr
+        case 0xf0: return svr
+        case 0x100...0x170 where offset % 16 == 0: return isr.register(Int(offset - 0x100) / 16)
+        case 0x180...0x1f0 where offset % 16 == 0: return tmr.register(Int(offset - 0x180) / 16)
+        case 0x200...0x270 where offset % 16 == 0: return irr.register(Int(offset - 0x200) / 16)
+        case 0x280: return esr
+        case 0x2f0: return lvt[LVT.cmci]
+        case 0x300: return icrLow & ~(1 << 12)  // delivery status: always idle, IPIs are sent at once
+        case 0x310: return icrHigh
+        case 0x320: return lvt[LVT.timer]
+        case 0x330: return lvt[LVT.thermal]
+        case 0x340: return lvt[LVT.performance]
+        case 0x350: return lvt[LVT.lint0]
+        case 0x360: return lvt[LVT.lint1]
+        case 0x370: return lvt[LVT.error]
+        case 0x380: return initialCount
+        case 0x390: return currentCount(now: now)
+        case 0x3e0: return divideConfig
+        default: return 0
+        }
+    }
+
+    public func write(offset: UInt64, value: UInt32, now: UInt64) -> [APICEffect] {
+        switch offset {
+        case 0x80: tpr = value & 0xff
+        case 0xb0: return endOfInterrupt()
+        case 0xd0: ldr = value & 0xff00_0000
+        case 0xe0: dfr = value | 0x0fff_ffff
+        case 0xf0:
+            svr = value & 0x13ff
+            if !softwareEnabled { for i in lvt.indices { lvt[i] |= 1 << 16 } }  // disabling masks every LVT
+        case 0x280:
+            esr = pendingESR  // a write latches the errors seen since the last write
+            pendingESR = 0
+        case 0x2f0: lvt[LVT.cmci] = lvtValue(value, mask: 0x1_07ff)
+        case 0x300:
+            icrLow = value & 0x000c_cfff
+            return [sendIPI()]
+        case 0x310: icrHigh = value & 0xff00_0000
+        case 0x320:
+            let oldMode = timerMode
+            lvt[LVT.timer] = lvtValue(value, mask: 0x7_00ff)
+            if timerMode != oldMode {
+                timerRunning = false
+                deadline = 0
+                return [.cancelTimer]
+            }
+        case 0x330: lvt[LVT.thermal] = lvtValue(value, mask: 0x1_07ff)
+        case 0x340: lvt[LVT.performance] = lvtValue(value, mask: 0x1_07ff)
+        case 0x350: lvt[LVT.lint0] = lvtValue(value, mask: 0x1_a7ff)
+        case 0x360: lvt[LVT.lint1] = lvtValue(value, mask: 0x1_a7ff)
+        case 0x370: lvt[LVT.error] = lvtValue(value, mask: 0x1_00ff)
+        case 0x380:
+            guard timerMode != 2 else { return [] }  // ignored in TSC-deadline mode
+            initialCount = value
+            guard value != 0 else { timerRunning = false; return [.cancelTimer] }
+            timerStart = now
+            timerRunning = true
+            return [.armTimer(atNanoseconds: now + period)]
+        case 0x3e0: divideConfig = value & 0xb
+        default: break
+        }
+        return []
+    }
+
+    private func lvtValue(_ value: UInt32, mask: UInt32) -> UInt32 {
+        softwareEnabled ? value & mask : (value & mask) | (1 << 16)
+    }
+
+    private func currentCount(now: UInt64) -> UInt32 {
+        guard timerRunning, timerMode != 2, initialCount != 0 else { return 0 }
+        let ticks = (now &- timerStart) / (divisor * Self.timerNanosecondsPerTick)
+        if timerMode == 1 { return initialCount - UInt32(ticks % UInt64(initialCount)) }
+        return ticks >= UInt64(initialCount) ? 0 : initialCount - UInt32(ticks)
+    }
+
+    /// TSC-deadline mode: IA32_TSC_DEADLINE, already converted to the model's nanoseconds (0 disarms).
+    public func setDeadline(_ at: UInt64, now: UInt64) -> [APICEffect] {
+        guard timerMode == 2 else { return [] }
+        deadline = at
+        if at == 0 { return [.cancelTimer] }
+        return [.armTimer(atNanoseconds: max(at, now))]
+    }
+
+    /// The armed time has come: raise the timer vector, re-arm a periodic timer.
+    public func timerExpired(now: UInt64) -> [APICEffect] {
+        var effects: [APICEffect] = []
+        switch timerMode {
+        case 1:
+            guard timerRunning, period > 0 else { return [] }
+            // Next expiry on the period grid, skipping any periods missed while the host was busy.
+            let elapsed = now &- timerStart
+            let next = timerStart + (elapsed / period + 1) * period
+            effects.append(.armTimer(atNanoseconds: next))
+        case 2:
+            guard deadline != 0, now >= deadline else { return [] }
+            deadline = 0
+        default:
+            guard timerRunning else { return [] }
+            timerRunning = false
+        }
+        if timerLVT & (1 << 16) == 0 { accept(vector: UInt8(truncatingIfNeeded: timerLVT), levelTriggered: false) }
+        return effects
+    }
+
+    // MARK: delivery
+
+    /// Puts a fixed interrupt in IRR (and TMR for level-triggered ones). Vectors below 16 are illegal.
+    public func accept(vector: UInt8, levelTriggered: Bool) {
+        guard vector >= 16 else { pendingESR |= 1 << 6; return }  // received illegal vector
+        irr.insert(vector)
+        if levelTriggered { tmr.insert(vector) } else { tmr.remove(vector) }
+    }
+
+    /// The vector the CPU would take next, if any: the highest in IRR above the processor priority.
+    public var deliverableVector: UInt8? {
+        guard softwareEnabled, let v = irr.highest else { return nil }
+        return UInt32(v) & 0xf0 > processorPriority & 0xf0 ? v : nil
+    }
+
+    /// The CPU took `vector` (interrupt acknowledge): IRR to ISR.
+    public func acknowledge(_ vector: UInt8) {
+        irr.remove(vector)
+        isr.insert(vector)
+    }
+
+    private func endOfInterrupt() -> [APICEffect] {
+        guard let v = isr.highest else { return [] }
+        isr.remove(v)
+        // Level-triggered: tell the IOAPIC, unless EOI broadcast is suppressed (SVR bit 12).
+        if tmr.contains(v) && svr & 0x1000 == 0 { return [.endOfInterrupt(vector: v)] }
+        return []
+    }
+
+    private func sendIPI() -> APICEffect {
+        let vector = UInt8(truncatingIfNeeded: icrLow)
+        let mode = InterruptMessage.DeliveryMode(rawValue: UInt8((icrLow >> 8) & 7)) ?? .fixed
+        if mode == .fixed && vector < 16 { pendingESR |= 1 << 5 }  // send illegal vector
+        let message = InterruptMessage(vector: vector, deliveryMode: mode, logical: icrLow & (1 << 11) != 0,
+                                       destination: UInt8(icrHigh >> 24), levelTriggered: icrLow & (1 << 15) != 0)
+        return .interprocessorInterrupt(message, shorthand: UInt8((icrLow >> 18) & 3))
+    }
+
+    /// Whether this APIC is a destination of `message` (physical ID, or logical flat/cluster model).
+    public func isDestination(of message: InterruptMessage) -> Bool {
+        if !message.logical { return message.destination == 0xff || message.destination == apicID }
+        let logicalID = UInt8(ldr >> 24)
+        if dfr >> 28 == 0xf { return message.destination & logicalID != 0 }  // flat model
+        // Cluster model: high nibble is the cluster, low nibble a bit mask within it.
+        return (message.destination >> 4 == logicalID >> 4 || message.destination >> 4 == 0xf)
+            && (message.destination & logicalID & 0xf) != 0
+    }
+}
