@@ -40,12 +40,14 @@ public final class EmulationFallback {
         let regs = try vcpu.regs()
         let sregs = try vcpu.sregs()
         mmu.update(try vcpu.pagingContext())
-        let mode = Self.mode(sregs)
-        let cpl = Int(sregs.cs.dpl)
-        let linear = mode == .long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xffff_ffff
-        let (bytes, fetchFault) = fetch(linear, user: cpl == 3)
+        let mode = CPUMode(sregs)
+        let linear = InstructionDecoder.linearRIP(regs, sregs)
+        let (bytes, fetchError) = InstructionDecoder.fetch(linear, mmu: mmu, user: sregs.cs.dpl == 3)
         guard let instruction = InstructionDecoder.decode(bytes, mode: mode, address: regs.rip) else {
-            if let fetchFault { try inject(fetchFault); return .handled("instruction fetch fault at 0x\(String(linear, radix: 16))") }
+            if case .walk(.pageFault(let f))? = fetchError {
+                try inject(.pageFault(f))
+                return .handled("instruction fetch fault at 0x\(String(linear, radix: 16))")
+            }
             return .unhandled("undecodable bytes at RIP: \(bytes.prefix(15).map { String($0, radix: 16) }.joined(separator: " "))")
         }
         do {
@@ -62,24 +64,6 @@ public final class EmulationFallback {
         } catch {
             return .unhandled("\(instruction.text): \(error)")
         }
-    }
-
-    static func mode(_ s: kvm_sregs) -> CPUMode {
-        if s.cr0 & 1 == 0 { return .real16 }
-        if s.efer & 0x400 != 0 && s.cs.l != 0 { return .long64 }
-        return s.cs.db != 0 ? .protected32 : .protected16
-    }
-
-    /// Up to 15 bytes at `linear`, stopping at the first byte that cannot be fetched.
-    func fetch(_ linear: UInt64, user: Bool) -> ([UInt8], GuestFault?) {
-        var bytes: [UInt8] = []
-        for i in 0..<15 {
-            do { bytes += try mmu.read(linear &+ UInt64(i), count: 1, user ? [.fetch, .user] : .fetch) } catch {
-                if case .walk(.pageFault(let f)) = error { return (bytes, .pageFault(f)) }
-                return (bytes, nil)
-            }
-        }
-        return (bytes, nil)
     }
 
     private func execute(_ i: DecodedInstruction, mode: CPUMode, regs: kvm_regs, sregs: kvm_sregs) throws -> String {

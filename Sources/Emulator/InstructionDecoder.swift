@@ -1,8 +1,18 @@
 import CZydis
 
+import CKVM
+import Memory
+
 /// The CPU mode an instruction is decoded in.
 public enum CPUMode: String, Sendable {
     case real16, protected16, protected32, long64
+
+    /// The mode a vCPU is in, from CR0.PE, EFER.LMA and CS.L/CS.D.
+    public init(_ s: kvm_sregs) {
+        if s.cr0 & 1 == 0 { self = .real16 } else if s.efer & 0x400 != 0 && s.cs.l != 0 { self = .long64 } else {
+            self = s.cs.db != 0 ? .protected32 : .protected16
+        }
+    }
 
     var zydis: ZydisMachineMode {
         switch self {
@@ -35,6 +45,23 @@ public struct DecodedInstruction: Equatable, Sendable {
 
 /// x86 decoding with Zydis (Debian's libzydis-dev).
 public enum InstructionDecoder {
+    /// The linear address of CS:RIP.
+    public static func linearRIP(_ regs: kvm_regs, _ sregs: kvm_sregs) -> UInt64 {
+        CPUMode(sregs) == .long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xffff_ffff
+    }
+
+    /// Up to 15 bytes at `linear` through the MMU, stopping at the first that cannot be fetched; the error is
+    /// what stopped the fetch (nil when all 15 were read).
+    public static func fetch(_ linear: UInt64, mmu: MMU, user: Bool) -> ([UInt8], MMUError?) {
+        var bytes: [UInt8] = []
+        for i in 0..<15 {
+            do { bytes += try mmu.read(linear &+ UInt64(i), count: 1, user ? [.fetch, .user] : .fetch) } catch {
+                return (bytes, error)
+            }
+        }
+        return (bytes, nil)
+    }
+
     /// Decodes the instruction at the start of `bytes`; nil when the bytes are not a valid instruction (or too few).
     public static func decode(_ bytes: [UInt8], mode: CPUMode, address: UInt64 = 0) -> DecodedInstruction? {
         var out = ZydisDisassembledInstruction()

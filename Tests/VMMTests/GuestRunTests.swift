@@ -2,19 +2,7 @@ import Foundation
 import XCTest
 
 /// End-to-end: the vmm binary, its vcpu and pio processes, real KVM, real test guests.
-final class GuestRunTests: XCTestCase {
-    override func setUpWithError() throws {
-        try Harness.requireKVM()
-        _ = try Harness.guests.get()
-    }
-
-    override func tearDown() {
-        // No process outlives its test: helpers die with their supervisor.
-        var left = Harness.allHelperPIDs()
-        for _ in 0..<100 where !left.isEmpty { usleep(20_000); left = Harness.allHelperPIDs() }
-        XCTAssertEqual(left, [], "helper processes outlived the test")
-    }
-
+final class GuestRunTests: GuestTestCase {
     func testGuestPrintsExactTextAndExitsWithChosenStatus() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=abc exit=21"))
         XCTAssertEqual(run.wait(), 43, "debug-exit 21 gives (21 << 1) | 1; stderr: \(run.stderr)")
@@ -96,13 +84,6 @@ final class GuestRunTests: XCTestCase {
         XCTAssertEqual(run.wait(), 1)
         XCTAssertEqual(run.stdout, "")
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "Hello from the guest: file\n")
-    }
-
-    /// A guest that runs until stopped: the CPL3 port loop with a huge count.
-    func startEndlessGuest() throws -> Harness.Run {
-        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"))
-        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
-        return run
     }
 
     func testKillingThePIOProcessEndsTheVMNamingTheRole() throws {

@@ -141,3 +141,26 @@ enum Harness {
         return args.count > 2 ? args[2] : nil
     }
 }
+
+/// A test case that runs real guests: skips loudly without KVM, builds the guests once, and checks after each
+/// test that no helper process outlived it.
+class GuestTestCase: XCTestCase {
+    override func setUpWithError() throws {
+        try Harness.requireKVM()
+        _ = try Harness.guests.get()
+    }
+
+    override func tearDown() {
+        var left = Harness.allHelperPIDs()
+        for _ in 0..<100 where !left.isEmpty { usleep(20_000); left = Harness.allHelperPIDs() }
+        XCTAssertEqual(left, [], "helper processes outlived the test")
+    }
+
+    /// A guest that runs until stopped: the CPL3 port loop with a huge count.
+    func startEndlessGuest(options: [String] = []) throws -> Harness.Run {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"),
+                                  options: options)
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        return run
+    }
+}

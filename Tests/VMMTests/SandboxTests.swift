@@ -2,25 +2,7 @@ import Foundation
 import XCTest
 
 /// The sandbox, checked on the running helper processes (not on paper) and by provoking it.
-final class SandboxTests: XCTestCase {
-    override func setUpWithError() throws {
-        try Harness.requireKVM()
-        _ = try Harness.guests.get()
-    }
-
-    override func tearDown() {
-        var left = Harness.allHelperPIDs()
-        for _ in 0..<100 where !left.isEmpty { usleep(20_000); left = Harness.allHelperPIDs() }
-        XCTAssertEqual(left, [], "helper processes outlived the test")
-    }
-
-    func startEndlessGuest(options: [String] = []) throws -> Harness.Run {
-        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"),
-                                  options: options)
-        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
-        return run
-    }
-
+final class SandboxTests: GuestTestCase {
     func status(_ pid: pid_t) throws -> [String: String] {
         let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         var out: [String: String] = [:]

@@ -42,32 +42,22 @@ enum CrashDump {
         return lines.joined(separator: "\n")
     }
 
-    static func mode(_ s: kvm_sregs) -> CPUMode {
-        if s.cr0 & 1 == 0 { return .real16 }
-        if s.efer & 0x400 != 0 && s.cs.l != 0 { return .long64 }
-        return s.cs.db != 0 ? .protected32 : .protected16
-    }
-
     static func instruction(mmu: MMU, regs: kvm_regs, sregs: kvm_sregs) -> String {
-        let m = mode(sregs)
-        let linear = m == .long64 ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xffff_ffff
-        var bytes: [UInt8] = []
-        for i in 0..<15 {
-            guard let b = try? mmu.read(linear &+ UInt64(i), count: 1) else { break }
-            bytes += b
-        }
+        let mode = CPUMode(sregs)
+        let linear = InstructionDecoder.linearRIP(regs, sregs)
+        // Read as a data access: the report should show the bytes even where a fetch would fault (NX).
+        let bytes = (0..<15).compactMap { i in try? mmu.read(linear &+ UInt64(i), count: 1).first }
         guard !bytes.isEmpty else { return "instruction at RIP: linear \(hex(linear)) cannot be read (not mapped or outside RAM)" }
-        let hexBytes = bytes.map { hex(UInt64($0), 2) }.joined(separator: " ")
-        guard let d = InstructionDecoder.decode(bytes, mode: m, address: regs.rip) else {
-            return "instruction at RIP (\(m.rawValue)): \(hexBytes)  (does not decode)"
+        guard let d = InstructionDecoder.decode(bytes, mode: mode, address: regs.rip) else {
+            return "instruction at RIP (\(mode.rawValue)): \(bytes.map { hex(UInt64($0), 2) }.joined(separator: " "))  (does not decode)"
         }
-        return "instruction at RIP (\(m.rawValue)): \(d.text)   [\(d.bytes.map { hex(UInt64($0), 2) }.joined(separator: " "))]"
+        return "instruction at RIP (\(mode.rawValue)): \(d.text)   [\(d.bytes.map { hex(UInt64($0), 2) }.joined(separator: " "))]"
     }
 
     static func stack(mmu: MMU, regs: kvm_regs, sregs: kvm_sregs) -> String {
-        let m = mode(sregs)
-        let width = m == .long64 ? 8 : 4
-        let linear = m == .long64 ? regs.rsp : (sregs.ss.base &+ regs.rsp) & 0xffff_ffff
+        let long = CPUMode(sregs) == .long64
+        let width = long ? 8 : 4
+        let linear = long ? regs.rsp : (sregs.ss.base &+ regs.rsp) & 0xffff_ffff
         var words: [String] = []
         for i in 0..<6 {
             guard let b = try? mmu.read(linear &+ UInt64(i * width), count: width) else { break }

@@ -17,7 +17,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
     @Option(help: "A second vmm binary (e.g. an older build) whose start-up is measured side by side.") var baselineVmm: String?
     @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
-    @Option(help: "QEMU comparison: auto (if installed), install (apt-get it if missing), skip.") var qemu = "auto"
+    @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
     @Option(help: "Measure only these groups (comma-separated: exits, startup, memory, mmu).") var only: String?
 

@@ -59,7 +59,8 @@ struct QEMU: VMMUnderTest {
 
 enum Runner {
     /// Runs to completion (or `timeout`), timing the first output byte.
-    static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300) throws -> GuestRun {
+    /// A VMM process with its console on a pipe; not started yet.
+    static func process(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int) throws -> (Process, Pipe) {
         let (exe, argv) = try vmm.command(kernel: kernel, args: args, memMiB: memMiB)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
@@ -68,6 +69,11 @@ enum Runner {
         p.standardOutput = out
         p.standardError = FileHandle.standardError
         p.standardInput = FileHandle.nullDevice
+        return (p, out)
+    }
+
+    static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300) throws -> GuestRun {
+        let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB)
         var result = GuestRun()
         let start = Date()
         try p.run()
@@ -92,14 +98,7 @@ enum Runner {
 
     /// Starts a guest that runs until killed, waits for `ready`, returns the process.
     static func startResident(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int, ready: String) throws -> Process {
-        let (exe, argv) = try vmm.command(kernel: kernel, args: args, memMiB: memMiB)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = argv
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.standardError
-        p.standardInput = FileHandle.nullDevice
+        let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB)
         try p.run()
         var seen = ""
         while !seen.contains(ready) {
