@@ -14,6 +14,13 @@ public struct EventFD: ~Copyable, @unchecked Sendable {
 
     public var raw: Int32 { fd.raw }
 
+    /// An eventfd in a class, for keeping several in a collection.
+    public final class Box: @unchecked Sendable {
+        public let eventFD: EventFD
+        public init(_ e: consuming EventFD) { eventFD = e }
+        public var raw: Int32 { eventFD.raw }
+    }
+
     /// Adds one to the counter, waking a waiter.
     public func signal() throws(SystemError) {
         var one: UInt64 = 1

@@ -102,6 +102,7 @@ struct Role: ParsableCommand {
         switch role {
         case "vcpu": throw ExitCode(VCPUProcess.main(specJSON: spec))
         case "pio": throw ExitCode(PIOProcess.main(specJSON: spec))
+        case "irqchip": throw ExitCode(IRQChipProcess.main(specJSON: spec))
         default: throw ValidationError("unknown role \(role)")
         }
     }

@@ -61,6 +61,13 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertTrue(err.contains("vmm: the vCPU stopped on an exit it cannot handle"), err)
     }
 
+    func testAPICRegistersAreServedByTheIRQChipProcess() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("apicinfo.elf"), args: ""))
+        XCTAssertEqual(run.wait(), 1, run.stderr)
+        XCTAssertEqual(run.stdout, "apic: id=0 version=0x0000000000050014 tpr=0x0000000000000030 svr=0x00000000000001ff "
+                       + "ioapic=0x0000000000170020 redir=0x0000000000000024\n")
+    }
+
     func testHaltWithNothingToWakeItEndsTheVM() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 12)
@@ -106,7 +113,7 @@ final class GuestRunTests: GuestTestCase {
 
     func testCtrlCStopsEverythingCleanly() throws {
         let run = try startEndlessGuest()
-        XCTAssertEqual(Harness.helperPIDs(of: run.process.processIdentifier).count, 2)
+        XCTAssertEqual(Harness.helperPIDs(of: run.process.processIdentifier).count, 3)
         XCTAssertEqual(kill(run.process.processIdentifier, SIGINT), 0)
         XCTAssertEqual(run.wait(timeout: 20), 130)
         XCTAssertTrue(run.stderr.contains("vmm: SIGINT received; stopping the VM"), run.stderr)
@@ -115,7 +122,7 @@ final class GuestRunTests: GuestTestCase {
     func testHelpersDieWithTheSupervisor() throws {
         let run = try startEndlessGuest()
         let helpers = Harness.helperPIDs(of: run.process.processIdentifier)
-        XCTAssertEqual(helpers.count, 2)
+        XCTAssertEqual(helpers.count, 3)
         kill(run.process.processIdentifier, SIGKILL)
         _ = run.wait()
         var alive = helpers.filter { kill($0, 0) == 0 }
@@ -133,13 +140,16 @@ final class GuestRunTests: GuestTestCase {
             case "pio":
                 // stdio, channel memory, two doorbells, control pipe, console out (input is "none").
                 XCTAssertEqual(fds, Array(0...7), "\(targets)")
+            case "irqchip":
+                // stdio, channel memory, two doorbells, control pipe.
+                XCTAssertEqual(fds, Array(0...6), "\(targets)")
             case "vcpu":
-                // stdio, channel memory, two doorbells, /dev/kvm, RAM, control pipe, then what it made itself:
-                // the VM, the vCPU and their anonymous inodes.
-                XCTAssertEqual(Array(fds.prefix(9)), Array(0...8), "\(targets)")
-                XCTAssertTrue(targets[6].contains("kvm"), "\(targets)")
-                XCTAssertTrue(targets[7].contains("memfd:guest-ram"), "\(targets)")
-                XCTAssertTrue(targets.dropFirst(9).allSatisfy { $0.contains("kvm") }, "\(targets)")
+                // stdio, two channels (memory and two doorbells each), /dev/kvm, RAM, control pipe, then what it
+                // made itself: the VM, the vCPU and their anonymous inodes.
+                XCTAssertEqual(Array(fds.prefix(12)), Array(0...11), "\(targets)")
+                XCTAssertTrue(targets[9].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[10].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertTrue(targets.dropFirst(12).allSatisfy { $0.contains("kvm") }, "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

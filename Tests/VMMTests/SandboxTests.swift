@@ -18,7 +18,7 @@ final class SandboxTests: GuestTestCase {
         defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
         let supervisor = run.process.processIdentifier
         let helpers = Harness.helperPIDs(of: supervisor)
-        XCTAssertEqual(Set(helpers.compactMap(Harness.role)), ["vcpu", "pio"])
+        XCTAssertEqual(Set(helpers.compactMap(Harness.role)), ["vcpu", "pio", "irqchip"])
         for pid in helpers {
             let role = Harness.role(of: pid) ?? "?"
             let s = try status(pid)

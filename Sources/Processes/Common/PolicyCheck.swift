@@ -3,7 +3,7 @@ import Sandbox
 /// The policy checker behind `vmm policy-check`: every role's policy must parse (each rule with its comment)
 /// and compile with libseccomp; prints each role's rules.
 public enum PolicyCheck {
-    public static let roles = ["vcpu", "pio"]
+    public static let roles = ["vcpu", "pio", "irqchip"]
 
     /// Returns the report and whether every policy passed.
     public static func run(directory: String?, reader: (String) -> String?) -> (String, Bool) {

@@ -28,6 +28,13 @@ struct ChannelSpec: Codable {
     var responseDoorbellFDs: [Int32]
 }
 
+/// A range of guest-physical MMIO addresses and the channel that serves it.
+struct MMIORouteSpec: Codable {
+    var base: UInt64
+    var size: UInt64
+    var device: Int
+}
+
 /// A range of ports and the channel that serves it.
 struct PortRouteSpec: Codable {
     var first: UInt16
@@ -47,6 +54,7 @@ struct VCPUSpec: RoleSpec {
     var channels: [ChannelSpec]
     var deviceNames: [String]
     var routes: [PortRouteSpec]
+    var mmioRoutes: [MMIORouteSpec]
     var spinMicroseconds: Int
     var deviceTimeoutMs: Int
     var logLevel: Int
@@ -55,6 +63,15 @@ struct VCPUSpec: RoleSpec {
 
 struct CPUIDRuleSpec: Codable {
     var leaf: UInt32, subleaf: UInt32, register: String, clear: UInt32, set: UInt32
+}
+
+struct IRQChipSpec: RoleSpec {
+    var channel: ChannelSpec
+    var controlFD: Int32
+    var vcpuCount: Int
+    var spinMicroseconds: Int
+    var logLevel: Int
+    var sandbox: SandboxSpec
 }
 
 struct PIOSpec: RoleSpec {

@@ -61,12 +61,11 @@ public final class Supervisor {
         let ram = try MemFD.create(name: "guest-ram", size: memSize)
         let entry = try loadGuest(ramFD: ram.raw, size: memSize)
 
-        // The port-I/O device channel: one lane per vCPU.
-        let layout = ChannelLayout(lanes: config.machine.vcpuCount)
-        let channelMemory = try ChannelRegion.create(layout: layout, name: "pio-channel")
-        let deviceDoorbell = try EventFD()
-        let responseDoorbell = try EventFD()
+        // One channel per device process, one lane per vCPU.
+        let pioChannel = try ChannelPlan(name: "pio-channel", lanes: config.machine.vcpuCount)
+        let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount)
         let pioControl = try Pipe()
+        let irqchipControl = try Pipe()
         let vcpuControl = try Pipe()
         let devNull = try FileDescriptor.open("/dev/null", O_RDWR)
         let consoleOut: FileDescriptor  // -1 when the console goes nowhere
@@ -79,32 +78,33 @@ public final class Supervisor {
             }
         }
         let logFD = Log.fd
-
-        // pio: fds 3.. are channel memory, device doorbell, response doorbell, control, [console out], [console in].
-        var pioFDs = FDList()
-        let pioChannel = ChannelSpec(
-            memoryFD: pioFDs.add(channelMemory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
-            stateSize: layout.stateSize, deviceDoorbellFD: pioFDs.add(deviceDoorbell.raw),
-            responseDoorbellFDs: [pioFDs.add(responseDoorbell.raw)])
         Log.debug("memory, channels and console ready")
+
+        // pio: its channel, control pipe, [console out], [console in].
+        var pioFDs = FDList()
         let pioSpec = PIOSpec(
-            channel: pioChannel, controlFD: pioFDs.add(pioControl.writeEnd.raw),
+            channel: pioChannel.spec(&pioFDs), controlFD: pioFDs.add(pioControl.writeEnd.raw),
             consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
             consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
             sandbox: try sandboxSpec(role: "pio"))
 
+        var irqchipFDs = FDList()
+        let irqchipSpec = IRQChipSpec(
+            channel: irqchipChannel.spec(&irqchipFDs), controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
+            vcpuCount: config.machine.vcpuCount, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
+            logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "irqchip"))
+
         var vcpuFDs = FDList()
-        let vcpuChannel = ChannelSpec(
-            memoryFD: vcpuFDs.add(channelMemory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
-            stateSize: layout.stateSize, deviceDoorbellFD: vcpuFDs.add(deviceDoorbell.raw),
-            responseDoorbellFDs: [vcpuFDs.add(responseDoorbell.raw)])
+        let vcpuChannels = [pioChannel.spec(&vcpuFDs), irqchipChannel.spec(&vcpuFDs)]
         let vcpuSpec = VCPUSpec(
             kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
             controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: config.machine.vcpuCount, entry: entry,
             cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
-            trackDirtyPages: config.machine.trackDirtyPages, channels: [vcpuChannel], deviceNames: ["pio"],
+            trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
+            mmioRoutes: [MMIORouteSpec(base: 0xfee0_0000, size: 0x1000, device: 1),
+                         MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1)],
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
@@ -117,6 +117,8 @@ public final class Supervisor {
                                        fds: vcpuFDs.fds, control: vcpuControl.readEnd, cpus: config.vmm.vcpuCPUs))
         helpers.append(try spawnHelper("pio", spec: pioSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
                                        fds: pioFDs.fds, control: pioControl.readEnd, cpus: config.vmm.deviceCPUs))
+        helpers.append(try spawnHelper("irqchip", spec: irqchipSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
+                                       fds: irqchipFDs.fds, control: irqchipControl.readEnd, cpus: config.vmm.deviceCPUs))
         Log.debug("helpers spawned")
         return try watch(helpers)
     }
@@ -256,6 +258,29 @@ public final class Supervisor {
     private func stopAll(_ helpers: [Helper]) {
         for h in helpers.reversed() where h.ended == nil { h.process.kill(SIGKILL) }
         for h in helpers where h.ended == nil { h.ended = try? h.process.reap(block: true) }
+    }
+}
+
+/// A device channel as the supervisor creates it: shared memory and doorbells, handed to both sides.
+final class ChannelPlan {
+    let layout: ChannelLayout
+    let memory: FileDescriptor
+    let deviceDoorbell: EventFD
+    private let responseDoorbellBoxes: [EventFD.Box]
+    var responseDoorbells: [Int32] { responseDoorbellBoxes.map(\.raw) }
+
+    init(name: String, lanes: Int) throws {
+        layout = ChannelLayout(lanes: lanes)
+        memory = try ChannelRegion.create(layout: layout, name: name)
+        deviceDoorbell = try EventFD()
+        responseDoorbellBoxes = try (0..<lanes).map { _ in EventFD.Box(try EventFD()) }
+    }
+
+    /// The channel's descriptors added to a child's list, as that child will number them.
+    func spec(_ fds: inout FDList) -> ChannelSpec {
+        ChannelSpec(memoryFD: fds.add(memory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
+                    stateSize: layout.stateSize, deviceDoorbellFD: fds.add(deviceDoorbell.raw),
+                    responseDoorbellFDs: responseDoorbells.map { fds.add($0) })
     }
 }
 

@@ -1,3 +1,13 @@
+/// Which device channel serves a guest-physical MMIO address: a short list of page ranges.
+struct MMIORouter {
+    private let routes: [MMIORouteSpec]
+    init(routes: [MMIORouteSpec]) { self.routes = routes.filter { $0.size > 0 && $0.base <= UInt64.max - $0.size } }
+
+    func device(for address: UInt64) -> Int? {
+        routes.first { address >= $0.base && address - $0.base < $0.size }?.device
+    }
+}
+
 /// Which device channel serves each of the 65536 ports: one table lookup per port exit.
 struct PortRouter {
     static let none: UInt8 = 0xff

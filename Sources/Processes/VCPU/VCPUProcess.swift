@@ -48,7 +48,7 @@ public enum VCPUProcess {
                          policy: policy, timeoutMs: spec.deviceTimeoutMs)
         }
         let runner = try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
-                                    router: PortRouter(routes: spec.routes))
+                                    router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes))
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
         Log.debug("VM set up")

@@ -15,6 +15,7 @@ final class VCPURunner: @unchecked Sendable {
     var clients: [DeviceClient]
     let deviceNames: [String]
     let router: PortRouter
+    let mmioRouter: MMIORouter
     let fallback: EmulationFallback
     private var complainedAbout: Set<Int> = []
 
@@ -38,7 +39,9 @@ final class VCPURunner: @unchecked Sendable {
         return table
     }()
 
-    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter) throws {
+    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter,
+         mmioRouter: MMIORouter) throws {
+        self.mmioRouter = mmioRouter
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         self.vcpu = vcpu
         self.memory = memory
@@ -83,11 +86,23 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
+    /// An MMIO access goes to the device whose range holds it; elsewhere reads float high and writes go nowhere,
+    /// as on a bus with nothing behind the address.
     func handleMMIO() -> Action {
-        // No MMIO devices yet: reads float high, writes go nowhere (as on a bus with nothing behind it).
-        let len = Int(vmm_run_mmio_len(vcpu.run))
-        if vmm_run_mmio_is_write(vcpu.run) == 0, let data = vmm_run_mmio_data(vcpu.run) {
-            for i in 0..<min(len, 8) { data[i] = 0xff }
+        let run = vcpu.run
+        let address = vmm_run_mmio_addr(run)
+        let len = Int(vmm_run_mmio_len(run))
+        guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
+        let raw = UnsafeMutableRawPointer(data)
+        let device = mmioRouter.device(for: address)
+        if vmm_run_mmio_is_write(run) != 0 {
+            if let device {
+                let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
+                write(device: device, .mmioWrite, address: address, size: len, value: value)
+            }
+        } else {
+            let value = device.map { read(device: $0, .mmioRead, address: address, size: len) } ?? ~0
+            for i in 0..<len { raw.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
         }
         return .resume
     }

@@ -1,0 +1,115 @@
+import Channel
+import Devices
+import Glibc
+import System
+
+/// The irqchip process: one local APIC per vCPU and the IOAPIC, served over one channel whose lane number is
+/// the vCPU (so a LAPIC access reaches that vCPU's APIC). Guest-controlled register values are all it reads.
+public enum IRQChipProcess {
+    public static func main(specJSON: String) -> Int32 {
+        guard let spec = try? IRQChipSpec.decode(specJSON) else {
+            Log.error("bad role arguments")
+            return 2
+        }
+        HelperStartup.begin(role: "irqchip", logLevel: spec.logLevel)
+        do {
+            try HelperSandbox.enter(spec.sandbox, role: "irqchip", controlFD: spec.controlFD, processes: 0)
+            try serve(spec)
+            return 0
+        } catch {
+            Log.error("\(error)")
+            return 1
+        }
+    }
+
+    static func serve(_ spec: IRQChipSpec) throws {
+        let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+        var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
+                                  responseDoorbells: spec.channel.responseDoorbellFDs,
+                                  policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+        let chip = InterruptController(vcpuCount: spec.vcpuCount)
+        while true {
+            while true {
+                let next: (lane: Int, message: Message)?
+                do { next = try server.poll() } catch {
+                    Log.warning("dropping a malformed request: \(error)")
+                    continue
+                }
+                guard let (lane, m) = next else { break }
+                let now = monotonicNanoseconds()
+                switch m.operation {
+                case .mmioRead:
+                    try server.respond(lane: lane, to: m, data: UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)))
+                case .mmioWrite:
+                    chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: now)
+                case .portRead:
+                    try server.respond(lane: lane, to: m, data: ~0 & ((1 << (UInt64(m.size) * 8)) &- 1))
+                case .sync:
+                    try server.respond(lane: lane, to: m, data: 0)
+                case .portWrite, .response:
+                    break
+                }
+            }
+            _ = try server.wait(extra: [])
+        }
+    }
+}
+
+/// The LAPICs and the IOAPIC of one VM, and the routing between them (IOAPIC messages and IPIs to LAPICs,
+/// level-triggered EOIs back to the IOAPIC). No syscalls: the process around it moves the bytes and the time.
+final class InterruptController {
+    let lapics: [LocalAPIC]
+    let ioapic = IOAPIC()
+
+    init(vcpuCount: Int) {
+        lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
+    }
+
+    /// A 32-bit register access in either page; other sizes and addresses read as all-ones / are ignored.
+    func read(vcpu: Int, address: UInt64, size: UInt8, now: UInt64) -> UInt32 {
+        guard size == 4, lapics.indices.contains(vcpu) else { return ~0 }
+        if address & ~0xfff == LocalAPIC.defaultBase { return lapics[vcpu].read(offset: address & 0xfff, now: now) }
+        if address & ~0xfff == IOAPIC.defaultBase { return ioapic.read(offset: address & 0xfff) }
+        return ~0
+    }
+
+    func write(vcpu: Int, address: UInt64, size: UInt8, value: UInt64, now: UInt64) {
+        guard size == 4, lapics.indices.contains(vcpu) else { return }
+        let v = UInt32(truncatingIfNeeded: value)
+        if address & ~0xfff == LocalAPIC.defaultBase {
+            handle(lapics[vcpu].write(offset: address & 0xfff, value: v, now: now), from: vcpu)
+        } else if address & ~0xfff == IOAPIC.defaultBase {
+            deliver(ioapic.write(offset: address & 0xfff, value: v))
+        }
+    }
+
+    func handle(_ effects: [APICEffect], from vcpu: Int) {
+        for e in effects {
+            switch e {
+            case .endOfInterrupt(let vector): deliver(ioapic.endOfInterrupt(vector: vector))
+            case .interprocessorInterrupt(let m, let shorthand):
+                let targets: [Int]
+                switch shorthand {
+                case 1: targets = [vcpu]
+                case 2: targets = Array(lapics.indices)
+                case 3: targets = lapics.indices.filter { $0 != vcpu }
+                default: targets = lapics.indices.filter { lapics[$0].isDestination(of: m) }
+                }
+                for t in targets where m.deliveryMode == .fixed || m.deliveryMode == .lowestPriority {
+                    lapics[t].accept(vector: m.vector, levelTriggered: false)
+                }
+            case .armTimer, .cancelTimer:
+                break  // timers: see the irqchip issue's note (timerfd per LAPIC)
+            }
+        }
+    }
+
+    func deliver(_ messages: [InterruptMessage]) {
+        for m in messages {
+            for apic in lapics where apic.isDestination(of: m) {
+                apic.accept(vector: m.vector, levelTriggered: m.levelTriggered)
+                if m.deliveryMode == .lowestPriority { break }
+            }
+        }
+    }
+}
