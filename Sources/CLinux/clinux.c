@@ -11,8 +11,11 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <sys/timerfd.h>
 #include <grp.h>
 #include <sched.h>
+#include <string.h>
+#include <time.h>
 
 const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
 const unsigned int VMM_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
@@ -82,3 +85,20 @@ int vmm_set_rlimit(int resource, uint64_t value) {
     struct rlimit l = { (rlim_t)value, (rlim_t)value };
     return setrlimit(resource, &l);
 }
+
+int vmm_timerfd_create(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); }
+int vmm_timerfd_set_absolute(int fd, uint64_t at_ns) {
+    struct itimerspec t = { { 0, 0 }, { (time_t)(at_ns / 1000000000ull), (long)(at_ns % 1000000000ull) } };
+    if (at_ns == 0) { t.it_value.tv_sec = 0; t.it_value.tv_nsec = 0; }
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &t, NULL);
+}
+static void kick_handler(int sig) { (void)sig; }
+int vmm_install_kick_handler(int sig) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = kick_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+int vmm_thread_signal(unsigned long thread, int sig) { return pthread_kill((pthread_t)thread, sig); }
+unsigned long vmm_thread_self(void) { return (unsigned long)pthread_self(); }

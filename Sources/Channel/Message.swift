@@ -6,6 +6,8 @@ public enum MessageKind: UInt8, Sendable {
     case mmioWrite = 4
     /// A barrier: the device answers once every earlier request on the lane has been handled.
     case sync = 5
+    /// The vCPU injected this vector (data): the irqchip moves it from IRR to ISR.
+    case interruptAck = 6
     case response = 0x80
 
     public var isRead: Bool { self == .portRead || self == .mmioRead }
@@ -73,6 +75,9 @@ extension Message {
         let size = UInt8(truncatingIfNeeded: header >> 8)
         if op == .sync || (op == .response && size == 0) {  // a sync and its answer carry no access
             guard size == 0, data == 0 else { throw .badSize(size) }
+        } else if op == .interruptAck {
+            guard size == 1 else { throw .badSize(size) }
+            guard data <= 0xff else { throw .dataWiderThanSize }
         } else {
             guard size == 1 || size == 2 || size == 4 || size == 8 else { throw .badSize(size) }
             if size < 8, data >> (UInt64(size) * 8) != 0 { throw .dataWiderThanSize }

@@ -68,6 +68,31 @@ final class GuestRunTests: GuestTestCase {
                        + "ioapic=0x0000000000170020 redir=0x0000000000000024\n")
     }
 
+    /// The guest's own TSC measurement of its timer ticks, in milliseconds (the TSC rate from /proc/cpuinfo).
+    func guestMilliseconds(_ cycles: Double) throws -> Double {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let mhzLine = try XCTUnwrap(cpuinfo.split(separator: "\n").first { $0.hasPrefix("cpu MHz") })
+        let mhz = try XCTUnwrap(Double(mhzLine.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)))
+        return cycles / (mhz * 1000)
+    }
+
+    func testLocalAPICTimerOneShotWakesHLTAndPeriodicTicksAtSeveralPeriods() throws {
+        // Tolerance: never faster than ticks x period; at most 1.6x slower, since on these hosts the guest's
+        // kernel-mode handler is emulated and a tick that fires while the last one is still pending merges with it.
+        for (periodNs, ticks) in [(1_000_000, 40), (4_000_000, 20)] {
+            let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("lapictimer.elf"),
+                                                             args: "period=\(periodNs) ticks=\(ticks)"))
+            XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+            let fields = run.stdout.split(whereSeparator: { $0 == " " || $0 == "=" || $0 == "\n" })
+            XCTAssertEqual(Array(fields.prefix(5)), ["lapictimer:", "oneshot", "1", "ticks", "\(ticks)"], run.stdout)
+            let cycles = try XCTUnwrap(Double(fields.count > 6 ? String(fields[6]) : ""), run.stdout)
+            let ms = try guestMilliseconds(cycles), expected = Double(periodNs * ticks) / 1e6
+            XCTAssertGreaterThanOrEqual(ms, expected * 0.99, "period \(periodNs) ns")
+            XCTAssertLessThanOrEqual(ms, expected * 1.6, "period \(periodNs) ns")
+            print("LAPIC timer, period \(periodNs / 1000) us: \(ticks) ticks in \(ms) ms (ideal \(expected) ms)")
+        }
+    }
+
     func testHaltWithNothingToWakeItEndsTheVM() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 12)
@@ -141,15 +166,16 @@ final class GuestRunTests: GuestTestCase {
                 // stdio, channel memory, two doorbells, control pipe, console out (input is "none").
                 XCTAssertEqual(fds, Array(0...7), "\(targets)")
             case "irqchip":
-                // stdio, channel memory, two doorbells, control pipe.
-                XCTAssertEqual(fds, Array(0...6), "\(targets)")
+                // stdio, channel memory, two doorbells, the vCPU kick, control pipe, then its own LAPIC timer.
+                XCTAssertEqual(fds, Array(0...8), "\(targets)")
+                XCTAssertEqual(targets[8], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
-                // stdio, two channels (memory and two doorbells each), /dev/kvm, RAM, control pipe, then what it
-                // made itself: the VM, the vCPU and their anonymous inodes.
-                XCTAssertEqual(Array(fds.prefix(12)), Array(0...11), "\(targets)")
+                // stdio, two channels (memory and two doorbells each), /dev/kvm, RAM, control pipe, the interrupt
+                // kick; then what it made itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
+                XCTAssertEqual(Array(fds.prefix(13)), Array(0...12), "\(targets)")
                 XCTAssertTrue(targets[9].contains("kvm"), "\(targets)")
                 XCTAssertTrue(targets[10].contains("memfd:guest-ram"), "\(targets)")
-                XCTAssertTrue(targets.dropFirst(12).allSatisfy { $0.contains("kvm") }, "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(13)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

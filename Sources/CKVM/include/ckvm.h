@@ -26,6 +26,7 @@ static const unsigned long VMM_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 static const unsigned long VMM_KVM_TRANSLATE = KVM_TRANSLATE;
 static const unsigned long VMM_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 static const unsigned long VMM_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long VMM_KVM_INTERRUPT = KVM_INTERRUPT;
 
 /// Size in bytes of a struct kvm_cpuid2 holding `n` entries.
 static inline size_t vmm_kvm_cpuid2_size(uint32_t n) {

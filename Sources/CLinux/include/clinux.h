@@ -47,6 +47,14 @@ int vmm_set_rlimit(int resource, uint64_t value);
 extern const int VMM_PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT, VMM_PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS, VMM_PR_SET_NAME, VMM_PR_GET_NAME;
 extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMIT_NPROC;
 
+/// An absolute CLOCK_MONOTONIC timerfd; `at_ns` 0 disarms it.
+int vmm_timerfd_create(void);
+int vmm_timerfd_set_absolute(int fd, uint64_t at_ns);
+/// Installs an empty handler for `sig` without SA_RESTART, so a blocking KVM_RUN returns EINTR (the vCPU kick).
+int vmm_install_kick_handler(int sig);
+int vmm_thread_signal(unsigned long thread, int sig);
+unsigned long vmm_thread_self(void);
+
 /// Test hook: ptrace(PTRACE_TRACEME), a call no helper policy allows.
 long vmm_fault_ptrace(void);
 

@@ -55,6 +55,9 @@ struct VCPUSpec: RoleSpec {
     var deviceNames: [String]
     var routes: [PortRouteSpec]
     var mmioRoutes: [MMIORouteSpec]
+    /// Which channel is the irqchip's (its state area holds the interrupt mailboxes), and its kick eventfds.
+    var irqchipChannel: Int
+    var kickFDs: [Int32]
     var spinMicroseconds: Int
     var deviceTimeoutMs: Int
     var logLevel: Int
@@ -67,6 +70,8 @@ struct CPUIDRuleSpec: Codable {
 
 struct IRQChipSpec: RoleSpec {
     var channel: ChannelSpec
+    /// Per vCPU: rung when its mailbox gets a vector.
+    var kickFDs: [Int32]
     var controlFD: Int32
     var vcpuCount: Int
     var spinMicroseconds: Int

@@ -1,3 +1,4 @@
+import CLinux
 import Channel
 import Devices
 import Glibc
@@ -13,8 +14,12 @@ public enum IRQChipProcess {
         }
         HelperStartup.begin(role: "irqchip", logLevel: spec.logLevel)
         do {
+            // One timerfd per local APIC, made before the sandbox (its policy allows arming them, not making them).
+            let timers = try (0..<spec.vcpuCount).map { _ in
+                try syscallRetrying("timerfd_create") { vmm_timerfd_create() }
+            }
             try HelperSandbox.enter(spec.sandbox, role: "irqchip", controlFD: spec.controlFD, processes: 0)
-            try serve(spec)
+            try serve(spec, timers: timers)
             return 0
         } catch {
             Log.error("\(error)")
@@ -22,13 +27,19 @@ public enum IRQChipProcess {
         }
     }
 
-    static func serve(_ spec: IRQChipSpec) throws {
+    static func serve(_ spec: IRQChipSpec, timers: [Int32]) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs,
                                   policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
         let chip = InterruptController(vcpuCount: spec.vcpuCount)
+        let mailbox = InterruptMailbox(region: region, vcpus: spec.vcpuCount)
+        var expirations: UInt64 = 0
         while true {
+            // Timers that fired, then everything the vCPUs sent, then the mailboxes.
+            for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
+                chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
+            }
             while true {
                 let next: (lane: Int, message: Message)?
                 do { next = try server.poll() } catch {
@@ -46,11 +57,20 @@ public enum IRQChipProcess {
                     try server.respond(lane: lane, to: m, data: ~0 & ((1 << (UInt64(m.size) * 8)) &- 1))
                 case .sync:
                     try server.respond(lane: lane, to: m, data: 0)
+                case .interruptAck:
+                    chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
                 case .portWrite, .response:
                     break
                 }
             }
-            _ = try server.wait(extra: [])
+            for request in chip.takeTimerRequests() {
+                _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
+            }
+            for vcpu in chip.updateMailboxes(mailbox) {
+                var one: UInt64 = 1
+                _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
+            }
+            _ = try server.wait(extra: timers)
         }
     }
 }
@@ -60,9 +80,46 @@ public enum IRQChipProcess {
 final class InterruptController {
     let lapics: [LocalAPIC]
     let ioapic = IOAPIC()
+    /// Per vCPU: the vector in its mailbox or taken and not yet acknowledged; nothing new is posted meanwhile.
+    private var posted: [UInt8?]
+    private var timerRequests: [(vcpu: Int, at: UInt64?)] = []
 
     init(vcpuCount: Int) {
         lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
+        posted = Array(repeating: nil, count: vcpuCount)
+    }
+
+    func timerExpired(vcpu: Int, now: UInt64) {
+        handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
+    }
+
+    /// The vCPU injected `vector`: it is in service now.
+    func acknowledged(vcpu: Int, vector: UInt8) {
+        guard lapics.indices.contains(vcpu), posted[vcpu] == vector else { return }  // not what was offered: ignore
+        lapics[vcpu].acknowledge(vector)
+        posted[vcpu] = nil
+    }
+
+    /// Timer arming the process must do (at nil: disarm).
+    func takeTimerRequests() -> [(vcpu: Int, at: UInt64?)] {
+        defer { timerRequests.removeAll() }
+        return timerRequests
+    }
+
+    /// Offers each vCPU its highest deliverable vector; returns the vCPUs whose mailbox got something new.
+    func updateMailboxes(_ mailbox: InterruptMailbox) -> [Int] {
+        var kicked: [Int] = []
+        for i in lapics.indices {
+            guard let want = lapics[i].deliverableVector else { continue }
+            if let current = posted[i] {
+                // A higher vector may overtake one that has not been taken yet.
+                if want > current && mailbox.replace(current, with: want, vcpu: i) { posted[i] = want; kicked.append(i) }
+            } else if mailbox.post(want, vcpu: i) {
+                posted[i] = want
+                kicked.append(i)
+            }
+        }
+        return kicked
     }
 
     /// A 32-bit register access in either page; other sizes and addresses read as all-ones / are ignored.
@@ -98,8 +155,8 @@ final class InterruptController {
                 for t in targets where m.deliveryMode == .fixed || m.deliveryMode == .lowestPriority {
                     lapics[t].accept(vector: m.vector, levelTriggered: false)
                 }
-            case .armTimer, .cancelTimer:
-                break  // timers: see the irqchip issue's note (timerfd per LAPIC)
+            case .armTimer(let at): timerRequests.append((vcpu, at))
+            case .cancelTimer: timerRequests.append((vcpu, nil))
             }
         }
     }

@@ -80,7 +80,7 @@ public enum PIOProcess {
                 case .sync:
                     console.flush()
                     try server.respond(lane: lane, to: m, data: 0)
-                case .mmioWrite, .response:
+                case .mmioWrite, .response, .interruptAck:
                     break
                 }
                 if let status = exitStatus, !exitReported {

@@ -64,6 +64,7 @@ public final class Supervisor {
         // One channel per device process, one lane per vCPU.
         let pioChannel = try ChannelPlan(name: "pio-channel", lanes: config.machine.vcpuCount)
         let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount)
+        let kicks = try (0..<config.machine.vcpuCount).map { _ in EventFD.Box(try EventFD()) }
         let pioControl = try Pipe()
         let irqchipControl = try Pipe()
         let vcpuControl = try Pipe()
@@ -91,7 +92,8 @@ public final class Supervisor {
 
         var irqchipFDs = FDList()
         let irqchipSpec = IRQChipSpec(
-            channel: irqchipChannel.spec(&irqchipFDs), controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
+            channel: irqchipChannel.spec(&irqchipFDs), kickFDs: kicks.map { irqchipFDs.add($0.raw) },
+            controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
             vcpuCount: config.machine.vcpuCount, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "irqchip"))
 
@@ -105,6 +107,7 @@ public final class Supervisor {
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
             mmioRoutes: [MMIORouteSpec(base: 0xfee0_0000, size: 0x1000, device: 1),
                          MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1)],
+            irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw) },
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 

@@ -47,8 +47,13 @@ public enum VCPUProcess {
                          deviceDoorbell: c.deviceDoorbellFD, responseDoorbell: c.responseDoorbellFDs[0],
                          policy: policy, timeoutMs: spec.deviceTimeoutMs)
         }
+        let irqchipRegion = try ChannelRegion(attaching: spec.channels[spec.irqchipChannel].memoryFD,
+                                              layout: spec.channels[spec.irqchipChannel].layout)
+        let injector = try InterruptInjector(vcpu: vcpu, mailbox: InterruptMailbox(region: irqchipRegion, vcpus: spec.vcpuCount),
+                                             kickFD: spec.kickFDs[0])
         let runner = try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
-                                    router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes))
+                                    router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes),
+                                    interrupts: injector, irqchipDevice: spec.irqchipChannel)
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
         Log.debug("VM set up")

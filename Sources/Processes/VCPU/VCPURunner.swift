@@ -17,6 +17,8 @@ final class VCPURunner: @unchecked Sendable {
     let router: PortRouter
     let mmioRouter: MMIORouter
     let fallback: EmulationFallback
+    let interrupts: InterruptInjector?
+    let irqchipDevice: Int?
     private var complainedAbout: Set<Int> = []
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
@@ -24,8 +26,9 @@ final class VCPURunner: @unchecked Sendable {
         var table = [Handler?](repeating: nil, count: 64)
         table[Int(KVM_EXIT_IO)] = { try $0.handlePortIO() }
         table[Int(KVM_EXIT_MMIO)] = { $0.handleMMIO() }
-        table[Int(KVM_EXIT_HLT)] = { $0.handleHalt() }
+        table[Int(KVM_EXIT_HLT)] = { try $0.handleHalt() }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
+        table[Int(KVM_EXIT_IRQ_WINDOW_OPEN)] = { _ in .resume }  // the injection happens before the next entry
         table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
         table[Int(KVM_EXIT_INTERNAL_ERROR)] = { try $0.handleInternalError() }
         table[Int(KVM_EXIT_FAIL_ENTRY)] = {
@@ -40,8 +43,10 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter,
-         mmioRouter: MMIORouter) throws {
+         mmioRouter: MMIORouter, interrupts: InterruptInjector?, irqchipDevice: Int?) throws {
         self.mmioRouter = mmioRouter
+        self.interrupts = interrupts
+        self.irqchipDevice = irqchipDevice
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         self.vcpu = vcpu
         self.memory = memory
@@ -52,8 +57,12 @@ final class VCPURunner: @unchecked Sendable {
 
     /// Runs the guest until it stops; returns why.
     func run() -> ControlMessage.VCPUStop {
+        do { try interrupts?.attachToCurrentThread() } catch { return stopWithDump(.setupFailed, "interrupt listener: \(error)") }
         while true {
             do {
+                if let injector = interrupts, let vector = try injector.beforeEntry(), let chip = irqchipDevice {
+                    write(device: chip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
+                }
                 let reason = try vcpu.runOnce()
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
@@ -107,9 +116,14 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
-    /// With no interrupt source yet, a halted vCPU can never wake: finish every device's posted writes (so the
-    /// console is complete and a debug-exit is seen first), then report the halt.
-    func handleHalt() -> Action {
+    /// HLT with interrupts enabled waits for the irqchip. With IF clear nothing can wake the vCPU (no NMI
+    /// source yet): finish every device's posted writes (so the console is complete and a debug-exit is seen
+    /// first), then report the halt.
+    func handleHalt() throws -> Action {
+        if let injector = interrupts, vcpu.run.pointee.if_flag != 0 {
+            try injector.waitForInterrupt()
+            return .resume
+        }
         for i in clients.indices {
             do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
         }
@@ -154,7 +168,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func write(device: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
+    func write(device: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
         do { try clients[device].post(op, size: UInt8(size), address: address, data: value) } catch { complain(device, error) }
     }
 

@@ -1,0 +1,83 @@
+import CKVM
+import CLinux
+import Channel
+import Glibc
+import KVM
+import System
+
+/// Gets interrupts from the irqchip's mailbox into the guest. Before each entry: KVM_INTERRUPT when the guest
+/// can take one (ready_for_interrupt_injection and IF), otherwise an interrupt window. A listener thread turns
+/// the irqchip's kick into a vCPU kick (immediate_exit, then a signal that makes KVM_RUN return), and keeps
+/// kicking every millisecond while a vector waits for a window, since this host's KVM honours
+/// request_interrupt_window late or not at all.
+final class InterruptInjector: @unchecked Sendable {
+    static let kickSignal = SIGUSR1
+
+    let vcpu: VCPU
+    let mailbox: InterruptMailbox
+    let kickFD: Int32
+    private let wake: EventFD
+    private var vcpuThread: UInt = 0
+    private var windowWanted = false
+    private var listener: OSThread?
+
+    init(vcpu: VCPU, mailbox: InterruptMailbox, kickFD: Int32) throws {
+        self.vcpu = vcpu
+        self.mailbox = mailbox
+        self.kickFD = kickFD
+        wake = try EventFD()
+        _ = try syscallRetrying("sigaction(kick)") { vmm_install_kick_handler(Self.kickSignal) }
+    }
+
+    /// Called on the vCPU thread before its first entry; starts the listener.
+    func attachToCurrentThread() throws {
+        vcpuThread = vmm_thread_self()
+        listener = try OSThread.start(name: "vcpu0-irq", stackSize: 256 << 10) { [self] in listen() }
+    }
+
+    private func listen() {
+        var pfd = pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)
+        var value: UInt64 = 0
+        while true {
+            let r = poll(&pfd, 1, windowWanted ? 1 : -1)
+            if r > 0 { _ = Glibc.read(kickFD, &value, 8) }
+            if r > 0 || windowWanted { kick() }
+        }
+    }
+
+    /// Makes the vCPU thread leave KVM_RUN (or not enter it) and wakes it from a HLT wait.
+    private func kick() {
+        vcpu.run.pointee.immediate_exit = 1
+        try? wake.signal()
+        _ = vmm_thread_signal(vcpuThread, Self.kickSignal)
+    }
+
+    /// Before KVM_RUN: injects the posted vector if the guest can take it now; returns it so the caller can
+    /// acknowledge it to the irqchip.
+    func beforeEntry() throws -> UInt8? {
+        let run = vcpu.run
+        run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
+        guard mailbox.hasPending(vcpu: 0) else {
+            run.pointee.request_interrupt_window = 0
+            windowWanted = false
+            return nil
+        }
+        if run.pointee.ready_for_interrupt_injection != 0 && run.pointee.if_flag != 0, let vector = mailbox.take(vcpu: 0) {
+            var irq = kvm_interrupt(irq: UInt32(vector))
+            _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
+            run.pointee.request_interrupt_window = 0
+            windowWanted = false
+            return vector
+        }
+        run.pointee.request_interrupt_window = 1
+        windowWanted = true
+        return nil
+    }
+
+    /// HLT with interrupts enabled: sleeps until the irqchip posts something.
+    func waitForInterrupt() throws {
+        while !mailbox.hasPending(vcpu: 0) {
+            _ = try wake.wait(timeoutMs: 100)
+        }
+    }
+}
