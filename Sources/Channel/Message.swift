@@ -8,6 +8,8 @@ public enum MessageKind: UInt8, Sendable {
     case sync = 5
     /// The vCPU injected this vector (data): the irqchip moves it from IRR to ISR.
     case interruptAck = 6
+    /// A device drives an interrupt line: `address` is the IOAPIC pin, `data` the level (0 or 1).
+    case lineLevel = 7
     case response = 0x80
 
     public var isRead: Bool { self == .portRead || self == .mmioRead }
@@ -75,9 +77,9 @@ extension Message {
         let size = UInt8(truncatingIfNeeded: header >> 8)
         if op == .sync || (op == .response && size == 0) {  // a sync and its answer carry no access
             guard size == 0, data == 0 else { throw .badSize(size) }
-        } else if op == .interruptAck {
+        } else if op == .interruptAck || op == .lineLevel {
             guard size == 1 else { throw .badSize(size) }
-            guard data <= 0xff else { throw .dataWiderThanSize }
+            guard data <= (op == .lineLevel ? 1 : 0xff) else { throw .dataWiderThanSize }
         } else {
             guard size == 1 || size == 2 || size == 4 || size == 8 else { throw .badSize(size) }
             if size < 8, data >> (UInt64(size) * 8) != 0 { throw .dataWiderThanSize }

@@ -93,6 +93,13 @@ final class GuestRunTests: GuestTestCase {
         }
     }
 
+    func testInterruptDrivenUARTOutputThroughTheIOAPICAndAMaskedPinStaysQuiet() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("uartirq.elf"), args: ""))
+        XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+        // 23 bytes sent one per THR-empty interrupt, plus the one that finds nothing left to send.
+        XCTAssertEqual(run.stdout, "uartirq: sent by IRQ 4\nuartirq: while masked=0 interrupts=24\n")
+    }
+
     func testHaltWithNothingToWakeItEndsTheVM() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 12)

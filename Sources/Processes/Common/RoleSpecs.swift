@@ -69,6 +69,7 @@ struct CPUIDRuleSpec: Codable {
 }
 
 struct IRQChipSpec: RoleSpec {
+    /// Lanes 0..<vcpuCount are the vCPUs; the lanes after them belong to devices, which may only drive lines.
     var channel: ChannelSpec
     /// Per vCPU: rung when its mailbox gets a vector.
     var kickFDs: [Int32]
@@ -79,8 +80,17 @@ struct IRQChipSpec: RoleSpec {
     var sandbox: SandboxSpec
 }
 
+/// A device's interrupt line: its own lane of the irqchip channel and the IOAPIC pin it drives.
+struct InterruptLineSpec: Codable {
+    var channel: ChannelSpec
+    var lane: Int
+    var pin: Int
+}
+
 struct PIOSpec: RoleSpec {
     var channel: ChannelSpec
+    /// COM1's IRQ 4.
+    var uartLine: InterruptLineSpec
     var controlFD: Int32
     var consoleOutFD: Int32?
     var consoleInFD: Int32?

@@ -48,6 +48,11 @@ public enum IRQChipProcess {
                 }
                 guard let (lane, m) = next else { break }
                 let now = monotonicNanoseconds()
+                if lane >= spec.vcpuCount {
+                    // A device lane: it may drive its line and nothing else.
+                    if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
+                    continue
+                }
                 switch m.operation {
                 case .mmioRead:
                     try server.respond(lane: lane, to: m, data: UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)))
@@ -59,7 +64,7 @@ public enum IRQChipProcess {
                     try server.respond(lane: lane, to: m, data: 0)
                 case .interruptAck:
                     chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
-                case .portWrite, .response:
+                case .portWrite, .response, .lineLevel:
                     break
                 }
             }
@@ -87,6 +92,11 @@ final class InterruptController {
     init(vcpuCount: Int) {
         lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
         posted = Array(repeating: nil, count: vcpuCount)
+    }
+
+    /// A device drives an IOAPIC pin.
+    func setLine(pin: Int, asserted: Bool) {
+        deliver(ioapic.setPin(pin, asserted))
     }
 
     func timerExpired(vcpu: Int, now: UInt64) {

@@ -53,7 +53,8 @@ public enum PIOProcess {
         let console = ConsoleOutput(fd: spec.consoleOutFD)
         var exitStatus: Int32?
         var exitReported = false
-        let uart = Serial8250(transmit: console.append)
+        let line = try ChannelLine(spec.uartLine, policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+        let uart = Serial8250(transmit: console.append, line: line)
         let bus = PortBus()
         try bus.attach(uart, at: Serial8250.com1)
         try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort)
@@ -80,7 +81,7 @@ public enum PIOProcess {
                 case .sync:
                     console.flush()
                     try server.respond(lane: lane, to: m, data: 0)
-                case .mmioWrite, .response, .interruptAck:
+                case .mmioWrite, .response, .interruptAck, .lineLevel:
                     break
                 }
                 if let status = exitStatus, !exitReported {
@@ -100,6 +101,23 @@ public enum PIOProcess {
                 } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
                     input = nil  // end of input
                 }
+            }
+        }
+    }
+
+    /// An interrupt line that reaches the IOAPIC as posted messages on this device's lane of the irqchip channel.
+    final class ChannelLine: InterruptLine {
+        private var client: DeviceClient
+        private let pin: Int
+        init(_ spec: InterruptLineSpec, policy: WaitPolicy) throws {
+            let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+            client = DeviceClient(region: region, lane: spec.lane, deviceDoorbell: spec.channel.deviceDoorbellFD,
+                                  responseDoorbell: spec.channel.responseDoorbellFDs[spec.lane], policy: policy, timeoutMs: 1000)
+            pin = spec.pin
+        }
+        func set(_ asserted: Bool) {
+            do { try client.post(.lineLevel, size: 1, address: UInt64(pin), data: asserted ? 1 : 0) } catch {
+                Log.warning("interrupt line \(pin): \(error)")
             }
         }
     }

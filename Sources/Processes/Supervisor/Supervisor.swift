@@ -63,7 +63,8 @@ public final class Supervisor {
 
         // One channel per device process, one lane per vCPU.
         let pioChannel = try ChannelPlan(name: "pio-channel", lanes: config.machine.vcpuCount)
-        let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount)
+        // The irqchip's channel: a lane per vCPU, then one for the pio process's interrupt line.
+        let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount + 1)
         let kicks = try (0..<config.machine.vcpuCount).map { _ in EventFD.Box(try EventFD()) }
         let pioControl = try Pipe()
         let irqchipControl = try Pipe()
@@ -84,7 +85,9 @@ public final class Supervisor {
         // pio: its channel, control pipe, [console out], [console in].
         var pioFDs = FDList()
         let pioSpec = PIOSpec(
-            channel: pioChannel.spec(&pioFDs), controlFD: pioFDs.add(pioControl.writeEnd.raw),
+            channel: pioChannel.spec(&pioFDs),
+            uartLine: InterruptLineSpec(channel: irqchipChannel.spec(&pioFDs), lane: config.machine.vcpuCount, pin: 4),
+            controlFD: pioFDs.add(pioControl.writeEnd.raw),
             consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
             consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
