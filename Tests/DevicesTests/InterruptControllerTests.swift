@@ -30,6 +30,18 @@ final class LocalAPICTests: XCTestCase {
         XCTAssertEqual(apic.deliverableVector, 0x45)
     }
 
+    func testAnInterruptArrivingWhileItsVectorIsOfferedIsNotLost() {
+        enable()
+        apic.accept(vector: 0x24, levelTriggered: false)
+        apic.offered = 0x24  // in the vCPU's mailbox, maybe already injected
+        apic.accept(vector: 0x24, levelTriggered: false)  // a new edge before the acknowledge arrives
+        apic.acknowledge(0x24)
+        XCTAssertTrue(apic.isr.contains(0x24))
+        XCTAssertTrue(apic.irr.contains(0x24), "the second edge waits in IRR for the EOI")
+        _ = apic.write(offset: 0xb0, value: 0, now: 0)
+        XCTAssertEqual(apic.deliverableVector, 0x24)
+    }
+
     func testTPRMasksLowerClasses() {
         enable()
         _ = apic.write(offset: 0x80, value: 0x50, now: 0)

@@ -77,7 +77,7 @@ final class GuestRunTests: GuestTestCase {
     }
 
     func testLocalAPICTimerOneShotWakesHLTAndPeriodicTicksAtSeveralPeriods() throws {
-        // Tolerance: never faster than ticks x period; at most 1.6x slower, since on these hosts the guest's
+        // Tolerance: never faster than ticks x period; at most 2x slower, since on these hosts the guest's
         // kernel-mode handler is emulated and a tick that fires while the last one is still pending merges with it.
         for (periodNs, ticks) in [(1_000_000, 40), (4_000_000, 20)] {
             let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("lapictimer.elf"),
@@ -88,7 +88,7 @@ final class GuestRunTests: GuestTestCase {
             let cycles = try XCTUnwrap(Double(fields.count > 6 ? String(fields[6]) : ""), run.stdout)
             let ms = try guestMilliseconds(cycles), expected = Double(periodNs * ticks) / 1e6
             XCTAssertGreaterThanOrEqual(ms, expected * 0.99, "period \(periodNs) ns")
-            XCTAssertLessThanOrEqual(ms, expected * 1.6, "period \(periodNs) ns")
+            XCTAssertLessThanOrEqual(ms, expected * 2.0, "period \(periodNs) ns")
             print("LAPIC timer, period \(periodNs / 1000) us: \(ticks) ticks in \(ms) ms (ideal \(expected) ms)")
         }
     }
@@ -170,19 +170,21 @@ final class GuestRunTests: GuestTestCase {
             let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
             switch Harness.role(of: pid) {
             case "pio":
-                // stdio, channel memory, two doorbells, control pipe, console out (input is "none").
-                XCTAssertEqual(fds, Array(0...7), "\(targets)")
+                // stdio, its channel (memory, two doorbells), the irqchip channel for its IRQ line (memory, device
+                // doorbell, a response doorbell per lane), control pipe, console out (input is "none").
+                XCTAssertEqual(fds, Array(0...11), "\(targets)")
             case "irqchip":
-                // stdio, channel memory, two doorbells, the vCPU kick, control pipe, then its own LAPIC timer.
-                XCTAssertEqual(fds, Array(0...8), "\(targets)")
-                XCTAssertEqual(targets[8], "anon_inode:[timerfd]", "\(targets)")
+                // stdio, channel (memory, device doorbell, two lane doorbells), the vCPU kick, control pipe, then
+                // its own LAPIC timer.
+                XCTAssertEqual(fds, Array(0...9), "\(targets)")
+                XCTAssertEqual(targets[9], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
-                // stdio, two channels (memory and two doorbells each), /dev/kvm, RAM, control pipe, the interrupt
+                // stdio, the pio channel (3), the irqchip channel (4), /dev/kvm, RAM, control pipe, the interrupt
                 // kick; then what it made itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(13)), Array(0...12), "\(targets)")
-                XCTAssertTrue(targets[9].contains("kvm"), "\(targets)")
-                XCTAssertTrue(targets[10].contains("memfd:guest-ram"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(13)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                XCTAssertEqual(Array(fds.prefix(14)), Array(0...13), "\(targets)")
+                XCTAssertTrue(targets[10].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[11].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(14)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

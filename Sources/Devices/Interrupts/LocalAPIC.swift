@@ -54,6 +54,11 @@ public final class LocalAPIC {
     private var timerRunning = false
     /// TSC-deadline mode: the deadline in the model's nanoseconds (0: disarmed).
     public private(set) var deadline: UInt64 = 0
+    /// The vector offered to the CPU and not yet acknowledged. On real hardware acknowledge and delivery are one
+    /// step; here the CPU is another process, so an interrupt for the same vector that arrives in between must
+    /// not merge with the one being taken: it is re-raised at acknowledge.
+    public var offered: UInt8? { didSet { arrivedWhileOffered = nil } }
+    private var arrivedWhileOffered: Bool?  // level-triggered?
 
     enum LVT { static let cmci = 0, timer = 1, thermal = 2, performance = 3, lint0 = 4, lint1 = 5, error = 6 }
 
@@ -193,6 +198,7 @@ public final class LocalAPIC {
     /// Puts a fixed interrupt in IRR (and TMR for level-triggered ones). Vectors below 16 are illegal.
     public func accept(vector: UInt8, levelTriggered: Bool) {
         guard vector >= 16 else { pendingESR |= 1 << 6; return }  // received illegal vector
+        if vector == offered { arrivedWhileOffered = levelTriggered }
         irr.insert(vector)
         if levelTriggered { tmr.insert(vector) } else { tmr.remove(vector) }
     }
@@ -205,8 +211,11 @@ public final class LocalAPIC {
 
     /// The CPU took `vector` (interrupt acknowledge): IRR to ISR.
     public func acknowledge(_ vector: UInt8) {
+        let again = vector == offered ? arrivedWhileOffered : nil
+        offered = nil
         irr.remove(vector)
         isr.insert(vector)
+        if let level = again { accept(vector: vector, levelTriggered: level) }
     }
 
     private func endOfInterrupt() -> [APICEffect] {

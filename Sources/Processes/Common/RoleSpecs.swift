@@ -33,6 +33,9 @@ struct MMIORouteSpec: Codable {
     var base: UInt64
     var size: UInt64
     var device: Int
+    /// Writes wait until the device has applied them. For the IOAPIC: a guest that unmasks a pin and then makes a
+    /// device raise it must not have the raise overtake the unmask (they travel on different lanes).
+    var synchronousWrites = false
 }
 
 /// A range of ports and the channel that serves it.

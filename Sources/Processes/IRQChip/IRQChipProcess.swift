@@ -96,6 +96,7 @@ final class InterruptController {
 
     /// A device drives an IOAPIC pin.
     func setLine(pin: Int, asserted: Bool) {
+        Log.debug("line \(pin) \(asserted ? "up" : "down")")
         deliver(ioapic.setPin(pin, asserted))
     }
 
@@ -105,6 +106,7 @@ final class InterruptController {
 
     /// The vCPU injected `vector`: it is in service now.
     func acknowledged(vcpu: Int, vector: UInt8) {
+        Log.debug("ack vcpu\(vcpu) vector 0x\(String(vector, radix: 16)) (offered \(posted[vcpu].map { String($0, radix: 16) } ?? "-"))")
         guard lapics.indices.contains(vcpu), posted[vcpu] == vector else { return }  // not what was offered: ignore
         lapics[vcpu].acknowledge(vector)
         posted[vcpu] = nil
@@ -123,9 +125,15 @@ final class InterruptController {
             guard let want = lapics[i].deliverableVector else { continue }
             if let current = posted[i] {
                 // A higher vector may overtake one that has not been taken yet.
-                if want > current && mailbox.replace(current, with: want, vcpu: i) { posted[i] = want; kicked.append(i) }
+                if want > current && mailbox.replace(current, with: want, vcpu: i) {
+                    posted[i] = want
+                    lapics[i].offered = want
+                    kicked.append(i)
+                }
             } else if mailbox.post(want, vcpu: i) {
+                Log.debug("offer vcpu\(i) vector 0x\(String(want, radix: 16))")
                 posted[i] = want
+                lapics[i].offered = want
                 kicked.append(i)
             }
         }

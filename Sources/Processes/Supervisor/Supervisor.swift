@@ -109,7 +109,7 @@ public final class Supervisor {
             trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
             mmioRoutes: [MMIORouteSpec(base: 0xfee0_0000, size: 0x1000, device: 1),
-                         MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1)],
+                         MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1, synchronousWrites: true)],
             irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw) },
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))

@@ -63,6 +63,7 @@ final class InterruptInjector: @unchecked Sendable {
             return nil
         }
         if run.pointee.ready_for_interrupt_injection != 0 && run.pointee.if_flag != 0, let vector = mailbox.take(vcpu: 0) {
+            Log.debug("inject 0x\(String(vector, radix: 16))")
             var irq = kvm_interrupt(irq: UInt32(vector))
             _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
             run.pointee.request_interrupt_window = 0
@@ -76,6 +77,7 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// HLT with interrupts enabled: sleeps until the irqchip posts something.
     func waitForInterrupt() throws {
+        Log.debug("HLT: waiting for an interrupt")
         while !mailbox.hasPending(vcpu: 0) {
             _ = try wake.wait(timeoutMs: 100)
         }

@@ -3,8 +3,8 @@ struct MMIORouter {
     private let routes: [MMIORouteSpec]
     init(routes: [MMIORouteSpec]) { self.routes = routes.filter { $0.size > 0 && $0.base <= UInt64.max - $0.size } }
 
-    func device(for address: UInt64) -> Int? {
-        routes.first { address >= $0.base && address - $0.base < $0.size }?.device
+    func route(for address: UInt64) -> MMIORouteSpec? {
+        routes.first { address >= $0.base && address - $0.base < $0.size }
     }
 }
 

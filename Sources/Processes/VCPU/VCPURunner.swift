@@ -103,11 +103,13 @@ final class VCPURunner: @unchecked Sendable {
         let len = Int(vmm_run_mmio_len(run))
         guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
         let raw = UnsafeMutableRawPointer(data)
-        let device = mmioRouter.device(for: address)
+        let route = mmioRouter.route(for: address)
+        let device = route?.device
         if vmm_run_mmio_is_write(run) != 0 {
-            if let device {
+            if let route {
                 let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
-                write(device: device, .mmioWrite, address: address, size: len, value: value)
+                write(device: route.device, .mmioWrite, address: address, size: len, value: value)
+                if route.synchronousWrites { _ = read(device: route.device, .sync, address: 0, size: 0) }
             }
         } else {
             let value = device.map { read(device: $0, .mmioRead, address: address, size: len) } ?? ~0
@@ -161,7 +163,7 @@ final class VCPURunner: @unchecked Sendable {
 
     @inline(__always)
     private func read(device: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
-        do { return try clients[device].call(op, size: UInt8(size), address: address) } catch {
+        do { return try clients[device].call(op, size: UInt8(size), address: address, data: 0) } catch {
             complain(device, error)
             return ~0
         }
