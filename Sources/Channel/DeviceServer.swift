@@ -52,16 +52,23 @@ public struct DeviceServer: @unchecked Sendable {
     /// Waits until a request is waiting or one of `extra` descriptors is readable; returns the readiness of
     /// `extra`. Spins first, then announces sleep on every lane and blocks.
     public func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
-        if spin(microseconds: policy.spinMicroseconds, until: { requests.contains { $0.hasMessages() } }) {
-            return Array(repeating: [], count: extra.count)
-        }
-        for r in requests { r.setSleeping(true) }
-        defer { for r in requests { r.setSleeping(false) } }
-        if requests.contains(where: { $0.hasMessages() }) { return Array(repeating: [], count: extra.count) }
+        try Self.wait([self], extra: extra, timeoutMs: timeoutMs)
+    }
+
+    /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines).
+    public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        let rings = servers.flatMap(\.requests)
+        let none = [Poll.Event](repeating: [], count: extra.count)
+        let budget = servers.map(\.policy.spinMicroseconds).max() ?? 0
+        if spin(microseconds: budget, until: { rings.contains { $0.hasMessages() } }) { return none }
+        for r in rings { r.setSleeping(true) }
+        defer { for r in rings { r.setSleeping(false) } }
+        if rings.contains(where: { $0.hasMessages() }) { return none }
+        let doorbells = servers.map(\.deviceDoorbell)
         let ready: [Poll.Event]
-        do { ready = try Poll.wait([deviceDoorbell] + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
-        if ready[0].contains(.readable) { drain(deviceDoorbell) }
-        return Array(ready.dropFirst())
+        do { ready = try Poll.wait(doorbells + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
+        for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
+        return Array(ready.dropFirst(doorbells.count))
     }
 }
 

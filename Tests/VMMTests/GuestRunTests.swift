@@ -170,21 +170,21 @@ final class GuestRunTests: GuestTestCase {
             let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
             switch Harness.role(of: pid) {
             case "pio":
-                // stdio, its channel (memory, two doorbells), the irqchip channel for its IRQ line (memory, device
-                // doorbell, a response doorbell per lane), control pipe, console out (input is "none").
-                XCTAssertEqual(fds, Array(0...11), "\(targets)")
+                // stdio, its channel (memory, two doorbells), the lines channel for its IRQ (the same three),
+                // control pipe, console out (input is "none").
+                XCTAssertEqual(fds, Array(0...10), "\(targets)")
             case "irqchip":
-                // stdio, channel (memory, device doorbell, two lane doorbells), the vCPU kick, control pipe, then
-                // its own LAPIC timer.
-                XCTAssertEqual(fds, Array(0...9), "\(targets)")
-                XCTAssertEqual(targets[9], "anon_inode:[timerfd]", "\(targets)")
+                // stdio, the vCPUs' channel (3), the lines channel (3), the vCPU kick, control pipe, then its own
+                // LAPIC timer.
+                XCTAssertEqual(fds, Array(0...11), "\(targets)")
+                XCTAssertEqual(targets[11], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
-                // stdio, the pio channel (3), the irqchip channel (4), /dev/kvm, RAM, control pipe, the interrupt
+                // stdio, the pio channel (3), the irqchip channel (3), /dev/kvm, RAM, control pipe, the interrupt
                 // kick; then what it made itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(14)), Array(0...13), "\(targets)")
-                XCTAssertTrue(targets[10].contains("kvm"), "\(targets)")
-                XCTAssertTrue(targets[11].contains("memfd:guest-ram"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(14)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                XCTAssertEqual(Array(fds.prefix(13)), Array(0...12), "\(targets)")
+                XCTAssertTrue(targets[9].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[10].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(13)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

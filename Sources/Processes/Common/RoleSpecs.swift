@@ -72,8 +72,10 @@ struct CPUIDRuleSpec: Codable {
 }
 
 struct IRQChipSpec: RoleSpec {
-    /// Lanes 0..<vcpuCount are the vCPUs; the lanes after them belong to devices, which may only drive lines.
+    /// The vCPUs' channel (lane = vCPU); its state area holds their interrupt mailboxes.
     var channel: ChannelSpec
+    /// The devices' interrupt lines (lane = device): kept apart so no device maps the vCPUs' lanes or mailboxes.
+    var lines: ChannelSpec
     /// Per vCPU: rung when its mailbox gets a vector.
     var kickFDs: [Int32]
     var controlFD: Int32
@@ -83,7 +85,7 @@ struct IRQChipSpec: RoleSpec {
     var sandbox: SandboxSpec
 }
 
-/// A device's interrupt line: its own lane of the irqchip channel and the IOAPIC pin it drives.
+/// A device's interrupt line: its lane of the irqchip's lines channel and the IOAPIC pin it drives.
 struct InterruptLineSpec: Codable {
     var channel: ChannelSpec
     var lane: Int

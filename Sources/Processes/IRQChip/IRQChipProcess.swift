@@ -4,8 +4,9 @@ import Devices
 import Glibc
 import System
 
-/// The irqchip process: one local APIC per vCPU and the IOAPIC, served over one channel whose lane number is
-/// the vCPU (so a LAPIC access reaches that vCPU's APIC). Guest-controlled register values are all it reads.
+/// The irqchip process: one local APIC per vCPU and the IOAPIC. The vCPUs reach it over one channel whose lane
+/// number is the vCPU (so a LAPIC access reaches that vCPU's APIC); devices drive their IOAPIC pins over a
+/// second one. It fills the vCPUs' interrupt mailboxes and arms their timers.
 public enum IRQChipProcess {
     public static func main(specJSON: String) -> Int32 {
         guard let spec = try? IRQChipSpec.decode(specJSON) else {
@@ -32,6 +33,9 @@ public enum IRQChipProcess {
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs,
                                   policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+        var lines = DeviceServer(region: try ChannelRegion(attaching: spec.lines.memoryFD, layout: spec.lines.layout),
+                                 deviceDoorbell: spec.lines.deviceDoorbellFD, responseDoorbells: spec.lines.responseDoorbellFDs,
+                                 policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
         let chip = InterruptController(vcpuCount: spec.vcpuCount)
         let mailbox = InterruptMailbox(region: region, vcpus: spec.vcpuCount)
         var expirations: UInt64 = 0
@@ -48,11 +52,6 @@ public enum IRQChipProcess {
                 }
                 guard let (lane, m) = next else { break }
                 let now = monotonicNanoseconds()
-                if lane >= spec.vcpuCount {
-                    // A device lane: it may drive its line and nothing else.
-                    if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
-                    continue
-                }
                 switch m.operation {
                 case .mmioRead:
                     try server.respond(lane: lane, to: m, data: UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)))
@@ -68,6 +67,16 @@ public enum IRQChipProcess {
                     break
                 }
             }
+            // Devices may drive their lines and nothing else.
+            while true {
+                let next: (lane: Int, message: Message)?
+                do { next = try lines.poll() } catch {
+                    Log.warning("dropping a malformed line message: \(error)")
+                    continue
+                }
+                guard let (_, m) = next else { break }
+                if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
+            }
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }
@@ -75,7 +84,7 @@ public enum IRQChipProcess {
                 var one: UInt64 = 1
                 _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
             }
-            _ = try server.wait(extra: timers)
+            _ = try DeviceServer.wait([server, lines], extra: timers)
         }
     }
 }

@@ -63,8 +63,9 @@ public final class Supervisor {
 
         // One channel per device process, one lane per vCPU.
         let pioChannel = try ChannelPlan(name: "pio-channel", lanes: config.machine.vcpuCount)
-        // The irqchip's channel: a lane per vCPU, then one for the pio process's interrupt line.
-        let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount + 1)
+        // The irqchip serves the vCPUs on one channel and the devices' interrupt lines on another (lane = device).
+        let irqchipChannel = try ChannelPlan(name: "irqchip-channel", lanes: config.machine.vcpuCount)
+        let linesChannel = try ChannelPlan(name: "irq-lines", lanes: 1)
         let kicks = try (0..<config.machine.vcpuCount).map { _ in EventFD.Box(try EventFD()) }
         let pioControl = try Pipe()
         let irqchipControl = try Pipe()
@@ -86,7 +87,7 @@ public final class Supervisor {
         var pioFDs = FDList()
         let pioSpec = PIOSpec(
             channel: pioChannel.spec(&pioFDs),
-            uartLine: InterruptLineSpec(channel: irqchipChannel.spec(&pioFDs), lane: config.machine.vcpuCount, pin: 4),
+            uartLine: InterruptLineSpec(channel: linesChannel.spec(&pioFDs), lane: 0, pin: 4),
             controlFD: pioFDs.add(pioControl.writeEnd.raw),
             consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
             consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
@@ -95,7 +96,8 @@ public final class Supervisor {
 
         var irqchipFDs = FDList()
         let irqchipSpec = IRQChipSpec(
-            channel: irqchipChannel.spec(&irqchipFDs), kickFDs: kicks.map { irqchipFDs.add($0.raw) },
+            channel: irqchipChannel.spec(&irqchipFDs), lines: linesChannel.spec(&irqchipFDs),
+            kickFDs: kicks.map { irqchipFDs.add($0.raw) },
             controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
             vcpuCount: config.machine.vcpuCount, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "irqchip"))
