@@ -21,8 +21,19 @@ public struct CPUIDModifier: Equatable, Sendable {
     func apply(_ value: UInt32) -> UInt32 { (value & ~clearMask) | setMask }
 }
 
-/// Builds the CPUID table a vCPU gets: KVM's supported entries, the per-vCPU fields, then the template.
+/// Builds the CPUID table a vCPU gets: KVM's supported entries, the per-vCPU fields, what a userspace local APIC
+/// cannot back, then the config's template.
 public enum CPUIDTable {
+    /// Hidden because the local APIC lives in the irqchip process, not in KVM: x2APIC (its MSRs fault without an
+    /// in-kernel LAPIC) and TSC-deadline (the MSR write is dropped unless filtered to userspace) in leaf 1 ECX; the
+    /// KVM paravirtual features that need an in-kernel LAPIC in leaf 0x40000001 EAX: PV EOI (6), PV unhalt (7),
+    /// PV IPI (11), async page faults delivered as interrupts (14).
+    public static let userspaceIRQChip: [CPUIDModifier] = [
+        CPUIDModifier(leaf: 1, subleaf: 0, register: .ecx, clearMask: (1 << 21) | (1 << 24), setMask: 0),
+        CPUIDModifier(leaf: 0x4000_0001, subleaf: 0, register: .eax,
+                      clearMask: (1 << 6) | (1 << 7) | (1 << 11) | (1 << 14), setMask: 0),
+    ]
+
     public static func build(supported: [kvm_cpuid_entry2], vcpuID: Int, vcpuCount: Int,
                              template: [CPUIDModifier]) -> [kvm_cpuid_entry2] {
         supported.map { entry in

@@ -100,6 +100,12 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertEqual(run.stdout, "uartirq: sent by IRQ 4\nuartirq: while masked=0 interrupts=24\n")
     }
 
+    func testAPICPrioritiesNestingTPRAndALevelTriggeredPin() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("apicprio.elf"), args: ""))
+        XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+        XCTAssertEqual(run.stdout, "apicprio: order=60,50 nest=50,60,50e tpr=held,taken level=3\n")
+    }
+
     func testHaltWithNothingToWakeItEndsTheVM() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 12)

@@ -38,7 +38,8 @@ public enum VCPUProcess {
             return CPUIDModifier(leaf: r.leaf, subleaf: r.subleaf, register: reg, clearMask: r.clear, setMask: r.set)
         }
         let vcpu = try vm.createVCPU(id: 0)
-        try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: 0, vcpuCount: spec.vcpuCount, template: template))
+        try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: 0, vcpuCount: spec.vcpuCount,
+                                           template: CPUIDTable.userspaceIRQChip + template))
         try vcpu.apply(spec.entry)
 
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)

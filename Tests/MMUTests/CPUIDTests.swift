@@ -1,0 +1,28 @@
+import CKVM
+import KVM
+import XCTest
+
+final class CPUIDTests: XCTestCase {
+    func entry(_ f: UInt32, eax: UInt32 = 0, ebx: UInt32 = 0, ecx: UInt32 = 0, edx: UInt32 = 0) -> kvm_cpuid_entry2 {
+        var e = kvm_cpuid_entry2()
+        e.function = f; e.eax = eax; e.ebx = ebx; e.ecx = ecx; e.edx = edx
+        return e
+    }
+
+    func testUserspaceIRQChipHidesX2APICTSCDeadlineAndPVFeatures() {
+        let table = CPUIDTable.build(supported: [entry(1, ecx: 0xffff_ffff), entry(0x4000_0001, eax: 0xffff_ffff)],
+                                     vcpuID: 0, vcpuCount: 1, template: CPUIDTable.userspaceIRQChip)
+        XCTAssertEqual(table[0].ecx & (1 << 21), 0, "x2APIC")
+        XCTAssertEqual(table[0].ecx & (1 << 24), 0, "TSC-deadline")
+        XCTAssertEqual(table[0].ecx | (1 << 21) | (1 << 24), 0xffff_ffff, "nothing else")
+        for bit in [6, 7, 11, 14] { XCTAssertEqual(table[1].eax & (1 << UInt32(bit)), 0, "PV feature bit \(bit)") }
+    }
+
+    func testTemplateAndPerVCPUFields() {
+        let t = CPUIDTable.build(supported: [entry(1, ebx: 0x0000_0800, ecx: 0)], vcpuID: 3, vcpuCount: 4,
+                                 template: [CPUIDModifier(leaf: 1, subleaf: 0, register: .ecx, clearMask: 0, setMask: 1 << 31)])
+        XCTAssertEqual(t[0].ebx >> 24, 3, "initial APIC ID")
+        XCTAssertEqual((t[0].ebx >> 16) & 0xff, 4, "logical processors")
+        XCTAssertEqual(t[0].ecx, 1 << 31)
+    }
+}
