@@ -102,3 +102,4 @@ int vmm_install_kick_handler(int sig) {
 }
 int vmm_thread_signal(unsigned long thread, int sig) { return pthread_kill((pthread_t)thread, sig); }
 unsigned long vmm_thread_self(void) { return (unsigned long)pthread_self(); }
+const int VMM_PR_SET_TIMERSLACK = PR_SET_TIMERSLACK;

@@ -10,6 +10,14 @@ final class BenchKitTests: XCTestCase {
         XCTAssertEqual(GuestTiming(cycles: 3_000_000, iterations: 1000).nanosecondsPerIteration(tscKHz: 3_000_000), 1000)
     }
 
+    func testInterruptLatencyArithmetic() throws {
+        let l = try XCTUnwrap(InterruptLatency.parse("noise\nirqlat: samples=4 delay=200000 min=600000 total=3200000\n"))
+        let us = l.latencyMicroseconds(tscKHz: 2_000_000)  // 2000 cycles per microsecond
+        XCTAssertEqual(us.mean, 200, accuracy: 1e-9)  // 800000 cycles = 400 us, minus the 200 us delay
+        XCTAssertEqual(us.min, 100, accuracy: 1e-9)
+        XCTAssertNil(InterruptLatency.parse("irqlat: samples=0 delay=1 min=1 total=1"))
+    }
+
     func testMinMedianAndRatio() {
         XCTAssertEqual(Samples([5, 1, 3]).median, 3)
         XCTAssertEqual(Samples([4, 1, 3, 2]).median, 2.5)

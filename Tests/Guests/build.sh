@@ -15,6 +15,7 @@ cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/traps32.elf" "$here/multib
 cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/lapictimer.elf" "$here/multiboot.S" "$here/guest.c" "$here/lapictimer.c" "$here/lapictimer.S"
 cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/uartirq.elf" "$here/multiboot.S" "$here/guest.c" "$here/uartirq.c" "$here/uartirq.S"
 cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/apicprio.elf" "$here/multiboot.S" "$here/guest.c" "$here/apicprio.c" "$here/apicprio.S"
+cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/irqlatency.elf" "$here/multiboot.S" "$here/guest.c" "$here/irqlatency.c" "$here/irqlatency.S"
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
 objcopy -O binary "$out/hello.flat.elf" "$out/hello.flat.bin"
 rm "$out/hello.flat.elf"

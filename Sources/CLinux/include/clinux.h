@@ -44,6 +44,7 @@ int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4,
 int vmm_setresuid(uid_t uid);
 int vmm_setresgid(gid_t gid);
 int vmm_set_rlimit(int resource, uint64_t value);
+extern const int VMM_PR_SET_TIMERSLACK;
 extern const int VMM_PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT, VMM_PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS, VMM_PR_SET_NAME, VMM_PR_GET_NAME;
 extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMIT_NPROC;
 

@@ -75,11 +75,15 @@ final class InterruptInjector: @unchecked Sendable {
         return nil
     }
 
-    /// HLT with interrupts enabled: sleeps until the irqchip posts something.
+    /// HLT with interrupts enabled: sleeps until the irqchip posts something. Waits on the irqchip's kick itself
+    /// as well as on the listener's wake-up, so that whichever thread sees the kick first, no hop is added.
     func waitForInterrupt() throws {
         Log.debug("HLT: waiting for an interrupt")
+        var value: UInt64 = 0
         while !mailbox.hasPending(vcpu: 0) {
-            _ = try wake.wait(timeoutMs: 100)
+            let ready = try Poll.wait([kickFD, wake.raw], timeoutMs: 100)
+            if !ready[0].isEmpty { _ = Glibc.read(kickFD, &value, 8) }
+            if !ready[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
         }
     }
 }

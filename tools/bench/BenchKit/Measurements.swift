@@ -22,6 +22,31 @@ public struct GuestTiming: Equatable, Sendable {
     }
 }
 
+/// What the interrupt-latency guest printed: "irqlat: samples=N delay=NS min=C total=C".
+public struct InterruptLatency: Equatable, Sendable {
+    public let samples: UInt64, delayNs: UInt64, minCycles: UInt64, totalCycles: UInt64
+
+    public static func parse(_ output: String) -> InterruptLatency? {
+        for line in output.split(whereSeparator: \.isNewline) where line.hasPrefix("irqlat: ") {
+            var f: [String: UInt64] = [:]
+            for field in line.dropFirst(8).split(separator: " ") {
+                let kv = field.split(separator: "=")
+                if kv.count == 2, let v = UInt64(kv[1]) { f[String(kv[0])] = v }
+            }
+            guard let n = f["samples"], n > 0, let d = f["delay"], let mn = f["min"], let t = f["total"] else { continue }
+            return InterruptLatency(samples: n, delayNs: d, minCycles: mn, totalCycles: t)
+        }
+        return nil
+    }
+
+    /// Microseconds from the timer's expiry to the guest handler's first instruction: mean and best.
+    public func latencyMicroseconds(tscKHz: Int) -> (mean: Double, min: Double) {
+        let perUs = Double(tscKHz) / 1000
+        let delayUs = Double(delayNs) / 1000
+        return (Double(totalCycles) / Double(samples) / perUs - delayUs, Double(minCycles) / perUs - delayUs)
+    }
+}
+
 /// Repeated samples of one figure.
 public struct Samples: Equatable, Sendable, Codable {
     public var values: [Double]

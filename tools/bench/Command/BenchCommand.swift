@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, startup, memory, mmu).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, irq, startup, memory, mmu).") var only: String?
 
     func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? true }
 
@@ -35,9 +35,11 @@ struct BenchCommand: ParsableCommand {
         }
 
         var rows: [String: Samples] = [:]
+        var unavailable: Set<String> = []
         func add(_ name: String, _ v: Double?) { if let v { rows[name, default: Samples()].values.append(v) } }
         let kernelBytes = Array(try Data(contentsOf: URL(fileURLWithPath: portloop)))
-        var tscKHz = 0
+        // The guest TSC rate, for turning guest-measured cycles into time (a vCPU that never runs is enough).
+        var tscKHz = (try? BareVM(kernel: kernelBytes, cmdline: "").vcpu.tscKHz()) ?? 0
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
@@ -51,6 +53,17 @@ struct BenchCommand: ParsableCommand {
                 for q in qemus {
                     let r = try Runner.run(q, kernel: portloop, args: args)
                     add("port \(op): \(q.name)", GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
+                }
+            }
+            // Timer interrupt latency, by the guest's TSC. QEMU runs the same guest where this host lets it.
+            for m in [ours as VMMUnderTest] + qemus where wants("irq") && tscKHz > 0 {
+                let r = try Runner.run(m, kernel: guestDir + "/irqlatency.elf", args: "samples=\(smoke ? 5 : 200) delay=200000", timeout: 60)
+                if let l = InterruptLatency.parse(r.output) {
+                    let us = l.latencyMicroseconds(tscKHz: tscKHz)
+                    add("timer interrupt latency (mean): \(m.name)", us.mean)
+                    add("timer interrupt latency (best): \(m.name)", us.min)
+                } else {
+                    unavailable.insert("timer interrupt latency (mean): \(m.name)")
                 }
             }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
@@ -89,6 +102,17 @@ struct BenchCommand: ParsableCommand {
             row("port \(op): vmm (pio process)", "ns/exit", baseline: bare, goal: op == "in" ? 1.10 : 1.03,
                 note: op == "in" ? "read answered by the device process" : "posted write")
             for q in qemus { row("port \(op): \(q.name)", "ns/exit", baseline: bare) }
+        }
+        for kind in ["mean", "best"] {
+            let ours = "timer interrupt latency (\(kind)): vmm"
+            row(ours, "us")
+            for q in qemus {
+                let name = "timer interrupt latency (\(kind)): \(q.name)"
+                if rows[name] != nil { row(name, "us", baseline: ours) }
+                else if unavailable.contains("timer interrupt latency (mean): \(q.name)") && kind == "mean" {
+                    report.rows.append(Row(name: name, unit: "us", samples: Samples(), note: "QEMU cannot run this guest on this host (KVM's emulator fails on the guest's 32-bit IRET and QEMU has no fallback)"))
+                }
+            }
         }
         row("start-up to first UART byte: vmm", "ms", goal: 15)
         row("start-up to exit: vmm", "ms")
