@@ -130,10 +130,11 @@ public final class VCPU: @unchecked Sendable {
         return ev
     }
 
-    /// Replaces the exception and interrupt state (flags 0: NMI, SIPI and shadow state stay as they are).
-    public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) {
+    /// Replaces the exception and interrupt state; `flags` (KVM_VCPUEVENT_VALID_*) says which other parts apply
+    /// (0: NMI, SIPI and shadow state stay as they are).
+    public func setEvents(_ events: kvm_vcpu_events, flags: UInt32 = 0) throws(KVMError) {
         var ev = events
-        ev.flags = 0
+        ev.flags = flags
         _ = try kvmCall("KVM_SET_VCPU_EVENTS") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_VCPU_EVENTS, &ev) }
     }
 

@@ -9,7 +9,14 @@ enum Harness {
         }
         return (CommandLine.arguments[0] as NSString).deletingLastPathComponent
     }()
-    static var vmm: String { productsDirectory + "/vmm" }
+    /// The binary under test: this build's, or $VMM_BINARY (tools/test also runs these tests on a release build,
+    /// whose optimiser shortens object lifetimes where a debug build does not).
+    static var vmm: String {
+        if let override = ProcessInfo.processInfo.environment["VMM_BINARY"], !override.isEmpty {
+            return URL(fileURLWithPath: override).resolvingSymlinksInPath().path
+        }
+        return productsDirectory + "/vmm"
+    }
     static let sourceRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
     /// Guests are built once per test process.

@@ -97,7 +97,7 @@ public final class Supervisor {
         var irqchipFDs = FDList()
         let irqchipSpec = IRQChipSpec(
             channel: irqchipChannel.spec(&irqchipFDs), lines: linesChannel.spec(&irqchipFDs),
-            kickFDs: kicks.map { irqchipFDs.add($0.raw) },
+            kickFDs: kicks.map { irqchipFDs.add($0.raw, owner: $0) },
             controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
             vcpuCount: config.machine.vcpuCount, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "irqchip"))
@@ -112,7 +112,7 @@ public final class Supervisor {
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
             mmioRoutes: [MMIORouteSpec(base: 0xfee0_0000, size: 0x1000, device: 1),
                          MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1, synchronousWrites: true)],
-            irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw) },
+            irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) },
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
@@ -286,17 +286,21 @@ final class ChannelPlan {
 
     /// The channel's descriptors added to a child's list, as that child will number them.
     func spec(_ fds: inout FDList) -> ChannelSpec {
-        ChannelSpec(memoryFD: fds.add(memory.raw), lanes: layout.lanes, capacity: layout.ring.capacity,
-                    stateSize: layout.stateSize, deviceDoorbellFD: fds.add(deviceDoorbell.raw),
-                    responseDoorbellFDs: responseDoorbells.map { fds.add($0) })
+        ChannelSpec(memoryFD: fds.add(memory.raw, owner: self), lanes: layout.lanes, capacity: layout.ring.capacity,
+                    stateSize: layout.stateSize, deviceDoorbellFD: fds.add(deviceDoorbell.raw, owner: self),
+                    responseDoorbellFDs: responseDoorbells.map { fds.add($0, owner: self) })
     }
 }
 
-/// Descriptors for a child, in the order they will be numbered there (3, 4, ...).
+/// Descriptors for a child, in the order they will be numbered there (3, 4, ...). The list keeps the objects that
+/// own them alive until the child has its copies: an optimised build may otherwise release an owner (and close its
+/// descriptor) right after its number was taken, long before the spawn.
 struct FDList {
     private(set) var fds: [Int32] = []
-    mutating func add(_ fd: Int32) -> Int32 {
+    private var owners: [AnyObject] = []
+    mutating func add(_ fd: Int32, owner: AnyObject? = nil) -> Int32 {
         fds.append(fd)
+        if let owner { owners.append(owner) }
         return Int32(2 + fds.count)
     }
 }

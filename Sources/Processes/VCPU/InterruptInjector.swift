@@ -3,6 +3,7 @@ import CLinux
 import Channel
 import Glibc
 import KVM
+import Synchronization
 import System
 
 /// Gets interrupts from the irqchip's mailbox into the guest. Before each entry: KVM_INTERRUPT when the guest
@@ -18,7 +19,9 @@ final class InterruptInjector: @unchecked Sendable {
     let kickFD: Int32
     private let wake: EventFD
     private var vcpuThread: UInt = 0
-    private var windowWanted = false
+    private let windowWanted = Atomic<Bool>(false)
+    /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
+    private var wokenFromHalt = false
     private var listener: OSThread?
 
     init(vcpu: VCPU, mailbox: InterruptMailbox, kickFD: Int32) throws {
@@ -39,9 +42,10 @@ final class InterruptInjector: @unchecked Sendable {
         var pfd = pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)
         var value: UInt64 = 0
         while true {
-            let r = poll(&pfd, 1, windowWanted ? 1 : -1)
+            let wanted = windowWanted.load(ordering: .relaxed)
+            let r = poll(&pfd, 1, wanted ? 1 : -1)
             if r > 0 { _ = Glibc.read(kickFD, &value, 8) }
-            if r > 0 || windowWanted { kick() }
+            if r > 0 || wanted { kick() }
         }
     }
 
@@ -59,19 +63,21 @@ final class InterruptInjector: @unchecked Sendable {
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
         guard mailbox.hasPending(vcpu: 0) else {
             run.pointee.request_interrupt_window = 0
-            windowWanted = false
+            windowWanted.store(false, ordering: .relaxed)
             return nil
         }
-        if run.pointee.ready_for_interrupt_injection != 0 && run.pointee.if_flag != 0, let vector = mailbox.take(vcpu: 0) {
+        let canTake = wokenFromHalt || (run.pointee.ready_for_interrupt_injection != 0 && run.pointee.if_flag != 0)
+        wokenFromHalt = false
+        if canTake, let vector = mailbox.take(vcpu: 0) {
             Log.debug("inject 0x\(String(vector, radix: 16))")
             var irq = kvm_interrupt(irq: UInt32(vector))
             _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
             run.pointee.request_interrupt_window = 0
-            windowWanted = false
+            windowWanted.store(false, ordering: .relaxed)
             return vector
         }
         run.pointee.request_interrupt_window = 1
-        windowWanted = true
+        windowWanted.store(true, ordering: .relaxed)
         return nil
     }
 
@@ -85,5 +91,13 @@ final class InterruptInjector: @unchecked Sendable {
             if !ready[0].isEmpty { _ = Glibc.read(kickFD, &value, 8) }
             if !ready[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
         }
+        // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
+        // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
+        var events = try vcpu.events()
+        if events.interrupt.shadow != 0 {
+            events.interrupt.shadow = 0
+            try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
+        }
+        wokenFromHalt = true
     }
 }

@@ -122,7 +122,8 @@ final class VCPURunner: @unchecked Sendable {
     /// source yet): finish every device's posted writes (so the console is complete and a debug-exit is seen
     /// first), then report the halt.
     func handleHalt() throws -> Action {
-        if let injector = interrupts, vcpu.run.pointee.if_flag != 0 {
+        // kvm_run.if_flag can be stale on these hosts; RFLAGS is the authority (one GET_REGS, only on HLT).
+        if let injector = interrupts, try vcpu.run.pointee.if_flag != 0 || vcpu.regs().rflags & 0x200 != 0 {
             try injector.waitForInterrupt()
             return .resume
         }
