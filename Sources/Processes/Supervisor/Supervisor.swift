@@ -192,6 +192,9 @@ public final class Supervisor {
 
     /// Waits for the first decisive event and returns vmm's exit status.
     private func watch(_ helpers: [Helper]) throws -> Int32 {
+        // Devices' messages are read before the vCPU's: the vCPU reports a halt only after a sync with every
+        // device, so a debug-exit that came first is already in its device's pipe and must win over the halt.
+        let readingOrder = helpers.filter { $0.role != "vcpu" } + helpers.filter { $0.role == "vcpu" }
         while true {
             let fds = [signals.raw] + helpers.map { $0.control.raw } + helpers.map { $0.process.pidfd.raw }
             let ready = try Poll.wait(fds, timeoutMs: -1)
@@ -201,12 +204,12 @@ public final class Supervisor {
                 return sig == SIGINT ? ExitStatus.interrupted : ExitStatus.terminated
             }
             // Control messages first: a helper that reported and then exited is not a crash.
-            for h in helpers {
+            for h in readingOrder {
                 if let status = try readControl(h) { return status }
             }
             for (i, h) in helpers.enumerated() where !ready[1 + helpers.count + i].isEmpty {
                 h.ended = try h.process.reap(block: true)
-                for other in helpers { if let status = try readControl(other) { return status } }
+                for other in readingOrder { if let status = try readControl(other) { return status } }
                 Log.report("\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
                 return ExitStatus.helperDied
             }
