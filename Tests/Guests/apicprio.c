@@ -13,8 +13,6 @@ static char trace[64];
 static volatile int trace_len, nest_mode;
 static volatile uint32_t got55, level_calls;
 
-struct gate32 { uint16_t off0, selector; uint8_t zero, attr; uint16_t off1; } __attribute__((packed));
-static struct gate32 idt[256] __attribute__((aligned(8)));
 void isr_50(void);
 void isr_55(void);
 void isr_60(void);
@@ -42,11 +40,6 @@ void on_24(void) {
     eoi();
 }
 
-static void gate(int v, void (*h)(void), uint16_t cs) {
-    uint32_t a = (uint32_t)(uintptr_t)h;
-    idt[v] = (struct gate32){ (uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16) };
-}
-
 static void print_trace(const char *label) {
     puts(label);
     for (int i = 0; i < trace_len - 1; i++) putc(trace[i]);  /* without the last comma */
@@ -54,11 +47,8 @@ static void print_trace(const char *label) {
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     (void)magic; (void)info;
-    uint16_t cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    gate(0x50, isr_50, cs); gate(0x55, isr_55, cs); gate(0x60, isr_60, cs); gate(0x24, isr_24, cs);
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)(uintptr_t)idt };
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    idt_set_gate(0x50, isr_50); idt_set_gate(0x55, isr_55); idt_set_gate(0x60, isr_60); idt_set_gate(0x24, isr_24);
+    idt_load();
     lapic[0xf0 / 4] = 0x1ff;
 
     self_ipi(0x50);

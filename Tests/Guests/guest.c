@@ -35,3 +35,20 @@ void copy_word(char *out, const char *s, int n) {
     while (s && s[i] && s[i] != ' ' && i < n - 1) { out[i] = s[i]; i++; }
     out[i] = 0;
 }
+
+#ifndef __x86_64__
+struct gate32 { uint16_t off0, selector; uint8_t zero, attr; uint16_t off1; } __attribute__((packed));
+static struct gate32 idt[256] __attribute__((aligned(8)));
+
+void idt_set_gate(int vector, void (*handler)(void)) {
+    uint32_t a = (uint32_t)(uintptr_t)handler;
+    uint16_t cs;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    idt[vector] = (struct gate32){ (uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16) };
+}
+
+void idt_load(void) {
+    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)(uintptr_t)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+}
+#endif

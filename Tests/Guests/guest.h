@@ -28,4 +28,9 @@ uint64_t parse_u64(const char *s);
 void copy_word(char *out, const char *s, int n);
 /* 32-bit guests only: continues in fn at CPL3 with IOPL 3, on the given stack. Never returns. */
 void enter_user(void (*fn)(void), void *stack_top);
+#ifndef __x86_64__
+/* 32-bit guests: an interrupt gate for `vector` in the guest's IDT (current CS), and loading that IDT. */
+void idt_set_gate(int vector, void (*handler)(void));
+void idt_load(void);
+#endif
 #endif

@@ -7,19 +7,13 @@
 volatile uint32_t fired_lo, fired_hi;
 void isr_timer(void);
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
-struct gate32 { uint16_t off0, selector; uint8_t zero, attr; uint16_t off1; } __attribute__((packed));
-static struct gate32 idt[256] __attribute__((aligned(8)));
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
     uint32_t samples = (uint32_t)parse_u64(cmdline_arg(cmdline, "samples"));
     uint32_t delay = (uint32_t)parse_u64(cmdline_arg(cmdline, "delay"));
-    uint16_t cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    uint32_t a = (uint32_t)(uintptr_t)isr_timer;
-    idt[0x40] = (struct gate32){ (uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16) };
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)(uintptr_t)idt };
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    idt_set_gate(0x40, isr_timer);
+    idt_load();
     lapic[0xf0 / 4] = 0x1ff;
     lapic[0x3e0 / 4] = 0xb;   /* divide by 1: one tick per ns at 1 GHz */
     lapic[0x320 / 4] = 0x40;  /* one-shot */

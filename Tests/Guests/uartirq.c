@@ -10,8 +10,6 @@ static const char message[] = "uartirq: sent by IRQ 4\n";
 static volatile int position, done;
 static volatile uint32_t interrupts;
 
-struct gate32 { uint16_t off0, selector; uint8_t zero, attr; uint16_t off1; } __attribute__((packed));
-static struct gate32 idt[256] __attribute__((aligned(8)));
 void isr_uart(void);
 
 void uart_interrupt(void) {
@@ -31,12 +29,8 @@ static void redirect_pin4(int masked) {
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     (void)magic; (void)info;
-    uint16_t cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    uint32_t a = (uint32_t)(uintptr_t)isr_uart;
-    idt[0x24] = (struct gate32){ (uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16) };
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)(uintptr_t)idt };
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    idt_set_gate(0x24, isr_uart);
+    idt_load();
     lapic[0xf0 / 4] = 0x1ff;
 
     redirect_pin4(1);

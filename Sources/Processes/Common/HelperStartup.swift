@@ -10,6 +10,25 @@ enum HelperStartup {
         Log.level = Log.Level(rawValue: logLevel) ?? .warning
         Signals.ignore([SIGINT, SIGQUIT, SIGTSTP, SIGPIPE])
     }
+
+    /// A device role's whole life: decode its arguments (status 2 if they are bad), begin, then `body` (which
+    /// enters the sandbox and serves); an error ends the process with status 1 after logging it.
+    static func runDevice<Spec: RoleSpec>(_ type: Spec.Type, json: String, role: String, logLevel: (Spec) -> Int,
+                                          _ body: (Spec) throws -> Void) -> Int32 {
+        guard let spec = try? Spec.decode(json) else {
+            Log.error("bad role arguments")
+            return 2
+        }
+        begin(role: role, logLevel: logLevel(spec))
+        Log.debug("started")
+        do {
+            try body(spec)
+            return 0
+        } catch {
+            Log.error("\(error)")
+            return 1
+        }
+    }
 }
 
 extension ChannelSpec {

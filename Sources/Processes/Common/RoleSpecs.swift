@@ -36,6 +36,9 @@ struct MMIORouteSpec: Codable {
     /// Writes wait until the device has applied them. For the IOAPIC: a guest that unmasks a pin and then makes a
     /// device raise it must not have the raise overtake the unmask (they travel on different lanes).
     var synchronousWrites = false
+    /// Offsets within the range whose writes are synchronous even when the rest are posted. For the LAPIC: the ICR,
+    /// so that an IPI is pending by the time the write instruction completes (EOI stays posted: it is the hot one).
+    var synchronousOffsets: [UInt64] = []
 }
 
 /// A range of ports and the channel that serves it.

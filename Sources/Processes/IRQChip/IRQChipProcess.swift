@@ -9,12 +9,7 @@ import System
 /// second one. It fills the vCPUs' interrupt mailboxes and arms their timers.
 public enum IRQChipProcess {
     public static func main(specJSON: String) -> Int32 {
-        guard let spec = try? IRQChipSpec.decode(specJSON) else {
-            Log.error("bad role arguments")
-            return 2
-        }
-        HelperStartup.begin(role: "irqchip", logLevel: spec.logLevel)
-        do {
+        HelperStartup.runDevice(IRQChipSpec.self, json: specJSON, role: "irqchip", logLevel: \.logLevel) { spec in
             // Timers expire on time, not up to 50 us late (the default slack for normal threads).
             _ = vmm_prctl5(VMM_PR_SET_TIMERSLACK, 1, 0, 0, 0)
             // One timerfd per local APIC, made before the sandbox (its policy allows arming them, not making them).
@@ -22,11 +17,8 @@ public enum IRQChipProcess {
                 try syscallRetrying("timerfd_create") { vmm_timerfd_create() }
             }
             try HelperSandbox.enter(spec.sandbox, role: "irqchip", controlFD: spec.controlFD, processes: 0)
+            Log.debug("sandboxed; serving")
             try serve(spec, timers: timers)
-            return 0
-        } catch {
-            Log.error("\(error)")
-            return 1
         }
     }
 

@@ -7,21 +7,11 @@ import System
 /// request order, so console bytes written before a debug-exit are always out before the VM ends.
 public enum PIOProcess {
     public static func main(specJSON: String) -> Int32 {
-        guard let spec = try? PIOSpec.decode(specJSON) else {
-            Log.error("bad role arguments")
-            return 2
-        }
-        HelperStartup.begin(role: "pio", logLevel: spec.logLevel)
-        Log.debug("started")
-        do {
+        HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: "pio", logLevel: \.logLevel) { spec in
             // Single-threaded and forking nothing: no new processes at all for its uid.
             try HelperSandbox.enter(spec.sandbox, role: "pio", controlFD: spec.controlFD, processes: 0)
             Log.debug("sandboxed; serving")
             try serve(spec)
-            return 0
-        } catch {
-            Log.error("\(error)")
-            return 1
         }
     }
 

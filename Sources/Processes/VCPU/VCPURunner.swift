@@ -109,7 +109,9 @@ final class VCPURunner: @unchecked Sendable {
             if let route {
                 let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
                 write(device: route.device, .mmioWrite, address: address, size: len, value: value)
-                if route.synchronousWrites { _ = read(device: route.device, .sync, address: 0, size: 0) }
+                if route.synchronousWrites || route.synchronousOffsets.contains(address - route.base) {
+                    _ = read(device: route.device, .sync, address: 0, size: 0)
+                }
             }
         } else {
             let value = device.map { read(device: $0, .mmioRead, address: address, size: len) } ?? ~0
