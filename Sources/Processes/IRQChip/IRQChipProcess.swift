@@ -33,6 +33,18 @@ public enum IRQChipProcess {
         let chip = InterruptController(vcpuCount: spec.vcpuCount)
         let mailbox = InterruptMailbox(region: region, vcpus: spec.vcpuCount)
         var expirations: UInt64 = 0
+        /// Devices may drive their lines and nothing else.
+        func drainLines() {
+            while true {
+                let next: (lane: Int, message: Message)?
+                do { next = try lines.poll() } catch {
+                    Log.warning("dropping a malformed line message: \(error)")
+                    continue
+                }
+                guard let (_, m) = next else { return }
+                if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
+            }
+        }
         while true {
             // Timers that fired, then everything the vCPUs sent, then the mailboxes.
             for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
@@ -45,6 +57,7 @@ public enum IRQChipProcess {
                     continue
                 }
                 guard let (lane, m) = next else { break }
+                drainLines()  // device line changes first: they may precede this message causally (see settleDevicesBeforeEOI)
                 let now = monotonicNanoseconds()
                 switch m.operation {
                 case .mmioRead:
@@ -61,16 +74,7 @@ public enum IRQChipProcess {
                     break
                 }
             }
-            // Devices may drive their lines and nothing else.
-            while true {
-                let next: (lane: Int, message: Message)?
-                do { next = try lines.poll() } catch {
-                    Log.warning("dropping a malformed line message: \(error)")
-                    continue
-                }
-                guard let (_, m) = next else { break }
-                if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
-            }
+            drainLines()
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }

@@ -66,7 +66,10 @@ final class InterruptInjector: @unchecked Sendable {
             windowWanted.store(false, ordering: .relaxed)
             return nil
         }
-        let canTake = wokenFromHalt || (run.pointee.ready_for_interrupt_injection != 0 && run.pointee.if_flag != 0)
+        // kvm_run.if_flag is not reliable on these hosts (it has said 1 with RFLAGS.IF clear): read RFLAGS, which
+        // costs one GET_REGS and only while a vector waits.
+        let canTake = try wokenFromHalt
+            || (run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
         wokenFromHalt = false
         if canTake, let vector = mailbox.take(vcpu: 0) {
             Log.debug("inject 0x\(String(vector, radix: 16))")

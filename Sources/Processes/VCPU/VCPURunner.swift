@@ -20,6 +20,8 @@ final class VCPURunner: @unchecked Sendable {
     let interrupts: InterruptInjector?
     let irqchipDevice: Int?
     private var complainedAbout: Set<Int> = []
+    /// Devices with posted writes not yet known to be applied (a read or a sync on that device settles them).
+    private var unsettled: Set<Int> = []
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -108,6 +110,7 @@ final class VCPURunner: @unchecked Sendable {
         if vmm_run_mmio_is_write(run) != 0 {
             if let route {
                 let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
+                if route.device == irqchipDevice && address == 0xfee0_00b0 && !unsettled.isEmpty { settleDevicesBeforeEOI() }
                 write(device: route.device, .mmioWrite, address: address, size: len, value: value)
                 if route.synchronousWrites || route.synchronousOffsets.contains(address - route.base) {
                     _ = read(device: route.device, .sync, address: 0, size: 0)
@@ -166,6 +169,7 @@ final class VCPURunner: @unchecked Sendable {
 
     @inline(__always)
     private func read(device: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
+        unsettled.remove(device)  // answered in order: every earlier write to it is applied
         do { return try clients[device].call(op, size: UInt8(size), address: address, data: 0) } catch {
             complain(device, error)
             return ~0
@@ -174,7 +178,16 @@ final class VCPURunner: @unchecked Sendable {
 
     @inline(__always)
     func write(device: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
+        if device != irqchipDevice { unsettled.insert(device) }
         do { try clients[device].post(op, size: UInt8(size), address: address, data: value) } catch { complain(device, error) }
+    }
+
+    /// Before an EOI reaches the irqchip, the devices' earlier writes must have taken effect: a handler that
+    /// clears its device's interrupt and then EOIs a level-triggered vector must not see it fire again because
+    /// the EOI overtook the device (they travel on different channels). The irqchip reads device lines before
+    /// vCPU messages, so once the device has answered a sync, its line change is ahead of the EOI.
+    private func settleDevicesBeforeEOI() {
+        for device in unsettled.sorted() { _ = read(device: device, .sync, address: 0, size: 0) }
     }
 
     /// A device that fails is the supervisor's business; the guest sees a floating bus, the vCPU goes on.
