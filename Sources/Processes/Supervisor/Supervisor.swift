@@ -1,6 +1,7 @@
 import Boot
 import Channel
 import Config
+import Devices
 import Glibc
 import Memory
 import Sandbox
@@ -110,8 +111,9 @@ public final class Supervisor {
             cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
             trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
             routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
-            mmioRoutes: [MMIORouteSpec(base: 0xfee0_0000, size: 0x1000, device: 1, synchronousOffsets: [0x300]),
-                         MMIORouteSpec(base: 0xfec0_0000, size: 0x1000, device: 1, synchronousWrites: true)],
+            mmioRoutes: [MMIORouteSpec(base: LocalAPIC.defaultBase, size: 0x1000, device: 1,
+                                       synchronousOffsets: [LocalAPIC.Register.icrLow]),
+                         MMIORouteSpec(base: IOAPIC.defaultBase, size: 0x1000, device: 1, synchronousWrites: true)],
             irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) },
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))

@@ -1,5 +1,6 @@
 import CKVM
 import Channel
+import Devices
 import Emulator
 import KVM
 import Memory
@@ -110,7 +111,9 @@ final class VCPURunner: @unchecked Sendable {
         if vmm_run_mmio_is_write(run) != 0 {
             if let route {
                 let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
-                if route.device == irqchipDevice && address == 0xfee0_00b0 && !unsettled.isEmpty { settleDevicesBeforeEOI() }
+                if route.device == irqchipDevice && address == LocalAPIC.defaultBase + LocalAPIC.Register.eoi && !unsettled.isEmpty {
+                    settleDevicesBeforeEOI()
+                }
                 write(device: route.device, .mmioWrite, address: address, size: len, value: value)
                 if route.synchronousWrites || route.synchronousOffsets.contains(address - route.base) {
                     _ = read(device: route.device, .sync, address: 0, size: 0)
