@@ -36,6 +36,14 @@ public struct DeviceServer: @unchecked Sendable {
         return nil
     }
 
+    /// The next well-formed request, nil when none is waiting. Malformed ones are consumed and handed to
+    /// `malformed` (a device answers a hostile peer by dropping its message, never by stopping).
+    public mutating func next(malformed: (LaneError) -> Void) -> (lane: Int, message: Message)? {
+        while true {
+            do { return try poll() } catch { malformed(error) }
+        }
+    }
+
     /// Sends the answer to `request` on `lane`.
     public mutating func respond(lane: Int, to request: Message, data: UInt64) throws(ChannelError) {
         let answer = Message(sequence: request.sequence, operation: .response, size: request.size,

@@ -35,13 +35,7 @@ public enum IRQChipProcess {
         var expirations: UInt64 = 0
         /// Devices may drive their lines and nothing else.
         func drainLines() {
-            while true {
-                let next: (lane: Int, message: Message)?
-                do { next = try lines.poll() } catch {
-                    Log.warning("dropping a malformed line message: \(error)")
-                    continue
-                }
-                guard let (_, m) = next else { return }
+            while let (_, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) {
                 if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
             }
         }
@@ -50,13 +44,7 @@ public enum IRQChipProcess {
             for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
                 chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
             }
-            while true {
-                let next: (lane: Int, message: Message)?
-                do { next = try server.poll() } catch {
-                    Log.warning("dropping a malformed request: \(error)")
-                    continue
-                }
-                guard let (lane, m) = next else { break }
+            while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
                 drainLines()  // device line changes first: they may precede this message causally (see settleDevicesBeforeEOI)
                 let now = monotonicNanoseconds()
                 switch m.operation {

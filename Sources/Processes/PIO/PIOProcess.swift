@@ -53,13 +53,7 @@ public enum PIOProcess {
         var inputBuffer = [UInt8](repeating: 0, count: Serial8250.fifoDepth)
 
         while true {
-            while true {
-                let next: (lane: Int, message: Message)?
-                do { next = try server.poll() } catch {
-                    Log.warning("dropping a malformed request: \(error)")
-                    continue
-                }
-                guard let (lane, m) = next else { break }
+            while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
                 switch m.operation {
                 case .portRead:
                     let value = m.address <= 0xffff ? bus.read(port: UInt16(m.address), size: Int(m.size)) : ~0
