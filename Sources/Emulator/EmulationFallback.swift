@@ -10,7 +10,6 @@ import Memory
 public final class EmulationFallback {
     public let vcpu: VCPU
     public let mmu: MMU
-    public private(set) var handledCount: [String: Int] = [:]
 
     public init(vcpu: VCPU, memory: GuestMemory) throws(KVMError) {
         self.vcpu = vcpu
@@ -52,7 +51,6 @@ public final class EmulationFallback {
         }
         do {
             let done = try execute(instruction, mode: mode, regs: regs, sregs: sregs)
-            handledCount[instruction.text, default: 0] += 1
             return .handled(done)
         } catch let fault as GuestFault {
             try inject(fault)

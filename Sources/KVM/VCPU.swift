@@ -149,13 +149,6 @@ public final class VCPU: @unchecked Sendable {
     }
 }
 
-extension VCPU {
-    /// Guest-physical address of a guest-virtual one through the vCPU's current page tables (KVM_TRANSLATE).
-    public func translate(_ linear: UInt64) -> UInt64? {
-        kvmTranslate(linear)?.physical
-    }
-}
-
 import Memory
 
 extension VCPU {

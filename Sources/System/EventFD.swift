@@ -26,15 +26,6 @@ public struct EventFD: ~Copyable, @unchecked Sendable {
         var one: UInt64 = 1
         _ = try syscallRetrying("eventfd write") { Glibc.write(fd.raw, &one, 8) }
     }
-
-    /// Waits until the counter is non-zero and resets it. Returns false on timeout.
-    public func wait(timeoutMs: Int32) throws(SystemError) -> Bool {
-        let ready = try Poll.wait([fd.raw], timeoutMs: timeoutMs)
-        guard ready[0].contains(.readable) else { return false }
-        var value: UInt64 = 0
-        _ = Glibc.read(fd.raw, &value, 8)  // EAGAIN: another waiter took it; still a wake-up
-        return true
-    }
 }
 
 /// An anonymous shared-memory file (memfd), the backing of guest RAM and of channels.

@@ -25,9 +25,3 @@ public func syscallRetrying<T: BinaryInteger>(_ call: String, _ body: () -> T) t
         if e != EINTR { throw SystemError(call, errno: e) }
     }
 }
-
-/// Like `syscallRetrying` for calls whose failure is reported through the return value (pthread style).
-@inline(__always)
-public func checkReturn(_ call: String, _ r: Int32) throws(SystemError) {
-    if r != 0 { throw SystemError(call, errno: r) }
-}

@@ -15,6 +15,10 @@ void put_hex(uint64_t v) {
     for (int s = 60; s >= 0; s -= 4) putc("0123456789abcdef"[(v >> s) & 0xf]);
 }
 void guest_exit(uint8_t code) { outb(DEBUG_EXIT, code); }
+const char *multiboot_cmdline(uint32_t magic, uintptr_t info) {
+    const struct multiboot_info *mbi = (const struct multiboot_info *)info;
+    return (magic == 0x2BADB002 && (mbi->flags & 4)) ? (const char *)(uintptr_t)mbi->cmdline : "";
+}
 const char *cmdline_arg(const char *cmdline, const char *key) {
     for (const char *p = cmdline; p && *p; ) {
         const char *k = key, *q = p;

@@ -21,6 +21,8 @@ void put_dec(uint64_t v);
 void put_hex(uint64_t v);
 /* Ends the VM through QEMU's isa-debug-exit convention: the VMM exits with (code << 1) | 1. */
 void guest_exit(uint8_t code);
+/* The command line the loader passed (multiboot magic in EAX, info in EBX), or "" without one. */
+const char *multiboot_cmdline(uint32_t magic, uintptr_t info);
 /* The value of "key=" in the command line (up to the next space), or 0. */
 const char *cmdline_arg(const char *cmdline, const char *key);
 uint64_t parse_u64(const char *s);

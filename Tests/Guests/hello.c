@@ -3,7 +3,7 @@
 #include "guest.h"
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
-    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     char word[64];
     copy_word(word, cmdline_arg(cmdline, "say"), sizeof word);
     puts("Hello from the guest: ");

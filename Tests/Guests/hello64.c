@@ -2,8 +2,7 @@
 #include "guest.h"
 
 void guest_main(uint32_t magic, uint32_t info_addr) {
-    struct multiboot_info *info = (struct multiboot_info *)(uintptr_t)info_addr;
-    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    const char *cmdline = multiboot_cmdline(magic, info_addr);
     char word[64];
     copy_word(word, cmdline_arg(cmdline, "say"), sizeof word);
     puts("Hello from long mode: ");

@@ -9,7 +9,7 @@ void isr_timer(void);
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
-    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     uint32_t period = (uint32_t)parse_u64(cmdline_arg(cmdline, "period"));
     uint32_t wanted = (uint32_t)parse_u64(cmdline_arg(cmdline, "ticks"));
     idt_set_gate(0x40, isr_timer);

@@ -26,7 +26,7 @@ static void user_loop(void) {
 }
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
-    const char *cmdline = (magic == 0x2BADB002 && (info->flags & 4)) ? (const char *)(uintptr_t)info->cmdline : "";
+    const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     const char *op = cmdline_arg(cmdline, "op");
     iterations = parse_u64(cmdline_arg(cmdline, "iters"));
     port = cmdline_arg(cmdline, "port") ? (uint16_t)parse_u64(cmdline_arg(cmdline, "port")) : COM1 + 5;

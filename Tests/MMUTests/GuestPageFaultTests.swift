@@ -8,14 +8,7 @@ import XCTest
 final class GuestPageFaultTests: XCTestCase {
     static let guestDirectory: Result<String, Error> = Result {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let dir = NSTemporaryDirectory() + "mmu-test-guests-\(getpid())"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = [root.path + "/Tests/Guests/build.sh", dir]
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw NSError(domain: "guest build failed", code: Int(p.terminationStatus)) }
-        return dir
+        return try TestGuests.build(sourceRoot: root.path, into: NSTemporaryDirectory() + "mmu-test-guests-\(getpid())")
     }
 
     func testWalkerMatchesTheGuestsOwnPageFaultHandler() throws {

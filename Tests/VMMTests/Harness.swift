@@ -1,3 +1,4 @@
+import BareLoop
 import Foundation
 import XCTest
 
@@ -21,14 +22,7 @@ enum Harness {
 
     /// Guests are built once per test process.
     static let guests: Result<String, Error> = Result {
-        let dir = NSTemporaryDirectory() + "vmm-test-guests-\(getpid())"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = [sourceRoot + "/Tests/Guests/build.sh", dir]
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw NSError(domain: "guest build failed", code: Int(p.terminationStatus)) }
-        return dir
+        try TestGuests.build(sourceRoot: sourceRoot, into: NSTemporaryDirectory() + "vmm-test-guests-\(getpid())")
     }
 
     static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }

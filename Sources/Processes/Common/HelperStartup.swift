@@ -13,13 +13,13 @@ enum HelperStartup {
 
     /// A device role's whole life: decode its arguments (status 2 if they are bad), begin, then `body` (which
     /// enters the sandbox and serves); an error ends the process with status 1 after logging it.
-    static func runDevice<Spec: RoleSpec>(_ type: Spec.Type, json: String, role: String, logLevel: (Spec) -> Int,
+    static func runDevice<Spec: RoleSpec>(_ type: Spec.Type, json: String, role: String,
                                           _ body: (Spec) throws -> Void) -> Int32 {
         guard let spec = try? Spec.decode(json) else {
             Log.error("bad role arguments")
             return 2
         }
-        begin(role: role, logLevel: logLevel(spec))
+        begin(role: role, logLevel: spec.logLevel)
         Log.debug("started")
         do {
             try body(spec)

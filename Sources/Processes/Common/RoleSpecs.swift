@@ -3,7 +3,9 @@ import FoundationEssentials
 
 /// What the supervisor hands a helper process: its descriptors (by number, after spawn they are 3, 4, ...)
 /// and its settings, as one JSON argument. Both sides use these types, so the two ends cannot drift apart.
-protocol RoleSpec: Codable {}
+protocol RoleSpec: Codable {
+    var logLevel: Int { get }
+}
 
 extension RoleSpec {
     func encoded() -> String {

@@ -9,7 +9,7 @@ import System
 /// second one. It fills the vCPUs' interrupt mailboxes and arms their timers.
 public enum IRQChipProcess {
     public static func main(specJSON: String) -> Int32 {
-        HelperStartup.runDevice(IRQChipSpec.self, json: specJSON, role: "irqchip", logLevel: \.logLevel) { spec in
+        HelperStartup.runDevice(IRQChipSpec.self, json: specJSON, role: "irqchip") { spec in
             // Timers expire on time, not up to 50 us late (the default slack for normal threads).
             _ = vmm_prctl5(VMM_PR_SET_TIMERSLACK, 1, 0, 0, 0)
             // One timerfd per local APIC, made before the sandbox (its policy allows arming them, not making them).

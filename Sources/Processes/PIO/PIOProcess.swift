@@ -7,7 +7,7 @@ import System
 /// request order, so console bytes written before a debug-exit are always out before the VM ends.
 public enum PIOProcess {
     public static func main(specJSON: String) -> Int32 {
-        HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: "pio", logLevel: \.logLevel) { spec in
+        HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: "pio") { spec in
             // Single-threaded and forking nothing: no new processes at all for its uid.
             try HelperSandbox.enter(spec.sandbox, role: "pio", controlFD: spec.controlFD, processes: 0)
             Log.debug("sandboxed; serving")

@@ -136,15 +136,11 @@ struct BenchCommand: ParsableCommand {
     func log(_ s: String) { FileHandle.standardError.write(Data("vmm-bench: \(s)\n".utf8)) }
 
     func ensureGuests() throws -> String {
-        if access(guests + "/portloop.elf", R_OK) != 0 || access(guests + "/hello.elf", R_OK) != 0 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/bin/sh")
-            p.arguments = ["Tests/Guests/build.sh", guests]
-            try p.run()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else { throw ValidationError("building the test guests failed (run from the repository root)") }
+        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf"]
+        guard wanted.contains(where: { access(guests + "/" + $0, R_OK) != 0 }) else { return guests }
+        do { return try TestGuests.build(sourceRoot: ".", into: guests) } catch {
+            throw ValidationError("\(error) (run from the repository root)")
         }
-        return guests
     }
 
     func machineInfo(tscKHz: Int) -> [String: String] {
