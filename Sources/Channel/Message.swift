@@ -10,6 +10,9 @@ public enum MessageKind: UInt8, Sendable {
     case interruptAck = 6
     /// A device drives an interrupt line: `address` is the IOAPIC pin, `data` the level (0 or 1).
     case lineLevel = 7
+    /// The vCPU wrote IA32_TSC_DEADLINE: `data` is how many nanoseconds from now it expires (0: already due), or
+    /// `Message.disarmed` for a write of 0.
+    case timerDeadline = 8
     case response = 0x80
 
     public var isRead: Bool { self == .portRead || self == .mmioRead }
@@ -33,6 +36,8 @@ public struct Message: Equatable, Sendable {
     }
 
     public static let slotSize = 32
+    /// `timerDeadline` data for "disarmed".
+    public static let disarmed = UInt64.max
 }
 
 /// A slot whose contents a well-behaved peer would never write.

@@ -25,14 +25,18 @@ public struct CPUIDModifier: Equatable, Sendable {
 /// cannot back, then the config's template.
 public enum CPUIDTable {
     /// Hidden because the local APIC lives in the irqchip process, not in KVM: x2APIC (its MSRs fault without an
-    /// in-kernel LAPIC) and TSC-deadline (the MSR write is dropped unless filtered to userspace) in leaf 1 ECX; the
-    /// KVM paravirtual features that need an in-kernel LAPIC in leaf 0x40000001 EAX: PV EOI (6), PV unhalt (7),
-    /// PV IPI (11), async page faults delivered as interrupts (14).
-    public static let userspaceIRQChip: [CPUIDModifier] = [
-        CPUIDModifier(leaf: 1, subleaf: 0, register: .ecx, clearMask: (1 << 21) | (1 << 24), setMask: 0),
-        CPUIDModifier(leaf: 0x4000_0001, subleaf: 0, register: .eax,
-                      clearMask: (1 << 6) | (1 << 7) | (1 << 11) | (1 << 14), setMask: 0),
-    ]
+    /// in-kernel LAPIC) in leaf 1 ECX, and TSC-deadline there too unless `tscDeadline` (the start-up probe showed
+    /// that IA32_TSC_DEADLINE can be routed to userspace; otherwise KVM drops the write); the KVM paravirtual
+    /// features that need an in-kernel LAPIC in leaf 0x40000001 EAX: PV EOI (6), PV unhalt (7), PV IPI (11),
+    /// async page faults delivered as interrupts (14).
+    public static func userspaceIRQChip(tscDeadline: Bool) -> [CPUIDModifier] {
+        [
+            CPUIDModifier(leaf: 1, subleaf: 0, register: .ecx, clearMask: 1 << 21 | (tscDeadline ? 0 : 1 << 24),
+                          setMask: tscDeadline ? 1 << 24 : 0),
+            CPUIDModifier(leaf: 0x4000_0001, subleaf: 0, register: .eax,
+                          clearMask: (1 << 6) | (1 << 7) | (1 << 11) | (1 << 14), setMask: 0),
+        ]
+    }
 
     public static func build(supported: [kvm_cpuid_entry2], vcpuID: Int, vcpuCount: Int,
                              template: [CPUIDModifier]) -> [kvm_cpuid_entry2] {

@@ -144,6 +144,12 @@ public final class VCPU: @unchecked Sendable {
         return f
     }
 
+    public func msr(_ index: UInt32) throws(KVMError) -> UInt64 {
+        var value: UInt64 = 0
+        _ = try kvmCall("KVM_GET_MSRS") { vmm_kvm_get_msr(fd.raw, index, &value) }
+        return value
+    }
+
     public func tscKHz() -> Int {
         Int(max(0, vmm_ioctl_val(fd.raw, VMM_KVM_GET_TSC_KHZ, 0)))
     }

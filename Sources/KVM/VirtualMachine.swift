@@ -29,6 +29,13 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_IDENTITY_MAP_ADDR, &map)
     }
 
+    /// Makes guest accesses to these MSRs exit to userspace (KVM_EXIT_X86_RDMSR/WRMSR), where KVM would otherwise
+    /// handle them itself or, without an in-kernel LAPIC, drop them. Returns false when the host cannot (the
+    /// start-up probe for features that depend on it, such as TSC-deadline).
+    public func routeMSRsToUserspace(_ indices: [UInt32]) -> Bool {
+        indices.withUnsafeBufferPointer { vmm_kvm_route_msrs_to_userspace(fd.raw, $0.baseAddress, Int32($0.count)) } == 0
+    }
+
     public func createVCPU(id: Int) throws(KVMError) -> VCPU {
         let vcpu = try kvmCall("KVM_CREATE_VCPU") { vmm_ioctl_val(fd.raw, VMM_KVM_CREATE_VCPU, UInt(id)) }
         return try VCPU(vm: self, id: id, fd: FileDescriptor(owning: vcpu))

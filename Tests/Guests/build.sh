@@ -11,11 +11,9 @@ CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-
 for g in hello portloop triplefault echo apicinfo; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
 done
-cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/traps32.elf" "$here/multiboot.S" "$here/guest.c" "$here/traps32.c" "$here/traps32.S"
-cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/lapictimer.elf" "$here/multiboot.S" "$here/guest.c" "$here/lapictimer.c" "$here/lapictimer.S"
-cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/uartirq.elf" "$here/multiboot.S" "$here/guest.c" "$here/uartirq.c" "$here/uartirq.S"
-cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/apicprio.elf" "$here/multiboot.S" "$here/guest.c" "$here/apicprio.c" "$here/apicprio.S"
-cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/irqlatency.elf" "$here/multiboot.S" "$here/guest.c" "$here/irqlatency.c" "$here/irqlatency.S"
+for g in traps32 lapictimer tscdeadline uartirq apicprio irqlatency; do
+    cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c" "$here/$g.S"
+done
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
 objcopy -O binary "$out/hello.flat.elf" "$out/hello.flat.bin"
 rm "$out/hello.flat.elf"

@@ -11,11 +11,17 @@ final class CPUIDTests: XCTestCase {
 
     func testUserspaceIRQChipHidesX2APICTSCDeadlineAndPVFeatures() {
         let table = CPUIDTable.build(supported: [entry(1, ecx: 0xffff_ffff), entry(0x4000_0001, eax: 0xffff_ffff)],
-                                     vcpuID: 0, vcpuCount: 1, template: CPUIDTable.userspaceIRQChip)
+                                     vcpuID: 0, vcpuCount: 1, template: CPUIDTable.userspaceIRQChip(tscDeadline: false))
         XCTAssertEqual(table[0].ecx & (1 << 21), 0, "x2APIC")
         XCTAssertEqual(table[0].ecx & (1 << 24), 0, "TSC-deadline")
         XCTAssertEqual(table[0].ecx | (1 << 21) | (1 << 24), 0xffff_ffff, "nothing else")
         for bit in [6, 7, 11, 14] { XCTAssertEqual(table[1].eax & (1 << UInt32(bit)), 0, "PV feature bit \(bit)") }
+    }
+
+    func testTSCDeadlineIsOfferedWhenTheProbeSucceeded() {
+        let table = CPUIDTable.build(supported: [entry(1, ecx: 0)], vcpuID: 0, vcpuCount: 1,
+                                     template: CPUIDTable.userspaceIRQChip(tscDeadline: true))
+        XCTAssertEqual(table[0].ecx, 1 << 24, "TSC-deadline set, x2APIC still clear")
     }
 
     func testTemplateAndPerVCPUFields() {

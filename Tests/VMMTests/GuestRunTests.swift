@@ -94,6 +94,18 @@ final class GuestRunTests: GuestTestCase {
         }
     }
 
+    func testTSCDeadlineTimerIsOfferedFiresNeverEarlyReadsBackAndDisarms() throws {
+        // 1 ms deadlines (in guest TSC cycles, which run at the host's rate here).
+        let delay = Int(1 / (try guestMilliseconds(1))), rounds = 20
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("tscdeadline.elf"),
+                                                         args: "delay=\(delay) rounds=\(rounds)"))
+        XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+        XCTAssertTrue(run.stdout.hasPrefix("tscdeadline: cpuid=1 rounds=\(rounds) early=0 armed=1 cleared=1 rearm=1 late="),
+                      run.stdout + run.stderr)
+        let late = Double(run.stdout.split(separator: "=").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        print("TSC-deadline: \(rounds) deadlines 1 ms ahead, mean lateness \(try guestMilliseconds(late / Double(rounds)) * 1000) us")
+    }
+
     func testInterruptDrivenUARTOutputThroughTheIOAPICAndAMaskedPinStaysQuiet() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("uartirq.elf"), args: ""))
         XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)

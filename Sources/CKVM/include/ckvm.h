@@ -27,6 +27,18 @@ static const unsigned long VMM_KVM_TRANSLATE = KVM_TRANSLATE;
 static const unsigned long VMM_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 static const unsigned long VMM_KVM_GET_FPU = KVM_GET_FPU;
 static const unsigned long VMM_KVM_INTERRUPT = KVM_INTERRUPT;
+static const unsigned long VMM_KVM_NMI = KVM_NMI;
+static const unsigned long VMM_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long VMM_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long VMM_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long VMM_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+
+/// Makes accesses to `indices` exit to userspace (KVM_EXIT_X86_RDMSR/WRMSR) instead of being handled or dropped
+/// by KVM: enables KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs, then installs a filter denying just those.
+/// Returns 0, or -1 with errno set when the host cannot do it.
+int vmm_kvm_route_msrs_to_userspace(int vm_fd, const uint32_t *indices, int count);
+/// Reads one MSR of a vCPU with KVM_GET_MSRS. Returns 0, or -1 with errno set.
+int vmm_kvm_get_msr(int vcpu_fd, uint32_t index, uint64_t *value);
 
 /// Size in bytes of a struct kvm_cpuid2 holding `n` entries.
 static inline size_t vmm_kvm_cpuid2_size(uint32_t n) {
@@ -51,6 +63,10 @@ static inline uint32_t vmm_run_internal_suberror(const struct kvm_run *r) { retu
 static inline uint32_t vmm_run_internal_ndata(const struct kvm_run *r) { return r->internal.ndata; }
 static inline uint64_t vmm_run_internal_data(const struct kvm_run *r, uint32_t i) { return i < 16 ? r->internal.data[i] : 0; }
 static inline uint32_t vmm_run_system_event_type(const struct kvm_run *r) { return r->system_event.type; }
+/// The KVM_EXIT_X86_RDMSR / KVM_EXIT_X86_WRMSR view of kvm_run; `error` 1 makes the guest's access raise #GP.
+static inline uint32_t vmm_run_msr_index(const struct kvm_run *r) { return r->msr.index; }
+static inline uint64_t vmm_run_msr_data(const struct kvm_run *r) { return r->msr.data; }
+static inline void vmm_run_msr_complete(struct kvm_run *r, uint64_t data, uint8_t error) { r->msr.data = data; r->msr.error = error; }
 /// Sync-regs area: registers KVM copies out on exit (kvm_valid_regs) and in on entry (kvm_dirty_regs).
 static inline struct kvm_regs *vmm_run_sync_regs(struct kvm_run *r) { return &r->s.regs.regs; }
 static inline struct kvm_sregs *vmm_run_sync_sregs(struct kvm_run *r) { return &r->s.regs.sregs; }

@@ -58,6 +58,8 @@ public enum IRQChipProcess {
                     try server.respond(lane: lane, to: m, data: 0)
                 case .interruptAck:
                     chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
+                case .timerDeadline:
+                    chip.setDeadline(vcpu: lane, nanosecondsFromNow: m.data, now: now)
                 case .portWrite, .response, .lineLevel:
                     break
                 }
@@ -97,6 +99,13 @@ final class InterruptController {
 
     func timerExpired(vcpu: Int, now: UInt64) {
         handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
+    }
+
+    /// IA32_TSC_DEADLINE, converted by the vCPU to a delay (Message.disarmed: a write of 0).
+    func setDeadline(vcpu: Int, nanosecondsFromNow delay: UInt64, now: UInt64) {
+        guard lapics.indices.contains(vcpu) else { return }
+        let at = delay == Message.disarmed ? 0 : max(1, now &+ delay)
+        handle(lapics[vcpu].setDeadline(at, now: now), from: vcpu)
     }
 
     /// The vCPU injected `vector`: it is in service now.

@@ -65,7 +65,7 @@ public enum PIOProcess {
                 case .sync:
                     console.flush()
                     try server.respond(lane: lane, to: m, data: 0)
-                case .mmioWrite, .response, .interruptAck, .lineLevel:
+                case .mmioWrite, .response, .interruptAck, .lineLevel, .timerDeadline:
                     break
                 }
                 if let status = exitStatus, !exitReported {

@@ -37,9 +37,12 @@ public enum VCPUProcess {
             guard let reg = CPUIDModifier.Register(rawValue: r.register) else { return nil }
             return CPUIDModifier(leaf: r.leaf, subleaf: r.subleaf, register: reg, clearMask: r.clear, setMask: r.set)
         }
+        // The start-up probe for TSC-deadline: offered only if its MSR can reach the irqchip.
+        let tscDeadline = vm.routeMSRsToUserspace([TSCDeadline.msrIndex])
+        Log.debug("TSC-deadline timer \(tscDeadline ? "offered" : "hidden: the host cannot route IA32_TSC_DEADLINE to userspace")")
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: 0, vcpuCount: spec.vcpuCount,
-                                           template: CPUIDTable.userspaceIRQChip + template))
+                                           template: CPUIDTable.userspaceIRQChip(tscDeadline: tscDeadline) + template))
         try vcpu.apply(spec.entry)
 
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)

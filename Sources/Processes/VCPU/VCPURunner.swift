@@ -23,6 +23,7 @@ final class VCPURunner: @unchecked Sendable {
     private var complainedAbout: Set<Int> = []
     /// Devices with posted writes not yet known to be applied (a read or a sync on that device settles them).
     private var unsettled: Set<Int> = []
+    private var tscDeadline: TSCDeadline
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -30,6 +31,8 @@ final class VCPURunner: @unchecked Sendable {
         table[Int(KVM_EXIT_IO)] = { try $0.handlePortIO() }
         table[Int(KVM_EXIT_MMIO)] = { $0.handleMMIO() }
         table[Int(KVM_EXIT_HLT)] = { try $0.handleHalt() }
+        table[Int(KVM_EXIT_X86_RDMSR)] = { try $0.handleMSR(write: false) }
+        table[Int(KVM_EXIT_X86_WRMSR)] = { try $0.handleMSR(write: true) }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
         table[Int(KVM_EXIT_IRQ_WINDOW_OPEN)] = { _ in .resume }  // the injection happens before the next entry
         table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
@@ -51,6 +54,7 @@ final class VCPURunner: @unchecked Sendable {
         self.interrupts = interrupts
         self.irqchipDevice = irqchipDevice
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
+        tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
         self.vcpu = vcpu
         self.memory = memory
         self.clients = clients
@@ -139,6 +143,25 @@ final class VCPURunner: @unchecked Sendable {
             do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
         }
         return .stop(.halted)
+    }
+
+    /// MSRs routed to userspace (only IA32_TSC_DEADLINE, see VirtualMachine.routeMSRsToUserspace). Anything
+    /// else that arrives here raises #GP in the guest, as an MSR the CPU does not have.
+    func handleMSR(write isWrite: Bool) throws -> Action {
+        let run = vcpu.run
+        guard vmm_run_msr_index(run) == TSCDeadline.msrIndex, let chip = irqchipDevice else {
+            vmm_run_msr_complete(run, 0, 1)
+            return .resume
+        }
+        let now = try vcpu.msr(TSCDeadline.tscMSR)
+        if isWrite {
+            let delay = tscDeadline.write(vmm_run_msr_data(run), now: now)
+            write(device: chip, .timerDeadline, address: 0, size: 8, value: delay)
+            vmm_run_msr_complete(run, vmm_run_msr_data(run), 0)
+        } else {
+            vmm_run_msr_complete(run, tscDeadline.read(now: now), 0)
+        }
+        return .resume
     }
 
     func handleInternalError() throws -> Action {
