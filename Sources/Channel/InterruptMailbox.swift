@@ -2,7 +2,8 @@ import Synchronization
 
 /// Per-vCPU interrupt mailboxes in the irqchip channel's state area: the irqchip posts the vector a vCPU should
 /// take next, the vcpu process takes it when the guest can accept it and acknowledges it over the channel.
-/// One 32-bit word per vCPU on its own cache line: 0 when empty, else 0x100 | vector.
+/// One cache line per vCPU: a vector word (0 when empty, else 0x100 | vector) and an event word for what is not
+/// a vector (NMI, INIT, start-up IPI with its vector in bits 8-15).
 public struct InterruptMailbox: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     public let vcpus: Int
@@ -17,6 +18,56 @@ public struct InterruptMailbox: @unchecked Sendable {
     private func word(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (base + 64 * vcpu).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
+
+    private func eventWord(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+        (base + 64 * vcpu + 4).assumingMemoryBound(to: Atomic<UInt32>.self)
+    }
+
+    /// Events other than a vector, as the vcpu process takes them.
+    public struct Events: Equatable, Sendable {
+        public var nmi = false
+        public var initialize = false
+        /// A start-up IPI's vector (the CPU starts at vector << 12), if one came.
+        public var startup: UInt8?
+        public init(nmi: Bool = false, initialize: Bool = false, startup: UInt8? = nil) {
+            self.nmi = nmi
+            self.initialize = initialize
+            self.startup = startup
+        }
+        public var isEmpty: Bool { !nmi && !initialize && startup == nil }
+
+        static let nmiBit: UInt32 = 1, initBit: UInt32 = 2, startupBit: UInt32 = 4
+
+        init(word w: UInt32) {
+            nmi = w & Self.nmiBit != 0
+            initialize = w & Self.initBit != 0
+            startup = w & Self.startupBit != 0 ? UInt8(truncatingIfNeeded: w >> 8) : nil
+        }
+    }
+
+    /// irqchip: adds events for a vCPU (a later start-up vector replaces an earlier one not yet taken).
+    public func signal(_ events: Events, vcpu: Int) {
+        var bits = (events.nmi ? Events.nmiBit : 0) | (events.initialize ? Events.initBit : 0)
+        if let v = events.startup { bits |= Events.startupBit | UInt32(v) << 8 }
+        var old = eventWord(vcpu).pointee.load(ordering: .relaxed)
+        while true {
+            let keep = events.startup == nil ? old : old & ~0xff00
+            let (done, now) = eventWord(vcpu).pointee.compareExchange(expected: old, desired: keep | bits, ordering: .releasing)
+            if done { return }
+            old = now
+        }
+    }
+
+    /// vcpu: takes every event signalled since the last call (unknown bits in a hostile word are ignored).
+    public func takeEvents(vcpu: Int) -> Events {
+        Events(word: eventWord(vcpu).pointee.exchange(0, ordering: .acquiringAndReleasing))
+    }
+
+    /// vcpu: whether events wait, without taking them.
+    public func hasEvents(vcpu: Int) -> Bool { !Events(word: eventWord(vcpu).pointee.load(ordering: .acquiring)).isEmpty }
+
+    /// irqchip: takes back a posted vector the vCPU has not taken (INIT reset its LAPIC).
+    public func withdraw(vcpu: Int) { _ = word(vcpu).pointee.exchange(0, ordering: .acquiringAndReleasing) }
 
     /// irqchip: posts `vector` into an empty box; false when the box is not empty.
     public func post(_ vector: UInt8, vcpu: Int) -> Bool {

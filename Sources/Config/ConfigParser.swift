@@ -70,17 +70,14 @@ public enum ConfigParser {
     static func machine(_ v: JSONValue) throws(ConfigError) -> VMConfig.Machine {
         var r = try ObjectReader(v, path: "machine-config")
         var m = VMConfig.Machine()
-        if let n = try r.integer("vcpu_count", in: 1...32) {
-            guard n == 1 else { throw .notSupportedYet(r.child("vcpu_count"), "more than one vCPU needs the irqchip process for INIT/SIPI") }
-            m.vcpuCount = n
-        }
+        if let n = try r.integer("vcpu_count", in: 1...32) { m.vcpuCount = n }
         guard let mem = try r.integer("mem_size_mib", in: 0...Int(Int32.max)) else { throw ConfigError(r.child("mem_size_mib"), "missing") }
         guard mem >= 2 else { throw ConfigError(r.child("mem_size_mib"), "\(mem) MiB is too small (at least 2)") }
         guard mem <= VMConfig.maxMemoryMiB else {
             throw .notSupportedYet(r.child("mem_size_mib"), "more than \(VMConfig.maxMemoryMiB) MiB needs RAM above the 32-bit MMIO gap")
         }
         m.memSizeMiB = mem
-        if try r.bool("smt") == true { throw .notSupportedYet(r.child("smt"), "SMT topology needs more than one vCPU") }
+        if try r.bool("smt") == true { throw .notSupportedYet(r.child("smt"), "SMT topology: every vCPU is a core of its own") }
         m.trackDirtyPages = try r.bool("track_dirty_pages") ?? false
         if let t = try r.string("cpu_template"), t != "None" {
             throw .notSupportedYet(r.child("cpu_template"), "static template \"\(t)\"; use cpu-config.cpuid_modifiers")

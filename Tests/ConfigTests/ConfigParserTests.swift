@@ -81,8 +81,8 @@ final class ConfigParserTests: XCTestCase {
                     "not supported yet: network-interfaces (virtio-net arrives with the virtio device processes)")
         assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#,
                     "not supported yet: vsock (virtio-vsock arrives with the virtio device processes)")
-        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2}}"#,
-                    "not supported yet: machine-config.vcpu_count (more than one vCPU needs the irqchip process for INIT/SIPI)")
+        assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2, "smt": true}}"#,
+                    "not supported yet: machine-config.smt (SMT topology: every vCPU is a core of its own)")
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
                     "not supported yet: cpu-config.msr_modifiers (MSR templates)")
         assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "off"}}}"#, "vmm.sandbox.seccomp: expected \"kill\" or \"log\"")

@@ -124,6 +124,21 @@ final class LocalAPICTests: XCTestCase {
         XCTAssertEqual(apic.read(offset: 0x300, now: 0) & (1 << 12), 0, "delivery status idle")
     }
 
+    func testINITDeassertSendsNothingAndResetKeepsOnlyTheID() {
+        enable()
+        _ = apic.write(offset: 0x310, value: 0x0100_0000, now: 0)
+        XCTAssertEqual(apic.write(offset: 0x300, value: 0x8500, now: 0), [], "INIT level de-assert")
+        XCTAssertEqual(apic.write(offset: 0x300, value: 0xc500, now: 0).count, 1, "INIT level assert")
+        apic.accept(vector: 0x40, levelTriggered: false)
+        _ = apic.write(offset: 0x80, value: 0x20, now: 0)
+        apic.reset()
+        XCTAssertEqual(apic.read(offset: 0x20, now: 0), UInt32(apic.apicID) << 24)
+        XCTAssertEqual(apic.read(offset: 0x80, now: 0), 0, "TPR")
+        XCTAssertEqual(apic.read(offset: 0xf0, now: 0), 0xff, "SVR: software-disabled")
+        XCTAssertEqual(apic.read(offset: 0x320, now: 0), 1 << 16, "LVT timer masked")
+        XCTAssertNil(apic.irr.highest)
+    }
+
     func testLogicalDestinations() {
         _ = apic.write(offset: 0xd0, value: 0x0400_0000, now: 0)  // logical ID bit 2
         XCTAssertTrue(apic.isDestination(of: InterruptMessage(vector: 0x30, deliveryMode: .fixed, logical: true, destination: 0x04, levelTriggered: false)))

@@ -106,6 +106,21 @@ final class GuestRunTests: GuestTestCase {
         print("TSC-deadline: \(rounds) deadlines 1 ms ahead, mean lateness \(try guestMilliseconds(late / Double(rounds)) * 1000) us")
     }
 
+    func testApplicationProcessorStartsByINITAndStartupIPIAndIPIsGoBothWays() throws {
+        for vcpus in [2, 4] {
+            let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("smp.elf"), args: "", vcpus: vcpus))
+            XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+            XCTAssertEqual(run.stdout, "smp: cpus=\(vcpus) ioapic=\(vcpus) started=1 apid=1 ipi=1,1\n", "\(vcpus) vCPUs")
+        }
+    }
+
+    func testTheVMEndsAsHaltedOnlyWhenEveryVCPUIsParked() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("smp.elf"), args: "end=halt", vcpus: 2))
+        XCTAssertEqual(run.wait(timeout: 30), 12, run.stderr)
+        XCTAssertEqual(run.stdout, "smp: cpus=2 ioapic=2 started=1 apid=1 ipi=1,1\n")
+        XCTAssertTrue(run.stderr.contains("guest halted: every vCPU stopped with interrupts off"), run.stderr)
+    }
+
     func testInterruptDrivenUARTOutputThroughTheIOAPICAndAMaskedPinStaysQuiet() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("uartirq.elf"), args: ""))
         XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)

@@ -36,11 +36,11 @@ enum Harness {
         }
     }
 
-    static func config(kernel: String, args: String, memMiB: Int = 32, serial: String = #"{"output": "stdout", "input": "none"}"#,
-                       extra: String = "") -> String {
+    static func config(kernel: String, args: String, memMiB: Int = 32, vcpus: Int = 1,
+                       serial: String = #"{"output": "stdout", "input": "none"}"#, extra: String = "") -> String {
         """
         {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
-         "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
+         "machine-config": {"vcpu_count": \(vcpus), "mem_size_mib": \(memMiB)},
          "vmm": {"serial": \(serial)\(extra)}}
         """
     }

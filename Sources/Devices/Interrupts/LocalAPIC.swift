@@ -26,6 +26,15 @@ public enum APICEffect: Equatable, Sendable {
     case cancelTimer
 }
 
+/// What an IPI or IOAPIC message makes a CPU do beside taking a fixed vector: the vcpu process acts on these.
+public enum CPUEvent: Equatable, Sendable {
+    case nmi
+    /// INIT: the CPU resets and waits for a start-up IPI.
+    case initialize
+    /// Start-up IPI: a CPU waiting for one starts in real mode at `vector` << 12.
+    case startup(vector: UInt8)
+}
+
 /// One local APIC in xAPIC (MMIO) mode, as Linux drives it: ID, version, TPR/PPR, EOI, LDR/DFR, SVR,
 /// ISR/TMR/IRR, ESR, ICR (fixed, lowest priority, NMI, INIT, SIPI, shorthands), the LVT (timer, LINT0, LINT1,
 /// error, thermal, performance), and the timer with one-shot, periodic and TSC-deadline modes. Pure model:
@@ -65,6 +74,15 @@ public final class LocalAPIC {
     enum LVT { static let cmci = 0, timer = 1, thermal = 2, performance = 3, lint0 = 4, lint1 = 5, error = 6 }
 
     public init(apicID: UInt8) { self.apicID = apicID }
+
+    /// INIT: every register back to its power-on value but the APIC ID (the CPU itself goes to wait-for-SIPI).
+    public func reset() {
+        tpr = 0; ldr = 0; dfr = 0xffff_ffff; svr = 0xff; esr = 0; pendingESR = 0; icrLow = 0; icrHigh = 0
+        irr = VectorSet(); isr = VectorSet(); tmr = VectorSet()
+        lvt = Array(repeating: 1 << 16, count: 7)
+        divideConfig = 0; initialCount = 0; timerRunning = false; deadline = 0
+        offered = nil
+    }
 
     public var softwareEnabled: Bool { svr & 0x100 != 0 }
     var timerLVT: UInt32 { lvt[LVT.timer] }
@@ -127,7 +145,7 @@ public final class LocalAPIC {
         case 0x2f0: lvt[LVT.cmci] = lvtValue(value, mask: 0x1_07ff)
         case 0x300:
             icrLow = value & 0x000c_cfff
-            return [sendIPI()]
+            return sendIPI()
         case 0x310: icrHigh = value & 0xff00_0000
         case 0x320:
             let oldMode = timerMode
@@ -228,13 +246,15 @@ public final class LocalAPIC {
         return []
     }
 
-    private func sendIPI() -> APICEffect {
+    private func sendIPI() -> [APICEffect] {
         let vector = UInt8(truncatingIfNeeded: icrLow)
         let mode = InterruptMessage.DeliveryMode(rawValue: UInt8((icrLow >> 8) & 7)) ?? .fixed
+        // INIT level de-assert only re-synchronises arbitration IDs on old APICs: nothing to deliver.
+        if mode == .initialize && icrLow & (1 << 15) != 0 && icrLow & (1 << 14) == 0 { return [] }
         if mode == .fixed && vector < 16 { pendingESR |= 1 << 5 }  // send illegal vector
         let message = InterruptMessage(vector: vector, deliveryMode: mode, logical: icrLow & (1 << 11) != 0,
                                        destination: UInt8(icrHigh >> 24), levelTriggered: icrLow & (1 << 15) != 0)
-        return .interprocessorInterrupt(message, shorthand: UInt8((icrLow >> 18) & 3))
+        return [.interprocessorInterrupt(message, shorthand: UInt8((icrLow >> 18) & 3))]
     }
 
     /// Whether this APIC is a destination of `message` (physical ID, or logical flat/cluster model).

@@ -68,7 +68,16 @@ public enum IRQChipProcess {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }
-            for vcpu in chip.updateMailboxes(mailbox) {
+            var kick = Set(chip.updateMailboxes(mailbox))
+            for (vcpu, event) in chip.takeCPUEvents() {
+                switch event {
+                case .nmi: mailbox.signal(.init(nmi: true), vcpu: vcpu)
+                case .initialize: mailbox.signal(.init(initialize: true), vcpu: vcpu)
+                case .startup(let vector): mailbox.signal(.init(startup: vector), vcpu: vcpu)
+                }
+                kick.insert(vcpu)
+            }
+            for vcpu in kick {
                 var one: UInt64 = 1
                 _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
             }
@@ -81,13 +90,17 @@ public enum IRQChipProcess {
 /// level-triggered EOIs back to the IOAPIC). No syscalls: the process around it moves the bytes and the time.
 final class InterruptController {
     let lapics: [LocalAPIC]
-    let ioapic = IOAPIC()
+    let ioapic: IOAPIC
     /// Per vCPU: the vector in its mailbox or taken and not yet acknowledged; nothing new is posted meanwhile.
     private var posted: [UInt8?]
+    /// vCPUs reset by INIT whose mailbox vector must be taken back before anything new is posted.
+    private var withdrawn: Set<Int> = []
     private var timerRequests: [(vcpu: Int, at: UInt64?)] = []
+    private var cpuEvents: [(vcpu: Int, event: CPUEvent)] = []
 
     init(vcpuCount: Int) {
         lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
+        ioapic = IOAPIC(id: UInt8(vcpuCount))  // the ID the MP table gives it, after the CPUs' APIC IDs
         posted = Array(repeating: nil, count: vcpuCount)
     }
 
@@ -116,6 +129,12 @@ final class InterruptController {
         posted[vcpu] = nil
     }
 
+    /// NMIs, INITs and start-up IPIs for the vcpu process (through the mailboxes' event words).
+    func takeCPUEvents() -> [(vcpu: Int, event: CPUEvent)] {
+        defer { cpuEvents.removeAll() }
+        return cpuEvents
+    }
+
     /// Timer arming the process must do (at nil: disarm).
     func takeTimerRequests() -> [(vcpu: Int, at: UInt64?)] {
         defer { timerRequests.removeAll() }
@@ -125,6 +144,8 @@ final class InterruptController {
     /// Offers each vCPU its highest deliverable vector; returns the vCPUs whose mailbox got something new.
     func updateMailboxes(_ mailbox: InterruptMailbox) -> [Int] {
         var kicked: [Int] = []
+        for i in withdrawn { mailbox.withdraw(vcpu: i) }
+        withdrawn.removeAll()
         for i in lapics.indices {
             guard let want = lapics[i].deliverableVector else { continue }
             if let current = posted[i] {
@@ -167,15 +188,11 @@ final class InterruptController {
             switch e {
             case .endOfInterrupt(let vector): deliver(ioapic.endOfInterrupt(vector: vector))
             case .interprocessorInterrupt(let m, let shorthand):
-                let targets: [Int]
                 switch shorthand {
-                case 1: targets = [vcpu]
-                case 2: targets = Array(lapics.indices)
-                case 3: targets = lapics.indices.filter { $0 != vcpu }
-                default: targets = lapics.indices.filter { lapics[$0].isDestination(of: m) }
-                }
-                for t in targets where m.deliveryMode == .fixed || m.deliveryMode == .lowestPriority {
-                    lapics[t].accept(vector: m.vector, levelTriggered: false)
+                case 1: dispatch(m, to: [vcpu])
+                case 2: dispatch(m, to: Array(lapics.indices))
+                case 3: dispatch(m, to: lapics.indices.filter { $0 != vcpu })
+                default: dispatch(m, to: lapics.indices.filter { lapics[$0].isDestination(of: m) })
                 }
             case .armTimer(let at): timerRequests.append((vcpu, at))
             case .cancelTimer: timerRequests.append((vcpu, nil))
@@ -183,12 +200,33 @@ final class InterruptController {
         }
     }
 
+    /// IOAPIC messages to the LAPICs they name.
     func deliver(_ messages: [InterruptMessage]) {
-        for m in messages {
-            for apic in lapics where apic.isDestination(of: m) {
-                apic.accept(vector: m.vector, levelTriggered: m.levelTriggered)
-                if m.deliveryMode == .lowestPriority { break }
+        for m in messages { dispatch(m, to: lapics.indices.filter { lapics[$0].isDestination(of: m) }) }
+    }
+
+    /// One message to its destination CPUs: a fixed vector into IRR (lowest priority: the first of them), an NMI,
+    /// INIT (which also resets the LAPIC and withdraws what was offered) or a start-up IPI to the vcpu process.
+    private func dispatch(_ m: InterruptMessage, to targets: [Int]) {
+        switch m.deliveryMode {
+        case .fixed:
+            for t in targets { lapics[t].accept(vector: m.vector, levelTriggered: m.levelTriggered) }
+        case .lowestPriority:
+            if let t = targets.first { lapics[t].accept(vector: m.vector, levelTriggered: m.levelTriggered) }
+        case .nmi:
+            cpuEvents += targets.map { ($0, .nmi) }
+        case .initialize:
+            for t in targets {
+                lapics[t].reset()
+                posted[t] = nil
+                withdrawn.insert(t)
+                timerRequests.append((t, nil))
+                cpuEvents.append((t, .initialize))
             }
+        case .startup:
+            cpuEvents += targets.map { ($0, .startup(vector: m.vector)) }
+        case .smi, .external:
+            break  // no SMM, no 8259 behind LINT0
         }
     }
 }

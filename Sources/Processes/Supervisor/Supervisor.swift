@@ -186,7 +186,9 @@ public final class Supervisor {
             }
         }
         do {
-            return try GuestLoader.load(kernel: kernel, cmdline: config.bootSource.bootArgs, modules: modules, into: memory)
+            let entry = try GuestLoader.load(kernel: kernel, cmdline: config.bootSource.bootArgs, modules: modules, into: memory)
+            try MPTable.write(cpus: config.machine.vcpuCount, into: memory)
+            return entry
         } catch {
             throw HostSetupError(description: "boot-source.kernel_image_path: \(config.bootSource.kernelImagePath): \(error)")
         }
@@ -251,7 +253,7 @@ public final class Supervisor {
         case .vcpuStopped(let stop):
             switch stop {
             case .halted:
-                Log.report("guest halted with nothing left to wake it (no interrupt sources yet)")
+                Log.report("guest halted: every vCPU stopped with interrupts off, nothing can wake them")
                 return ExitStatus.guestHalted
             case .tripleFault:
                 Log.report("guest triple fault; register dump above")

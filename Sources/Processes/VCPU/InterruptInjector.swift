@@ -17,6 +17,8 @@ final class InterruptInjector: @unchecked Sendable {
     let vcpu: VCPU
     let mailbox: InterruptMailbox
     let kickFD: Int32
+    /// This vCPU's mailbox (its index, which is also its APIC ID).
+    let index: Int
     private let wake: EventFD
     private var vcpuThread: UInt = 0
     private let windowWanted = Atomic<Bool>(false)
@@ -28,6 +30,7 @@ final class InterruptInjector: @unchecked Sendable {
         self.vcpu = vcpu
         self.mailbox = mailbox
         self.kickFD = kickFD
+        index = vcpu.id
         wake = try EventFD()
         _ = try syscallRetrying("sigaction(kick)") { vmm_install_kick_handler(Self.kickSignal) }
     }
@@ -35,7 +38,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// Called on the vCPU thread before its first entry; starts the listener.
     func attachToCurrentThread() throws {
         vcpuThread = vmm_thread_self()
-        listener = try OSThread.start(name: "vcpu0-irq", stackSize: 256 << 10) { [self] in listen() }
+        listener = try OSThread.start(name: "vcpu\(index)-irq", stackSize: 256 << 10) { [self] in listen() }
     }
 
     private func listen() {
@@ -61,7 +64,7 @@ final class InterruptInjector: @unchecked Sendable {
     func beforeEntry() throws -> UInt8? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
-        guard mailbox.hasPending(vcpu: 0) else {
+        guard mailbox.hasPending(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
             return nil
@@ -71,7 +74,7 @@ final class InterruptInjector: @unchecked Sendable {
         let canTake = try wokenFromHalt
             || (run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
         wokenFromHalt = false
-        if canTake, let vector = mailbox.take(vcpu: 0) {
+        if canTake, let vector = mailbox.take(vcpu: index) {
             Log.debug("inject 0x\(String(vector, radix: 16))")
             var irq = kvm_interrupt(irq: UInt32(vector))
             _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
@@ -84,16 +87,36 @@ final class InterruptInjector: @unchecked Sendable {
         return nil
     }
 
-    /// HLT with interrupts enabled: sleeps until the irqchip posts something. Waits on the irqchip's kick itself
-    /// as well as on the listener's wake-up, so that whichever thread sees the kick first, no hop is added.
-    func waitForInterrupt() throws {
-        Log.debug("HLT: waiting for an interrupt")
+    /// NMI, INIT or a start-up IPI waits for this vCPU.
+    var hasEvents: Bool { mailbox.hasEvents(vcpu: index) }
+
+    func takeEvents() -> InterruptMailbox.Events { mailbox.takeEvents(vcpu: index) }
+
+    /// Sleeps until the irqchip signals an event (NMI, INIT, start-up IPI): a parked vCPU, or one waiting for SIPI.
+    func waitForEvent() throws {
+        try sleep(until: { hasEvents })
+    }
+
+    /// Waits on the irqchip's kick itself as well as on the listener's wake-up, so that whichever thread sees the
+    /// kick first, no hop is added.
+    private func sleep(until ready: () -> Bool) throws {
         var value: UInt64 = 0
-        while !mailbox.hasPending(vcpu: 0) {
+        while !ready() {
             let ready = try Poll.wait([kickFD, wake.raw], timeoutMs: 100)
             if !ready[0].isEmpty { _ = Glibc.read(kickFD, &value, 8) }
             if !ready[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
         }
+    }
+
+    /// Injects an NMI (KVM queues it until the guest can take one).
+    func injectNMI() throws {
+        _ = try syscallRetrying("KVM_NMI") { vmm_ioctl_val(vcpu.fd.raw, VMM_KVM_NMI, 0) }
+    }
+
+    /// HLT with interrupts enabled: sleeps until the irqchip posts a vector or an event.
+    func waitForInterrupt() throws {
+        Log.debug("HLT: waiting for an interrupt")
+        try sleep(until: { mailbox.hasPending(vcpu: index) || hasEvents })
         // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
         // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
         var events = try vcpu.events()
@@ -101,6 +124,6 @@ final class InterruptInjector: @unchecked Sendable {
             events.interrupt.shadow = 0
             try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
         }
-        wokenFromHalt = true
+        wokenFromHalt = mailbox.hasPending(vcpu: index)
     }
 }

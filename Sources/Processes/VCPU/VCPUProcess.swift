@@ -40,38 +40,37 @@ public enum VCPUProcess {
         // The start-up probe for TSC-deadline: offered only if its MSR can reach the irqchip.
         let tscDeadline = vm.routeMSRsToUserspace([TSCDeadline.msrIndex])
         Log.debug("TSC-deadline timer \(tscDeadline ? "offered" : "hidden: the host cannot route IA32_TSC_DEADLINE to userspace")")
-        let vcpu = try vm.createVCPU(id: 0)
-        try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: 0, vcpuCount: spec.vcpuCount,
-                                           template: CPUIDTable.userspaceIRQChip(tscDeadline: tscDeadline) + template))
-        try vcpu.apply(spec.entry)
-
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
-        let clients = try spec.channels.map { c in
-            DeviceClient(region: try ChannelRegion(attaching: c.memoryFD, layout: c.layout), lane: 0,
-                         deviceDoorbell: c.deviceDoorbellFD, responseDoorbell: c.responseDoorbellFDs[0],
-                         policy: policy, timeoutMs: spec.deviceTimeoutMs)
+        let regions = try spec.channels.map { c in try ChannelRegion(attaching: c.memoryFD, layout: c.layout) }
+        let mailbox = InterruptMailbox(region: regions[spec.irqchipChannel], vcpus: spec.vcpuCount)
+        let group = try VCPUGroup(count: spec.vcpuCount)
+        // vCPU i is APIC ID i and uses lane i of every channel; vCPU 0 is the bootstrap processor, the others
+        // wait for INIT and a start-up IPI.
+        let runners = try (0..<spec.vcpuCount).map { i in
+            let vcpu = try vm.createVCPU(id: i)
+            try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: i, vcpuCount: spec.vcpuCount,
+                                               template: CPUIDTable.userspaceIRQChip(tscDeadline: tscDeadline) + template))
+            if i == 0 { try vcpu.apply(spec.entry) }
+            let clients = spec.channels.indices.map { c in
+                DeviceClient(region: regions[c], lane: i, deviceDoorbell: spec.channels[c].deviceDoorbellFD,
+                             responseDoorbell: spec.channels[c].responseDoorbellFDs[i], policy: policy,
+                             timeoutMs: spec.deviceTimeoutMs)
+            }
+            let injector = try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i])
+            return try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
+                                  router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes),
+                                  interrupts: injector, irqchipDevice: spec.irqchipChannel, group: group, bootstrap: i == 0)
         }
-        let irqchipRegion = try ChannelRegion(attaching: spec.channels[spec.irqchipChannel].memoryFD,
-                                              layout: spec.channels[spec.irqchipChannel].layout)
-        let injector = try InterruptInjector(vcpu: vcpu, mailbox: InterruptMailbox(region: irqchipRegion, vcpus: spec.vcpuCount),
-                                             kickFD: spec.kickFDs[0])
-        let runner = try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
-                                    router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes),
-                                    interrupts: injector, irqchipDevice: spec.irqchipChannel)
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
         Log.debug("VM set up")
         try HelperSandbox.enter(spec.sandbox, role: "vcpu", controlFD: spec.controlFD, processes: nil)
         Log.debug("sandboxed; entering the guest")
-        return try runOnDedicatedThread(runner)
-    }
-
-    /// KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread.
-    static func runOnDedicatedThread(_ runner: VCPURunner) throws -> ControlMessage.VCPUStop {
-        final class Box: @unchecked Sendable { var stop: ControlMessage.VCPUStop = .setupFailed }
-        let box = Box()
-        let thread = try OSThread.start(name: "vcpu0") { box.stop = runner.run() }
-        thread.join()
-        return box.stop
+        // KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread. The first
+        // one to stop decides; exiting the process ends the others.
+        for runner in runners {
+            _ = try OSThread.start(name: "vcpu\(runner.vcpu.id)") { group.stop(runner.run()) }
+        }
+        return group.waitForStop()
     }
 }

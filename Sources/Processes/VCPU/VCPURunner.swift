@@ -20,6 +20,10 @@ final class VCPURunner: @unchecked Sendable {
     let fallback: EmulationFallback
     let interrupts: InterruptInjector?
     let irqchipDevice: Int?
+    let group: VCPUGroup
+    /// Where this vCPU is in its life: application processors start waiting for a start-up IPI.
+    enum State { case running, waitingForStartup, parked }
+    private var state: State
     private var complainedAbout: Set<Int> = []
     /// Devices with posted writes not yet known to be applied (a read or a sync on that device settles them).
     private var unsettled: Set<Int> = []
@@ -49,7 +53,10 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter,
-         mmioRouter: MMIORouter, interrupts: InterruptInjector?, irqchipDevice: Int?) throws {
+         mmioRouter: MMIORouter, interrupts: InterruptInjector?, irqchipDevice: Int?, group: VCPUGroup,
+         bootstrap: Bool) throws {
+        self.group = group
+        state = bootstrap ? .running : .waitingForStartup
         self.mmioRouter = mmioRouter
         self.interrupts = interrupts
         self.irqchipDevice = irqchipDevice
@@ -65,8 +72,14 @@ final class VCPURunner: @unchecked Sendable {
     /// Runs the guest until it stops; returns why.
     func run() -> ControlMessage.VCPUStop {
         do { try interrupts?.attachToCurrentThread() } catch { return stopWithDump(.setupFailed, "interrupt listener: \(error)") }
+        if state != .running { _ = group.park() }
         while true {
             do {
+                if let injector = interrupts {
+                    if state != .running && !injector.hasEvents { try injector.waitForEvent() }
+                    if injector.hasEvents { try apply(injector.takeEvents(), injector) }
+                    if state != .running { continue }
+                }
                 if let injector = interrupts, let vector = try injector.beforeEntry(), let chip = irqchipDevice {
                     write(device: chip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
                 }
@@ -79,6 +92,28 @@ final class VCPURunner: @unchecked Sendable {
             } catch {
                 return stopWithDump(.setupFailed, "vCPU failed: \(error)")
             }
+        }
+    }
+
+    /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); an NMI wakes a parked
+    /// vCPU and is injected into a running one (a vCPU waiting for SIPI blocks it).
+    private func apply(_ events: InterruptMailbox.Events, _ injector: InterruptInjector) throws {
+        if events.initialize {
+            Log.debug("INIT")
+            if state != .waitingForStartup {
+                if state == .running { _ = group.park() }
+                state = .waitingForStartup
+            }
+        }
+        if let vector = events.startup, state == .waitingForStartup {
+            Log.debug("start-up IPI, vector 0x\(String(vector, radix: 16))")
+            try vcpu.applyStartup(vector: vector)
+            group.unpark()
+            state = .running
+        }
+        if events.nmi && state != .waitingForStartup {
+            if state == .parked { group.unpark(); state = .running }
+            try injector.injectNMI()
         }
     }
 
@@ -130,13 +165,18 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
-    /// HLT with interrupts enabled waits for the irqchip. With IF clear nothing can wake the vCPU (no NMI
-    /// source yet): finish every device's posted writes (so the console is complete and a debug-exit is seen
-    /// first), then report the halt.
+    /// HLT with interrupts enabled waits for the irqchip. With IF clear only an NMI or INIT can wake the vCPU:
+    /// it parks. Once every vCPU is parked the guest has stopped itself: finish every device's posted writes (so
+    /// the console is complete and a debug-exit is seen first), then report the halt.
     func handleHalt() throws -> Action {
         // kvm_run.if_flag can be stale on these hosts; RFLAGS is the authority (one GET_REGS, only on HLT).
         if let injector = interrupts, try vcpu.run.pointee.if_flag != 0 || vcpu.regs().rflags & 0x200 != 0 {
             try injector.waitForInterrupt()
+            return .resume
+        }
+        guard group.park() else {
+            Log.debug("HLT with interrupts off: parked")
+            state = .parked
             return .resume
         }
         for i in clients.indices {

@@ -1,0 +1,79 @@
+/* Two vCPUs: reads the MP table (checksums, enabled processors, the IOAPIC's ID), starts the application
+ * processor with INIT, INIT de-assert and two start-up IPIs (the second must be ignored: it is running), then
+ * exchanges fixed IPIs both ways. Prints "smp: cpus=2 ioapic=2 started=1 apid=1 ipi=1,1" and exits with status 0;
+ * with end=halt it parks itself instead (cli; hlt, as the AP does), which must end the VM as a halt. */
+#include "guest.h"
+
+void isr_from_ap(void);
+void isr_from_bsp(void);
+extern const uint8_t ap_trampoline[], ap_trampoline_end[];
+volatile uint32_t from_ap, from_bsp, ap_started, ap_id, ap_got;
+
+static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
+#define TRAMPOLINE 0x7000
+
+static void send_ipi(uint8_t apic_id, uint32_t low) {
+    lapic[0x310 / 4] = (uint32_t)apic_id << 24;
+    lapic[0x300 / 4] = low;
+}
+
+static uint8_t sum(const volatile uint8_t *p, uint32_t n) {
+    uint8_t s = 0;
+    while (n--) s += *p++;
+    return s;
+}
+
+void ap_main(void) {
+    ap_started++;
+    idt_load();
+    lapic[0xf0 / 4] = 0x1ff;
+    ap_id = lapic[0x20 / 4] >> 24;
+    send_ipi(0, 0x50);                            /* fixed, physical, to the BSP */
+    while (!from_bsp) __asm__ volatile("sti; hlt; cli");
+    ap_got = from_bsp;
+}
+
+void guest_main(uint32_t magic, struct multiboot_info *info) {
+    const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
+    const char *end = cmdline_arg(cmdline, "end");
+    int park = end && end[0] == 'h';
+
+    uint32_t cpus = 0, ioapic = 0xff;
+    const volatile uint8_t *mp = (const volatile uint8_t *)0x9fc00;
+    if (mp[0] == '_' && mp[1] == 'M' && mp[2] == 'P' && mp[3] == '_' && sum(mp, 16) == 0) {
+        const volatile uint8_t *cfg = (const volatile uint8_t *)(uintptr_t)*(const volatile uint32_t *)(mp + 4);
+        uint16_t length = *(const volatile uint16_t *)(cfg + 4), count = *(const volatile uint16_t *)(cfg + 34);
+        if (cfg[0] == 'P' && cfg[1] == 'C' && cfg[2] == 'M' && cfg[3] == 'P' && sum(cfg, length) == 0) {
+            const volatile uint8_t *e = cfg + 44;
+            for (uint16_t i = 0; i < count; i++) {
+                if (e[0] == 0) { cpus += e[3] & 1; e += 20; continue; }
+                if (e[0] == 2) ioapic = e[1];
+                e += 8;
+            }
+        }
+    }
+
+    idt_set_gate(0x50, isr_from_ap);
+    idt_set_gate(0x51, isr_from_bsp);
+    idt_load();
+    lapic[0xf0 / 4] = 0x1ff;
+    volatile uint8_t *dst = (volatile uint8_t *)TRAMPOLINE;
+    for (const uint8_t *p = ap_trampoline; p < ap_trampoline_end; p++) *dst++ = *p;
+
+    send_ipi(1, 0xc500);                          /* INIT, level, assert */
+    send_ipi(1, 0x8500);                          /* INIT de-assert: nothing to deliver */
+    send_ipi(1, 0x0600 | (TRAMPOLINE >> 12));     /* start-up */
+    send_ipi(1, 0x0600 | (TRAMPOLINE >> 12));     /* the second start-up IPI of the MP protocol */
+    while (!from_ap) __asm__ volatile("sti; hlt; cli");
+    send_ipi(1, 0x51);
+    while (!ap_got) __asm__ volatile("pause");
+
+    puts("smp: cpus="); put_dec(cpus);
+    puts(" ioapic="); put_dec(ioapic);
+    puts(" started="); put_dec(ap_started);
+    puts(" apid="); put_dec(ap_id);
+    puts(" ipi="); put_dec(from_ap); puts(","); put_dec(ap_got);
+    puts("\n");
+    if (park) for (;;) __asm__ volatile("cli; hlt");
+    guest_exit(0);
+}
