@@ -1,29 +1,48 @@
 import Memory
 
-/// Picks the loader for a guest image: multiboot v1 first (as QEMU does), then a plain ELF64 executable.
+/// Picks the loader for a guest image: multiboot v1 first (as QEMU does), then a Linux bzImage, then an ELF64
+/// executable (a Linux vmlinux or a test guest).
 public enum GuestLoader {
     /// Loads `kernel` and returns where the vCPU starts.
     ///
-    /// An ELF64 executable starts in long mode with the first 4 GiB identity-mapped, a GDT, RSP below the
-    /// boot-info page, and the same multiboot information as a multiboot image (RAX = magic, RBX = info).
+    /// A bzImage or an ELF64 executable starts in long mode with the first 4 GiB identity-mapped, a GDT whose
+    /// selectors are the boot protocol's, interrupts off, RSI pointing at a Linux zero page, and RAX/RBX holding the
+    /// multiboot magic and information (the same structure a multiboot image gets), so one ELF64 entry serves a
+    /// Linux vmlinux and a small test guest alike. The first module is the initrd.
     public static func load(kernel: [UInt8], cmdline: String, modules: [Multiboot.Module],
                             into memory: GuestMemory) throws(BootError) -> EntryState {
         guard memory.size > Int(X86Layout.highMemory) else { throw .doesNotFit("guest RAM must be larger than 1 MiB") }
         if let header = try Multiboot.findHeader(kernel) {
             return try Multiboot.load(kernel, header: header, cmdline: cmdline, modules: modules, into: memory)
         }
-        guard ELFImage.isELF(kernel) else { throw .unrecognisedImage }
-        let elf = try ELFImage(kernel)
-        guard elf.is64 else { throw .unsupported("a 32-bit ELF without a multiboot header") }
-        guard elf.entry < 1 << 32 else { throw .unsupported("ELF64 entry 0x\(String(elf.entry, radix: 16)) is above the identity map") }
-        let kernelEnd = try elf.load(kernel, into: memory)
+        let entry: UInt64, kernelEnd: UInt64, setupHeader: LinuxBoot.SetupHeader?
+        if LinuxBoot.isBzImage(kernel) {
+            let header = try LinuxBoot.parseHeader(kernel)
+            guard cmdline.utf8.count < header.cmdlineSize else {
+                throw .unsupported("a command line of \(cmdline.utf8.count) bytes (this kernel takes at most \(header.cmdlineSize - 1))")
+            }
+            (entry, kernelEnd) = try LinuxBoot.loadBzImage(kernel, header: header, into: memory)
+            setupHeader = header
+        } else {
+            guard ELFImage.isELF(kernel) else { throw .unrecognisedImage }
+            let elf = try ELFImage(kernel)
+            guard elf.is64 else { throw .unsupported("a 32-bit ELF without a multiboot header") }
+            guard elf.entry < 1 << 32 else { throw .unsupported("ELF64 entry 0x\(String(elf.entry, radix: 16)) is above the identity map") }
+            kernelEnd = try elf.load(kernel, into: memory)
+            entry = elf.entry
+            setupHeader = nil
+        }
         do {
             try X86Layout.writeGDT(memory, longMode: true)
             try X86Layout.writeIdentityPageTables(memory)
         } catch { throw BootError.from(error) }
-        // The multiboot structure is useful to ELF64 guests too: it carries the command line and memory map.
-        let info = try Multiboot.writeInfo(cmdline: cmdline, modules: modules, after: kernelEnd, pageAlign: true, into: memory)
-        return EntryState(mode: .long64, rip: elf.entry, rsp: X86Layout.stackTop, rax: UInt64(Multiboot.bootloaderMagic),
-                          rbx: info, cr3: X86Layout.pml4)
+        let placed = try Multiboot.writeInfo(cmdline: cmdline, modules: modules, after: kernelEnd, pageAlign: true, into: memory)
+        if let initrd = placed.modules.first, let limit = setupHeader?.initrdAddrMax, initrd.start + initrd.size > UInt64(limit) + 1 {
+            throw .doesNotFit("the initrd ends above this kernel's initrd_addr_max 0x\(String(limit, radix: 16))")
+        }
+        try LinuxBoot.writeZeroPage(header: setupHeader?.raw, cmdline: placed.cmdline, cmdlineLength: cmdline.utf8.count,
+                                    initrd: placed.modules.first, into: memory)
+        return EntryState(mode: .long64, rip: entry, rsp: X86Layout.stackTop, rax: UInt64(Multiboot.bootloaderMagic),
+                          rbx: placed.info, rsi: X86Layout.zeroPage, cr3: X86Layout.pml4)
     }
 }

@@ -70,7 +70,7 @@ public enum Multiboot {
                                  pageAlign: header.flags & HeaderFlag.pageAlignModules != 0, into: memory)
         do { try X86Layout.writeGDT(memory, longMode: false) } catch { throw BootError.from(error) }
         guard entry < UInt64(memory.size) else { throw .doesNotFit("entry point 0x\(String(entry, radix: 16)) is outside guest RAM") }
-        return EntryState(mode: .protected32, rip: entry, rax: UInt64(bootloaderMagic), rbx: info)
+        return EntryState(mode: .protected32, rip: entry, rax: UInt64(bootloaderMagic), rbx: info.info)
     }
 
     private static func loadKludge(_ bytes: [UInt8], header: Header, into memory: GuestMemory) throws(BootError) -> (UInt64, UInt64) {
@@ -95,16 +95,20 @@ public enum Multiboot {
         return (UInt64(h.entryAddr), bssEnd)
     }
 
+    /// Where writeInfo put things: the information structure, the command line string, each module's bytes.
+    struct Placement {
+        let info: UInt64
+        let cmdline: UInt64
+        let modules: [(start: UInt64, size: UInt64)]
+    }
+
     /// Writes the information structure, memory map, module list, strings and module contents.
     static func writeInfo(cmdline: String, modules: [Module], after kernelEnd: UInt64, pageAlign: Bool,
-                                  into memory: GuestMemory) throws(BootError) -> UInt64 {
+                                  into memory: GuestMemory) throws(BootError) -> Placement {
         let info = X86Layout.bootInfo
         let mmapAddr = info + 0x100, modsAddr = info + 0x200, stringsAddr = info + 0x400
         let ramEnd = UInt64(memory.size)
-        let map: [(UInt64, UInt64, UInt32)] = [
-            (0, X86Layout.ebda, 1), (X86Layout.ebda, 0xa0000 - X86Layout.ebda, 2), (0xf0000, 0x10000, 2),
-            (X86Layout.highMemory, ramEnd - X86Layout.highMemory, 1),
-        ]
+        let map = X86Layout.memoryMap(ramSize: ramEnd)
         var strings = Array("vmm".utf8) + [0]
         let cmdlineAddr = stringsAddr + UInt64(strings.count)
         strings += Array(cmdline.utf8) + [0]
@@ -117,6 +121,7 @@ public enum Multiboot {
             throw .doesNotFit("command line and module strings exceed \(X86Layout.bootInfoEnd - stringsAddr) bytes")
         }
         guard modules.count <= 16 else { throw .unsupported("more than 16 modules") }
+        var placed: [(start: UInt64, size: UInt64)] = []
         do {
             try memory.fill(info, count: Int(X86Layout.bootInfoEnd - info))
             var flags = InfoFlag.memory | InfoFlag.cmdline | InfoFlag.memoryMap | InfoFlag.bootloaderName
@@ -126,9 +131,9 @@ public enum Multiboot {
             for (i, e) in map.enumerated() {
                 let at = mmapAddr + UInt64(i * 24)
                 try memory.store(UInt32(20), at: at)
-                try memory.store(e.0, at: at + 4)
-                try memory.store(e.1, at: at + 12)
-                try memory.store(e.2, at: at + 20)
+                try memory.store(e.start, at: at + 4)
+                try memory.store(e.size, at: at + 12)
+                try memory.store(e.type, at: at + 20)
             }
             try memory.store(UInt32(map.count * 24), at: info + 44)
             try memory.store(UInt32(mmapAddr), at: info + 48)
@@ -142,6 +147,7 @@ public enum Multiboot {
                     let end = next + UInt64(m.bytes.count)
                     guard end <= ramEnd else { throw BootError.doesNotFit("module \(i) (\(m.bytes.count) bytes)") }
                     try memory.write(m.bytes, at: next)
+                    placed.append((next, UInt64(m.bytes.count)))
                     let at = modsAddr + UInt64(i * 16)
                     try memory.store(UInt32(next), at: at)
                     try memory.store(UInt32(end), at: at + 4)
@@ -153,6 +159,6 @@ public enum Multiboot {
             }
             try memory.store(flags, at: info)
         } catch let e as GuestMemoryError { throw BootError.from(e) } catch { throw error as! BootError }
-        return info
+        return Placement(info: info, cmdline: cmdlineAddr, modules: placed)
     }
 }

@@ -6,6 +6,8 @@ public enum X86Layout {
     public static let pml4: GuestAddress = 0x1000
     public static let pdpt: GuestAddress = 0x2000
     public static let pageDirectories: GuestAddress = 0x3000  // four, mapping 4 GiB with 2 MiB pages
+    /// The Linux boot protocol's zero page (struct boot_params).
+    public static let zeroPage: GuestAddress = 0x7000
     public static let stackTop: GuestAddress = 0x8ff0
     public static let bootInfo: GuestAddress = 0x9000  // multiboot info, memory map, modules, command line
     public static let bootInfoEnd: GuestAddress = 0xa000
@@ -13,6 +15,17 @@ public enum X86Layout {
     public static let highMemory: GuestAddress = 0x10_0000
     /// Nothing a loader places may go below this: it would overwrite the tables above.
     public static let lowestLoadAddress: GuestAddress = bootInfoEnd
+
+    /// One range of the guest's physical memory map (E820 / multiboot types: 1 usable RAM, 2 reserved).
+    public struct MemoryRange: Equatable, Sendable { public let start: UInt64; public let size: UInt64; public let type: UInt32 }
+
+    /// The memory map every loader reports: base memory up to the EBDA (which holds the MP table), the EBDA and
+    /// the BIOS area reserved, RAM from 1 MiB to the end.
+    public static func memoryMap(ramSize: UInt64) -> [MemoryRange] {
+        [MemoryRange(start: 0, size: ebda, type: 1), MemoryRange(start: ebda, size: 0xa0000 - ebda, type: 2),
+         MemoryRange(start: 0xf0000, size: 0x10000, type: 2),
+         MemoryRange(start: highMemory, size: ramSize - highMemory, type: 1)]
+    }
 
     /// GDT selectors shared by every entry mode (the Linux boot protocol's __BOOT_CS and __BOOT_DS).
     public static let codeSelector: UInt16 = 0x10

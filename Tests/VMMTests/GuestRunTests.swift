@@ -114,11 +114,11 @@ final class GuestRunTests: GuestTestCase {
         }
     }
 
-    func testTheVMEndsAsHaltedOnlyWhenEveryVCPUIsParked() throws {
+    func testTheVMPowersOffOnlyWhenEveryVCPUIsHalted() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("smp.elf"), args: "end=halt", vcpus: 2))
-        XCTAssertEqual(run.wait(timeout: 30), 12, run.stderr)
+        XCTAssertEqual(run.wait(timeout: 30), 0, run.stderr)
         XCTAssertEqual(run.stdout, "smp: cpus=2 ioapic=2 started=1 apid=1 ipi=1,1\n")
-        XCTAssertTrue(run.stderr.contains("guest halted: every vCPU stopped with interrupts off"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("guest powered off: every vCPU halted with interrupts off"), run.stderr)
     }
 
     func testInterruptDrivenUARTOutputThroughTheIOAPICAndAMaskedPinStaysQuiet() throws {
@@ -134,11 +134,11 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertEqual(run.stdout, "apicprio: order=60,50 nest=50,60,50e tpr=held,taken level=3\n")
     }
 
-    func testHaltWithNothingToWakeItEndsTheVM() throws {
+    func testHaltWithInterruptsOffIsAPowerOff() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
-        XCTAssertEqual(run.wait(), 12)
+        XCTAssertEqual(run.wait(), 0)
         XCTAssertEqual(run.stdout, "Hello from the guest: zzz\n", "posted console writes are flushed before the halt is reported")
-        XCTAssertTrue(run.stderr.contains("guest halted"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("guest powered off"), run.stderr)
     }
 
     func testSerialInputFromStdinReachesTheGuest() throws {

@@ -12,6 +12,17 @@ public enum ControlMessage: Equatable, Sendable {
     case seccompKilled(syscall: Int32)
     /// Log mode: the helper made a call its policy denies; the call failed with ENOSYS and the helper goes on.
     case seccompLogged(syscall: Int32)
+    /// Something the guest did that a device saw: a reset, a panic, the boot-complete marker.
+    case guest(GuestEvent)
+
+    public enum GuestEvent: UInt32, Equatable, Sendable {
+        /// The CPU reset line was pulsed (i8042): the guest reboots.
+        case reset = 1
+        /// The guest kernel panicked.
+        case panic = 2
+        /// The guest wrote the boot-complete marker (not an end of the VM).
+        case booted = 3
+    }
 
     public enum VCPUStop: Equatable, Sendable {
         case halted
@@ -38,6 +49,7 @@ public enum ControlMessage: Equatable, Sendable {
         case .vcpuStopped(.setupFailed): (kind, arg, value) = (8, 0, 0)
         case .seccompKilled(let nr): (kind, arg, value) = (9, UInt32(bitPattern: nr), 0)
         case .seccompLogged(let nr): (kind, arg, value) = (10, UInt32(bitPattern: nr), 0)
+        case .guest(let event): (kind, arg, value) = (11, event.rawValue, 0)
         }
         return withUnsafeBytes(of: kind.littleEndian, Array.init) + withUnsafeBytes(of: arg.littleEndian, Array.init)
             + withUnsafeBytes(of: value.littleEndian, Array.init)
@@ -63,6 +75,9 @@ public enum ControlMessage: Equatable, Sendable {
         case 9, 10:
             guard arg < 4096 else { return nil }
             self = u32(0) == 9 ? .seccompKilled(syscall: Int32(arg)) : .seccompLogged(syscall: Int32(arg))
+        case 11:
+            guard let event = GuestEvent(rawValue: arg) else { return nil }
+            self = .guest(event)
         default: return nil
         }
     }

@@ -3,8 +3,9 @@ import Devices
 import Glibc
 import System
 
-/// The port-I/O device process: COM1 (8250 UART) and the debug-exit port, served from one channel in
-/// request order, so console bytes written before a debug-exit are always out before the VM ends.
+/// The port-I/O device process: COM1 (8250 UART), the i8042 (for its reset line), the CMOS RTC, the boot timer
+/// and the debug-exit port, served from one channel in request order, so console bytes written before a
+/// debug-exit are always out before the VM ends.
 public enum PIOProcess {
     public static func main(specJSON: String) -> Int32 {
         HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: "pio") { spec in
@@ -15,14 +16,20 @@ public enum PIOProcess {
         }
     }
 
-    /// Bytes for the console, written once per batch of requests rather than once per byte.
+    /// Bytes for the console, written once per batch of requests rather than once per byte; also watched for
+    /// the line a Linux kernel prints when it panics (no pvpanic device without PCI or ACPI).
     final class ConsoleOutput {
         let fd: Int32?
         var pending: [UInt8] = []
         var failed = false
+        private var panicWatch = TextWatch("Kernel panic - not syncing")
+        private(set) var sawPanic = false
         init(fd: Int32?) { self.fd = fd }
 
-        func append(_ byte: UInt8) { if fd != nil { pending.append(byte) } }
+        func append(_ byte: UInt8) {
+            if panicWatch.feed(byte) { sawPanic = true }
+            if fd != nil { pending.append(byte) }
+        }
 
         func flush() {
             guard let fd, !pending.isEmpty else { return }
@@ -43,11 +50,15 @@ public enum PIOProcess {
         let console = ConsoleOutput(fd: spec.consoleOutFD)
         var exitStatus: Int32?
         var exitReported = false
+        var events: [ControlMessage.GuestEvent] = []
         let line = try ChannelLine(spec.uartLine, policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
         let uart = Serial8250(transmit: console.append, line: line)
         let bus = PortBus()
         try bus.attach(uart, at: Serial8250.com1)
         try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort)
+        try bus.attach(I8042 { events.append(.reset) }, at: I8042.dataPort)
+        try bus.attach(CMOSRTC { Int64(wallClockSeconds()) }, at: CMOSRTC.defaultPort)
+        try bus.attach(BootTimer { events.append(.booted) }, at: BootTimer.defaultPort)
 
         var input = spec.consoleInFD
         var inputBuffer = [UInt8](repeating: 0, count: Serial8250.fifoDepth)
@@ -68,10 +79,18 @@ public enum PIOProcess {
                 case .mmioWrite, .response, .interruptAck, .lineLevel, .timerDeadline:
                     break
                 }
-                if let status = exitStatus, !exitReported {
+                if console.sawPanic && !exitReported { events.append(.panic) }
+                if (exitStatus != nil || !events.isEmpty) && !exitReported {
                     console.flush()
-                    ControlMessage.guestExit(status: status).send(on: spec.controlFD)
-                    exitReported = true
+                    for event in events {
+                        ControlMessage.guest(event).send(on: spec.controlFD)
+                        if event != .booted { exitReported = true }
+                    }
+                    events.removeAll()
+                    if let status = exitStatus, !exitReported {
+                        ControlMessage.guestExit(status: status).send(on: spec.controlFD)
+                        exitReported = true
+                    }
                 }
             }
             console.flush()
@@ -104,6 +123,12 @@ public enum PIOProcess {
                 Log.warning("interrupt line \(pin): \(error)")
             }
         }
+    }
+
+    static func wallClockSeconds() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ts.tv_sec
     }
 
     static func mask(_ size: UInt8) -> UInt64 { size >= 8 ? ~0 : (UInt64(1) << (UInt64(size) * 8)) - 1 }

@@ -15,6 +15,8 @@ public final class Supervisor {
     let config: VMConfig
     let executable: String
     let signals: FileDescriptor
+    /// When vmm started (CLOCK_MONOTONIC), for the boot timer.
+    let startedAt = monotonicNanoseconds()
 
     /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
     public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
@@ -110,7 +112,12 @@ public final class Supervisor {
             controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: config.machine.vcpuCount, entry: entry,
             cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
             trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
-            routes: [PortRouteSpec(first: 0x3f8, last: 0x3ff, device: 0), PortRouteSpec(first: 0xf4, last: 0xf4, device: 0)],
+            routes: [PortRouteSpec(first: Serial8250.com1, last: Serial8250.com1 + 7, device: 0),
+                     PortRouteSpec(first: DebugExit.defaultPort, last: DebugExit.defaultPort, device: 0),
+                     PortRouteSpec(first: I8042.dataPort, last: I8042.dataPort, device: 0),
+                     PortRouteSpec(first: I8042.commandPort, last: I8042.commandPort, device: 0),
+                     PortRouteSpec(first: CMOSRTC.defaultPort, last: CMOSRTC.defaultPort + 1, device: 0),
+                     PortRouteSpec(first: BootTimer.defaultPort, last: BootTimer.defaultPort, device: 0)],
             mmioRoutes: [MMIORouteSpec(base: LocalAPIC.defaultBase, size: 0x1000, device: 1,
                                        synchronousOffsets: [LocalAPIC.Register.icrLow]),
                          MMIORouteSpec(base: IOAPIC.defaultBase, size: 0x1000, device: 1, synchronousWrites: true)],
@@ -238,6 +245,10 @@ public final class Supervisor {
             h.ended = try h.process.reap(block: true)
             Log.report("\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
             return ExitStatus.helperDied
+        case .guest(.booted):
+            let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
+            Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")
+            return try readControl(h)
         default:
             return outcome(of: message, from: h)
         }
@@ -248,13 +259,19 @@ public final class Supervisor {
         case .guestExit(let status):
             Log.info("guest requested exit through the debug-exit port: status \(status)")
             return status
-        case .seccompKilled, .seccompLogged:
+        case .seccompKilled, .seccompLogged, .guest(.booted):
             return ExitStatus.helperDied  // handled in readControl
+        case .guest(.reset):
+            Log.report("guest reset the CPU (i8042 reset line): it asked for a reboot; stopping the VM")
+            return ExitStatus.guestReboot
+        case .guest(.panic):
+            Log.report("guest kernel panic (seen on its console); stopping the VM")
+            return ExitStatus.guestPanic
         case .vcpuStopped(let stop):
             switch stop {
             case .halted:
-                Log.report("guest halted: every vCPU stopped with interrupts off, nothing can wake them")
-                return ExitStatus.guestHalted
+                Log.report("guest powered off: every vCPU halted with interrupts off")
+                return ExitStatus.poweredOff
             case .tripleFault:
                 Log.report("guest triple fault; register dump above")
                 return ExitStatus.tripleFault
