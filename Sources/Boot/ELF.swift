@@ -2,7 +2,13 @@ import Memory
 
 /// The loadable parts of an ELF executable (32- or 64-bit, little-endian x86).
 struct ELFImage {
-    struct Segment { let physicalAddress: UInt64; let fileOffset: UInt64; let fileSize: UInt64; let memorySize: UInt64 }
+    struct Segment {
+        let physicalAddress: UInt64
+        var virtualAddress: UInt64 = 0
+        let fileOffset: UInt64
+        let fileSize: UInt64
+        let memorySize: UInt64
+    }
     let is64: Bool
     let entry: UInt64
     let segments: [Segment]
@@ -41,7 +47,7 @@ struct ELFImage {
             guard try r.u32(at) == 1 else { continue }  // PT_LOAD
             let s: Segment
             if is64 {
-                s = Segment(physicalAddress: try r.u64(at + 24), fileOffset: try r.u64(at + 8),
+                s = Segment(physicalAddress: try r.u64(at + 24), virtualAddress: try r.u64(at + 16), fileOffset: try r.u64(at + 8),
                             fileSize: try r.u64(at + 32), memorySize: try r.u64(at + 40))
             } else {
                 s = Segment(physicalAddress: UInt64(try r.u32(at + 12)), fileOffset: UInt64(try r.u32(at + 4)),

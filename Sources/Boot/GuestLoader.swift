@@ -3,6 +3,14 @@ import Memory
 /// Picks the loader for a guest image: multiboot v1 first (as QEMU does), then a Linux bzImage, then an ELF64
 /// executable (a Linux vmlinux or a test guest).
 public enum GuestLoader {
+    /// Whether `kernel` is a Linux kernel: a bzImage, or an ELF64 linked in the kernel's top 2 GiB (a vmlinux).
+    public static func isLinux(_ kernel: [UInt8]) -> Bool {
+        if (try? Multiboot.findHeader(kernel)) != nil { return false }
+        if LinuxBoot.isBzImage(kernel) { return true }
+        guard ELFImage.isELF(kernel), let elf = try? ELFImage(kernel), elf.is64 else { return false }
+        return elf.segments.contains { $0.virtualAddress >= 0xffff_ffff_8000_0000 }
+    }
+
     /// Loads `kernel` and returns where the vCPU starts.
     ///
     /// A bzImage or an ELF64 executable starts in long mode with the first 4 GiB identity-mapped, a GDT whose

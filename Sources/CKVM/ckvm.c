@@ -34,3 +34,12 @@ int vmm_kvm_get_msr(int vcpu_fd, uint32_t index, uint64_t *value) {
     *value = msrs.entry.data;
     return 0;
 }
+
+int vmm_kvm_set_guest_debug(int vcpu_fd, uint32_t control, uint64_t dr0, uint64_t dr7) {
+    struct kvm_guest_debug debug;
+    memset(&debug, 0, sizeof debug);
+    debug.control = control;
+    debug.arch.debugreg[0] = dr0;
+    debug.arch.debugreg[7] = dr7;
+    return ioctl(vcpu_fd, KVM_SET_GUEST_DEBUG, &debug);
+}

@@ -202,6 +202,10 @@ public enum ConfigParser {
         }
         s.spinBudgetMicroseconds = try r.integer("spin_budget_us", in: 0...1_000_000) ?? s.spinBudgetMicroseconds
         s.deviceTimeoutMs = try r.integer("device_timeout_ms", in: 1...600_000) ?? s.deviceTimeoutMs
+        if let quirks = try r.string("host_quirks") {
+            guard quirks == "auto" || quirks == "off" else { throw ConfigError(r.child("host_quirks"), "expected \"auto\" or \"off\"") }
+            s.hostQuirks = quirks == "auto"
+        }
         if let p = r.value("placement") {
             var pr = try ObjectReader(p, path: r.child("placement"))
             s.vcpuCPUs = try cpuList(pr.value("vcpu"), path: pr.child("vcpu"))

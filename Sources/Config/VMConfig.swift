@@ -46,6 +46,9 @@ public struct VMConfig: Equatable, Sendable {
         public var vcpuCPUs: [Int] = []
         public var deviceCPUs: [Int] = []
         public var sandbox = Sandbox()
+        /// Detect a PVM-style host KVM and apply what it needs (CPUID masks, kernel options, the SYSCALL fix-up);
+        /// false: apply nothing, whatever the host.
+        public var hostQuirks = true
     }
 
     /// How helpers are confined. There is no switch to turn confinement off: every path runs sandboxed.

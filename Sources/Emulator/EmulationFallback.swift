@@ -94,6 +94,13 @@ public final class EmulationFallback {
         case .iret:
             try iret(operandSize: i.operandSize, mode: mode, regs: regs, sregs: sregs)
             return "\(i.text) emulated"
+        case .nop, .clac, .cld:
+            // Only reached when stepping over a breakpoint (see the SYSCALL fix-up): KVM runs these itself.
+            if i.operation == .clac { r.rflags &= ~UInt64(0x4_0000) }
+            if i.operation == .cld { r.rflags &= ~UInt64(0x400) }
+            r.rip = next
+            vcpu.setRegs(r)
+            return "\(i.text) stepped over"
         case .other:
             throw Unsupported(reason: "not in the emulation fallback's set")
         }

@@ -33,6 +33,10 @@ public struct DecodedInstruction: Equatable, Sendable {
         case into
         case fwait
         case iret
+        /// No architectural effect beyond RIP: NOP in all its lengths, ENDBR32/64, PAUSE.
+        case nop
+        /// CLAC and CLD: clear RFLAGS.AC / RFLAGS.DF.
+        case clac, cld
         case other
     }
     public let length: Int
@@ -82,6 +86,9 @@ public enum InstructionDecoder {
         case ZYDIS_MNEMONIC_INTO: operation = .into
         case ZYDIS_MNEMONIC_FWAIT: operation = .fwait
         case ZYDIS_MNEMONIC_IRET, ZYDIS_MNEMONIC_IRETD, ZYDIS_MNEMONIC_IRETQ: operation = .iret
+        case ZYDIS_MNEMONIC_NOP, ZYDIS_MNEMONIC_ENDBR32, ZYDIS_MNEMONIC_ENDBR64, ZYDIS_MNEMONIC_PAUSE: operation = .nop
+        case ZYDIS_MNEMONIC_CLAC: operation = .clac
+        case ZYDIS_MNEMONIC_CLD: operation = .cld
         default: operation = .other
         }
         return DecodedInstruction(length: length, operation: operation, operandSize: Int(info.operand_width),

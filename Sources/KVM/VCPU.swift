@@ -144,6 +144,16 @@ public final class VCPU: @unchecked Sendable {
         return f
     }
 
+    /// Arms one instruction breakpoint at `address` (nil: none), or single-steps the next instruction.
+    public func setGuestDebug(breakpoint address: UInt64?, singleStep: Bool = false) throws(KVMError) {
+        var control: UInt32 = 0
+        if address != nil || singleStep { control |= UInt32(KVM_GUESTDBG_ENABLE) }
+        if address != nil { control |= UInt32(KVM_GUESTDBG_USE_HW_BP) }
+        if singleStep { control |= UInt32(KVM_GUESTDBG_SINGLESTEP) }
+        let dr7: UInt64 = address != nil ? 0x401 : 0x400  // L0: DR0 as an instruction breakpoint (RW0 = LEN0 = 0)
+        _ = try kvmCall("KVM_SET_GUEST_DEBUG") { vmm_kvm_set_guest_debug(fd.raw, control, address ?? 0, dr7) }
+    }
+
     public func msr(_ index: UInt32) throws(KVMError) -> UInt64 {
         var value: UInt64 = 0
         _ = try kvmCall("KVM_GET_MSRS") { vmm_kvm_get_msr(fd.raw, index, &value) }

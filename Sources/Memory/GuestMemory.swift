@@ -32,6 +32,11 @@ public final class GuestMemory: @unchecked Sendable {
 
     public func write(_ bytes: some Collection<UInt8>, at address: GuestAddress) throws(GuestMemoryError) {
         let p = try pointer(address, length: bytes.count)
+        // One copy for contiguous bytes (kernel images are tens of MiB); element by element otherwise.
+        let copied: Void? = bytes.withContiguousStorageIfAvailable { buffer in
+            if let base = buffer.baseAddress { p.copyMemory(from: base, byteCount: buffer.count) }
+        }
+        guard copied == nil else { return }
         var i = 0
         for b in bytes { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
     }

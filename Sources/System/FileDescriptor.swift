@@ -101,7 +101,8 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
             if got == 0 { break }
             done += got
         }
-        return Array(out[0..<done])
+        if done < n { out.removeSubrange(done...) }
+        return out
     }
 }
 

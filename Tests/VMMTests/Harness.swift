@@ -57,7 +57,10 @@ enum Harness {
         let stdoutPath = NSTemporaryDirectory() + "vmm-out-\(UUID().uuidString)"
         let stderrPath = NSTemporaryDirectory() + "vmm-err-\(UUID().uuidString)"
 
-        init(arguments: [String], stdin: Data? = nil, environment: [String: String] = [:]) throws {
+        /// The write end of stdin while it stays open (`interactive`), for `type`.
+        private var input: FileHandle?
+
+        init(arguments: [String], stdin: Data? = nil, interactive: Bool = false, environment: [String: String] = [:]) throws {
             FileManager.default.createFile(atPath: stdoutPath, contents: nil)
             FileManager.default.createFile(atPath: stderrPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: Harness.vmm)
@@ -67,17 +70,20 @@ enum Harness {
             }
             process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
             process.standardError = FileHandle(forWritingAtPath: stderrPath)
-            if let stdin {
+            if stdin != nil || interactive {
                 let pipe = Pipe()
                 process.standardInput = pipe
                 try process.run()
-                pipe.fileHandleForWriting.write(stdin)
-                try pipe.fileHandleForWriting.close()
+                if let stdin { pipe.fileHandleForWriting.write(stdin) }
+                if interactive { input = pipe.fileHandleForWriting } else { try pipe.fileHandleForWriting.close() }
             } else {
                 process.standardInput = FileHandle.nullDevice
                 try process.run()
             }
         }
+
+        /// Types `text` on vmm's stdin (an `interactive` run).
+        func type(_ text: String) { input?.write(Data(text.utf8)) }
 
         var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
         var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
@@ -113,8 +119,10 @@ enum Harness {
         }
     }
 
-    static func run(config: String, stdin: Data? = nil, options: [String] = [], environment: [String: String] = [:]) throws -> Run {
-        try Run(arguments: ["run", "--config-file", try writeConfig(config)] + options, stdin: stdin, environment: environment)
+    static func run(config: String, stdin: Data? = nil, interactive: Bool = false, options: [String] = [],
+                    environment: [String: String] = [:]) throws -> Run {
+        try Run(arguments: ["run", "--config-file", try writeConfig(config)] + options, stdin: stdin, interactive: interactive,
+                environment: environment)
     }
 
     /// Every process running this build's vmm binary as a helper role.

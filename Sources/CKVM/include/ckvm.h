@@ -37,6 +37,9 @@ static const unsigned long VMM_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 /// by KVM: enables KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs, then installs a filter denying just those.
 /// Returns 0, or -1 with errno set when the host cannot do it.
 int vmm_kvm_route_msrs_to_userspace(int vm_fd, const uint32_t *indices, int count);
+/// KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags; `dr0` an instruction breakpoint address, armed
+/// through `dr7`. Returns 0, or -1 with errno set.
+int vmm_kvm_set_guest_debug(int vcpu_fd, uint32_t control, uint64_t dr0, uint64_t dr7);
 /// Reads one MSR of a vCPU with KVM_GET_MSRS. Returns 0, or -1 with errno set.
 int vmm_kvm_get_msr(int vcpu_fd, uint32_t index, uint64_t *value);
 
@@ -67,6 +70,10 @@ static inline uint32_t vmm_run_system_event_type(const struct kvm_run *r) { retu
 static inline uint32_t vmm_run_msr_index(const struct kvm_run *r) { return r->msr.index; }
 static inline uint64_t vmm_run_msr_data(const struct kvm_run *r) { return r->msr.data; }
 static inline void vmm_run_msr_complete(struct kvm_run *r, uint64_t data, uint8_t error) { r->msr.data = data; r->msr.error = error; }
+/// The KVM_EXIT_DEBUG view of kvm_run.
+static inline uint64_t vmm_run_debug_pc(const struct kvm_run *r) { return r->debug.arch.pc; }
+static inline uint64_t vmm_run_debug_dr6(const struct kvm_run *r) { return r->debug.arch.dr6; }
+static inline uint32_t vmm_run_debug_exception(const struct kvm_run *r) { return r->debug.arch.exception; }
 /// Sync-regs area: registers KVM copies out on exit (kvm_valid_regs) and in on entry (kvm_dirty_regs).
 static inline struct kvm_regs *vmm_run_sync_regs(struct kvm_run *r) { return &r->s.regs.regs; }
 static inline struct kvm_sregs *vmm_run_sync_sregs(struct kvm_run *r) { return &r->s.regs.sregs; }

@@ -66,6 +66,8 @@ struct VCPUSpec: RoleSpec {
     /// Which channel is the irqchip's (its state area holds the interrupt mailboxes), and its kick eventfds.
     var irqchipChannel: Int
     var kickFDs: [Int32]
+    /// PVM-style host: rewind broken user-mode SYSCALLs (see SyscallFixup).
+    var syscallFixup = false
     var spinMicroseconds: Int
     var deviceTimeoutMs: Int
     var logLevel: Int

@@ -39,32 +39,9 @@ public enum IRQChipProcess {
                 if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
             }
         }
-        while true {
-            // Timers that fired, then everything the vCPUs sent, then the mailboxes.
-            for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
-                chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
-            }
-            while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
-                drainLines()  // device line changes first: they may precede this message causally (see settleDevicesBeforeEOI)
-                let now = monotonicNanoseconds()
-                switch m.operation {
-                case .mmioRead:
-                    try server.respond(lane: lane, to: m, data: UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)))
-                case .mmioWrite:
-                    chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: now)
-                case .portRead:
-                    try server.respond(lane: lane, to: m, data: ~0 & ((1 << (UInt64(m.size) * 8)) &- 1))
-                case .sync:
-                    try server.respond(lane: lane, to: m, data: 0)
-                case .interruptAck:
-                    chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
-                case .timerDeadline:
-                    chip.setDeadline(vcpu: lane, nanosecondsFromNow: m.data, now: now)
-                case .portWrite, .response, .lineLevel:
-                    break
-                }
-            }
-            drainLines()
+        /// Arms timers and offers what is deliverable: after each batch, and before answering a sync, so that a
+        /// synchronous write (an IPI through the ICR) has its interrupt in the mailbox when the write completes.
+        func publish() {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }
@@ -81,6 +58,35 @@ public enum IRQChipProcess {
                 var one: UInt64 = 1
                 _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
             }
+        }
+        while true {
+            // Timers that fired, then everything the vCPUs sent, then the mailboxes.
+            for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
+                chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
+            }
+            while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
+                drainLines()  // device line changes first: they may precede this message causally (see settleDevicesBeforeEOI)
+                let now = monotonicNanoseconds()
+                switch m.operation {
+                case .mmioRead:
+                    try server.respond(lane: lane, to: m, data: UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)))
+                case .mmioWrite:
+                    chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: now)
+                case .portRead:
+                    try server.respond(lane: lane, to: m, data: ~0 & ((1 << (UInt64(m.size) * 8)) &- 1))
+                case .sync:
+                    publish()
+                    try server.respond(lane: lane, to: m, data: 0)
+                case .interruptAck:
+                    chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
+                case .timerDeadline:
+                    chip.setDeadline(vcpu: lane, nanosecondsFromNow: m.data, now: now)
+                case .portWrite, .response, .lineLevel:
+                    break
+                }
+            }
+            drainLines()
+            publish()
             _ = try DeviceServer.wait([server, lines], extra: timers)
         }
     }

@@ -17,12 +17,14 @@ public final class Supervisor {
     let signals: FileDescriptor
     /// When vmm started (CLOCK_MONOTONIC), for the boot timer.
     let startedAt = monotonicNanoseconds()
+    let quirks: HostQuirks?
 
     /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
     public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
         self.config = config
         self.executable = executable
         self.signals = signals
+        quirks = HostQuirks.detect(enabled: config.vmm.hostQuirks)
     }
 
     /// One watched helper.
@@ -110,7 +112,8 @@ public final class Supervisor {
         let vcpuSpec = VCPUSpec(
             kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
             controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: config.machine.vcpuCount, entry: entry,
-            cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
+            cpuid: (quirks?.cpuidMasks ?? [])
+                + config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
             trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
             routes: [PortRouteSpec(first: Serial8250.com1, last: Serial8250.com1 + 7, device: 0),
                      PortRouteSpec(first: DebugExit.defaultPort, last: DebugExit.defaultPort, device: 0),
@@ -121,7 +124,7 @@ public final class Supervisor {
             mmioRoutes: [MMIORouteSpec(base: LocalAPIC.defaultBase, size: 0x1000, device: 1,
                                        synchronousOffsets: [LocalAPIC.Register.icrLow]),
                          MMIORouteSpec(base: IOAPIC.defaultBase, size: 0x1000, device: 1, synchronousWrites: true)],
-            irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) },
+            irqchipChannel: 1, kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) }, syscallFixup: quirks?.syscallFixup ?? false,
             spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
             logLevel: Log.level.rawValue, sandbox: try sandboxSpec(role: "vcpu"))
 
@@ -193,7 +196,14 @@ public final class Supervisor {
             }
         }
         do {
-            let entry = try GuestLoader.load(kernel: kernel, cmdline: config.bootSource.bootArgs, modules: modules, into: memory)
+            var cmdline = config.bootSource.bootArgs
+            if let quirks {
+                // Said once: to everyone when it changes a Linux guest's command line, in the log otherwise.
+                let linux = GuestLoader.isLinux(kernel)
+                if linux { cmdline += " " + quirks.linuxCommandLine.joined(separator: " ") }
+                if linux { Log.report(quirks.summary) } else { Log.info(quirks.summary) }
+            }
+            let entry = try GuestLoader.load(kernel: kernel, cmdline: cmdline, modules: modules, into: memory)
             try MPTable.write(cpus: config.machine.vcpuCount, into: memory)
             return entry
         } catch {

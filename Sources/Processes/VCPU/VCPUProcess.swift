@@ -59,7 +59,8 @@ public enum VCPUProcess {
             let injector = try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i])
             return try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
                                   router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes),
-                                  interrupts: injector, irqchipDevice: spec.irqchipChannel, group: group, bootstrap: i == 0)
+                                  interrupts: injector, irqchipDevice: spec.irqchipChannel, group: group, bootstrap: i == 0,
+                                  syscallFixup: spec.syscallFixup)
         }
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
@@ -71,6 +72,9 @@ public enum VCPUProcess {
         for runner in runners {
             _ = try OSThread.start(name: "vcpu\(runner.vcpu.id)") { group.stop(runner.run()) }
         }
-        return group.waitForStop()
+        let stop = group.waitForStop()
+        // Counted by each vCPU thread without locks: a snapshot that may miss the last few exits of the others.
+        for runner in runners { Log.info(runner.exitSummary()) }
+        return stop
     }
 }

@@ -28,6 +28,10 @@ final class VCPURunner: @unchecked Sendable {
     /// Devices with posted writes not yet known to be applied (a read or a sync on that device settles them).
     private var unsettled: Set<Int> = []
     private var tscDeadline: TSCDeadline
+    /// PVM-style hosts only (see SyscallFixup).
+    let syscallFixup: SyscallFixup?
+    /// Exits by KVM exit reason, reported when the VM stops.
+    private(set) var exitCounts = [Int](repeating: 0, count: 64)
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -35,6 +39,7 @@ final class VCPURunner: @unchecked Sendable {
         table[Int(KVM_EXIT_IO)] = { try $0.handlePortIO() }
         table[Int(KVM_EXIT_MMIO)] = { $0.handleMMIO() }
         table[Int(KVM_EXIT_HLT)] = { try $0.handleHalt() }
+        table[Int(KVM_EXIT_DEBUG)] = { try $0.handleDebug() }
         table[Int(KVM_EXIT_X86_RDMSR)] = { try $0.handleMSR(write: false) }
         table[Int(KVM_EXIT_X86_WRMSR)] = { try $0.handleMSR(write: true) }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
@@ -54,7 +59,7 @@ final class VCPURunner: @unchecked Sendable {
 
     init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter,
          mmioRouter: MMIORouter, interrupts: InterruptInjector?, irqchipDevice: Int?, group: VCPUGroup,
-         bootstrap: Bool) throws {
+         bootstrap: Bool, syscallFixup: Bool) throws {
         self.group = group
         state = bootstrap ? .running : .waitingForStartup
         self.mmioRouter = mmioRouter
@@ -62,6 +67,7 @@ final class VCPURunner: @unchecked Sendable {
         self.irqchipDevice = irqchipDevice
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
+        self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
         self.vcpu = vcpu
         self.memory = memory
         self.clients = clients
@@ -83,7 +89,9 @@ final class VCPURunner: @unchecked Sendable {
                 if let injector = interrupts, let vector = try injector.beforeEntry(), let chip = irqchipDevice {
                     write(device: chip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
                 }
+                try syscallFixup?.refreshIfDue()
                 let reason = try vcpu.runOnce()
+                if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
                     return stopWithDump(.unhandledExit(reason: reason), "unhandled exit reason \(reason)")
@@ -202,6 +210,23 @@ final class VCPURunner: @unchecked Sendable {
             vmm_run_msr_complete(run, tscDeadline.read(now: now), 0)
         }
         return .resume
+    }
+
+    /// A debug exit is the SYSCALL fix-up's breakpoint or step; nothing else arms guest debugging.
+    func handleDebug() throws -> Action {
+        if try syscallFixup?.handleDebugExit() == true { return .resume }
+        return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_DEBUG)),
+                     "debug exit at 0x\(String(vmm_run_debug_pc(vcpu.run), radix: 16)) that no breakpoint of ours explains")
+    }
+
+    /// Exit counts by reason, for the report at the end of a run.
+    func exitSummary() -> String {
+        let names = [KVM_EXIT_IO: "io", KVM_EXIT_MMIO: "mmio", KVM_EXIT_HLT: "hlt", KVM_EXIT_INTR: "kick",
+                     KVM_EXIT_IRQ_WINDOW_OPEN: "irq-window", KVM_EXIT_DEBUG: "debug", KVM_EXIT_INTERNAL_ERROR: "emulation",
+                     KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr", KVM_EXIT_SHUTDOWN: "shutdown"]
+        var parts = exitCounts.indices.filter { exitCounts[$0] > 0 }.map { "\(names[Int32($0)] ?? "reason \($0)") \(exitCounts[$0])" }
+        if let f = syscallFixup { parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))") }
+        return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }
 
     func handleInternalError() throws -> Action {

@@ -1,0 +1,100 @@
+import CKVM
+import Channel
+import Emulator
+import KVM
+import Memory
+
+/// A PVM-style host quirk: SYSCALL from guest user mode jumps to LSTAR but stays at CPL3, so the guest kernel
+/// takes a page fault on its own syscall entry. The fix-up watches the guest's page-fault entry with a hardware
+/// breakpoint (the handler's address is read from the guest's IDT, vector 14, and re-read while the kernel
+/// replaces its IDT during boot). When the exception frame shows a fault at RIP == LSTAR coming from CPL3, the
+/// vCPU is put where a working SYSCALL would have put it: RIP = LSTAR at CPL0 with STAR's kernel selectors, the
+/// user RSP, RFLAGS masked by FMASK (RCX and R11 already hold the return address and flags). The kernel's SYSRET
+/// then works. Any other page fault continues: since this host ignores RFLAGS.RF, the instruction under the
+/// breakpoint is stepped over by the emulation fallback (it is a NOP, ENDBR64, CLAC or CLD in Linux's entry
+/// code), or single-stepped with the breakpoint off when it is something else.
+final class SyscallFixup {
+    enum MSR { static let star: UInt32 = 0xc000_0081, lstar: UInt32 = 0xc000_0082, fmask: UInt32 = 0xc000_0084 }
+    /// How often the IDT is looked at again (it changes a few times during boot, then never).
+    static let refreshNanoseconds: UInt64 = 20_000_000
+
+    let vcpu: VCPU
+    let fallback: EmulationFallback
+    private var handler: UInt64?
+    private var nextRefresh: UInt64 = 0
+    private var singleStepping = false
+    private(set) var fixes = 0
+    private(set) var stepsOver = 0
+
+    init(vcpu: VCPU, fallback: EmulationFallback) {
+        self.vcpu = vcpu
+        self.fallback = fallback
+    }
+
+    /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due.
+    func refreshIfDue() throws(KVMError) {
+        let now = monotonicNanoseconds()
+        guard now >= nextRefresh, !singleStepping else { return }
+        nextRefresh = now + Self.refreshNanoseconds
+        let sregs = try vcpu.sregs()
+        guard sregs.efer & 0x400 != 0, sregs.idt.limit >= 14 * 16 + 15 else { return }  // long mode with an IDT
+        fallback.mmu.update(try vcpu.pagingContext())
+        guard let gate = try? fallback.mmu.read(sregs.idt.base &+ 14 * 16, count: 16) else { return }
+        // A 64-bit gate: offset bits 0-15 in bytes 0-1, 16-31 in bytes 6-7, 32-63 in bytes 8-11.
+        let low = UInt64(Self.littleEndian(gate, at: 0, count: 2)), mid = Self.littleEndian(gate, at: 6, count: 2)
+        let address = low | mid << 16 | Self.littleEndian(gate, at: 8, count: 4) << 32
+        guard gate[5] & 0x80 != 0, address != handler else { return }
+        try vcpu.setGuestDebug(breakpoint: address)
+        if handler == nil { Log.debug("SYSCALL fix-up: page-fault entry at 0x\(String(address, radix: 16))") }
+        handler = address
+    }
+
+    static func littleEndian(_ bytes: [UInt8], at offset: Int, count: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for i in (0..<count).reversed() { value = value << 8 | UInt64(bytes[offset + i]) }
+        return value
+    }
+
+    /// A KVM_EXIT_DEBUG: false when it is not this fix-up's breakpoint or step.
+    func handleDebugExit() throws -> Bool {
+        let run = vcpu.run
+        if singleStepping {
+            singleStepping = false
+            try vcpu.setGuestDebug(breakpoint: handler)
+            return true
+        }
+        guard let handler, vmm_run_debug_pc(run) == handler else { return false }
+        var regs = try vcpu.regs()
+        fallback.mmu.update(try vcpu.pagingContext())
+        let frame = try fallback.mmu.read(regs.rsp, count: 48)
+        func word(_ i: Int) -> UInt64 { Self.littleEndian(frame, at: i * 8, count: 8) }
+        let (faultRIP, faultCS, faultRFLAGS, faultRSP) = (word(1), word(2), word(3), word(4))
+        if faultCS & 3 == 3, faultRIP >= 0xffff_8000_0000_0000, faultRIP == (try vcpu.msr(MSR.lstar)) {
+            let star = try vcpu.msr(MSR.star), fmask = try vcpu.msr(MSR.fmask)
+            var sregs = try vcpu.sregs()
+            let kernelCS = UInt16(truncatingIfNeeded: star >> 32) & 0xfffc
+            sregs.cs.selector = kernelCS; sregs.cs.base = 0; sregs.cs.limit = 0xffff_ffff; sregs.cs.type = 0xb
+            sregs.cs.present = 1; sregs.cs.dpl = 0; sregs.cs.db = 0; sregs.cs.s = 1; sregs.cs.l = 1; sregs.cs.g = 1
+            sregs.ss.selector = kernelCS + 8; sregs.ss.base = 0; sregs.ss.limit = 0xffff_ffff; sregs.ss.type = 0x3
+            sregs.ss.present = 1; sregs.ss.dpl = 0; sregs.ss.db = 1; sregs.ss.s = 1; sregs.ss.l = 0; sregs.ss.g = 1
+            vcpu.setSregs(sregs)
+            regs.rip = faultRIP
+            regs.rsp = faultRSP
+            regs.rflags = (faultRFLAGS & ~fmask) | 2
+            vcpu.setRegs(regs)
+            if fixes == 0 { Log.debug("SYSCALL fix-up: first user system call rewound to CPL0 (return to 0x\(String(regs.rcx, radix: 16)))") }
+            fixes += 1
+            return true
+        }
+        // Another page fault: carry on past the breakpoint.
+        switch try fallback.handle() {
+        case .handled:
+            stepsOver += 1
+        case .unhandled(let why):
+            Log.debug("SYSCALL fix-up: single-stepping past the breakpoint (\(why))")
+            singleStepping = true
+            try vcpu.setGuestDebug(breakpoint: nil, singleStep: true)
+        }
+        return true
+    }
+}
