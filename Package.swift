@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
-        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),
     ],
     swiftLanguageModes: [.v6]

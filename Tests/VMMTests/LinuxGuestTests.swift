@@ -4,7 +4,7 @@ import XCTest
 /// Boots Debian's distro kernel (tools/linux-image) to the busybox /init: slow here (guest kernel code is
 /// emulated on these hosts: minutes per boot), so these run in this one test process, one boot per test.
 /// tools/test builds the image first; without it (a bare `swift test`) they skip loudly.
-final class LinuxBootTests: XCTestCase {
+final class LinuxGuestTests: XCTestCase {
     static let image = ProcessInfo.processInfo.environment["VMM_LINUX_IMAGE"] ?? Harness.sourceRoot + "/out/linux"
     /// Generous: a boot to /init takes about 6 minutes on the nested test hosts, well under a second on hardware KVM.
     static let bootTimeout: TimeInterval = 1200
@@ -19,11 +19,12 @@ final class LinuxBootTests: XCTestCase {
         }
     }
 
-    /// Configs/linux.json's kernel options, with the image from this test's directory.
+    /// Configs/default.json's kernel options, with the image from this test's directory.
     func config(vcpus: Int, initArguments: String?, input: String) throws -> String {
-        let shipped = try String(contentsOfFile: Harness.sourceRoot + "/Configs/linux.json", encoding: .utf8)
+        let shipped = try String(contentsOfFile: Harness.sourceRoot + "/Configs/default.json", encoding: .utf8)
         guard let range = shipped.range(of: #""boot_args": ""#), let end = shipped[range.upperBound...].firstIndex(of: "\"") else {
-            throw XCTSkip("Configs/linux.json has no boot_args")
+            struct NoBootArguments: Error {}
+            throw NoBootArguments()
         }
         var args = String(shipped[range.upperBound..<end])
         if let initArguments { args += " -- " + initArguments }
