@@ -31,7 +31,7 @@ final class LinuxGuestTests: XCTestCase {
         return """
         {"boot-source": {"kernel_image_path": "\(Self.image)/vmlinux", "initrd_path": "\(Self.image)/initramfs.cpio",
                          "boot_args": "\(args)"},
-         "machine-config": {"vcpu_count": \(vcpus), "mem_size_mib": 256},
+         "machine-config": {"vcpu_count": \(vcpus), "mem_size_mib": 128},
          "logger": {"level": "Info"},
          "vmm": {"serial": {"output": "stdout", "input": "\(input)"}}}
         """
