@@ -15,6 +15,13 @@ struct HostQuirks {
     /// The vcpu process rewinds user-mode SYSCALLs that the host leaves at CPL3 (see SyscallFixup).
     let syscallFixup = true
 
+    /// `cmdline` with the kernel options added before a "--" (what follows it belongs to init).
+    func addingLinuxOptions(to cmdline: String) -> String {
+        var words = cmdline.split(separator: " ").map(String.init)
+        words.insert(contentsOf: linuxCommandLine, at: words.firstIndex(of: "--") ?? words.endIndex)
+        return words.joined(separator: " ")
+    }
+
     /// The host's quirks, or nil on a host that needs none (or when the config turned them off).
     static func detect(enabled: Bool) -> HostQuirks? {
         guard enabled, access("/sys/module/kvm_pvm", F_OK) == 0 else { return nil }

@@ -200,7 +200,7 @@ public final class Supervisor {
             if let quirks {
                 // Said once: to everyone when it changes a Linux guest's command line, in the log otherwise.
                 let linux = GuestLoader.isLinux(kernel)
-                if linux { cmdline += " " + quirks.linuxCommandLine.joined(separator: " ") }
+                if linux { cmdline = quirks.addingLinuxOptions(to: cmdline) }
                 if linux { Log.report(quirks.summary) } else { Log.info(quirks.summary) }
             }
             let entry = try GuestLoader.load(kernel: kernel, cmdline: cmdline, modules: modules, into: memory)
