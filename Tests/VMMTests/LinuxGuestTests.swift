@@ -62,7 +62,9 @@ final class LinuxGuestTests: XCTestCase {
         let run = try Harness.run(config: try config(vcpus: 2, initArguments: "nproc", input: "none"))
         XCTAssertEqual(run.wait(timeout: Self.bootTimeout), 0, run.stdout + run.stderr)
         XCTAssertTrue(run.stdout.contains("smp: Brought up 1 node, 2 CPUs"), run.stdout)
-        XCTAssertTrue(run.stdout.contains("vmm-guest: init ready\n2\nvmm-guest: command exited with status 0"), run.stdout)
+        // The guest's tty turns "\n" into "\r\n".
+        let console = run.stdout.replacingOccurrences(of: "\r\n", with: "\n")
+        XCTAssertTrue(console.contains("vmm-guest: init ready\n2\nvmm-guest: command exited with status 0"), run.stdout)
         report("2 vCPUs, nproc", run, started: started)
     }
 }
