@@ -79,19 +79,20 @@ public enum PIOProcess {
                 case .mmioWrite, .response, .interruptAck, .lineLevel, .timerDeadline:
                     break
                 }
-                if console.sawPanic && !exitReported { events.append(.panic) }
+                // What the guest did, in order, until one of them ends the VM; nothing after that.
+                if console.sawPanic { events.append(.panic) }
                 if (exitStatus != nil || !events.isEmpty) && !exitReported {
                     console.flush()
-                    for event in events {
+                    for event in events where !exitReported {
                         ControlMessage.guest(event).send(on: spec.controlFD)
-                        if event != .booted { exitReported = true }
+                        exitReported = event != .booted
                     }
-                    events.removeAll()
                     if let status = exitStatus, !exitReported {
                         ControlMessage.guestExit(status: status).send(on: spec.controlFD)
                         exitReported = true
                     }
                 }
+                events.removeAll()
             }
             console.flush()
 
