@@ -72,10 +72,11 @@ struct ELFImage {
             guard s.physicalAddress >= X86Layout.lowestLoadAddress else {
                 throw .doesNotFit("segment at 0x\(String(s.physicalAddress, radix: 16)) overlaps the boot tables below 0x\(String(X86Layout.lowestLoadAddress, radix: 16))")
             }
+            let contents = try r.slice(s.fileOffset, s.fileSize)
             do {
-                try memory.write(try r.slice(s.fileOffset, s.fileSize), at: s.physicalAddress)
+                try memory.write(contents, at: s.physicalAddress)
                 try memory.fill(s.physicalAddress + s.fileSize, count: Int(s.memorySize - s.fileSize))
-            } catch let e as GuestMemoryError { throw BootError.from(e) } catch { throw error as! BootError }
+            } catch { throw BootError.from(error) }
             end = max(end, s.physicalAddress + s.memorySize)
         }
         return end

@@ -88,10 +88,11 @@ public enum Multiboot {
         }
         guard bssEnd <= UInt64(memory.size) else { throw .doesNotFit("image ends at 0x\(String(bssEnd, radix: 16))") }
         let r = ImageReader(bytes: bytes)
+        let image = try r.slice(fileStart, count)
         do {
-            try memory.write(try r.slice(fileStart, count), at: UInt64(h.loadAddr))
+            try memory.write(image, at: UInt64(h.loadAddr))
             try memory.fill(loadEnd, count: Int(bssEnd - loadEnd))
-        } catch let e as GuestMemoryError { throw BootError.from(e) } catch { throw error as! BootError }
+        } catch { throw BootError.from(error) }
         return (UInt64(h.entryAddr), bssEnd)
     }
 
@@ -121,7 +122,16 @@ public enum Multiboot {
             throw .doesNotFit("command line and module strings exceed \(X86Layout.bootInfoEnd - stringsAddr) bytes")
         }
         guard modules.count <= 16 else { throw .unsupported("more than 16 modules") }
+        // Where each module goes: after the kernel, page-aligned if asked, all inside RAM.
         var placed: [(start: UInt64, size: UInt64)] = []
+        var next = (kernelEnd + 0xfff) & ~0xfff
+        for (i, m) in modules.enumerated() {
+            if pageAlign { next = (next + 0xfff) & ~0xfff }
+            let end = next + UInt64(m.bytes.count)
+            guard end <= ramEnd else { throw .doesNotFit("module \(i) (\(m.bytes.count) bytes)") }
+            placed.append((next, UInt64(m.bytes.count)))
+            next = end
+        }
         do {
             try memory.fill(info, count: Int(X86Layout.bootInfoEnd - info))
             var flags = InfoFlag.memory | InfoFlag.cmdline | InfoFlag.memoryMap | InfoFlag.bootloaderName
@@ -141,24 +151,18 @@ public enum Multiboot {
             try memory.write(strings, at: stringsAddr)
             if !modules.isEmpty {
                 flags |= InfoFlag.modules
-                var next = (kernelEnd + 0xfff) & ~0xfff
                 for (i, m) in modules.enumerated() {
-                    if pageAlign { next = (next + 0xfff) & ~0xfff }
-                    let end = next + UInt64(m.bytes.count)
-                    guard end <= ramEnd else { throw BootError.doesNotFit("module \(i) (\(m.bytes.count) bytes)") }
-                    try memory.write(m.bytes, at: next)
-                    placed.append((next, UInt64(m.bytes.count)))
+                    try memory.write(m.bytes, at: placed[i].start)
                     let at = modsAddr + UInt64(i * 16)
-                    try memory.store(UInt32(next), at: at)
-                    try memory.store(UInt32(end), at: at + 4)
+                    try memory.store(UInt32(placed[i].start), at: at)
+                    try memory.store(UInt32(placed[i].start + placed[i].size), at: at + 4)
                     try memory.store(UInt32(moduleStringAddrs[i]), at: at + 8)
-                    next = end
                 }
                 try memory.store(UInt32(modules.count), at: info + 20)
                 try memory.store(UInt32(modsAddr), at: info + 24)
             }
             try memory.store(flags, at: info)
-        } catch let e as GuestMemoryError { throw BootError.from(e) } catch { throw error as! BootError }
+        } catch { throw BootError.from(error) }
         return Placement(info: info, cmdline: cmdlineAddr, modules: placed)
     }
 }

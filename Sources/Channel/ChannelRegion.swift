@@ -53,23 +53,21 @@ public final class ChannelRegion: @unchecked Sendable {
 
     /// Creates the memfd for a new channel (supervisor side) and initialises it.
     public static func create(layout: ChannelLayout, name: String) throws(ChannelError) -> FileDescriptor {
-        do {
-            let fd = try MemFD.create(name: name, size: layout.byteSize)
-            let region = try ChannelRegion(fd: fd.raw, layout: layout, validate: false)
-            region.initialise()
-            return fd
-        } catch let e as SystemError { throw .system(e) } catch { throw error as! ChannelError }
+        let fd: FileDescriptor
+        do { fd = try MemFD.create(name: name, size: layout.byteSize) } catch { throw .system(error) }
+        let region = try ChannelRegion(fd: fd.raw, layout: layout, validate: false)
+        region.initialise()
+        return fd
     }
 
     /// Maps an existing channel; checks the header written by `create`.
     public convenience init(attaching fd: Int32, layout: ChannelLayout) throws(ChannelError) {
-        do { try self.init(fd: fd, layout: layout, validate: true) } catch let e as SystemError { throw .system(e) }
-        catch { throw error as! ChannelError }
+        try self.init(fd: fd, layout: layout, validate: true)
     }
 
-    private init(fd: Int32, layout: ChannelLayout, validate: Bool) throws {
+    private init(fd: Int32, layout: ChannelLayout, validate: Bool) throws(ChannelError) {
         self.layout = layout
-        mapping = try MappedRegion(fd: fd, size: layout.byteSize)
+        do { mapping = try MappedRegion(fd: fd, size: layout.byteSize) } catch { throw .system(error) }
         if validate {
             let b = mapping.base
             guard b.load(as: UInt64.self) == ChannelLayout.magic,
