@@ -134,6 +134,19 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertEqual(run.stdout, "apicprio: order=60,50 nest=50,60,50e tpr=held,taken level=3\n")
     }
 
+    func testBootTimerResetLineAndPanicLineEndTheRunAsLinuxWould() throws {
+        let boot = try Harness.run(config: Harness.config(kernel: try Harness.guest("events.elf"), args: "do=boot"))
+        XCTAssertEqual(boot.wait(timeout: 30), 1, boot.stderr)
+        XCTAssertTrue(boot.stderr.contains("guest boot completed (boot-timer port 0x3f0)"), boot.stderr)
+        let reset = try Harness.run(config: Harness.config(kernel: try Harness.guest("events.elf"), args: "do=reset"))
+        XCTAssertEqual(reset.wait(timeout: 30), 14, reset.stderr)
+        XCTAssertTrue(reset.stderr.contains("i8042 reset line"), reset.stderr)
+        let panic = try Harness.run(config: Harness.config(kernel: try Harness.guest("events.elf"), args: "do=panic"))
+        XCTAssertEqual(panic.wait(timeout: 30), 16, panic.stderr)
+        XCTAssertTrue(panic.stdout.hasSuffix("Kernel panic - not syncing: Attempted to kill init!\n"), "the console is complete")
+        XCTAssertTrue(panic.stderr.contains("guest kernel panic"), panic.stderr)
+    }
+
     func testHaltWithInterruptsOffIsAPowerOff() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 0)

@@ -23,11 +23,14 @@ public enum PIOProcess {
         var pending: [UInt8] = []
         var failed = false
         private var panicWatch = TextWatch("Kernel panic - not syncing")
+        private var inPanicLine = false
+        /// The panic line is complete (with its reason), so the report can carry it.
         private(set) var sawPanic = false
         init(fd: Int32?) { self.fd = fd }
 
         func append(_ byte: UInt8) {
-            if panicWatch.feed(byte) { sawPanic = true }
+            if inPanicLine && byte == UInt8(ascii: "\n") { sawPanic = true }
+            if panicWatch.feed(byte) { inPanicLine = true }
             if fd != nil { pending.append(byte) }
         }
 
