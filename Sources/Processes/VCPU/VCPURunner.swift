@@ -30,6 +30,8 @@ final class VCPURunner: @unchecked Sendable {
     private var tscDeadline: TSCDeadline
     /// PVM-style hosts only (see SyscallFixup).
     let syscallFixup: SyscallFixup?
+    /// The RIP of an emulation failure the fallback could not handle, already retried once.
+    private var retriedRIP: UInt64?
     /// Exits by KVM exit reason, reported when the VM stops.
     private(set) var exitCounts = [Int](repeating: 0, count: 64)
 
@@ -92,6 +94,7 @@ final class VCPURunner: @unchecked Sendable {
                 try syscallFixup?.refreshIfDue()
                 let reason = try vcpu.runOnce()
                 if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
+                if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
                     return stopWithDump(.unhandledExit(reason: reason), "unhandled exit reason \(reason)")
@@ -238,6 +241,14 @@ final class VCPURunner: @unchecked Sendable {
                 Log.debug("emulation fallback: \(what)")
                 return .resume
             case .unhandled(let why):
+                // Another vCPU may have rewritten the instruction since KVM gave up on it (Linux patches kernel
+                // text through INT3 while other CPUs run it): run it again once before calling it unhandled.
+                let rip = try vcpu.regs().rip
+                if rip != retriedRIP {
+                    retriedRIP = rip
+                    Log.debug("emulation fallback: \(why); retrying once, the instruction may have been rewritten")
+                    return .resume
+                }
                 return fatal(.internalError(suberror: sub), "KVM instruction emulation failed and the fallback cannot handle it: \(why)")
             }
         }
