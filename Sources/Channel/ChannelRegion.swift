@@ -98,6 +98,30 @@ public final class ChannelRegion: @unchecked Sendable {
         RingView(base: mapping.base + layout.responseOffset(lane: lane), layout: layout.ring)
     }
 
+    /// Requests on every lane that the device has not yet handled (see `DeviceServer.commit`), and how many of
+    /// them are posted writes, whose effect is lost if the device never handles them. Read by a third party (the
+    /// supervisor stopping a VM) from indices both peers can scribble on: an impossible pair counts as a full ring.
+    public func unhandledRequests() -> (all: Int, postedWrites: Int) {
+        var all = 0
+        var posted = 0
+        for lane in 0..<layout.lanes {
+            let ring = requestRing(lane)
+            let head = ring.head.pointee.load(ordering: .acquiring)
+            let tail = ring.tail.pointee.load(ordering: .acquiring)
+            guard tail >= head, tail - head <= UInt64(layout.ring.capacity) else {
+                all += layout.ring.capacity
+                continue
+            }
+            all += Int(tail - head)
+            var index = head
+            while index != tail {
+                if let m = try? Message.load(from: ring.slot(index)), !m.operation.needsResponse { posted += 1 }
+                index &+= 1
+            }
+        }
+        return (all, posted)
+    }
+
     /// The area a device keeps its restartable state in.
     public var state: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: mapping.base + layout.stateOffset, count: layout.stateSize)

@@ -10,6 +10,11 @@ public struct DeviceServer: @unchecked Sendable {
     public let policy: WaitPolicy
     public let region: ChannelRegion
     private var nextLane = 0
+    /// Requests taken since the last `commit()`.
+    public private(set) var uncommitted = 0
+    /// At most this many requests are taken between commits, so that a producer waiting on a full ring is not
+    /// held back for long and one busy lane cannot keep the device from its other work.
+    public var batchLimit: Int { max(1, region.layout.ring.capacity / 2) }
 
     public init(region: ChannelRegion, deviceDoorbell: Int32, responseDoorbells: [Int32], policy: WaitPolicy) {
         precondition(responseDoorbells.count == region.layout.lanes)
@@ -21,19 +26,32 @@ public struct DeviceServer: @unchecked Sendable {
         self.policy = policy
     }
 
-    /// The next request from any lane, or nil when none is waiting. A malformed request is consumed and thrown
-    /// together with its lane so that the caller can answer a read with all-ones and keep going.
+    /// The next request from any lane, or nil when none is waiting or `batchLimit` requests await a `commit()`.
+    /// A malformed request is consumed and thrown together with its lane so that the caller can answer a read
+    /// with all-ones and keep going.
     public mutating func poll() throws(LaneError) -> (lane: Int, message: Message)? {
+        guard uncommitted < batchLimit else { return nil }
         for i in 0..<requests.count {
             let lane = (nextLane + i) % requests.count
             let message: Message?
-            do { message = try requests[lane].pop() } catch { throw LaneError(lane: lane, error: error) }
+            do { message = try requests[lane].take() } catch {
+                uncommitted += 1
+                throw LaneError(lane: lane, error: error)
+            }
             if let message {
                 nextLane = lane
+                uncommitted += 1
                 return (lane, message)
             }
         }
         return nil
+    }
+
+    /// Declares every request taken so far handled: their effects are out (console bytes written, state
+    /// changed). Until then a request counts as not yet applied for whoever watches the channel.
+    public mutating func commit() {
+        for r in requests { r.publishTaken() }
+        uncommitted = 0
     }
 
     /// The next well-formed request, nil when none is waiting. Malformed ones are consumed and handed to
@@ -57,14 +75,17 @@ public struct DeviceServer: @unchecked Sendable {
         if responses[lane].consumerSleeping() { try ring(responseDoorbells[lane]) }
     }
 
-    /// Waits until a request is waiting or one of `extra` descriptors is readable; returns the readiness of
-    /// `extra`. Spins first, then announces sleep on every lane and blocks.
-    public func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
-        try Self.wait([self], extra: extra, timeoutMs: timeoutMs)
+    /// Commits what was taken, then waits until a request is waiting or one of `extra` descriptors is readable;
+    /// returns the readiness of `extra`. Spins first, then announces sleep on every lane and blocks.
+    public mutating func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        commit()
+        return try Self.wait([self], extra: extra, timeoutMs: timeoutMs)
     }
 
     /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines).
+    /// Each server must be committed first.
     public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        precondition(servers.allSatisfy { $0.uncommitted == 0 }, "commit before waiting")
         let rings = servers.flatMap(\.requests)
         let none = [Poll.Event](repeating: [], count: extra.count)
         let budget = servers.map(\.policy.spinMicroseconds).max() ?? 0

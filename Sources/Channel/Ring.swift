@@ -85,8 +85,18 @@ public struct RingConsumer: @unchecked Sendable {
         ring.tail.pointee.load(ordering: .acquiring) != head
     }
 
-    /// Takes the next message, nil when empty. A corrupt tail or slot throws; a bad slot is consumed.
+    /// Takes the next message and frees its slot at once, nil when empty. A corrupt tail or slot throws; a bad
+    /// slot is consumed.
     public mutating func pop() throws(MessageError) -> Message? {
+        let message = try take()
+        publishTaken()
+        return message
+    }
+
+    /// Takes the next message but keeps its slot until `publishTaken()`: the published head then means "handled",
+    /// not just "copied out", so whoever watches the ring (the supervisor draining a stopping VM, a restarted
+    /// device resuming) knows which messages have taken effect.
+    public mutating func take() throws(MessageError) -> Message? {
         let tail = ring.tail.pointee.load(ordering: .acquiring)
         if tail == head { return nil }
         guard tail > head, tail - head <= UInt64(ring.layout.capacity) else {
@@ -94,8 +104,12 @@ public struct RingConsumer: @unchecked Sendable {
         }
         let slot = ring.slot(head)
         head &+= 1
-        defer { ring.head.pointee.store(head, ordering: .releasing) }
         return try Message.load(from: slot)
+    }
+
+    /// Publishes every message taken so far as handled, freeing their slots for the producer.
+    public func publishTaken() {
+        ring.head.pointee.store(head, ordering: .releasing)
     }
 
     /// Announces (true) or withdraws (false) that this consumer is about to block on its doorbell.

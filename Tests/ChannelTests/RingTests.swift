@@ -31,6 +31,32 @@ final class RingTests: XCTestCase {
         }
     }
 
+    /// A device's requests count as unhandled until it commits them, so a third party watching the channel (the
+    /// supervisor stopping a VM) knows what has taken effect; the batch limit keeps a full ring moving.
+    func testRequestsStayUnhandledUntilTheDeviceCommits() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 2, capacity: 8))
+        let doorbell = try EventFD()
+        var lane0 = RingProducer(ch.vcpu.requestRing(0))
+        var lane1 = RingProducer(ch.vcpu.requestRing(1))
+        var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
+                                  policy: WaitPolicy(spinMicroseconds: 0))
+        for i in 0..<6 { XCTAssertTrue(try lane0.push(message(UInt64(i)))) }
+        XCTAssertTrue(try lane1.push(Message(sequence: 9, operation: .sync, size: 0, address: 0, data: 0)))
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 7)
+        XCTAssertEqual(ch.vcpu.unhandledRequests().postedWrites, 6, "the sync is not a posted write")
+
+        var taken = 0
+        while try server.poll() != nil { taken += 1 }
+        XCTAssertEqual(taken, server.batchLimit, "at most half a ring between commits")
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 7, "taken is not handled")
+        server.commit()
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 7 - taken)
+        while try server.poll() != nil { taken += 1 }
+        server.commit()
+        XCTAssertEqual(taken, 7)
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 0)
+    }
+
     func testFullRingRefusesUntilConsumed() throws {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         var producer = RingProducer(ch.vcpu.requestRing(0))

@@ -62,6 +62,54 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertTrue(err.contains("vmm: the vCPU stopped on an exit it cannot handle"), err)
     }
 
+    /// The guest's last console byte is a posted write the pio process may not have applied when the vCPU stops:
+    /// it must still come out, whatever stopped the VM, also on a busy machine where the pio process runs late.
+    func testOutputPostedBeforeAFatalStopIsCompleteOnABusyMachine() throws {
+        let guests = [("unhandled64.elf", Int32(8), "unhandled64: about to run xrstor\n"),
+                      ("triplefault.elf", Int32(6), "about to triple fault\n")]
+        try Harness.withCPUHogs(4) {
+            for round in 0..<25 {
+                for (guest, status, text) in guests {
+                    let run = try Harness.run(config: Harness.config(kernel: try Harness.guest(guest), args: ""))
+                    XCTAssertEqual(run.wait(timeout: 30), status, "\(guest), round \(round): \(run.stderr)")
+                    XCTAssertEqual(run.stdout, text, "\(guest), round \(round)")
+                }
+            }
+        }
+    }
+
+    /// Posted writes that a device can no longer apply are counted and said, not dropped in silence.
+    func testPostedWritesADeadDeviceNeverTookAreReported() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000 op=out port=1023"))
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        let pio = try XCTUnwrap(Harness.helperPIDs(of: run.process.processIdentifier).first { Harness.role(of: $0) == "pio" })
+        XCTAssertEqual(kill(pio, SIGSTOP), 0)
+        usleep(300_000)  // the vCPU fills the pio ring with scratch-register writes
+        XCTAssertEqual(kill(pio, SIGKILL), 0)
+        XCTAssertEqual(run.wait(timeout: 20), 10, run.stderr)
+        let err = run.stderr
+        XCTAssertNotNil(err.range(of: #"\d+ posted writes to the pio process never took effect: the process killed by signal 9"#,
+                                  options: .regularExpression), err)
+        XCTAssertTrue(err.contains("vmm: pio process (pid \(pio)) killed by signal 9 (SIGKILL)"), err)
+    }
+
+    /// A hung device gets `device_timeout_ms` to apply what it was sent when the VM stops, then vmm says what it
+    /// never applied and ends anyway.
+    func testCtrlCWithAHungDeviceEndsAfterTheDeviceTimeoutAndCountsItsWrites() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000 op=out port=1023",
+                                                         extra: #", "device_timeout_ms": 300"#))
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        let pio = try XCTUnwrap(Harness.helperPIDs(of: run.process.processIdentifier).first { Harness.role(of: $0) == "pio" })
+        XCTAssertEqual(kill(pio, SIGSTOP), 0)
+        usleep(100_000)
+        XCTAssertEqual(kill(run.process.processIdentifier, SIGINT), 0)
+        XCTAssertEqual(run.wait(timeout: 20), 130, run.stderr)
+        let err = run.stderr
+        XCTAssertNotNil(err.range(of: #"\d+ posted writes to the pio process never took effect: it did not handle them within 300 ms"#,
+                                  options: .regularExpression), err)
+        XCTAssertTrue(err.contains("vmm: SIGINT received; stopping the VM"), err)
+    }
+
     func testAPICRegistersAreServedByTheIRQChipProcess() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("apicinfo.elf"), args: ""))
         XCTAssertEqual(run.wait(), 1, run.stderr)

@@ -125,6 +125,21 @@ enum Harness {
                 environment: environment)
     }
 
+    /// Runs `body` while `count` busy-looping processes compete for the CPUs, so that helpers run late.
+    static func withCPUHogs(_ count: Int, _ body: () throws -> Void) throws {
+        let hogs = try (0..<count).map { _ in
+            let hog = Process()
+            hog.executableURL = URL(fileURLWithPath: "/bin/sh")
+            hog.arguments = ["-c", "while :; do :; done"]
+            try hog.run()
+            return hog
+        }
+        defer {
+            for hog in hogs { hog.terminate(); hog.waitUntilExit() }
+        }
+        try body()
+    }
+
     /// Every process running this build's vmm binary as a helper role.
     static func allHelperPIDs() -> [pid_t] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

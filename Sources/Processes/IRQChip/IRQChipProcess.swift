@@ -38,6 +38,7 @@ public enum IRQChipProcess {
             while let (_, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) {
                 if m.operation == .lineLevel { chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0) }
             }
+            lines.commit()
         }
         /// Arms timers and offers what is deliverable: after each batch, and before answering a sync, so that a
         /// synchronous write (an IPI through the ICR) has its interrupt in the mailbox when the write completes.
@@ -87,6 +88,7 @@ public enum IRQChipProcess {
             }
             drainLines()
             publish()
+            server.commit()
             _ = try DeviceServer.wait([server, lines], extra: timers)
         }
     }

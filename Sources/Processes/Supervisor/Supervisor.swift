@@ -32,11 +32,14 @@ public final class Supervisor {
         let role: String
         let process: ChildProcess
         let control: FileDescriptor
+        /// The channels this helper serves (none for the vcpu process, which only posts to them).
+        let channels: [ChannelRegion]
         var ended: ChildProcess.Outcome?
-        init(role: String, process: consuming ChildProcess, control: consuming FileDescriptor) {
+        init(role: String, process: consuming ChildProcess, control: consuming FileDescriptor, channels: [ChannelRegion]) {
             self.role = role
             self.process = process
             self.control = control
+            self.channels = channels
         }
     }
 
@@ -136,22 +139,24 @@ public final class Supervisor {
         helpers.append(try spawnHelper("vcpu", spec: vcpuSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
                                        fds: vcpuFDs.fds, control: vcpuControl.readEnd, cpus: config.vmm.vcpuCPUs))
         helpers.append(try spawnHelper("pio", spec: pioSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
-                                       fds: pioFDs.fds, control: pioControl.readEnd, cpus: config.vmm.deviceCPUs))
+                                       fds: pioFDs.fds, control: pioControl.readEnd, cpus: config.vmm.deviceCPUs,
+                                       serves: [pioChannel]))
         helpers.append(try spawnHelper("irqchip", spec: irqchipSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
-                                       fds: irqchipFDs.fds, control: irqchipControl.readEnd, cpus: config.vmm.deviceCPUs))
+                                       fds: irqchipFDs.fds, control: irqchipControl.readEnd, cpus: config.vmm.deviceCPUs,
+                                       serves: [irqchipChannel, linesChannel]))
         Log.debug("helpers spawned")
         return try watch(helpers)
     }
 
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
     private func spawnHelper(_ role: String, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
-                             control: borrowing FileDescriptor, cpus: [Int]) throws -> Helper {
+                             control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
         let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role, spec], stdio: stdio, fds: fds,
                                              environment: Self.helperEnvironment, namespaces: Self.helperNamespaces)
         if !cpus.isEmpty { try setCPUAffinity(pid: process.pid, cpus: cpus) }
         let readEnd = try control.duplicate()
         try readEnd.setNonBlocking(true)
-        return Helper(role: role, process: process, control: readEnd)
+        return Helper(role: role, process: process, control: readEnd, channels: serves.map(\.region))
     }
 
     /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than
@@ -211,41 +216,89 @@ public final class Supervisor {
         }
     }
 
-    /// Waits for the first decisive event and returns vmm's exit status.
+    /// How a run ended: vmm's exit status and what to tell the user about it, said once the devices have settled.
+    struct Ending {
+        let status: Int32
+        let message: String?
+        /// Said at `Info` level only (a guest that chose its exit status is not news).
+        var quiet = false
+    }
+
+    /// Waits for the first decisive event, lets every device finish what the guest already asked of it, reports
+    /// the event and returns vmm's exit status.
     private func watch(_ helpers: [Helper]) throws -> Int32 {
-        // Devices' messages are read before the vCPU's: the vCPU reports a halt only after a sync with every
-        // device, so a debug-exit that came first is already in its device's pipe and must win over the halt.
+        let ending = try firstDecisiveEvent(helpers)
+        settleDevices(helpers)
+        if let message = ending.message {
+            if ending.quiet { Log.info(message) } else { Log.report(message) }
+        }
+        return ending.status
+    }
+
+    private func firstDecisiveEvent(_ helpers: [Helper]) throws -> Ending {
+        // Devices' messages are read before the vCPU's: the vCPU reports a stop only after a sync with every
+        // device, so a debug-exit that came first is already in its device's pipe and must win over the stop.
         let readingOrder = helpers.filter { $0.role != "vcpu" } + helpers.filter { $0.role == "vcpu" }
         while true {
             let fds = [signals.raw] + helpers.map { $0.control.raw } + helpers.map { $0.process.pidfd.raw }
             let ready = try Poll.wait(fds, timeoutMs: -1)
             if !ready[0].isEmpty {
                 let sig = try Signals.read(from: signals)
-                Log.report("\(signalName(sig)) received; stopping the VM")
-                return sig == SIGINT ? ExitStatus.interrupted : ExitStatus.terminated
+                return Ending(status: sig == SIGINT ? ExitStatus.interrupted : ExitStatus.terminated,
+                              message: "\(signalName(sig)) received; stopping the VM")
             }
             // Control messages first: a helper that reported and then exited is not a crash.
             for h in readingOrder {
-                if let status = try readControl(h) { return status }
+                if let ending = try readControl(h) { return ending }
             }
             for (i, h) in helpers.enumerated() where !ready[1 + helpers.count + i].isEmpty {
                 h.ended = try h.process.reap(block: true)
-                for other in readingOrder { if let status = try readControl(other) { return status } }
-                Log.report("\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
-                return ExitStatus.helperDied
+                for other in readingOrder { if let ending = try readControl(other) { return ending } }
+                return Ending(status: ExitStatus.helperDied,
+                              message: "\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
             }
         }
     }
 
-    /// Reads one control message from a helper, if one is waiting; returns the exit status it decides.
-    private func readControl(_ h: Helper) throws -> Int32? {
+    /// Before vmm reports how the run ended, everything the guest did must have taken effect, whatever ended it:
+    /// the vcpu process is stopped (nothing new can be posted), then each device has `device_timeout_ms` to
+    /// handle what is still on its rings (a console byte, a register write). What a dead or hung device never
+    /// handled is counted and said, never dropped in silence.
+    private func settleDevices(_ helpers: [Helper]) {
+        for h in helpers where h.role == "vcpu" && h.ended == nil {
+            h.process.kill(SIGKILL)
+            h.ended = try? h.process.reap(block: true)
+        }
+        let devices = helpers.filter { !$0.channels.isEmpty }
+        func unhandled(_ h: Helper) -> (all: Int, postedWrites: Int) {
+            h.channels.map { $0.unhandledRequests() }.reduce((0, 0)) { ($0.0 + $1.all, $0.1 + $1.postedWrites) }
+        }
+        let deadline = monotonicNanoseconds() + UInt64(config.vmm.deviceTimeoutMs) * 1_000_000
+        while true {
+            for h in devices where h.ended == nil { h.ended = try? h.process.reap(block: false) }
+            let busy = devices.filter { $0.ended == nil && unhandled($0).all > 0 }
+            if busy.isEmpty || monotonicNanoseconds() >= deadline { break }
+            _ = try? Poll.wait(busy.map { $0.process.pidfd.raw }, timeoutMs: 1)
+        }
+        for h in devices {
+            let lost = unhandled(h).postedWrites
+            guard lost > 0 else { continue }
+            let why = h.ended.map { "the process \($0.description)" } ?? "it did not handle them within \(config.vmm.deviceTimeoutMs) ms"
+            Log.report("\(lost) posted write\(lost == 1 ? "" : "s") to the \(h.role) process never took effect: \(why)")
+        }
+    }
+
+    /// Reads one control message from a helper, if one is waiting; returns the ending it decides.
+    private func readControl(_ h: Helper) throws -> Ending? {
         var record = [UInt8](repeating: 0, count: ControlMessage.recordSize)
         let n = Glibc.read(h.control.raw, &record, record.count)
-        if n < 0 { return errno == EAGAIN || errno == EINTR ? nil : ExitStatus.hostError }
+        if n < 0 {
+            return errno == EAGAIN || errno == EINTR ? nil
+                : Ending(status: ExitStatus.hostError, message: "reading the \(h.role) process's control pipe failed: errno \(errno)")
+        }
         if n == 0 { return nil }
         guard n == record.count, let message = ControlMessage(record: record) else {
-            Log.report("\(h.role) process sent a malformed control message; stopping the VM")
-            return ExitStatus.helperDied
+            return Ending(status: ExitStatus.helperDied, message: "\(h.role) process sent a malformed control message; stopping the VM")
         }
         switch message {
         case .seccompLogged(let nr):
@@ -253,46 +306,38 @@ public final class Supervisor {
             return try readControl(h)
         case .seccompKilled(let nr):
             h.ended = try h.process.reap(block: true)
-            Log.report("\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
-            return ExitStatus.helperDied
+            return Ending(status: ExitStatus.helperDied, message: "\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
         case .guest(.booted):
             let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
             Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")
             return try readControl(h)
         default:
-            return outcome(of: message, from: h)
+            return ending(for: message)
         }
     }
 
-    private func outcome(of message: ControlMessage, from h: Helper) -> Int32 {
+    private func ending(for message: ControlMessage) -> Ending {
         switch message {
         case .guestExit(let status):
-            Log.info("guest requested exit through the debug-exit port: status \(status)")
-            return status
+            return Ending(status: status, message: "guest requested exit through the debug-exit port: status \(status)", quiet: true)
         case .seccompKilled, .seccompLogged, .guest(.booted):
-            return ExitStatus.helperDied  // handled in readControl
+            return Ending(status: ExitStatus.helperDied, message: nil)  // handled in readControl
         case .guest(.reset):
-            Log.report("guest reset the CPU (i8042 reset line): it asked for a reboot; stopping the VM")
-            return ExitStatus.guestReboot
+            return Ending(status: ExitStatus.guestReboot, message: "guest reset the CPU (i8042 reset line): it asked for a reboot; stopping the VM")
         case .guest(.panic):
-            Log.report("guest kernel panic (seen on its console); stopping the VM")
-            return ExitStatus.guestPanic
+            return Ending(status: ExitStatus.guestPanic, message: "guest kernel panic (seen on its console); stopping the VM")
         case .vcpuStopped(let stop):
             switch stop {
             case .halted:
-                Log.report("guest powered off: every vCPU halted with interrupts off")
-                return ExitStatus.poweredOff
+                return Ending(status: ExitStatus.poweredOff, message: "guest powered off: every vCPU halted with interrupts off")
             case .tripleFault:
-                Log.report("guest triple fault; register dump above")
-                return ExitStatus.tripleFault
+                return Ending(status: ExitStatus.tripleFault, message: "guest triple fault; register dump above")
             case .internalError, .failedEntry, .unhandledExit:
-                Log.report("the vCPU stopped on an exit it cannot handle; register dump above")
-                return ExitStatus.vcpuError
+                return Ending(status: ExitStatus.vcpuError, message: "the vCPU stopped on an exit it cannot handle; register dump above")
             case .systemEvent(let type):
-                Log.report("guest requested a system event (type \(type))")
-                return type == 1 ? 0 : ExitStatus.vcpuError
+                return Ending(status: type == 1 ? 0 : ExitStatus.vcpuError, message: "guest requested a system event (type \(type))")
             case .setupFailed:
-                return ExitStatus.hostError
+                return Ending(status: ExitStatus.hostError, message: nil)
             }
         }
     }
@@ -307,6 +352,8 @@ public final class Supervisor {
 final class ChannelPlan {
     let layout: ChannelLayout
     let memory: FileDescriptor
+    /// The supervisor's own view, for counting what a device has not handled yet when the VM stops.
+    let region: ChannelRegion
     let deviceDoorbell: EventFD
     private let responseDoorbellBoxes: [EventFD.Box]
     var responseDoorbells: [Int32] { responseDoorbellBoxes.map(\.raw) }
@@ -314,6 +361,7 @@ final class ChannelPlan {
     init(name: String, lanes: Int) throws {
         layout = ChannelLayout(lanes: lanes)
         memory = try ChannelRegion.create(layout: layout, name: name)
+        region = try ChannelRegion(attaching: memory.raw, layout: layout)
         deviceDoorbell = try EventFD()
         responseDoorbellBoxes = try (0..<lanes).map { _ in EventFD.Box(try EventFD()) }
     }

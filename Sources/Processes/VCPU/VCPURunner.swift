@@ -77,8 +77,17 @@ final class VCPURunner: @unchecked Sendable {
         self.router = router
     }
 
-    /// Runs the guest until it stops; returns why.
+    /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
+    /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
+        let why = runUntilStop()
+        for i in clients.indices {
+            do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
+        }
+        return why
+    }
+
+    private func runUntilStop() -> ControlMessage.VCPUStop {
         do { try interrupts?.attachToCurrentThread() } catch { return stopWithDump(.setupFailed, "interrupt listener: \(error)") }
         if state != .running { _ = group.park() }
         while true {
@@ -177,8 +186,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     /// HLT with interrupts enabled waits for the irqchip. With IF clear only an NMI or INIT can wake the vCPU:
-    /// it parks. Once every vCPU is parked the guest has stopped itself: finish every device's posted writes (so
-    /// the console is complete and a debug-exit is seen first), then report the halt.
+    /// it parks. Once every vCPU is parked the guest has stopped itself.
     func handleHalt() throws -> Action {
         // kvm_run.if_flag can be stale on these hosts; RFLAGS is the authority (one GET_REGS, only on HLT).
         if let injector = interrupts, try vcpu.run.pointee.if_flag != 0 || vcpu.regs().rflags & 0x200 != 0 {
@@ -189,9 +197,6 @@ final class VCPURunner: @unchecked Sendable {
             Log.debug("HLT with interrupts off: parked")
             state = .parked
             return .resume
-        }
-        for i in clients.indices {
-            do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
         }
         return .stop(.halted)
     }
