@@ -23,26 +23,33 @@ let package = Package(
         .target(name: "System", dependencies: ["CLinux"]),
         // Pure device models: no syscalls, unit-tested without a VM.
         .target(name: "Devices"),
+        // The machine layout (which process serves which port, address and pin), the access routes built from
+        // it and the roles: pure, unit-tested without a VM.
+        .target(name: "Machine", dependencies: ["Devices"]),
         // Policies -> seccomp, capabilities, namespaces, the empty-root jail.
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"]),
         // Guest RAM and guest-physical addresses.
         .target(name: "Memory", dependencies: ["System"]),
         // Shared-memory rings, doorbells and the messages that cross them.
         .target(name: "Channel", dependencies: ["System", "CLinux"]),
+        // The irqchip's side of the wire: its channel operations and the vCPUs' interrupt mailboxes.
+        .target(name: "IRQChipLink", dependencies: ["Channel", "Devices", "System"]),
         // KVM: VM, vCPU (kvm_run, register cache), CPUID, exits.
-        .target(name: "KVM", dependencies: ["CKVM", "System", "Memory", "Boot"]),
-        // Guest image loaders: multiboot v1, ELF64.
-        .target(name: "Boot", dependencies: ["Memory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "System", "Memory", "X86"]),
+        // Architectural facts the loaders and the KVM layer share: the state a vCPU starts in.
+        .target(name: "X86"),
+        // Guest image loaders: multiboot v1, ELF64, the Linux boot protocol, the MP table.
+        .target(name: "Boot", dependencies: ["Memory", "X86"]),
         // The instruction-emulation fallback: Zydis decoding, the handled instruction set, exception injection.
         .target(name: "Emulator", dependencies: ["KVM", "Memory", "CKVM", "CZydis"]),
         // The Firecracker-format config and its validation.
         .target(name: "Config"),
         // One folder per process role.
         .target(name: "Processes", dependencies: [
-            "System", "KVM", "Memory", "Channel", "Devices", "Boot", "Config", "Sandbox", "Emulator",
+            "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "Sandbox", "Emulator", "X86", "Machine",
         ]),
         .executableTarget(name: "vmm", dependencies: [
-            "Processes", "Config", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Processes", "Config", "Machine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
         .target(name: "BenchKit", path: "tools/bench/BenchKit"),

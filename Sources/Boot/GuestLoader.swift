@@ -1,4 +1,5 @@
 import Memory
+import X86
 
 /// Picks the loader for a guest image: multiboot v1 first (as QEMU does), then a Linux bzImage, then an ELF64
 /// executable (a Linux vmlinux or a test guest).
@@ -51,6 +52,6 @@ public enum GuestLoader {
         try LinuxBoot.writeZeroPage(header: setupHeader?.raw, cmdline: placed.cmdline, cmdlineLength: cmdline.utf8.count,
                                     initrd: placed.modules.first, into: memory)
         return EntryState(mode: .long64, rip: entry, rsp: X86Layout.stackTop, rax: UInt64(Multiboot.bootloaderMagic),
-                          rbx: placed.info, rsi: X86Layout.zeroPage, cr3: X86Layout.pml4)
+                          rbx: placed.info, rsi: X86Layout.zeroPage, gdtBase: X86Layout.gdt, cr3: X86Layout.pml4)
     }
 }

@@ -1,4 +1,5 @@
 import Memory
+import X86
 
 /// Multiboot v1 (the GNU multiboot specification 0.6.96): finds the header, loads the image (ELF32 program
 /// headers, or the a.out kludge addresses for flat images), and writes the multiboot information structure.
@@ -70,7 +71,7 @@ public enum Multiboot {
                                  pageAlign: header.flags & HeaderFlag.pageAlignModules != 0, into: memory)
         do { try X86Layout.writeGDT(memory, longMode: false) } catch { throw BootError.from(error) }
         guard entry < UInt64(memory.size) else { throw .doesNotFit("entry point 0x\(String(entry, radix: 16)) is outside guest RAM") }
-        return EntryState(mode: .protected32, rip: entry, rax: UInt64(bootloaderMagic), rbx: info.info)
+        return EntryState(mode: .protected32, rip: entry, rax: UInt64(bootloaderMagic), rbx: info.info, gdtBase: X86Layout.gdt)
     }
 
     private static func loadKludge(_ bytes: [UInt8], header: Header, into memory: GuestMemory) throws(BootError) -> (UInt64, UInt64) {

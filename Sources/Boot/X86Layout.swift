@@ -1,4 +1,5 @@
 import Memory
+import X86
 
 /// Fixed low-memory layout the loaders use, all below 640 KiB.
 public enum X86Layout {
@@ -28,8 +29,8 @@ public enum X86Layout {
     }
 
     /// GDT selectors shared by every entry mode (the Linux boot protocol's __BOOT_CS and __BOOT_DS).
-    public static let codeSelector: UInt16 = 0x10
-    public static let dataSelector: UInt16 = 0x18
+    public static let codeSelector: UInt16 = EntryState.Selectors.boot.code
+    public static let dataSelector: UInt16 = EntryState.Selectors.boot.data
 
     static func descriptor(base: UInt32, limit: UInt32, flags: UInt16) -> UInt64 {
         // flags: access byte in bits 0-7, G/DB/L/AVL nibble in bits 12-15, as Firecracker's gdt_entry.
@@ -60,18 +61,4 @@ public enum X86Layout {
             }
         }
     }
-}
-
-/// The CPU state a loader asks the vCPU to start in.
-public struct EntryState: Equatable, Sendable, Codable {
-    public enum Mode: String, Sendable, Codable { case protected32, long64 }
-    public var mode: Mode
-    public var rip: UInt64
-    public var rsp: UInt64 = 0
-    public var rax: UInt64 = 0
-    public var rbx: UInt64 = 0
-    public var rsi: UInt64 = 0
-    public var gdtBase: UInt64 = X86Layout.gdt
-    public var gdtLimit: UInt16 = 31
-    public var cr3: UInt64 = 0
 }

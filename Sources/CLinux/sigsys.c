@@ -16,14 +16,13 @@
 static int report_fd = -1;
 static int log_only = 0;
 
-enum { KIND_SECCOMP_KILLED = 9, KIND_SECCOMP_LOGGED = 10 };
-
 static void on_sigsys(int sig, siginfo_t *info, void *context) {
     (void)sig;
     ucontext_t *uc = context;
     int nr = info->si_syscall;
     if (report_fd >= 0) {
-        uint32_t record[4] = { log_only ? KIND_SECCOMP_LOGGED : KIND_SECCOMP_KILLED, (uint32_t)nr, 0, 0 };
+        _Static_assert(VMM_CONTROL_RECORD_SIZE == 4 * sizeof(uint32_t), "one control record");
+        uint32_t record[4] = { log_only ? VMM_CONTROL_SECCOMP_LOGGED : VMM_CONTROL_SECCOMP_KILLED, (uint32_t)nr, 0, 0 };
         (void)!write(report_fd, record, sizeof record);
     }
     greg_t *r = uc->uc_mcontext.gregs;

@@ -1,22 +1,47 @@
-/// What a slot carries. Requests flow vcpu -> device, responses device -> vcpu.
-public enum MessageKind: UInt8, Sendable {
-    case portRead = 1
-    case portWrite = 2
-    case mmioRead = 3
-    case mmioWrite = 4
+/// What a slot carries. The transport defines guest accesses, the sync barrier and the response; a device protocol
+/// defines its own posted operations in the range `MessageKind.device(0)...` (the irqchip's acknowledgements, lines
+/// and timer deadlines, for example) without the transport knowing what they mean. Requests flow vcpu -> device,
+/// responses device -> vcpu.
+public struct MessageKind: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init?(rawValue: UInt8) {
+        guard Self.transport.contains(rawValue) || Self.deviceRange.contains(rawValue) else { return nil }
+        self.rawValue = rawValue
+    }
+    private init(code: UInt8) { rawValue = code }
+
+    public static let portRead = MessageKind(code: 1)
+    public static let portWrite = MessageKind(code: 2)
+    public static let mmioRead = MessageKind(code: 3)
+    public static let mmioWrite = MessageKind(code: 4)
     /// A barrier: the device answers once every earlier request on the lane has been handled.
-    case sync = 5
-    /// The vCPU injected this vector (data): the irqchip moves it from IRR to ISR.
-    case interruptAck = 6
-    /// A device drives an interrupt line: `address` is the IOAPIC pin, `data` the level (0 or 1).
-    case lineLevel = 7
-    /// The vCPU wrote IA32_TSC_DEADLINE: `data` is how many nanoseconds from now it expires (0: already due), or
-    /// `Message.disarmed` for a write of 0.
-    case timerDeadline = 8
-    case response = 0x80
+    public static let sync = MessageKind(code: 5)
+    public static let response = MessageKind(code: 0x80)
+
+    private static let transport: Set<UInt8> = [1, 2, 3, 4, 5, 0x80]
+    private static let deviceRange: ClosedRange<UInt8> = 0x40...0x7f
+
+    /// The `n`th operation of a device protocol: always posted, with a size of 1, 2, 4 or 8 and data that fits it.
+    public static func device(_ n: UInt8) -> MessageKind {
+        precondition(n <= deviceRange.upperBound - deviceRange.lowerBound, "device operations are 0...63")
+        return MessageKind(code: deviceRange.lowerBound + n)
+    }
 
     public var isRead: Bool { self == .portRead || self == .mmioRead }
     public var needsResponse: Bool { isRead || self == .sync }
+    public var isDeviceDefined: Bool { Self.deviceRange.contains(rawValue) }
+
+    public var description: String {
+        switch self {
+        case .portRead: return "portRead"
+        case .portWrite: return "portWrite"
+        case .mmioRead: return "mmioRead"
+        case .mmioWrite: return "mmioWrite"
+        case .sync: return "sync"
+        case .response: return "response"
+        default: return "device operation \(rawValue - Self.deviceRange.lowerBound)"
+        }
+    }
 }
 
 /// A guest access or its answer: one fixed-size slot (32 bytes) on a ring.
@@ -36,8 +61,6 @@ public struct Message: Equatable, Sendable {
     }
 
     public static let slotSize = 32
-    /// `timerDeadline` data for "disarmed".
-    public static let disarmed = UInt64.max
 }
 
 /// A slot whose contents a well-behaved peer would never write.
@@ -82,9 +105,6 @@ extension Message {
         let size = UInt8(truncatingIfNeeded: header >> 8)
         if op == .sync || (op == .response && size == 0) {  // a sync and its answer carry no access
             guard size == 0, data == 0 else { throw .badSize(size) }
-        } else if op == .interruptAck || op == .lineLevel {
-            guard size == 1 else { throw .badSize(size) }
-            guard data <= (op == .lineLevel ? 1 : 0xff) else { throw .dataWiderThanSize }
         } else {
             guard size == 1 || size == 2 || size == 4 || size == 8 else { throw .badSize(size) }
             if size < 8, data >> (UInt64(size) * 8) != 0 { throw .dataWiderThanSize }

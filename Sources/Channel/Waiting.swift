@@ -8,14 +8,6 @@ public struct WaitPolicy: Sendable, Equatable {
     public init(spinMicroseconds: Int) { self.spinMicroseconds = spinMicroseconds }
 }
 
-/// Monotonic time in nanoseconds.
-@inline(__always)
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 /// Spins until `ready()` or the budget runs out; true when ready.
 @inline(__always)
 func spin(microseconds: Int, until ready: () -> Bool) -> Bool {

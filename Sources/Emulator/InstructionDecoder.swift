@@ -27,7 +27,7 @@ public enum CPUMode: String, Sendable {
 /// One decoded instruction: what the fallback needs (length, the operation, operand size, immediate) and
 /// Intel-syntax text for crash reports.
 public struct DecodedInstruction: Equatable, Sendable {
-    public enum Operation: Equatable, Sendable {
+    public enum MessageKind: Equatable, Sendable {
         case int3
         case int(UInt8)
         case into
@@ -40,7 +40,7 @@ public struct DecodedInstruction: Equatable, Sendable {
         case other
     }
     public let length: Int
-    public let operation: Operation
+    public let operation: MessageKind
     /// Operand size in bits (16, 32 or 64): decides the width of IRET's pops.
     public let operandSize: Int
     public let text: String
@@ -78,7 +78,7 @@ public enum InstructionDecoder {
         let text = withUnsafeBytes(of: out.text) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
-        let operation: DecodedInstruction.Operation
+        let operation: DecodedInstruction.MessageKind
         switch info.mnemonic {
         case ZYDIS_MNEMONIC_INT3: operation = .int3
         case ZYDIS_MNEMONIC_INT:

@@ -1,4 +1,4 @@
-import Boot
+import X86
 import CKVM
 
 extension VCPU {
@@ -7,11 +7,11 @@ extension VCPU {
         let long = entry.mode == .long64
         var s = try sregs()
         var code = kvm_segment()
-        code.base = 0; code.limit = 0xffff_ffff; code.selector = X86Layout.codeSelector
+        code.base = 0; code.limit = 0xffff_ffff; code.selector = entry.selectors.code
         code.type = 0xb; code.present = 1; code.s = 1; code.g = 1
         code.db = long ? 0 : 1; code.l = long ? 1 : 0
         var data = code
-        data.selector = X86Layout.dataSelector; data.type = 0x3; data.db = 1; data.l = 0
+        data.selector = entry.selectors.data; data.type = 0x3; data.db = 1; data.l = 0
         s.cs = code
         s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
         s.gdt.base = entry.gdtBase; s.gdt.limit = entry.gdtLimit

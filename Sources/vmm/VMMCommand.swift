@@ -1,6 +1,7 @@
 import ArgumentParser
 import Config
 import Glibc
+import Machine
 import Processes
 import System
 
@@ -9,7 +10,7 @@ struct VMMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmm",
         abstract: "A multi-process, sandboxed KVM microVMM.",
-        subcommands: [Run.self, Validate.self, PolicyCheckCommand.self, Role.self])
+        subcommands: [Run.self, Validate.self, PolicyCheckCommand.self, RoleCommand.self])
 }
 
 /// Options shared by the commands that read a config file.
@@ -20,7 +21,7 @@ struct ConfigOptions: ParsableArguments {
     func load() throws -> VMConfig {
         do { return try ConfigParser.load(path: configFile) } catch {
             Log.report("config error: \(error)")
-            throw ExitCode(ExitStatus.configError)
+            throw ExitCode(ExitStatus.configError.code)
         }
     }
 }
@@ -41,7 +42,7 @@ struct Run: ParsableCommand {
         let signals: FileDescriptor
         do { signals = try Signals.blockAndOpenSignalFD([SIGINT, SIGTERM, SIGHUP]) } catch {
             Log.report("\(error)")
-            throw ExitCode(ExitStatus.hostError)
+            throw ExitCode(ExitStatus.hostSetupFailed.code)
         }
         var config = try options.load()
         if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
@@ -49,11 +50,11 @@ struct Run: ParsableCommand {
         if let path = config.logger.logPath {
             do { Log.fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND).take() } catch {
                 Log.report("config error: logger.log_path: cannot open \(path): \(error)")
-                throw ExitCode(ExitStatus.configError)
+                throw ExitCode(ExitStatus.configError.code)
             }
         }
         let status = Supervisor(config: config, signals: signals).run()
-        throw ExitCode(status)
+        throw ExitCode(status.code)
     }
 
     private func level(_ name: String?) -> Log.Level? {
@@ -92,18 +93,19 @@ struct PolicyCheckCommand: ParsableCommand {
 }
 
 /// The helper processes: the same binary, started by the supervisor with a role and its arguments.
-struct Role: ParsableCommand {
+struct RoleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "_role", abstract: "Internal: run as a helper process.",
                                                     shouldDisplay: false)
-    @Argument var role: String
+    @Argument var role: Role
     @Argument var spec: String
 
     func run() throws {
         switch role {
-        case "vcpu": throw ExitCode(VCPUProcess.main(specJSON: spec))
-        case "pio": throw ExitCode(PIOProcess.main(specJSON: spec))
-        case "irqchip": throw ExitCode(IRQChipProcess.main(specJSON: spec))
-        default: throw ValidationError("unknown role \(role)")
+        case .vcpu: throw ExitCode(VCPUProcess.main(specJSON: spec))
+        case .pio: throw ExitCode(PIOProcess.main(specJSON: spec))
+        case .irqchip: throw ExitCode(IRQChipProcess.main(specJSON: spec))
         }
     }
 }
+
+extension Role: ExpressibleByArgument {}

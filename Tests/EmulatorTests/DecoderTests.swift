@@ -3,7 +3,7 @@ import XCTest
 
 /// The encodings the fallback relies on, in each mode: lengths, operations, operand sizes, text.
 final class DecoderTests: XCTestCase {
-    func check(_ bytes: [UInt8], _ mode: CPUMode, length: Int, _ op: DecodedInstruction.Operation, size: Int? = nil,
+    func check(_ bytes: [UInt8], _ mode: CPUMode, length: Int, _ op: DecodedInstruction.MessageKind, size: Int? = nil,
                text: String, file: StaticString = #filePath, line: UInt = #line) {
         guard let d = InstructionDecoder.decode(bytes + [0x90, 0x90], mode: mode) else {
             return XCTFail("\(bytes) did not decode in \(mode)", file: file, line: line)

@@ -27,7 +27,7 @@ while true {
             if m.address == 2 { exit(0) }
         case .sync:
             try server.respond(lane: lane, to: m, data: 0)
-        case .response, .interruptAck, .lineLevel, .timerDeadline:
+        default:
             broken = true
         }
     }

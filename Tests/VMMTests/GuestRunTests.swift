@@ -269,17 +269,22 @@ final class GuestRunTests: GuestTestCase {
                 // control pipe, console out (input is "none").
                 XCTAssertEqual(fds, Array(0...10), "\(targets)")
             case "irqchip":
-                // stdio, the vCPUs' channel (3), the lines channel (3), the vCPU kick, control pipe, then its own
-                // LAPIC timer.
-                XCTAssertEqual(fds, Array(0...11), "\(targets)")
-                XCTAssertEqual(targets[11], "anon_inode:[timerfd]", "\(targets)")
+                // stdio, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the vCPU kick,
+                // control pipe, then its own LAPIC timer.
+                XCTAssertEqual(fds, Array(0...12), "\(targets)")
+                XCTAssertTrue(targets[9].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertEqual(targets[12], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
-                // stdio, the pio channel (3), the irqchip channel (3), /dev/kvm, RAM, control pipe, the interrupt
-                // kick; then what it made itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(13)), Array(0...12), "\(targets)")
-                XCTAssertTrue(targets[9].contains("kvm"), "\(targets)")
-                XCTAssertTrue(targets[10].contains("memfd:guest-ram"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(13)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                // stdio, /dev/kvm, RAM, control pipe, the pio channel (3), the irqchip channel (3), the interrupt
+                // mailboxes, the interrupt kick; then what it made itself: the VM, the vCPU and the interrupt
+                // listener's wake-up eventfd.
+                XCTAssertEqual(Array(fds.prefix(14)), Array(0...13), "\(targets)")
+                XCTAssertTrue(targets[3].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[4].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertTrue(targets[6].contains("memfd:pio-channel"), "\(targets)")
+                XCTAssertTrue(targets[9].contains("memfd:irqchip-channel"), "\(targets)")
+                XCTAssertTrue(targets[12].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(14)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

@@ -37,6 +37,23 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
 
 /// Installs the SIGSYS handler for seccomp's trap action: report the call on `report_fd` (a control pipe),
 /// then fail it with ENOSYS (`only_log`) or die by SIGSYS.
+/* Control records: what a helper tells the supervisor over its control pipe, 16 bytes each, little-endian
+ * u32 kind | u32 argument | u64 value. The one definition of the kinds: Swift's ControlMessage and the SIGSYS
+ * handler (sigsys.c) both use these. */
+#define VMM_CONTROL_RECORD_SIZE 16
+#define VMM_CONTROL_GUEST_EXIT 1
+#define VMM_CONTROL_VCPU_HALTED 2
+#define VMM_CONTROL_VCPU_TRIPLE_FAULT 3
+#define VMM_CONTROL_VCPU_INTERNAL_ERROR 4
+#define VMM_CONTROL_VCPU_FAILED_ENTRY 5
+#define VMM_CONTROL_VCPU_UNHANDLED_EXIT 6
+#define VMM_CONTROL_VCPU_SYSTEM_EVENT 7
+#define VMM_CONTROL_VCPU_SETUP_FAILED 8
+#define VMM_CONTROL_SECCOMP_KILLED 9
+#define VMM_CONTROL_SECCOMP_LOGGED 10
+#define VMM_CONTROL_GUEST_EVENT 11
+#define VMM_CONTROL_VCPU_RUN_FAILED 12
+
 int vmm_sigsys_install(int report_fd, int only_log);
 int vmm_pivot_root(const char *new_root, const char *put_old);
 /// Privilege dropping: calls that need _GNU_SOURCE or are variadic, and the constants Swift cannot see.

@@ -1,6 +1,7 @@
 import CKVM
 import CLinux
 import Glibc
+import Machine
 import Sandbox
 import System
 
@@ -21,8 +22,8 @@ struct SandboxSpec: Codable {
 /// limits, no privileges, then its seccomp policy (on every thread).
 enum HelperSandbox {
     /// `processes` caps the processes (threads included) of the helper's uid; nil leaves it to the policy.
-    static func enter(_ spec: SandboxSpec, role: String, controlFD: Int32, processes: UInt64?) throws {
-        try Jail.enterEmptyRoot(hostname: "vmm-\(role)")
+    static func enter(_ spec: SandboxSpec, role: Role, controlFD: Int32, processes: UInt64?) throws {
+        try Jail.enterEmptyRoot(hostname: role.processName)
         Log.debug("jail: empty root entered")
         try Privileges.limit(openFiles: 64, processes: processes)
         try Privileges.drop(uid: spec.uid, gid: spec.gid)

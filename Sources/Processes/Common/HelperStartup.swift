@@ -1,19 +1,23 @@
+import CLinux
 import Channel
 import Glibc
+import Machine
 import System
 
-/// What every helper process does first: name itself and stop reacting to the terminal's signals (the
-/// supervisor handles Ctrl-C for everyone). Dying with the supervisor was arranged before exec (see vmm_spawn).
+/// What every helper process does first: name itself (in its log lines and for `ps`: it was exec'd as
+/// /proc/self/exe) and stop reacting to the terminal's signals (the supervisor handles Ctrl-C for everyone).
+/// Dying with the supervisor was arranged before exec (see vmm_spawn).
 enum HelperStartup {
-    static func begin(role: String, logLevel: Int) {
-        Log.role = role
+    static func begin(role: Role, logLevel: Int) {
+        Log.role = role.rawValue
         Log.level = Log.Level(rawValue: logLevel) ?? .warning
+        role.processName.withCString { _ = vmm_prctl5(VMM_PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
         Signals.ignore([SIGINT, SIGQUIT, SIGTSTP, SIGPIPE])
     }
 
     /// A device role's whole life: decode its arguments (status 2 if they are bad), begin, then `body` (which
     /// enters the sandbox and serves); an error ends the process with status 1 after logging it.
-    static func runDevice<Spec: RoleSpec>(_ type: Spec.Type, json: String, role: String,
+    static func runDevice<Spec: RoleSpec>(_ type: Spec.Type, json: String, role: Role,
                                           _ body: (Spec) throws -> Void) -> Int32 {
         guard let spec = try? Spec.decode(json) else {
             Log.error("bad role arguments")

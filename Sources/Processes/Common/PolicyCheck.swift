@@ -1,10 +1,9 @@
+import Machine
 import Sandbox
 
 /// The policy checker behind `vmm policy-check`: every role's policy must parse (each rule with its comment)
 /// and compile with libseccomp; prints each role's rules.
 public enum PolicyCheck {
-    public static let roles = ["vcpu", "pio", "irqchip"]
-
     /// Returns the report and whether every policy passed.
     public static func run(directory: String?, reader: (String) -> String?) -> (String, Bool) {
         var out: [String] = []
@@ -14,12 +13,12 @@ public enum PolicyCheck {
             return ("\(error)", false)
         }
         out.append("policies in \(dir)")
-        for role in roles {
+        for role in Role.allCases {
             do {
-                let text = try PolicySource.load("\(role).policy", directory: dir, reader: reader)
-                let policy = try Policy.parse(text, file: "\(role).policy", constants: PolicyConstants.table)
+                let text = try PolicySource.load(role.policyFile, directory: dir, reader: reader)
+                let policy = try Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table)
                 SeccompFilter.release(try SeccompFilter.compile(policy))
-                out.append("\n\(role).policy: \(policy.rules.count) rules, compiles")
+                out.append("\n\(role.policyFile): \(policy.rules.count) rules, compiles")
                 for r in policy.rules {
                     let condition: String
                     if let e = r.errno { condition = "fails with errno \(e)" } else if r.clauses.isEmpty { condition = "allowed" } else {
@@ -30,7 +29,7 @@ public enum PolicyCheck {
                 }
             } catch {
                 ok = false
-                out.append("\n\(role).policy: FAILED: \(error)")
+                out.append("\n\(role.policyFile): FAILED: \(error)")
             }
         }
         return (out.joined(separator: "\n"), ok)

@@ -1,5 +1,6 @@
-import Boot
 import FoundationEssentials
+import Machine
+import X86
 
 /// What the supervisor hands a helper process: its descriptors (by number, after spawn they are 3, 4, ...)
 /// and its settings, as one JSON argument. Both sides use these types, so the two ends cannot drift apart.
@@ -30,26 +31,6 @@ struct ChannelSpec: Codable {
     var responseDoorbellFDs: [Int32]
 }
 
-/// A range of guest-physical MMIO addresses and the channel that serves it.
-struct MMIORouteSpec: Codable {
-    var base: UInt64
-    var size: UInt64
-    var device: Int
-    /// Writes wait until the device has applied them. For the IOAPIC: a guest that unmasks a pin and then makes a
-    /// device raise it must not have the raise overtake the unmask (they travel on different lanes).
-    var synchronousWrites = false
-    /// Offsets within the range whose writes are synchronous even when the rest are posted. For the LAPIC: the ICR,
-    /// so that an IPI is pending by the time the write instruction completes (EOI stays posted: it is the hot one).
-    var synchronousOffsets: [UInt64] = []
-}
-
-/// A range of ports and the channel that serves it.
-struct PortRouteSpec: Codable {
-    var first: UInt16
-    var last: UInt16
-    var device: Int
-}
-
 struct VCPUSpec: RoleSpec {
     var kvmFD: Int32
     var ramFD: Int32
@@ -59,12 +40,12 @@ struct VCPUSpec: RoleSpec {
     var entry: EntryState
     var cpuid: [CPUIDRuleSpec]
     var trackDirtyPages: Bool
+    /// One channel per device role, in the order of `servers`; `routes` number them the same way.
     var channels: [ChannelSpec]
-    var deviceNames: [String]
-    var routes: [PortRouteSpec]
-    var mmioRoutes: [MMIORouteSpec]
-    /// Which channel is the irqchip's (its state area holds the interrupt mailboxes), and its kick eventfds.
-    var irqchipChannel: Int
+    var servers: [Role]
+    var routes: AccessRoutes
+    /// The interrupt mailboxes the irqchip fills, and per vCPU the eventfd it rings then.
+    var mailboxFD: Int32
     var kickFDs: [Int32]
     /// PVM-style host: rewind broken user-mode SYSCALLs (see SyscallFixup).
     var syscallFixup = false
@@ -79,11 +60,12 @@ struct CPUIDRuleSpec: Codable {
 }
 
 struct IRQChipSpec: RoleSpec {
-    /// The vCPUs' channel (lane = vCPU); its state area holds their interrupt mailboxes.
+    /// The vCPUs' channel (lane = vCPU).
     var channel: ChannelSpec
     /// The devices' interrupt lines (lane = device): kept apart so no device maps the vCPUs' lanes or mailboxes.
     var lines: ChannelSpec
-    /// Per vCPU: rung when its mailbox gets a vector.
+    /// The vCPUs' interrupt mailboxes, and per vCPU the eventfd rung when its mailbox gets something.
+    var mailboxFD: Int32
     var kickFDs: [Int32]
     var controlFD: Int32
     var vcpuCount: Int

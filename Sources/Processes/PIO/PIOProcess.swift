@@ -1,6 +1,7 @@
 import Channel
 import Devices
 import Glibc
+import IRQChipLink
 import System
 
 /// The port-I/O device process: COM1 (8250 UART), the i8042 (for its reset line), the CMOS RTC, the boot timer
@@ -8,9 +9,9 @@ import System
 /// debug-exit are always out before the VM ends.
 public enum PIOProcess {
     public static func main(specJSON: String) -> Int32 {
-        HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: "pio") { spec in
+        HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: .pio) { spec in
             // Single-threaded and forking nothing: no new processes at all for its uid.
-            try HelperSandbox.enter(spec.sandbox, role: "pio", controlFD: spec.controlFD, processes: 0)
+            try HelperSandbox.enter(spec.sandbox, role: .pio, controlFD: spec.controlFD, processes: 0)
             Log.debug("sandboxed; serving")
             try serve(spec)
         }
@@ -79,8 +80,8 @@ public enum PIOProcess {
                 case .sync:
                     console.flush()
                     try server.respond(lane: lane, to: m, data: 0)
-                case .mmioWrite, .response, .interruptAck, .lineLevel, .timerDeadline:
-                    break
+                default:
+                    break  // nothing of the pio's is memory-mapped
                 }
                 // What the guest did, in order, until one of them ends the VM; nothing after that.
                 if console.sawPanic { events.append(.panic) }

@@ -1,6 +1,6 @@
 import CKVM
 import CLinux
-import Channel
+import IRQChipLink
 import Glibc
 import KVM
 import Synchronization

@@ -1,5 +1,5 @@
 import CKVM
-import Channel
+import System
 import Emulator
 import KVM
 import Memory

@@ -1,4 +1,3 @@
-import Channel
 import KVM
 
 /// IA32_TSC_DEADLINE for a local APIC that lives in another process: the vCPU keeps the MSR's value and turns a
@@ -12,13 +11,14 @@ struct TSCDeadline {
 
     init(tscKHz: Int) { self.tscKHz = UInt64(max(1, tscKHz)) }
 
-    /// The guest wrote `deadline` while its TSC read `now`: the `timerDeadline` message data.
-    mutating func write(_ deadline: UInt64, now: UInt64) -> UInt64 {
+    /// The guest wrote `deadline` while its TSC read `now`: how many nanoseconds from now the timer expires
+    /// (0: already due), nil for a write of 0, which disarms it.
+    mutating func write(_ deadline: UInt64, now: UInt64) -> UInt64? {
         value = deadline
-        guard deadline != 0 else { return Message.disarmed }
+        guard deadline != 0 else { return nil }
         guard deadline > now else { return 0 }
         let nanoseconds = Double(deadline - now) * 1e6 / Double(tscKHz)
-        return nanoseconds >= Double(Message.disarmed - 1) ? Message.disarmed - 1 : UInt64(nanoseconds)
+        return nanoseconds >= Double(UInt64.max >> 1) ? UInt64.max >> 1 : UInt64(nanoseconds)
     }
 
     /// What a read returns: the armed deadline, or 0 once it has passed (the timer fired and cleared it).

@@ -1,4 +1,6 @@
 import Channel
+import Glibc
+import IRQChipLink
 import KVM
 import Memory
 import System
@@ -11,7 +13,7 @@ public enum VCPUProcess {
             Log.error("bad role arguments")
             return 2
         }
-        HelperStartup.begin(role: "vcpu", logLevel: spec.logLevel)
+        HelperStartup.begin(role: .vcpu, logLevel: spec.logLevel)
         Log.debug("started")
         let stop: ControlMessage.VCPUStop
         do {
@@ -41,8 +43,11 @@ public enum VCPUProcess {
         let tscDeadline = vm.routeMSRsToUserspace([TSCDeadline.msrIndex])
         Log.debug("TSC-deadline timer \(tscDeadline ? "offered" : "hidden: the host cannot route IA32_TSC_DEADLINE to userspace")")
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
+        guard spec.channels.count == spec.servers.count, spec.servers.contains(.irqchip) else {
+            throw SystemError("role arguments: one channel per server, the irqchip among them", errno: EINVAL)
+        }
         let regions = try spec.channels.map { c in try ChannelRegion(attaching: c.memoryFD, layout: c.layout) }
-        let mailbox = InterruptMailbox(region: regions[spec.irqchipChannel], vcpus: spec.vcpuCount)
+        let mailbox = try InterruptMailbox(attaching: spec.mailboxFD, vcpus: spec.vcpuCount)
         let group = try VCPUGroup(count: spec.vcpuCount)
         // vCPU i is APIC ID i and uses lane i of every channel; vCPU 0 is the bootstrap processor, the others
         // wait for INIT and a start-up IPI.
@@ -56,16 +61,15 @@ public enum VCPUProcess {
                              responseDoorbell: spec.channels[c].responseDoorbellFDs[i], policy: policy,
                              timeoutMs: spec.deviceTimeoutMs)
             }
-            let injector = try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i])
-            return try VCPURunner(vcpu: vcpu, memory: memory, clients: clients, deviceNames: spec.deviceNames,
-                                  router: PortRouter(routes: spec.routes), mmioRouter: MMIORouter(routes: spec.mmioRoutes),
-                                  interrupts: injector, irqchipDevice: spec.irqchipChannel, group: group, bootstrap: i == 0,
-                                  syscallFixup: spec.syscallFixup)
+            return try VCPURunner(vcpu: vcpu, memory: memory,
+                                  devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes),
+                                  interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i]),
+                                  group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup)
         }
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
         Log.debug("VM set up")
-        try HelperSandbox.enter(spec.sandbox, role: "vcpu", controlFD: spec.controlFD, processes: nil)
+        try HelperSandbox.enter(spec.sandbox, role: .vcpu, controlFD: spec.controlFD, processes: nil)
         Log.debug("sandboxed; entering the guest")
         // KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread. The first
         // one to stop decides; exiting the process ends the others.

@@ -1,32 +1,24 @@
 import CKVM
-import Channel
-import Devices
+import IRQChipLink
 import Emulator
 import KVM
 import Memory
 
 /// One vCPU's run loop: enter the guest, dispatch the exit through the handler table, repeat until a handler
-/// says stop. Runs on its own dedicated thread.
+/// says stop. Runs on its own dedicated thread. Device accesses go through `devices` (routing and ordering),
+/// interrupts through `interrupts`; this type only decides what each exit means.
 final class VCPURunner: @unchecked Sendable {
     enum Action { case resume, stop(ControlMessage.VCPUStop) }
     typealias Handler = @Sendable (VCPURunner) throws -> Action
 
     let vcpu: VCPU
-    let memory: GuestMemory
-    var clients: [DeviceClient]
-    let deviceNames: [String]
-    let router: PortRouter
-    let mmioRouter: MMIORouter
+    private var devices: DeviceChannels
+    let interrupts: InterruptInjector
     let fallback: EmulationFallback
-    let interrupts: InterruptInjector?
-    let irqchipDevice: Int?
     let group: VCPUGroup
     /// Where this vCPU is in its life: application processors start waiting for a start-up IPI.
     enum State { case running, waitingForStartup, parked }
     private var state: State
-    private var complainedAbout: Set<Int> = []
-    /// Devices with posted writes not yet known to be applied (a read or a sync on that device settles them).
-    private var unsettled: Set<Int> = []
     private var tscDeadline: TSCDeadline
     /// PVM-style hosts only (see SyscallFixup).
     let syscallFixup: SyscallFixup?
@@ -59,47 +51,35 @@ final class VCPURunner: @unchecked Sendable {
         return table
     }()
 
-    init(vcpu: VCPU, memory: GuestMemory, clients: [DeviceClient], deviceNames: [String], router: PortRouter,
-         mmioRouter: MMIORouter, interrupts: InterruptInjector?, irqchipDevice: Int?, group: VCPUGroup,
+    init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
          bootstrap: Bool, syscallFixup: Bool) throws {
+        self.vcpu = vcpu
+        self.devices = devices
+        self.interrupts = interrupts
         self.group = group
         state = bootstrap ? .running : .waitingForStartup
-        self.mmioRouter = mmioRouter
-        self.interrupts = interrupts
-        self.irqchipDevice = irqchipDevice
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
         self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
-        self.vcpu = vcpu
-        self.memory = memory
-        self.clients = clients
-        self.deviceNames = deviceNames
-        self.router = router
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
     /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
-        for i in clients.indices {
-            do { _ = try clients[i].call(.sync, size: 0, address: 0) } catch { complain(i, error) }
-        }
+        devices.settleAll()
         return why
     }
 
     private func runUntilStop() -> ControlMessage.VCPUStop {
-        do { try interrupts?.attachToCurrentThread() } catch { return stopWithDump(.setupFailed, "interrupt listener: \(error)") }
+        do { try interrupts.attachToCurrentThread() } catch { return stopWithDump(.runFailed, "interrupt listener: \(error)") }
         if state != .running { _ = group.park() }
         while true {
             do {
-                if let injector = interrupts {
-                    if state != .running && !injector.hasEvents { try injector.waitForEvent() }
-                    if injector.hasEvents { try apply(injector.takeEvents(), injector) }
-                    if state != .running { continue }
-                }
-                if let injector = interrupts, let vector = try injector.beforeEntry(), let chip = irqchipDevice {
-                    write(device: chip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
-                }
+                if state != .running && !interrupts.hasEvents { try interrupts.waitForEvent() }
+                if interrupts.hasEvents { try apply(interrupts.takeEvents()) }
+                if state != .running { continue }
+                if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
                 let reason = try vcpu.runOnce()
                 if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
@@ -110,14 +90,14 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 if case .stop(let why) = try handler(self) { return why }
             } catch {
-                return stopWithDump(.setupFailed, "vCPU failed: \(error)")
+                return stopWithDump(.runFailed, "vCPU failed: \(error)")
             }
         }
     }
 
     /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); an NMI wakes a parked
     /// vCPU and is injected into a running one (a vCPU waiting for SIPI blocks it).
-    private func apply(_ events: InterruptMailbox.Events, _ injector: InterruptInjector) throws {
+    private func apply(_ events: InterruptMailbox.Events) throws {
         if events.initialize {
             Log.debug("INIT")
             if state != .waitingForStartup {
@@ -133,7 +113,7 @@ final class VCPURunner: @unchecked Sendable {
         }
         if events.nmi && state != .waitingForStartup {
             if state == .parked { group.unpark(); state = .running }
-            try injector.injectNMI()
+            try interrupts.injectNMI()
         }
     }
 
@@ -144,43 +124,28 @@ final class VCPURunner: @unchecked Sendable {
         let size = Int(io.size)
         guard size == 1 || size == 2 || size == 4 else { return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_IO)), "port access of size \(size)") }
         let data = vcpu.ioData
-        let device = router.device(for: io.port)
         for i in 0..<Int(io.count) {
             let element = data + i * size
             if io.direction == UInt8(KVM_EXIT_IO_IN) {
-                let value = device.map { read(device: $0, .portRead, address: UInt64(io.port), size: size) } ?? ~0
-                store(value, to: element, size: size)
-            } else if let device {
-                write(device: device, .portWrite, address: UInt64(io.port), size: size, value: load(element, size: size))
+                store(devices.portRead(io.port, size: size), to: element, size: size)
+            } else {
+                devices.portWrite(io.port, size: size, value: load(element, size: size))
             }
         }
         return .resume
     }
 
-    /// An MMIO access goes to the device whose range holds it; elsewhere reads float high and writes go nowhere,
-    /// as on a bus with nothing behind the address.
+    /// An MMIO access goes to the device whose window holds it (see DeviceChannels for what nobody owns).
     func handleMMIO() -> Action {
         let run = vcpu.run
         let address = vmm_run_mmio_addr(run)
         let len = Int(vmm_run_mmio_len(run))
         guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
-        let raw = UnsafeMutableRawPointer(data)
-        let route = mmioRouter.route(for: address)
-        let device = route?.device
+        let bytes = UnsafeMutableRawPointer(data)
         if vmm_run_mmio_is_write(run) != 0 {
-            if let route {
-                let value = (0..<len).reduce(UInt64(0)) { $0 | UInt64(data[$1]) << (8 * UInt64($1)) }
-                if route.device == irqchipDevice && address == LocalAPIC.defaultBase + LocalAPIC.Register.eoi && !unsettled.isEmpty {
-                    settleDevicesBeforeEOI()
-                }
-                write(device: route.device, .mmioWrite, address: address, size: len, value: value)
-                if route.synchronousWrites || route.synchronousOffsets.contains(address - route.base) {
-                    _ = read(device: route.device, .sync, address: 0, size: 0)
-                }
-            }
+            devices.mmioWrite(address, size: len, value: loadLittleEndian(bytes, count: len))
         } else {
-            let value = device.map { read(device: $0, .mmioRead, address: address, size: len) } ?? ~0
-            for i in 0..<len { raw.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
+            storeLittleEndian(devices.mmioRead(address, size: len), to: bytes, count: len)
         }
         return .resume
     }
@@ -189,8 +154,8 @@ final class VCPURunner: @unchecked Sendable {
     /// it parks. Once every vCPU is parked the guest has stopped itself.
     func handleHalt() throws -> Action {
         // kvm_run.if_flag can be stale on these hosts; RFLAGS is the authority (one GET_REGS, only on HLT).
-        if let injector = interrupts, try vcpu.run.pointee.if_flag != 0 || vcpu.regs().rflags & 0x200 != 0 {
-            try injector.waitForInterrupt()
+        if try vcpu.run.pointee.if_flag != 0 || vcpu.regs().rflags & 0x200 != 0 {
+            try interrupts.waitForInterrupt()
             return .resume
         }
         guard group.park() else {
@@ -205,14 +170,13 @@ final class VCPURunner: @unchecked Sendable {
     /// else that arrives here raises #GP in the guest, as an MSR the CPU does not have.
     func handleMSR(write isWrite: Bool) throws -> Action {
         let run = vcpu.run
-        guard vmm_run_msr_index(run) == TSCDeadline.msrIndex, let chip = irqchipDevice else {
+        guard vmm_run_msr_index(run) == TSCDeadline.msrIndex else {
             vmm_run_msr_complete(run, 0, 1)
             return .resume
         }
         let now = try vcpu.msr(TSCDeadline.tscMSR)
         if isWrite {
-            let delay = tscDeadline.write(vmm_run_msr_data(run), now: now)
-            write(device: chip, .timerDeadline, address: 0, size: 8, value: delay)
+            devices.setTimerDeadline(nanosecondsFromNow: tscDeadline.write(vmm_run_msr_data(run), now: now))
             vmm_run_msr_complete(run, vmm_run_msr_data(run), 0)
         } else {
             vmm_run_msr_complete(run, tscDeadline.read(now: now), 0)
@@ -272,37 +236,7 @@ final class VCPURunner: @unchecked Sendable {
         return why
     }
 
-    // MARK: device access
-
-    @inline(__always)
-    private func read(device: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
-        unsettled.remove(device)  // answered in order: every earlier write to it is applied
-        do { return try clients[device].call(op, size: UInt8(size), address: address, data: 0) } catch {
-            complain(device, error)
-            return ~0
-        }
-    }
-
-    @inline(__always)
-    func write(device: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
-        if device != irqchipDevice { unsettled.insert(device) }
-        do { try clients[device].post(op, size: UInt8(size), address: address, data: value) } catch { complain(device, error) }
-    }
-
-    /// Before an EOI reaches the irqchip, the devices' earlier writes must have taken effect: a handler that
-    /// clears its device's interrupt and then EOIs a level-triggered vector must not see it fire again because
-    /// the EOI overtook the device (they travel on different channels). The irqchip reads device lines before
-    /// vCPU messages, so once the device has answered a sync, its line change is ahead of the EOI.
-    private func settleDevicesBeforeEOI() {
-        for device in unsettled.sorted() { _ = read(device: device, .sync, address: 0, size: 0) }
-    }
-
-    /// A device that fails is the supervisor's business; the guest sees a floating bus, the vCPU goes on.
-    private func complain(_ device: Int, _ error: Error) {
-        if complainedAbout.insert(device).inserted {
-            Log.warning("device \(deviceNames[device]) failed: \(error); its reads return all-ones")
-        }
-    }
+    // MARK: the exit data
 
     @inline(__always)
     private func load(_ p: UnsafeMutableRawPointer, size: Int) -> UInt64 {
@@ -320,5 +254,13 @@ final class VCPURunner: @unchecked Sendable {
         case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
         default: p.storeBytes(of: UInt32(truncatingIfNeeded: v), as: UInt32.self)
         }
+    }
+
+    private func loadLittleEndian(_ p: UnsafeMutableRawPointer, count: Int) -> UInt64 {
+        (0..<count).reduce(UInt64(0)) { $0 | UInt64(p.load(fromByteOffset: $1, as: UInt8.self)) << (8 * UInt64($1)) }
+    }
+
+    private func storeLittleEndian(_ v: UInt64, to p: UnsafeMutableRawPointer, count: Int) {
+        for i in 0..<count { p.storeBytes(of: UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
     }
 }

@@ -1,17 +1,30 @@
+import Devices
 import Synchronization
+import System
 
-/// Per-vCPU interrupt mailboxes in the irqchip channel's state area: the irqchip posts the vector a vCPU should
-/// take next, the vcpu process takes it when the guest can accept it and acknowledges it over the channel.
-/// One cache line per vCPU: a vector word (0 when empty, else 0x100 | vector) and an event word for what is not
-/// a vector (NMI, INIT, start-up IPI with its vector in bits 8-15).
-public struct InterruptMailbox: @unchecked Sendable {
+/// Per-vCPU interrupt mailboxes in a shared memory region of their own (the vcpu and irqchip processes map it;
+/// no device does): the irqchip posts the vector a vCPU should take next, the vcpu process takes it when the guest
+/// can accept it and acknowledges it over the irqchip channel. One cache line per vCPU: a vector word (0 when
+/// empty, else 0x100 | vector) and an event word for what is not a vector (NMI, INIT, start-up IPI with its
+/// vector in bits 8-15). Every word is read as hostile: the peer may write anything.
+public final class InterruptMailbox: InterruptOffers, @unchecked Sendable {
+    private let mapping: MappedRegion
     private let base: UnsafeMutableRawPointer
     public let vcpus: Int
     static let full: UInt32 = 0x100
 
-    public init(region: ChannelRegion, vcpus: Int) {
-        precondition(vcpus * 64 <= region.layout.stateSize, "the state area holds one cache line per vCPU")
-        base = region.state.baseAddress!
+    static func byteSize(vcpus: Int) -> Int { (vcpus * 64 + 4095) & ~4095 }
+
+    /// Creates the region for `vcpus` mailboxes, all empty (supervisor side).
+    public static func create(vcpus: Int) throws(SystemError) -> FileDescriptor {
+        try MemFD.create(name: "interrupt-mailboxes", size: byteSize(vcpus: vcpus))
+    }
+
+    /// Maps the region made by `create`.
+    public init(attaching fd: Int32, vcpus: Int) throws(SystemError) {
+        precondition(vcpus >= 1)
+        mapping = try MappedRegion(fd: fd, size: Self.byteSize(vcpus: vcpus))
+        base = mapping.base
         self.vcpus = vcpus
     }
 

@@ -1,0 +1,152 @@
+/// Where the interrupt controller offers each vCPU the vector it should take next: the vCPUs' mailboxes in shared
+/// memory, in the irqchip process. A vCPU takes an offer on its own, so `post` and `replace` can fail.
+public protocol InterruptOffers {
+    /// Offers `vector` to an idle mailbox; false when an offer is still there.
+    func post(_ vector: UInt8, vcpu: Int) -> Bool
+    /// Swaps an offer not yet taken for a higher vector; false when it was taken meanwhile.
+    func replace(_ old: UInt8, with new: UInt8, vcpu: Int) -> Bool
+    /// Takes back an offer (INIT reset the vCPU's local APIC).
+    func withdraw(vcpu: Int)
+}
+
+/// The LAPICs and the IOAPIC of one VM, and the routing between them (IOAPIC messages and IPIs to LAPICs,
+/// level-triggered EOIs back to the IOAPIC). No syscalls: the process around it moves the bytes and the time.
+public final class InterruptController {
+    public let lapics: [LocalAPIC]
+    public let ioapic: IOAPIC
+    /// Per vCPU: the vector in its mailbox or taken and not yet acknowledged; nothing new is posted meanwhile.
+    private var posted: [UInt8?]
+    /// vCPUs reset by INIT whose mailbox vector must be taken back before anything new is posted.
+    private var withdrawn: Set<Int> = []
+    private var timerRequests: [(vcpu: Int, at: UInt64?)] = []
+    private var cpuEvents: [(vcpu: Int, event: CPUEvent)] = []
+
+    public init(vcpuCount: Int) {
+        lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
+        ioapic = IOAPIC(id: UInt8(vcpuCount))  // the ID the MP table gives it, after the CPUs' APIC IDs
+        posted = Array(repeating: nil, count: vcpuCount)
+    }
+
+    /// A device drives an IOAPIC pin.
+    public func setLine(pin: Int, asserted: Bool) {
+        deliver(ioapic.setPin(pin, asserted))
+    }
+
+    public func timerExpired(vcpu: Int, now: UInt64) {
+        handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
+    }
+
+    /// IA32_TSC_DEADLINE, converted by the vCPU to a delay (nil: disarmed by a write of 0).
+    public func setDeadline(vcpu: Int, nanosecondsFromNow delay: UInt64?, now: UInt64) {
+        guard lapics.indices.contains(vcpu) else { return }
+        let at = delay.map { max(1, now &+ $0) } ?? 0
+        handle(lapics[vcpu].setDeadline(at, now: now), from: vcpu)
+    }
+
+    /// The vCPU injected `vector`: it is in service now.
+    public func acknowledged(vcpu: Int, vector: UInt8) {
+        guard lapics.indices.contains(vcpu), posted[vcpu] == vector else { return }  // not what was offered: ignore
+        lapics[vcpu].acknowledge(vector)
+        posted[vcpu] = nil
+    }
+
+    /// NMIs, INITs and start-up IPIs for the vcpu process (through the mailboxes' event words).
+    public func takeCPUEvents() -> [(vcpu: Int, event: CPUEvent)] {
+        defer { cpuEvents.removeAll() }
+        return cpuEvents
+    }
+
+    /// Timer arming the process must do (at nil: disarm).
+    public func takeTimerRequests() -> [(vcpu: Int, at: UInt64?)] {
+        defer { timerRequests.removeAll() }
+        return timerRequests
+    }
+
+    /// Offers each vCPU its highest deliverable vector; returns the vCPUs whose offer is new.
+    public func updateOffers(_ mailbox: some InterruptOffers) -> [Int] {
+        var kicked: [Int] = []
+        for i in withdrawn { mailbox.withdraw(vcpu: i) }
+        withdrawn.removeAll()
+        for i in lapics.indices {
+            guard let want = lapics[i].deliverableVector else { continue }
+            if let current = posted[i] {
+                // A higher vector may overtake one that has not been taken yet.
+                if want > current && mailbox.replace(current, with: want, vcpu: i) {
+                    posted[i] = want
+                    lapics[i].offered = want
+                    kicked.append(i)
+                }
+            } else if mailbox.post(want, vcpu: i) {
+                posted[i] = want
+                lapics[i].offered = want
+                kicked.append(i)
+            }
+        }
+        return kicked
+    }
+
+    /// A 32-bit register access in either page; other sizes and addresses read as all-ones / are ignored.
+    public func read(vcpu: Int, address: UInt64, size: UInt8, now: UInt64) -> UInt32 {
+        guard size == 4, lapics.indices.contains(vcpu) else { return ~0 }
+        if address & ~0xfff == LocalAPIC.defaultBase { return lapics[vcpu].read(offset: address & 0xfff, now: now) }
+        if address & ~0xfff == IOAPIC.defaultBase { return ioapic.read(offset: address & 0xfff) }
+        return ~0
+    }
+
+    public func write(vcpu: Int, address: UInt64, size: UInt8, value: UInt64, now: UInt64) {
+        guard size == 4, lapics.indices.contains(vcpu) else { return }
+        let v = UInt32(truncatingIfNeeded: value)
+        if address & ~0xfff == LocalAPIC.defaultBase {
+            handle(lapics[vcpu].write(offset: address & 0xfff, value: v, now: now), from: vcpu)
+        } else if address & ~0xfff == IOAPIC.defaultBase {
+            deliver(ioapic.write(offset: address & 0xfff, value: v))
+        }
+    }
+
+    func handle(_ effects: [APICEffect], from vcpu: Int) {
+        for e in effects {
+            switch e {
+            case .endOfInterrupt(let vector): deliver(ioapic.endOfInterrupt(vector: vector))
+            case .interprocessorInterrupt(let m, let shorthand):
+                switch shorthand {
+                case 1: dispatch(m, to: [vcpu])
+                case 2: dispatch(m, to: Array(lapics.indices))
+                case 3: dispatch(m, to: lapics.indices.filter { $0 != vcpu })
+                default: dispatch(m, to: lapics.indices.filter { lapics[$0].isDestination(of: m) })
+                }
+            case .armTimer(let at): timerRequests.append((vcpu, at))
+            case .cancelTimer: timerRequests.append((vcpu, nil))
+            }
+        }
+    }
+
+    /// IOAPIC messages to the LAPICs they name.
+    func deliver(_ messages: [InterruptMessage]) {
+        for m in messages { dispatch(m, to: lapics.indices.filter { lapics[$0].isDestination(of: m) }) }
+    }
+
+    /// One message to its destination CPUs: a fixed vector into IRR (lowest priority: the first of them), an NMI,
+    /// INIT (which also resets the LAPIC and withdraws what was offered) or a start-up IPI to the vcpu process.
+    private func dispatch(_ m: InterruptMessage, to targets: [Int]) {
+        switch m.deliveryMode {
+        case .fixed:
+            for t in targets { lapics[t].accept(vector: m.vector, levelTriggered: m.levelTriggered) }
+        case .lowestPriority:
+            if let t = targets.first { lapics[t].accept(vector: m.vector, levelTriggered: m.levelTriggered) }
+        case .nmi:
+            cpuEvents += targets.map { ($0, .nmi) }
+        case .initialize:
+            for t in targets {
+                lapics[t].reset()
+                posted[t] = nil
+                withdrawn.insert(t)
+                timerRequests.append((t, nil))
+                cpuEvents.append((t, .initialize))
+            }
+        case .startup:
+            cpuEvents += targets.map { ($0, .startup(vector: m.vector)) }
+        case .smi, .external:
+            break  // no SMM, no 8259 behind LINT0
+        }
+    }
+}

@@ -1,0 +1,105 @@
+/// When a guest's write to a device may complete, relative to the device applying it.
+public enum WriteOrdering: String, Codable, Sendable {
+    /// The vCPU re-enters the guest at once; order with later accesses to the same device is kept by the ring.
+    case posted
+    /// The vCPU waits until the device has applied the write (an IOAPIC unmask that a device's next raise must
+    /// not overtake; an IPI that must be pending when its ICR write completes).
+    case synchronous
+    /// Every other device's posted writes must have taken effect first, then the write is posted. For the
+    /// LAPIC's EOI: a handler that cleared its device's level-triggered interrupt must not see it fire again
+    /// because the EOI overtook the device on another channel.
+    case afterPostedWritesElsewhere
+}
+
+/// Which device channel serves each guest port and MMIO address, and how writes there are ordered: what the
+/// supervisor hands the vcpu process, built from the machine layout.
+public struct AccessRoutes: Codable, Sendable, Equatable {
+    public struct PortRange: Codable, Sendable, Equatable {
+        public var first: UInt16
+        public var last: UInt16
+        public var channel: Int
+        public init(first: UInt16, last: UInt16, channel: Int) {
+            self.first = first
+            self.last = last
+            self.channel = channel
+        }
+    }
+
+    public struct MMIORange: Codable, Sendable, Equatable {
+        public var base: UInt64
+        public var size: UInt64
+        public var channel: Int
+        /// How writes in the range are ordered, but for the offsets listed in `exceptions`.
+        public var writes: WriteOrdering
+        public var exceptions: [UInt64: WriteOrdering]
+        public init(base: UInt64, size: UInt64, channel: Int, writes: WriteOrdering, exceptions: [UInt64: WriteOrdering] = [:]) {
+            self.base = base
+            self.size = size
+            self.channel = channel
+            self.writes = writes
+            self.exceptions = exceptions
+        }
+    }
+
+    public var ports: [PortRange]
+    public var mmio: [MMIORange]
+    public init(ports: [PortRange], mmio: [MMIORange]) {
+        self.ports = ports
+        self.mmio = mmio
+    }
+}
+
+/// The vcpu process's lookup for every port and MMIO exit: one table load per port, a short scan per MMIO
+/// address. Routes that make no sense (an empty or wrapping range, a channel number the table cannot hold) are
+/// dropped: the address then floats, as on a bus with nothing behind it.
+public struct AccessRouter: Sendable {
+    /// The most channels a vCPU can route to.
+    public static let maxChannels = 64
+    private static let none: UInt8 = 0xff
+    private var portTable = [UInt8](repeating: AccessRouter.none, count: 65536)
+    private let mmio: [AccessRoutes.MMIORange]
+
+    public init(_ routes: AccessRoutes) {
+        for r in routes.ports where r.first <= r.last && (0..<Self.maxChannels).contains(r.channel) {
+            for port in Int(r.first)...Int(r.last) { portTable[port] = UInt8(r.channel) }
+        }
+        mmio = routes.mmio.filter { $0.size > 0 && $0.base <= UInt64.max - $0.size && (0..<Self.maxChannels).contains($0.channel) }
+    }
+
+    /// The channel serving `port`, nil when nothing answers it.
+    @inline(__always)
+    public func channel(forPort port: UInt16) -> Int? {
+        let c = portTable[Int(port)]
+        return c == Self.none ? nil : Int(c)
+    }
+
+    /// The channel serving `address` and how a write there is ordered, nil when nothing answers it.
+    public func mmio(_ address: UInt64) -> (channel: Int, writes: WriteOrdering)? {
+        guard let r = mmio.first(where: { address >= $0.base && address - $0.base < $0.size }) else { return nil }
+        return (r.channel, r.exceptions[address - r.base] ?? r.writes)
+    }
+}
+
+/// One vCPU's record of which channels have posted writes that may not have taken effect yet. A read or a sync
+/// on a channel is answered in order, so its answer settles every earlier write to that channel.
+public struct PostedWrites: Sendable, Equatable {
+    private var unsettled: UInt64 = 0
+
+    public init() {}
+
+    @inline(__always)
+    public mutating func posted(to channel: Int) { unsettled |= 1 << UInt64(channel) }
+
+    @inline(__always)
+    public mutating func answered(by channel: Int) { unsettled &= ~(1 << UInt64(channel)) }
+
+    /// The other channels to sync before a write to `channel` with `afterPostedWritesElsewhere` ordering, in
+    /// channel order.
+    public func toSettle(before channel: Int) -> [Int] {
+        let others = unsettled & ~(1 << UInt64(channel))
+        return (0..<AccessRouter.maxChannels).filter { others & (1 << UInt64($0)) != 0 }
+    }
+
+    /// Every channel with writes not yet known to be applied.
+    public var all: [Int] { (0..<AccessRouter.maxChannels).filter { unsettled & (1 << UInt64($0)) != 0 } }
+}

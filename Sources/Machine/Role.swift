@@ -1,0 +1,19 @@
+/// The processes of a VM other than the supervisor. One binary plays every role (`vmm _role ROLE SPEC`); the role
+/// names its policy file, its process name and what it serves.
+public enum Role: String, CaseIterable, Codable, Sendable {
+    /// The KVM VM, one thread per vCPU, the exit dispatch, the MMU.
+    case vcpu
+    /// The legacy port devices: COM1, the i8042, the CMOS RTC, the boot timer, debug-exit.
+    case pio
+    /// The local APICs and the IOAPIC.
+    case irqchip
+
+    /// The seccomp policy this role runs under, a file in `Policies/`.
+    public var policyFile: String { "\(rawValue).policy" }
+
+    /// What `ps` shows for the process (at most 15 characters reach the kernel).
+    public var processName: String { "vmm-\(rawValue)" }
+
+    /// Whether this role serves guest accesses over channels (every role but the vcpu process).
+    public var servesDevices: Bool { self != .vcpu }
+}

@@ -1,0 +1,147 @@
+import Glibc
+import Machine
+import Sandbox
+import System
+
+/// Watching a running VM: the first decisive event (a signal, a helper's report or death), then settling the
+/// devices, then the report and vmm's exit status.
+extension Supervisor {
+    /// How a run ended, and what to tell the user about it once the devices have settled.
+    struct Ending {
+        let status: ExitStatus
+        let message: String?
+        /// Said at `Info` level only (a guest that chose its exit status is not news).
+        var quiet = false
+    }
+
+    /// Waits for the first decisive event, lets every device finish what the guest already asked of it, reports
+    /// the event and returns how the run ended.
+    func watch(_ helpers: [Helper]) throws -> ExitStatus {
+        let ending = try firstDecisiveEvent(helpers)
+        settleDevices(helpers)
+        if let message = ending.message {
+            if ending.quiet { Log.info(message) } else { Log.report(message) }
+        }
+        return ending.status
+    }
+
+    private func firstDecisiveEvent(_ helpers: [Helper]) throws -> Ending {
+        // Devices' messages are read before the vCPU's: the vCPU reports a stop only after a sync with every
+        // device, so a debug-exit that came first is already in its device's pipe and must win over the stop.
+        let readingOrder = helpers.filter { $0.role != .vcpu } + helpers.filter { $0.role == .vcpu }
+        while true {
+            // A closed control pipe stays readable forever: it is left out, and the pidfd tells the rest.
+            let open = helpers.filter { !$0.controlClosed }
+            let fds = [signals.raw] + open.map { $0.control.raw } + helpers.map { $0.process.pidfd.raw }
+            let ready = try Poll.wait(fds, timeoutMs: -1)
+            if !ready[0].isEmpty {
+                let sig = try Signals.read(from: signals)
+                return Ending(status: sig == SIGINT ? .interrupted : .terminated, message: "\(signalName(sig)) received; stopping the VM")
+            }
+            // Control messages first: a helper that reported and then exited is not a crash.
+            for h in readingOrder {
+                if let ending = try readControl(h) { return ending }
+            }
+            for (i, h) in helpers.enumerated() where !ready[1 + open.count + i].isEmpty {
+                h.ended = try h.process.reap(block: true)
+                for other in readingOrder { if let ending = try readControl(other) { return ending } }
+                return Ending(status: .helperDied,
+                              message: "\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
+            }
+        }
+    }
+
+    /// At most this many records are taken from one helper per wake-up, so a helper that floods its pipe cannot
+    /// keep the supervisor from its other helpers and signals.
+    static let recordsPerWakeUp = 64
+
+    /// Reads what a helper has sent, in a bounded loop; returns the ending the first decisive record decides.
+    /// Records a role may not send, or that are malformed, end the VM: the helper is broken or compromised.
+    private func readControl(_ h: Helper) throws -> Ending? {
+        guard !h.controlClosed else { return nil }
+        var record = [UInt8](repeating: 0, count: ControlMessage.recordSize)
+        for _ in 0..<Self.recordsPerWakeUp {
+            let n = Glibc.read(h.control.raw, &record, record.count)
+            if n < 0 {
+                if errno == EAGAIN || errno == EINTR { return nil }
+                return Ending(status: .runFailed, message: "reading the \(h.role) process's control pipe failed: errno \(errno)")
+            }
+            if n == 0 {
+                h.controlClosed = true  // the helper is gone or going: its pidfd will say how
+                return nil
+            }
+            guard n == record.count, let message = ControlMessage(record: record), message.mayBeSent(by: h.role) else {
+                return Ending(status: .helperDied, message: "\(h.role) process sent a control record it may not send; stopping the VM")
+            }
+            switch message {
+            case .seccompLogged(let nr):
+                Log.report("\(h.role) process made a call its policy denies: syscall \(SeccompFilter.name(of: nr)) (log mode: it failed with ENOSYS)")
+            case .seccompKilled(let nr):
+                // The process is dying by SIGSYS; its pidfd says when. Never block on a peer's word.
+                return Ending(status: .helperDied, message: "\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
+            case .guest(.booted):
+                let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
+                Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")
+            case .guestExit, .guest(.reset), .guest(.panic), .vcpuStopped:
+                return ending(for: message)
+            }
+        }
+        return nil
+    }
+
+    private func ending(for message: ControlMessage) -> Ending {
+        switch message {
+        case .guestExit(let status):
+            return Ending(status: .guestExit(status), message: "guest requested exit through the debug-exit port: status \(status)", quiet: true)
+        case .seccompKilled, .seccompLogged, .guest(.booted):
+            return Ending(status: .helperDied, message: nil)  // handled in readControl
+        case .guest(.reset):
+            return Ending(status: .guestReboot, message: "guest reset the CPU (i8042 reset line): it asked for a reboot; stopping the VM")
+        case .guest(.panic):
+            return Ending(status: .guestPanic, message: "guest kernel panic (seen on its console); stopping the VM")
+        case .vcpuStopped(let stop):
+            switch stop {
+            case .halted:
+                return Ending(status: .poweredOff, message: "guest powered off: every vCPU halted with interrupts off")
+            case .tripleFault:
+                return Ending(status: .tripleFault, message: "guest triple fault; register dump above")
+            case .internalError, .failedEntry, .unhandledExit:
+                return Ending(status: .unhandledExit, message: "the vCPU stopped on an exit it cannot handle; register dump above")
+            case .systemEvent(let type):
+                return Ending(status: type == 1 ? .poweredOff : .unhandledExit, message: "guest requested a system event (type \(type))")
+            case .setupFailed:
+                return Ending(status: .hostSetupFailed, message: nil)  // the vcpu process said why
+            case .runFailed:
+                return Ending(status: .runFailed, message: "the vcpu process failed while the guest was running; see above")
+            }
+        }
+    }
+
+    /// Before vmm reports how the run ended, everything the guest did must have taken effect, whatever ended it:
+    /// the vcpu process is stopped (nothing new can be posted), then each device has `device_timeout_ms` to
+    /// handle what is still on its rings (a console byte, a register write). What a dead or hung device never
+    /// handled is counted and said, never dropped in silence.
+    private func settleDevices(_ helpers: [Helper]) {
+        for h in helpers where h.role == .vcpu && h.ended == nil {
+            h.process.kill(SIGKILL)
+            h.ended = try? h.process.reap(block: true)
+        }
+        let devices = helpers.filter { !$0.channels.isEmpty }
+        func unhandled(_ h: Helper) -> (all: Int, postedWrites: Int) {
+            h.channels.map { $0.unhandledRequests() }.reduce((0, 0)) { ($0.0 + $1.all, $0.1 + $1.postedWrites) }
+        }
+        let deadline = monotonicNanoseconds() + UInt64(config.vmm.deviceTimeoutMs) * 1_000_000
+        while true {
+            for h in devices where h.ended == nil { h.ended = try? h.process.reap(block: false) }
+            let busy = devices.filter { $0.ended == nil && unhandled($0).all > 0 }
+            if busy.isEmpty || monotonicNanoseconds() >= deadline { break }
+            _ = try? Poll.wait(busy.map { $0.process.pidfd.raw }, timeoutMs: 1)
+        }
+        for h in devices {
+            let lost = unhandled(h).postedWrites
+            guard lost > 0 else { continue }
+            let why = h.ended.map { "the process \($0.description)" } ?? "it did not handle them within \(config.vmm.deviceTimeoutMs) ms"
+            Log.report("\(lost) posted write\(lost == 1 ? "" : "s") to the \(h.role) process never took effect: \(why)")
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import Channel
+import IRQChipLink
+import Machine
+
+/// One vCPU's lanes of every device channel, and the rules that order its accesses: the routes say which channel
+/// serves a port or an address and how a write there is ordered; posted writes are tracked until something
+/// settles them. A device that fails is the supervisor's business: the guest reads all-ones, the vCPU goes on.
+struct DeviceChannels {
+    private var clients: [DeviceClient]
+    private let servers: [Role]
+    private let router: AccessRouter
+    /// The irqchip's channel, for the vCPU's own messages to it (acknowledgements, TSC deadlines).
+    let irqchip: Int
+    private var posted = PostedWrites()
+    private var complainedAbout: Set<Int> = []
+
+    init(clients: [DeviceClient], servers: [Role], routes: AccessRoutes) {
+        precondition(clients.count == servers.count && clients.count <= AccessRouter.maxChannels)
+        self.clients = clients
+        self.servers = servers
+        router = AccessRouter(routes)
+        irqchip = servers.firstIndex(of: .irqchip) ?? -1
+    }
+
+    // MARK: guest accesses
+
+    /// Ports nobody owns read as all-ones.
+    @inline(__always)
+    mutating func portRead(_ port: UInt16, size: Int) -> UInt64 {
+        guard let channel = router.channel(forPort: port) else { return ~0 }
+        return call(channel, .portRead, address: UInt64(port), size: size)
+    }
+
+    /// Writes to ports nobody owns go nowhere.
+    @inline(__always)
+    mutating func portWrite(_ port: UInt16, size: Int, value: UInt64) {
+        guard let channel = router.channel(forPort: port) else { return }
+        post(channel, .portWrite, address: UInt64(port), size: size, value: value)
+    }
+
+    /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
+    mutating func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
+        guard let route = router.mmio(address) else { return ~0 }
+        return call(route.channel, .mmioRead, address: address, size: size)
+    }
+
+    mutating func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
+        guard let route = router.mmio(address) else { return }
+        if route.writes == .afterPostedWritesElsewhere {
+            // The other devices answer a sync once their earlier writes are applied; the irqchip reads device
+            // lines before vCPU messages, so their line changes are then ahead of this write.
+            for other in posted.toSettle(before: route.channel) { _ = call(other, .sync, address: 0, size: 0) }
+        }
+        post(route.channel, .mmioWrite, address: address, size: size, value: value)
+        if route.writes == .synchronous { _ = call(route.channel, .sync, address: 0, size: 0) }
+    }
+
+    // MARK: the vCPU's own messages
+
+    mutating func acknowledgeInterrupt(_ vector: UInt8) {
+        post(irqchip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
+    }
+
+    mutating func setTimerDeadline(nanosecondsFromNow: UInt64?) {
+        post(irqchip, .timerDeadline, address: 0, size: 8, value: TimerDeadline.encode(nanosecondsFromNow: nanosecondsFromNow))
+    }
+
+    /// Waits until every device has applied everything this vCPU sent it (before the VM stops).
+    mutating func settleAll() {
+        for channel in clients.indices { _ = call(channel, .sync, address: 0, size: 0) }
+    }
+
+    // MARK: the channel
+
+    @inline(__always)
+    private mutating func call(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
+        posted.answered(by: channel)  // answered in order: every earlier write to it is applied
+        do { return try clients[channel].call(op, size: UInt8(size), address: address, data: 0) } catch {
+            complain(channel, error)
+            return ~0
+        }
+    }
+
+    @inline(__always)
+    private mutating func post(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
+        posted.posted(to: channel)
+        do { try clients[channel].post(op, size: UInt8(size), address: address, data: value) } catch { complain(channel, error) }
+    }
+
+    private mutating func complain(_ channel: Int, _ error: Error) {
+        if complainedAbout.insert(channel).inserted {
+            Log.warning("the \(servers[channel].rawValue) process failed: \(error); its reads return all-ones")
+        }
+    }
+}
