@@ -63,6 +63,7 @@ let package = Package(
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System"]),
+        .testTarget(name: "SystemTests", dependencies: ["System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),
     ],
     swiftLanguageModes: [.v6]

@@ -29,7 +29,23 @@ public enum ConfigParser {
         try top.rejectIfSet("metrics", "no metrics output yet")
         try top.rejectIfSet("mmds-config", "no metadata service")
         try top.finish()
+        try checkImagesFit(config)
         return config
+    }
+
+    /// A kernel or initrd larger than guest RAM cannot be loaded; saying so here keeps vmm from reading a file of any
+    /// size into memory (the supervisor caps its reads at the same size, for a file that grows after this check).
+    static func checkImagesFit(_ config: VMConfig) throws(ConfigError) {
+        let ram = config.machine.memSizeMiB << 20
+        for (path, jsonPath) in [(config.bootSource.kernelImagePath, "boot-source.kernel_image_path"),
+                                 (config.bootSource.initrdPath, "boot-source.initrd_path")] {
+            guard let path else { continue }
+            var st = stat()
+            guard stat(path, &st) == 0 else { throw ConfigError(jsonPath, "\(path): \(String(cString: strerror(errno)))") }
+            guard Int(st.st_size) <= ram else {
+                throw ConfigError(jsonPath, "\(path) has \(st.st_size) bytes, more than guest RAM (machine-config.mem_size_mib \(config.machine.memSizeMiB) MiB)")
+            }
+        }
     }
 
     static func readFile(_ path: String) -> [UInt8]? {

@@ -47,8 +47,8 @@ struct Run: ParsableCommand {
         if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
         Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
         if let path = config.logger.logPath {
-            do { Log.fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND).take() } catch {
-                Log.report("config error: logger.log_path: cannot open \(path): \(error)")
+            do { Log.fd = try FileDescriptor.openOutput(path, .append).take() } catch {
+                Log.report("config error: logger.log_path: cannot open \(error)")
                 throw ExitCode(ExitStatus.configError)
             }
         }

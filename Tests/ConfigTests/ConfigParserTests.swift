@@ -51,6 +51,22 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(c.vmm.deviceCPUs, [1])
     }
 
+    func testKernelOrInitrdLargerThanGuestRAMIsRefused() throws {
+        // 2 MiB of RAM; the kernel fits exactly, an initrd one byte larger does not.
+        let big = NSTemporaryDirectory() + "/config-test-initrd-\(getpid())"
+        FileManager.default.createFile(atPath: big, contents: Data(count: (2 << 20) + 1))
+        defer { try? FileManager.default.removeItem(atPath: big) }
+        let fits = NSTemporaryDirectory() + "/config-test-kernel-2m-\(getpid())"
+        FileManager.default.createFile(atPath: fits, contents: Data(count: 2 << 20))
+        defer { try? FileManager.default.removeItem(atPath: fits) }
+        let machine = #""machine-config": {"mem_size_mib": 2}"#
+        XCTAssertNoThrow(try parse(#"{"boot-source": {"kernel_image_path": "\#(fits)"}, \#(machine)}"#))
+        assertError(#"{"boot-source": {"kernel_image_path": "\#(big)"}, \#(machine)}"#,
+                    "boot-source.kernel_image_path: \(big) has \((2 << 20) + 1) bytes, more than guest RAM (machine-config.mem_size_mib 2 MiB)")
+        assertError(#"{"boot-source": {"kernel_image_path": "\#(fits)", "initrd_path": "\#(big)"}, \#(machine)}"#,
+                    "boot-source.initrd_path: \(big) has \((2 << 20) + 1) bytes, more than guest RAM (machine-config.mem_size_mib 2 MiB)")
+    }
+
     func testBadJSONNamesLineAndColumn() {
         assertError("{\n  \"boot-source\": {,}\n}", "(file): invalid JSON at line 2, column 19: expected a string key")
         assertError("{\"a\": 1,}", "(file): invalid JSON at line 1, column 9: expected a string key")

@@ -81,8 +81,8 @@ public final class Supervisor {
         case .stdout: consoleOut = try FileDescriptor.duplicate(1)
         case .none: consoleOut = FileDescriptor(owning: -1)
         case .file(let path):
-            do { consoleOut = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC) } catch {
-                throw HostSetupError(description: "vmm.serial.output: cannot open \(path): \(error)")
+            do { consoleOut = try FileDescriptor.openOutput(path, .truncate) } catch {
+                throw HostSetupError(description: "vmm.serial.output: cannot open \(error)")
             }
         }
         let logFD = Log.fd
@@ -186,12 +186,12 @@ public final class Supervisor {
     private func loadGuest(ramFD: Int32, size: Int) throws -> EntryState {
         let memory = try GuestMemory(fd: ramFD, size: size)
         let kernel: [UInt8]
-        do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll() } catch {
+        do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll(atMost: size) } catch {
             throw HostSetupError(description: "boot-source.kernel_image_path: \(error)")
         }
         var modules: [Multiboot.Module] = []
         if let initrd = config.bootSource.initrdPath {
-            do { modules.append(.init(bytes: try FileDescriptor.open(initrd, O_RDONLY).readAll(), string: "initrd")) } catch {
+            do { modules.append(.init(bytes: try FileDescriptor.open(initrd, O_RDONLY).readAll(atMost: size), string: "initrd")) } catch {
                 throw HostSetupError(description: "boot-source.initrd_path: \(error)")
             }
         }
