@@ -24,7 +24,10 @@ let package = Package(
         // Pure device models: no syscalls, unit-tested without a VM.
         .target(name: "Devices"),
         // Policies -> seccomp, capabilities, namespaces, the empty-root jail.
-        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"]),
+        // Policies/*.policy are built into it (the EmbedPolicies plugin): a config cannot choose them.
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], plugins: ["EmbedPolicies"]),
+        .plugin(name: "EmbedPolicies", capability: .buildTool(), dependencies: ["PolicyEmbedder"]),
+        .executableTarget(name: "PolicyEmbedder", path: "Plugins/PolicyEmbedder"),
         // Guest RAM and guest-physical addresses.
         .target(name: "Memory", dependencies: ["System"]),
         // Shared-memory rings, doorbells and the messages that cross them.

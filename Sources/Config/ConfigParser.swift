@@ -236,7 +236,11 @@ public enum ConfigParser {
             }
             s.sandbox.uid = UInt32(try sr.integer("uid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
             s.sandbox.gid = UInt32(try sr.integer("gid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
-            s.sandbox.policyDirectory = try sr.string("policy_dir")
+            // The policies decide what a helper that runs guest-controlled code may call; a config file (which may come
+            // from someone else) must not hand it one that allows ioctl or execve.
+            if sr.value("policy_dir") != nil {
+                throw ConfigError(sr.child("policy_dir"), "not allowed: the seccomp policies are built into vmm, and a config may not choose what its helpers can call (to try policies under development: vmm run --unsafe-policy-dir DIR)")
+            }
             try sr.finish()
         }
         try r.finish()

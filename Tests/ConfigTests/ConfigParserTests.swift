@@ -67,6 +67,11 @@ final class ConfigParserTests: XCTestCase {
                     "boot-source.initrd_path: \(big) has \((2 << 20) + 1) bytes, more than guest RAM (machine-config.mem_size_mib 2 MiB)")
     }
 
+    func testAConfigCannotChooseTheSeccompPolicies() {
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"policy_dir": "/tmp/permissive"}}}"#,
+                    "vmm.sandbox.policy_dir: not allowed: the seccomp policies are built into vmm, and a config may not choose what its helpers can call (to try policies under development: vmm run --unsafe-policy-dir DIR)")
+    }
+
     func testBadJSONNamesLineAndColumn() {
         assertError("{\n  \"boot-source\": {,}\n}", "(file): invalid JSON at line 2, column 19: expected a string key")
         assertError("{\"a\": 1,}", "(file): invalid JSON at line 1, column 9: expected a string key")

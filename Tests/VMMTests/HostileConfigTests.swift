@@ -33,4 +33,43 @@ final class HostileConfigTests: XCTestCase {
         XCTAssertTrue(run.stderr.contains("logger.log_path") && run.stderr.contains("is a symbolic link"), run.stderr)
         XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "precious\n", "the link's target was written")
     }
+
+    func testAConfigThatNamesAPolicyDirectoryIsRefused() throws {
+        let permissive = directory + "/permissive"
+        try FileManager.default.createDirectory(atPath: permissive, withIntermediateDirectories: false)
+        let config = """
+        {"boot-source": {"kernel_image_path": "\(dummyKernel())"}, "machine-config": {"mem_size_mib": 8},
+         "vmm": {"sandbox": {"policy_dir": "\(permissive)"}}}
+        """
+        for command in ["validate", "run"] {
+            let run = try Harness.Run(arguments: [command, "--config-file", try Harness.writeConfig(config)])
+            XCTAssertEqual(run.wait(timeout: 20), 2, command + ": " + run.stderr)
+            XCTAssertTrue(run.stderr.contains("vmm.sandbox.policy_dir: not allowed: the seccomp policies are built into vmm"), run.stderr)
+        }
+    }
+
+    /// An empty policy directory: wherever vmm takes policies from it, the supervisor fails before any helper starts.
+    func brokenPolicyDirectory() throws -> String {
+        let broken = directory + "/broken"
+        try FileManager.default.createDirectory(atPath: broken, withIntermediateDirectories: false)
+        return broken
+    }
+
+    func testThePolicyDirectoryInTheEnvironmentIsIgnored() throws {
+        try Harness.requireKVM()
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=builtin exit=4"),
+                                  environment: ["VMM_POLICY_DIR": try brokenPolicyDirectory()])
+        XCTAssertEqual(run.wait(timeout: 20), 9, run.stderr)
+        XCTAssertEqual(run.stdout, "Hello from the guest: builtin\n")
+    }
+
+    func testTheUnsafePolicyDirectoryOptionIsUsedAndSaysSo() throws {
+        try Harness.requireKVM()
+        let broken = try brokenPolicyDirectory()
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=x exit=4"),
+                                  options: ["--unsafe-policy-dir", broken])
+        XCTAssertEqual(run.wait(timeout: 20), 4, run.stderr)
+        XCTAssertTrue(run.stderr.contains("warning: --unsafe-policy-dir: the helpers get the policies in \(broken)"), run.stderr)
+        XCTAssertTrue(run.stderr.contains(": \(broken)/") && run.stderr.contains(".policy: cannot read"), run.stderr)
+    }
 }

@@ -160,10 +160,9 @@ public final class Supervisor {
 
     /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
     private func sandboxSpec(role: String) throws -> SandboxSpec {
-        let dir = try PolicyDirectory.locate(configured: config.vmm.sandbox.policyDirectory)
         let text: String
         do {
-            text = try PolicySource.load("\(role).policy", directory: dir, reader: FileDescriptor.readText)
+            text = try BuiltinPolicies.load(role: role, directory: config.vmm.sandbox.unsafePolicyDirectory, reader: FileDescriptor.readText)
         } catch { throw HostSetupError(description: "policy for \(role): \(error)") }
         let fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
         return SandboxSpec(policyName: "\(role).policy", policyText: text,
