@@ -30,7 +30,24 @@ public enum ConfigParser {
         try top.rejectIfSet("mmds-config", "no metadata service")
         try top.finish()
         try checkImagesFit(config)
+        try checkHelperIDs(config.vmm.sandbox)
         return config
+    }
+
+    /// The ids helpers run as (when vmm runs as root) must be unprivileged and nobody else's. Root's would undo the
+    /// sandbox; an id that a user or a service already runs as would let that account's processes signal or trace
+    /// helpers that run guest-controlled code, and a compromised helper reach that account's files and processes.
+    /// So, as Firecracker's jailer expects, helpers get an id of their own; here that is checked: an id the host's
+    /// user or group database knows (getpwuid/getgrgid, so NSS sources too) is refused, defaults included.
+    static func checkHelperIDs(_ sandbox: VMConfig.Sandbox) throws(ConfigError) {
+        guard sandbox.uid != 0 else { throw ConfigError("vmm.sandbox.uid", "0 is root; helpers must run as an unprivileged uid") }
+        guard sandbox.gid != 0 else { throw ConfigError("vmm.sandbox.gid", "0 is root's group; helpers must run as an unprivileged gid") }
+        if let account = getpwuid(sandbox.uid) {
+            throw ConfigError("vmm.sandbox.uid", "\(sandbox.uid) is the uid of the host account \"\(String(cString: account.pointee.pw_name))\"; helpers need a uid no account uses")
+        }
+        if let group = getgrgid(sandbox.gid) {
+            throw ConfigError("vmm.sandbox.gid", "\(sandbox.gid) is the gid of the host group \"\(String(cString: group.pointee.gr_name))\"; helpers need a gid no group uses")
+        }
     }
 
     /// A kernel or initrd larger than guest RAM cannot be loaded; saying so here keeps vmm from reading a file of any
@@ -234,8 +251,9 @@ public enum ConfigParser {
                 guard mode == "kill" || mode == "log" else { throw ConfigError(sr.child("seccomp"), "expected \"kill\" or \"log\"") }
                 s.sandbox.seccompLogOnly = mode == "log"
             }
-            s.sandbox.uid = UInt32(try sr.integer("uid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
-            s.sandbox.gid = UInt32(try sr.integer("gid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
+            // (uid_t)-1 means "unchanged" to setresuid; 0 and ids of accounts are refused in checkHelperIDs.
+            s.sandbox.uid = UInt32(try sr.integer("uid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
+            s.sandbox.gid = UInt32(try sr.integer("gid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
             // The policies decide what a helper that runs guest-controlled code may call; a config file (which may come
             // from someone else) must not hand it one that allows ioctl or execve.
             if sr.value("policy_dir") != nil {

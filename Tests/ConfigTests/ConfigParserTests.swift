@@ -107,7 +107,25 @@ final class ConfigParserTests: XCTestCase {
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
                     "not supported yet: cpu-config.msr_modifiers (MSR templates)")
         assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "off"}}}"#, "vmm.sandbox.seccomp: expected \"kill\" or \"log\"")
-        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is out of range 1...4294967294")
+    }
+
+    func testHelpersRunAsAnIDOfTheirOwn() throws {
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is root; helpers must run as an unprivileged uid")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"gid": 0}}}"#, "vmm.sandbox.gid: 0 is root's group; helpers must run as an unprivileged gid")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 4294967295}}}"#, "vmm.sandbox.uid: 4294967295 is out of range 0...4294967294")
+        // An id a host account or group already has: any will do; the host's own "nobody" is the usual one.
+        guard let account = getpwnam("nobody") ?? getpwnam("daemon"), let group = getgrnam("nogroup") ?? getgrnam("daemon") else {
+            throw XCTSkip("no nobody/daemon account or group on this host")
+        }
+        let (uid, gid) = (account.pointee.pw_uid, group.pointee.gr_gid)
+        let (user, groupName) = (String(cString: account.pointee.pw_name), String(cString: group.pointee.gr_name))
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": \#(uid)}}}"#,
+                    "vmm.sandbox.uid: \(uid) is the uid of the host account \"\(user)\"; helpers need a uid no account uses")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"gid": \#(gid)}}}"#,
+                    "vmm.sandbox.gid: \(gid) is the gid of the host group \"\(groupName)\"; helpers need a gid no group uses")
+        let own = try parse(#"{\#(boot), "vmm": {"sandbox": {"uid": 64123, "gid": 64124}}}"#)
+        XCTAssertEqual(own.vmm.sandbox.uid, 64123)
+        XCTAssertEqual(own.vmm.sandbox.gid, 64124)
     }
 
     func testMachineConfigValues() {

@@ -72,4 +72,16 @@ final class HostileConfigTests: XCTestCase {
         XCTAssertTrue(run.stderr.contains("warning: --unsafe-policy-dir: the helpers get the policies in \(broken)"), run.stderr)
         XCTAssertTrue(run.stderr.contains(": \(broken)/") && run.stderr.contains(".policy: cannot read"), run.stderr)
     }
+
+    func testHelpersMayNotRunAsAnExistingAccount() throws {
+        guard let account = getpwnam("nobody") ?? getpwnam("daemon") else { throw XCTSkip("no nobody/daemon account here") }
+        let uid = account.pointee.pw_uid
+        let config = """
+        {"boot-source": {"kernel_image_path": "\(dummyKernel())"}, "machine-config": {"mem_size_mib": 8},
+         "vmm": {"sandbox": {"uid": \(uid)}}}
+        """
+        let run = try Harness.Run(arguments: ["validate", "--config-file", try Harness.writeConfig(config)])
+        XCTAssertEqual(run.wait(timeout: 20), 2, run.stdout + run.stderr)
+        XCTAssertTrue(run.stderr.contains("vmm.sandbox.uid: \(uid) is the uid of the host account"), run.stderr)
+    }
 }
