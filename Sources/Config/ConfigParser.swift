@@ -157,6 +157,7 @@ public enum ConfigParser {
                         throw ConfigError(rr.child("bitmap"), "expected \"0b\" and 32 characters of 0, 1 or x")
                     }
                     try rr.finish()
+                    if leaf == 0x8000_0008 && name == "eax" { try checkMaxPhysicalAddress(clear: clear, set: set, at: rr.child("bitmap")) }
                     rules.append(.init(leaf: leaf, subleaf: subleaf, register: name, clear: clear, set: set))
                 }
                 try m.finish()
@@ -166,6 +167,22 @@ public enum ConfigParser {
         try r.rejectIfSet("kvm_capabilities", "KVM capability templates")
         try r.finish()
         return rules
+    }
+
+    /// MAXPHYADDR (CPUID 0x80000008 EAX[7:0]) from a template must be one a guest and the vcpu process's page
+    /// walker can use: 32 to 52 bits (x86-64 defines at most 52; the walker computes `(1 << bits) - 1`, and below 32
+    /// the guest could not reach its local APIC at 0xFEE00000). A template that changes some of those bits must give
+    /// all eight: with `x` among them the result would depend on the host's value.
+    static func checkMaxPhysicalAddress(clear: UInt32, set: UInt32, at path: String) throws(ConfigError) {
+        let given = (clear | set) & 0xff
+        guard given != 0 else { return }
+        guard given == 0xff else {
+            throw ConfigError(path, "MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) is changed only in part; give all eight bits (no x)")
+        }
+        let bits = set & 0xff
+        guard (32...52).contains(bits) else {
+            throw ConfigError(path, "MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) \(bits) is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        }
     }
 
     /// "0b" and 32 of '0', '1', 'x' (most significant first) into (bits forced to 0, bits forced to 1).

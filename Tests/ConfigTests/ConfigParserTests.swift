@@ -152,6 +152,24 @@ final class ConfigParserTests: XCTestCase {
                     "cpu-config.cpuid_modifiers[0].leaf: \"0xz\" is not a 32-bit integer")
     }
 
+    func testATemplateCannotSetAnUnusableMaxPhysicalAddress() throws {
+        func config(_ bitmap: String) -> String {
+            #"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000008", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "eax", "bitmap": "\#(bitmap)"}]}]}}"#
+        }
+        let keepHigh = "0b" + String(repeating: "x", count: 24)
+        let path = "cpu-config.cpuid_modifiers[0].modifiers[0].bitmap"
+        assertError(config(keepHigh + "01000000"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 64 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "11111111"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 255 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "00110101"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 53 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "00011111"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 31 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "1xxxxxxx"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) is changed only in part; give all eight bits (no x)")
+        XCTAssertEqual(try parse(config(keepHigh + "00110100")).cpuid.first?.set, 52)
+        XCTAssertEqual(try parse(config(keepHigh + "00101000")).cpuid.first?.set, 40)
+        // The virtual-address width above it, or other leaves' EAX, are not MAXPHYADDR.
+        XCTAssertNoThrow(try parse(config("0b" + String(repeating: "x", count: 16) + "00110000" + "xxxxxxxx")))
+        XCTAssertNoThrow(try parse(#"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000007", "modifiers": [{"register": "eax", "bitmap": "\#(keepHigh)11111111"}]}]}}"#))
+    }
+
     func testSerialSettings() throws {
         XCTAssertEqual(try parse(#"{\#(boot), "vmm": {"serial": {"output": "none"}}}"#).vmm.serialOutput, .none)
         assertError(#"{\#(boot), "vmm": {"serial": {"input": "keyboard"}}}"#, "vmm.serial.input: expected \"stdin\" or \"none\"")

@@ -112,8 +112,8 @@ public final class Supervisor {
         let vcpuSpec = VCPUSpec(
             kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
             controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: config.machine.vcpuCount, entry: entry,
-            cpuid: (quirks?.cpuidMasks ?? [])
-                + config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
+            cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) }
+                + (quirks?.cpuidMasks ?? []),  // the host's masks after the template: it cannot undo them
             trackDirtyPages: config.machine.trackDirtyPages, channels: vcpuChannels, deviceNames: ["pio", "irqchip"],
             routes: [PortRouteSpec(first: Serial8250.com1, last: Serial8250.com1 + 7, device: 0),
                      PortRouteSpec(first: DebugExit.defaultPort, last: DebugExit.defaultPort, device: 0),
