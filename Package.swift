@@ -27,7 +27,10 @@ let package = Package(
         // it and the roles: pure, unit-tested without a VM.
         .target(name: "Machine", dependencies: ["Devices"]),
         // Policies -> seccomp, capabilities, namespaces, the empty-root jail.
-        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"]),
+        // Policies/*.policy are built into it (the EmbedPolicies plugin): a config cannot choose them.
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], plugins: ["EmbedPolicies"]),
+        .plugin(name: "EmbedPolicies", capability: .buildTool(), dependencies: ["PolicyEmbedder"]),
+        .executableTarget(name: "PolicyEmbedder", path: "Plugins/PolicyEmbedder"),
         // Guest RAM and guest-physical addresses.
         .target(name: "Memory", dependencies: ["System"]),
         // Shared-memory rings, doorbells and the messages that cross them.
@@ -70,6 +73,7 @@ let package = Package(
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System"]),
+        .testTarget(name: "SystemTests", dependencies: ["System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),
     ],
     swiftLanguageModes: [.v6]

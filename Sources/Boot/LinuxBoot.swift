@@ -44,9 +44,13 @@ public enum LinuxBoot {
         guard end > Offset.initSize + 4, end <= bytes.count else { throw .malformed("setup header length") }
         let setupBytes = (sects + 1) * 512
         guard setupBytes < bytes.count else { throw .malformed("setup_sects \(sects) is past the end of the image") }
+        // cmdline_size counts the terminating NUL, so 0 leaves no room for any command line (boot.rst: 2.06+
+        // kernels set it; a loader must not compute "cmdline_size - 1" on a 0 from a hostile image).
+        let cmdlineSize = try r.u32(Offset.cmdlineSize)
+        guard cmdlineSize > 0 else { throw .malformed("cmdline_size 0 (the command line's NUL does not fit)") }
         return SetupHeader(setupBytes: setupBytes, version: version, prefAddress: try r.u64(Offset.prefAddress),
                            initSize: UInt64(try r.u32(Offset.initSize)), initrdAddrMax: try r.u32(Offset.initrdAddrMax),
-                           cmdlineSize: try r.u32(Offset.cmdlineSize), raw: Array(bytes[Offset.setupSects..<end]))
+                           cmdlineSize: cmdlineSize, raw: Array(bytes[Offset.setupSects..<end]))
     }
 
     /// Loads a bzImage's protected-mode kernel at its preferred address; returns the entry and the end of the
@@ -54,7 +58,11 @@ public enum LinuxBoot {
     static func loadBzImage(_ bytes: [UInt8], header: SetupHeader, into memory: GuestMemory) throws(BootError) -> (entry: UInt64, end: UInt64) {
         let load = header.prefAddress
         let payload = bytes[header.setupBytes...]
-        let end = load + max(header.initSize, UInt64(payload.count))
+        // pref_address comes from the image: the sum may wrap past 2^64, which must be an error, not a trap.
+        let (end, wrapped) = load.addingReportingOverflow(max(header.initSize, UInt64(payload.count)))
+        guard !wrapped else {
+            throw .doesNotFit("pref_address 0x\(String(load, radix: 16)) plus the kernel's size wraps past 2^64")
+        }
         guard load >= X86Layout.highMemory, end <= UInt64(memory.size) else {
             throw .doesNotFit("the kernel needs 0x\(String(load, radix: 16))-0x\(String(end, radix: 16))")
         }
@@ -67,6 +75,7 @@ public enum LinuxBoot {
     static func writeZeroPage(header: [UInt8]?, cmdline: UInt64, cmdlineLength: Int, initrd: (start: UInt64, size: UInt64)?,
                               into memory: GuestMemory) throws(BootError) {
         let page = X86Layout.zeroPage
+        guard let length = UInt32(exactly: cmdlineLength) else { throw .unsupported("a command line of \(cmdlineLength) bytes") }
         do {
             try memory.fill(page, count: 0x1000)
             if let header { try memory.write(header, at: page + UInt64(Offset.setupSects)) } else {
@@ -80,7 +89,7 @@ public enum LinuxBoot {
             try memory.store(loadFlags | 0x01, at: page + UInt64(Offset.loadFlags))  // LOADED_HIGH
             try memory.store(UInt32(truncatingIfNeeded: cmdline), at: page + UInt64(Offset.cmdLinePtr))
             try memory.store(UInt32(truncatingIfNeeded: cmdline >> 32), at: page + UInt64(Offset.extCmdLinePtr))
-            try memory.store(UInt32(cmdlineLength), at: page + UInt64(Offset.cmdlineSize))
+            try memory.store(length, at: page + UInt64(Offset.cmdlineSize))
             if let initrd {
                 try memory.store(UInt32(truncatingIfNeeded: initrd.start), at: page + UInt64(Offset.ramdiskImage))
                 try memory.store(UInt32(truncatingIfNeeded: initrd.size), at: page + UInt64(Offset.ramdiskSize))

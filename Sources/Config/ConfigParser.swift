@@ -29,7 +29,40 @@ public enum ConfigParser {
         try top.rejectIfSet("metrics", "no metrics output yet")
         try top.rejectIfSet("mmds-config", "no metadata service")
         try top.finish()
+        try checkImagesFit(config)
+        try checkHelperIDs(config.vmm.sandbox)
         return config
+    }
+
+    /// The ids helpers run as (when vmm runs as root) must be unprivileged and nobody else's. Root's would undo the
+    /// sandbox; an id that a user or a service already runs as would let that account's processes signal or trace
+    /// helpers that run guest-controlled code, and a compromised helper reach that account's files and processes.
+    /// So, as Firecracker's jailer expects, helpers get an id of their own; here that is checked: an id the host's
+    /// user or group database knows (getpwuid/getgrgid, so NSS sources too) is refused, defaults included.
+    static func checkHelperIDs(_ sandbox: VMConfig.Sandbox) throws(ConfigError) {
+        guard sandbox.uid != 0 else { throw ConfigError("vmm.sandbox.uid", "0 is root; helpers must run as an unprivileged uid") }
+        guard sandbox.gid != 0 else { throw ConfigError("vmm.sandbox.gid", "0 is root's group; helpers must run as an unprivileged gid") }
+        if let account = getpwuid(sandbox.uid) {
+            throw ConfigError("vmm.sandbox.uid", "\(sandbox.uid) is the uid of the host account \"\(String(cString: account.pointee.pw_name))\"; helpers need a uid no account uses")
+        }
+        if let group = getgrgid(sandbox.gid) {
+            throw ConfigError("vmm.sandbox.gid", "\(sandbox.gid) is the gid of the host group \"\(String(cString: group.pointee.gr_name))\"; helpers need a gid no group uses")
+        }
+    }
+
+    /// A kernel or initrd larger than guest RAM cannot be loaded; saying so here keeps vmm from reading a file of any
+    /// size into memory (the supervisor caps its reads at the same size, for a file that grows after this check).
+    static func checkImagesFit(_ config: VMConfig) throws(ConfigError) {
+        let ram = config.machine.memSizeMiB << 20
+        for (path, jsonPath) in [(config.bootSource.kernelImagePath, "boot-source.kernel_image_path"),
+                                 (config.bootSource.initrdPath, "boot-source.initrd_path")] {
+            guard let path else { continue }
+            var st = stat()
+            guard stat(path, &st) == 0 else { throw ConfigError(jsonPath, "\(path): \(String(cString: strerror(errno)))") }
+            guard Int(st.st_size) <= ram else {
+                throw ConfigError(jsonPath, "\(path) has \(st.st_size) bytes, more than guest RAM (machine-config.mem_size_mib \(config.machine.memSizeMiB) MiB)")
+            }
+        }
     }
 
     static func readFile(_ path: String) -> [UInt8]? {
@@ -124,6 +157,7 @@ public enum ConfigParser {
                         throw ConfigError(rr.child("bitmap"), "expected \"0b\" and 32 characters of 0, 1 or x")
                     }
                     try rr.finish()
+                    if leaf == 0x8000_0008 && name == "eax" { try checkMaxPhysicalAddress(clear: clear, set: set, at: rr.child("bitmap")) }
                     rules.append(.init(leaf: leaf, subleaf: subleaf, register: name, clear: clear, set: set))
                 }
                 try m.finish()
@@ -133,6 +167,22 @@ public enum ConfigParser {
         try r.rejectIfSet("kvm_capabilities", "KVM capability templates")
         try r.finish()
         return rules
+    }
+
+    /// MAXPHYADDR (CPUID 0x80000008 EAX[7:0]) from a template must be one a guest and the vcpu process's page
+    /// walker can use: 32 to 52 bits (x86-64 defines at most 52; the walker computes `(1 << bits) - 1`, and below 32
+    /// the guest could not reach its local APIC at 0xFEE00000). A template that changes some of those bits must give
+    /// all eight: with `x` among them the result would depend on the host's value.
+    static func checkMaxPhysicalAddress(clear: UInt32, set: UInt32, at path: String) throws(ConfigError) {
+        let given = (clear | set) & 0xff
+        guard given != 0 else { return }
+        guard given == 0xff else {
+            throw ConfigError(path, "MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) is changed only in part; give all eight bits (no x)")
+        }
+        let bits = set & 0xff
+        guard (32...52).contains(bits) else {
+            throw ConfigError(path, "MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) \(bits) is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        }
     }
 
     /// "0b" and 32 of '0', '1', 'x' (most significant first) into (bits forced to 0, bits forced to 1).
@@ -218,9 +268,14 @@ public enum ConfigParser {
                 guard mode == "kill" || mode == "log" else { throw ConfigError(sr.child("seccomp"), "expected \"kill\" or \"log\"") }
                 s.sandbox.seccompLogOnly = mode == "log"
             }
-            s.sandbox.uid = UInt32(try sr.integer("uid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
-            s.sandbox.gid = UInt32(try sr.integer("gid", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
-            s.sandbox.policyDirectory = try sr.string("policy_dir")
+            // (uid_t)-1 means "unchanged" to setresuid; 0 and ids of accounts are refused in checkHelperIDs.
+            s.sandbox.uid = UInt32(try sr.integer("uid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
+            s.sandbox.gid = UInt32(try sr.integer("gid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
+            // The policies decide what a helper that runs guest-controlled code may call; a config file (which may come
+            // from someone else) must not hand it one that allows ioctl or execve.
+            if sr.value("policy_dir") != nil {
+                throw ConfigError(sr.child("policy_dir"), "not allowed: the seccomp policies are built into vmm, and a config may not choose what its helpers can call (to try policies under development: vmm run --unsafe-policy-dir DIR)")
+            }
             try sr.finish()
         }
         try r.finish()

@@ -58,8 +58,9 @@ public struct VMConfig: Equatable, Sendable {
         /// The unprivileged ids helpers run as (when vmm runs as root).
         public var uid: UInt32 = 64999
         public var gid: UInt32 = 64999
-        /// Where the role policies are; nil: found next to the binary or in /usr/share/vmm/Policies.
-        public var policyDirectory: String?
+        /// Set only by `vmm run --unsafe-policy-dir` (for writing policies), never by a config file: read the role
+        /// policies from this directory instead of the ones built into vmm. nil: the built-in ones.
+        public var unsafePolicyDirectory: String?
     }
 
     public var bootSource: BootSource

@@ -119,7 +119,7 @@ public final class VCPU: @unchecked Sendable {
         for (i, e) in entries.enumerated() { dst[i] = e }
         _ = try kvmCall("KVM_SET_CPUID2") { vmm_ioctl_ptr(fd.raw, VMM_KVM_SET_CPUID2, raw) }
         if let e = entries.first(where: { $0.function == 0x8000_0008 }), e.eax & 0xff >= 32 {
-            physicalAddressBits = Int(e.eax & 0xff)
+            physicalAddressBits = Int(min(e.eax & 0xff, CPUIDTable.maxPhysicalAddressBits))  // (1 << 64) - 1 would trap
         }
         gigabytePages = entries.first(where: { $0.function == 0x8000_0001 }).map { $0.edx & (1 << 26) != 0 } ?? false
     }

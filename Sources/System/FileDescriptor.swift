@@ -89,7 +89,19 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
 
     /// Reads the whole file from offset 0.
     public func readAll() throws(SystemError) -> [UInt8] {
+        try readAll(count: try size())
+    }
+
+    /// Reads the whole file from offset 0, refusing (EFBIG) before anything is allocated or read when it is
+    /// larger than `limit` bytes: the file's size is not to decide how much memory vmm takes.
+    public func readAll(atMost limit: Int) throws(SystemError) -> [UInt8] {
         let n = try size()
+        guard n <= limit else { throw SystemError("read: the file has \(n) bytes, more than the limit of \(limit)", errno: EFBIG) }
+        return try readAll(count: n)
+    }
+
+    /// Reads at most `n` bytes from offset 0 (fewer when the file is shorter by then).
+    private func readAll(count n: Int) throws(SystemError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: n)
         var done = 0
         while done < n {

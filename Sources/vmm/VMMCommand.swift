@@ -37,6 +37,10 @@ struct Run: ParsableCommand {
     @Flag(help: "Seccomp log mode: a denied call is reported by name and fails with ENOSYS instead of killing the helper.")
     var seccompLog = false
 
+    @Option(name: .customLong("unsafe-policy-dir"),
+            help: "UNSAFE, for writing policies: give the helpers the policies in this directory instead of the ones built into vmm.")
+    var unsafePolicyDir: String?
+
     func run() throws {
         // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
         let signals: FileDescriptor
@@ -48,10 +52,14 @@ struct Run: ParsableCommand {
         if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
         Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
         if let path = config.logger.logPath {
-            do { Log.fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_APPEND).take() } catch {
-                Log.report("config error: logger.log_path: cannot open \(path): \(error)")
+            do { Log.fd = try FileDescriptor.openOutput(path, .append).take() } catch {
+                Log.report("config error: logger.log_path: cannot open \(error)")
                 throw ExitCode(ExitStatus.configError.code)
             }
+        }
+        if let unsafePolicyDir {
+            config.vmm.sandbox.unsafePolicyDirectory = unsafePolicyDir
+            Log.report("warning: --unsafe-policy-dir: the helpers get the policies in \(unsafePolicyDir), not the ones built into vmm")
         }
         let status = Supervisor(config: config, signals: signals).run()
         throw ExitCode(status.code)
@@ -83,7 +91,7 @@ struct Validate: ParsableCommand {
 struct PolicyCheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy-check", abstract: "Check that every role's seccomp policy parses and compiles; list the rules.")
-    @Option(help: "The policy directory (default: found as vmm run finds it).") var dir: String?
+    @Option(help: "Check the policy files in this directory (default: the policies built into vmm).") var dir: String?
 
     func run() throws {
         let (report, ok) = PolicyCheck.run(directory: dir, reader: FileDescriptor.readText)

@@ -51,6 +51,27 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(c.vmm.deviceCPUs, [1])
     }
 
+    func testKernelOrInitrdLargerThanGuestRAMIsRefused() throws {
+        // 2 MiB of RAM; the kernel fits exactly, an initrd one byte larger does not.
+        let big = NSTemporaryDirectory() + "/config-test-initrd-\(getpid())"
+        FileManager.default.createFile(atPath: big, contents: Data(count: (2 << 20) + 1))
+        defer { try? FileManager.default.removeItem(atPath: big) }
+        let fits = NSTemporaryDirectory() + "/config-test-kernel-2m-\(getpid())"
+        FileManager.default.createFile(atPath: fits, contents: Data(count: 2 << 20))
+        defer { try? FileManager.default.removeItem(atPath: fits) }
+        let machine = #""machine-config": {"mem_size_mib": 2}"#
+        XCTAssertNoThrow(try parse(#"{"boot-source": {"kernel_image_path": "\#(fits)"}, \#(machine)}"#))
+        assertError(#"{"boot-source": {"kernel_image_path": "\#(big)"}, \#(machine)}"#,
+                    "boot-source.kernel_image_path: \(big) has \((2 << 20) + 1) bytes, more than guest RAM (machine-config.mem_size_mib 2 MiB)")
+        assertError(#"{"boot-source": {"kernel_image_path": "\#(fits)", "initrd_path": "\#(big)"}, \#(machine)}"#,
+                    "boot-source.initrd_path: \(big) has \((2 << 20) + 1) bytes, more than guest RAM (machine-config.mem_size_mib 2 MiB)")
+    }
+
+    func testAConfigCannotChooseTheSeccompPolicies() {
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"policy_dir": "/tmp/permissive"}}}"#,
+                    "vmm.sandbox.policy_dir: not allowed: the seccomp policies are built into vmm, and a config may not choose what its helpers can call (to try policies under development: vmm run --unsafe-policy-dir DIR)")
+    }
+
     func testBadJSONNamesLineAndColumn() {
         assertError("{\n  \"boot-source\": {,}\n}", "(file): invalid JSON at line 2, column 19: expected a string key")
         assertError("{\"a\": 1,}", "(file): invalid JSON at line 1, column 9: expected a string key")
@@ -86,7 +107,25 @@ final class ConfigParserTests: XCTestCase {
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
                     "not supported yet: cpu-config.msr_modifiers (MSR templates)")
         assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "off"}}}"#, "vmm.sandbox.seccomp: expected \"kill\" or \"log\"")
-        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is out of range 1...4294967294")
+    }
+
+    func testHelpersRunAsAnIDOfTheirOwn() throws {
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is root; helpers must run as an unprivileged uid")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"gid": 0}}}"#, "vmm.sandbox.gid: 0 is root's group; helpers must run as an unprivileged gid")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 4294967295}}}"#, "vmm.sandbox.uid: 4294967295 is out of range 0...4294967294")
+        // An id a host account or group already has: any will do; the host's own "nobody" is the usual one.
+        guard let account = getpwnam("nobody") ?? getpwnam("daemon"), let group = getgrnam("nogroup") ?? getgrnam("daemon") else {
+            throw XCTSkip("no nobody/daemon account or group on this host")
+        }
+        let (uid, gid) = (account.pointee.pw_uid, group.pointee.gr_gid)
+        let (user, groupName) = (String(cString: account.pointee.pw_name), String(cString: group.pointee.gr_name))
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": \#(uid)}}}"#,
+                    "vmm.sandbox.uid: \(uid) is the uid of the host account \"\(user)\"; helpers need a uid no account uses")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"gid": \#(gid)}}}"#,
+                    "vmm.sandbox.gid: \(gid) is the gid of the host group \"\(groupName)\"; helpers need a gid no group uses")
+        let own = try parse(#"{\#(boot), "vmm": {"sandbox": {"uid": 64123, "gid": 64124}}}"#)
+        XCTAssertEqual(own.vmm.sandbox.uid, 64123)
+        XCTAssertEqual(own.vmm.sandbox.gid, 64124)
     }
 
     func testMachineConfigValues() {
@@ -111,6 +150,24 @@ final class ConfigParserTests: XCTestCase {
                     "cpu-config.cpuid_modifiers[0].modifiers[0].register: expected one of eax, ebx, ecx, edx")
         assertError(#"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0xz", "modifiers": []}]}}"#,
                     "cpu-config.cpuid_modifiers[0].leaf: \"0xz\" is not a 32-bit integer")
+    }
+
+    func testATemplateCannotSetAnUnusableMaxPhysicalAddress() throws {
+        func config(_ bitmap: String) -> String {
+            #"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000008", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "eax", "bitmap": "\#(bitmap)"}]}]}}"#
+        }
+        let keepHigh = "0b" + String(repeating: "x", count: 24)
+        let path = "cpu-config.cpuid_modifiers[0].modifiers[0].bitmap"
+        assertError(config(keepHigh + "01000000"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 64 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "11111111"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 255 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "00110101"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 53 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "00011111"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) 31 is out of range 32...52 (x86-64 physical addresses have at most 52 bits)")
+        assertError(config(keepHigh + "1xxxxxxx"), "\(path): MAXPHYADDR (leaf 0x80000008 EAX bits 7:0) is changed only in part; give all eight bits (no x)")
+        XCTAssertEqual(try parse(config(keepHigh + "00110100")).cpuid.first?.set, 52)
+        XCTAssertEqual(try parse(config(keepHigh + "00101000")).cpuid.first?.set, 40)
+        // The virtual-address width above it, or other leaves' EAX, are not MAXPHYADDR.
+        XCTAssertNoThrow(try parse(config("0b" + String(repeating: "x", count: 16) + "00110000" + "xxxxxxxx")))
+        XCTAssertNoThrow(try parse(#"{\#(boot), "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000007", "modifiers": [{"register": "eax", "bitmap": "\#(keepHigh)11111111"}]}]}}"#))
     }
 
     func testSerialSettings() throws {

@@ -4,8 +4,8 @@ import Glibc
 /// needs from the VMM, chosen once at start like KVM's own `kvm_x86_ops`, and applied without the user knowing
 /// the list. On hardware-backed KVM none of it applies.
 struct HostQuirks {
-    /// CPUID bits masked before the config's template: CX16 (leaf 1 ECX bit 13), because the emulator cannot run
-    /// `lock cmpxchg16b` (Linux's SLUB uses it when offered).
+    /// CPUID bits masked after the config's template (it cannot undo them): CX16 (leaf 1 ECX bit 13), because the
+    /// emulator cannot run `lock cmpxchg16b` (Linux's SLUB uses it when offered).
     let cpuidMasks: [CPUIDRuleSpec] = [CPUIDRuleSpec(leaf: 1, subleaf: 0, register: "ecx", clear: 1 << 13, set: 0)]
     /// Kernel options for features the host forces back on in CPUID, so masking cannot hide them:
     /// `noxsave` (the emulator cannot run XRSTOR), `clearcpuid=` POPCNT (151), SMAP (308: CLAC on every interrupt

@@ -93,8 +93,8 @@ public final class Supervisor {
         case .stdout: consoleOut = try FileDescriptor.duplicate(1)
         case .none: consoleOut = FileDescriptor(owning: -1)
         case .file(let path):
-            do { consoleOut = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC) } catch {
-                throw HostSetupError(description: "vmm.serial.output: cannot open \(path): \(error)")
+            do { consoleOut = try FileDescriptor.openOutput(path, .truncate) } catch {
+                throw HostSetupError(description: "vmm.serial.output: cannot open \(error)")
             }
         }
         let logFD = Log.fd
@@ -123,8 +123,8 @@ public final class Supervisor {
         let vcpuSpec = VCPUSpec(
             kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
             controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: vcpus, entry: entry,
-            cpuid: (quirks?.cpuidMasks ?? [])
-                + config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) },
+            cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) }
+                + (quirks?.cpuidMasks ?? []),  // the host's masks after the template: it cannot undo them
             trackDirtyPages: config.machine.trackDirtyPages,
             channels: channels.map { $0.spec(&vcpuFDs) }, servers: layout.servers, routes: layout.routes,
             mailboxFD: vcpuFDs.add(mailboxes.raw), kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) },
@@ -166,10 +166,10 @@ public final class Supervisor {
 
     /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
     private func sandboxSpec(_ role: Role) throws -> SandboxSpec {
-        let dir = try PolicyDirectory.locate(configured: config.vmm.sandbox.policyDirectory)
         let text: String
         do {
-            text = try PolicySource.load(role.policyFile, directory: dir, reader: FileDescriptor.readText)
+            text = try BuiltinPolicies.load(file: role.policyFile, directory: config.vmm.sandbox.unsafePolicyDirectory,
+                                            reader: FileDescriptor.readText)
         } catch { throw HostSetupError(description: "policy for \(role.rawValue): \(error)") }
         let fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
         return SandboxSpec(policyName: role.policyFile, policyText: text,
@@ -193,12 +193,12 @@ public final class Supervisor {
     private func loadGuest(ramFD: Int32, size: Int) throws -> EntryState {
         let memory = try GuestMemory(fd: ramFD, size: size)
         let kernel: [UInt8]
-        do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll() } catch {
+        do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll(atMost: size) } catch {
             throw HostSetupError(description: "boot-source.kernel_image_path: \(error)")
         }
         var modules: [Multiboot.Module] = []
         if let initrd = config.bootSource.initrdPath {
-            do { modules.append(.init(bytes: try FileDescriptor.open(initrd, O_RDONLY).readAll(), string: "initrd")) } catch {
+            do { modules.append(.init(bytes: try FileDescriptor.open(initrd, O_RDONLY).readAll(atMost: size), string: "initrd")) } catch {
                 throw HostSetupError(description: "boot-source.initrd_path: \(error)")
             }
         }

@@ -54,7 +54,7 @@ public enum VCPUProcess {
         let runners = try (0..<spec.vcpuCount).map { i in
             let vcpu = try vm.createVCPU(id: i)
             try vcpu.setCPUID(CPUIDTable.build(supported: supported, vcpuID: i, vcpuCount: spec.vcpuCount,
-                                               template: CPUIDTable.userspaceIRQChip(tscDeadline: tscDeadline) + template))
+                                               template: CPUIDTable.offered(tscDeadline: tscDeadline) + template, enforced: CPUIDTable.userspaceIRQChip(tscDeadline: tscDeadline)))
             if i == 0 { try vcpu.apply(spec.entry) }
             let clients = spec.channels.indices.map { c in
                 DeviceClient(region: regions[c], lane: i, deviceDoorbell: spec.channels[c].deviceDoorbellFD,
