@@ -41,6 +41,8 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "System", "Memory", "X86"]),
         // Architectural facts the loaders and the KVM layer share: the state a vCPU starts in.
         .target(name: "X86"),
+        // ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) and the AML they need, as bytes: pure, unit-tested without a VM.
+        .target(name: "ACPI"),
         // Guest image loaders: multiboot v1, ELF64, the Linux boot protocol, the MP table.
         .target(name: "Boot", dependencies: ["Memory", "X86"]),
         // The instruction-emulation fallback: Zydis decoding, the handled instruction set, exception injection.
@@ -73,6 +75,7 @@ let package = Package(
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System"]),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "SystemTests", dependencies: ["System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),
     ],
