@@ -43,8 +43,8 @@ let package = Package(
         .target(name: "X86"),
         // ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) and the AML they need, as bytes: pure, unit-tested without a VM.
         .target(name: "ACPI"),
-        // Guest image loaders: multiboot v1, ELF64, the Linux boot protocol, the MP table.
-        .target(name: "Boot", dependencies: ["Memory", "X86"]),
+        // Guest image loaders: multiboot v1, ELF64, the Linux boot protocol, the MP table, the ACPI tables' placement.
+        .target(name: "Boot", dependencies: ["Memory", "X86", "ACPI"]),
         // The instruction-emulation fallback: Zydis decoding, the handled instruction set, exception injection.
         .target(name: "Emulator", dependencies: ["KVM", "Memory", "CKVM", "CZydis"]),
         // The Firecracker-format config and its validation.
@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
-        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System", "ACPI"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "SystemTests", dependencies: ["System"]),
         .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),

@@ -6,6 +6,8 @@ public enum BootError: Error, CustomStringConvertible, Equatable {
     case malformed(String)
     case unsupported(String)
     case doesNotFit(String)
+    /// The machine cannot be described in ACPI tables (too many vCPUs, a device above 4 GiB, a shared pin...).
+    case acpi(String)
 
     public var description: String {
         switch self {
@@ -14,6 +16,7 @@ public enum BootError: Error, CustomStringConvertible, Equatable {
         case .malformed(let why): return "malformed image: \(why)"
         case .unsupported(let why): return "unsupported image: \(why)"
         case .doesNotFit(let why): return "image does not fit in guest RAM: \(why)"
+        case .acpi(let why): return why
         }
     }
 

@@ -17,8 +17,10 @@ public enum GuestLoader {
     /// A bzImage or an ELF64 executable starts in long mode with the first 4 GiB identity-mapped, a GDT whose
     /// selectors are the boot protocol's, interrupts off, RSI pointing at a Linux zero page, and RAX/RBX holding the
     /// multiboot magic and information (the same structure a multiboot image gets), so one ELF64 entry serves a
-    /// Linux vmlinux and a small test guest alike. The first module is the initrd.
-    public static func load(kernel: [UInt8], cmdline: String, modules: [Multiboot.Module],
+    /// Linux vmlinux and a small test guest alike. The first module is the initrd. `acpiRSDP` goes into the zero
+    /// page's `acpi_rsdp_addr` (`ACPIBoot.rsdpAddress` when the caller writes ACPI tables; a multiboot image
+    /// has no zero page and ignores it).
+    public static func load(kernel: [UInt8], cmdline: String, modules: [Multiboot.Module], acpiRSDP: GuestAddress? = nil,
                             into memory: GuestMemory) throws(BootError) -> EntryState {
         guard memory.size > Int(X86Layout.highMemory) else { throw .doesNotFit("guest RAM must be larger than 1 MiB") }
         if let header = try Multiboot.findHeader(kernel) {
@@ -50,7 +52,7 @@ public enum GuestLoader {
             throw .doesNotFit("the initrd ends above this kernel's initrd_addr_max 0x\(String(limit, radix: 16))")
         }
         try LinuxBoot.writeZeroPage(header: setupHeader?.raw, cmdline: placed.cmdline, cmdlineLength: cmdline.utf8.count,
-                                    initrd: placed.modules.first, into: memory)
+                                    initrd: placed.modules.first, acpiRSDP: acpiRSDP, into: memory)
         return EntryState(mode: .long64, rip: entry, rsp: X86Layout.stackTop, rax: UInt64(Multiboot.bootloaderMagic),
                           rbx: placed.info, rsi: X86Layout.zeroPage, gdtBase: X86Layout.gdt, cr3: X86Layout.pml4)
     }

@@ -13,6 +13,7 @@ public enum LinuxBoot {
         static let cmdLinePtr = 0x228, initrdAddrMax = 0x22c, kernelAlignment = 0x230, xloadFlags = 0x236
         static let cmdlineSize = 0x238, prefAddress = 0x258, initSize = 0x260, e820Table = 0x2d0
         static let extRamdiskImage = 0x0c0, extRamdiskSize = 0x0c4, extCmdLinePtr = 0x0c8
+        static let acpiRSDPAddr = 0x070
     }
     static let headerMagic: UInt32 = 0x5372_6448  // "HdrS"
     static let maxE820Entries = 128
@@ -71,9 +72,10 @@ public enum LinuxBoot {
     }
 
     /// Writes the zero page: `header` (a bzImage's, or a minimal one for a vmlinux), the command line, the
-    /// initrd and the E820 map.
+    /// initrd, the E820 map and, when there are ACPI tables, the RSDP's address (`acpi_rsdp_addr`: boot protocol
+    /// 2.14, honoured by Linux 5.x and later; older kernels ignore it and find the RSDP by scanning 0xE0000).
     static func writeZeroPage(header: [UInt8]?, cmdline: UInt64, cmdlineLength: Int, initrd: (start: UInt64, size: UInt64)?,
-                              into memory: GuestMemory) throws(BootError) {
+                              acpiRSDP: GuestAddress? = nil, into memory: GuestMemory) throws(BootError) {
         let page = X86Layout.zeroPage
         guard let length = UInt32(exactly: cmdlineLength) else { throw .unsupported("a command line of \(cmdlineLength) bytes") }
         do {
@@ -96,6 +98,7 @@ public enum LinuxBoot {
                 try memory.store(UInt32(truncatingIfNeeded: initrd.start >> 32), at: page + UInt64(Offset.extRamdiskImage))
                 try memory.store(UInt32(truncatingIfNeeded: initrd.size >> 32), at: page + UInt64(Offset.extRamdiskSize))
             }
+            if let acpiRSDP { try memory.store(acpiRSDP, at: page + UInt64(Offset.acpiRSDPAddr)) }
             let map = X86Layout.memoryMap(ramSize: UInt64(memory.size))
             for (i, e) in map.enumerated() {
                 let at = page + UInt64(Offset.e820Table + i * 20)

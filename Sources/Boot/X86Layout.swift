@@ -13,6 +13,11 @@ public enum X86Layout {
     public static let bootInfo: GuestAddress = 0x9000  // multiboot info, memory map, modules, command line
     public static let bootInfoEnd: GuestAddress = 0xa000
     public static let ebda: GuestAddress = 0x9fc00
+    /// The ACPI tables (the RSDP first, where Linux's scan of 0xE0000-0xFFFFF finds it) up to `acpiTablesEnd`.
+    public static let acpiTables: GuestAddress = 0xe_0000
+    public static let acpiTablesEnd: GuestAddress = 0xf_0000
+    /// The BIOS area: nothing lives there, but a PC reserves it and guests expect it reserved.
+    public static let biosArea: GuestAddress = 0xf_0000
     public static let highMemory: GuestAddress = 0x10_0000
     /// Nothing a loader places may go below this: it would overwrite the tables above.
     public static let lowestLoadAddress: GuestAddress = bootInfoEnd
@@ -20,11 +25,13 @@ public enum X86Layout {
     /// One range of the guest's physical memory map (E820 / multiboot types: 1 usable RAM, 2 reserved).
     public struct MemoryRange: Equatable, Sendable { public let start: UInt64; public let size: UInt64; public let type: UInt32 }
 
-    /// The memory map every loader reports: base memory up to the EBDA (which holds the MP table), the EBDA and
-    /// the BIOS area reserved, RAM from 1 MiB to the end.
+    /// The memory map every loader reports: base memory up to the EBDA (which holds the MP table), the EBDA
+    /// reserved, 0xE0000-0xFFFFF (the ACPI tables and the BIOS area) reserved as one range, RAM from 1 MiB to the
+    /// end. The ACPI tables' range is "reserved", not "ACPI reclaimable": Linux keeps the first MiB to itself
+    /// anyway, and reserved is what a PC's BIOS area is.
     public static func memoryMap(ramSize: UInt64) -> [MemoryRange] {
         [MemoryRange(start: 0, size: ebda, type: 1), MemoryRange(start: ebda, size: 0xa0000 - ebda, type: 2),
-         MemoryRange(start: 0xf0000, size: 0x10000, type: 2),
+         MemoryRange(start: acpiTables, size: highMemory - acpiTables, type: 2),
          MemoryRange(start: highMemory, size: ramSize - highMemory, type: 1)]
     }
 

@@ -59,6 +59,13 @@ final class LinuxBootProtocolTests: XCTestCase {
         XCTAssertEqual(try memory.load(UInt64.self, at: last), 0x10_0000)
         XCTAssertEqual(try memory.load(UInt64.self, at: last + 8), UInt64(64 << 20) - 0x10_0000)
         XCTAssertEqual(try memory.load(UInt32.self, at: last + 16), 1)
+        XCTAssertEqual(try memory.load(UInt64.self, at: zp + 0x70), 0, "acpi_rsdp_addr: no ACPI tables unless asked")
+    }
+
+    func testTheZeroPageCarriesTheRSDPAddressWhenAsked() throws {
+        let memory = try makeMemory()
+        _ = try GuestLoader.load(kernel: bzImage(payload: [0x90]), cmdline: "", modules: [], acpiRSDP: ACPIBoot.rsdpAddress, into: memory)
+        XCTAssertEqual(try memory.load(UInt64.self, at: X86Layout.zeroPage + 0x70), 0xe_0000, "boot_params.acpi_rsdp_addr")
     }
 
     func testOldOrNon64BitBzImagesAndOverlongCommandLinesAreRefused() throws {
