@@ -196,7 +196,9 @@ public enum ResourceDescriptor: Hashable, Sendable {
     }
 }
 
+/// How an interrupt line signals: a rising edge, or a level held until the device is serviced.
 public enum InterruptTrigger: Hashable, Sendable { case edge, level }
+/// Which electrical level (or edge) of the line means "asserted".
 public enum InterruptPolarity: Hashable, Sendable { case activeHigh, activeLow }
 
 /// The encodings the terms share.

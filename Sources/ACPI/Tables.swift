@@ -21,8 +21,10 @@ public struct VirtioMMIODevice: Hashable, Sendable {
 public struct ACPIMachine: Hashable, Sendable {
     /// vCPU i has APIC ID i (and ACPI processor UID i); vCPU 0 boots.
     public var vcpuCount: Int
+    /// Not a processor's APIC ID (the MP table uses `vcpuCount`).
     public var ioapicID: UInt8
     public var ioapicAddress: UInt32 = 0xfec0_0000
+    /// GSIs 0..<ioapicPins exist; every device's GSI must be one of them.
     public var ioapicPins: Int = 24
     public var localAPICAddress: UInt32 = 0xfee0_0000
     /// The 16550 UART the DSDT lists as COM1 (`PNP0501`), nil for none.
@@ -65,7 +67,7 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
 /// (16-byte aligned; at 0xE0000 it is where Linux's scan of 0xE0000-0xFFFFF finds it even without the zero
 /// page's `acpi_rsdp_addr`), then the XSDT, the FADT, the MADT and the DSDT, each 16-byte aligned.
 ///
-/// Choices (see the README's "ACPI" section for the reasons at length):
+/// Choices (the README's "ACPI tables" has them all):
 /// - HW_REDUCED_ACPI: no PM1/GPE blocks, no SCI, no FACS, no PM timer. The VMM has none of that hardware.
 ///   Linux then uses a "null legacy PIC" with no ISA IRQs 0-15 pre-mapped, so an ISA device's interrupt only
 ///   reaches Linux through a DSDT device's `_CRS`: that is why COM1 is in the DSDT. MADT interrupt source

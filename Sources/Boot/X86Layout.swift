@@ -16,8 +16,6 @@ public enum X86Layout {
     /// The ACPI tables (the RSDP first, where Linux's scan of 0xE0000-0xFFFFF finds it) up to `acpiTablesEnd`.
     public static let acpiTables: GuestAddress = 0xe_0000
     public static let acpiTablesEnd: GuestAddress = 0xf_0000
-    /// The BIOS area: nothing lives there, but a PC reserves it and guests expect it reserved.
-    public static let biosArea: GuestAddress = 0xf_0000
     public static let highMemory: GuestAddress = 0x10_0000
     /// Nothing a loader places may go below this: it would overwrite the tables above.
     public static let lowestLoadAddress: GuestAddress = bootInfoEnd
