@@ -2,8 +2,8 @@ import Synchronization
 
 /// Guest RAM as the virtio code sees it: one range of guest-physical addresses `[0, size)`.
 ///
-/// The device process implements it over its mapping of the RAM memfd (the `Memory` module's `GuestMemory` fits with
-/// a three-line extension); tests implement it over an array. The protocol is deliberately one method: every other
+/// The device process uses `MappedGuestRAM` over its mapping of the RAM memfd (e.g. `GuestMemory.hostBase` and its
+/// size from the `Memory` module); tests implement it over an allocation of their own. The protocol is deliberately one method: every other
 /// access in this module goes through `bytes(at:count:)`, so there is a single place where a guest address becomes a
 /// host pointer and a single bounds check to get right.
 ///
@@ -16,6 +16,25 @@ public protocol GuestRAM: AnyObject {
     /// The host bytes behind `[gpa, gpa + count)`, or nil when any of them is outside RAM, when `count` is negative
     /// or when `gpa + count` overflows. Implementations should use `GuestRange.isInside` for the check.
     func bytes(at gpa: UInt64, count: Int) -> UnsafeMutableRawBufferPointer?
+}
+
+/// Guest RAM mapped into this process at `base`: the implementation a device process uses.
+///
+/// Unsafe by construction (it trusts `base` and `size`): the process must keep the mapping alive, at least `size`
+/// bytes long, for as long as this object is used. Everything handed out is bounds-checked against `size`.
+public final class MappedGuestRAM: GuestRAM {
+    private let base: UnsafeMutableRawPointer
+    public let size: UInt64
+
+    public init(base: UnsafeMutableRawPointer, size: Int) {
+        self.base = base
+        self.size = UInt64(max(0, size))
+    }
+
+    public func bytes(at gpa: UInt64, count: Int) -> UnsafeMutableRawBufferPointer? {
+        guard GuestRange.isInside(gpa: gpa, count: count, ramSize: size) else { return nil }
+        return UnsafeMutableRawBufferPointer(start: base + Int(gpa), count: count)
+    }
 }
 
 /// Overflow-checked arithmetic on guest-physical ranges, shared by every `GuestRAM` implementation and by the

@@ -195,7 +195,7 @@ public final class VirtioBlock: VirtioDeviceBackend {
         guard let last = buffers.last, last.isDeviceWritable, last.length >= 1 else {
             throw VirtioRequestError("block request \(request.head) has no status byte")
         }
-        let statusAddress = last.gpa + UInt64(last.length) - 1
+        let statusAddress = last.gpa &+ UInt64(last.length) &- 1 // inside RAM: the queue validated it
         func complete(_ status: UInt8, wrote: UInt32 = 0) -> UInt32 {
             memory.store(status, at: statusAddress)
             return wrote &+ 1
@@ -216,7 +216,7 @@ public final class VirtioBlock: VirtioDeviceBackend {
             var gpa = b.gpa
             var length = b.length
             if i == 0 {
-                gpa += UInt64(Self.headerLength)
+                gpa &+= UInt64(Self.headerLength)
                 length -= Self.headerLength
             }
             if i == buffers.count - 1 { length -= 1 }

@@ -116,15 +116,25 @@ public final class VirtioMMIOTransport {
         pending = Array(repeating: false, count: maxSizes.count)
         if let saved = restoring, saved.queues.map(\.maxSize) == maxSizes {
             state = saved
-            if state.status & VirtioStatus.driverOK != 0 && state.status & VirtioStatus.deviceNeedsReset == 0 {
+            interrupt.set(state.interruptStatus != 0)
+            // The saved state is trusted no more than the guest: every active queue's layout is checked again, so
+            // no later address computation can overflow.
+            for (i, q) in state.queues.enumerated() where q.isActive {
+                do {
+                    try q.validateLayout(memory: memory)
+                } catch {
+                    markNeedsReset(reason: "restored queue \(i): \(error)")
+                }
+            }
+            if isLive {
                 backend.activate(features: state.driverFeatures)
                 // A notification may have arrived while nobody listened.
                 pending = state.queues.map(\.isActive)
             }
         } else {
             state = VirtioMMIOState(queueMaxSizes: maxSizes)
+            interrupt.set(false)
         }
-        interrupt.set(state.interruptStatus != 0)
     }
 
     // MARK: - MMIO

@@ -162,6 +162,20 @@ public struct Virtqueue: Codable, Equatable, Sendable {
     /// Validates the registers against `memory` and the spec's alignment rules and starts serving requests, with
     /// the ring features taken from the negotiated `features`. Called at DRIVER_OK for every ready queue.
     public mutating func activate(features: UInt64, memory: GuestRAM) throws(VirtqueueError) {
+        try validateLayout(memory: memory)
+        eventIndexEnabled = features & VirtioFeature.eventIndex != 0
+        indirectEnabled = features & VirtioFeature.indirectDescriptors != 0
+        lastAvailIndex = 0
+        usedIndex = 0
+        signalledUsedIndex = 0
+        addedSinceSignal = false
+        isActive = true
+    }
+
+    /// Checks the registers: ready, a power-of-two size within QueueNumMax, and each ring aligned as 2.7 requires
+    /// and entirely inside RAM (so no ring address computed later can overflow or leave RAM). `activate` runs it;
+    /// a process restoring a saved state runs it again rather than trust what it reads back.
+    public func validateLayout(memory: GuestRAM) throws(VirtqueueError) {
         guard ready else { throw .notReady }
         guard size != 0, size <= maxSize, size & (size - 1) == 0 else { throw .invalidSize(size, max: maxSize) }
         let n = UInt64(size)
@@ -177,13 +191,6 @@ public struct Virtqueue: Codable, Equatable, Sendable {
         guard usedRing % 4 == 0, GuestRange.isInside(gpa: usedRing, count: 6 + 8 * n, ramSize: ram) else {
             throw .invalidRing(.usedRing, gpa: usedRing)
         }
-        eventIndexEnabled = features & VirtioFeature.eventIndex != 0
-        indirectEnabled = features & VirtioFeature.indirectDescriptors != 0
-        lastAvailIndex = 0
-        usedIndex = 0
-        signalledUsedIndex = 0
-        addedSinceSignal = false
-        isActive = true
     }
 
     // MARK: - Ring addresses (valid only while active; the size is then a power of two and the rings inside RAM)

@@ -368,6 +368,13 @@ final class MMIOTransportTests: XCTestCase {
         restored.runPendingQueues()
         XCTAssertEqual(d.usedIndex, 2)
         XCTAssertEqual(backend2.handled.map(\.head), [1])
+        // A saved state whose rings no longer fit RAM is not trusted.
+        let small = FakeRAM(size: 0x2000)
+        let line3 = LineRecorder()
+        let distrusted = VirtioMMIOTransport(backend: RecordingBackend(), memory: small, interrupt: line3, restoring: saved)
+        XCTAssertNotEqual(distrusted.state.status & VirtioStatus.deviceNeedsReset, 0)
+        XCTAssertFalse(distrusted.isLive)
+        XCTAssertTrue(line3.level)
         // A state from a different device shape is not used.
         let other = VirtioMMIOTransport(backend: VirtioEntropy(source: CountingEntropy()), memory: ram, interrupt: line2,
                                         restoring: saved)

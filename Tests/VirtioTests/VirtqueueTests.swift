@@ -12,6 +12,20 @@ final class GuestRAMTests: XCTestCase {
         XCTAssertFalse(GuestRange.isInside(gpa: 0, count: -1, ramSize: 4096))
     }
 
+    func testMappedGuestRAMChecksBounds() throws {
+        let backing = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 16)
+        defer { backing.deallocate() }
+        let base = try XCTUnwrap(backing.baseAddress)
+        let ram = MappedGuestRAM(base: base, size: 256)
+        XCTAssertEqual(ram.size, 256)
+        XCTAssertTrue(ram.store(UInt16(0xBEEF), at: 254))
+        XCTAssertEqual(backing[254], 0xEF)
+        XCTAssertNil(ram.bytes(at: 255, count: 2))
+        XCTAssertNil(ram.bytes(at: .max, count: 1))
+        XCTAssertNil(ram.bytes(at: 0, count: -1))
+        XCTAssertEqual(ram.bytes(at: 256, count: 0)?.count, 0)
+    }
+
     func testLittleEndianLoadsAndStores() {
         let ram = FakeRAM(size: 64)
         XCTAssertTrue(ram.store(UInt32(0x1122_3344), at: 3))
