@@ -1,0 +1,41 @@
+/// A virtio device type (block, entropy, ...) behind `VirtioMMIOTransport`.
+///
+/// The transport owns everything the device types share: registers, feature negotiation, the status machine, the
+/// virtqueues and their ordering rules, notification suppression and interrupts. A backend sees only validated
+/// requests, one at a time, and answers each with the number of bytes it wrote into the guest's buffers. That keeps
+/// the hostile-input handling of the rings in one audited place, and a backend a small, testable function of
+/// (request, guest RAM, its storage).
+public protocol VirtioDeviceBackend: AnyObject {
+    /// The virtio device ID (`VirtioDeviceID`), read by the driver from the DeviceID register.
+    var deviceID: UInt32 { get }
+    /// The device-specific feature bits offered (bits 0...23 and any others the backend implements). The transport
+    /// adds VERSION_1, EVENT_IDX and INDIRECT_DESC itself.
+    var deviceFeatures: UInt64 { get }
+    /// QueueNumMax of each virtqueue; the count is the number of queues. Each must be a power of two.
+    var queueMaxSizes: [UInt16] { get }
+
+    /// Reads `size` (1...8) bytes of the device configuration space at `offset` (from its start, i.e. MMIO
+    /// offset - 0x100), little-endian. Bytes beyond the structure read as 0.
+    func readConfig(offset: UInt64, size: Int) -> UInt64
+    /// A driver write to the configuration space. Returns true when the configuration changed (the transport then
+    /// bumps ConfigGeneration). Read-only fields ignore writes.
+    func writeConfig(offset: UInt64, size: Int, value: UInt64) -> Bool
+
+    /// The driver set DRIVER_OK with these negotiated features; requests follow.
+    func activate(features: UInt64)
+    /// The driver reset the device (status 0): forget every negotiated setting and request in flight.
+    func reset()
+
+    /// Serves one request from queue `queue` and returns how many bytes it wrote into the chain's device-writable
+    /// buffers (the used length). Throws only when the request cannot even be answered with an error status; the
+    /// transport then sets DEVICE_NEEDS_RESET.
+    func handle(_ request: DescriptorChain, queue: Int, memory: GuestRAM) throws(VirtioRequestError) -> UInt32
+}
+
+/// A request a backend cannot complete nor fail in-band (e.g. a block request with no status byte to report an
+/// error in). The device needs a reset.
+public struct VirtioRequestError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
