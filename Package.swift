@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "Config"),
         // One folder per process role.
         .target(name: "Processes", dependencies: [
-            "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "Sandbox", "Emulator", "X86", "Machine",
+            "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "Sandbox", "Emulator", "X86", "Machine", "ACPI", "Virtio",
         ]),
         .executableTarget(name: "vmm", dependencies: [
             "Processes", "Config", "Machine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -72,6 +72,8 @@ let package = Package(
 
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
+        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux"]),
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),

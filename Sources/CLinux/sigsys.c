@@ -16,13 +16,21 @@
 static int report_fd = -1;
 static int log_only = 0;
 
+void vmm_seccomp_record(int nr, int logged, uint32_t record[4]) {
+    _Static_assert(VMM_CONTROL_RECORD_SIZE == 4 * sizeof(uint32_t), "one control record");
+    record[0] = logged ? VMM_CONTROL_SECCOMP_LOGGED : VMM_CONTROL_SECCOMP_KILLED;
+    record[1] = (uint32_t)nr;
+    record[2] = 0;
+    record[3] = 0;
+}
+
 static void on_sigsys(int sig, siginfo_t *info, void *context) {
     (void)sig;
     ucontext_t *uc = context;
     int nr = info->si_syscall;
     if (report_fd >= 0) {
-        _Static_assert(VMM_CONTROL_RECORD_SIZE == 4 * sizeof(uint32_t), "one control record");
-        uint32_t record[4] = { log_only ? VMM_CONTROL_SECCOMP_LOGGED : VMM_CONTROL_SECCOMP_KILLED, (uint32_t)nr, 0, 0 };
+        uint32_t record[4];
+        vmm_seccomp_record(nr, log_only, record);
         (void)!write(report_fd, record, sizeof record);
     }
     greg_t *r = uc->uc_mcontext.gregs;

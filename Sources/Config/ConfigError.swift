@@ -75,6 +75,7 @@ struct ObjectReader {
     mutating func rejectIfSet(_ key: String, _ why: String) throws(ConfigError) {
         guard let v = value(key) else { return }
         switch v {
+        case .null: return
         case .array(let a) where a.isEmpty: return
         case .object(let o) where o.isEmpty: return
         default: throw ConfigError.notSupportedYet(child(key), why)

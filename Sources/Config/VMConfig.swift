@@ -63,8 +63,27 @@ public struct VMConfig: Equatable, Sendable {
         public var unsafePolicyDirectory: String?
     }
 
+    /// A virtio-blk disk, from Firecracker's `drives`.
+    public struct Drive: Equatable, Sendable {
+        /// Firecracker's `cache_type`: `Unsafe` does not offer the guest a flush; `Writeback` offers it and a flush
+        /// makes the device call fdatasync on the image.
+        public enum CacheType: String, Equatable, Sendable { case unsafe = "Unsafe", writeback = "Writeback" }
+        public var driveID: String
+        public var pathOnHost: String
+        public var isRootDevice = false
+        public var isReadOnly = false
+        public var partUUID: String?
+        public var cacheType: CacheType = .unsafe
+    }
+
+    /// The virtio-rng device, from Firecracker's `entropy`.
+    public struct Entropy: Equatable, Sendable {}
+
     public var bootSource: BootSource
     public var machine = Machine()
+    /// In the order the guest sees them (vda, vdb, ...); a root device comes first, as Firecracker orders them.
+    public var drives: [Drive] = []
+    public var entropy: Entropy?
     public var cpuid: [CPUIDRule] = []
     public var logger = Logger()
     public var vmm = VMM()

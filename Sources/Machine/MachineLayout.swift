@@ -7,13 +7,20 @@ public struct MachineLayout: Sendable, Equatable {
     /// One device as the machine places it.
     public struct Device: Sendable, Equatable {
         public var name: String
-        public var server: Role
+        public var server: Server
         public var ports: ClosedRange<UInt16>?
         public var mmio: MMIOWindow?
         /// The IOAPIC pin it raises (ISA IRQ n is pin n, as the MP table says).
         public var irq: Int?
 
-        public init(name: String, server: Role, ports: ClosedRange<UInt16>? = nil, mmio: MMIOWindow? = nil, irq: Int? = nil) {
+        /// A virtio-mmio device's QueueNotify register: KVM signals the device's eventfd on writes there, so
+        /// queue notifications reach the device process without an exit to the vcpu process.
+        public var queueNotifyAddress: UInt64? {
+            guard server.role.isVirtio, let w = mmio else { return nil }
+            return w.base + MachineLayout.virtioQueueNotifyOffset
+        }
+
+        public init(name: String, server: Server, ports: ClosedRange<UInt16>? = nil, mmio: MMIOWindow? = nil, irq: Int? = nil) {
             self.name = name
             self.server = server
             self.ports = ports
@@ -42,10 +49,12 @@ public struct MachineLayout: Sendable, Equatable {
     public enum LayoutError: Error, Equatable, CustomStringConvertible {
         case overlap(String, String)
         case pinTaken(Int, String, String)
+        case outOfPins(String)
         public var description: String {
             switch self {
             case .overlap(let a, let b): return "\(a) and \(b) overlap"
             case .pinTaken(let pin, let a, let b): return "\(a) and \(b) both raise IOAPIC pin \(pin)"
+            case .outOfPins(let d): return "no IOAPIC pin is left for \(d)"
             }
         }
     }
@@ -74,20 +83,67 @@ public struct MachineLayout: Sendable, Equatable {
                                exceptions: [LocalAPIC.Register.icrLow: .synchronous,
                                             LocalAPIC.Register.eoi: .afterPostedWritesElsewhere])
         let devices: [Device] = [
-            Device(name: "com1", server: .pio, ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4),
-            Device(name: "debug-exit", server: .pio, ports: DebugExit.defaultPort...DebugExit.defaultPort),
-            Device(name: "i8042-data", server: .pio, ports: I8042.dataPort...I8042.dataPort),
-            Device(name: "i8042-command", server: .pio, ports: I8042.commandPort...I8042.commandPort),
-            Device(name: "rtc", server: .pio, ports: CMOSRTC.defaultPort...CMOSRTC.defaultPort + 1),
-            Device(name: "boot-timer", server: .pio, ports: BootTimer.defaultPort...BootTimer.defaultPort),
-            Device(name: "lapic", server: .irqchip, mmio: lapic),
-            Device(name: "ioapic", server: .irqchip, mmio: MMIOWindow(base: IOAPIC.defaultBase, size: 0x1000, writes: .synchronous)),
+            Device(name: "com1", server: Server(.pio), ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4),
+            Device(name: "debug-exit", server: Server(.pio), ports: DebugExit.defaultPort...DebugExit.defaultPort),
+            Device(name: "i8042-data", server: Server(.pio), ports: I8042.dataPort...I8042.dataPort),
+            Device(name: "i8042-command", server: Server(.pio), ports: I8042.commandPort...I8042.commandPort),
+            Device(name: "rtc", server: Server(.pio), ports: CMOSRTC.defaultPort...CMOSRTC.defaultPort + 1),
+            Device(name: "boot-timer", server: Server(.pio), ports: BootTimer.defaultPort...BootTimer.defaultPort),
+            Device(name: "lapic", server: Server(.irqchip), mmio: lapic),
+            Device(name: "ioapic", server: Server(.irqchip), mmio: MMIOWindow(base: IOAPIC.defaultBase, size: 0x1000, writes: .synchronous)),
         ]
         do { return try MachineLayout(devices: devices) } catch { preconditionFailure("the standard layout overlaps: \(error)") }
     }()
 
-    /// The roles that serve devices, in the order of the vcpu process's channels.
-    public var servers: [Role] { Role.allCases.filter { r in devices.contains { $0.server == r } } }
+    /// Where virtio-mmio devices go: one 4 KiB window each from here (Firecracker's x86 MMIO area, above the most
+    /// RAM a VM can have below the 32-bit gap and below the IOAPIC), and IOAPIC pins from 5 (4 is COM1).
+    public static let virtioBase: UInt64 = 0xd000_0000
+    public static let virtioWindow: UInt64 = 0x1000
+    public static let firstVirtioPin = 5
+    /// QueueNotify in the virtio-mmio register window (virtio 1.2, 4.2.2).
+    public static let virtioQueueNotifyOffset: UInt64 = 0x50
+    public static let lastPin = 23
+
+    /// The standard machine with `virtio` devices added in order: `virtio-blk0`, `virtio-blk1`, ..., `virtio-rng0`.
+    public static func with(virtio roles: [Role]) throws(LayoutError) -> MachineLayout {
+        var layout = standard
+        var count: [Role: Int] = [:]
+        for (i, role) in roles.enumerated() {
+            precondition(role.isVirtio)
+            let pin = firstVirtioPin + i
+            let server = Server(role, instance: count[role, default: 0])
+            count[role, default: 0] += 1
+            guard pin <= lastPin else { throw .outOfPins(server.description) }
+            try layout.add(Device(name: server.description, server: server,
+                                  mmio: MMIOWindow(base: virtioBase + UInt64(i) * virtioWindow, size: virtioWindow, writes: .posted),
+                                  irq: pin))
+        }
+        return layout
+    }
+
+    /// The processes that serve devices, in the order of the vcpu process's channels: as the devices were placed.
+    public var servers: [Server] {
+        var seen: [Server] = []
+        for d in devices where !seen.contains(d.server) { seen.append(d.server) }
+        return seen
+    }
+
+    /// The virtio-mmio devices, in order, with their windows and pins (for ACPI, the command line, the processes).
+    public var virtioDevices: [Device] { devices.filter { $0.server.role.isVirtio } }
+
+    /// Linux's description of the virtio-mmio devices for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (the
+    /// distro kernel finds them through ACPI instead), e.g. `virtio_mmio.device=4K@0xd0000000:5`.
+    public var virtioCommandLine: String {
+        virtioDevices.compactMap { d in
+            d.mmio.flatMap { w in d.irq.map { "virtio_mmio.device=\(w.size >> 10)K@0x\(String(w.base, radix: 16)):\($0)" } }
+        }.joined(separator: " ")
+    }
+
+    /// The devices that raise an interrupt, one lane each of the irqchip's lines channel: lane i drives pin
+    /// `interruptLines[i].pin`, and the irqchip holds each lane to its pin.
+    public var interruptLines: [(server: Server, pin: Int)] {
+        devices.compactMap { d in d.irq.map { (d.server, $0) } }
+    }
 
     /// The vcpu process's routes: channel i is `servers[i]`.
     public var routes: AccessRoutes {

@@ -7,6 +7,10 @@ public enum Role: String, CaseIterable, Codable, Sendable {
     case pio
     /// The local APICs and the IOAPIC.
     case irqchip
+    /// One virtio-blk disk (one process per drive).
+    case virtioBlock = "virtio-blk"
+    /// The virtio-rng entropy device.
+    case virtioRNG = "virtio-rng"
 
     /// The seccomp policy this role runs under, a file in `Policies/`.
     public var policyFile: String { "\(rawValue).policy" }
@@ -16,4 +20,20 @@ public enum Role: String, CaseIterable, Codable, Sendable {
 
     /// Whether this role serves guest accesses over channels (every role but the vcpu process).
     public var servesDevices: Bool { self != .vcpu }
+
+    /// Roles with one process per device, told apart by an instance number.
+    public var isVirtio: Bool { self == .virtioBlock || self == .virtioRNG }
+}
+
+/// One process that serves devices: its role and, for roles with a process per device, which one.
+public struct Server: Hashable, Codable, Sendable, CustomStringConvertible {
+    public var role: Role
+    public var instance: Int
+    public init(_ role: Role, instance: Int = 0) {
+        self.role = role
+        self.instance = instance
+    }
+
+    /// "pio", "irqchip", "virtio-blk0", "virtio-blk1", "virtio-rng0".
+    public var description: String { role.isVirtio ? "\(role.rawValue)\(instance)" : role.rawValue }
 }

@@ -8,6 +8,13 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
     /// Takes ownership of `raw`.
     public init(owning raw: Int32) { self.raw = raw }
 
+    /// A descriptor in a class, for keeping several in a collection or handing one to an owner list.
+    public final class Box: @unchecked Sendable {
+        public let fd: FileDescriptor
+        public init(_ fd: consuming FileDescriptor) { self.fd = fd }
+        public var raw: Int32 { fd.raw }
+    }
+
     deinit { if raw >= 0 { close(raw) } }
 
     /// Gives up ownership without closing.

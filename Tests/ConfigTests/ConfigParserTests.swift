@@ -95,13 +95,53 @@ final class ConfigParserTests: XCTestCase {
                     "boot-source.initrd_path: /nonexistent/initrd: No such file or directory")
     }
 
+    func testDrivesAndEntropyInFirecrackersFormat() throws {
+        let image = NSTemporaryDirectory() + "vmm-config-test-disk-\(getpid()).img"
+        let data = NSTemporaryDirectory() + "vmm-config-test-data-\(getpid()).img"
+        for p in [image, data] { XCTAssertTrue(FileManager.default.createFile(atPath: p, contents: Data(count: 4096))) }
+        defer { for p in [image, data] { try? FileManager.default.removeItem(atPath: p) } }
+        let c = try parse(#"""
+            {\#(boot), "drives": [
+              {"drive_id": "data", "path_on_host": "\#(data)", "is_root_device": false, "is_read_only": true,
+               "rate_limiter": null, "io_engine": "Sync"},
+              {"drive_id": "rootfs", "path_on_host": "\#(image)", "is_root_device": true, "is_read_only": false,
+               "partuuid": "0eaa91a0-01", "cache_type": "Writeback"}],
+             "entropy": {"rate_limiter": null}}
+            """#)
+        XCTAssertEqual(c.drives.map(\.driveID), ["rootfs", "data"], "the root device comes first")
+        XCTAssertEqual(c.drives[0].cacheType, .writeback)
+        XCTAssertEqual(c.drives[0].partUUID, "0eaa91a0-01")
+        XCTAssertTrue(c.drives[1].isReadOnly)
+        XCTAssertEqual(c.drives[1].cacheType, .unsafe)
+        XCTAssertNotNil(c.entropy)
+        XCTAssertNil(try parse(#"{\#(boot), "entropy": null, "drives": []}"#).entropy)
+
+        func drive(_ fields: String) -> String { #"{\#(boot), "drives": [{"drive_id": "d", "path_on_host": "\#(image)"\#(fields)}]}"# }
+        assertError(#"{\#(boot), "drives": [{"path_on_host": "\#(image)"}]}"#, "drives[0].drive_id: missing")
+        assertError(#"{\#(boot), "drives": [{"drive_id": "d"}]}"#, "drives[0].path_on_host: missing")
+        assertError(drive(#", "cache_type": "Fast""#), "drives[0].cache_type: expected Unsafe or Writeback")
+        assertError(drive(#", "io_engine": "Async""#),
+                    "not supported yet: drives[0].io_engine (Async (io_uring); the device process does synchronous I/O)")
+        assertError(drive(#", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 100}}"#),
+                    "not supported yet: drives[0].rate_limiter (rate limiting of drives)")
+        assertError(drive(#", "partuuid": "not a uuid""#), "drives[0].partuuid: \"not a uuid\" is not a partition UUID (hex digits and dashes)")
+        assertError(#"{\#(boot), "drives": [{"drive_id": "this-id-is-longer-than-20", "path_on_host": "\#(image)"}]}"#,
+                    "drives[0].drive_id: \"this-id-is-longer-than-20\" must be 1 to 20 printable characters (the guest reads it as the disk's serial)")
+        assertError(#"{\#(boot), "drives": [{"drive_id": "a", "path_on_host": "/nonexistent.img"}]}"#,
+                    "drives[0].path_on_host: /nonexistent.img: No such file or directory")
+        assertError(#"{\#(boot), "drives": [{"drive_id": "a", "path_on_host": "\#(image)"}, {"drive_id": "a", "path_on_host": "\#(data)"}]}"#,
+                    "drives[1].drive_id: \"a\" is used twice")
+        assertError(#"{\#(boot), "drives": [{"drive_id": "a", "path_on_host": "\#(image)", "is_root_device": true}, {"drive_id": "b", "path_on_host": "\#(data)", "is_root_device": true}]}"#,
+                    "drives[1].is_root_device: \"a\" is the root device already")
+        assertError(#"{\#(boot), "entropy": {"rate_limiter": {"ops": {"size": 1, "refill_time": 100}}}}"#,
+                    "not supported yet: entropy.rate_limiter (rate limiting of the entropy device)")
+    }
+
     func testUnsupportedSectionsAreRejectedNotIgnored() {
-        assertError(#"{\#(boot), "drives": [{"drive_id": "rootfs"}]}"#,
-                    "not supported yet: drives (virtio-blk arrives with the virtio device processes)")
         assertError(#"{\#(boot), "network-interfaces": [{"iface_id": "eth0"}]}"#,
-                    "not supported yet: network-interfaces (virtio-net arrives with the virtio device processes)")
+                    "not supported yet: network-interfaces (virtio-net arrives with the next virtio device processes)")
         assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#,
-                    "not supported yet: vsock (virtio-vsock arrives with the virtio device processes)")
+                    "not supported yet: vsock (virtio-vsock arrives with the next virtio device processes)")
         assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2, "smt": true}}"#,
                     "not supported yet: machine-config.smt (SMT topology: every vCPU is a core of its own)")
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,

@@ -257,6 +257,26 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertEqual(alive, [], "helpers must not outlive a killed supervisor")
     }
 
+    /// `ps` and `top` show each process by role and each vCPU thread by number, not `exe`.
+    func testProcessesAndThreadsAreNamedByRole() throws {
+        let run = try startEndlessGuest()
+        defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
+        func comm(_ path: String) -> String {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        var names: [String: String] = [:]
+        for pid in Harness.helperPIDs(of: run.process.processIdentifier) {
+            let role = try XCTUnwrap(Harness.role(of: pid))
+            names[role] = comm("/proc/\(pid)/comm")
+            if role == "vcpu" {
+                let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").map { comm("/proc/\(pid)/task/\($0)/comm") }
+                XCTAssertTrue(threads.contains("vcpu0"), "\(threads)")
+                XCTAssertTrue(threads.contains("vcpu0-irq"), "\(threads)")
+            }
+        }
+        XCTAssertEqual(names, ["vcpu": "vmm-vcpu", "pio": "vmm-pio", "irqchip": "vmm-irqchip"])
+    }
+
     func testHelpersHoldExactlyTheirDescriptors() throws {
         let run = try startEndlessGuest()
         defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
@@ -265,22 +285,26 @@ final class GuestRunTests: GuestTestCase {
             let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
             switch Harness.role(of: pid) {
             case "pio":
-                // stdio, its channel (memory, two doorbells), the lines channel for its IRQ (the same three),
-                // control pipe, console out (input is "none").
+                // stdio, control pipe, its channel (memory, two doorbells), the lines channel for its IRQ (the same
+                // three), console out (input is "none").
                 XCTAssertEqual(fds, Array(0...10), "\(targets)")
+                XCTAssertTrue(targets[3].hasPrefix("pipe:"), "\(targets)")
+                XCTAssertTrue(targets[4].contains("memfd:pio-channel"), "\(targets)")
+                XCTAssertTrue(targets[7].contains("memfd:irq-lines"), "\(targets)")
             case "irqchip":
-                // stdio, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the vCPU kick,
-                // control pipe, then its own LAPIC timer.
+                // stdio, control pipe, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the
+                // vCPU kick, then its own LAPIC timer.
                 XCTAssertEqual(fds, Array(0...12), "\(targets)")
-                XCTAssertTrue(targets[9].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertTrue(targets[10].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertEqual(targets[11], "anon_inode:[eventfd]", "\(targets)")
                 XCTAssertEqual(targets[12], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
-                // stdio, /dev/kvm, RAM, control pipe, the pio channel (3), the irqchip channel (3), the interrupt
+                // stdio, control pipe, /dev/kvm, RAM, the pio channel (3), the irqchip channel (3), the interrupt
                 // mailboxes, the interrupt kick; then what it made itself: the VM, the vCPU and the interrupt
                 // listener's wake-up eventfd.
                 XCTAssertEqual(Array(fds.prefix(14)), Array(0...13), "\(targets)")
-                XCTAssertTrue(targets[3].contains("kvm"), "\(targets)")
-                XCTAssertTrue(targets[4].contains("memfd:guest-ram"), "\(targets)")
+                XCTAssertTrue(targets[4].contains("kvm"), "\(targets)")
+                XCTAssertTrue(targets[5].contains("memfd:guest-ram"), "\(targets)")
                 XCTAssertTrue(targets[6].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[9].contains("memfd:irqchip-channel"), "\(targets)")
                 XCTAssertTrue(targets[12].contains("memfd:interrupt-mailboxes"), "\(targets)")
@@ -309,7 +333,7 @@ final class ConfigErrorTests: XCTestCase {
     func testValidateCommand() throws {
         let run = try Harness.Run(arguments: ["validate", "--config-file", try Harness.writeConfig(#"{"boot-source": {"kernel_image_path": "/etc/hostname"}, "drives": [{}]}"#)])
         XCTAssertEqual(run.wait(), 2)
-        XCTAssertTrue(run.stderr.contains("not supported yet: drives"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("config error: drives[0].drive_id: missing"), run.stderr)
     }
 
     func testKernelThatIsNotAnImage() throws {

@@ -32,6 +32,8 @@ static const unsigned long VMM_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long VMM_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long VMM_KVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long VMM_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+static const unsigned long VMM_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const uint32_t VMM_KVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
 
 /// Makes accesses to `indices` exit to userspace (KVM_EXIT_X86_RDMSR/WRMSR) instead of being handled or dropped
 /// by KVM: enables KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs, then installs a filter denying just those.

@@ -55,6 +55,8 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
 #define VMM_CONTROL_VCPU_RUN_FAILED 12
 
 int vmm_sigsys_install(int report_fd, int only_log);
+/* The record the SIGSYS handler sends for a denied call `nr` (little-endian host: the bytes are the wire format). */
+void vmm_seccomp_record(int nr, int logged, uint32_t record[4]);
 int vmm_pivot_root(const char *new_root, const char *put_old);
 /// Privilege dropping: calls that need _GNU_SOURCE or are variadic, and the constants Swift cannot see.
 int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
@@ -67,6 +69,10 @@ extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMI
 
 /// An absolute CLOCK_MONOTONIC timerfd; `at_ns` 0 disarms it.
 int vmm_timerfd_create(void);
+/* getrandom(2), which glibc declares in a header Swift does not import. */
+long vmm_getrandom(void *buffer, size_t count, unsigned int flags);
+/* fallocate(2) (a _GNU_SOURCE declaration). */
+int vmm_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int vmm_timerfd_set_absolute(int fd, uint64_t at_ns);
 /// Installs an empty handler for `sig` without SA_RESTART, so a blocking KVM_RUN returns EINTR (the vCPU kick).
 int vmm_install_kick_handler(int sig);

@@ -33,6 +33,7 @@ public final class InterruptController {
     }
 
     public func timerExpired(vcpu: Int, now: UInt64) {
+        guard lapics.indices.contains(vcpu) else { return }
         handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
     }
 

@@ -42,11 +42,14 @@ struct VCPUSpec: RoleSpec {
     var trackDirtyPages: Bool
     /// One channel per device role, in the order of `servers`; `routes` number them the same way.
     var channels: [ChannelSpec]
-    var servers: [Role]
+    var servers: [Server]
     var routes: AccessRoutes
     /// The interrupt mailboxes the irqchip fills, and per vCPU the eventfd it rings then.
     var mailboxFD: Int32
     var kickFDs: [Int32]
+    /// Registered with KVM_IOEVENTFD before the sandbox: a guest write of `queue` to `address` (a virtio device's
+    /// QueueNotify) signals `fd`, which the device process waits on; the vcpu process never sees it.
+    var queueNotifications: [QueueNotificationSpec] = []
     /// PVM-style host: rewind broken user-mode SYSCALLs (see SyscallFixup).
     var syscallFixup = false
     var spinMicroseconds: Int
@@ -64,6 +67,8 @@ struct IRQChipSpec: RoleSpec {
     var channel: ChannelSpec
     /// The devices' interrupt lines (lane = device): kept apart so no device maps the vCPUs' lanes or mailboxes.
     var lines: ChannelSpec
+    /// The IOAPIC pin each lane of `lines` drives: a device can drive only its own.
+    var linePins: [Int]
     /// The vCPUs' interrupt mailboxes, and per vCPU the eventfd rung when its mailbox gets something.
     var mailboxFD: Int32
     var kickFDs: [Int32]
@@ -74,16 +79,15 @@ struct IRQChipSpec: RoleSpec {
     var sandbox: SandboxSpec
 }
 
-/// A device's interrupt line: its lane of the irqchip's lines channel and the IOAPIC pin it drives.
+/// A device's interrupt line: its lane of the irqchip's lines channel (the irqchip knows the lane's pin).
 struct InterruptLineSpec: Codable {
     var channel: ChannelSpec
     var lane: Int
-    var pin: Int
 }
 
 struct PIOSpec: RoleSpec {
     var channel: ChannelSpec
-    /// COM1's IRQ 4.
+    /// COM1's interrupt line (ISA IRQ 4).
     var uartLine: InterruptLineSpec
     var controlFD: Int32
     var consoleOutFD: Int32?
@@ -91,4 +95,38 @@ struct PIOSpec: RoleSpec {
     var spinMicroseconds: Int
     var logLevel: Int
     var sandbox: SandboxSpec
+}
+
+/// One virtio queue's notification: the eventfd KVM signals when the guest writes `queue` to `address`.
+struct QueueNotificationSpec: Codable {
+    var fd: Int32
+    var address: UInt64
+    var queue: UInt32
+}
+
+/// A virtio device process: its register window's channel, its interrupt line, guest RAM, one notification eventfd
+/// per queue, and what its device needs.
+struct VirtioSpec: RoleSpec {
+    /// The register window's channel and where the window starts (requests carry guest-physical addresses).
+    var channel: ChannelSpec
+    var windowBase: UInt64
+    var line: InterruptLineSpec
+    var ramFD: Int32
+    var memSizeMiB: Int
+    /// Per queue, in queue order: signalled by KVM when the guest notifies that queue.
+    var queueNotifyFDs: [Int32]
+    var controlFD: Int32
+    var block: BlockDeviceSpec?
+    var spinMicroseconds: Int
+    var logLevel: Int
+    var sandbox: SandboxSpec
+}
+
+/// What a virtio-blk process serves: the image the supervisor opened (and locked) for it.
+struct BlockDeviceSpec: Codable {
+    var imageFD: Int32
+    var driveID: String
+    var readOnly: Bool
+    /// Offer the guest a flush, done with fdatasync (Firecracker's `Writeback`); `Unsafe` offers none.
+    var writeback: Bool
 }

@@ -36,13 +36,15 @@ public enum IRQChipProcess {
         var expirations: UInt64 = 0
         /// Devices may drive their lines and nothing else.
         func drainLines() {
-            while let (_, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) {
-                guard m.operation == .lineLevel, m.size == 1, m.data <= 1 else {
-                    Log.warning("dropping a line message that is not a level: \(m.operation)")
+            while let (lane, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) {
+                // A device drives its own pin, whatever pin its message names: the pin is the lane's.
+                guard m.operation == .lineLevel, m.size == 1, m.data <= 1, spec.linePins.indices.contains(lane) else {
+                    Log.warning("dropping a line message that is not a level: \(m.operation) on lane \(lane)")
                     continue
                 }
-                Log.debug("line \(m.address) \(m.data != 0 ? "up" : "down")")
-                chip.setLine(pin: Int(truncatingIfNeeded: m.address), asserted: m.data != 0)
+                let pin = spec.linePins[lane]
+                Log.debug("line \(pin) \(m.data != 0 ? "up" : "down")")
+                chip.setLine(pin: pin, asserted: m.data != 0)
             }
             lines.commit()
         }

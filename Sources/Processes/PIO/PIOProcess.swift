@@ -113,23 +113,6 @@ public enum PIOProcess {
         }
     }
 
-    /// An interrupt line that reaches the IOAPIC as posted messages on this device's lane of the irqchip channel.
-    final class ChannelLine: InterruptLine {
-        private var client: DeviceClient
-        private let pin: Int
-        init(_ spec: InterruptLineSpec, policy: WaitPolicy) throws {
-            let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
-            client = DeviceClient(region: region, lane: spec.lane, deviceDoorbell: spec.channel.deviceDoorbellFD,
-                                  responseDoorbell: spec.channel.responseDoorbellFDs[spec.lane], policy: policy, timeoutMs: 1000)
-            pin = spec.pin
-        }
-        func set(_ asserted: Bool) {
-            do { try client.post(.lineLevel, size: 1, address: UInt64(pin), data: asserted ? 1 : 0) } catch {
-                Log.warning("interrupt line \(pin): \(error)")
-            }
-        }
-    }
-
     static func wallClockSeconds() -> Int {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

@@ -1,3 +1,4 @@
+import Boot
 import Glibc
 
 /// What a PVM-style host KVM (the `kvm_pvm` module: guest kernel mode runs in the host's instruction emulator)
@@ -17,9 +18,7 @@ struct HostQuirks {
 
     /// `cmdline` with the kernel options added before a "--" (what follows it belongs to init).
     func addingLinuxOptions(to cmdline: String) -> String {
-        var words = cmdline.split(separator: " ").map(String.init)
-        words.insert(contentsOf: linuxCommandLine, at: words.firstIndex(of: "--") ?? words.endIndex)
-        return words.joined(separator: " ")
+        KernelCommandLine.inserting(linuxCommandLine, into: cmdline)
     }
 
     /// The host's quirks, or nil on a host that needs none (or when the config turned them off).

@@ -1,13 +1,14 @@
+import ACPI
 import Boot
-import X86
 import Channel
 import Config
+import Glibc
 import IRQChipLink
 import Machine
-import Glibc
 import Memory
 import Sandbox
 import System
+import X86
 
 /// The supervisor: validates and prepares everything (guest RAM with the kernel loaded, channels, doorbells,
 /// control pipes), spawns the vcpu and device processes with exactly the fds each needs, watches them through
@@ -64,89 +65,151 @@ public final class Supervisor {
 
     private func launchAndWatch() throws -> ExitStatus {
         Log.debug("supervisor starting")
-        let kvm: FileDescriptor
-        do { kvm = try FileDescriptor.open("/dev/kvm", O_RDWR) } catch {
+        // Descriptors are boxed so that the spec builders below can capture them and FDList can keep them open.
+        let kvm: FileDescriptor.Box
+        do { kvm = FileDescriptor.Box(try FileDescriptor.open("/dev/kvm", O_RDWR)) } catch {
             throw HostSetupError(description: "cannot open /dev/kvm: \(error) (is KVM available, and may this user use it?)")
+        }
+
+        // The machine: the standard devices, then one virtio-mmio device per drive and one for entropy.
+        let virtioRoles = config.drives.map { _ in Role.virtioBlock } + (config.entropy != nil ? [.virtioRNG] : [])
+        let layout: MachineLayout
+        do { layout = try MachineLayout.with(virtio: virtioRoles) } catch {
+            throw HostSetupError(description: "machine layout: \(error)")
         }
 
         // Guest RAM, with the kernel and boot structures written before any helper exists.
         let memSize = config.machine.memSizeMiB << 20
-        let ram = try MemFD.create(name: "guest-ram", size: memSize)
-        let entry = try loadGuest(ramFD: ram.raw, size: memSize)
+        let ram = FileDescriptor.Box(try MemFD.create(name: "guest-ram", size: memSize))
+        let entry = try loadGuest(ramFD: ram.raw, size: memSize, layout: layout)
+        // Disk images: opened and locked here (the device processes can open nothing), before anything runs.
+        let images = try openDriveImages()
 
-        // One channel per device role, one lane per vCPU, in the layout's order of servers.
-        let layout = MachineLayout.standard
+        // One channel per device process, one lane per vCPU, in the layout's order of servers.
         let vcpus = config.machine.vcpuCount
-        let channels = try layout.servers.map { try ChannelPlan(name: "\($0.rawValue)-channel", lanes: vcpus) }
-        func channel(_ role: Role) -> ChannelPlan { channels[layout.servers.firstIndex(of: role) ?? 0] }
-        // Devices drive their IOAPIC pins on a channel of their own (lane = device): no device maps the vCPUs'
-        // lanes of the irqchip channel, nor the interrupt mailboxes.
-        let linesChannel = try ChannelPlan(name: "irq-lines", lanes: 1)
+        let channels = try layout.servers.map { try ChannelPlan(name: "\($0)-channel", lanes: vcpus) }
+        func channel(_ server: Server) -> ChannelPlan { channels[layout.servers.firstIndex(of: server) ?? 0] }
+        // Devices drive their IOAPIC pins on a channel of their own, a lane each: no device maps the vCPUs' lanes
+        // of the irqchip channel, nor the interrupt mailboxes. The irqchip knows each lane's pin.
+        let lines = layout.interruptLines
+        let linesChannel = try ChannelPlan(name: "irq-lines", lanes: max(1, lines.count))
+        func line(_ server: Server, _ fds: inout FDList) -> InterruptLineSpec {
+            InterruptLineSpec(channel: linesChannel.spec(&fds), lane: lines.firstIndex { $0.server == server } ?? 0)
+        }
         let mailboxes = try InterruptMailbox.create(vcpus: vcpus)
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
-        let pioControl = try Pipe()
-        let irqchipControl = try Pipe()
-        let vcpuControl = try Pipe()
+        // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (one queue each for blk and rng).
+        let virtio = layout.virtioDevices
+        let queueNotifications = try virtio.map { _ in [EventFD.Box(try EventFD())] }
         let devNull = try FileDescriptor.open("/dev/null", O_RDWR)
-        let consoleOut: FileDescriptor  // -1 when the console goes nowhere
+        let consoleOut: FileDescriptor.Box?
         switch config.vmm.serialOutput {
-        case .stdout: consoleOut = try FileDescriptor.duplicate(1)
-        case .none: consoleOut = FileDescriptor(owning: -1)
+        case .stdout: consoleOut = FileDescriptor.Box(try FileDescriptor.duplicate(1))
+        case .none: consoleOut = nil
         case .file(let path):
-            do { consoleOut = try FileDescriptor.openOutput(path, .truncate) } catch {
+            do { consoleOut = FileDescriptor.Box(try FileDescriptor.openOutput(path, .truncate)) } catch {
                 throw HostSetupError(description: "vmm.serial.output: cannot open \(error)")
             }
         }
-        let logFD = Log.fd
+        let stdio = (devNull.raw, devNull.raw, Log.fd)
         Log.debug("memory, channels and console ready")
 
-        // pio: its channel, its interrupt line, control pipe, [console out], [console in].
-        var pioFDs = FDList()
-        let pioSpec = PIOSpec(
-            channel: channel(.pio).spec(&pioFDs),
-            uartLine: InterruptLineSpec(channel: linesChannel.spec(&pioFDs), lane: 0, pin: layout.irq(of: "com1") ?? 4),
-            controlFD: pioFDs.add(pioControl.writeEnd.raw),
-            consoleOutFD: consoleOut.raw >= 0 ? pioFDs.add(consoleOut.raw) : nil,
-            consoleInFD: config.vmm.serialInputFromStdin ? pioFDs.add(0) : nil,
-            spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
-            sandbox: try sandboxSpec(.pio))
-
-        var irqchipFDs = FDList()
-        let irqchipSpec = IRQChipSpec(
-            channel: channel(.irqchip).spec(&irqchipFDs), lines: linesChannel.spec(&irqchipFDs),
-            mailboxFD: irqchipFDs.add(mailboxes.raw), kickFDs: kicks.map { irqchipFDs.add($0.raw, owner: $0) },
-            controlFD: irqchipFDs.add(irqchipControl.writeEnd.raw),
-            vcpuCount: vcpus, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
-            logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.irqchip))
-
-        var vcpuFDs = FDList()
-        let vcpuSpec = VCPUSpec(
-            kvmFD: vcpuFDs.add(kvm.raw), ramFD: vcpuFDs.add(ram.raw), memSizeMiB: config.machine.memSizeMiB,
-            controlFD: vcpuFDs.add(vcpuControl.writeEnd.raw), vcpuCount: vcpus, entry: entry,
-            cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) }
-                + (quirks?.cpuidMasks ?? []),  // the host's masks after the template: it cannot undo them
-            trackDirtyPages: config.machine.trackDirtyPages,
-            channels: channels.map { $0.spec(&vcpuFDs) }, servers: layout.servers, routes: layout.routes,
-            mailboxFD: vcpuFDs.add(mailboxes.raw), kickFDs: kicks.map { vcpuFDs.add($0.raw, owner: $0) },
-            syscallFixup: quirks?.syscallFixup ?? false,
-            spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
-            logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.vcpu))
-
-        Log.debug("guest loaded, channels ready; spawning helpers")
         // The vCPU first: its path to the first guest instruction (VM set-up) is the longer one. It cannot get
-        // ahead of the device: requests wait on the channel, which exists already, until the device serves them.
+        // ahead of the devices: requests wait on the channels, which exist already, until a device serves them.
         var helpers: [Helper] = []
         defer { stopAll(helpers) }
-        helpers.append(try spawnHelper(.vcpu, spec: vcpuSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
-                                       fds: vcpuFDs.fds, control: vcpuControl.readEnd, cpus: config.vmm.vcpuCPUs))
-        helpers.append(try spawnHelper(.pio, spec: pioSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
-                                       fds: pioFDs.fds, control: pioControl.readEnd, cpus: config.vmm.deviceCPUs,
-                                       serves: [channel(.pio)]))
-        helpers.append(try spawnHelper(.irqchip, spec: irqchipSpec.encoded(), stdio: (devNull.raw, devNull.raw, logFD),
-                                       fds: irqchipFDs.fds, control: irqchipControl.readEnd, cpus: config.vmm.deviceCPUs,
-                                       serves: [channel(.irqchip), linesChannel]))
+
+        helpers.append(try spawn(.vcpu, cpus: config.vmm.vcpuCPUs, stdio: stdio) { fds, control in
+            VCPUSpec(
+                kvmFD: fds.add(kvm.raw, owner: kvm), ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
+                controlFD: control, vcpuCount: vcpus, entry: entry,
+                cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) }
+                    + (quirks?.cpuidMasks ?? []),  // the host's masks after the template: it cannot undo them
+                trackDirtyPages: config.machine.trackDirtyPages,
+                channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: layout.routes,
+                mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
+                queueNotifications: zip(virtio, queueNotifications).flatMap { device, queues in
+                    queues.enumerated().map { q, fd in
+                        QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
+                    }
+                },
+                syscallFixup: quirks?.syscallFixup ?? false,
+                spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
+                logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.vcpu))
+        })
+        helpers.append(try spawn(.pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))]) { fds, control in
+            PIOSpec(
+                channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
+                consoleOutFD: consoleOut.map { fds.add($0.raw, owner: $0) },
+                consoleInFD: config.vmm.serialInputFromStdin ? fds.add(0) : nil,
+                spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
+                sandbox: try sandboxSpec(.pio))
+        })
+        helpers.append(try spawn(.irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
+                                 serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
+            IRQChipSpec(
+                channel: channel(Server(.irqchip)).spec(&fds), lines: linesChannel.spec(&fds), linePins: lines.map(\.pin),
+                mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
+                controlFD: control, vcpuCount: vcpus, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
+                logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.irqchip))
+        })
+        for (i, device) in virtio.enumerated() {
+            let server = device.server
+            helpers.append(try spawn(server.role, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(server)]) { fds, control in
+                VirtioSpec(
+                    channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(server, &fds),
+                    ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
+                    queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
+                    block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
+                    spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
+                    sandbox: try sandboxSpec(server.role))
+            })
+        }
         Log.debug("helpers spawned")
         return try watch(helpers)
+    }
+
+    /// A drive's image, opened and locked for one virtio-blk process.
+    final class DriveImage {
+        let file: FileDescriptor.Box
+        let drive: VMConfig.Drive
+        init(file: FileDescriptor.Box, drive: VMConfig.Drive) {
+            self.file = file
+            self.drive = drive
+        }
+        func spec(_ fds: inout FDList) -> BlockDeviceSpec {
+            BlockDeviceSpec(imageFD: fds.add(file.raw, owner: file), driveID: drive.driveID, readOnly: drive.isReadOnly,
+                            writeback: drive.cacheType == .writeback)
+        }
+    }
+
+    /// Opens every drive's image, read-only when the drive is, and takes a lock on it (shared for a read-only
+    /// drive, exclusive otherwise) so that no two VMs write one image, nor one writes what another reads. The lock
+    /// lives with the open file, which the device process holds for the VM's life.
+    private func openDriveImages() throws -> [DriveImage] {
+        try config.drives.enumerated().map { i, drive in
+            let path = "drives[\(i)].path_on_host"
+            let file: FileDescriptor
+            do { file = try FileDescriptor.open(drive.pathOnHost, drive.isReadOnly ? O_RDONLY : O_RDWR) } catch {
+                throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(error)")
+            }
+            if flock(file.raw, (drive.isReadOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+                let why = errno == EWOULDBLOCK ? "another VM (or program) holds a lock on it" : String(cString: strerror(errno))
+                throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(why)")
+            }
+            return DriveImage(file: FileDescriptor.Box(file), drive: drive)
+        }
+    }
+
+    /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end
+    /// among them) and starts it.
+    private func spawn<Spec: RoleSpec>(_ role: Role, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
+                                       _ makeSpec: (inout FDList, Int32) throws -> Spec) throws -> Helper {
+        let control = try Pipe()
+        var fds = FDList()
+        let controlFD = fds.add(control.writeEnd.raw)
+        let spec = try makeSpec(&fds, controlFD)
+        return try spawnHelper(role, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd, cpus: cpus, serves: serves)
     }
 
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
@@ -190,7 +253,7 @@ public final class Supervisor {
     /// must die at once so the supervisor can act, and it is reported by role and signal.
     static let helperEnvironment = ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"]
 
-    private func loadGuest(ramFD: Int32, size: Int) throws -> EntryState {
+    private func loadGuest(ramFD: Int32, size: Int, layout: MachineLayout) throws -> EntryState {
         let memory = try GuestMemory(fd: ramFD, size: size)
         let kernel: [UInt8]
         do { kernel = try FileDescriptor.open(config.bootSource.kernelImagePath, O_RDONLY).readAll(atMost: size) } catch {
@@ -203,19 +266,40 @@ public final class Supervisor {
             }
         }
         do {
-            var cmdline = config.bootSource.bootArgs
+            var cmdline = KernelCommandLine.inserting(guestOptions(layout), into: config.bootSource.bootArgs)
             if let quirks {
                 // Said once: to everyone when it changes a Linux guest's command line, in the log otherwise.
                 let linux = GuestLoader.isLinux(kernel)
                 if linux { cmdline = quirks.addingLinuxOptions(to: cmdline) }
                 if linux { Log.report(quirks.summary) } else { Log.info(quirks.summary) }
             }
-            let entry = try GuestLoader.load(kernel: kernel, cmdline: cmdline, modules: modules, into: memory)
+            // A Linux kernel also gets ACPI tables: the distro kernel finds virtio-mmio devices only there. Other
+            // images (the test guests) read the devices from their command line and may load where the tables go.
+            let linux = GuestLoader.isLinux(kernel)
+            let entry = try GuestLoader.load(kernel: kernel, cmdline: cmdline, modules: modules,
+                                             acpiRSDP: linux ? ACPIBoot.rsdpAddress : nil, into: memory)
             try MPTable.write(cpus: config.machine.vcpuCount, into: memory)
+            if linux {
+                _ = try ACPIBoot.write(cpus: config.machine.vcpuCount, virtioDevices: layout.virtioDevices.compactMap { d in
+                    d.mmio.flatMap { w in d.irq.map { VirtioMMIODevice(base: w.base, size: w.size, gsi: UInt32($0)) } }
+                }, into: memory)
+            }
             return entry
         } catch {
             throw HostSetupError(description: "boot-source.kernel_image_path: \(config.bootSource.kernelImagePath): \(error)")
         }
+    }
+
+    /// What the guest kernel is told about the machine on its command line: the virtio-mmio devices (for kernels
+    /// built with VIRTIO_MMIO_CMDLINE_DEVICES and the test guests; a distro kernel finds them through ACPI) and,
+    /// as Firecracker does, the root device.
+    private func guestOptions(_ layout: MachineLayout) -> [String] {
+        var options = layout.virtioCommandLine.split(separator: " ").map(String.init)
+        if let root = config.drives.first(where: \.isRootDevice) {
+            options.append(root.partUUID.map { "root=PARTUUID=\($0)" } ?? "root=/dev/vda")
+            options.append(root.isReadOnly ? "ro" : "rw")
+        }
+        return options
     }
 
     func stopAll(_ helpers: [Helper]) {

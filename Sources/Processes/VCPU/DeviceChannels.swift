@@ -7,19 +7,19 @@ import Machine
 /// settles them. A device that fails is the supervisor's business: the guest reads all-ones, the vCPU goes on.
 struct DeviceChannels {
     private var clients: [DeviceClient]
-    private let servers: [Role]
+    private let servers: [Server]
     private let router: AccessRouter
     /// The irqchip's channel, for the vCPU's own messages to it (acknowledgements, TSC deadlines).
     let irqchip: Int
     private var posted = PostedWrites()
     private var complainedAbout: Set<Int> = []
 
-    init(clients: [DeviceClient], servers: [Role], routes: AccessRoutes) {
+    init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes) {
         precondition(clients.count == servers.count && clients.count <= AccessRouter.maxChannels)
         self.clients = clients
         self.servers = servers
         router = AccessRouter(routes)
-        irqchip = servers.firstIndex(of: .irqchip) ?? -1
+        irqchip = servers.firstIndex { $0.role == .irqchip } ?? -1
     }
 
     // MARK: guest accesses
@@ -89,7 +89,7 @@ struct DeviceChannels {
 
     private mutating func complain(_ channel: Int, _ error: Error) {
         if complainedAbout.insert(channel).inserted {
-            Log.warning("the \(servers[channel].rawValue) process failed: \(error); its reads return all-ones")
+            Log.warning("the \(servers[channel]) process failed: \(error); its reads return all-ones")
         }
     }
 }

@@ -2,6 +2,7 @@ import Channel
 import Glibc
 import IRQChipLink
 import KVM
+import Machine
 import Memory
 import System
 
@@ -43,7 +44,7 @@ public enum VCPUProcess {
         let tscDeadline = vm.routeMSRsToUserspace([TSCDeadline.msrIndex])
         Log.debug("TSC-deadline timer \(tscDeadline ? "offered" : "hidden: the host cannot route IA32_TSC_DEADLINE to userspace")")
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
-        guard spec.channels.count == spec.servers.count, spec.servers.contains(.irqchip) else {
+        guard spec.channels.count == spec.servers.count, spec.servers.contains(Server(.irqchip)) else {
             throw SystemError("role arguments: one channel per server, the irqchip among them", errno: EINVAL)
         }
         let regions = try spec.channels.map { c in try ChannelRegion(attaching: c.memoryFD, layout: c.layout) }
@@ -65,6 +66,10 @@ public enum VCPUProcess {
                                   devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes),
                                   interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i]),
                                   group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup)
+        }
+        // Virtio queue notifications go from KVM straight to the device processes' eventfds.
+        for n in spec.queueNotifications {
+            try vm.signalEventFD(n.fd, onWriteOf: UInt64(n.queue), length: 4, at: n.address)
         }
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.

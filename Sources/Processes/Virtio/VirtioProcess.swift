@@ -1,0 +1,172 @@
+import CLinux
+import Channel
+import Glibc
+import Machine
+import Memory
+import System
+import Virtio
+
+/// A virtio-mmio device process (one per device: each drive's virtio-blk, the virtio-rng): the pure transport and
+/// backend from the Virtio module, its register window served over its channel, its queue notifications straight
+/// from KVM (an eventfd per queue), guest RAM mapped for the virtqueues and buffers, and its interrupt line.
+public enum VirtioProcess {
+    public static func main(role: Role, specJSON: String) -> Int32 {
+        HelperStartup.runDevice(VirtioSpec.self, json: specJSON, role: role) { spec in
+            // Guest RAM and the backend are set up before the sandbox, which allows neither opening nor mapping files.
+            let mapping = try GuestMemory(fd: spec.ramFD, size: spec.memSizeMiB << 20)
+            let memory = MappedGuestRAM(base: mapping.hostBase, size: mapping.size)
+            let backend: VirtioDeviceBackend
+            switch (role, spec.block) {
+            case (.virtioBlock, let block?):
+                let storage = try ImageFile(fd: block.imageFD, readOnly: block.readOnly)
+                backend = VirtioBlock(storage: storage, configuration: VirtioBlockConfiguration(
+                    cacheType: block.writeback ? .writeback : .unsafe, driveID: block.driveID))
+            case (.virtioRNG, nil):
+                backend = VirtioEntropy(source: KernelRandom())
+            default:
+                throw SystemError("role arguments: \(role) with\(spec.block == nil ? "out" : "") a disk", errno: EINVAL)
+            }
+            guard backend.queueMaxSizes.count == spec.queueNotifyFDs.count else {
+                throw SystemError("role arguments: \(backend.queueMaxSizes.count) queues, \(spec.queueNotifyFDs.count) notification eventfds", errno: EINVAL)
+            }
+            try HelperSandbox.enter(spec.sandbox, role: role, controlFD: spec.controlFD, processes: 0)
+            Log.debug("sandboxed; serving")
+            try withExtendedLifetime(mapping) { try serve(spec, backend: backend, memory: memory) }
+        }
+    }
+
+    static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM) throws {
+        let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+        let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
+        var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
+                                  responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
+        let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: try ChannelLine(spec.line, policy: policy))
+        let window = spec.windowBase..<(spec.windowBase + MachineLayout.virtioWindow)
+        var counter: UInt64 = 0
+        while true {
+            // Every register access first, to the end of the ring: a queue notification that came after a write
+            // (QueueReady, DRIVER_OK) must find it applied, and KVM signals the eventfd only once the guest wrote
+            // QueueNotify, after the vCPU had posted that earlier write.
+            repeat {
+                server.commit()
+                while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
+                    switch m.operation {
+                    case .mmioRead:
+                        let value = window.contains(m.address) ? transport.read(offset: m.address - spec.windowBase, size: Int(m.size)) : 0
+                        try server.respond(lane: lane, to: m, data: value & mask(m.size))
+                    case .mmioWrite:
+                        if window.contains(m.address) { transport.write(offset: m.address - spec.windowBase, size: Int(m.size), value: m.data) }
+                    case .portRead:
+                        try server.respond(lane: lane, to: m, data: mask(m.size))
+                    case .sync:
+                        try server.respond(lane: lane, to: m, data: 0)
+                    default:
+                        break  // no ports, no device operations of its own
+                    }
+                }
+            } while server.uncommitted >= server.batchLimit
+            for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
+                transport.queueNotified(queue)
+            }
+            // Queues that stopped at their budget go on after the ring has been looked at again, without sleeping.
+            if transport.runPendingQueues() { continue }
+            _ = try server.wait(extra: spec.queueNotifyFDs)
+        }
+    }
+
+    static func mask(_ size: UInt8) -> UInt64 { size >= 8 ? ~0 : (UInt64(1) << (UInt64(size) * 8)) - 1 }
+}
+
+/// A disk image as virtio-blk reads it: the descriptor the supervisor opened and locked, read and written in place
+/// with pread/pwrite, straight from and into guest buffers.
+final class ImageFile: BlockStorage {
+    private let fd: Int32
+    let capacityBytes: UInt64
+    let isReadOnly: Bool
+
+    init(fd: Int32, readOnly: Bool) throws(SystemError) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError("fstat(image)", errno: errno) }
+        self.fd = fd
+        capacityBytes = UInt64(max(0, st.st_size))
+        isReadOnly = readOnly
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockStorageError) {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BlockStorageError(code: errno)
+            }
+            if n == 0 {  // the image shrank under us: what is gone reads as zeros
+                buffer.baseAddress.map { ($0 + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done) }
+                return
+            }
+            done += n
+        }
+    }
+
+    func write(from buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(BlockStorageError) {
+        guard !isReadOnly else { throw BlockStorageError(code: EROFS) }
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BlockStorageError(code: errno)
+            }
+            done += n
+        }
+    }
+
+    func flush() throws(BlockStorageError) {
+        while fdatasync(fd) != 0 {
+            if errno != EINTR { throw BlockStorageError(code: errno) }
+        }
+    }
+
+    /// Discarding is advice: where the file system cannot punch holes, the bytes simply stay.
+    func discard(offset: UInt64, length: UInt64) throws(BlockStorageError) {
+        guard !isReadOnly else { throw BlockStorageError(code: EROFS) }
+        if vmm_fallocate(fd, Self.punchHole | Self.keepSize, Int64(offset), Int64(length)) != 0, errno != EOPNOTSUPP {
+            throw BlockStorageError(code: errno)
+        }
+    }
+
+    func writeZeroes(offset: UInt64, length: UInt64, unmap: Bool) throws(BlockStorageError) {
+        guard !isReadOnly else { throw BlockStorageError(code: EROFS) }
+        if vmm_fallocate(fd, (unmap ? Self.punchHole : Self.zeroRange) | Self.keepSize, Int64(offset), Int64(length)) == 0 { return }
+        guard errno == EOPNOTSUPP else { throw BlockStorageError(code: errno) }
+        // No hole punching or zeroing here: write zeros.
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var at = offset
+        while at < offset + length {
+            let n = Int(min(UInt64(zeros.count), offset + length - at))
+            try write(from: UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: at)
+            at += UInt64(n)
+        }
+    }
+
+    // linux/falloc.h
+    static let keepSize: Int32 = 0x01, punchHole: Int32 = 0x02, zeroRange: Int32 = 0x10
+}
+
+/// The kernel's random number generator, through getrandom(2).
+final class KernelRandom: EntropySource {
+    func fill(_ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var done = 0
+        while done < buffer.count, let base = buffer.baseAddress {
+            let n = vmm_getrandom(base + done, buffer.count - done, 0)
+            if n < 0 {
+                if errno == EINTR { continue }
+                break  // only EFAULT/EINVAL, which a valid buffer cannot cause
+            }
+            done += n
+        }
+        return done
+    }
+}
