@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
-        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux"]),
+        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "Channel", "System"]),
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),

@@ -40,7 +40,7 @@ public final class InterruptController {
     /// IA32_TSC_DEADLINE, converted by the vCPU to a delay (nil: disarmed by a write of 0).
     public func setDeadline(vcpu: Int, nanosecondsFromNow delay: UInt64?, now: UInt64) {
         guard lapics.indices.contains(vcpu) else { return }
-        let at = delay.map { max(1, now &+ $0) } ?? 0
+        let at = delay.map { d in max(1, now.addingReportingOverflow(d).overflow ? UInt64.max : now + d) } ?? 0
         handle(lapics[vcpu].setDeadline(at, now: now), from: vcpu)
     }
 
