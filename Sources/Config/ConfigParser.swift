@@ -221,6 +221,7 @@ public enum ConfigParser {
             }
             guard let path = try r.string("path_on_host") else { throw ConfigError(r.child("path_on_host"), "missing") }
             var drive = VMConfig.Drive(driveID: id, pathOnHost: try readableFile(path, at: r.child("path_on_host")))
+            drive.configIndex = i
             drive.isRootDevice = try r.bool("is_root_device") ?? false
             drive.isReadOnly = try r.bool("is_read_only") ?? false
             if !drive.isReadOnly && access(path, W_OK) != 0 {

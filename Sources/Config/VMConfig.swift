@@ -70,6 +70,8 @@ public struct VMConfig: Equatable, Sendable {
         public enum CacheType: String, Equatable, Sendable { case unsafe = "Unsafe", writeback = "Writeback" }
         public var driveID: String
         public var pathOnHost: String
+        /// Its index in the config's `drives`, for messages (the guest's order puts the root device first).
+        public var configIndex = 0
         public var isRootDevice = false
         public var isReadOnly = false
         public var partUUID: String?

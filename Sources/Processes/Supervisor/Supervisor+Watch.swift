@@ -46,7 +46,7 @@ extension Supervisor {
                 h.ended = try h.process.reap(block: true)
                 for other in readingOrder { if let ending = try readControl(other) { return ending } }
                 return Ending(status: .helperDied,
-                              message: "\(h.role) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
+                              message: "\(h.name) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
             }
         }
     }
@@ -64,21 +64,21 @@ extension Supervisor {
             let n = Glibc.read(h.control.raw, &record, record.count)
             if n < 0 {
                 if errno == EAGAIN || errno == EINTR { return nil }
-                return Ending(status: .runFailed, message: "reading the \(h.role) process's control pipe failed: errno \(errno)")
+                return Ending(status: .runFailed, message: "reading the \(h.name) process's control pipe failed: errno \(errno)")
             }
             if n == 0 {
                 h.controlClosed = true  // the helper is gone or going: its pidfd will say how
                 return nil
             }
             guard n == record.count, let message = ControlMessage(record: record), message.mayBeSent(by: h.role) else {
-                return Ending(status: .helperDied, message: "\(h.role) process sent a control record it may not send; stopping the VM")
+                return Ending(status: .helperDied, message: "\(h.name) process sent a control record it may not send; stopping the VM")
             }
             switch message {
             case .seccompLogged(let nr):
-                Log.report("\(h.role) process made a call its policy denies: syscall \(SeccompFilter.name(of: nr)) (log mode: it failed with ENOSYS)")
+                Log.report("\(h.name) process made a call its policy denies: syscall \(SeccompFilter.name(of: nr)) (log mode: it failed with ENOSYS)")
             case .seccompKilled(let nr):
                 // The process is dying by SIGSYS; its pidfd says when. Never block on a peer's word.
-                return Ending(status: .helperDied, message: "\(h.role) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
+                return Ending(status: .helperDied, message: "\(h.name) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
             case .guest(.booted):
                 let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
                 Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")
@@ -141,7 +141,7 @@ extension Supervisor {
             let lost = unhandled(h).postedWrites
             guard lost > 0 else { continue }
             let why = h.ended.map { "the process \($0.description)" } ?? "it did not handle them within \(config.vmm.deviceTimeoutMs) ms"
-            Log.report("\(lost) posted write\(lost == 1 ? "" : "s") to the \(h.role) process never took effect: \(why)")
+            Log.report("\(lost) posted write\(lost == 1 ? "" : "s") to the \(h.name) process never took effect: \(why)")
         }
     }
 }

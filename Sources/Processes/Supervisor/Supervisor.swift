@@ -33,6 +33,8 @@ public final class Supervisor {
     /// One watched helper.
     final class Helper {
         let role: Role
+        /// What messages call it: its role, with the instance for a per-device role ("virtio-blk1").
+        let name: String
         let process: ChildProcess
         let control: FileDescriptor
         /// The channels this helper serves (none for the vcpu process, which only posts to them).
@@ -40,8 +42,9 @@ public final class Supervisor {
         var ended: ChildProcess.Outcome?
         /// Its control pipe reached end-of-file.
         var controlClosed = false
-        init(role: Role, process: consuming ChildProcess, control: consuming FileDescriptor, channels: [ChannelRegion]) {
+        init(role: Role, name: String, process: consuming ChildProcess, control: consuming FileDescriptor, channels: [ChannelRegion]) {
             self.role = role
+            self.name = name
             self.process = process
             self.control = control
             self.channels = channels
@@ -155,7 +158,8 @@ public final class Supervisor {
         })
         for (i, device) in virtio.enumerated() {
             let server = device.server
-            helpers.append(try spawn(server.role, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(server)]) { fds, control in
+            helpers.append(try spawn(server.role, name: server.description, cpus: config.vmm.deviceCPUs, stdio: stdio,
+                                     serves: [channel(server)]) { fds, control in
                 VirtioSpec(
                     channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(server, &fds),
                     ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
@@ -187,8 +191,8 @@ public final class Supervisor {
     /// drive, exclusive otherwise) so that no two VMs write one image, nor one writes what another reads. The lock
     /// lives with the open file, which the device process holds for the VM's life.
     private func openDriveImages() throws -> [DriveImage] {
-        try config.drives.enumerated().map { i, drive in
-            let path = "drives[\(i)].path_on_host"
+        try config.drives.map { drive in
+            let path = "drives[\(drive.configIndex)].path_on_host"
             let file: FileDescriptor
             do { file = try FileDescriptor.open(drive.pathOnHost, drive.isReadOnly ? O_RDONLY : O_RDWR) } catch {
                 throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(error)")
@@ -203,24 +207,24 @@ public final class Supervisor {
 
     /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end
     /// among them) and starts it.
-    private func spawn<Spec: RoleSpec>(_ role: Role, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
+    private func spawn<Spec: RoleSpec>(_ role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
                                        _ makeSpec: (inout FDList, Int32) throws -> Spec) throws -> Helper {
         let control = try Pipe()
         var fds = FDList()
         let controlFD = fds.add(control.writeEnd.raw)
         let spec = try makeSpec(&fds, controlFD)
-        return try spawnHelper(role, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd, cpus: cpus, serves: serves)
+        return try spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd, cpus: cpus, serves: serves)
     }
 
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
-    private func spawnHelper(_ role: Role, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
+    private func spawnHelper(_ role: Role, name: String? = nil, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
                              control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
         let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
                                              environment: Self.helperEnvironment, namespaces: Self.helperNamespaces)
         if !cpus.isEmpty { try setCPUAffinity(pid: process.pid, cpus: cpus) }
         let readEnd = try control.duplicate()
         try readEnd.setNonBlocking(true)
-        return Helper(role: role, process: process, control: readEnd, channels: serves.map(\.region))
+        return Helper(role: role, name: name ?? role.rawValue, process: process, control: readEnd, channels: serves.map(\.region))
     }
 
     /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than

@@ -43,6 +43,8 @@ public enum VirtioProcess {
         let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: try ChannelLine(spec.line, policy: policy))
         let window = spec.windowBase..<(spec.windowBase + MachineLayout.virtioWindow)
         var counter: UInt64 = 0
+        var reported: String?
+        var failures = 0
         while true {
             // Every register access first, to the end of the ring: a queue notification that came after a write
             // (QueueReady, DRIVER_OK) must find it applied, and KVM signals the eventfd only once the guest wrote
@@ -67,6 +69,15 @@ public enum VirtioProcess {
             } while server.uncommitted >= server.batchLimit
             for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
                 transport.queueNotified(queue)
+            }
+            // Why the device stopped serving, once per failure (the guest resets it to go on); a guest that keeps
+            // breaking its queues gets a bounded number of lines, at Info level: this is the guest's doing.
+            if transport.state.failure != reported {
+                reported = transport.state.failure
+                if let why = reported, failures < 20 {
+                    failures += 1
+                    Log.info("device needs a reset: \(why)\(failures == 20 ? " (further failures are not logged)" : "")")
+                }
             }
             // Queues that stopped at their budget go on after the ring has been looked at again, without sleeping.
             if transport.runPendingQueues() { continue }

@@ -1,0 +1,465 @@
+/* Drives virtio-mmio (version 2) devices directly at CPL0, found only through the command line's
+ * `virtio_mmio.device=SIZE@BASE:IRQ` fragments (so the same image runs under QEMU's -M microvm too).
+ * `test=NAME` picks the scenario; each prints its results on COM1 and exits through debug-exit with 0
+ * (status 1 from the VMM) when it could run to its end, 1 (status 3) when something it needs is missing:
+ *   blk      identify, negotiate (VERSION_1 only), queue 0, DRIVER_OK; write a sector (sector=N, default 5) with a
+ *            known pattern, read it back, read sector 0 (printed), GET_ID, FLUSH, the capacity from config space;
+ *            completions by the device's interrupt (its IOAPIC pin from the command line, level-triggered, the
+ *            handler ACKs InterruptStatus), or by polling where the pin is not on the first IOAPIC.
+ *   reset    status 0 resets (status, QueueReady, InterruptStatus read 0; a request works after renegotiating);
+ *            FEATURES_OK is refused for an unoffered bit or without VERSION_1; DRIVER_OK cannot skip FEATURES_OK.
+ *   hostile  one line per hostile request with what it got: NEEDS_RESET (with the config-change bit in
+ *            InterruptStatus) or the virtio-blk status byte. The device is reset and renegotiated before each case.
+ *            The write to a read-only drive uses the second virtio-blk device.
+ *   rng      reads 64 bytes from virtio-rng twice: they differ and are not all zero.
+ * Completions are polled (used ring and Status) except in `blk`. Code is kept short: guest kernel code is
+ * emulated instruction by instruction on the test hosts.
+ * Under QEMU: qemu-system-x86_64 -M microvm -global virtio-mmio.force-legacy=false -kernel virtio.elf
+ *   -append test=blk -drive id=d0,file=IMG,format=raw,if=none -device virtio-blk-device,drive=d0,serial=d0
+ *   -device isa-debug-exit (QEMU's virtio-mmio is legacy, version 1, unless told otherwise; microvm names its
+ *   transports on the command line, and the guest skips the empty ones, device ID 0). */
+#include "guest.h"
+
+enum {
+    R_MAGIC = 0x000, R_VERSION = 0x004, R_DEVICE_ID = 0x008, R_DEV_FEATURES = 0x010, R_DEV_FEATURES_SEL = 0x014,
+    R_DRV_FEATURES = 0x020, R_DRV_FEATURES_SEL = 0x024, R_QUEUE_SEL = 0x030, R_QUEUE_NUM_MAX = 0x034,
+    R_QUEUE_NUM = 0x038, R_QUEUE_READY = 0x044, R_QUEUE_NOTIFY = 0x050, R_ISR = 0x060, R_ISR_ACK = 0x064,
+    R_STATUS = 0x070, R_DESC_LO = 0x080, R_DESC_HI = 0x084, R_DRIVER_LO = 0x090, R_DRIVER_HI = 0x094,
+    R_DEVICE_LO = 0x0a0, R_DEVICE_HI = 0x0a4, R_CONFIG_GEN = 0x0fc, R_CONFIG = 0x100,
+};
+enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8, S_NEEDS_RESET = 0x40 };
+#define F_INDIRECT (1ull << 28)
+#define F_VERSION_1 (1ull << 32)
+enum { D_NEXT = 1, D_WRITE = 2, D_INDIRECT = 4 };
+enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8 };
+#define QSZ 8
+#define VECTOR 0x30
+
+struct dev { uint32_t base, irq, id; };
+static struct dev devs[16];
+static int ndevs;
+
+struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
+static struct desc ring_desc[QSZ] __attribute__((aligned(16)));
+static struct desc tables[2][16] __attribute__((aligned(16)));   /* indirect tables */
+static struct { uint16_t flags, idx, ring[QSZ], used_event; } avail __attribute__((aligned(4)));
+static volatile struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[QSZ]; uint16_t avail_event; } used
+    __attribute__((aligned(4)));
+static uint16_t used_seen;
+
+static struct { uint32_t type, reserved; uint64_t sector; } header;
+static volatile uint8_t blk_status;
+static uint8_t out_buf[512], in_buf[512], id_buf[21];
+static uint64_t device_features;
+
+static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
+static volatile uint32_t *const ioapic = (volatile uint32_t *)0xfec00000;
+static const struct dev *irq_dev;
+static volatile uint32_t interrupts, isr_bits, interrupt_pending;
+
+static uint32_t rd(const struct dev *d, uint32_t off) { return *(volatile uint32_t *)(uintptr_t)(d->base + off); }
+static void wr(const struct dev *d, uint32_t off, uint32_t v) { *(volatile uint32_t *)(uintptr_t)(d->base + off) = v; }
+#define barrier() __asm__ volatile("" ::: "memory")
+
+static void put_hex8(uint32_t v) {
+    puts("0x");
+    putc("0123456789abcdef"[(v >> 4) & 0xf]);
+    putc("0123456789abcdef"[v & 0xf]);
+}
+
+static uint64_t parse_num(const char **s) {
+    uint64_t v = 0;
+    const char *p = *s;
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+        for (p += 2;; p++) {
+            char c = *p;
+            int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (digit < 0) break;
+            v = v * 16 + (uint64_t)digit;
+        }
+    } else {
+        while (*p >= '0' && *p <= '9') v = v * 10 + (uint64_t)(*p++ - '0');
+    }
+    *s = p;
+    return v;
+}
+
+/* Every `virtio_mmio.device=<size>[KMG]@<base>:<irq>[:<id>]` word, in order; the device ID read from each. */
+static void find_devices(const char *cmdline) {
+    static const char key[] = "virtio_mmio.device=";
+    for (const char *p = cmdline; *p && ndevs < 16;) {
+        const char *k = key, *q = p;
+        while (*k && *q == *k) { k++; q++; }
+        if (!*k) {
+            (void)parse_num(&q);
+            if (*q == 'K' || *q == 'k' || *q == 'M' || *q == 'm' || *q == 'G' || *q == 'g') q++;
+            if (*q++ == '@') {
+                uint64_t base = parse_num(&q);
+                if (*q++ == ':') {
+                    struct dev *d = &devs[ndevs++];
+                    d->base = (uint32_t)base;
+                    d->irq = (uint32_t)parse_num(&q);
+                    d->id = rd(d, R_MAGIC) == 0x74726976 ? rd(d, R_DEVICE_ID) : 0;
+                }
+            }
+        }
+        while (*p && *p != ' ') p++;
+        while (*p == ' ') p++;
+    }
+}
+
+static const struct dev *find(uint32_t id, int nth) {
+    for (int i = 0; i < ndevs; i++)
+        if (devs[i].id == id && nth-- == 0) return &devs[i];
+    return 0;
+}
+
+/* Reset, ACKNOWLEDGE, DRIVER, features (accepting `accept`), FEATURES_OK; returns the Status read back. */
+static uint32_t negotiate(const struct dev *d, uint64_t accept) {
+    wr(d, R_STATUS, 0);
+    wr(d, R_STATUS, S_ACK);
+    wr(d, R_STATUS, S_ACK | S_DRIVER);
+    wr(d, R_DEV_FEATURES_SEL, 1);
+    device_features = (uint64_t)rd(d, R_DEV_FEATURES) << 32;
+    wr(d, R_DEV_FEATURES_SEL, 0);
+    device_features |= rd(d, R_DEV_FEATURES);
+    wr(d, R_DRV_FEATURES_SEL, 0);
+    wr(d, R_DRV_FEATURES, (uint32_t)accept);
+    wr(d, R_DRV_FEATURES_SEL, 1);
+    wr(d, R_DRV_FEATURES, (uint32_t)(accept >> 32));
+    wr(d, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+    return rd(d, R_STATUS);
+}
+
+/* Queue 0 on fresh (zeroed) rings, then DRIVER_OK. Returns QueueNumMax. */
+static uint32_t start_queue(const struct dev *d) {
+    for (uint32_t i = 0; i < sizeof avail / 2; i++) ((uint16_t *)&avail)[i] = 0;
+    used.idx = 0;
+    used_seen = 0;
+    wr(d, R_QUEUE_SEL, 0);
+    uint32_t max = rd(d, R_QUEUE_NUM_MAX);
+    wr(d, R_QUEUE_NUM, QSZ);
+    wr(d, R_DESC_LO, (uint32_t)(uintptr_t)ring_desc);
+    wr(d, R_DESC_HI, 0);
+    wr(d, R_DRIVER_LO, (uint32_t)(uintptr_t)&avail);
+    wr(d, R_DRIVER_HI, 0);
+    wr(d, R_DEVICE_LO, (uint32_t)(uintptr_t)&used);
+    wr(d, R_DEVICE_HI, 0);
+    wr(d, R_QUEUE_READY, 1);
+    wr(d, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    return max;
+}
+
+static void set_desc(struct desc *t, int i, const volatile void *addr, uint32_t len, uint16_t flags, uint16_t next) {
+    t[i] = (struct desc){ (uint64_t)(uintptr_t)addr, len, flags, next };
+}
+
+/* A request header, a data buffer (device-writable for IN) and the status byte as descriptors 0, 1, 2. */
+static void blk_chain(uint32_t type, uint64_t sector, void *data, uint32_t len, int data_writable) {
+    header.type = type;
+    header.sector = sector;
+    blk_status = 0xee;
+    set_desc(ring_desc, 0, &header, 16, D_NEXT, 1);
+    set_desc(ring_desc, 1, data, len, D_NEXT | (data_writable ? D_WRITE : 0), 2);
+    set_desc(ring_desc, 2, &blk_status, 1, D_WRITE, 0);
+    if (!data) set_desc(ring_desc, 0, &header, 16, D_NEXT, 2);
+}
+
+static void notify(const struct dev *d, uint16_t head, uint16_t advance) {
+    avail.ring[avail.idx % QSZ] = head;
+    barrier();
+    avail.idx += advance;
+    barrier();
+    wr(d, R_QUEUE_NOTIFY, 0);
+}
+
+/* Polls until the used ring advances (1) or the device sets DEVICE_NEEDS_RESET (0); -1 after several seconds. */
+static int poll_used(const struct dev *d) {
+    uint64_t start = rdtsc();
+    for (;;) {
+        if (used.idx != used_seen) { used_seen++; return 1; }
+        if (rd(d, R_STATUS) & S_NEEDS_RESET) return 0;
+        if (rdtsc() - start > (1ull << 35)) return -1;
+    }
+}
+
+/* Sleeps until the device's interrupt arrives (interrupts are enabled only here, so one per request: the
+ * handler's ACK lowers the line before its EOI). Returns whether the used ring advanced. */
+static int wait_interrupt(void) {
+    while (!interrupt_pending) __asm__ volatile("sti; hlt; cli" ::: "memory");
+    interrupt_pending = 0;
+    if (used.idx == used_seen) return 0;
+    used_seen++;
+    return 1;
+}
+
+void isr_virtio(void);
+void virtio_interrupt(void) {
+    uint32_t bits = rd(irq_dev, R_ISR);
+    wr(irq_dev, R_ISR_ACK, bits);
+    isr_bits |= bits;
+    interrupts++;
+    interrupt_pending = 1;
+    lapic[0xb0 / 4] = 0;
+}
+
+/* Publishes descriptor 0 and waits for its completion: by interrupt once one is set up, else by polling. */
+static int request(const struct dev *d) {
+    notify(d, 0, 1);
+    if (irq_dev) return wait_interrupt();
+    return poll_used(d);
+}
+
+static const char *blk_status_name(uint8_t s) {
+    return s == 0 ? "OK" : s == 1 ? "IOERR" : s == 2 ? "UNSUPP" : "unknown";
+}
+
+static void describe(const struct dev *d, const char *what) {
+    puts(what);
+    puts(" features=");
+    put_hex(device_features);
+    puts(" status=");
+    put_hex8(rd(d, R_STATUS));
+}
+
+static int test_blk(const struct dev *d, uint64_t sector) {
+    puts("virtio-blk: magic=");
+    uint32_t magic = rd(d, R_MAGIC);
+    for (int i = 0; i < 4; i++) putc((char)(magic >> (8 * i)));
+    puts(" version="); put_dec(rd(d, R_VERSION));
+    puts(" device="); put_dec(rd(d, R_DEVICE_ID));
+    puts("\n");
+    uint32_t status = negotiate(d, F_VERSION_1);
+    if (!(status & S_FEATURES_OK)) { puts("virtio-blk: FEATURES_OK refused\n"); return 1; }
+    uint32_t max = start_queue(d);
+    describe(d, "virtio-blk:");
+    puts(" queue_num_max="); put_dec(max);
+    puts("\n");
+
+    if (d->irq < 24) {
+        irq_dev = d;
+        idt_set_gate(VECTOR, isr_virtio);
+        idt_load();
+        lapic[0xf0 / 4] = 0x1ff;
+        ioapic[0] = 0x11 + 2 * d->irq;
+        ioapic[4] = 0;                                   /* destination APIC 0 */
+        ioapic[0] = 0x10 + 2 * d->irq;
+        ioapic[4] = VECTOR | 1u << 15;                   /* level-triggered, active high, unmasked */
+    }
+
+    for (int i = 0; i < 512; i++) out_buf[i] = (uint8_t)(i * 7 + 0x5a);
+    blk_chain(T_OUT, sector, out_buf, 512, 0);
+    request(d);
+    uint8_t write_status = blk_status;
+    blk_chain(T_IN, sector, in_buf, 512, 1);
+    request(d);
+    uint8_t read_status = blk_status;
+    uint32_t read_len = used.ring[1].len;
+    int match = 1;
+    for (int i = 0; i < 512; i++) match &= in_buf[i] == out_buf[i];
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    request(d);
+    in_buf[16] = 0;
+    uint8_t sector0_status = blk_status;
+    blk_chain(T_GET_ID, 0, id_buf, 20, 1);
+    request(d);
+    uint8_t id_status = blk_status;
+    blk_chain(T_FLUSH, 0, 0, 0, 0);
+    request(d);
+
+    uint32_t generation, lo, hi;
+    do {
+        generation = rd(d, R_CONFIG_GEN);
+        lo = rd(d, R_CONFIG);
+        hi = rd(d, R_CONFIG + 4);
+    } while (rd(d, R_CONFIG_GEN) != generation);
+
+    puts("virtio-blk: capacity="); put_dec((uint64_t)hi << 32 | lo);
+    puts(" id="); puts(id_status == 0 ? (const char *)id_buf : "?");
+    puts(" write="); puts(write_status == 0 ? "ok" : blk_status_name(write_status));
+    puts(" read="); puts(read_status != 0 ? blk_status_name(read_status) : match && read_len == 513 ? "match" : "MISMATCH");
+    puts(" flush="); put_dec(blk_status);
+    puts("\nvirtio-blk: sector0=");
+    puts(sector0_status == 0 ? (const char *)in_buf : blk_status_name(sector0_status));
+    puts(" interrupts="); put_dec(interrupts);
+    puts(" isr_bits="); put_hex8(isr_bits);
+    puts(" isr_now="); put_hex8(rd(d, R_ISR));
+    puts("\n");
+    return 0;
+}
+
+static uint32_t queue_ready(const struct dev *d) {
+    wr(d, R_QUEUE_SEL, 0);
+    return rd(d, R_QUEUE_READY);
+}
+
+static int test_reset(const struct dev *d) {
+    negotiate(d, F_VERSION_1);
+    start_queue(d);
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    int got = request(d);
+    puts("virtio-reset: live status="); put_hex8(rd(d, R_STATUS));
+    puts(" queue_ready="); put_dec(queue_ready(d));
+    puts(" isr="); put_hex8(rd(d, R_ISR));
+    puts(" request="); puts(got == 1 ? blk_status_name(blk_status) : "none");
+    puts("\n");
+
+    wr(d, R_STATUS, 0);
+    puts("virtio-reset: after status 0: status="); put_hex8(rd(d, R_STATUS));
+    puts(" queue_ready="); put_dec(queue_ready(d));
+    puts(" isr="); put_hex8(rd(d, R_ISR));
+    puts("\n");
+
+    puts("virtio-reset: unoffered feature bit 0: status="); put_hex8(negotiate(d, F_VERSION_1 | 1));
+    puts("\nvirtio-reset: unoffered feature bit 63: status="); put_hex8(negotiate(d, F_VERSION_1 | 1ull << 63));
+    puts("\nvirtio-reset: without VERSION_1: status="); put_hex8(negotiate(d, 0));
+    negotiate(d, F_VERSION_1 | 1);
+    wr(d, R_STATUS, S_ACK | S_DRIVER | S_DRIVER_OK);
+    puts("\nvirtio-reset: DRIVER_OK without FEATURES_OK: status="); put_hex8(rd(d, R_STATUS));
+    puts("\nvirtio-reset: VERSION_1 only: status="); put_hex8(negotiate(d, F_VERSION_1));
+
+    start_queue(d);
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    got = request(d);
+    puts("\nvirtio-reset: renegotiated: status="); put_hex8(rd(d, R_STATUS));
+    puts(" request="); puts(got == 1 ? blk_status_name(blk_status) : "none");
+    puts("\n");
+    return 0;
+}
+
+/* The hostile cases. Each sets up descriptors on a freshly negotiated device and returns the head to publish
+ * in the avail ring; `advance` is how far avail idx moves (1 but for the jump). */
+enum { H_INDEX, H_NEXT_INDEX, H_LOOP, H_LONG, H_INDIRECT_OK, H_NESTED, H_OUTSIDE, H_WRAP, H_READ_AFTER_WRITE,
+       H_NO_STATUS, H_ZERO_STATUS, H_SHORT_HEADER, H_UNSUPP, H_BEYOND, H_SECTOR_OVERFLOW, H_AVAIL_JUMP, H_READ_ONLY,
+       H_AFTER, H_COUNT };
+static const char *const hostile_names[H_COUNT] = {
+    "descriptor index out of range", "next index out of range", "descriptor loop", "chain longer than the queue",
+    "indirect table (valid)", "indirect inside indirect", "buffer outside guest RAM", "buffer wrapping 2^64",
+    "readable after writable", "no status byte", "zero-length status buffer", "short header",
+    "unsupported request type", "sector beyond capacity", "sector * 512 overflows", "avail index jump",
+    "write to a read-only drive", "a read after all cases",
+};
+
+static uint16_t advance;
+
+static uint16_t hostile_case(int c, uint64_t capacity) {
+    advance = 1;
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    switch (c) {
+    case H_INDEX: return 200;
+    case H_NEXT_INDEX: ring_desc[1].next = QSZ; break;
+    case H_LOOP:
+        set_desc(ring_desc, 0, &header, 16, D_NEXT, 1);
+        set_desc(ring_desc, 1, out_buf, 16, D_NEXT, 0);
+        break;
+    case H_LONG:
+        for (int i = 0; i < 16; i++) set_desc(tables[0], i, out_buf, 16, i < 15 ? D_NEXT : 0, (uint16_t)(i + 1));
+        set_desc(ring_desc, 0, tables[0], sizeof tables[0], D_INDIRECT, 0);
+        break;
+    case H_INDIRECT_OK:
+    case H_NESTED:
+        set_desc(tables[0], 0, &header, 16, D_NEXT, 1);
+        set_desc(tables[0], 1, in_buf, 512, D_NEXT | D_WRITE, 2);
+        set_desc(tables[0], 2, &blk_status, 1, D_WRITE, 0);
+        if (c == H_NESTED) {
+            set_desc(tables[1], 0, tables[0], 3 * 16, D_INDIRECT, 0);
+            set_desc(ring_desc, 0, tables[1], 16, D_INDIRECT, 0);
+        } else {
+            set_desc(ring_desc, 0, tables[0], 3 * 16, D_INDIRECT, 0);
+        }
+        break;
+    case H_OUTSIDE: ring_desc[1].addr = 0x40000000; break;
+    case H_WRAP: ring_desc[1].addr = 0xffffffffffffff00ull; break;
+    case H_READ_AFTER_WRITE:
+        set_desc(ring_desc, 2, out_buf, 512, D_NEXT, 3);
+        set_desc(ring_desc, 3, &blk_status, 1, D_WRITE, 0);
+        break;
+    case H_NO_STATUS: ring_desc[0].flags = 0; break;
+    case H_ZERO_STATUS: ring_desc[2].len = 0; break;
+    case H_SHORT_HEADER: ring_desc[0].len = 8; break;
+    case H_UNSUPP: header.type = 0xff; break;
+    case H_BEYOND: header.sector = capacity; break;
+    case H_SECTOR_OVERFLOW: header.sector = 0x0080000000000000ull; break;
+    case H_AVAIL_JUMP: advance = QSZ * 2; break;
+    case H_READ_ONLY: blk_chain(T_OUT, 0, out_buf, 512, 0); break;
+    }
+    return 0;
+}
+
+static int test_hostile(const struct dev *d, const struct dev *read_only) {
+    uint64_t capacity = rd(d, R_CONFIG) | (uint64_t)rd(d, R_CONFIG + 4) << 32;
+    for (int c = 0; c < H_COUNT; c++) {
+        const struct dev *target = c == H_READ_ONLY ? read_only : d;
+        puts("virtio-hostile: ");
+        puts(hostile_names[c]);
+        puts(" -> ");
+        if (!target) { puts("no second virtio-blk device\n"); continue; }
+        if (!(negotiate(target, F_VERSION_1 | F_INDIRECT) & S_FEATURES_OK)) { puts("FEATURES_OK refused\n"); continue; }
+        start_queue(target);
+        uint16_t head = hostile_case(c, capacity);
+        notify(target, head, advance);
+        int got = poll_used(target);
+        uint32_t status = rd(target, R_STATUS), isr = rd(target, R_ISR);
+        puts(got == 0 ? "NEEDS_RESET" : got < 0 ? "TIMEOUT" : blk_status_name(blk_status));
+        puts(" (status="); put_hex8(status);
+        puts(" isr="); put_hex8(isr);
+        puts(")\n");
+        wr(target, R_STATUS, 0);
+    }
+    return 0;
+}
+
+static int test_rng(const struct dev *d) {
+    uint32_t status = negotiate(d, F_VERSION_1);
+    if (!(status & S_FEATURES_OK)) { puts("virtio-rng: FEATURES_OK refused\n"); return 1; }
+    start_queue(d);
+    describe(d, "virtio-rng:");
+    puts("\n");
+    uint32_t len[2];
+    for (int r = 0; r < 2; r++) {
+        set_desc(ring_desc, 0, r ? in_buf : out_buf, 64, D_WRITE, 0);
+        if (request(d) != 1) { puts("virtio-rng: no answer\n"); return 1; }
+    }
+    len[0] = used.ring[0].len;
+    len[1] = used.ring[1].len;
+    int differ = 0, nonzero = 0;
+    for (int i = 0; i < 64; i++) {
+        differ |= out_buf[i] != in_buf[i];
+        nonzero |= out_buf[i] | in_buf[i];
+    }
+    puts("virtio-rng: lengths="); put_dec(len[0]);
+    puts(","); put_dec(len[1]);
+    puts(" differ="); put_dec(differ);
+    puts(" nonzero="); put_dec(nonzero != 0);
+    puts("\n");
+    return 0;
+}
+
+void guest_main(uint32_t magic, struct multiboot_info *info) {
+    const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
+    find_devices(cmdline);
+    for (int i = 0; i < ndevs; i++) {
+        puts("virtio: device "); put_dec((uint64_t)i);
+        puts(" at "); put_hex(devs[i].base);
+        puts(" irq "); put_dec(devs[i].irq);
+        puts(" id "); put_dec(devs[i].id);
+        puts("\n");
+    }
+    char test[16];
+    copy_word(test, cmdline_arg(cmdline, "test"), sizeof test);
+    const char *t = test;
+    const struct dev *blk = find(2, 0), *rng = find(4, 0);
+    int result = 1;
+    if (t[0] == 'b' && t[1] == 'l' && t[2] == 'k' && !t[3]) {
+        const char *sector = cmdline_arg(cmdline, "sector");
+        result = blk ? test_blk(blk, sector ? parse_u64(sector) : 5) : 1;
+    } else if (t[0] == 'r' && t[1] == 'e') {
+        result = blk ? test_reset(blk) : 1;
+    } else if (t[0] == 'h') {
+        result = blk ? test_hostile(blk, find(2, 1)) : 1;
+    } else if (t[0] == 'r' && t[1] == 'n') {
+        result = rng ? test_rng(rng) : 1;
+    }
+    if (result) puts("virtio: the device this test needs is missing\n");
+    guest_exit((uint8_t)result);
+}
