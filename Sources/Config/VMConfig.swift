@@ -46,6 +46,12 @@ public struct VMConfig: Equatable, Sendable {
         public var vcpuCPUs: [Int] = []
         public var deviceCPUs: [Int] = []
         public var sandbox = Sandbox()
+        /// The debug-exit port (0xf4): a guest's write of V ends the VM with status (V << 1) | 1. false: the port
+        /// is not there (writes are ignored), for guests that must not end their own VM that way.
+        public var debugExit = true
+        /// End the VM with status 16 when the console shows "Kernel panic - not syncing". false: for guests whose
+        /// programs may print that text (any process can write to the console).
+        public var panicWatch = true
         /// Detect a PVM-style host KVM and apply what it needs (CPUID masks, kernel options, the SYSCALL fix-up);
         /// false: apply nothing, whatever the host.
         public var hostQuirks = true

@@ -62,12 +62,13 @@ final class ControlMessageTests: XCTestCase {
 final class ExitStatusTests: XCTestCase {
     func testVMMsOwnStatusesAreEvenAndDistinct() {
         let own: [ExitStatus] = [.poweredOff, .configError, .hostSetupFailed, .tripleFault, .unhandledExit, .helperDied,
-                                 .runFailed, .guestReboot, .guestPanic]
+                                 .runFailed, .guestReboot, .guestPanic, .guestExitOutOfRange(71)]
         XCTAssertEqual(Set(own.map(\.code)).count, own.count)
         XCTAssertTrue(own.allSatisfy { $0.code % 2 == 0 }, "odd statuses belong to the guest's debug-exit")
         XCTAssertEqual(ExitStatus.interrupted.code, 128 + 2)
         XCTAssertEqual(ExitStatus.terminated.code, 128 + 15)
         XCTAssertEqual(ExitStatus.guestExit(43).code, 43)
+        XCTAssertTrue((0...63).allSatisfy { ($0 << 1) | 1 < 128 }, "every debug-exit status vmm passes through is below the signal range")
     }
 }
 

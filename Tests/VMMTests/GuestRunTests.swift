@@ -195,6 +195,33 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertTrue(panic.stderr.contains("guest kernel panic"), panic.stderr)
     }
 
+    /// What a guest can make vmm say or do is bounded: the boot marker once, debug-exit statuses apart from the
+    /// signal range, and debug-exit and the panic watch can be turned off.
+    func testGuestTriggeredReportsAreBoundedAndCanBeTurnedOff() throws {
+        let flood = try Harness.run(config: Harness.config(kernel: try Harness.guest("events.elf"), args: "do=flood"))
+        XCTAssertEqual(flood.wait(timeout: 60), 1, flood.stderr)
+        XCTAssertEqual(flood.stderr.components(separatedBy: "guest boot completed").count - 1, 1, "20000 markers, one line: \(flood.stderr)")
+
+        let sigterm = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=x exit=71"))
+        XCTAssertEqual(sigterm.wait(), 18, "71 would give 143, which reads as SIGTERM")
+        XCTAssertTrue(sigterm.stderr.contains("guest wrote 71 to the debug-exit port"), sigterm.stderr)
+        let largest = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=x exit=63"))
+        XCTAssertEqual(largest.wait(), 127)
+
+        let noExit = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=x exit=3",
+                                                            extra: #", "debug_exit": false"#))
+        XCTAssertEqual(noExit.wait(), 0, "without the port the guest falls through to its halt: a power-off; \(noExit.stderr)")
+        XCTAssertEqual(noExit.stdout, "Hello from the guest: x\n")
+
+        let noWatch = try Harness.run(config: Harness.config(kernel: try Harness.guest("events.elf"), args: "do=panic",
+                                                             extra: #", "panic_watch": false, "device_timeout_ms": 200"#))
+        XCTAssertTrue(noWatch.waitForOutput("Kernel panic - not syncing"), noWatch.stderr)
+        usleep(300_000)
+        XCTAssertTrue(noWatch.process.isRunning, "a panic line alone does not end the VM when the watch is off")
+        kill(noWatch.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(noWatch.wait(), 143)
+    }
+
     func testHaltWithInterruptsOffIsAPowerOff() throws {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("hello.elf"), args: "say=zzz"))
         XCTAssertEqual(run.wait(), 0)

@@ -20,8 +20,11 @@ public enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
     case guestPanic
     case interrupted
     case terminated
-    /// The guest wrote V to the debug-exit port: (V << 1) | 1.
+    /// The guest wrote V to the debug-exit port: (V << 1) | 1, for V up to 63.
     case guestExit(Int32)
+    /// The guest wrote V >= 64 to the debug-exit port: (V << 1) | 1 would be 129 or more, which a shell reads as
+    /// "killed by a signal" (71 would give 143, SIGTERM's), so vmm says so and keeps its statuses apart.
+    case guestExitOutOfRange(UInt8)
 
     public var code: Int32 {
         switch self {
@@ -37,6 +40,7 @@ public enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
         case .interrupted: return 130
         case .terminated: return 143
         case .guestExit(let status): return status
+        case .guestExitOutOfRange: return 18
         }
     }
 
@@ -54,6 +58,7 @@ public enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
         case .interrupted: return "interrupted (SIGINT)"
         case .terminated: return "terminated (SIGTERM or SIGHUP)"
         case .guestExit(let status): return "the guest exited through debug-exit with \(status)"
+        case .guestExitOutOfRange(let v): return "the guest wrote \(v) to debug-exit, beyond the 0...63 that map to statuses below 128"
         }
     }
 }

@@ -92,6 +92,9 @@ struct PIOSpec: RoleSpec {
     var controlFD: Int32
     var consoleOutFD: Int32?
     var consoleInFD: Int32?
+    /// `vmm.debug_exit` and `vmm.panic_watch`.
+    var debugExit: Bool
+    var panicWatch: Bool
     var spinMicroseconds: Int
     var logLevel: Int
     var sandbox: SandboxSpec

@@ -59,10 +59,15 @@ public enum PIOProcess {
         let uart = Serial8250(transmit: console.append, line: line)
         let bus = PortBus()
         try bus.attach(uart, at: Serial8250.com1)
-        try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort)
+        if spec.debugExit { try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort) }
         try bus.attach(I8042 { events.append(.reset) }, at: I8042.dataPort)
         try bus.attach(CMOSRTC { Int64(wallClockSeconds()) }, at: CMOSRTC.defaultPort)
-        try bus.attach(BootTimer { events.append(.booted) }, at: BootTimer.defaultPort)
+        // The boot marker is news once; a guest that writes it again and again gets no more lines in vmm's log.
+        var bootMarked = false
+        try bus.attach(BootTimer {
+            if !bootMarked { events.append(.booted) }
+            bootMarked = true
+        }, at: BootTimer.defaultPort)
 
         var input = spec.consoleInFD
         var inputBuffer = [UInt8](repeating: 0, count: Serial8250.fifoDepth)
@@ -84,7 +89,7 @@ public enum PIOProcess {
                     break  // nothing of the pio's is memory-mapped
                 }
                 // What the guest did, in order, until one of them ends the VM; nothing after that.
-                if console.sawPanic { events.append(.panic) }
+                if spec.panicWatch && console.sawPanic { events.append(.panic) }
                 if (exitStatus != nil || !events.isEmpty) && !exitReported {
                     console.flush()
                     for event in events where !exitReported {

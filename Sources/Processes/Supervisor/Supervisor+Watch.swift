@@ -91,6 +91,10 @@ extension Supervisor {
 
     private func ending(for message: ControlMessage) -> Ending {
         switch message {
+        case .guestExit(let status) where status > 127:
+            let value = UInt8(truncatingIfNeeded: status >> 1)
+            return Ending(status: .guestExitOutOfRange(value),
+                          message: "guest wrote \(value) to the debug-exit port; values above 63 would give statuses that read as signals, so vmm exits with 18")
         case .guestExit(let status):
             return Ending(status: .guestExit(status), message: "guest requested exit through the debug-exit port: status \(status)", quiet: true)
         case .seccompKilled, .seccompLogged, .guest(.booted):

@@ -145,6 +145,7 @@ public final class Supervisor {
                 channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
                 consoleOutFD: consoleOut.map { fds.add($0.raw, owner: $0) },
                 consoleInFD: config.vmm.serialInputFromStdin ? fds.add(0) : nil,
+                debugExit: config.vmm.debugExit, panicWatch: config.vmm.panicWatch,
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                 sandbox: try sandboxSpec(.pio))
         })
