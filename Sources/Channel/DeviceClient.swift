@@ -13,11 +13,17 @@ public struct DeviceClient: @unchecked Sendable {
     private let responseDoorbell: Int32
     public let policy: WaitPolicy
     public let timeoutMs: Int
+    /// After a device missed a deadline, how long a call waits for it: a hung device costs every later access this,
+    /// not the full timeout; a device that answers again is healthy again.
+    public let failedProbeMs: Int
+    /// The device missed its last deadline.
+    public private(set) var failed = false
     private var nextSequence: UInt64
     public let region: ChannelRegion
 
     public init(region: ChannelRegion, lane: Int, deviceDoorbell: Int32, responseDoorbell: Int32,
-                policy: WaitPolicy, timeoutMs: Int) {
+                policy: WaitPolicy, timeoutMs: Int, failedProbeMs: Int = 2) {
+        self.failedProbeMs = min(failedProbeMs, timeoutMs)
         self.region = region
         requests = RingProducer(region.requestRing(lane))
         responses = RingConsumer(region.responseRing(lane))
@@ -36,20 +42,34 @@ public struct DeviceClient: @unchecked Sendable {
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         let sequence = try send(operation, size: size, address: address, data: data)
-        let deadline = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
+        let deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
         while true {
+            // Every path passes the deadline check: a device that keeps sending stale answers cannot hold the vCPU.
+            let now = monotonicNanoseconds()
+            if now >= deadline && !responses.hasMessages() {
+                failed = true
+                throw .timedOut("\(operation) at 0x\(String(address, radix: 16))")
+            }
             let ready = spin(microseconds: policy.spinMicroseconds) { responses.hasMessages() }
             if ready {
                 let answer: Message?
                 do { answer = try responses.pop() } catch { throw .peer(error) }
                 guard let answer else { continue }
                 guard answer.operation == .response else { throw .peer(.unknownOperation(answer.operation.rawValue)) }
-                if answer.sequence == sequence { return answer.data }
-                if answer.sequence < sequence { continue }  // answer to a read that already timed out
+                if answer.sequence == sequence {
+                    failed = false
+                    return answer.data
+                }
+                if answer.sequence < sequence {  // answer to a read that already timed out
+                    if monotonicNanoseconds() >= deadline {
+                        failed = true
+                        throw .timedOut("\(operation) at 0x\(String(address, radix: 16)) (only stale answers came)")
+                    }
+                    continue
+                }
                 throw .peer(.unexpectedSequence(expected: sequence, got: answer.sequence))
             }
-            let now = monotonicNanoseconds()
-            if now >= deadline { throw .timedOut("\(operation) at 0x\(String(address, radix: 16))") }
+            if now >= deadline { continue }  // answers arrived just now: take them, then give up
             responses.setSleeping(true)
             if !responses.hasMessages() {
                 let left = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
@@ -67,9 +87,13 @@ public struct DeviceClient: @unchecked Sendable {
             let pushed: Bool
             do { pushed = try requests.push(message) } catch { throw .peer(error) }
             if pushed { break }
-            // Full ring: the device is behind. Wake it and back off; give up after the timeout.
+            // Full ring: the device is behind. Wake it and back off; give up after the timeout (after the short
+            // probe for a device that missed a deadline already).
             try ring(deviceDoorbell)
-            if waitedNs >= UInt64(timeoutMs) * 1_000_000 { throw .timedOut("ring full") }
+            if waitedNs >= UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000 {
+                failed = true
+                throw .timedOut("ring full")
+            }
             usleep(50)
             waitedNs += 50_000
         }

@@ -1,3 +1,4 @@
+import Synchronization
 import XCTest
 import Glibc
 @testable import Channel
@@ -110,8 +111,9 @@ final class RingTests: XCTestCase {
         let layout = ChannelLayout(lanes: 1, capacity: 8)
         let ch = try LocalChannel(layout: layout)
         let doorbell = try EventFD(), response = try EventFD()
+        // A long probe: this test is about the late answer, not about how long a failed device is waited for.
         var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 50)
+                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 50)
         var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
                                   policy: WaitPolicy(spinMicroseconds: 0))
         let start = monotonicNanoseconds()
@@ -128,6 +130,38 @@ final class RingTests: XCTestCase {
         }
         reader.start()
         XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3fd), 0x22)
+        XCTAssertFalse(client.failed, "a device that answers again is healthy again")
+    }
+
+    /// A device that keeps sending stale answers cannot hold a vCPU past the deadline, and once it has missed one,
+    /// later accesses wait only the short probe, not the whole timeout each.
+    func testStaleAnswersCannotHoldTheVCPUAndAFailedDeviceCostsOnlyAProbe() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        let doorbell = try EventFD(), response = try EventFD()
+        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 200, failedProbeMs: 5)
+        let stop = Atomic<Bool>(false)
+        let region = ch.device
+        let flooder = Thread {
+            var forged = RingProducer(region.responseRing(0))
+            while !stop.load(ordering: .relaxed) {
+                _ = try? forged.push(Message(sequence: 0, operation: .response, size: 1, address: 0, data: 0))
+            }
+        }
+        flooder.start()
+        defer { stop.store(true, ordering: .relaxed) }
+        var start = monotonicNanoseconds()
+        XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
+            guard case .timedOut = $0 as? ChannelError else { return XCTFail("\($0)") }
+        }
+        let first = monotonicNanoseconds() - start
+        XCTAssertGreaterThanOrEqual(first, 200_000_000)
+        XCTAssertLessThan(first, 2_000_000_000, "stale answers must not extend the deadline")
+        XCTAssertTrue(client.failed)
+        stop.store(true, ordering: .relaxed)
+        start = monotonicNanoseconds()
+        XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd))
+        XCTAssertLessThan(monotonicNanoseconds() - start, 150_000_000, "a failed device costs the probe, not the 200 ms timeout")
     }
 
     func testWrongSequenceFromDeviceIsAnError() throws {
