@@ -12,6 +12,9 @@ public struct DeviceServer: @unchecked Sendable {
     private var nextLane = 0
     /// Requests taken since the last `commit()`.
     public private(set) var uncommitted = 0
+    /// Lanes whose producer published impossible ring indices: no longer read (the peer is broken or hostile, and
+    /// a corrupt index would otherwise be found again on every wake-up).
+    public private(set) var brokenLanes: Set<Int> = []
     /// At most this many requests are taken between commits, so that a producer waiting on a full ring is not
     /// held back for long and one busy lane cannot keep the device from its other work.
     public var batchLimit: Int { max(1, region.layout.ring.capacity / 2) }
@@ -33,9 +36,11 @@ public struct DeviceServer: @unchecked Sendable {
         guard uncommitted < batchLimit else { return nil }
         for i in 0..<requests.count {
             let lane = (nextLane + i) % requests.count
+            guard !brokenLanes.contains(lane) else { continue }
             let message: Message?
             do { message = try requests[lane].take() } catch {
                 uncommitted += 1
+                if case .indexOutOfRange = error { brokenLanes.insert(lane) }
                 throw LaneError(lane: lane, error: error)
             }
             if let message {
@@ -86,7 +91,7 @@ public struct DeviceServer: @unchecked Sendable {
     /// Each server must be committed first.
     public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
         precondition(servers.allSatisfy { $0.uncommitted == 0 }, "commit before waiting")
-        let rings = servers.flatMap(\.requests)
+        let rings = servers.flatMap { s in s.requests.indices.filter { !s.brokenLanes.contains($0) }.map { s.requests[$0] } }
         let none = [Poll.Event](repeating: [], count: extra.count)
         let budget = servers.map(\.policy.spinMicroseconds).max() ?? 0
         if spin(microseconds: budget, until: { rings.contains { $0.hasMessages() } }) { return none }

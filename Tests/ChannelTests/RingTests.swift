@@ -58,6 +58,29 @@ final class RingTests: XCTestCase {
         XCTAssertEqual(ch.vcpu.unhandledRequests().all, 0)
     }
 
+    /// A producer that publishes an impossible tail loses its lane: one error, then the device neither reads it
+    /// again nor wakes up for it, and the other lanes go on.
+    func testACorruptTailCutsOffItsLaneOnly() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 2, capacity: 8))
+        let doorbell = try EventFD()
+        var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
+                                  policy: WaitPolicy(spinMicroseconds: 0))
+        ch.vcpu.requestRing(0).tail.pointee.store(1_000_000, ordering: .releasing)
+        var good = RingProducer(ch.vcpu.requestRing(1))
+        XCTAssertTrue(try good.push(message(7)))
+        var errors: [LaneError] = []
+        XCTAssertEqual(server.next { errors.append($0) }?.message, message(7))
+        XCTAssertNil(server.next { errors.append($0) })
+        XCTAssertEqual(errors.map(\.lane), [0], "reported once")
+        XCTAssertEqual(server.brokenLanes, [0])
+        server.commit()
+        let start = monotonicNanoseconds()
+        _ = try server.wait(extra: [], timeoutMs: 50)
+        XCTAssertGreaterThanOrEqual(monotonicNanoseconds() - start, 40_000_000, "the broken lane does not keep the device awake")
+        XCTAssertTrue(try good.push(message(8)))
+        XCTAssertEqual(server.next { errors.append($0) }?.message, message(8))
+    }
+
     func testFullRingRefusesUntilConsumed() throws {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         var producer = RingProducer(ch.vcpu.requestRing(0))
