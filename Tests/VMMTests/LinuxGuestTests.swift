@@ -1,8 +1,8 @@
 import Foundation
 import XCTest
 
-/// Boots Debian's distro kernel (tools/linux-image) to the busybox /init: slow here (guest kernel code is
-/// emulated on these hosts: minutes per boot), so these run in this one test process, one boot per test.
+/// Boots Debian's distro kernel (tools/linux-image): slow here (guest kernel code is emulated on these hosts: minutes
+/// per boot), so these run in this one test process, one boot per test, each boot shared by as many checks as fit.
 /// tools/test builds the image first; without it (a bare `swift test`) they skip loudly.
 final class LinuxGuestTests: XCTestCase {
     static let image = ProcessInfo.processInfo.environment["VMM_LINUX_IMAGE"] ?? Harness.sourceRoot + "/out/linux"
@@ -20,7 +20,7 @@ final class LinuxGuestTests: XCTestCase {
     }
 
     /// Configs/default.json's kernel options, with the image from this test's directory.
-    func config(vcpus: Int, initArguments: String?, input: String) throws -> String {
+    func config(vcpus: Int, initArguments: String?, input: String, devices: String = "") throws -> String {
         let shipped = try String(contentsOfFile: Harness.sourceRoot + "/Configs/default.json", encoding: .utf8)
         guard let range = shipped.range(of: #""boot_args": ""#), let end = shipped[range.upperBound...].firstIndex(of: "\"") else {
             struct NoBootArguments: Error {}
@@ -31,7 +31,7 @@ final class LinuxGuestTests: XCTestCase {
         return """
         {"boot-source": {"kernel_image_path": "\(Self.image)/vmlinux", "initrd_path": "\(Self.image)/initramfs.cpio",
                          "boot_args": "\(args)"},
-         "machine-config": {"vcpu_count": \(vcpus), "mem_size_mib": 128},
+         "machine-config": {"vcpu_count": \(vcpus), "mem_size_mib": 128},\(devices)
          "logger": {"level": "Info"},
          "vmm": {"serial": {"output": "stdout", "input": "\(input)"}}}
         """
@@ -44,17 +44,64 @@ final class LinuxGuestTests: XCTestCase {
         print("Linux \(what): \(seconds) s in all; \(boot)\n  \(exits)")
     }
 
-    func testOneVCPUBootsToInitRunsATypedCommandAndPowersOff() throws {
+    /// One boot shared by every virtio check (a boot is minutes here): an ext4 root on virtio-blk (written, synced,
+    /// trimmed), a second, read-only drive, virtio-rng, a typed command, power-off; then the host reads the image.
+    func testOneVCPUBootsAnExt4RootOnVirtioBlkAndUsesEveryDevice() throws {
+        for image in ["rootfs.ext4", "data.ext4"] where !FileManager.default.fileExists(atPath: Self.image + "/" + image) {
+            throw XCTSkip("SKIPPED: no \(image) in \(Self.image); tools/linux-image builds it")
+        }
+        // Copies: a boot writes to its root image.
+        let dir = NSTemporaryDirectory() + "vmm-linux-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for image in ["rootfs.ext4", "data.ext4"] { try FileManager.default.copyItem(atPath: Self.image + "/" + image, toPath: dir + "/" + image) }
+        let dataBefore = try Data(contentsOf: URL(fileURLWithPath: dir + "/data.ext4"))
+        let devices = """
+
+         "drives": [{"drive_id": "rootfs", "path_on_host": "\(dir)/rootfs.ext4", "is_root_device": true, "cache_type": "Writeback"},
+                    {"drive_id": "data", "path_on_host": "\(dir)/data.ext4", "is_read_only": true}],
+         "entropy": {},
+        """
         let started = Date()
-        let run = try Harness.run(config: try config(vcpus: 1, initArguments: nil, input: "stdin"), interactive: true)
-        XCTAssertTrue(run.waitForOutput("vmm-guest: init ready", timeout: Self.bootTimeout), run.stdout + run.stderr)
-        run.type("echo typed-$((6 * 7))\n")
-        XCTAssertTrue(run.waitForOutput("typed-42", timeout: 300), run.stdout + run.stderr)
+        let run = try Harness.run(config: try config(vcpus: 1, initArguments: nil, input: "stdin", devices: devices), interactive: true)
+        XCTAssertTrue(run.waitForOutput("vmm-guest: init ready (root /dev/vda rw)", timeout: Self.bootTimeout), run.stdout + run.stderr)
+        let booted = Date()
+        func command(_ line: String, expect: String, timeout: TimeInterval = 300) {
+            run.type(line + "\n")
+            XCTAssertTrue(run.waitForOutput(expect, timeout: timeout), "\(line): \(run.stdout)\(run.stderr)")
+        }
+        command("echo typed-$((6 * 7))", expect: "typed-42")
+        command("echo rng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n') rng-source=$(cat /sys/class/misc/hw_random/rng_current)",
+                expect: "rng-source=virtio_rng")
+        command("echo written-by-guest > /root/hello.txt && sync && echo wrote=$?", expect: "wrote=0")
+        command("dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; echo ro-write=$?", expect: "ro-write=")
+        command("mount -o ro /dev/vdb /mnt && echo data-mounted=$(cat /sys/block/vdb/ro) && umount /mnt", expect: "data-mounted=")
+        command("fstrim -v / ; echo trim=$?", expect: "trim=")
+        command("echo id=$(cat /sys/block/vda/serial) size=$(cat /sys/block/vda/size)", expect: "size=")
         run.type("poweroff\n")
         XCTAssertEqual(run.wait(timeout: 300), 0, run.stdout + run.stderr)
+        let console = run.stdout.replacingOccurrences(of: "\r\n", with: "\n")
+        XCTAssertNotNil(console.range(of: #"rng=[0-9a-f]{32} "#, options: .regularExpression), "16 bytes from /dev/hwrng: \(console)")
+        XCTAssertTrue(console.contains("ro-write=1"), "writing the read-only drive fails: \(console)")
+        XCTAssertTrue(console.contains("data-mounted=1"), "the kernel sees vdb read-only: \(console)")
+        XCTAssertTrue(console.contains("trimmed"), "fstrim's DISCARDs reached the device: \(console)")
+        XCTAssertTrue(console.contains("trim=0"), console)
+        XCTAssertTrue(console.contains("id=rootfs size=131072"), "GET_ID and the capacity in 512-byte sectors: \(console)")
         XCTAssertTrue(run.stderr.contains("guest powered off"), run.stderr)
         XCTAssertTrue(run.stderr.contains("guest boot completed"), run.stderr)
-        report("1 vCPU, typed command, poweroff", run, started: started)
+        // The host reads what the guest wrote and synced, from the image, after power-off.
+        let debugfs = Process()
+        debugfs.executableURL = URL(fileURLWithPath: "/sbin/debugfs")
+        debugfs.arguments = ["-R", "cat /root/hello.txt", dir + "/rootfs.ext4"]
+        let pipe = Pipe()
+        debugfs.standardOutput = pipe
+        debugfs.standardError = FileHandle.nullDevice
+        try debugfs.run()
+        debugfs.waitUntilExit()
+        XCTAssertEqual(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self), "written-by-guest\n")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/data.ext4")), dataBefore, "the read-only image is unchanged")
+        report("1 vCPU, ext4 root on virtio-blk, read-only drive, virtio-rng, commands \(Int(Date().timeIntervalSince(booted))) s, poweroff",
+               run, started: started)
     }
 
     func testTwoVCPUsAreBothBroughtUp() throws {
