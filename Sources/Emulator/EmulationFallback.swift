@@ -39,6 +39,8 @@ public final class EmulationFallback {
         let regs = try vcpu.regs()
         let sregs = try vcpu.sregs()
         mmu.update(try vcpu.pagingContext())
+        // The guest may have changed its page tables (or run INVLPG) since the last fallback: start from them.
+        mmu.flush()
         let mode = CPUMode(sregs)
         let linear = InstructionDecoder.linearRIP(regs, sregs)
         let (bytes, fetchError) = InstructionDecoder.fetch(linear, mmu: mmu, user: sregs.cs.dpl == 3)
@@ -167,7 +169,15 @@ public final class EmulationFallback {
         code.selector = newCS
         code.dpl = UInt8(rpl)  // CPL lives in CS.DPL for KVM
         s.cs = code
-        r.rip = newIP & (width == 2 ? 0xffff : (width == 4 ? 0xffff_ffff : .max))
+        let rip = newIP & (width == 2 ? 0xffff : (width == 4 ? 0xffff_ffff : .max))
+        // A bad frame gives the guest #GP(0), not a VM entry KVM refuses: a 64-bit target must be canonical, any
+        // other must lie within the new code segment's limit.
+        if mode == .long64 && code.l == 1 {
+            guard rip < 0x0000_8000_0000_0000 || rip >= 0xffff_8000_0000_0000 else { throw GuestFault.gp(0) }
+        } else {
+            guard rip <= UInt64(code.limit) else { throw GuestFault.gp(0) }
+        }
+        r.rip = rip
         r.rflags = mergeFlags(r.rflags, popped, width: width, cpl: cpl, iopl: Int((r.rflags >> 12) & 3))
         if outer {
             // Data segments the new, less privileged code may not use are nulled, as the CPU does.

@@ -83,15 +83,27 @@ final class LocalAPICTests: XCTestCase {
         _ = p.write(offset: 0xf0, value: 0x1ff, now: 0)
         _ = p.write(offset: 0x3e0, value: 0x3, now: 0)  // divide by 16
         _ = p.write(offset: 0x320, value: (1 << 17) | 0x31, now: 0)
-        XCTAssertEqual(p.write(offset: 0x380, value: 100, now: 0), [.armTimer(atNanoseconds: 1600)])
-        XCTAssertEqual(p.timerExpired(now: 1600), [.armTimer(atNanoseconds: 3200)])
-        XCTAssertEqual(p.timerExpired(now: 5000), [.armTimer(atNanoseconds: 6400)], "missed periods are skipped, not queued")
-        XCTAssertEqual(p.read(offset: 0x390, now: 6400 + 160), 90)
+        XCTAssertEqual(p.write(offset: 0x380, value: 100_000, now: 0), [.armTimer(atNanoseconds: 1_600_000)])
+        XCTAssertEqual(p.timerExpired(now: 1_600_000), [.armTimer(atNanoseconds: 3_200_000)])
+        XCTAssertEqual(p.timerExpired(now: 5_000_000), [.armTimer(atNanoseconds: 6_400_000)], "missed periods are skipped, not queued")
+        XCTAssertEqual(p.read(offset: 0x390, now: 6_400_000 + 160_000), 90_000)
         _ = p.write(offset: 0x320, value: (1 << 17) | (1 << 16) | 0x31, now: 0)  // masked
         p.acknowledge(0x31)
         _ = p.write(offset: 0xb0, value: 0, now: 0)
-        _ = p.timerExpired(now: 8000)
+        _ = p.timerExpired(now: 8_000_000)
         XCTAssertNil(p.deliverableVector, "a masked timer counts but raises nothing")
+    }
+
+    /// Divide 1 and count 1 would make a periodic timer fire every nanosecond: it is held to KVM's minimum period.
+    func testAPeriodicTimerIsNeverFasterThanTheMinimumPeriod() {
+        enable()
+        _ = apic.write(offset: 0x3e0, value: 0xb, now: 0)                // divide by 1
+        _ = apic.write(offset: 0x320, value: 0x2_0040, now: 0)           // periodic, vector 0x40
+        XCTAssertEqual(apic.write(offset: 0x380, value: 1, now: 1000), [.armTimer(atNanoseconds: 1000 + LocalAPIC.minimumPeriodicNanoseconds)])
+        let next = apic.timerExpired(now: 1000 + LocalAPIC.minimumPeriodicNanoseconds)
+        XCTAssertTrue(next.contains(.armTimer(atNanoseconds: 1000 + 2 * LocalAPIC.minimumPeriodicNanoseconds)), "\(next)")
+        _ = apic.write(offset: 0x320, value: 0x40, now: 0)               // one-shot: a short count is fine once
+        XCTAssertEqual(apic.write(offset: 0x380, value: 1, now: 5000), [.armTimer(atNanoseconds: 5001)])
     }
 
     func testTSCDeadlineMode() {

@@ -24,9 +24,11 @@
  * Completions are polled (used ring and Status) except in `blk`. Code is kept short: guest kernel code is
  * emulated instruction by instruction on the test hosts.
  * Under QEMU: qemu-system-x86_64 -M microvm -global virtio-mmio.force-legacy=false -kernel virtio.elf
- *   -append test=blk -drive id=d0,file=IMG,format=raw,if=none -device virtio-blk-device,drive=d0,serial=d0
- *   -device isa-debug-exit (QEMU's virtio-mmio is legacy, version 1, unless told otherwise; microvm names its
- *   transports on the command line, and the guest skips the empty ones, device ID 0). */
+ *   -append "test=blk virtio_mmio.device=512@0xfeb02e00:47" -drive id=d0,file=IMG,format=raw,if=none
+ *   -device virtio-blk-device,drive=d0,serial=d0 -device isa-debug-exit (QEMU's virtio-mmio is legacy, version 1,
+ *   unless told otherwise. QEMU 7.2's microvm has 24 transports from 0xfeb00000, 512 bytes each, GSIs from 24, and
+ *   plugs the first -device into the last; it adds them to the command line only for Linux kernels, after a
+ *   multiboot image has taken its copy, so they are named here. The guest skips empty ones, device ID 0.) */
 #include "guest.h"
 
 enum {

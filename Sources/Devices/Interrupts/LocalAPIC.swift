@@ -91,7 +91,13 @@ public final class LocalAPIC {
         let v = (divideConfig & 3) | ((divideConfig >> 1) & 4)
         return v == 7 ? 1 : UInt64(2) << UInt64(v)
     }
-    var period: UInt64 { UInt64(initialCount) * divisor * Self.timerNanosecondsPerTick }
+    /// A periodic timer is never faster than this (KVM's `min_timer_period_us` default): with divide 1 and count 1 the
+    /// period would be 1 ns, and the irqchip would do nothing but re-arm it.
+    public static let minimumPeriodicNanoseconds: UInt64 = 200_000
+    var period: UInt64 {
+        let ticks = UInt64(initialCount) * divisor * Self.timerNanosecondsPerTick
+        return timerMode == 1 && ticks > 0 ? max(ticks, Self.minimumPeriodicNanoseconds) : ticks
+    }
 
     public var processorPriority: UInt32 {
         let isrv = UInt32(isr.highest ?? 0)
