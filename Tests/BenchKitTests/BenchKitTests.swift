@@ -10,6 +10,26 @@ final class BenchKitTests: XCTestCase {
         XCTAssertEqual(GuestTiming(cycles: 3_000_000, iterations: 1000).nanosecondsPerIteration(tscKHz: 3_000_000), 1000)
     }
 
+    func testParsesTheVirtioBenchLineAndConvertsToRequestsPerSecond() throws {
+        let r = try XCTUnwrap(BlockBenchResult.parse("virtio: device 0\nvirtio-bench: mode=randread depth=32 count=1000 cycles=2000000 errors=0\n"))
+        XCTAssertEqual(r, BlockBenchResult(mode: "randread", depth: 32, count: 1000, cycles: 2_000_000, errors: 0))
+        XCTAssertEqual(r.requestsPerSecond(tscKHz: 2_000_000), 1_000_000, accuracy: 1e-6)  // 1 ms for 1000 requests
+        XCTAssertNil(BlockBenchResult.parse("virtio-bench: mode=randread depth=1 count=0 cycles=5 errors=0"), "no requests")
+        XCTAssertNil(BlockBenchResult.parse("virtio-bench: mode=seqread depth=1 count=5 errors=0"), "no cycles")
+    }
+
+    /// The host's pread loop must read what the guest reads: the same sectors, in range, in the same order.
+    func testTheBlockPatternStaysInsideTheDiskAndWrapsSequentialReads() {
+        var random = BlockPattern(mode: .randread, capacitySectors: 8192)
+        let sectors = (0..<1000).map { _ in random.nextSector() }
+        XCTAssertTrue(sectors.allSatisfy { $0 % 8 == 0 && $0 + 8 <= 8192 }, "4 KiB-aligned 4 KiB reads inside the disk")
+        XCTAssertGreaterThan(Set(sectors).count, 500, "random, not stuck")
+        var again = BlockPattern(mode: .randread, capacitySectors: 8192)
+        XCTAssertEqual((0..<1000).map { _ in again.nextSector() }, sectors, "the same sequence every time, as the guest's")
+        var sequential = BlockPattern(mode: .seqread, capacitySectors: 1024)
+        XCTAssertEqual((0..<5).map { _ in sequential.nextSector() }, [0, 256, 512, 768, 0], "128 KiB steps, back to 0 at the end")
+    }
+
     func testInterruptLatencyArithmetic() throws {
         let l = try XCTUnwrap(InterruptLatency.parse("noise\nirqlat: samples=4 delay=200000 min=600000 total=3200000\n"))
         let us = l.latencyMicroseconds(tscKHz: 2_000_000)  // 2000 cycles per microsecond

@@ -292,7 +292,7 @@ final class GuestRunTests: GuestTestCase {
             ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
         }
         var names: [String: String] = [:]
-        for pid in Harness.helperPIDs(of: run.process.processIdentifier) {
+        for pid in Harness.settledHelpers(of: run.process.processIdentifier, count: 3) {
             let role = try XCTUnwrap(Harness.role(of: pid))
             names[role] = comm("/proc/\(pid)/comm")
             if role == "vcpu" {

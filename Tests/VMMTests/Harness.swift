@@ -159,6 +159,21 @@ enum Harness {
         }
     }
 
+    /// The helpers of a run once `count` of them exist and each has named itself: they start in the background and a
+    /// guest can print before the last one is up.
+    static func settledHelpers(of parent: pid_t, count: Int, timeout: TimeInterval = 10) -> [pid_t] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var helpers = helperPIDs(of: parent)
+        func named(_ pid: pid_t) -> Bool {
+            ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").hasPrefix("vmm-")
+        }
+        while Date() < deadline && !(helpers.count >= count && helpers.allSatisfy(named)) {
+            usleep(20_000)
+            helpers = helperPIDs(of: parent)
+        }
+        return helpers
+    }
+
     static func role(of pid: pid_t) -> String? {
         guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
         let args = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }

@@ -216,7 +216,7 @@ final class VirtioGuestTests: GuestTestCase {
             kill(run.process.processIdentifier, SIGINT)
             XCTAssertEqual(run.wait(timeout: 20), 130, run.stderr)
         }
-        let helpers = Harness.helperPIDs(of: run.process.processIdentifier)
+        let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 6)
         let roles = helpers.compactMap { Harness.role(of: $0) }.sorted()
         XCTAssertEqual(roles, ["irqchip", "pio", "vcpu", "virtio-blk", "virtio-blk", "virtio-rng"])
         for pid in helpers {

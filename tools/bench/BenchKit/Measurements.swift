@@ -47,6 +47,84 @@ public struct InterruptLatency: Equatable, Sendable {
     }
 }
 
+/// What the virtio-blk benchmark guest printed (Tests/Guests/virtio.c, `test=bench`):
+/// "virtio-bench: mode=M depth=D count=N cycles=C errors=E".
+public struct BlockBenchResult: Equatable, Sendable {
+    public let mode: String
+    public let depth: UInt64, count: UInt64, cycles: UInt64, errors: UInt64
+
+    public init(mode: String, depth: UInt64, count: UInt64, cycles: UInt64, errors: UInt64) {
+        self.mode = mode
+        self.depth = depth
+        self.count = count
+        self.cycles = cycles
+        self.errors = errors
+    }
+
+    public static func parse(_ output: String) -> BlockBenchResult? {
+        for line in output.split(whereSeparator: \.isNewline) where line.hasPrefix("virtio-bench: ") {
+            var f: [String: Substring] = [:]
+            for field in line.dropFirst(14).split(separator: " ") {
+                let kv = field.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { f[String(kv[0])] = kv[1] }
+            }
+            guard let mode = f["mode"], let d = f["depth"].flatMap({ UInt64($0) }), let n = f["count"].flatMap({ UInt64($0) }),
+                  let c = f["cycles"].flatMap({ UInt64($0) }), let e = f["errors"].flatMap({ UInt64($0) }), n > 0, c > 0 else { continue }
+            return BlockBenchResult(mode: String(mode), depth: d, count: n, cycles: c, errors: e)
+        }
+        return nil
+    }
+
+    /// Completed requests per second at a TSC of `tscKHz`.
+    public func requestsPerSecond(tscKHz: Int) -> Double {
+        Double(count) * Double(tscKHz) * 1000 / Double(cycles)
+    }
+}
+
+/// The virtio-blk benchmark's access pattern, exactly as the guest draws it (Tests/Guests/virtio.c `bench_sector`),
+/// so the host's pread loop reads the same offsets in the same order.
+public struct BlockPattern: Sendable {
+    public enum Mode: String, Sendable, CaseIterable {
+        /// 4 KiB at 4 KiB-aligned offsets from xorshift64.
+        case randread
+        /// 128 KiB after 128 KiB from the start, back to 0 before running past the end.
+        case seqread
+    }
+
+    public let mode: Mode
+    /// The disk's size in 512-byte sectors.
+    public let capacitySectors: UInt64
+    private var rng: UInt64 = 0x9e37_79b9_7f4a_7c15
+    private var next: UInt64 = 0
+
+    public init(mode: Mode, capacitySectors: UInt64) {
+        self.mode = mode
+        self.capacitySectors = capacitySectors
+    }
+
+    public var requestBytes: Int { mode == .randread ? 4096 : 128 << 10 }
+
+    /// The next request's first sector.
+    public mutating func nextSector() -> UInt64 {
+        switch mode {
+        case .randread:
+            var x = rng
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
+            rng = x
+            let blocks = UInt64(UInt32(truncatingIfNeeded: capacitySectors >> 3))
+            return (((x >> 32) &* blocks) >> 32) << 3
+        case .seqread:
+            let length = UInt64(requestBytes >> 9)
+            var sector = next
+            if sector + length > capacitySectors { sector = 0 }
+            next = sector + length
+            return sector
+        }
+    }
+}
+
 /// Repeated samples of one figure.
 public struct Samples: Equatable, Sendable, Codable {
     public var values: [Double]
@@ -113,7 +191,7 @@ public struct Report: Sendable, Codable {
         }
         var lines = [line(["figure", "min", "median", "unit", "ratio", "goal"])]
         for r in rows {
-            let ratioText = ratio(r).map { String(format: "%.2fx", $0) } ?? ""
+            let ratioText = ratio(r).map { String(format: $0 < 0.1 ? "%.3fx" : "%.2fx", $0) } ?? ""
             var goalText = ""
             if let g = r.goal {
                 let what = r.baseline != nil ? "<= \(String(format: "%.2f", g))x \(r.baseline!)" : "<= \(f(g)) \(r.unit)"

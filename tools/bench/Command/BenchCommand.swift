@@ -16,10 +16,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
     @Option(help: "A second vmm binary (e.g. an older build) whose start-up is measured side by side.") var baselineVmm: String?
-    @Option(help: "Directory with the test guests (built there if missing).") var guests = "out/guests"
+    @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, irq, startup, memory, mmu).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, startup, memory, mmu).") var only: String?
+    @Option(help: "virtio-blk reads per sample (4 KiB random, 128 KiB sequential).") var blkCount = 10_000
+    @Option(help: "Size of the virtio-blk test image in MiB.") var blkImageMib = 64
 
     func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? true }
 
@@ -40,6 +42,17 @@ struct BenchCommand: ParsableCommand {
         let kernelBytes = Array(try Data(contentsOf: URL(fileURLWithPath: portloop)))
         // The guest TSC rate, for turning guest-measured cycles into time (a vCPU that never runs is enough).
         var tscKHz = (try? BareVM(kernel: kernelBytes, cmdline: "").vcpu.tscKHz()) ?? 0
+        // The virtio-blk rows' image, in a directory of its own removed at the end.
+        let blkCount = smoke ? 64 : self.blkCount, blkImageMiB = smoke ? 4 : blkImageMib
+        var blkImage: String?
+        let blkDirectory = NSTemporaryDirectory() + "vmm-bench-blk-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: blkDirectory) }
+        if wants("blk") {
+            try FileManager.default.createDirectory(atPath: blkDirectory, withIntermediateDirectories: true)
+            blkImage = blkDirectory + "/disk.img"
+            try BlockBench.makeImage(at: blkDirectory + "/disk.img", mib: blkImageMiB)
+        }
+        var failures: [String: String] = [:]
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
@@ -64,6 +77,30 @@ struct BenchCommand: ParsableCommand {
                     add("timer interrupt latency (best): \(m.name)", us.min)
                 } else {
                     unavailable.insert("timer interrupt latency (mean): \(m.name)")
+                }
+            }
+            // virtio-blk reads from the guest's CPL3 loop (ioeventfd notifications, polled used ring) and the same
+            // offsets read with pread on the host, in this order for each mode.
+            if let image = blkImage, tscKHz > 0 {
+                var machines: [VMMUnderTest] = [OurVMM(binary: ours.binary, drive: image)]
+                if let q = qemus.first { machines.append(QEMUMicroVM(binary: q.binary, image: image)) }
+                for mode in BlockPattern.Mode.allCases {
+                    let pattern = BlockPattern(mode: mode, capacitySectors: UInt64(blkImageMiB) << 11)
+                    let rate = { (requestsPerSecond: Double) in mode == .randread ? requestsPerSecond : requestsPerSecond * Double(pattern.requestBytes) / 1e6 }
+                    add(Self.blkRow(mode, nil, "host pread"), rate(try BlockBench.hostPread(path: image, pattern: pattern, count: blkCount)))
+                    for depth in [1, 32] {
+                        for m in machines {
+                            let name = Self.blkRow(mode, depth, m.name)
+                            let r = try Runner.run(m, kernel: guestDir + "/virtio.elf", args: "test=bench mode=\(mode.rawValue) depth=\(depth) count=\(blkCount)", timeout: 300)
+                            if let b = BlockBenchResult.parse(r.output), b.errors == 0 {
+                                add(name, rate(b.requestsPerSecond(tscKHz: tscKHz)))
+                            } else {
+                                let last = r.output.split(whereSeparator: \.isNewline).last.map(String.init) ?? "no output"
+                                failures[name] = "\(m is QEMUMicroVM ? "QEMU could not run this guest here" : "no result"): status \(r.status), \(last)"
+                                log("\(name): \(failures[name]!)")
+                            }
+                        }
+                    }
                 }
             }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
@@ -114,6 +151,17 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         }
+        for mode in BlockPattern.Mode.allCases {
+            let host = Self.blkRow(mode, nil, "host pread"), unit = mode == .randread ? "IOPS" : "MB/s"
+            row(host, unit, note: "one thread, the same offsets")
+            for depth in [1, 32] {
+                for m in ["vmm", "qemu microvm"] {
+                    let name = Self.blkRow(mode, depth, m)
+                    if rows[name] != nil { row(name, unit, baseline: host) }
+                    else if let why = failures[name] { report.rows.append(Row(name: name, unit: unit, samples: Samples(), note: why)) }
+                }
+            }
+        }
         row("start-up to first UART byte: vmm", "ms", goal: 15)
         row("start-up to exit: vmm", "ms")
         row("start-up to first UART byte: baseline vmm", "ms", baseline: "start-up to first UART byte: vmm")
@@ -133,11 +181,23 @@ struct BenchCommand: ParsableCommand {
         print("\nJSON: \(json)")
     }
 
+    /// "blk randread 4 KiB, depth 32: vmm"; the host's row has no depth.
+    static func blkRow(_ mode: BlockPattern.Mode, _ depth: Int?, _ who: String) -> String {
+        "blk \(mode.rawValue) \(mode == .randread ? "4" : "128") KiB\(depth.map { ", depth \($0)" } ?? ""): \(who)"
+    }
+
     func log(_ s: String) { FileHandle.standardError.write(Data("vmm-bench: \(s)\n".utf8)) }
 
     func ensureGuests() throws -> String {
-        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf"]
-        guard wanted.contains(where: { access(guests + "/" + $0, R_OK) != 0 }) else { return guests }
+        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf", "virtio.elf"]
+        // Rebuilt when one is missing or older than a source (run from the repository root, as the scripts do).
+        func modified(_ path: String) -> Double? {
+            var st = stat()
+            return stat(path, &st) == 0 ? Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 : nil
+        }
+        let sources = (try? FileManager.default.contentsOfDirectory(atPath: "Tests/Guests")) ?? []
+        let newest = sources.compactMap { modified("Tests/Guests/" + $0) }.max() ?? 0
+        guard wanted.contains(where: { (modified(guests + "/" + $0) ?? -1) < newest }) else { return guests }
         do { return try TestGuests.build(sourceRoot: ".", into: guests) } catch {
             throw ValidationError("\(error) (run from the repository root)")
         }
