@@ -197,7 +197,9 @@ final class VCPURunner: @unchecked Sendable {
                      KVM_EXIT_IRQ_WINDOW_OPEN: "irq-window", KVM_EXIT_DEBUG: "debug", KVM_EXIT_INTERNAL_ERROR: "emulation",
                      KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr", KVM_EXIT_SHUTDOWN: "shutdown"]
         var parts = exitCounts.indices.filter { exitCounts[$0] > 0 }.map { "\(names[Int32($0)] ?? "reason \($0)") \(exitCounts[$0])" }
-        if let f = syscallFixup { parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))") }
+        if let f = syscallFixup {
+            parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver), FS base mismatches \(f.fsBaseMismatches))")
+        }
         return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }
 
