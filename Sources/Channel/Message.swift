@@ -61,6 +61,10 @@ public struct Message: Equatable, Sendable {
     }
 
     public static let slotSize = 32
+
+    /// Every bit of the access's width (all 64 for 8 bytes or more): a device answers a read with `value & widthMask`,
+    /// a floating bus with `widthMask`.
+    public var widthMask: UInt64 { size >= 8 ? .max : (UInt64(1) << (UInt64(size) * 8)) - 1 }
 }
 
 /// A slot whose contents a well-behaved peer would never write.

@@ -80,11 +80,11 @@ public enum IRQChipProcess {
                 case .mmioRead:
                     // The APICs' registers are 32 bits wide: other widths read all-ones, whatever their size.
                     let value = m.size == 4 ? UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)) : ~0
-                    try server.respond(lane: lane, to: m, data: m.size >= 8 ? value : value & ((1 << (UInt64(m.size) * 8)) - 1))
+                    try server.respond(lane: lane, to: m, data: value & m.widthMask)
                 case .mmioWrite:
                     chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: now)
                 case .portRead:
-                    try server.respond(lane: lane, to: m, data: ~0 & ((1 << (UInt64(m.size) * 8)) &- 1))
+                    try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
                     publish()
                     try server.respond(lane: lane, to: m, data: 0)

@@ -77,11 +77,11 @@ public enum PIOProcess {
                 switch m.operation {
                 case .portRead:
                     let value = m.address <= 0xffff ? bus.read(port: UInt16(m.address), size: Int(m.size)) : ~0
-                    try server.respond(lane: lane, to: m, data: value & mask(m.size))
+                    try server.respond(lane: lane, to: m, data: value & m.widthMask)
                 case .portWrite:
                     if m.address <= 0xffff { bus.write(port: UInt16(m.address), size: Int(m.size), value: m.data) }
                 case .mmioRead:
-                    try server.respond(lane: lane, to: m, data: mask(m.size))
+                    try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
                     console.flush()
                     try server.respond(lane: lane, to: m, data: 0)
@@ -123,6 +123,4 @@ public enum PIOProcess {
         clock_gettime(CLOCK_REALTIME, &ts)
         return ts.tv_sec
     }
-
-    static func mask(_ size: UInt8) -> UInt64 { size >= 8 ? ~0 : (UInt64(1) << (UInt64(size) * 8)) - 1 }
 }

@@ -55,11 +55,11 @@ public enum VirtioProcess {
                     switch m.operation {
                     case .mmioRead:
                         let value = window.contains(m.address) ? transport.read(offset: m.address - spec.windowBase, size: Int(m.size)) : 0
-                        try server.respond(lane: lane, to: m, data: value & mask(m.size))
+                        try server.respond(lane: lane, to: m, data: value & m.widthMask)
                     case .mmioWrite:
                         if window.contains(m.address) { transport.write(offset: m.address - spec.windowBase, size: Int(m.size), value: m.data) }
                     case .portRead:
-                        try server.respond(lane: lane, to: m, data: mask(m.size))
+                        try server.respond(lane: lane, to: m, data: m.widthMask)
                     case .sync:
                         try server.respond(lane: lane, to: m, data: 0)
                     default:
@@ -84,8 +84,6 @@ public enum VirtioProcess {
             _ = try server.wait(extra: spec.queueNotifyFDs)
         }
     }
-
-    static func mask(_ size: UInt8) -> UInt64 { size >= 8 ? ~0 : (UInt64(1) << (UInt64(size) * 8)) - 1 }
 }
 
 /// A disk image as virtio-blk reads it: the descriptor the supervisor opened and locked, read and written in place
