@@ -17,3 +17,20 @@ public struct TextWatch: Sendable {
         return false
     }
 }
+
+extension TextWatch {
+    /// How much of the pattern has been seen, for a restarted process to keep watching a stream mid-pattern.
+    /// The pattern itself is the successor's configuration, not state. (A struct, so not `Snapshotting`.)
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u32(UInt32(matched))
+    }
+
+    /// Refuses a count that does not fit the pattern (`feed` would index past it).
+    public mutating func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let matched = try reader.u32()
+        guard matched < pattern.count else {
+            throw .invalid("text watch matched \(matched) of a \(pattern.count)-byte pattern")
+        }
+        self.matched = Int(matched)
+    }
+}

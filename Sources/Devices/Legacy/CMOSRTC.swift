@@ -88,3 +88,26 @@ extension Int64 {
     /// Floor division (rounds towards minus infinity, unlike `/`).
     fileprivate func quotientRounded(by d: Int64) -> Int64 { self >= 0 ? self / d : -((-self + d - 1) / d) }
 }
+
+extension CMOSRTC: Snapshotting {
+    /// The index register and the RAM; the time registers are the host's clock, read live, so not state.
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u8(index)
+        writer.bytes(ram)
+    }
+
+    /// Refuses an index with the NMI bit (the write path masks it off, and it would index past the RAM), a RAM
+    /// of any other size, and status registers the write paths never let the guest change.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let index = try reader.u8()
+        let ram = try reader.bytes(max: 128)
+        guard index < 0x80 else { throw .invalid("CMOS index 0x\(String(index, radix: 16))") }
+        guard ram.count == 128 else { throw .invalid("CMOS RAM of \(ram.count) bytes, not 128") }
+        guard ram[Int(Register.statusA)] & 0x80 == 0, ram[Int(Register.statusB)] & 0x06 == 0x02,
+              ram[Int(Register.statusD)] == 0x80
+        else { throw .invalid("CMOS status registers changed where the guest cannot change them") }
+
+        self.index = index
+        self.ram = ram
+    }
+}

@@ -78,3 +78,45 @@ public final class I8042: PortDevice {
         if value & 1 == 0 { onReset() }
     }
 }
+
+extension I8042: Snapshotting {
+    /// The commands that wait for a data byte; `pendingCommand` can hold nothing else.
+    private static let dataCommands: Set<UInt8> = [0x60, 0xd1, 0xd2, 0xd3, 0xd4]
+
+    /// An optional byte is a presence flag and the byte (zero when absent), so every snapshot has one length.
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u8(commandByte)
+        writer.u8(outputPort)
+        writer.bool(output != nil)
+        writer.u8(output ?? 0)
+        writer.bool(lastWasCommand)
+        writer.bool(pendingCommand != nil)
+        writer.u8(pendingCommand ?? 0)
+    }
+
+    /// Restoring never pulses the reset line, even with output-port bit 0 low: the predecessor already did.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let commandByte = try reader.u8()
+        let outputPort = try reader.u8()
+        let output = try Self.optionalByte(&reader, "output buffer")
+        let lastWasCommand = try reader.bool()
+        let pendingCommand = try Self.optionalByte(&reader, "pending command")
+        if let pendingCommand, !Self.dataCommands.contains(pendingCommand) {
+            throw .invalid("i8042 pending command 0x\(String(pendingCommand, radix: 16)) takes no data byte")
+        }
+
+        self.commandByte = commandByte
+        self.outputPort = outputPort
+        self.output = output
+        self.lastWasCommand = lastWasCommand
+        self.pendingCommand = pendingCommand
+    }
+
+    private static func optionalByte(_ reader: inout SnapshotReader, _ what: String) throws(SnapshotError) -> UInt8? {
+        let present = try reader.bool()
+        let value = try reader.u8()
+        // An absent byte is written as zero: anything else is not a snapshot we wrote.
+        guard present || value == 0 else { throw .invalid("i8042 absent \(what) holds 0x\(String(value, radix: 16))") }
+        return present ? value : nil
+    }
+}

@@ -155,13 +155,16 @@ public final class Serial8250: PortDevice {
         return MSR.cts | MSR.dsr | MSR.dcd
     }
 
-    private var rxTrigger: Int {
-        guard fifoEnabled else { return 1 }
-        return [1, 4, 8, 14][Int(fifoControl >> 6)]
-    }
-
     /// The highest-priority pending interrupt, as IIR reports it.
     func pendingInterrupt() -> UInt8 {
+        Self.pendingInterrupt(ier: ier, fifoControl: fifoControl, overrun: overrun, rxCount: rxCount,
+                              thrEmptyPending: thrEmptyPending, msrDeltas: msrDeltas)
+    }
+
+    /// The same from explicit register values, so a restore can check a snapshot before adopting it.
+    private static func pendingInterrupt(ier: UInt8, fifoControl: UInt8, overrun: Bool, rxCount: Int,
+                                         thrEmptyPending: Bool, msrDeltas: UInt8) -> UInt8 {
+        let rxTrigger = fifoControl & FCR.enable != 0 ? [1, 4, 8, 14][Int(fifoControl >> 6)] : 1
         if ier & IER.rlsi != 0 && overrun { return IIR.lineStatus }
         if ier & IER.rdai != 0 && rxCount > 0 { return rxCount >= rxTrigger ? IIR.receivedData : IIR.timeout }
         if ier & IER.thri != 0 && thrEmptyPending { return IIR.thrEmpty }
@@ -169,12 +172,85 @@ public final class Serial8250: PortDevice {
         return IIR.noInterrupt
     }
 
+    /// On a PC the UART's interrupt reaches the bus only through OUT2 (outside loopback).
+    private static func lineLevel(interrupt: UInt8, mcr: UInt8) -> Bool {
+        interrupt != IIR.noInterrupt && mcr & MCR.out2 != 0 && mcr & MCR.loop == 0
+    }
+
     private func updateInterrupt() {
-        // On a PC the UART's interrupt reaches the bus only through OUT2 (outside loopback).
-        let level = pendingInterrupt() != IIR.noInterrupt && mcr & MCR.out2 != 0 && mcr & MCR.loop == 0
+        let level = Self.lineLevel(interrupt: pendingInterrupt(), mcr: mcr)
         if level != lineLevel {
             lineLevel = level
             line.set(level)
         }
+    }
+}
+
+extension Serial8250: Snapshotting {
+    /// Every register, the pending-interrupt latches and the unread received bytes; the transmit sink and the
+    /// interrupt line are the process's wiring, not state.
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u16(divisor)
+        writer.u8(ier)
+        writer.u8(lcr)
+        writer.u8(mcr)
+        writer.u8(scr)
+        writer.u8(fifoControl)
+        writer.bool(overrun)
+        writer.u8(msrDeltas)
+        writer.bool(thrEmptyPending)
+        writer.bool(lineLevel)
+        writer.bytes(Array(rx[rxStart...]))
+    }
+
+    /// Restores the registers and received bytes, then re-asserts the interrupt line at the restored level:
+    /// the predecessor may have died between changing its level and the irqchip hearing of it, so the successor
+    /// says it again (`set` is idempotent). Values a guest could never have produced (bits the write paths mask
+    /// off, more bytes than the FIFO holds, a line level its registers do not explain) are refused.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let divisor = try reader.u16()
+        let ier = try reader.u8()
+        let lcr = try reader.u8()
+        let mcr = try reader.u8()
+        let scr = try reader.u8()
+        let fifoControl = try reader.u8()
+        let overrun = try reader.bool()
+        let msrDeltas = try reader.u8()
+        let thrEmptyPending = try reader.bool()
+        let lineLevel = try reader.bool()
+        let received = try reader.bytes(max: Self.fifoDepth)
+
+        guard ier & ~0x0f == 0 else { throw .invalid("UART IER 0x\(String(ier, radix: 16))") }
+        guard mcr & ~0x1f == 0 else { throw .invalid("UART MCR 0x\(String(mcr, radix: 16))") }
+        guard fifoControl & ~0xc9 == 0 else { throw .invalid("UART FCR 0x\(String(fifoControl, radix: 16))") }
+        guard msrDeltas & ~0x0f == 0 else { throw .invalid("UART MSR deltas 0x\(String(msrDeltas, radix: 16))") }
+        let capacity = fifoControl & FCR.enable != 0 ? Self.fifoDepth : 1
+        guard received.count <= capacity else {
+            throw .invalid("UART holds \(received.count) received bytes, its FIFO \(capacity)")
+        }
+
+        // The level always follows the registers (every change of them ends in updateInterrupt): a snapshot where
+        // it does not would leave the line stuck against what IIR reports.
+        let interrupt = Self.pendingInterrupt(ier: ier, fifoControl: fifoControl, overrun: overrun,
+                                              rxCount: received.count, thrEmptyPending: thrEmptyPending,
+                                              msrDeltas: msrDeltas)
+        guard lineLevel == Self.lineLevel(interrupt: interrupt, mcr: mcr) else {
+            throw .invalid("UART line level \(lineLevel) disagrees with its registers")
+        }
+
+        // Everything is checked; only now does the device change.
+        self.divisor = divisor
+        self.ier = ier
+        self.lcr = lcr
+        self.mcr = mcr
+        self.scr = scr
+        self.fifoControl = fifoControl
+        self.overrun = overrun
+        self.msrDeltas = msrDeltas
+        self.thrEmptyPending = thrEmptyPending
+        rx = received
+        rxStart = 0
+        self.lineLevel = lineLevel
+        line.set(lineLevel)
     }
 }
