@@ -1,4 +1,14 @@
+import Synchronization
 import System
+
+/// The life of the device behind a channel, as the supervisor sees it.
+public enum DeviceStatus: UInt32, Sendable {
+    case serving = 0
+    /// Its process died or hung and a new one is on its way: accesses wait for it.
+    case restarting = 1
+    /// It failed more often than its restart budget allows: reads get all-ones at once, writes are dropped.
+    case broken = 2
+}
 
 /// The shape of one device channel's shared memory: a header page, one request ring and one response ring
 /// per lane (a lane per vCPU, so every ring keeps a single producer), then a state area the device keeps
@@ -34,6 +44,8 @@ public enum ChannelError: Error, CustomStringConvertible {
     case system(SystemError)
     case headerMismatch
     case timedOut(String)
+    /// The supervisor gave up on the device (restart budget spent).
+    case broken
     case peer(MessageError)
 
     public var description: String {
@@ -41,6 +53,7 @@ public enum ChannelError: Error, CustomStringConvertible {
         case .system(let e): return e.description
         case .headerMismatch: return "channel header does not match the expected layout"
         case .timedOut(let what): return "device did not answer in time (\(what))"
+        case .broken: return "the device failed more often than its restart budget allows and was given up on"
         case .peer(let e): return "device sent a malformed message: \(e)"
         }
     }
@@ -120,6 +133,28 @@ public final class ChannelRegion: @unchecked Sendable {
             }
         }
         return (all, posted)
+    }
+
+    /// Whether the device behind the channel is serving, being replaced, or given up on. Written by the supervisor
+    /// only; the vcpu side reads it to wait for a restart rather than time out, and to stop waiting for a broken
+    /// device. (A device process could scribble on it: at worst it makes the vCPU wait its bounded time.)
+    public var deviceStatus: DeviceStatus {
+        get { DeviceStatus(rawValue: statusWord.pointee.load(ordering: .acquiring)) ?? .serving }
+        set { statusWord.pointee.store(newValue.rawValue, ordering: .releasing) }
+    }
+
+    /// How many times the supervisor has replaced the device's process.
+    public var restarts: UInt32 {
+        get { restartsWord.pointee.load(ordering: .acquiring) }
+        set { restartsWord.pointee.store(newValue, ordering: .releasing) }
+    }
+
+    private var statusWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 64).assumingMemoryBound(to: Atomic<UInt32>.self) }
+    private var restartsWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 68).assumingMemoryBound(to: Atomic<UInt32>.self) }
+
+    /// Every request handled so far on every lane (the published heads), for watching a device's progress.
+    public func handledRequests() -> UInt64 {
+        (0..<layout.lanes).reduce(0) { $0 &+ requestRing($1).head.pointee.load(ordering: .acquiring) }
     }
 
     /// The area a device keeps its restartable state in.

@@ -36,16 +36,28 @@ public struct DeviceClient: @unchecked Sendable {
 
     /// Queues an access without waiting for the device (port and MMIO writes).
     public mutating func post(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
+        guard region.deviceStatus != .broken else { return }  // a device given up on ignores writes, as no device would
         _ = try send(operation, size: size, address: address, data: data)
     }
 
+    /// How many device timeouts in a row a call waits while the supervisor replaces the device's process (a restart
+    /// takes milliseconds; a device that crash-loops is marked broken long before this runs out).
+    public static let restartWaitLimit = 10
+
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
+        if region.deviceStatus == .broken { throw .broken }
         let sequence = try send(operation, size: size, address: address, data: data)
-        let deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
+        var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
+        var extensions = 0
         while true {
             // Every path passes the deadline check: a device that keeps sending stale answers cannot hold the vCPU.
             let now = monotonicNanoseconds()
+            if now >= deadline && !responses.hasMessages() && region.deviceStatus == .restarting && extensions < Self.restartWaitLimit {
+                // Its process is being replaced: the successor answers this request (it is still on the ring).
+                extensions += 1
+                deadline = now + UInt64(timeoutMs) * 1_000_000
+            }
             if now >= deadline && !responses.hasMessages() {
                 failed = true
                 throw .timedOut("\(operation) at 0x\(String(address, radix: 16))")
@@ -70,6 +82,7 @@ public struct DeviceClient: @unchecked Sendable {
                 throw .peer(.unexpectedSequence(expected: sequence, got: answer.sequence))
             }
             if now >= deadline { continue }  // answers arrived just now: take them, then give up
+            if region.deviceStatus == .broken { throw .broken }  // the supervisor rings us when it gives up
             responses.setSleeping(true)
             if !responses.hasMessages() {
                 let left = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))

@@ -53,10 +53,52 @@ public struct DeviceServer: @unchecked Sendable {
     }
 
     /// Declares every request taken so far handled: their effects are out (console bytes written, state
-    /// changed). Until then a request counts as not yet applied for whoever watches the channel.
+    /// changed). Until then a request counts as not yet applied for whoever watches the channel. A restartable
+    /// device's state is recorded first, with the lanes' positions, in one atomic step: a process killed at any
+    /// instruction leaves a successor either the state before these requests (and it handles them again) or the
+    /// state after them (and it goes on from there), never half of it.
     public mutating func commit() {
+        if let restartable {
+            var payload = [UInt8]()
+            payload.reserveCapacity(4 + 8 * requests.count + 256)
+            Self.append(UInt64(requests.count), to: &payload)
+            for r in requests { Self.append(r.position, to: &payload) }
+            payload += restartable.device.snapshot()
+            do { try restartable.store.commit(payload) } catch {
+                preconditionFailure("a device's state outgrew its channel's state area: \(error)")
+            }
+        }
         for r in requests { r.publishTaken() }
         uncommitted = 0
+        restartable?.device.didCommit()
+    }
+
+    /// A restartable device and where its commits go.
+    private var restartable: (device: RestartableDevice, store: CommittedState)?
+
+    /// Makes the device survive its own process: from now on every commit records its state (see `commit()`). A
+    /// process started in place of a dead one gets back the state its predecessor committed last, to restore, and
+    /// resumes each lane where that commit left it; nil for a fresh device (or an unusable record, which is said).
+    public mutating func makeRestartable(_ device: RestartableDevice) -> [UInt8]? {
+        let store = CommittedState(region.state)
+        restartable = (device, store)
+        guard let payload = store.load() else { return nil }
+        var offset = 0
+        func word() -> UInt64? {
+            guard offset + 8 <= payload.count else { return nil }
+            defer { offset += 8 }
+            return (0..<8).reduce(UInt64(0)) { $0 | UInt64(payload[offset + $1]) << (8 * $1) }
+        }
+        guard let lanes = word(), lanes == UInt64(requests.count) else { return nil }
+        for lane in requests.indices {
+            guard let position = word() else { return nil }
+            if !requests[lane].resume(at: position) { brokenLanes.insert(lane) }  // a position the producer never wrote
+        }
+        return Array(payload[offset...])
+    }
+
+    private static func append(_ value: UInt64, to bytes: inout [UInt8]) {
+        for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * i))) }
     }
 
     /// The next well-formed request, nil when none is waiting. Malformed ones are consumed and handed to
@@ -104,6 +146,14 @@ public struct DeviceServer: @unchecked Sendable {
         for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
         return Array(ready.dropFirst(doorbells.count))
     }
+}
+
+/// A device whose process can be replaced without the guest noticing: its whole state as bytes (restored by the
+/// successor from the last commit), and what it makes visible outside the channel once a commit is final (console
+/// bytes published to the supervisor, doorbells).
+public protocol RestartableDevice: AnyObject {
+    func snapshot() -> [UInt8]
+    func didCommit()
 }
 
 /// A malformed request, with the lane it came from.

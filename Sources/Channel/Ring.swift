@@ -107,6 +107,21 @@ public struct RingConsumer: @unchecked Sendable {
         return try Message.load(from: slot)
     }
 
+    /// The position of the next message to take (taken ones before it may not be published yet).
+    public var position: UInt64 { head }
+
+    /// A restarted consumer continues from the position its predecessor committed, which may be ahead of the
+    /// published one (killed between its commit and its publish): published here. A position outside what the
+    /// producer has written is refused (false) and the published one kept.
+    public mutating func resume(at committed: UInt64) -> Bool {
+        let published = ring.head.pointee.load(ordering: .acquiring)
+        let tail = ring.tail.pointee.load(ordering: .acquiring)
+        guard committed >= published, committed <= tail else { return false }
+        head = committed
+        publishTaken()
+        return true
+    }
+
     /// Publishes every message taken so far as handled, freeing their slots for the producer.
     public func publishTaken() {
         ring.head.pointee.store(head, ordering: .releasing)

@@ -31,6 +31,7 @@ public enum ConfigParser {
         try top.finish()
         try checkImagesFit(config)
         try checkHelperIDs(config.vmm.sandbox)
+        try checkDeviceNames(config)
         return config
     }
 
@@ -338,6 +339,14 @@ public enum ConfigParser {
                 throw ConfigError(sr.child("policy_dir"), "not allowed: the seccomp policies are built into vmm, and a config may not choose what its helpers can call (to try policies under development: vmm run --unsafe-policy-dir DIR)")
             }
             try sr.finish()
+        }
+        s.faultReportPath = try r.string("fault_report")
+        if let restart = r.value("device_restart") { s.deviceRestart = try deviceRestart(restart, path: r.child("device_restart")) }
+        if let faults = r.value("fault_injection") {
+            guard case .array(let items) = faults else { throw ConfigError(r.child("fault_injection"), "expected an array of faults") }
+            s.faults = try items.enumerated().map { (i, item) throws(ConfigError) in
+                try fault(item, path: "\(r.child("fault_injection"))[\(i)]")
+            }
         }
         try r.finish()
         return s

@@ -55,6 +55,57 @@ public struct VMConfig: Equatable, Sendable {
         /// Detect a PVM-style host KVM and apply what it needs (CPUID masks, kernel options, the SYSCALL fix-up);
         /// false: apply nothing, whatever the host.
         public var hostQuirks = true
+        /// What the supervisor does when a device process dies or hangs.
+        public var deviceRestart = DeviceRestart()
+        /// Faults to inject into device processes (crash-isolation testing).
+        public var faults: [Fault] = []
+        /// Where the fault-injection report goes as JSON (besides the summary in vmm's log).
+        public var faultReportPath: String?
+    }
+
+    /// The restart policy for device processes ("vmm.device_restart"). A device process that dies or hangs is
+    /// replaced and resumes from the state its predecessor committed; one that keeps failing is marked broken
+    /// instead of looping, and the VM goes on without it unless it is listed as critical.
+    public struct DeviceRestart: Equatable, Sendable {
+        /// Restarts allowed per device within `windowMs`; the next failure marks the device broken.
+        public var maxRestarts = 10
+        public var windowMs = 60_000
+        /// The first restart in a window is immediate; each later one waits twice as long as the one before,
+        /// starting at `backoffMs` and at most `maxBackoffMs`.
+        public var backoffMs = 10
+        public var maxBackoffMs = 1_000
+        /// A device with requests waiting whose rings have not moved for this long is hung: it is killed and
+        /// restarted like a dead one.
+        public var hangTimeoutMs = 300
+        /// Devices ("pio", "irqchip", "virtio-blk0", ...) whose failure beyond the budget ends the VM.
+        public var critical: [String] = []
+    }
+
+    /// One fault to inject into a device process ("vmm.fault_injection", `vmm run --inject-fault`).
+    public struct Fault: Equatable, Sendable {
+        public enum Action: String, CaseIterable, Sendable {
+            /// SIGKILL: the process vanishes at an arbitrary instruction.
+            case kill
+            /// SIGSTOP: the process hangs; the supervisor must notice and replace it.
+            case stop
+            /// SIGSEGV: the process crashes as from a bug.
+            case crash
+        }
+        /// The device process, as vmm names it: "pio", "irqchip", "virtio-blk0", "virtio-rng0".
+        public var device: String
+        public var action: Action
+        /// The first fault comes this long after the guest starts...
+        public var afterMs = 0
+        /// ...or once the device has handled this many requests (since the previous fault of this entry).
+        public var afterRequests: Int?
+        /// Repeat every this many milliseconds (nil: only `afterMs`/`afterRequests` decide).
+        public var everyMs: Int?
+        /// How many faults in all.
+        public var count = 1
+        public init(device: String, action: Action) {
+            self.device = device
+            self.action = action
+        }
     }
 
     /// How helpers are confined. There is no switch to turn confinement off: every path runs sandboxed.

@@ -41,6 +41,13 @@ struct Run: ParsableCommand {
             help: "UNSAFE, for writing policies: give the helpers the policies in this directory instead of the ones built into vmm.")
     var unsafePolicyDir: String?
 
+    @Option(name: .customLong("inject-fault"),
+            help: ArgumentHelp("Inject faults into a device process (repeatable): DEVICE:ACTION[,KEY=N...], ACTION kill, stop or crash; keys after_ms, every_ms, after_requests, count. E.g. pio:kill,every_ms=50,count=100.", valueName: "spec"))
+    var injectFault: [String] = []
+
+    @Option(name: .customLong("fault-report"), help: "Write the fault-injection report here as JSON.")
+    var faultReport: String?
+
     func run() throws {
         // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
         let signals: FileDescriptor
@@ -50,6 +57,14 @@ struct Run: ParsableCommand {
         }
         var config = try options.load()
         if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
+        do {
+            config.vmm.faults += try injectFault.map { (text) throws(ConfigError) in try ConfigParser.fault(commandLine: text) }
+            try ConfigParser.checkDeviceNames(config)
+        } catch {
+            Log.report("config error: \(error)")
+            throw ExitCode(ExitStatus.configError.code)
+        }
+        if let faultReport { config.vmm.faultReportPath = faultReport }
         Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
         if let path = config.logger.logPath {
             do { Log.fd = try FileDescriptor.openOutput(path, .append).take() } catch {

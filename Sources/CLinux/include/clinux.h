@@ -60,6 +60,8 @@ void vmm_seccomp_record(int nr, int logged, uint32_t record[4]);
 int vmm_pivot_root(const char *new_root, const char *put_old);
 /// Privilege dropping: calls that need _GNU_SOURCE or are variadic, and the constants Swift cannot see.
 int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+/// Fault injection: `sig` makes the process crash with a real SIGSEGV.
+int vmm_install_crash_handler(int sig);
 int vmm_setresuid(uid_t uid);
 int vmm_setresgid(gid_t gid);
 int vmm_set_rlimit(int resource, uint64_t value);

@@ -16,6 +16,8 @@ struct SandboxSpec: Codable {
     var gid: UInt32?
     /// Test hook: a forbidden system call (openat, socket, execve, ptrace) the helper makes once sandboxed.
     var faultSyscall: String?
+    /// Fault injection ("crash" in `vmm.fault_injection`): SIGUSR1 makes the helper crash with a real SIGSEGV.
+    var crashOnSignal = false
 }
 
 /// The confinement every helper enters before it reads anything a guest controls: the empty root, resource
@@ -23,6 +25,7 @@ struct SandboxSpec: Codable {
 enum HelperSandbox {
     /// `processes` caps the processes (threads included) of the helper's uid; nil leaves it to the policy.
     static func enter(_ spec: SandboxSpec, role: Role, controlFD: Int32, processes: UInt64?) throws {
+        if spec.crashOnSignal { _ = vmm_install_crash_handler(SIGUSR1) }
         try Jail.enterEmptyRoot(hostname: role.processName)
         Log.debug("jail: empty root entered")
         try Privileges.limit(openFiles: 64, processes: processes)

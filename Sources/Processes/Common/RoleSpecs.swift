@@ -90,8 +90,8 @@ struct PIOSpec: RoleSpec {
     /// COM1's interrupt line (ISA IRQ 4).
     var uartLine: InterruptLineSpec
     var controlFD: Int32
-    var consoleOutFD: Int32?
-    var consoleInFD: Int32?
+    /// The console's byte streams to and from the supervisor (which owns the console's descriptors).
+    var console: ConsoleSpec
     /// `vmm.debug_exit` and `vmm.panic_watch`.
     var debugExit: Bool
     var panicWatch: Bool

@@ -17,110 +17,79 @@ public enum PIOProcess {
         }
     }
 
-    /// Bytes for the console, written once per batch of requests rather than once per byte; also watched for
-    /// the line a Linux kernel prints when it panics (no pvpanic device without PCI or ACPI).
-    final class ConsoleOutput {
-        let fd: Int32?
-        var pending: [UInt8] = []
-        var failed = false
-        private var panicWatch = TextWatch("Kernel panic - not syncing")
-        private var inPanicLine = false
-        /// The panic line is complete (with its reason), so the report can carry it.
-        private(set) var sawPanic = false
-        init(fd: Int32?) { self.fd = fd }
-
-        func append(_ byte: UInt8) {
-            if inPanicLine && byte == UInt8(ascii: "\n") { sawPanic = true }
-            if panicWatch.feed(byte) { inPanicLine = true }
-            if fd != nil { pending.append(byte) }
-        }
-
-        func flush() {
-            guard let fd, !pending.isEmpty else { return }
-            defer { pending.removeAll(keepingCapacity: true) }
-            guard !failed else { return }
-            do { try FileDescriptor.writeAll(fd, pending) } catch {
-                failed = true
-                Log.warning("console output failed, dropping it from now on: \(error)")
-            }
-        }
-    }
-
     static func serve(_ spec: PIOSpec) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs,
                                   policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
-        let console = ConsoleOutput(fd: spec.consoleOutFD)
-        var exitStatus: Int32?
-        var exitReported = false
-        var events: [ControlMessage.GuestEvent] = []
+        let rings = try ConsoleRings(fd: spec.console.memoryFD)
         let line = try ChannelLine(spec.uartLine, policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
-        let uart = Serial8250(transmit: console.append, line: line)
-        let bus = PortBus()
-        try bus.attach(uart, at: Serial8250.com1)
-        if spec.debugExit { try bus.attach(DebugExit { exitStatus = $0 }, at: DebugExit.defaultPort) }
-        try bus.attach(I8042 { events.append(.reset) }, at: I8042.dataPort)
-        try bus.attach(CMOSRTC { Int64(wallClockSeconds()) }, at: CMOSRTC.defaultPort)
-        // The boot marker is news once; a guest that writes it again and again gets no more lines in vmm's log.
-        var bootMarked = false
-        try bus.attach(BootTimer {
-            if !bootMarked { events.append(.booted) }
-            bootMarked = true
-        }, at: BootTimer.defaultPort)
-
-        var input = spec.consoleInFD
-        var inputBuffer = [UInt8](repeating: 0, count: Serial8250.fifoDepth)
+        func makeDevices() throws -> PIODevices {
+            try PIODevices(console: rings, newsDoorbell: spec.console.newsFD, line: line, debugExit: spec.debugExit)
+        }
+        // A process started in place of a dead one resumes from its predecessor's last commit.
+        var devices = try makeDevices()
+        if let saved = server.makeRestartable(devices) {
+            do {
+                try devices.restore(saved)
+                Log.info("resumed from the state the previous pio process committed")
+            } catch {
+                Log.warning("the previous pio process's state is unusable (\(error)); starting with fresh devices")
+                devices = try makeDevices()
+                _ = server.makeRestartable(devices)
+            }
+        }
+        let news = devices.news
 
         while true {
-            while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
+            while true {
+                // A UART write needs room in the console stream; without it, what is there is committed (so the
+                // supervisor can write it out) and the guest waits, as it would for a slow terminal.
+                while !(try devices.outputHasRoom()) {
+                    server.commit()
+                    usleep(200)
+                }
+                guard let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) else { break }
                 switch m.operation {
                 case .portRead:
-                    let value = m.address <= 0xffff ? bus.read(port: UInt16(m.address), size: Int(m.size)) : ~0
+                    let value = m.address <= 0xffff ? devices.bus.read(port: UInt16(m.address), size: Int(m.size)) : ~0
                     try server.respond(lane: lane, to: m, data: value & m.widthMask)
                 case .portWrite:
-                    if m.address <= 0xffff { bus.write(port: UInt16(m.address), size: Int(m.size), value: m.data) }
+                    if m.address <= 0xffff { devices.bus.write(port: UInt16(m.address), size: Int(m.size), value: m.data) }
                 case .mmioRead:
                     try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
-                    console.flush()
+                    server.commit()  // everything before it is final and visible to the supervisor
                     try server.respond(lane: lane, to: m, data: 0)
                 default:
                     break  // nothing of the pio's is memory-mapped
                 }
-                // What the guest did, in order, until one of them ends the VM; nothing after that.
-                if spec.panicWatch && console.sawPanic { events.append(.panic) }
-                if (exitStatus != nil || !events.isEmpty) && !exitReported {
-                    console.flush()
-                    for event in events where !exitReported {
+                // What the guest did, in order, until one of them ends the VM; nothing after that. Committed
+                // first, so the console bytes before an ending are out before the supervisor hears of it.
+                if spec.panicWatch && devices.sawPanic && !news.endingReported { news.events.append(.panic) }
+                if (news.exitStatus != nil || !news.events.isEmpty) && !news.endingReported {
+                    server.commit()
+                    for event in news.events where !news.endingReported {
                         ControlMessage.guest(event).send(on: spec.controlFD)
-                        exitReported = event != .booted
+                        news.endingReported = event != .booted
                     }
-                    if let status = exitStatus, !exitReported {
+                    if let status = news.exitStatus, !news.endingReported {
                         ControlMessage.guestExit(status: status).send(on: spec.controlFD)
-                        exitReported = true
+                        news.endingReported = true
                     }
                 }
-                events.removeAll()
+                news.events.removeAll()
+                news.exitStatus = nil
             }
-            console.flush()
 
-            let wantInput = input != nil && uart.receiveSpace > 0
-            let ready = try server.wait(extra: wantInput ? [input!] : [])
-            if wantInput, let fd = input, !ready[0].isEmpty {
-                let n = Glibc.read(fd, &inputBuffer, uart.receiveSpace)
-                if n > 0 {
-                    for b in inputBuffer[0..<n] { uart.receive(b) }
-                } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
-                    input = nil  // end of input
-                }
+            try devices.pullInput()
+            let wantInput = devices.uart.receiveSpace > 0
+            let ready = try server.wait(extra: wantInput ? [spec.console.inputFD] : [])
+            if wantInput, !ready[0].isEmpty {
+                var count: UInt64 = 0
+                _ = Glibc.read(spec.console.inputFD, &count, 8)
+                try devices.pullInput()
             }
         }
-    }
-
-    static func wallClockSeconds() -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return ts.tv_sec
     }
 }

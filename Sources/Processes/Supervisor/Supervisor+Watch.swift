@@ -14,26 +14,42 @@ extension Supervisor {
         var quiet = false
     }
 
-    /// Waits for the first decisive event, lets every device finish what the guest already asked of it, reports
-    /// the event and returns how the run ended.
-    func watch(_ helpers: [Helper]) throws -> ExitStatus {
-        let ending = try firstDecisiveEvent(helpers)
-        settleDevices(helpers)
+    /// Waits for the first decisive event (replacing device processes that die or hang meanwhile), lets every
+    /// device finish what the guest already asked of it, writes out the console, reports the event and returns how
+    /// the run ended.
+    func watch(_ slots: [Slot], console: ConsolePump) throws -> ExitStatus {
+        let faults = FaultInjector(config.vmm.faults, slots: slots, startedAt: monotonicNanoseconds())
+        let ending = try firstDecisiveEvent(slots, console: console, faults: faults)
+        settleDevices(slots.map(\.helper))
+        console.drainOutput()
         if let message = ending.message {
             if ending.quiet { Log.info(message) } else { Log.report(message) }
         }
+        faults.report(to: config.vmm.faultReportPath)
         return ending.status
     }
 
-    private func firstDecisiveEvent(_ helpers: [Helper]) throws -> Ending {
-        // Devices' messages are read before the vCPU's: the vCPU reports a stop only after a sync with every
-        // device, so a debug-exit that came first is already in its device's pipe and must win over the stop.
-        let readingOrder = helpers.filter { $0.role != .vcpu } + helpers.filter { $0.role == .vcpu }
+    /// How often, at most, device progress is looked at for hangs and request-count faults.
+    static let watchTickNanoseconds: UInt64 = 2_000_000
+
+    private func firstDecisiveEvent(_ slots: [Slot], console: ConsolePump, faults: FaultInjector) throws -> Ending {
         while true {
-            // A closed control pipe stays readable forever: it is left out, and the pidfd tells the rest.
+            let helpers = slots.map(\.helper)
+            // Devices' messages are read before the vCPU's: the vCPU reports a stop only after a sync with every
+            // device, so a debug-exit that came first is already in its device's pipe and must win over the stop.
+            let readingOrder = helpers.filter { $0.role != .vcpu } + helpers.filter { $0.role == .vcpu }
+            // A closed control pipe stays readable forever: it is left out, and the pidfd tells the rest. A helper
+            // already reaped (a broken device, or one waiting for its back-off) is not watched.
             let open = helpers.filter { !$0.controlClosed }
-            let fds = [signals.raw] + open.map { $0.control.raw } + helpers.map { $0.process.pidfd.raw }
-            let ready = try Poll.wait(fds, timeoutMs: -1)
+            let live = slots.filter { $0.helper.ended == nil }
+            let consoleFDs = console.pollFDs
+            let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw } + consoleFDs
+            let now = monotonicNanoseconds()
+            var wake = faults.nextDue(now: now)
+            if slots.contains(where: { $0.restartable && !$0.broken }) { wake = min(wake ?? .max, now + Self.watchTickNanoseconds) }
+            for slot in slots { if let due = slot.restartDue { wake = min(wake ?? .max, due) } }
+            let timeoutMs = wake.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + ($0 > now ? 1 : 0)) } ?? -1
+            let ready = try Poll.wait(fds, timeoutMs: timeoutMs)
             if !ready[0].isEmpty {
                 let sig = try Signals.read(from: signals)
                 return Ending(status: sig == SIGINT ? .interrupted : .terminated, message: "\(signalName(sig)) received; stopping the VM")
@@ -42,11 +58,98 @@ extension Supervisor {
             for h in readingOrder {
                 if let ending = try readControl(h) { return ending }
             }
-            for (i, h) in helpers.enumerated() where !ready[1 + open.count + i].isEmpty {
+            for (i, slot) in live.enumerated() where !ready[1 + open.count + i].isEmpty {
+                let h = slot.helper
                 h.ended = try h.process.reap(block: true)
                 for other in readingOrder { if let ending = try readControl(other) { return ending } }
-                return Ending(status: .helperDied,
-                              message: "\(h.name) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended") while the guest was running")
+                let what = "\(h.name) process (pid \(h.process.pid)) \(h.ended.map(\.description) ?? "ended")"
+                guard slot.restartable else {
+                    return Ending(status: .helperDied, message: "\(what) while the guest was running")
+                }
+                if let ending = failed(slot, what, faults: faults) { return ending }
+            }
+            console.pump(ready: Array(ready.suffix(consoleFDs.count)))
+            let after = monotonicNanoseconds()
+            watchForHangs(slots, now: after, faults: faults)
+            for slot in slots {
+                if let due = slot.restartDue, due <= after { try restart(slot, faults: faults) }
+            }
+            faults.injectDue(now: after)
+        }
+    }
+
+    // MARK: restarts
+
+    /// A restartable device process died (or was killed as hung): its channels say so at once, so the vCPU waits
+    /// for the successor instead of timing out; the successor is started now, or after the back-off when the
+    /// device failed before in this window; past the budget the device is given up on.
+    private func failed(_ slot: Slot, _ what: String, faults: FaultInjector) -> Ending? {
+        let now = monotonicNanoseconds()
+        let policy = config.vmm.deviceRestart
+        faults.detected(slot, at: now)
+        slot.stalledSince = nil
+        slot.failures = slot.failures.filter { now - $0 < UInt64(policy.windowMs) * 1_000_000 }
+        if slot.failures.count >= policy.maxRestarts {
+            slot.broken = true
+            for c in slot.channels { c.deviceStatus = .broken }
+            slot.wakeClients()
+            let message = "\(what); it failed \(slot.failures.count + 1) times within \(policy.windowMs) ms (vmm.device_restart.max_restarts \(policy.maxRestarts)): given up on"
+            if policy.critical.contains(slot.name) {
+                return Ending(status: .helperDied, message: message + ", and it is critical (vmm.device_restart.critical); stopping the VM")
+            }
+            Log.report(message + "; the VM goes on without it (its reads give all-ones, its writes are dropped)")
+            return nil
+        }
+        for c in slot.channels { c.deviceStatus = .restarting }
+        let backoff = slot.failures.isEmpty ? 0 : min(policy.maxBackoffMs, policy.backoffMs << min(slot.failures.count - 1, 20))
+        slot.failures.append(now)
+        slot.restartDue = now + UInt64(backoff) * 1_000_000
+        Log.info("\(what); starting a new one\(backoff > 0 ? " in \(backoff) ms" : "")")
+        return nil
+    }
+
+    private func restart(_ slot: Slot, faults: FaultInjector) throws {
+        guard let launch = slot.launch else { return }
+        slot.restartDue = nil
+        let old = slot.helper
+        do {
+            slot.helper = try launch()
+            slot.helper.restartable = true
+        } catch {
+            throw HostSetupError(description: "restarting the \(old.name) process failed: \(error)")
+        }
+        slot.restarts += 1
+        for c in slot.channels {
+            c.restarts &+= 1
+            c.deviceStatus = .serving
+        }
+        slot.lastHandled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
+        faults.restarted(slot, at: monotonicNanoseconds())
+        Log.info("\(slot.name) process restarted (pid \(slot.helper.process.pid), restart \(slot.restarts))")
+    }
+
+    /// A device with requests waiting whose rings do not move for `hang_timeout_ms` is hung (stopped, looping,
+    /// deadlocked): it is killed, and its death restarts it like any other.
+    private func watchForHangs(_ slots: [Slot], now: UInt64, faults: FaultInjector) {
+        let limit = UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 1_000_000
+        for slot in slots where slot.restartable && !slot.broken && slot.helper.ended == nil {
+            let handled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
+            let waiting = slot.channels.contains { $0.unhandledRequests().all > 0 }
+            if handled != slot.lastHandled { faults.progressed(slot, at: now) }
+            if handled != slot.lastHandled || !waiting {
+                slot.lastHandled = handled
+                slot.stalledSince = nil
+                continue
+            }
+            guard let since = slot.stalledSince else {
+                slot.stalledSince = now
+                continue
+            }
+            if now - since >= limit {
+                Log.report("\(slot.name) process (pid \(slot.helper.process.pid)) is hung: requests have waited \((now - since) / 1_000_000) ms; killing it")
+                for c in slot.channels { c.deviceStatus = .restarting }
+                slot.helper.process.kill(SIGKILL)
+                slot.stalledSince = nil
             }
         }
     }
@@ -77,8 +180,11 @@ extension Supervisor {
             case .seccompLogged(let nr):
                 Log.report("\(h.name) process made a call its policy denies: syscall \(SeccompFilter.name(of: nr)) (log mode: it failed with ENOSYS)")
             case .seccompKilled(let nr):
-                // The process is dying by SIGSYS; its pidfd says when. Never block on a peer's word.
-                return Ending(status: .helperDied, message: "\(h.name) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))")
+                // The process is dying by SIGSYS; its pidfd says when. Never block on a peer's word. A restartable
+                // device is replaced like after any other crash.
+                let message = "\(h.name) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))"
+                guard h.restartable else { return Ending(status: .helperDied, message: message) }
+                Log.report(message)
             case .guest(.booted):
                 let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
                 Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")

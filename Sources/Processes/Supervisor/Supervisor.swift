@@ -13,7 +13,8 @@ import X86
 /// The supervisor: validates and prepares everything (guest RAM with the kernel loaded, channels, doorbells,
 /// control pipes), spawns the vcpu and device processes with exactly the fds each needs, watches them through
 /// pidfds, and turns how the VM ended into vmm's exit status. It never reads guest-controlled data: it writes
-/// guest RAM only before the guest runs, and reads nothing from the channels.
+/// guest RAM only before the guest runs; from the channels it reads only ring positions (to see a device hang or
+/// settle) and the console's bytes, which it copies to the console without interpreting them.
 public final class Supervisor {
     let config: VMConfig
     let executable: String
@@ -42,6 +43,8 @@ public final class Supervisor {
         var ended: ChildProcess.Outcome?
         /// Its control pipe reached end-of-file.
         var controlClosed = false
+        /// Another process is started in its place when it dies.
+        var restartable = false
         init(role: Role, name: String, process: consuming ChildProcess, control: consuming FileDescriptor, channels: [ChannelRegion]) {
             self.role = role
             self.name = name
@@ -49,6 +52,35 @@ public final class Supervisor {
             self.control = control
             self.channels = channels
         }
+    }
+
+    /// A helper's place in the VM: the process playing it now, how to start another one in its place (device roles
+    /// whose state survives their process), and its restart history.
+    final class Slot {
+        var helper: Helper
+        let launch: (() throws -> Helper)?
+        var name: String { helper.name }
+        var role: Role { helper.role }
+        var channels: [ChannelRegion] { helper.channels }
+        /// When it failed, within the restart window (CLOCK_MONOTONIC ns).
+        var failures: [UInt64] = []
+        var restarts = 0
+        /// Given up on: its channels say broken, nothing is started in its place.
+        var broken = false
+        /// Rings every response doorbell of its channels: vCPUs waiting on it look at its status again.
+        var wakeClients: () -> Void = {}
+        /// A replacement is due at this time (back-off).
+        var restartDue: UInt64?
+        /// Progress watch for hang detection: the requests handled when last looked at, and since when none were.
+        var lastHandled: UInt64 = 0
+        var stalledSince: UInt64?
+        init(_ helper: Helper, launch: (() throws -> Helper)?) {
+            self.helper = helper
+            self.launch = launch
+            helper.restartable = launch != nil
+        }
+        /// Whether its process can be replaced (its device's state is committed to its channel).
+        var restartable: Bool { launch != nil }
     }
 
     /// Runs the VM to its end; returns how it ended.
@@ -68,6 +100,8 @@ public final class Supervisor {
 
     private func launchAndWatch() throws -> ExitStatus {
         Log.debug("supervisor starting")
+        // Captured by the spec builders, which are kept for restarts.
+        let config = self.config, quirks = self.quirks
         // Descriptors are boxed so that the spec builders below can capture them and FDList can keep them open.
         let kvm: FileDescriptor.Box
         do { kvm = FileDescriptor.Box(try FileDescriptor.open("/dev/kvm", O_RDWR)) } catch {
@@ -114,12 +148,13 @@ public final class Supervisor {
                 throw HostSetupError(description: "vmm.serial.output: cannot open \(error)")
             }
         }
+        let console = try ConsolePump(sink: consoleOut?.raw, source: config.vmm.serialInputFromStdin ? 0 : nil)
         let stdio = (devNull.raw, devNull.raw, Log.fd)
         Log.debug("memory, channels and console ready")
 
         // The vCPU first: its path to the first guest instruction (VM set-up) is the longer one. It cannot get
         // ahead of the devices: requests wait on the channels, which exist already, until a device serves them.
-        var helpers: [Helper] = []
+        var helpers: [Slot] = []
         defer { stopAll(helpers) }
 
         helpers.append(try spawn(.vcpu, cpus: config.vmm.vcpuCPUs, stdio: stdio) { fds, control in
@@ -138,16 +173,17 @@ public final class Supervisor {
                 },
                 syscallFixup: quirks?.syscallFixup ?? false,
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
-                logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.vcpu))
+                logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.vcpu))
         })
-        helpers.append(try spawn(.pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))]) { fds, control in
+        // The pio process commits its devices' state to its channel: a dead or hung one is replaced.
+        helpers.append(try spawn(.pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))],
+                                 restartable: true) { fds, control in
             PIOSpec(
                 channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
-                consoleOutFD: consoleOut.map { fds.add($0.raw, owner: $0) },
-                consoleInFD: config.vmm.serialInputFromStdin ? fds.add(0) : nil,
+                console: console.spec(&fds),
                 debugExit: config.vmm.debugExit, panicWatch: config.vmm.panicWatch,
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
-                sandbox: try sandboxSpec(.pio))
+                sandbox: try self.sandboxSpec(.pio))
         })
         helpers.append(try spawn(.irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                  serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
@@ -155,7 +191,7 @@ public final class Supervisor {
                 channel: channel(Server(.irqchip)).spec(&fds), lines: linesChannel.spec(&fds), linePins: lines.map(\.pin),
                 mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
                 controlFD: control, vcpuCount: vcpus, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
-                logLevel: Log.level.rawValue, sandbox: try sandboxSpec(.irqchip))
+                logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.irqchip))
         })
         for (i, device) in virtio.enumerated() {
             let server = device.server
@@ -167,11 +203,11 @@ public final class Supervisor {
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
-                    sandbox: try sandboxSpec(server.role))
+                    sandbox: try self.sandboxSpec(server.role))
             })
         }
         Log.debug("helpers spawned")
-        return try watch(helpers)
+        return try watch(helpers, console: console)
     }
 
     /// A drive's image, opened and locked for one virtio-blk process.
@@ -208,13 +244,21 @@ public final class Supervisor {
 
     /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end
     /// among them) and starts it.
+    /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors).
     private func spawn<Spec: RoleSpec>(_ role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
-                                       _ makeSpec: (inout FDList, Int32) throws -> Spec) throws -> Helper {
-        let control = try Pipe()
-        var fds = FDList()
-        let controlFD = fds.add(control.writeEnd.raw)
-        let spec = try makeSpec(&fds, controlFD)
-        return try spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd, cpus: cpus, serves: serves)
+                                       restartable: Bool = false,
+                                       _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
+        let launch = { () throws -> Helper in
+            let control = try Pipe()
+            var fds = FDList()
+            let controlFD = fds.add(control.writeEnd.raw)
+            let spec = try makeSpec(&fds, controlFD)
+            return try self.spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
+                                        cpus: cpus, serves: serves)
+        }
+        let slot = Slot(try launch(), launch: restartable ? launch : nil)
+        slot.wakeClients = { for plan in serves { for bell in plan.responseDoorbells { var one: UInt64 = 1; _ = Glibc.write(bell, &one, 8) } } }
+        return slot
     }
 
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
@@ -239,12 +283,22 @@ public final class Supervisor {
             text = try BuiltinPolicies.load(file: role.policyFile, directory: config.vmm.sandbox.unsafePolicyDirectory,
                                             reader: FileDescriptor.readText)
         } catch { throw HostSetupError(description: "policy for \(role.rawValue): \(error)") }
-        let fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
+        var fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
+        if fault != nil, getenv("VMM_FAULT_INJECT_ONCE") != nil, !faultSyscallGiven.insert(role).inserted { fault = nil }
         return SandboxSpec(policyName: role.policyFile, policyText: text,
                            mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
                            uid: geteuid() == 0 ? config.vmm.sandbox.uid : nil,
-                           gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault)
+                           gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault,
+                           crashOnSignal: config.vmm.faults.contains { $0.action == .crash && Self.role(ofDevice: $0.device) == role })
     }
+
+    /// The role of a device process named as in `vmm.fault_injection` ("virtio-blk1" → virtio-blk).
+    static func role(ofDevice name: String) -> Role? {
+        Role.allCases.first { $0.servesDevices && ($0.isVirtio ? name.hasPrefix($0.rawValue) : name == $0.rawValue) }
+    }
+
+    /// Roles that got the VMM_FAULT_INJECT call already (with VMM_FAULT_INJECT_ONCE: only their first process does).
+    private var faultSyscallGiven: Set<Role> = []
 
     /// Test hook: VMM_FAULT_INJECT=ROLE:SYSCALL makes that helper call SYSCALL once it is sandboxed.
     private var faultInjection: (role: Role, syscall: String)? {
@@ -307,8 +361,8 @@ public final class Supervisor {
         return options
     }
 
-    func stopAll(_ helpers: [Helper]) {
-        for h in helpers.reversed() where h.ended == nil { h.process.kill(SIGKILL) }
-        for h in helpers where h.ended == nil { h.ended = try? h.process.reap(block: true) }
+    func stopAll(_ slots: [Slot]) {
+        for h in slots.reversed().map(\.helper) where h.ended == nil { h.process.kill(SIGKILL) }
+        for h in slots.map(\.helper) where h.ended == nil { h.ended = try? h.process.reap(block: true) }
     }
 }

@@ -1,0 +1,97 @@
+import Foundation
+import XCTest
+
+/// A device process that dies or hangs is replaced and the guest loses nothing: real kills, stops and crashes of the
+/// real pio process (vmm's own fault injection), checked from what the guest printed and what vmm reported.
+final class CrashIsolationTests: XCTestCase {
+    override func setUpWithError() throws { try Harness.requireKVM() }
+
+    struct FaultReport: Decodable {
+        struct Summary: Decodable {
+            let faults: Int
+            let restarted: Int
+            let recoveryMedianMs: Double?
+            let recoveryP99Ms: Double?
+        }
+        struct Entry: Decodable {
+            let action: String
+            let detectionMs: Double?
+            let recoveryMs: Double?
+        }
+        let summary: Summary
+        let faults: [Entry]
+    }
+
+    func readReport(_ path: String) throws -> FaultReport {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(FaultReport.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    /// The guest's numbered lines, as it printed them.
+    func lineNumbers(_ stdout: String) -> [Int] {
+        stdout.split(separator: "\n").compactMap { $0.hasPrefix("line ") ? Int($0.dropFirst(5)) : nil }
+    }
+
+    /// 100 kills and one stop of the pio process while a guest prints numbered lines and round-trips the UART's
+    /// scratch register: the guest ends as without faults, every line came out once and in order, the scratch
+    /// register never lost its value.
+    func testUARTGuestLosesNothingThroughAHundredKillsAndAStop() throws {
+        let lines = 3000
+        let reportPath = NSTemporaryDirectory() + "vmm-faults-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: reportPath) }
+        let run = try Harness.run(
+            config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=\(lines)",
+                                   extra: #", "device_restart": {"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0, "hang_timeout_ms": 100}"#),
+            options: ["--inject-fault", "pio:kill,every_ms=5,count=100", "--inject-fault", "pio:stop,after_ms=150",
+                      "--fault-report", reportPath])
+        XCTAssertEqual(run.wait(timeout: 180), 1, "exit code 0, as without faults: \(run.stderr)")
+        XCTAssertTrue(run.stdout.hasSuffix("uartstress: done \(lines) lines, 0 scratch mismatches\n"), String(run.stdout.suffix(300)))
+        XCTAssertEqual(lineNumbers(run.stdout), Array(0..<lines), "every line once, in order")
+        XCTAssertTrue(run.stderr.contains("is hung: requests have waited"), run.stderr)
+        let report = try readReport(reportPath)
+        XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 100,
+                       "all kills happened while the guest ran (make the guest longer if not): \(run.stderr)")
+        XCTAssertEqual(report.faults.filter { $0.action == "stop" }.count, 1)
+        XCTAssertEqual(report.summary.restarted, 101, run.stderr)
+        XCTAssertEqual(report.faults.filter { $0.recoveryMs == nil }.count, 0, "the device handled a request after every fault")
+        print("pio crash isolation: \(report.summary.faults) faults; recovery median \(report.summary.recoveryMedianMs ?? -1) ms, p99 \(report.summary.recoveryP99Ms ?? -1) ms")
+    }
+
+    /// A device that crashes again and again is given up on within its budget, and the VM goes on without it.
+    func testACrashLoopingDeviceIsMarkedBrokenAndTheVMGoesOn() throws {
+        let run = try Harness.run(
+            config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=100000000",
+                                   extra: #", "device_restart": {"max_restarts": 3, "backoff_ms": 1, "max_backoff_ms": 4}"#),
+            options: ["--inject-fault", "pio:crash,every_ms=20,count=10"])
+        defer { if run.process.isRunning { kill(run.process.processIdentifier, SIGTERM) }; _ = run.wait() }
+        XCTAssertTrue(waitFor(timeout: 30) { run.stderr.contains("given up on") }, run.stderr)
+        XCTAssertTrue(run.stderr.contains("pio process (pid"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("killed by signal 11 (SIGSEGV); it failed 4 times within 60000 ms (vmm.device_restart.max_restarts 3): given up on; the VM goes on without it"), run.stderr)
+        usleep(500_000)
+        XCTAssertTrue(run.process.isRunning, "the VM keeps running: \(run.stderr)")
+        let roles = Harness.helperPIDs(of: run.process.processIdentifier).compactMap(Harness.role)
+        XCTAssertTrue(roles.contains("vcpu") && !roles.contains("pio"), "\(roles)")
+        kill(run.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(run.wait(timeout: 20), 143, run.stderr)
+    }
+
+    /// A device process that dies by itself (here: seccomp kills it) is restarted like an injected kill.
+    func testADeviceKilledBySeccompIsRestarted() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=50",
+                                                         extra: #", "device_restart": {"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0}"#),
+                                  environment: ["VMM_FAULT_INJECT": "pio:socket", "VMM_FAULT_INJECT_ONCE": "1"])
+        XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
+        XCTAssertTrue(run.stderr.contains("vmm: pio process killed by seccomp: syscall socket"), run.stderr)
+        XCTAssertEqual(lineNumbers(run.stdout), Array(0..<50))
+    }
+
+    func waitFor(timeout: TimeInterval, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+}
