@@ -8,6 +8,7 @@ extension ConfigParser {
         d.backoffMs = try r.integer("backoff_ms", in: 0...60_000) ?? d.backoffMs
         d.maxBackoffMs = try r.integer("max_backoff_ms", in: 0...600_000) ?? d.maxBackoffMs
         d.hangTimeoutMs = try r.integer("hang_timeout_ms", in: 10...600_000) ?? d.hangTimeoutMs
+        d.standby = try r.bool("standby") ?? d.standby
         if let critical = r.value("critical") {
             guard case .array(let items) = critical else { throw ConfigError(r.child("critical"), "expected an array of device names") }
             d.critical = try items.enumerated().map { (i, item) throws(ConfigError) in

@@ -150,8 +150,11 @@ enum Harness {
         }
     }
 
-    static func helperPIDs(of parent: pid_t) -> [pid_t] {
+    /// The helpers serving the VM (standby processes, which wait to replace a device process, are left out unless
+    /// `standbys`).
+    static func helperPIDs(of parent: pid_t, standbys: Bool = false) -> [pid_t] {
         allHelperPIDs().filter { pid in
+            if !standbys && isStandby(pid) { return false }
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { return false }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
@@ -163,15 +166,32 @@ enum Harness {
     /// guest can print before the last one is up.
     static func settledHelpers(of parent: pid_t, count: Int, timeout: TimeInterval = 10) -> [pid_t] {
         let deadline = Date().addingTimeInterval(timeout)
-        var helpers = helperPIDs(of: parent)
+        var helpers = helperPIDs(of: parent, standbys: true)
         func named(_ pid: pid_t) -> Bool {
             ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").hasPrefix("vmm-")
         }
         while Date() < deadline && !(helpers.count >= count && helpers.allSatisfy(named)) {
             usleep(20_000)
-            helpers = helperPIDs(of: parent)
+            helpers = helperPIDs(of: parent, standbys: true)
         }
         return helpers
+    }
+
+    /// Waits until the helper runs under its seccomp policy (its set-up is done then); false after `timeout`.
+    static func waitUntilSandboxed(_ pid: pid_t, timeout: TimeInterval = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            if status.split(separator: "\n").contains("Seccomp:\t2") { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// A standby process: started with a takeover eventfd in its spec.
+    static func isStandby(_ pid: pid_t) -> Bool {
+        guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: raw, as: UTF8.self).contains("\"takeoverFD\"")
     }
 
     static func role(of pid: pid_t) -> String? {

@@ -35,6 +35,18 @@ enum HelperStartup {
     }
 }
 
+extension HelperStartup {
+    /// A standby process, started and sandboxed ahead of need, waits here until its predecessor is gone. It must not
+    /// have looked at its channels yet: ring positions are read when it starts serving, not before.
+    static func awaitTakeover(_ fd: Int32) throws {
+        Log.debug("standing by")
+        _ = try Poll.wait([fd], timeoutMs: -1)
+        var value: UInt64 = 0
+        _ = Glibc.read(fd, &value, 8)
+        Log.debug("taking over")
+    }
+}
+
 extension ChannelSpec {
     var layout: ChannelLayout { ChannelLayout(lanes: lanes, capacity: capacity, stateSize: stateSize) }
 }

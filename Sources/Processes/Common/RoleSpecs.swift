@@ -85,13 +85,21 @@ struct InterruptLineSpec: Codable {
     var lane: Int
 }
 
-struct PIOSpec: RoleSpec {
+/// A device role whose process can be replaced: a standby process of it is started ahead of need, enters its
+/// sandbox, and waits on `takeoverFD` until the supervisor needs it; only then does it look at its channels.
+protocol RestartableRoleSpec: RoleSpec {
+    var takeoverFD: Int32? { get set }
+}
+
+struct PIOSpec: RestartableRoleSpec {
     var channel: ChannelSpec
     /// COM1's interrupt line (ISA IRQ 4).
     var uartLine: InterruptLineSpec
     var controlFD: Int32
     /// The console's byte streams to and from the supervisor (which owns the console's descriptors).
     var console: ConsoleSpec
+    /// Set for a standby process: it waits for this eventfd before it serves.
+    var takeoverFD: Int32?
     /// `vmm.debug_exit` and `vmm.panic_watch`.
     var debugExit: Bool
     var panicWatch: Bool

@@ -12,6 +12,7 @@ public enum PIOProcess {
         HelperStartup.runDevice(PIOSpec.self, json: specJSON, role: .pio) { spec in
             // Single-threaded and forking nothing: no new processes at all for its uid.
             try HelperSandbox.enter(spec.sandbox, role: .pio, controlFD: spec.controlFD, processes: 0)
+            if let takeover = spec.takeoverFD { try HelperStartup.awaitTakeover(takeover) }
             Log.debug("sandboxed; serving")
             try serve(spec)
         }

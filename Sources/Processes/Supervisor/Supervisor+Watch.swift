@@ -42,12 +42,17 @@ extension Supervisor {
             // already reaped (a broken device, or one waiting for its back-off) is not watched.
             let open = helpers.filter { !$0.controlClosed }
             let live = slots.filter { $0.helper.ended == nil }
+            let standbys = slots.compactMap(\.standby)
             let consoleFDs = console.pollFDs
-            let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw } + consoleFDs
+            let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw }
+                + standbys.map { $0.process.pidfd.raw } + consoleFDs
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
             if slots.contains(where: { $0.restartable && !$0.broken }) { wake = min(wake ?? .max, now + Self.watchTickNanoseconds) }
-            for slot in slots { if let due = slot.restartDue { wake = min(wake ?? .max, due) } }
+            for slot in slots {
+                if let due = slot.restartDue { wake = min(wake ?? .max, due) }
+                if slot.standby == nil, let due = slot.standbyDue { wake = min(wake ?? .max, due) }
+            }
             let timeoutMs = wake.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + ($0 > now ? 1 : 0)) } ?? -1
             let ready = try Poll.wait(fds, timeoutMs: timeoutMs)
             if !ready[0].isEmpty {
@@ -68,11 +73,17 @@ extension Supervisor {
                 }
                 if let ending = failed(slot, what, faults: faults) { return ending }
             }
+            for (i, standby) in standbys.enumerated() where !ready[1 + open.count + live.count + i].isEmpty {
+                standbyDied(standby, in: slots)
+            }
             console.pump(ready: Array(ready.suffix(consoleFDs.count)))
             let after = monotonicNanoseconds()
             watchForHangs(slots, now: after, faults: faults)
             for slot in slots {
                 if let due = slot.restartDue, due <= after { try restart(slot, faults: faults) }
+                if slot.standby == nil && slot.wantsStandby && config.vmm.deviceRestart.standby && slot.standbyDue.map({ $0 <= after }) != false {
+                    startStandby(slot)
+                }
             }
             faults.injectDue(now: after)
         }
@@ -91,6 +102,12 @@ extension Supervisor {
         slot.failures = slot.failures.filter { now - $0 < UInt64(policy.windowMs) * 1_000_000 }
         if slot.failures.count >= policy.maxRestarts {
             slot.broken = true
+            slot.wantsStandby = false
+            if let standby = slot.standby {
+                standby.process.kill(SIGKILL)
+                standby.ended = try? standby.process.reap(block: true)
+                slot.standby = nil
+            }
             for c in slot.channels { c.deviceStatus = .broken }
             slot.wakeClients()
             let message = "\(what); it failed \(slot.failures.count + 1) times within \(policy.windowMs) ms (vmm.device_restart.max_restarts \(policy.maxRestarts)): given up on"
@@ -108,16 +125,25 @@ extension Supervisor {
         return nil
     }
 
+    /// The standby takes over if there is one (a wake-up), otherwise a new process is started.
     private func restart(_ slot: Slot, faults: FaultInjector) throws {
         guard let launch = slot.launch else { return }
         slot.restartDue = nil
         let old = slot.helper
-        do {
-            slot.helper = try launch()
-            slot.helper.restartable = true
-        } catch {
-            throw HostSetupError(description: "restarting the \(old.name) process failed: \(error)")
+        if let standby = slot.standby, standby.ended == nil, let takeover = standby.takeover {
+            slot.standby = nil
+            do { try takeover.eventFD.signal() } catch {
+                throw HostSetupError(description: "waking the standby \(old.name) process failed: \(error)")
+            }
+            slot.helper = standby
+            // The next standby starts a little later: a process start right now would take CPU from the takeover.
+            slot.standbyDue = monotonicNanoseconds() + Self.standbyDelayNanoseconds
+        } else {
+            do { slot.helper = try launch(false) } catch {
+                throw HostSetupError(description: "restarting the \(old.name) process failed: \(error)")
+            }
         }
+        slot.helper.restartable = true
         slot.restarts += 1
         for c in slot.channels {
             c.restarts &+= 1
@@ -126,6 +152,32 @@ extension Supervisor {
         slot.lastHandled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
         faults.restarted(slot, at: monotonicNanoseconds())
         Log.info("\(slot.name) process restarted (pid \(slot.helper.process.pid), restart \(slot.restarts))")
+    }
+
+    /// A standby that died (it runs nothing a guest controls, so this is rare: a host problem, an outside kill) is
+    /// replaced; after `maxStandbyDeaths` the device does without one.
+    private func standbyDied(_ standby: Helper, in slots: [Slot]) {
+        standby.ended = try? standby.process.reap(block: true)
+        guard let slot = slots.first(where: { $0.standby === standby }) else { return }
+        slot.standby = nil
+        slot.standbyDeaths += 1
+        Log.info("standby \(slot.name) process (pid \(standby.process.pid)) \(standby.ended.map(\.description) ?? "ended")")
+        if slot.standbyDeaths >= Self.maxStandbyDeaths {
+            slot.wantsStandby = false
+            Log.report("the standby \(slot.name) process died \(slot.standbyDeaths) times; restarts of \(slot.name) start a new process instead")
+        }
+    }
+
+    static let maxStandbyDeaths = 3
+    static let standbyDelayNanoseconds: UInt64 = 30_000_000
+
+    private func startStandby(_ slot: Slot) {
+        guard let launch = slot.launch, !slot.broken else { return }
+        slot.standbyDue = nil
+        do { slot.standby = try launch(true) } catch {
+            slot.wantsStandby = false
+            Log.report("cannot start a standby \(slot.name) process (\(error)); its restarts start a new process instead")
+        }
     }
 
     /// A device with requests waiting whose rings do not move for `hang_timeout_ms` is hung (stopped, looping,

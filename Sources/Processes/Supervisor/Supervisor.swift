@@ -45,6 +45,8 @@ public final class Supervisor {
         var controlClosed = false
         /// Another process is started in its place when it dies.
         var restartable = false
+        /// For a standby process: rung when it is to take over.
+        var takeover: EventFD.Box?
         init(role: Role, name: String, process: consuming ChildProcess, control: consuming FileDescriptor, channels: [ChannelRegion]) {
             self.role = role
             self.name = name
@@ -58,7 +60,15 @@ public final class Supervisor {
     /// whose state survives their process), and its restart history.
     final class Slot {
         var helper: Helper
-        let launch: (() throws -> Helper)?
+        /// Starts another process for this role; `standby`: one that waits to be told to take over.
+        let launch: ((_ standby: Bool) throws -> Helper)?
+        /// A process started and sandboxed ahead of need, so a restart costs a wake-up, not a process start.
+        var standby: Helper?
+        /// Keep a standby (off once the device is broken or its standbys keep dying).
+        var wantsStandby = true
+        /// When the next standby may start (after a takeover).
+        var standbyDue: UInt64?
+        var standbyDeaths = 0
         var name: String { helper.name }
         var role: Role { helper.role }
         var channels: [ChannelRegion] { helper.channels }
@@ -74,7 +84,7 @@ public final class Supervisor {
         /// Progress watch for hang detection: the requests handled when last looked at, and since when none were.
         var lastHandled: UInt64 = 0
         var stalledSince: UInt64?
-        init(_ helper: Helper, launch: (() throws -> Helper)?) {
+        init(_ helper: Helper, launch: ((_ standby: Bool) throws -> Helper)?) {
             self.helper = helper
             self.launch = launch
             helper.restartable = launch != nil
@@ -176,8 +186,7 @@ public final class Supervisor {
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.vcpu))
         })
         // The pio process commits its devices' state to its channel: a dead or hung one is replaced.
-        helpers.append(try spawn(.pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))],
-                                 restartable: true) { fds, control in
+        helpers.append(try spawn(restartable: .pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))]) { fds, control in
             PIOSpec(
                 channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
                 console: console.spec(&fds),
@@ -244,19 +253,36 @@ public final class Supervisor {
 
     /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end
     /// among them) and starts it.
-    /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors).
     private func spawn<Spec: RoleSpec>(_ role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
-                                       restartable: Bool = false,
                                        _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
-        let launch = { () throws -> Helper in
+        let control = try Pipe()
+        var fds = FDList()
+        let controlFD = fds.add(control.writeEnd.raw)
+        let spec = try makeSpec(&fds, controlFD)
+        let helper = try spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
+                                     cpus: cpus, serves: serves)
+        return Slot(helper, launch: nil)
+    }
+
+    /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors),
+    /// and gets a standby process at once.
+    private func spawn<Spec: RestartableRoleSpec>(restartable role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32),
+                                                  serves: [ChannelPlan] = [],
+                                                  _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
+        let launch = { (standby: Bool) throws -> Helper in
             let control = try Pipe()
             var fds = FDList()
             let controlFD = fds.add(control.writeEnd.raw)
-            let spec = try makeSpec(&fds, controlFD)
-            return try self.spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
-                                        cpus: cpus, serves: serves)
+            var spec = try makeSpec(&fds, controlFD)
+            let takeover = standby ? EventFD.Box(try EventFD()) : nil
+            if let takeover { spec.takeoverFD = fds.add(takeover.raw, owner: takeover) }
+            let helper = try self.spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
+                                              cpus: cpus, serves: serves)
+            helper.takeover = takeover
+            return helper
         }
-        let slot = Slot(try launch(), launch: restartable ? launch : nil)
+        let slot = Slot(try launch(false), launch: launch)
+        if config.vmm.deviceRestart.standby { slot.standby = try launch(true) }
         slot.wakeClients = { for plan in serves { for bell in plan.responseDoorbells { var one: UInt64 = 1; _ = Glibc.write(bell, &one, 8) } } }
         return slot
     }
@@ -362,7 +388,8 @@ public final class Supervisor {
     }
 
     func stopAll(_ slots: [Slot]) {
-        for h in slots.reversed().map(\.helper) where h.ended == nil { h.process.kill(SIGKILL) }
-        for h in slots.map(\.helper) where h.ended == nil { h.ended = try? h.process.reap(block: true) }
+        let all = slots.reversed().flatMap { [$0.helper] + ($0.standby.map { [$0] } ?? []) }
+        for h in all where h.ended == nil { h.process.kill(SIGKILL) }
+        for h in all where h.ended == nil { h.ended = try? h.process.reap(block: true) }
     }
 }
