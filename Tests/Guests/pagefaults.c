@@ -41,10 +41,23 @@ void isr_page_fault(void);
 void reload_segments(void);
 void finish(void);
 
+static int sse_switch;
+static uint8_t fx_area[512] __attribute__((aligned(64)));
+static uint8_t other_area[512] __attribute__((aligned(64)));
+void finish(void);
+
 void on_page_fault(uint64_t *frame) {
     uint64_t cr2;
     __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
     if (cr2 == DONE_ADDRESS) finish();  /* the user-mode part is done (INT n from CPL3 faults on these hosts) */
+    if (sse_switch) {
+        /* What Linux does when it switches tasks in between: the user's registers saved to memory, other values in
+         * the registers, then the user's put back before the return. */
+        __asm__ volatile("fxsave64 %0" : "=m"(fx_area) : : "memory");
+        *(uint32_t *)(other_area + 24) = 0x1f80;  /* another task's state: zeros, default MXCSR */
+        __asm__ volatile("fxrstor64 %0" : : "m"(other_area) : "memory");
+        __asm__ volatile("fxrstor64 %0" : : "m"(fx_area) : "memory");
+    }
     if (faults < 32) {
         fault_va[faults] = cr2;
         fault_code[faults] = frame[0];
@@ -81,7 +94,42 @@ static void user_main(void) {
     for (;;) { }
 }
 
+/* sse=N: N rounds of XMM0-7 filled with a pattern, a user-mode write to the not-present page (a #PF into this
+ * guest's kernel, which resumes after the write), and a check of the registers: "pagefaults: sse N rounds, M
+ * clobbered" (exit code 1 if M > 0). The guest kernel here never touches XMM, so a change can only come from the
+ * VMM or the host. */
+static uint64_t sse_rounds, sse_clobbered;
+static uint32_t pattern[32] __attribute__((aligned(16)));
+static uint32_t after[32] __attribute__((aligned(16)));
+
+static void user_sse(void) {
+    for (uint64_t r = 0; r < sse_rounds; r++) {
+        for (int i = 0; i < 32; i++) pattern[i] = (uint32_t)(r * 2654435761u) ^ (uint32_t)(i * 0x9e3779b9u) ^ 0xa5a5a5a5u;
+        current_kind = 'w';
+        __asm__ volatile(
+            "movdqa 0(%0), %%xmm0\n movdqa 16(%0), %%xmm1\n movdqa 32(%0), %%xmm2\n movdqa 48(%0), %%xmm3\n"
+            "movdqa 64(%0), %%xmm4\n movdqa 80(%0), %%xmm5\n movdqa 96(%0), %%xmm6\n movdqa 112(%0), %%xmm7\n"
+            "lea 1f(%%rip), %%rax\n mov %%rax, resume_rip(%%rip)\n movq $1, (%2)\n 1:\n"
+            "movdqa %%xmm0, 0(%1)\n movdqa %%xmm1, 16(%1)\n movdqa %%xmm2, 32(%1)\n movdqa %%xmm3, 48(%1)\n"
+            "movdqa %%xmm4, 64(%1)\n movdqa %%xmm5, 80(%1)\n movdqa %%xmm6, 96(%1)\n movdqa %%xmm7, 112(%1)\n"
+            : : "r"(pattern), "r"(after), "r"(TEST_BASE) : "rax", "memory");
+        for (int i = 0; i < 32; i++) {
+            if (after[i] != pattern[i]) { sse_clobbered++; break; }
+        }
+    }
+    (void)*(volatile uint64_t *)DONE_ADDRESS;  /* back to the kernel */
+    for (;;) { }
+}
+
 void finish(void) {
+    if (sse_rounds) {
+        puts("pagefaults: sse ");
+        put_dec(sse_rounds);
+        puts(" rounds, ");
+        put_dec(sse_clobbered);
+        puts(" clobbered\n");
+        guest_exit(sse_clobbered ? 1 : 0);
+    }
     for (int i = 0; i < faults; i++) {
         puts("pf va="); put_hex(fault_va[i]);
         puts(" kind="); putc(fault_kind[i]);
@@ -101,7 +149,16 @@ static void set_gate(int vector, void (*handler)(void), int dpl) {
 }
 
 void guest_main(uint32_t magic, uint32_t info) {
-    (void)magic; (void)info;
+    const char *sse = cmdline_arg(multiboot_cmdline(magic, (uintptr_t)info), "sse");
+    sse_rounds = sse ? parse_u64(sse) : 0;
+    sse_switch = cmdline_arg(multiboot_cmdline(magic, (uintptr_t)info), "switch") != 0;
+    if (sse_rounds) {
+        uint64_t cr0, cr4;  /* SSE on: CR0.EM off, CR0.MP on, CR4.OSFXSR and OSXMMEXCPT on */
+        __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+        __asm__ volatile("mov %0, %%cr0" : : "r"((cr0 & ~4ull) | 2ull));
+        __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+        __asm__ volatile("mov %0, %%cr4" : : "r"(cr4 | (1ull << 9) | (1ull << 10)));
+    }
     /* Identity map of the first GiB with 2 MiB pages; the one holding this image is user-accessible. */
     for (int i = 0; i < 512; i++) pd_low[i] = ((uint64_t)i << 21) | P | RW | PS | (i == 1 ? US : 0);
     pml4[0] = (uint64_t)(uintptr_t)pdpt | P | RW | US;
@@ -149,5 +206,6 @@ void guest_main(uint32_t magic, uint32_t info) {
 
     /* To CPL3 with IRETQ: SS, RSP, RFLAGS, CS, RIP. */
     __asm__ volatile("pushq $0x1b; pushq %0; pushq $0x2; pushq $0x23; pushq %1; iretq"
-                     : : "r"((uint64_t)(uintptr_t)(user_stack + sizeof user_stack)), "r"((uint64_t)(uintptr_t)user_main) : "memory");
+                     : : "r"((uint64_t)(uintptr_t)(user_stack + sizeof user_stack)),
+                         "r"((uint64_t)(uintptr_t)(sse_rounds ? user_sse : user_main)) : "memory");
 }

@@ -78,6 +78,18 @@ final class GuestRunTests: GuestTestCase {
         }
     }
 
+    /// The guest's SSE registers are its own: they survive exits to the VMM (whose own code uses them freely) and a
+    /// round trip through the guest's kernel that saves and restores them (FXSAVE/FXRSTOR, emulated on these hosts),
+    /// as a task switch in Linux does. (AVX and AVX-512 registers do not survive on PVM hosts: README.)
+    func testGuestSSERegistersSurviveExitsAndKernelRoundTrips() throws {
+        let exits = try Harness.run(config: Harness.config(kernel: try Harness.guest("fpregs.elf"), args: "rounds=5000"))
+        XCTAssertEqual(exits.wait(timeout: 60), 1, exits.stderr)
+        XCTAssertEqual(exits.stdout, "fpregs: ready\nfpregs: 5000 rounds, 0 clobbered\n")
+        let faults = try Harness.run(config: Harness.config(kernel: try Harness.guest("pagefaults.elf"), args: "sse=2000 switch=1"))
+        XCTAssertEqual(faults.wait(timeout: 60), 1, faults.stderr)
+        XCTAssertEqual(faults.stdout, "pagefaults: sse 2000 rounds, 0 clobbered\n")
+    }
+
     /// Posted writes that a device can no longer apply are counted and said, not dropped in silence. (The pio process
     /// is restarted when it dies; here it may not be, and it is critical, so its death ends the VM.)
     func testPostedWritesADeadDeviceNeverTookAreReported() throws {

@@ -163,7 +163,7 @@ final class FaultInjector {
     func report(to path: String?) {
         guard !records.isEmpty else { return }
         let r = makeReport()
-        func f(_ v: Double?) -> String { v.map { String(format: "%.1f", $0) } ?? "-" }
+        func f(_ v: Double?) -> String { v.map { "\(($0 * 10).rounded() / 10)" } ?? "-" }
         Log.report("fault injection: \(r.summary.faults) faults, \(r.summary.restarted) restarts; detection median \(f(r.summary.detectionMedianMs)) ms, p99 \(f(r.summary.detectionP99Ms)) ms; recovery (fault to the device's next handled request) median \(f(r.summary.recoveryMedianMs)) ms, p99 \(f(r.summary.recoveryP99Ms)) ms")
         guard let path else { return }
         let encoder = JSONEncoder()
