@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, startup, memory, mmu).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, restart, startup, memory, mmu).") var only: String?
     @Option(help: "virtio-blk reads per sample (4 KiB random, 128 KiB sequential).") var blkCount = 10_000
     @Option(help: "Size of the virtio-blk test image in MiB.") var blkImageMib = 64
 
@@ -103,6 +103,24 @@ struct BenchCommand: ParsableCommand {
                     }
                 }
             }
+            // Crash isolation: the pio process killed every 50 ms under the uartstress guest; recovery is from the
+            // kill to the device's next handled request (vmm's fault report), with and without the standby process.
+            for standby in [true, false] where wants("restart") {
+                let kills = smoke ? 5 : 100
+                let reportPath = NSTemporaryDirectory() + "vmm-bench-faults-\(getpid()).json"
+                defer { try? FileManager.default.removeItem(atPath: reportPath) }
+                let m = OurVMM(binary: ours.binary, name: standby ? "vmm" : "vmm without a standby process",
+                               vmmSettings: #", "device_restart": {"max_restarts": 1000000, "backoff_ms": 0, "max_backoff_ms": 0, "standby": \#(standby)}"#,
+                               options: ["--inject-fault", "pio:kill,every_ms=50,count=\(kills)", "--fault-report", reportPath])
+                let r = try Runner.run(m, kernel: guestDir + "/uartstress.elf", args: "lines=\(kills * 40)", timeout: 300)
+                if let report = FaultReport.read(reportPath), report.faults == kills, r.output.contains(" 0 scratch mismatches") {
+                    add("pio restart, recovery median: \(m.name)", report.recoveryMedianMs)
+                    add("pio restart, recovery p99: \(m.name)", report.recoveryP99Ms)
+                    add("pio restart, detection median: \(m.name)", report.detectionMedianMs)
+                } else {
+                    failures["pio restart, recovery median: \(m.name)"] = "no complete fault report (status \(r.status))"
+                }
+            }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
             for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) where wants("startup") {
                 let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
@@ -168,6 +186,12 @@ struct BenchCommand: ParsableCommand {
         row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
+        for what in ["recovery median", "recovery p99", "detection median"] {
+            let ours = "pio restart, \(what): vmm"
+            row(ours, "ms", goal: what == "recovery median" ? 10 : nil,
+                note: what == "recovery median" ? "kill to the next handled request; Cloud Hypervisor's vhost-user reconnect retries every 100 ms" : nil)
+            row("pio restart, \(what): vmm without a standby process", "ms", baseline: ours)
+        }
         row("MMU translations, page walk every time", "M/s")
         row("MMU translations, software TLB", "M/s", baseline: "MMU translations, page walk every time")
         row("memory PSS without guest RAM: vmm", "MiB", goal: 10)
@@ -216,5 +240,19 @@ struct BenchCommand: ParsableCommand {
         info["cpus"] = "\(sysconf(Int32(_SC_NPROCESSORS_ONLN)))"
         info["kvm"] = cpuinfo.contains(" hypervisor") ? "nested (this host is itself a guest)" : "bare metal"
         return info
+    }
+}
+
+/// The summary of vmm's fault-injection report (`--fault-report`).
+struct FaultReport {
+    var faults: Int
+    var recoveryMedianMs: Double?, recoveryP99Ms: Double?, detectionMedianMs: Double?
+
+    static func read(_ path: String) -> FaultReport? {
+        guard let data = FileManager.default.contents(atPath: path),
+              let top = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let summary = top["summary"] as? [String: Any], let faults = summary["faults"] as? Int else { return nil }
+        return FaultReport(faults: faults, recoveryMedianMs: summary["recovery_median_ms"] as? Double,
+                           recoveryP99Ms: summary["recovery_p99_ms"] as? Double, detectionMedianMs: summary["detection_median_ms"] as? Double)
     }
 }

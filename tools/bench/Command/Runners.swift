@@ -21,6 +21,9 @@ struct OurVMM: VMMUnderTest {
     var name = "vmm"
     /// A disk image given to the guest as its only drive (read-only, virtio-blk at 0xd0000000).
     var drive: String?
+    /// More "vmm" settings (starting with a comma) and `vmm run` options.
+    var vmmSettings = ""
+    var options: [String] = []
     func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
         let drives = drive.map {
             #""drives": [{"drive_id": "d0", "path_on_host": "\#($0)", "is_root_device": true, "is_read_only": true, "cache_type": "Unsafe"}],"#
@@ -29,11 +32,11 @@ struct OurVMM: VMMUnderTest {
         {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
          "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
          \(drives)
-         "vmm": {"serial": {"output": "stdout", "input": "none"}}}
+         "vmm": {"serial": {"output": "stdout", "input": "none"}\(vmmSettings)}}
         """
         let path = NSTemporaryDirectory() + "vmm-bench-\(getpid()).json"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
-        return (binary, ["run", "--config-file", path])
+        return (binary, ["run", "--config-file", path] + options)
     }
 }
 
