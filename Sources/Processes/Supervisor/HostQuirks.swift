@@ -12,7 +12,16 @@ struct HostQuirks {
     /// `noxsave` (the emulator cannot run XRSTOR), `clearcpuid=` POPCNT (151), SMAP (308: CLAC on every interrupt
     /// entry) and SSSE3 (137: LDMXCSR in SSSE3 code), and `nofsgsbase` (the FS base is lost across context
     /// switches with FSGSBASE).
-    let linuxCommandLine = ["noxsave", "clearcpuid=151,308,137", "nofsgsbase"]
+    ///
+    /// And one for user space, which the kernel hands to init as an environment variable (inherited by every
+    /// process): guest user mode runs natively here, with the host's XCR0 and with CPUID and XGETBV answered by
+    /// the host's CPU, so AVX, AVX2 and AVX-512 look usable to a program; but the guest kernel (with `noxsave`)
+    /// saves and restores only x87 and SSE state, so a process's YMM/ZMM registers are lost across exits and task
+    /// switches. glibc chooses memcpy, strlen and friends by CPUID: its EVEX memcpy lost the TLS block it copied
+    /// at start-up in about one of five new processes (they died with "segfault at 0" in `__ctype_init`). The
+    /// tunable turns its AVX variants off; programs that use AVX by themselves are not covered (README).
+    let linuxCommandLine = ["noxsave", "clearcpuid=151,308,137", "nofsgsbase", Self.glibcTunables]
+    static let glibcTunables = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load"
     /// The vcpu process rewinds user-mode SYSCALLs that the host leaves at CPL3 (see SyscallFixup).
     let syscallFixup = true
 
@@ -28,7 +37,7 @@ struct HostQuirks {
     }
 
     var summary: String {
-        "PVM-style host KVM (kvm_pvm): masking CPUID CX16, adding \"\(linuxCommandLine.joined(separator: " "))\" to a Linux "
-            + "command line, rewinding user-mode SYSCALLs; vmm.host_quirks = \"off\" turns this off"
+        "PVM-style host KVM (kvm_pvm): masking CPUID CX16, adding \"\(linuxCommandLine.dropLast().joined(separator: " "))\" and "
+            + "glibc tunables without AVX to a Linux command line, rewinding user-mode SYSCALLs; vmm.host_quirks = \"off\" turns this off"
     }
 }

@@ -16,7 +16,6 @@ import Memory
 final class SyscallFixup {
     enum MSR {
         static let star: UInt32 = 0xc000_0081, lstar: UInt32 = 0xc000_0082, fmask: UInt32 = 0xc000_0084
-        static let fsBase: UInt32 = 0xc000_0100
     }
     /// How often the IDT is looked at again (it changes a few times during boot, then never).
     static let refreshNanoseconds: UInt64 = 20_000_000
@@ -28,9 +27,6 @@ final class SyscallFixup {
     private var singleStepping = false
     private(set) var fixes = 0
     private(set) var stepsOver = 0
-    /// Rewinds where KVM_GET_SREGS's FS base and the FS_BASE MSR disagreed (a diagnostic for the intermittent
-    /// TLS crash in README "Known problems": the rewind writes the segment registers back).
-    private(set) var fsBaseMismatches = 0
 
     init(vcpu: VCPU, fallback: EmulationFallback) {
         self.vcpu = vcpu
@@ -78,10 +74,6 @@ final class SyscallFixup {
         if faultCS & 3 == 3, faultRIP >= 0xffff_8000_0000_0000, faultRIP == (try vcpu.msr(MSR.lstar)) {
             let star = try vcpu.msr(MSR.star), fmask = try vcpu.msr(MSR.fmask)
             var sregs = try vcpu.sregs()
-            if let fsBase = try? vcpu.msr(MSR.fsBase), fsBase != sregs.fs.base {
-                fsBaseMismatches += 1
-                Log.debug("SYSCALL fix-up: FS base 0x\(String(sregs.fs.base, radix: 16)) in SREGS, 0x\(String(fsBase, radix: 16)) in the MSR")
-            }
             let kernelCS = UInt16(truncatingIfNeeded: star >> 32) & 0xfffc
             sregs.cs.selector = kernelCS; sregs.cs.base = 0; sregs.cs.limit = 0xffff_ffff; sregs.cs.type = 0xb
             sregs.cs.present = 1; sregs.cs.dpl = 0; sregs.cs.db = 0; sregs.cs.s = 1; sregs.cs.l = 1; sregs.cs.g = 1

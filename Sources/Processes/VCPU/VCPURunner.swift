@@ -198,7 +198,7 @@ final class VCPURunner: @unchecked Sendable {
                      KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr", KVM_EXIT_SHUTDOWN: "shutdown"]
         var parts = exitCounts.indices.filter { exitCounts[$0] > 0 }.map { "\(names[Int32($0)] ?? "reason \($0)") \(exitCounts[$0])" }
         if let f = syscallFixup {
-            parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver), FS base mismatches \(f.fsBaseMismatches))")
+            parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
         return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }
