@@ -129,6 +129,7 @@ void finish(void) {
         put_dec(sse_clobbered);
         puts(" clobbered\n");
         guest_exit(sse_clobbered ? 1 : 0);
+        for (;;) { }
     }
     for (int i = 0; i < faults; i++) {
         puts("pf va="); put_hex(fault_va[i]);
