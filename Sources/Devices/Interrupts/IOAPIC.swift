@@ -46,7 +46,13 @@ public final class IOAPIC {
     /// The electrical level of each pin, as the devices drive it (true: asserted).
     private var asserted = [Bool](repeating: false, count: IOAPIC.pins)
 
-    public init(id: UInt8 = 0) { self.id = id }
+    /// The ID given at creation, which may be wider than the 4 bits a guest write keeps.
+    private let initialID: UInt8
+
+    public init(id: UInt8 = 0) {
+        self.id = id
+        initialID = id
+    }
 
     // MARK: MMIO
 
@@ -144,4 +150,63 @@ public final class IOAPIC {
 
     /// Remote IRR of a pin (for tests and state snapshots).
     public func remoteIRR(pin: Int) -> Bool { table[pin].remoteIRR }
+}
+
+extension IOAPIC: Snapshotting {
+    /// The ID, IOREGSEL, the redirection table (remote IRR included) and the level of each pin. The pin levels
+    /// are state here rather than wiring: devices send a level only when it changes, so a successor that forgot
+    /// them would miss the next rising edge or re-delivery after EOI.
+    struct State {
+        var id: UInt8
+        var select: UInt8
+        var table: [UInt64]
+        var asserted: [Bool]
+    }
+
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u8(id)
+        writer.u8(select)
+        for entry in table { writer.u64(entry.raw) }
+        var levels: UInt32 = 0
+        for (pin, level) in asserted.enumerated() where level { levels |= 1 << UInt32(pin) }
+        writer.u32(levels)
+    }
+
+    /// Refuses an ID no write or creation gave, a delivery-status bit (never set: messages go out at once), a
+    /// remote IRR on an edge-triggered pin, and levels for pins that do not exist; all or nothing.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        apply(try decodeState(from: &reader))
+    }
+
+    /// Reads and validates a snapshot without changing the IOAPIC (for the interrupt controller, which validates
+    /// all of its parts first).
+    func decodeState(from reader: inout SnapshotReader) throws(SnapshotError) -> State {
+        let id = try reader.u8()
+        let select = try reader.u8()
+        var table: [UInt64] = []
+        for _ in 0..<Self.pins { table.append(try reader.u64()) }
+        let levels = try reader.u32()
+
+        guard id <= 0xf || id == initialID else { throw .invalid("IOAPIC ID \(id)") }
+        for (pin, raw) in table.enumerated() {
+            let entry = Redirection(raw: raw)
+            guard raw & (1 << 12) == 0 else { throw .invalid("IOAPIC pin \(pin) delivery status set") }
+            // A write that makes a pin edge-triggered clears its remote IRR, and only level pins set it.
+            guard !entry.remoteIRR || entry.levelTriggered else {
+                throw .invalid("IOAPIC pin \(pin) remote IRR set on an edge-triggered pin")
+            }
+        }
+        guard levels >> UInt32(Self.pins) == 0 else {
+            throw .invalid("IOAPIC levels 0x\(String(levels, radix: 16)) for pins beyond \(Self.pins - 1)")
+        }
+        return State(id: id, select: select, table: table,
+                     asserted: (0..<Self.pins).map { levels & (1 << UInt32($0)) != 0 })
+    }
+
+    func apply(_ s: State) {
+        id = s.id
+        select = s.select
+        table = s.table.map { Redirection(raw: $0) }
+        asserted = s.asserted
+    }
 }

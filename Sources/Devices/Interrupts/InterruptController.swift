@@ -66,7 +66,8 @@ public final class InterruptController {
     /// Offers each vCPU its highest deliverable vector; returns the vCPUs whose offer is new.
     public func updateOffers(_ mailbox: some InterruptOffers) -> [Int] {
         var kicked: [Int] = []
-        for i in withdrawn { mailbox.withdraw(vcpu: i) }
+        // In order: a set's own order differs between two sets holding the same vCPUs (a restored one).
+        for i in withdrawn.sorted() { mailbox.withdraw(vcpu: i) }
         withdrawn.removeAll()
         for i in lapics.indices {
             guard let want = lapics[i].deliverableVector else { continue }
@@ -148,6 +149,115 @@ public final class InterruptController {
             cpuEvents += targets.map { ($0, .startup(vector: m.vector)) }
         case .smi, .external:
             break  // no SMM, no 8259 behind LINT0
+        }
+    }
+}
+
+extension InterruptController: Snapshotting {
+    /// The LAPICs in vCPU order, the IOAPIC, then the controller's bookkeeping: the vector posted to each vCPU,
+    /// the vCPUs whose mailbox must be withdrawn, and the timer requests and CPU events the process has not taken
+    /// yet. Mailboxes and timerfds are the process's wiring: after a restore the successor calls `rearmTimers()`
+    /// to arm its own timers.
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u16(UInt16(lapics.count))
+        for lapic in lapics { lapic.save(to: &writer) }
+        ioapic.save(to: &writer)
+        for vector in posted {
+            writer.bool(vector != nil)
+            writer.u8(vector ?? 0)
+        }
+        for vcpu in lapics.indices { writer.bool(withdrawn.contains(vcpu)) }
+        writer.u32(UInt32(timerRequests.count))
+        for request in timerRequests {
+            writer.u16(UInt16(request.vcpu))
+            writer.bool(request.at != nil)
+            writer.u64(request.at ?? 0)
+        }
+        writer.u32(UInt32(cpuEvents.count))
+        for (vcpu, event) in cpuEvents {
+            writer.u16(UInt16(vcpu))
+            switch event {
+            case .nmi: writer.u8(0); writer.u8(0)
+            case .initialize: writer.u8(1); writer.u8(0)
+            case .startup(let vector): writer.u8(2); writer.u8(vector)
+            }
+        }
+    }
+
+    /// Refuses a snapshot for another number of vCPUs, any part its LAPIC or IOAPIC restore would refuse, a
+    /// posted vector other than the one its LAPIC says is offered, a withdrawal for a vCPU with a vector posted,
+    /// and requests or events for vCPUs that do not exist. Nothing changes until every part is valid.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        let count = try reader.u16()
+        guard Int(count) == lapics.count else { throw .invalid("snapshot of \(count) LAPICs for \(lapics.count) vCPUs") }
+        var lapicStates: [LocalAPIC.State] = []
+        for lapic in lapics { lapicStates.append(try lapic.decodeState(from: &reader)) }
+        let ioapicState = try ioapic.decodeState(from: &reader)
+        var posted: [UInt8?] = []
+        for _ in lapics.indices {
+            let present = try reader.bool()
+            let vector = try reader.u8()
+            guard present || vector == 0 else { throw .invalid("absent posted vector holds \(vector)") }
+            posted.append(present ? vector : nil)
+        }
+        var withdrawn: Set<Int> = []
+        for vcpu in lapics.indices where try reader.bool() { withdrawn.insert(vcpu) }
+        let requestCount = try reader.u32()
+        // Each entry is at least 11 bytes: a forged count is refused before anything is allocated for it.
+        guard UInt64(requestCount) * 11 <= UInt64(reader.remaining) else { throw .truncated }
+        var timerRequests: [(vcpu: Int, at: UInt64?)] = []
+        for _ in 0..<requestCount {
+            let vcpu = Int(try reader.u16())
+            let present = try reader.bool()
+            let at = try reader.u64()
+            guard lapics.indices.contains(vcpu) else { throw .invalid("timer request for vCPU \(vcpu)") }
+            // nil disarms; a time of 0 would disarm too, and no effect asks for it.
+            guard present ? at != 0 : at == 0 else { throw .invalid("timer request for time \(at), present \(present)") }
+            timerRequests.append((vcpu, present ? at : nil))
+        }
+        let eventCount = try reader.u32()
+        guard UInt64(eventCount) * 4 <= UInt64(reader.remaining) else { throw .truncated }
+        var cpuEvents: [(vcpu: Int, event: CPUEvent)] = []
+        for _ in 0..<eventCount {
+            let vcpu = Int(try reader.u16())
+            let kind = try reader.u8()
+            let vector = try reader.u8()
+            guard lapics.indices.contains(vcpu) else { throw .invalid("CPU event for vCPU \(vcpu)") }
+            switch (kind, vector) {
+            case (0, 0): cpuEvents.append((vcpu, .nmi))
+            case (1, 0): cpuEvents.append((vcpu, .initialize))
+            case (2, _): cpuEvents.append((vcpu, .startup(vector: vector)))
+            default: throw .invalid("CPU event kind \(kind) with vector \(vector)")
+            }
+        }
+
+        for vcpu in lapics.indices {
+            // updateOffers sets both together, and acknowledge and INIT clear both.
+            guard posted[vcpu] == lapicStates[vcpu].offered else {
+                throw .invalid("vCPU \(vcpu) posted \(String(describing: posted[vcpu])), its LAPIC offers "
+                               + String(describing: lapicStates[vcpu].offered))
+            }
+            // INIT empties the post; nothing is posted again before the withdrawal is done.
+            guard !withdrawn.contains(vcpu) || posted[vcpu] == nil else {
+                throw .invalid("vCPU \(vcpu) both withdrawn and posted")
+            }
+        }
+
+        for (lapic, state) in zip(lapics, lapicStates) { lapic.apply(state) }
+        ioapic.apply(ioapicState)
+        self.posted = posted
+        self.withdrawn = withdrawn
+        self.timerRequests = timerRequests
+        self.cpuEvents = cpuEvents
+    }
+
+    /// After a restore, in the successor process: queues, for `takeTimerRequests()`, a request for every LAPIC
+    /// whose timer its predecessor had armed, at the same absolute CLOCK_MONOTONIC time, so that the fresh
+    /// (disarmed) timerfds are armed as the old ones were. A time already past fires at once, so an expiry due
+    /// while the predecessor was dying is delivered late rather than lost. Disarmed timers need no request.
+    public func rearmTimers() {
+        for (vcpu, lapic) in lapics.enumerated() {
+            if let at = lapic.timerArmedAt { timerRequests.append((vcpu, at)) }
         }
     }
 }

@@ -1,7 +1,13 @@
 /// A 256-bit vector set (IRR, ISR, TMR).
 public struct VectorSet: Equatable, Sendable {
-    private var words = [UInt64](repeating: 0, count: 4)
+    /// Vector 64*i + b is bit b of word i.
+    private(set) var words = [UInt64](repeating: 0, count: 4)
     public init() {}
+    /// A set from its four words (a snapshot's); nil for any other count.
+    init?(words: [UInt64]) {
+        guard words.count == 4 else { return nil }
+        self.words = words
+    }
     public func contains(_ v: UInt8) -> Bool { words[Int(v >> 6)] & (1 << UInt64(v & 63)) != 0 }
     public mutating func insert(_ v: UInt8) { words[Int(v >> 6)] |= 1 << UInt64(v & 63) }
     public mutating func remove(_ v: UInt8) { words[Int(v >> 6)] &= ~(1 << UInt64(v & 63)) }
@@ -65,6 +71,11 @@ public final class LocalAPIC {
     private var timerRunning = false
     /// TSC-deadline mode: the deadline in the model's nanoseconds (0: disarmed).
     public private(set) var deadline: UInt64 = 0
+    /// The absolute time the process's timer is armed for, as the last `armTimer` effect said (nil: disarmed).
+    /// The timer state alone does not say it for a periodic timer (the expiry last handled is not kept), and a
+    /// restarted process must re-arm its fresh timer at exactly this time: one due while the predecessor was dying
+    /// then fires at once instead of being skipped.
+    public private(set) var timerArmedAt: UInt64?
     /// The vector offered to the CPU and not yet acknowledged. On real hardware acknowledge and delivery are one
     /// step; here the CPU is another process, so an interrupt for the same vector that arrives in between must
     /// not merge with the one being taken: it is re-raised at acknowledge.
@@ -81,6 +92,7 @@ public final class LocalAPIC {
         irr = VectorSet(); isr = VectorSet(); tmr = VectorSet()
         lvt = Array(repeating: 1 << 16, count: 7)
         divideConfig = 0; initialCount = 0; timerRunning = false; deadline = 0
+        timerArmedAt = nil  // the controller cancels the process's timer along with the reset
         offered = nil
     }
 
@@ -137,6 +149,22 @@ public final class LocalAPIC {
     }
 
     public func write(offset: UInt64, value: UInt32, now: UInt64) -> [APICEffect] {
+        tracking(writeRegister(offset: offset, value: value, now: now))
+    }
+
+    /// Follows the timer effects going out, so that `timerArmedAt` is what the process's timer holds.
+    private func tracking(_ effects: [APICEffect]) -> [APICEffect] {
+        for effect in effects {
+            switch effect {
+            case .armTimer(let at): timerArmedAt = at
+            case .cancelTimer: timerArmedAt = nil
+            default: break
+            }
+        }
+        return effects
+    }
+
+    private func writeRegister(offset: UInt64, value: UInt32, now: UInt64) -> [APICEffect] {
         switch offset {
         case 0x80: tpr = value & 0xff
         case 0xb0: return endOfInterrupt()
@@ -194,18 +222,26 @@ public final class LocalAPIC {
     public func setDeadline(_ at: UInt64, now: UInt64) -> [APICEffect] {
         guard timerMode == 2 else { return [] }
         deadline = at
-        if at == 0 { return [.cancelTimer] }
-        return [.armTimer(atNanoseconds: max(at, now))]
+        if at == 0 { return tracking([.cancelTimer]) }
+        return tracking([.armTimer(atNanoseconds: max(at, now))])
     }
 
     /// The armed time has come: raise the timer vector, re-arm a periodic timer.
     public func timerExpired(now: UInt64) -> [APICEffect] {
+        // A timer fires once at its armed time: from then on the process's timer is disarmed until re-armed.
+        if let at = timerArmedAt, now >= at { timerArmedAt = nil }
+        return tracking(expire(now: now))
+    }
+
+    private func expire(now: UInt64) -> [APICEffect] {
         var effects: [APICEffect] = []
         switch timerMode {
         case 1:
             guard timerRunning, period > 0 else { return [] }
-            // Next expiry on the period grid, skipping any periods missed while the host was busy.
-            let elapsed = now &- timerStart
+            // Next expiry on the period grid, skipping any periods missed while the host was busy. A start after
+            // `now` cannot happen on one monotonic clock, but a restored start is a predecessor's word: counting
+            // from the start keeps the sum from overflowing.
+            let elapsed = now >= timerStart ? now - timerStart : 0
             let next = timerStart + (elapsed / period + 1) * period
             effects.append(.armTimer(atNanoseconds: next))
         case 2:
@@ -271,5 +307,152 @@ public final class LocalAPIC {
         // Cluster model: high nibble is the cluster, low nibble a bit mask within it.
         return (message.destination >> 4 == logicalID >> 4 || message.destination >> 4 == 0xf)
             && (message.destination & logicalID & 0xf) != 0
+    }
+}
+
+extension LocalAPIC: Snapshotting {
+    /// Everything but the APIC ID is state: the registers as the guest left them, the three vector sets, the LVT,
+    /// the timer (its start, running flag, TSC deadline, and the time the process's timer is armed for) and the
+    /// vector offered to the vCPU. Times are absolute CLOCK_MONOTONIC nanoseconds (the `now` the process passes),
+    /// which a successor on the same host reads on the same clock; nothing is saved relative to a process.
+    struct State {
+        var apicID: UInt8
+        var tpr, ldr, dfr, svr, esr, pendingESR, icrLow, icrHigh: UInt32
+        var irr, isr, tmr: VectorSet
+        var lvt: [UInt32]
+        var divideConfig, initialCount: UInt32
+        var timerStart: UInt64
+        var timerRunning: Bool
+        var deadline: UInt64
+        var timerArmedAt: UInt64?
+        var offered: UInt8?
+        var arrivedWhileOffered: Bool?
+    }
+
+    /// What each LVT entry's write path keeps (CMCI, timer, thermal, performance, LINT0, LINT1, error).
+    static let lvtWritableBits: [UInt32] = [0x1_07ff, 0x7_00ff, 0x1_07ff, 0x1_07ff, 0x1_a7ff, 0x1_a7ff, 0x1_00ff]
+    /// The only errors the model records: send illegal vector (5), received illegal vector (6).
+    static let recordedErrors: UInt32 = 0x60
+
+    public func save(to writer: inout SnapshotWriter) {
+        writer.u8(apicID)
+        for register in [tpr, ldr, dfr, svr, esr, pendingESR, icrLow, icrHigh] { writer.u32(register) }
+        for set in [irr, isr, tmr] { for word in set.words { writer.u64(word) } }
+        for entry in lvt { writer.u32(entry) }
+        writer.u32(divideConfig)
+        writer.u32(initialCount)
+        writer.u64(timerStart)
+        writer.bool(timerRunning)
+        writer.u64(deadline)
+        writer.bool(timerArmedAt != nil)
+        writer.u64(timerArmedAt ?? 0)
+        writer.bool(offered != nil)
+        writer.u8(offered ?? 0)
+        writer.bool(arrivedWhileOffered != nil)
+        writer.bool(arrivedWhileOffered ?? false)
+    }
+
+    /// Refuses a snapshot of another APIC, bits the write paths mask off, vectors below 16 (never accepted), an
+    /// enabled LVT entry while the APIC is software-disabled, timer states the timer never reaches, and an offer of
+    /// a vector not in IRR; all or nothing.
+    public func restore(from reader: inout SnapshotReader) throws(SnapshotError) {
+        apply(try decodeState(from: &reader))
+    }
+
+    /// Reads and validates one LAPIC's snapshot without changing the APIC, so that the interrupt controller can
+    /// validate all of its parts before it applies any.
+    func decodeState(from reader: inout SnapshotReader) throws(SnapshotError) -> State {
+        let apicID = try reader.u8()
+        var registers: [UInt32] = []
+        for _ in 0..<8 { registers.append(try reader.u32()) }
+        var sets: [VectorSet] = []
+        for _ in 0..<3 {
+            var words: [UInt64] = []
+            for _ in 0..<4 { words.append(try reader.u64()) }
+            guard let set = VectorSet(words: words) else { throw .invalid("LAPIC vector set of \(words.count) words") }
+            sets.append(set)
+        }
+        var lvt: [UInt32] = []
+        for _ in 0..<Self.lvtWritableBits.count { lvt.append(try reader.u32()) }
+        let divideConfig = try reader.u32()
+        let initialCount = try reader.u32()
+        let timerStart = try reader.u64()
+        let timerRunning = try reader.bool()
+        let deadline = try reader.u64()
+        let timerArmedAt = try Self.optional(try reader.bool(), try reader.u64(), "armed time")
+        let offered = try Self.optional(try reader.bool(), try reader.u8(), "offered vector")
+        let arrivedPresent = try reader.bool()
+        let arrivedLevel = try reader.bool()
+        guard arrivedPresent || !arrivedLevel else { throw .invalid("LAPIC absent re-raise flag holds true") }
+        let arrived: Bool? = arrivedPresent ? arrivedLevel : nil
+        let state = State(apicID: apicID, tpr: registers[0], ldr: registers[1], dfr: registers[2], svr: registers[3],
+                          esr: registers[4], pendingESR: registers[5], icrLow: registers[6], icrHigh: registers[7],
+                          irr: sets[0], isr: sets[1], tmr: sets[2], lvt: lvt, divideConfig: divideConfig,
+                          initialCount: initialCount, timerStart: timerStart, timerRunning: timerRunning,
+                          deadline: deadline, timerArmedAt: timerArmedAt, offered: offered,
+                          arrivedWhileOffered: arrived)
+        try validate(state)
+        return state
+    }
+
+    /// A flag and a value; an absent value must be 0, so that every state has one snapshot.
+    private static func optional<T: FixedWidthInteger>(_ present: Bool, _ value: T, _ what: String) throws(SnapshotError) -> T? {
+        guard present || value == 0 else { throw .invalid("LAPIC absent \(what) holds \(value)") }
+        return present ? value : nil
+    }
+
+    private func validate(_ s: State) throws(SnapshotError) {
+        func hex(_ v: some BinaryInteger) -> String { "0x" + String(v, radix: 16) }
+        guard s.apicID == apicID else { throw .invalid("snapshot of LAPIC \(s.apicID) for LAPIC \(apicID)") }
+        guard s.tpr & ~0xff == 0 else { throw .invalid("LAPIC TPR \(hex(s.tpr))") }
+        guard s.ldr & 0x00ff_ffff == 0 else { throw .invalid("LAPIC LDR \(hex(s.ldr))") }
+        guard s.dfr | 0x0fff_ffff == s.dfr else { throw .invalid("LAPIC DFR \(hex(s.dfr))") }
+        guard s.svr & ~0x13ff == 0 else { throw .invalid("LAPIC SVR \(hex(s.svr))") }
+        guard s.esr & ~Self.recordedErrors == 0, s.pendingESR & ~Self.recordedErrors == 0 else {
+            throw .invalid("LAPIC ESR \(hex(s.esr)), pending \(hex(s.pendingESR))")
+        }
+        guard s.icrLow & ~0x000c_cfff == 0, s.icrHigh & ~0xff00_0000 == 0 else {
+            throw .invalid("LAPIC ICR \(hex(s.icrHigh)):\(hex(s.icrLow))")
+        }
+        // Vectors 0-15 are refused at acceptance, so no set can hold one.
+        for (name, set) in [("IRR", s.irr), ("ISR", s.isr), ("TMR", s.tmr)] where set.words[0] & 0xffff != 0 {
+            throw .invalid("LAPIC \(name) holds a vector below 16")
+        }
+        for (i, entry) in s.lvt.enumerated() {
+            guard entry & ~Self.lvtWritableBits[i] == 0 else { throw .invalid("LAPIC LVT entry \(i) \(hex(entry))") }
+            // Disabling the APIC masks every entry, and no entry can be unmasked while it is disabled.
+            guard s.svr & 0x100 != 0 || entry & (1 << 16) != 0 else {
+                throw .invalid("LAPIC LVT entry \(i) unmasked while the APIC is disabled")
+            }
+        }
+        guard s.divideConfig & ~0xb == 0 else { throw .invalid("LAPIC divide configuration \(hex(s.divideConfig))") }
+        let mode = (s.lvt[LVT.timer] >> 17) & 3
+        // Writing the count starts the timer except in TSC-deadline mode, a zero count stops it, and a mode change
+        // stops it and clears the deadline.
+        guard !s.timerRunning || (s.initialCount != 0 && mode != 2) else {
+            throw .invalid("LAPIC timer running in mode \(mode) with count \(s.initialCount)")
+        }
+        guard s.deadline == 0 || mode == 2 else { throw .invalid("LAPIC TSC deadline set in timer mode \(mode)") }
+        // CLOCK_MONOTONIC does not reach 2^63 ns (292 years); below it, start + period cannot overflow.
+        guard s.timerStart < 1 << 63 else { throw .invalid("LAPIC timer start \(s.timerStart)") }
+        // A time of 0 disarms a timerfd: no effect ever asks for it.
+        guard s.timerArmedAt != 0 else { throw .invalid("LAPIC timer armed for time 0") }
+        if let v = s.offered {
+            // The offer is IRR's deliverable vector and stays in IRR until acknowledged.
+            guard s.irr.contains(v) else { throw .invalid("LAPIC offers vector \(hex(v)), not in IRR") }
+        } else if s.arrivedWhileOffered != nil {
+            throw .invalid("LAPIC re-raise flag without an offer")
+        }
+    }
+
+    func apply(_ s: State) {
+        tpr = s.tpr; ldr = s.ldr; dfr = s.dfr; svr = s.svr; esr = s.esr; pendingESR = s.pendingESR
+        icrLow = s.icrLow; icrHigh = s.icrHigh
+        irr = s.irr; isr = s.isr; tmr = s.tmr
+        lvt = s.lvt
+        divideConfig = s.divideConfig; initialCount = s.initialCount
+        timerStart = s.timerStart; timerRunning = s.timerRunning; deadline = s.deadline; timerArmedAt = s.timerArmedAt
+        offered = s.offered  // clears the re-raise flag: set it after
+        arrivedWhileOffered = s.arrivedWhileOffered
     }
 }
