@@ -70,15 +70,17 @@ let package = Package(
         // A second real process for the ring tests.
         .executableTarget(name: "ring-peer", dependencies: ["Channel", "System"], path: "Tests/RingPeer"),
 
-        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
+        // Shared by the test targets: seeded random numbers for fuzz and property tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "Channel", "System"]),
-        .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer"]),
+        .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
-        .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop"]),
+        .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop", "TestSupport"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System", "ACPI"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),

@@ -1,3 +1,4 @@
+import TestSupport
 @testable import Channel
 import XCTest
 
@@ -12,16 +13,11 @@ final class CommittedStateTests: XCTestCase {
 
     private func generation(_ buffer: UnsafeMutableRawBufferPointer) -> UInt64 { buffer.load(as: UInt64.self) }
 
-    /// Deterministic pseudo-random bytes (SplitMix64), so a failing case replays.
+    /// Deterministic pseudo-random bytes, so a failing case replays.
     private struct Bytes {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
+        var rng: SplitMix
+        init(state: UInt64) { rng = SplitMix(state: state) }
+        mutating func next() -> UInt64 { rng.next() }
         mutating func fill(_ buffer: UnsafeMutableRawBufferPointer) {
             for i in buffer.indices { buffer[i] = UInt8(truncatingIfNeeded: next()) }
         }

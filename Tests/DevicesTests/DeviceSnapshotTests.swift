@@ -1,17 +1,7 @@
+import TestSupport
 @testable import Devices
 import XCTest
 
-/// SplitMix64: seeded, so a failing fuzz case replays.
-private struct SnapshotRNG: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// One thing that happens to a device; replayed identically on an original and its restored copy.
 private enum Access {
@@ -106,7 +96,7 @@ final class DeviceSnapshotTests: XCTestCase {
     }
 
     private func randomAccesses(count: Int, offsets: Range<UInt16>, receives: Bool, seed: UInt64) -> [Access] {
-        var rng = SnapshotRNG(state: seed)
+        var rng = SplitMix(state: seed)
         return (0..<count).map { _ in
             let offset = UInt16.random(in: offsets, using: &rng)
             switch UInt8.random(in: 0..<(receives ? 5 : 4), using: &rng) {
@@ -373,7 +363,7 @@ final class DeviceSnapshotTests: XCTestCase {
         let kbc = I8042 {}
         let rtc = CMOSRTC { 0 }
         let devices: [Snapshotting] = [rig.uart, kbc, rtc]
-        var rng = SnapshotRNG(state: 5)
+        var rng = SplitMix(state: 5)
         var accepted = [0, 0, 0]
         for (which, device) in devices.enumerated() {
             let valid = device.snapshot()

@@ -1,17 +1,7 @@
+import TestSupport
 import XCTest
 @testable import Devices
 
-/// SplitMix64: seeded, so a failing case replays.
-private struct ChipRNG: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// One thing that happens to the interrupt system; replayed identically on an original and its restored copy.
 private enum ChipOp {
@@ -165,7 +155,7 @@ final class InterruptSnapshotTests: XCTestCase {
     }
 
     private func randomOps(count: Int, seed: UInt64) -> [ChipOp] {
-        var rng = ChipRNG(state: seed)
+        var rng = SplitMix(state: seed)
         var now: UInt64 = 2_100_000
         let writable: [UInt64] = [0x80, 0xb0, 0xb0, 0xb0, 0xd0, 0xe0, 0xf0, 0x280, 0x300, 0x300, 0x310, 0x320, 0x350,
                                   0x370, 0x380, 0x3e0]
@@ -369,7 +359,7 @@ final class InterruptSnapshotTests: XCTestCase {
         let r = ChipRig()
         _ = busy(r)
         let valid = r.chip.snapshot()
-        var rng = ChipRNG(state: 12)
+        var rng = SplitMix(state: 12)
         var accepted = 0
         for round in 0..<5000 {
             var bytes: [UInt8]

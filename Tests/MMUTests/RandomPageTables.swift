@@ -1,17 +1,6 @@
+import TestSupport
 import Memory
 
-/// Deterministic pseudo-random numbers (SplitMix64), so a failing case can be replayed from its seed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-    mutating func chance(_ percent: UInt64) -> Bool { next() % 100 < percent }
-}
 
 /// Builds random page-table trees in guest RAM for one paging mode and picks addresses that mostly follow
 /// populated entries (so most translations get deep into the tree).
