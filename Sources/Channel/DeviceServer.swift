@@ -124,7 +124,16 @@ public struct DeviceServer: @unchecked Sendable {
 
     /// Commits what was taken, then waits until a request is waiting or one of `extra` descriptors is readable;
     /// returns the readiness of `extra`. Spins first, then announces sleep on every lane and blocks.
+    ///
+    /// A restartable device commits only before it blocks (or when `batchLimit` requests await a commit): recording
+    /// its state costs microseconds, and a request that arrives while it spins is answered without that delay.
+    /// What it took meanwhile stays uncommitted, which is safe: a successor handles those requests again.
     public mutating func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        if restartable == nil || uncommitted >= batchLimit { commit() }
+        let live = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
+        if uncommitted > 0 && spin(microseconds: policy.spinMicroseconds, until: { live.contains { $0.hasMessages() } }) {
+            return [Poll.Event](repeating: [], count: extra.count)
+        }
         commit()
         return try Self.wait([self], extra: extra, timeoutMs: timeoutMs)
     }
