@@ -98,6 +98,9 @@ final class FaultInjector {
 
     private func recovering(_ slot: Supervisor.Slot) -> Bool { open(slot) != nil }
 
+    /// Some device is still recovering from a fault (its recovery time is being measured).
+    var recovering: Bool { records.contains { $0.resumedAt == nil && !$0.missed } }
+
     func detected(_ slot: Supervisor.Slot, at time: UInt64) {
         if let r = open(slot), r.detectedAt == nil { r.detectedAt = time }
     }

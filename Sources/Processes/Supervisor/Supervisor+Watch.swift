@@ -29,8 +29,13 @@ extension Supervisor {
         return ending.status
     }
 
-    /// How often, at most, device progress is looked at for hangs and request-count faults.
-    static let watchTickNanoseconds: UInt64 = 2_000_000
+    /// How often device progress is looked at while it matters to the millisecond: request-count faults, and a
+    /// restarted device until it handles its first request (the recovery time the fault report gives).
+    static let watchTickNanoseconds: UInt64 = 1_000_000
+
+    /// How often it is looked at otherwise, for hangs: a fifth of `hang_timeout_ms`, at least 10 ms (an idle VM
+    /// should not wake its supervisor hundreds of times a second).
+    var hangTickNanoseconds: UInt64 { max(10_000_000, UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 200_000) }
 
     private func firstDecisiveEvent(_ slots: [Slot], console: ConsolePump, faults: FaultInjector) throws -> Ending {
         while true {
@@ -48,7 +53,9 @@ extension Supervisor {
                 + standbys.map { $0.process.pidfd.raw } + consoleFDs
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
-            if slots.contains(where: { $0.restartable && !$0.broken }) { wake = min(wake ?? .max, now + Self.watchTickNanoseconds) }
+            if slots.contains(where: { $0.restartable && !$0.broken }) {
+                wake = min(wake ?? .max, now + (faults.recovering ? Self.watchTickNanoseconds : hangTickNanoseconds))
+            }
             for slot in slots {
                 if let due = slot.restartDue { wake = min(wake ?? .max, due) }
                 if slot.standby == nil, let due = slot.standbyDue { wake = min(wake ?? .max, due) }
