@@ -96,13 +96,19 @@ public struct DeviceClient: @unchecked Sendable {
     private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
+        var extensions = 0
         while true {
             let pushed: Bool
             do { pushed = try requests.push(message) } catch { throw .peer(error) }
             if pushed { break }
             // Full ring: the device is behind. Wake it and back off; give up after the timeout (after the short
-            // probe for a device that missed a deadline already).
+            // probe for a device that missed a deadline already), unless its process is being replaced.
             try ring(deviceDoorbell)
+            if region.deviceStatus == .broken { throw .broken }
+            if waitedNs >= UInt64(timeoutMs) * 1_000_000 && region.deviceStatus == .restarting && extensions < Self.restartWaitLimit {
+                extensions += 1
+                waitedNs = 0
+            }
             if waitedNs >= UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000 {
                 failed = true
                 throw .timedOut("ring full")

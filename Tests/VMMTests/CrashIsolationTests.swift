@@ -58,6 +58,20 @@ final class CrashIsolationTests: XCTestCase {
         print("pio crash isolation: \(report.summary.faults) faults; recovery median \(report.summary.recoveryMedianMs ?? -1) ms, p99 \(report.summary.recoveryP99Ms ?? -1) ms")
     }
 
+    /// A restart delayed by back-off beyond `device_timeout_ms` still loses nothing: the vCPU waits for the
+    /// successor (reads and a full ring alike) while the channel says the device is restarting.
+    func testARestartSlowerThanTheDeviceTimeoutLosesNothing() throws {
+        let run = try Harness.run(
+            config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=400",
+                                   extra: #", "device_timeout_ms": 200, "device_restart": {"backoff_ms": 600, "max_backoff_ms": 600, "standby": false}"#),
+            options: ["--inject-fault", "pio:kill,every_ms=50,count=2"])
+        XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
+        XCTAssertTrue(run.stdout.hasSuffix("uartstress: done 400 lines, 0 scratch mismatches\n"), String(run.stdout.suffix(300)))
+        XCTAssertEqual(lineNumbers(run.stdout), Array(0..<400))
+        XCTAssertTrue(run.stderr.contains("2 faults, 2 restarts"), run.stderr)
+        XCTAssertFalse(run.stderr.contains("its reads return all-ones"), run.stderr)
+    }
+
     /// A device that crashes again and again is given up on within its budget, and the VM goes on without it.
     func testACrashLoopingDeviceIsMarkedBrokenAndTheVMGoesOn() throws {
         let run = try Harness.run(
