@@ -112,7 +112,8 @@ struct BenchCommand: ParsableCommand {
                 let m = OurVMM(binary: ours.binary, name: standby ? "vmm" : "vmm without a standby process",
                                vmmSettings: #", "device_restart": {"max_restarts": 1000000, "backoff_ms": 0, "max_backoff_ms": 0, "standby": \#(standby)}"#,
                                options: ["--inject-fault", "pio:kill,every_ms=50,count=\(kills)", "--fault-report", reportPath])
-                let r = try Runner.run(m, kernel: guestDir + "/uartstress.elf", args: "lines=\(kills * 40)", timeout: 300)
+                // Long enough for every kill to land while the guest runs (a kill waits for the last recovery).
+                let r = try Runner.run(m, kernel: guestDir + "/uartstress.elf", args: "lines=\(kills * 100)", timeout: 300)
                 if let report = FaultReport.read(reportPath), report.faults == kills, r.output.contains(" 0 scratch mismatches") {
                     add("pio restart, recovery median: \(m.name)", report.recoveryMedianMs)
                     add("pio restart, recovery p99: \(m.name)", report.recoveryP99Ms)
