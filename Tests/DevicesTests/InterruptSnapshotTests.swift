@@ -330,16 +330,7 @@ final class InterruptSnapshotTests: XCTestCase {
             ("event for vCPU 9", patched(before, at: Layout.requests + 4 + 11 + 4, 9, width: 2), .invalid("CPU event for vCPU 9")),
             ("trailing byte", before + [0], .trailingBytes),
         ]
-        for (name, bytes, error) in cases {
-            XCTAssertThrowsError(try r.chip.restore(snapshot: bytes), name) { XCTAssertEqual($0 as? SnapshotError, error, name) }
-            XCTAssertEqual(r.chip.snapshot(), before, "\(name): the controller is unchanged")
-        }
-        for length in 0..<before.count {
-            XCTAssertThrowsError(try r.chip.restore(snapshot: Array(before[..<length]))) {
-                XCTAssertEqual($0 as? SnapshotError, .truncated, "prefix of \(length) bytes")
-            }
-        }
-        XCTAssertEqual(r.chip.snapshot(), before)
+        assertRefusesForgeries(r.chip, before: before, cases)
 
         // Another number of vCPUs.
         let three = ChipRig(vcpus: 3)
