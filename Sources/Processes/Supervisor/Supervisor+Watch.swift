@@ -150,7 +150,6 @@ extension Supervisor {
                 throw HostSetupError(description: "restarting the \(old.name) process failed: \(error)")
             }
         }
-        slot.helper.restartable = true
         slot.restarts += 1
         for c in slot.channels {
             c.restarts &+= 1

@@ -87,7 +87,6 @@ public final class Supervisor {
         init(_ helper: Helper, launch: ((_ standby: Bool) throws -> Helper)?) {
             self.helper = helper
             self.launch = launch
-            helper.restartable = launch != nil
         }
         /// Whether its process can be replaced (its device's state is committed to its channel).
         var restartable: Bool { launch != nil }
@@ -212,7 +211,7 @@ public final class Supervisor {
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
-                    sandbox: try self.sandboxSpec(server.role))
+                    sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
         }
         Log.debug("helpers spawned")
@@ -254,14 +253,8 @@ public final class Supervisor {
     /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end
     /// among them) and starts it.
     private func spawn<Spec: RoleSpec>(_ role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan] = [],
-                                       _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
-        let control = try Pipe()
-        var fds = FDList()
-        let controlFD = fds.add(control.writeEnd.raw)
-        let spec = try makeSpec(&fds, controlFD)
-        let helper = try spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
-                                     cpus: cpus, serves: serves)
-        return Slot(helper, launch: nil)
+                                       _ makeSpec: (inout FDList, Int32) throws -> Spec) throws -> Slot {
+        Slot(try start(role, name: name, cpus: cpus, stdio: stdio, serves: serves, makeSpec), launch: nil)
     }
 
     /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors),
@@ -270,21 +263,31 @@ public final class Supervisor {
                                                   serves: [ChannelPlan] = [],
                                                   _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
         let launch = { (standby: Bool) throws -> Helper in
-            let control = try Pipe()
-            var fds = FDList()
-            let controlFD = fds.add(control.writeEnd.raw)
-            var spec = try makeSpec(&fds, controlFD)
             let takeover = standby ? EventFD.Box(try EventFD()) : nil
-            if let takeover { spec.takeoverFD = fds.add(takeover.raw, owner: takeover) }
-            let helper = try self.spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
-                                              cpus: cpus, serves: serves)
+            let helper = try self.start(role, name: name, cpus: cpus, stdio: stdio, serves: serves) { fds, control in
+                var spec = try makeSpec(&fds, control)
+                if let takeover { spec.takeoverFD = fds.add(takeover.raw, owner: takeover) }
+                return spec
+            }
             helper.takeover = takeover
+            helper.restartable = true
             return helper
         }
         let slot = Slot(try launch(false), launch: launch)
         if config.vmm.deviceRestart.standby { slot.standby = try launch(true) }
         slot.wakeClients = { for plan in serves { for bell in plan.responseDoorbells { var one: UInt64 = 1; _ = Glibc.write(bell, &one, 8) } } }
         return slot
+    }
+
+    /// One process of a role: its control pipe, its spec (with the descriptors numbered for it), the spawn.
+    private func start<Spec: RoleSpec>(_ role: Role, name: String?, cpus: [Int], stdio: (Int32, Int32, Int32), serves: [ChannelPlan],
+                                       _ makeSpec: (inout FDList, Int32) throws -> Spec) throws -> Helper {
+        let control = try Pipe()
+        var fds = FDList()
+        let controlFD = fds.add(control.writeEnd.raw)
+        let spec = try makeSpec(&fds, controlFD)
+        return try spawnHelper(role, name: name, spec: spec.encoded(), stdio: stdio, fds: fds.fds, control: control.readEnd,
+                               cpus: cpus, serves: serves)
     }
 
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
@@ -303,7 +306,7 @@ public final class Supervisor {
     static var helperNamespaces: ChildProcess.Namespaces { geteuid() == 0 ? .all : ChildProcess.Namespaces.all.union(.user) }
 
     /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
-    private func sandboxSpec(_ role: Role) throws -> SandboxSpec {
+    private func sandboxSpec(_ role: Role, device: String? = nil) throws -> SandboxSpec {
         let text: String
         do {
             text = try BuiltinPolicies.load(file: role.policyFile, directory: config.vmm.sandbox.unsafePolicyDirectory,
@@ -315,12 +318,7 @@ public final class Supervisor {
                            mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
                            uid: geteuid() == 0 ? config.vmm.sandbox.uid : nil,
                            gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault,
-                           crashOnSignal: config.vmm.faults.contains { $0.action == .crash && Self.role(ofDevice: $0.device) == role })
-    }
-
-    /// The role of a device process named as in `vmm.fault_injection` ("virtio-blk1" → virtio-blk).
-    static func role(ofDevice name: String) -> Role? {
-        Role.allCases.first { $0.servesDevices && ($0.isVirtio ? name.hasPrefix($0.rawValue) : name == $0.rawValue) }
+                           crashOnSignal: config.vmm.faults.contains { $0.action == .crash && $0.device == (device ?? role.rawValue) })
     }
 
     /// Roles that got the VMM_FAULT_INJECT call already (with VMM_FAULT_INJECT_ONCE: only their first process does).
