@@ -130,21 +130,24 @@ public struct DeviceServer: @unchecked Sendable {
     /// What it took meanwhile stays uncommitted, which is safe: a successor handles those requests again.
     public mutating func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
         if restartable == nil || uncommitted >= batchLimit { commit() }
+        guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs) }
         let live = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
-        if uncommitted > 0 && spin(microseconds: policy.spinMicroseconds, until: { live.contains { $0.hasMessages() } }) {
+        if spin(microseconds: policy.spinMicroseconds, until: { live.contains { $0.hasMessages() } }) {
             return [Poll.Event](repeating: [], count: extra.count)
         }
         commit()
-        return try Self.wait([self], extra: extra, timeoutMs: timeoutMs)
+        return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, spinning: false)  // it spun already
     }
 
     /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines).
     /// Each server must be committed first.
-    public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+    /// `spinning`: false when the caller spun on the rings already.
+    public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1,
+                            spinning: Bool = true) throws(ChannelError) -> [Poll.Event] {
         precondition(servers.allSatisfy { $0.uncommitted == 0 }, "commit before waiting")
         let rings = servers.flatMap { s in s.requests.indices.filter { !s.brokenLanes.contains($0) }.map { s.requests[$0] } }
         let none = [Poll.Event](repeating: [], count: extra.count)
-        let budget = servers.map(\.policy.spinMicroseconds).max() ?? 0
+        let budget = spinning ? servers.map(\.policy.spinMicroseconds).max() ?? 0 : 0
         if spin(microseconds: budget, until: { rings.contains { $0.hasMessages() } }) { return none }
         for r in rings { r.setSleeping(true) }
         defer { for r in rings { r.setSleeping(false) } }
