@@ -72,7 +72,7 @@ let package = Package(
 
         // Shared by the test targets: seeded random numbers for fuzz and property tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "IRQChipLink", "System", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "Channel", "System"]),

@@ -149,6 +149,23 @@ public final class ChannelRegion: @unchecked Sendable {
         set { restartsWord.pointee.store(newValue, ordering: .releasing) }
     }
 
+    /// When the device next has work to do without being asked (CLOCK_MONOTONIC ns; 0: nothing due), such as an
+    /// armed timer. Written by the device; the supervisor counts a device that lets this time pass unattended as
+    /// stalled, as it does one that leaves requests waiting, so a hung irqchip is found while the guest sleeps in
+    /// HLT waiting for its timer. (A device that scribbles on it can only get itself restarted, or go unwatched as a
+    /// device that answers nothing could anyway.)
+    public var dueBy: UInt64 {
+        get { dueByWord.pointee.load(ordering: .acquiring) }
+        set { dueByWord.pointee.store(newValue, ordering: .releasing) }
+    }
+
+    /// Whether requests wait unhandled, or work the device said was due (`dueBy`) is overdue at `now`.
+    public func hasOverdueWork(now: UInt64) -> Bool {
+        let due = dueBy
+        return (due != 0 && due <= now) || unhandledRequests().all > 0
+    }
+
+    private var dueByWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 72).assumingMemoryBound(to: Atomic<UInt64>.self) }
     private var statusWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 64).assumingMemoryBound(to: Atomic<UInt32>.self) }
     private var restartsWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 68).assumingMemoryBound(to: Atomic<UInt32>.self) }
 

@@ -90,11 +90,31 @@ public struct DeviceServer: @unchecked Sendable {
             return (0..<8).reduce(UInt64(0)) { $0 | UInt64(payload[offset + $1]) << (8 * $1) }
         }
         guard let lanes = word(), lanes == UInt64(requests.count) else { return nil }
-        for lane in requests.indices {
+        var positions: [UInt64] = []
+        for _ in requests.indices {
             guard let position = word() else { return nil }
-            if !requests[lane].resume(at: position) { brokenLanes.insert(lane) }  // a position the producer never wrote
+            positions.append(position)
         }
+        resume(at: positions)
         return Array(payload[offset...])
+    }
+
+    /// Tells the vCPUs this process serves the channel now (after a restart the supervisor leaves it marked
+    /// restarting until then, so that a vCPU keeps waiting for a successor that is slow to start, not only for one
+    /// that is slow to be started).
+    public func announceServing() {
+        if region.deviceStatus != .serving { region.deviceStatus = .serving }
+    }
+
+    /// Where each lane's next request is: what a restartable device serving more than one channel commits, in its
+    /// own state, for the channels other than the one it commits to.
+    public var positions: [UInt64] { requests.map(\.position) }
+
+    /// Continues each lane at the position a predecessor committed (see `positions`). A lane whose position the
+    /// producer never wrote is no longer read.
+    public mutating func resume(at positions: [UInt64]) {
+        precondition(positions.count == requests.count, "one position per lane")
+        for lane in requests.indices where !requests[lane].resume(at: positions[lane]) { brokenLanes.insert(lane) }
     }
 
     private static func append(_ value: UInt64, to bytes: inout [UInt8]) {

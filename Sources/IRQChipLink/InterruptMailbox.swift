@@ -3,15 +3,23 @@ import Synchronization
 import System
 
 /// Per-vCPU interrupt mailboxes in a shared memory region of their own (the vcpu and irqchip processes map it;
-/// no device does): the irqchip posts the vector a vCPU should take next, the vcpu process takes it when the guest
-/// can accept it and acknowledges it over the irqchip channel. One cache line per vCPU: a vector word (0 when
-/// empty, else 0x100 | vector) and an event word for what is not a vector (NMI, INIT, start-up IPI with its
-/// vector in bits 8-15). Every word is read as hostile: the peer may write anything.
-public final class InterruptMailbox: InterruptOffers, @unchecked Sendable {
+/// no device does): the irqchip offers the vector a vCPU should take next, the vcpu process takes it when the guest
+/// can accept it and acknowledges it over the irqchip channel. One cache line per vCPU: a vector word and an event
+/// word for what is not a vector (NMI, INIT, start-up IPI). Every word is read as hostile: the peer may write
+/// anything.
+///
+/// Both words carry, in their upper 16 bits, the sequence number of the irqchip's last write to them: an irqchip
+/// process that replaces a dead one tells from it which of the writes its predecessor decided (and committed) were
+/// made (see `MailboxOutbox`), so that no vector is offered twice and no event signalled twice or lost.
+///
+/// Vector word: bits 0-7 the vector, bit 8 offered (waiting to be taken), bit 9 taken (the vCPU took it; its
+/// acknowledgement is on its way), bits 16-31 the offer's sequence number. Event word: bit 0 NMI, bit 1 INIT, bit 2
+/// start-up IPI with its vector in bits 8-15, bits 16-31 the sequence number of the last signal.
+public final class InterruptMailbox: @unchecked Sendable {
     private let mapping: MappedRegion
     private let base: UnsafeMutableRawPointer
     public let vcpus: Int
-    static let full: UInt32 = 0x100
+    static let offeredBit: UInt32 = 0x100, takenBit: UInt32 = 0x200
 
     static func byteSize(vcpus: Int) -> Int { (vcpus * 64 + 4095) & ~4095 }
 
@@ -56,53 +64,125 @@ public final class InterruptMailbox: InterruptOffers, @unchecked Sendable {
             initialize = w & Self.initBit != 0
             startup = w & Self.startupBit != 0 ? UInt8(truncatingIfNeeded: w >> 8) : nil
         }
+
+        var bits: UInt32 {
+            var bits = (nmi ? Self.nmiBit : 0) | (initialize ? Self.initBit : 0)
+            if let v = startup { bits |= Self.startupBit | UInt32(v) << 8 }
+            return bits
+        }
+
+        /// These and `later` together: a later start-up vector replaces an earlier one not yet taken.
+        public func merged(with later: Events) -> Events {
+            Events(nmi: nmi || later.nmi, initialize: initialize || later.initialize, startup: later.startup ?? startup)
+        }
     }
 
-    /// irqchip: adds events for a vCPU (a later start-up vector replaces an earlier one not yet taken).
-    public func signal(_ events: Events, vcpu: Int) {
-        var bits = (events.nmi ? Events.nmiBit : 0) | (events.initialize ? Events.initBit : 0)
-        if let v = events.startup { bits |= Events.startupBit | UInt32(v) << 8 }
+    // MARK: irqchip side
+
+    /// A vector word as the irqchip reads it.
+    public struct Offer: Equatable, Sendable {
+        public enum State: Equatable, Sendable { case empty, offered, taken }
+        public var state: State
+        public var vector: UInt8
+        public var sequence: UInt16
+
+        public init(state: State, vector: UInt8, sequence: UInt16) {
+            self.state = state
+            self.vector = vector
+            self.sequence = sequence
+        }
+
+        init(word w: UInt32) {
+            sequence = UInt16(truncatingIfNeeded: w >> 16)
+            vector = UInt8(truncatingIfNeeded: w)
+            switch w & (InterruptMailbox.offeredBit | InterruptMailbox.takenBit) {
+            case InterruptMailbox.offeredBit: state = .offered
+            case InterruptMailbox.takenBit: state = .taken
+            default: state = .empty  // nothing, or a word no irqchip or vCPU writes
+            }
+        }
+
+        var word: UInt32 {
+            let flag: UInt32 = state == .offered ? InterruptMailbox.offeredBit : state == .taken ? InterruptMailbox.takenBit : 0
+            return UInt32(sequence) << 16 | flag | UInt32(vector)
+        }
+    }
+
+    /// What a vCPU's vector word holds now.
+    public func offer(vcpu: Int) -> Offer { Offer(word: word(vcpu).pointee.load(ordering: .acquiring)) }
+
+    /// Offers `vector` under `sequence` to a box that holds no offer; false when one is still there.
+    public func post(_ vector: UInt8, sequence: UInt16, vcpu: Int) -> Bool {
+        let current = word(vcpu).pointee.load(ordering: .acquiring)
+        guard Offer(word: current).state != .offered else { return false }
+        let desired = Offer(state: .offered, vector: vector, sequence: sequence).word
+        // The vCPU writes only offered words: this can fail only to a hostile peer.
+        return word(vcpu).pointee.compareExchange(expected: current, desired: desired, ordering: .acquiringAndReleasing).exchanged
+    }
+
+    /// Swaps the offer (`old`, `oldSequence`), if the vCPU has not taken it yet, for (`new`, `sequence`).
+    public func replace(_ old: UInt8, oldSequence: UInt16, with new: UInt8, sequence: UInt16, vcpu: Int) -> Bool {
+        let expected = Offer(state: .offered, vector: old, sequence: oldSequence).word
+        let desired = Offer(state: .offered, vector: new, sequence: sequence).word
+        return word(vcpu).pointee.compareExchange(expected: expected, desired: desired, ordering: .acquiringAndReleasing).exchanged
+    }
+
+    /// Empties the box (INIT reset the vCPU's local APIC): an offer not taken is taken back, and a taken vector's
+    /// acknowledgement will be ignored.
+    public func withdraw(vcpu: Int) { word(vcpu).pointee.store(0, ordering: .releasing) }
+
+    /// The sequence number of the last signal of events to `vcpu`.
+    public func eventSequence(vcpu: Int) -> UInt16 {
+        UInt16(truncatingIfNeeded: eventWord(vcpu).pointee.load(ordering: .acquiring) >> 16)
+    }
+
+    /// Adds events for a vCPU under `sequence` (a later start-up vector replaces an earlier one not yet taken).
+    public func signal(_ events: Events, sequence: UInt16, vcpu: Int) {
         var old = eventWord(vcpu).pointee.load(ordering: .relaxed)
         while true {
-            let keep = events.startup == nil ? old : old & ~0xff00
-            let (done, now) = eventWord(vcpu).pointee.compareExchange(expected: old, desired: keep | bits, ordering: .releasing)
+            let merged = Events(word: old).merged(with: events)
+            let desired = UInt32(sequence) << 16 | merged.bits
+            let (done, now) = eventWord(vcpu).pointee.compareExchange(expected: old, desired: desired, ordering: .acquiringAndReleasing)
             if done { return }
             old = now
         }
     }
 
-    /// vcpu: takes every event signalled since the last call (unknown bits in a hostile word are ignored).
+    // MARK: vcpu side
+
+    /// Takes every event signalled since the last call (unknown bits in a hostile word are ignored); the
+    /// sequence number stays for the irqchip.
     public func takeEvents(vcpu: Int) -> Events {
-        Events(word: eventWord(vcpu).pointee.exchange(0, ordering: .acquiringAndReleasing))
+        var old = eventWord(vcpu).pointee.load(ordering: .acquiring)
+        while true {
+            let (done, now) = eventWord(vcpu).pointee.compareExchange(expected: old, desired: old & 0xffff_0000,
+                                                                       ordering: .acquiringAndReleasing)
+            if done { return Events(word: old) }
+            old = now
+        }
     }
 
-    /// vcpu: whether events wait, without taking them.
+    /// Whether events wait, without taking them.
     public func hasEvents(vcpu: Int) -> Bool { !Events(word: eventWord(vcpu).pointee.load(ordering: .acquiring)).isEmpty }
 
-    /// irqchip: takes back a posted vector the vCPU has not taken (INIT reset its LAPIC).
-    public func withdraw(vcpu: Int) { _ = word(vcpu).pointee.exchange(0, ordering: .acquiringAndReleasing) }
+    /// Whether a vector is offered (a hostile word counts as nothing).
+    public func hasPending(vcpu: Int) -> Bool { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) != nil }
 
-    /// irqchip: posts `vector` into an empty box; false when the box is not empty.
-    public func post(_ vector: UInt8, vcpu: Int) -> Bool {
-        word(vcpu).pointee.compareExchange(expected: 0, desired: Self.full | UInt32(vector), ordering: .releasing).exchanged
-    }
-
-    /// irqchip: swaps a posted, not yet taken vector for a higher one; false when it was taken meanwhile.
-    public func replace(_ old: UInt8, with new: UInt8, vcpu: Int) -> Bool {
-        word(vcpu).pointee.compareExchange(expected: Self.full | UInt32(old), desired: Self.full | UInt32(new),
-                                           ordering: .acquiringAndReleasing).exchanged
-    }
-
-    /// vcpu: whether something is waiting (a hostile word counts as nothing).
-    public func hasPending(vcpu: Int) -> Bool { Self.vector(word(vcpu).pointee.load(ordering: .acquiring)) != nil }
-
-    /// vcpu: takes the posted vector, nil when empty or not a valid vector (below 16).
+    /// Takes the offered vector, leaving it marked taken; nil when nothing valid (a vector of 16 or more) is offered.
     public func take(vcpu: Int) -> UInt8? {
-        Self.vector(word(vcpu).pointee.exchange(0, ordering: .acquiringAndReleasing))
+        var current = word(vcpu).pointee.load(ordering: .acquiring)
+        while let vector = Self.offeredVector(current) {
+            let taken = current & ~Self.offeredBit | Self.takenBit
+            let (done, now) = word(vcpu).pointee.compareExchange(expected: current, desired: taken, ordering: .acquiringAndReleasing)
+            if done { return vector }
+            current = now  // the irqchip swapped in a higher vector meanwhile
+        }
+        return nil
     }
 
-    static func vector(_ w: UInt32) -> UInt8? {
-        guard w & ~0x1ff == 0, w & full != 0, w & 0xff >= 16 else { return nil }
-        return UInt8(w & 0xff)
+    static func offeredVector(_ w: UInt32) -> UInt8? {
+        let offer = Offer(word: w)
+        guard offer.state == .offered, w & 0xfc00 == 0, offer.vector >= 16 else { return nil }
+        return offer.vector
     }
 }

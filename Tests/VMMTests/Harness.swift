@@ -27,6 +27,14 @@ enum Harness {
 
     static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }
 
+    /// A guest's own TSC measurement, in milliseconds (the TSC rate from /proc/cpuinfo).
+    static func guestMilliseconds(_ cycles: Double) throws -> Double {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let mhzLine = try XCTUnwrap(cpuinfo.split(separator: "\n").first { $0.hasPrefix("cpu MHz") })
+        let mhz = try XCTUnwrap(Double(mhzLine.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)))
+        return cycles / (mhz * 1000)
+    }
+
     /// Tests that need /dev/kvm skip loudly where it is missing.
     static func requireKVM() throws {
         if access("/dev/kvm", R_OK | W_OK) != 0 {

@@ -20,6 +20,9 @@ public final class InterruptController {
     private var withdrawn: Set<Int> = []
     private var timerRequests: [(vcpu: Int, at: UInt64?)] = []
     private var cpuEvents: [(vcpu: Int, event: CPUEvent)] = []
+    /// The re-raise flags of offers swapped by the last `planOffers`, for `offerMissed` (kept by this process only:
+    /// a restart in between loses at most the re-raise of an interrupt that arrived while its vector was taken).
+    private var swappedArrivals: [Int: Bool?] = [:]
 
     public init(vcpuCount: Int) {
         lapics = (0..<vcpuCount).map { LocalAPIC(apicID: UInt8($0)) }
@@ -63,25 +66,78 @@ public final class InterruptController {
         return timerRequests
     }
 
-    /// Offers each vCPU its highest deliverable vector; returns the vCPUs whose offer is new.
-    public func updateOffers(_ mailbox: some InterruptOffers) -> [Int] {
-        var kicked: [Int] = []
+    /// A change to a vCPU's mailbox the controller decided on.
+    public enum OfferIntent: Equatable, Sendable {
+        /// Take back whatever the box holds (INIT reset the vCPU's local APIC).
+        case withdraw(vcpu: Int)
+        /// Offer `vector` to the empty box.
+        case post(vcpu: Int, vector: UInt8)
+        /// Swap the offer `old`, if the vCPU has not taken it yet, for the higher `new`.
+        case replace(vcpu: Int, old: UInt8, new: UInt8)
+
+        public var vcpu: Int {
+            switch self {
+            case .withdraw(let v), .post(let v, _), .replace(let v, _, _): return v
+            }
+        }
+    }
+
+    /// Decides each vCPU's offer (its highest deliverable vector) and records it as made. The caller makes the
+    /// changes in the mailboxes, in order, and reports a post or replace that did not happen with `offerMissed`.
+    /// Deciding first lets a restartable irqchip commit its decisions before the vCPUs can see them.
+    public func planOffers() -> [OfferIntent] {
+        var intents: [OfferIntent] = []
+        swappedArrivals.removeAll()
         // In order: a set's own order differs between two sets holding the same vCPUs (a restored one).
-        for i in withdrawn.sorted() { mailbox.withdraw(vcpu: i) }
+        for i in withdrawn.sorted() { intents.append(.withdraw(vcpu: i)) }
         withdrawn.removeAll()
         for i in lapics.indices {
             guard let want = lapics[i].deliverableVector else { continue }
             if let current = posted[i] {
                 // A higher vector may overtake one that has not been taken yet.
-                if want > current && mailbox.replace(current, with: want, vcpu: i) {
-                    posted[i] = want
-                    lapics[i].offered = want
-                    kicked.append(i)
-                }
-            } else if mailbox.post(want, vcpu: i) {
-                posted[i] = want
+                guard want > current else { continue }
+                intents.append(.replace(vcpu: i, old: current, new: want))
+                swappedArrivals[i] = lapics[i].swapOffer(to: want)
+            } else {
+                intents.append(.post(vcpu: i, vector: want))
                 lapics[i].offered = want
-                kicked.append(i)
+            }
+            posted[i] = want
+        }
+        return intents
+    }
+
+    /// `intent` did not happen: a replace lost to the vCPU taking the old vector (which stays offered, and its
+    /// acknowledgement is what comes), a post found the box full.
+    public func offerMissed(_ intent: OfferIntent) {
+        switch intent {
+        case .withdraw: break
+        case .post(let vcpu, let vector):
+            guard posted[vcpu] == vector else { return }
+            posted[vcpu] = nil
+            lapics[vcpu].offered = nil
+        case .replace(let vcpu, let old, let new):
+            guard posted[vcpu] == new else { return }
+            posted[vcpu] = old
+            lapics[vcpu].revertOffer(to: old, arrivedWhileOffered: swappedArrivals[vcpu] ?? nil)
+        }
+    }
+
+    /// The earliest time a LAPIC timer is armed for (CLOCK_MONOTONIC ns), nil when none is.
+    public var earliestTimer: UInt64? { lapics.compactMap(\.timerArmedAt).min() }
+
+    /// Offers each vCPU its highest deliverable vector at once (`planOffers` carried out); returns the vCPUs
+    /// whose offer is new.
+    public func updateOffers(_ mailbox: some InterruptOffers) -> [Int] {
+        var kicked: [Int] = []
+        for intent in planOffers() {
+            switch intent {
+            case .withdraw(let vcpu):
+                mailbox.withdraw(vcpu: vcpu)
+            case .post(let vcpu, let vector):
+                if mailbox.post(vector, vcpu: vcpu) { kicked.append(vcpu) } else { offerMissed(intent) }
+            case .replace(let vcpu, let old, let new):
+                if mailbox.replace(old, with: new, vcpu: vcpu) { kicked.append(vcpu) } else { offerMissed(intent) }
             }
         }
         return kicked

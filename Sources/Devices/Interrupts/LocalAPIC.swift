@@ -82,6 +82,18 @@ public final class LocalAPIC {
     public var offered: UInt8? { didSet { arrivedWhileOffered = nil } }
     private var arrivedWhileOffered: Bool?  // level-triggered?
 
+    /// Moves the offer to a higher vector; returns the old offer's re-raise flag, which `revertOffer` puts back if
+    /// the vCPU took the old vector before the swap reached its mailbox.
+    func swapOffer(to vector: UInt8) -> Bool? {
+        defer { offered = vector }
+        return arrivedWhileOffered
+    }
+
+    func revertOffer(to vector: UInt8, arrivedWhileOffered flag: Bool?) {
+        offered = vector
+        arrivedWhileOffered = flag
+    }
+
     enum LVT { static let cmci = 0, timer = 1, thermal = 2, performance = 3, lint0 = 4, lint1 = 5, error = 6 }
 
     public init(apicID: UInt8) { self.apicID = apicID }

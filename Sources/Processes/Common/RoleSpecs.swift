@@ -62,7 +62,7 @@ struct CPUIDRuleSpec: Codable {
     var leaf: UInt32, subleaf: UInt32, register: String, clear: UInt32, set: UInt32
 }
 
-struct IRQChipSpec: RoleSpec {
+struct IRQChipSpec: RestartableRoleSpec {
     /// The vCPUs' channel (lane = vCPU).
     var channel: ChannelSpec
     /// The devices' interrupt lines (lane = device): kept apart so no device maps the vCPUs' lanes or mailboxes.
@@ -73,6 +73,8 @@ struct IRQChipSpec: RoleSpec {
     var mailboxFD: Int32
     var kickFDs: [Int32]
     var controlFD: Int32
+    /// Set for a standby process: it waits for this eventfd before it serves.
+    var takeoverFD: Int32?
     var vcpuCount: Int
     var spinMicroseconds: Int
     var logLevel: Int

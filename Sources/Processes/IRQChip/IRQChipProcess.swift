@@ -7,7 +7,8 @@ import System
 
 /// The irqchip process: one local APIC per vCPU and the IOAPIC. The vCPUs reach it over one channel whose lane
 /// number is the vCPU (so a LAPIC access reaches that vCPU's APIC); devices drive their IOAPIC pins over a
-/// second one. It fills the vCPUs' interrupt mailboxes and arms their timers.
+/// second one. It fills the vCPUs' interrupt mailboxes and arms their timers. It is restartable: its state and
+/// both channels' positions are committed together before any mailbox write they lead to (see `IRQChipState`).
 public enum IRQChipProcess {
     public static func main(specJSON: String) -> Int32 {
         HelperStartup.runDevice(IRQChipSpec.self, json: specJSON, role: .irqchip) { spec in
@@ -18,6 +19,7 @@ public enum IRQChipProcess {
                 try syscallRetrying("timerfd_create") { vmm_timerfd_create() }
             }
             try HelperSandbox.enter(spec.sandbox, role: .irqchip, controlFD: spec.controlFD, processes: 0)
+            if let takeover = spec.takeoverFD { try HelperStartup.awaitTakeover(takeover) }
             Log.debug("sandboxed; serving")
             try serve(spec, timers: timers)
         }
@@ -31,12 +33,56 @@ public enum IRQChipProcess {
         var lines = DeviceServer(region: try ChannelRegion(attaching: spec.lines.memoryFD, layout: spec.lines.layout),
                                  deviceDoorbell: spec.lines.deviceDoorbellFD, responseDoorbells: spec.lines.responseDoorbellFDs,
                                  policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
-        let chip = InterruptController(vcpuCount: spec.vcpuCount)
         let mailbox = try InterruptMailbox(attaching: spec.mailboxFD, vcpus: spec.vcpuCount)
+
+        // A process started in place of a dead one resumes from its predecessor's last commit.
+        var state = IRQChipState(vcpus: spec.vcpuCount, lines: spec.lines.lanes)
+        var resumed = false
+        if let saved = server.makeRestartable(state) {
+            do {
+                try state.restore(saved)
+                lines.resume(at: state.linesPositions)
+                resumed = true
+                Log.info("resumed from the state the previous irqchip process committed")
+            } catch {
+                Log.warning("the previous irqchip process's state is unusable (\(error)); starting with fresh APICs")
+                state = IRQChipState(vcpus: spec.vcpuCount, lines: spec.lines.lanes)
+                _ = server.makeRestartable(state)
+            }
+        }
+        let chip = state.chip, outbox = state.outbox
+        if !resumed { outbox.continueNumbering(from: mailbox) }
+        server.announceServing()
+        lines.announceServing()
         var expirations: UInt64 = 0
+
+        /// Records the state with both channels' positions in one step, then lets the peers see them consumed.
+        func commit() {
+            state.linesPositions = lines.positions
+            server.commit()
+            lines.commit()
+        }
+        func kick(_ vcpus: some Sequence<Int>) {
+            for vcpu in vcpus {
+                var one: UInt64 = 1
+                _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
+            }
+        }
+        /// Makes the committed mailbox writes; a swap the vCPU beat leaves the controller expecting the old vector.
+        func deliver() {
+            let (kicked, missed) = outbox.deliver(to: mailbox)
+            for intent in missed { chip.offerMissed(intent) }
+            kick(kicked)
+        }
         /// Devices may drive their lines and nothing else.
         func drainLines() {
-            while let (lane, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) {
+            while true {
+                guard let (lane, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) else {
+                    // At the batch limit the lines wait for a commit; the state is whole between messages.
+                    guard lines.uncommitted >= lines.batchLimit else { return }
+                    commit()
+                    continue
+                }
                 // A device drives its own pin, whatever pin its message names: the pin is the lane's.
                 guard m.operation == .lineLevel, m.size == 1, m.data <= 1, spec.linePins.indices.contains(lane) else {
                     Log.warning("dropping a line message that is not a level: \(m.operation) on lane \(lane)")
@@ -46,27 +92,27 @@ public enum IRQChipProcess {
                 Log.debug("line \(pin) \(m.data != 0 ? "up" : "down")")
                 chip.setLine(pin: pin, asserted: m.data != 0)
             }
-            lines.commit()
         }
         /// Arms timers and offers what is deliverable: after each batch, and before answering a sync, so that a
         /// synchronous write (an IPI through the ICR) has its interrupt in the mailbox when the write completes.
+        /// The offers and events are decided and committed first, then made.
         func publish() {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }
-            var kick = Set(chip.updateOffers(mailbox))
-            for (vcpu, event) in chip.takeCPUEvents() {
-                switch event {
-                case .nmi: mailbox.signal(.init(nmi: true), vcpu: vcpu)
-                case .initialize: mailbox.signal(.init(initialize: true), vcpu: vcpu)
-                case .startup(let vector): mailbox.signal(.init(startup: vector), vcpu: vcpu)
-                }
-                kick.insert(vcpu)
-            }
-            for vcpu in kick {
-                var one: UInt64 = 1
-                _ = Glibc.write(spec.kickFDs[vcpu], &one, 8)
-            }
+            // The supervisor's hang watch: a timer this late means this process stopped serving.
+            let due = chip.earliestTimer ?? 0
+            if region.dueBy != due { region.dueBy = due }
+            outbox.stage(chip.planOffers(), events: chip.takeCPUEvents())
+            commit()
+            deliver()
+        }
+
+        if resumed {
+            // What the predecessor committed and may not have written; its timers were its own.
+            deliver()
+            chip.rearmTimers()
+            kick(0..<spec.vcpuCount)
         }
         while true {
             // Timers that fired, then everything the vCPUs sent, then the mailboxes.
@@ -98,7 +144,6 @@ public enum IRQChipProcess {
             }
             drainLines()
             publish()
-            server.commit()
             _ = try DeviceServer.wait([server, lines], extra: timers)
         }
     }

@@ -40,6 +40,7 @@ public enum PIOProcess {
                 _ = server.makeRestartable(devices)
             }
         }
+        server.announceServing()
         let news = devices.news
 
         while true {

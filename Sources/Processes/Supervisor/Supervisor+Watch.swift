@@ -151,10 +151,8 @@ extension Supervisor {
             }
         }
         slot.restarts += 1
-        for c in slot.channels {
-            c.restarts &+= 1
-            c.deviceStatus = .serving
-        }
+        // The channels say restarting until the new process has restored its state and says it serves.
+        for c in slot.channels { c.restarts &+= 1 }
         slot.lastHandled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
         faults.restarted(slot, at: monotonicNanoseconds())
         Log.info("\(slot.name) process restarted (pid \(slot.helper.process.pid), restart \(slot.restarts))")
@@ -175,6 +173,7 @@ extension Supervisor {
     }
 
     static let maxStandbyDeaths = 3
+    /// At the latest: it starts as soon as the process that took over has handled a request.
     static let standbyDelayNanoseconds: UInt64 = 30_000_000
 
     private func startStandby(_ slot: Slot) {
@@ -192,8 +191,12 @@ extension Supervisor {
         let limit = UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 1_000_000
         for slot in slots where slot.restartable && !slot.broken && slot.helper.ended == nil {
             let handled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
-            let waiting = slot.channels.contains { $0.unhandledRequests().all > 0 }
-            if handled != slot.lastHandled { faults.progressed(slot, at: now) }
+            let waiting = slot.channels.contains { $0.hasOverdueWork(now: now) }
+            if handled != slot.lastHandled {
+                faults.progressed(slot, at: now)
+                // The process that took over serves: its successor-in-waiting may start now without delaying it.
+                if slot.standby == nil, slot.standbyDue != nil { slot.standbyDue = now }
+            }
             if handled != slot.lastHandled || !waiting {
                 slot.lastHandled = handled
                 slot.stalledSince = nil
@@ -204,7 +207,7 @@ extension Supervisor {
                 continue
             }
             if now - since >= limit {
-                Log.report("\(slot.name) process (pid \(slot.helper.process.pid)) is hung: requests have waited \((now - since) / 1_000_000) ms; killing it")
+                Log.report("\(slot.name) process (pid \(slot.helper.process.pid)) is hung: its work has waited \((now - since) / 1_000_000) ms; killing it")
                 for c in slot.channels { c.deviceStatus = .restarting }
                 slot.helper.process.kill(SIGKILL)
                 slot.stalledSince = nil

@@ -142,7 +142,7 @@ public final class Supervisor {
         func line(_ server: Server, _ fds: inout FDList) -> InterruptLineSpec {
             InterruptLineSpec(channel: linesChannel.spec(&fds), lane: lines.firstIndex { $0.server == server } ?? 0)
         }
-        let mailboxes = try InterruptMailbox.create(vcpus: vcpus)
+        let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
         // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (one queue each for blk and rng).
         let virtio = layout.virtioDevices
@@ -193,11 +193,12 @@ public final class Supervisor {
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                 sandbox: try self.sandboxSpec(.pio))
         })
-        helpers.append(try spawn(.irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
+        // So does the irqchip, before any mailbox write its state leads to.
+        helpers.append(try spawn(restartable: .irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                  serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
             IRQChipSpec(
                 channel: channel(Server(.irqchip)).spec(&fds), lines: linesChannel.spec(&fds), linePins: lines.map(\.pin),
-                mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
+                mailboxFD: fds.add(mailboxes.raw, owner: mailboxes), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
                 controlFD: control, vcpuCount: vcpus, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.irqchip))
         })
