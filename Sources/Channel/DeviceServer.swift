@@ -57,19 +57,24 @@ public struct DeviceServer: @unchecked Sendable {
     /// device's state is recorded first, with the lanes' positions, in one atomic step: a process killed at any
     /// instruction leaves a successor either the state before these requests (and it handles them again) or the
     /// state after them (and it goes on from there), never half of it.
-    public mutating func commit() {
+    ///
+    /// `answering`: the lane of the request being handled, when it is answered only after this commit (a sync): it
+    /// stays uncommitted, so that a process killed between the commit and the answer leaves it to its successor
+    /// to handle and answer again, instead of leaving the vCPU waiting for an answer nobody owes it.
+    public mutating func commit(answering lane: Int? = nil) {
+        let positions = requests.indices.map { requests[$0].position - (lane == $0 && requests[$0].position > 0 ? 1 : 0) }
         if let restartable {
             var payload = [UInt8]()
             payload.reserveCapacity(4 + 8 * requests.count + 256)
             Self.append(UInt64(requests.count), to: &payload)
-            for r in requests { Self.append(r.position, to: &payload) }
+            for p in positions { Self.append(p, to: &payload) }
             payload += restartable.device.snapshot()
             do { try restartable.store.commit(payload) } catch {
                 preconditionFailure("a device's state outgrew its channel's state area: \(error)")
             }
         }
-        for r in requests { r.publishTaken() }
-        uncommitted = 0
+        for (r, p) in zip(requests, positions) { r.publishTaken(upTo: p) }
+        uncommitted = lane == nil ? 0 : 1
         restartable?.device.didCommit()
     }
 

@@ -127,6 +127,11 @@ public struct RingConsumer: @unchecked Sendable {
         ring.head.pointee.store(head, ordering: .releasing)
     }
 
+    /// Publishes the messages taken before `position` (at most all taken) as handled.
+    public func publishTaken(upTo position: UInt64) {
+        ring.head.pointee.store(min(position, head), ordering: .releasing)
+    }
+
     /// Announces (true) or withdraws (false) that this consumer is about to block on its doorbell.
     public func setSleeping(_ on: Bool) {
         ring.sleeping.pointee.store(on ? 1 : 0, ordering: .sequentiallyConsistent)

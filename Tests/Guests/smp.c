@@ -1,13 +1,15 @@
 /* Two vCPUs: reads the MP table (checksums, enabled processors, the IOAPIC's ID), starts the application
  * processor with INIT, INIT de-assert and two start-up IPIs (the second must be ignored: it is running), then
  * exchanges fixed IPIs both ways. Prints "smp: cpus=2 ioapic=2 started=1 apid=1 ipi=1,1" and exits with status 0;
- * with end=halt it parks itself instead (cli; hlt, as the AP does), which must end the VM as a halt. */
+ * with end=halt it parks itself instead (cli; hlt, as the AP does), which must end the VM as a halt. With pingpong=N
+ * the two then exchange N more IPIs each, one at a time, and it also prints "smp: pingpong=N doubled=D" (D: IPIs
+ * that arrived more often than sent); a lost IPI hangs it. */
 #include "guest.h"
 
 void isr_from_ap(void);
 void isr_from_bsp(void);
 extern const uint8_t ap_trampoline[], ap_trampoline_end[];
-volatile uint32_t from_ap, from_bsp, ap_started, ap_id, ap_got;
+volatile uint32_t from_ap, from_bsp, ap_started, ap_id, ap_got, pingpong, doubled;
 
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
 #define TRAMPOLINE 0x7000
@@ -31,12 +33,20 @@ void ap_main(void) {
     send_ipi(0, 0x50);                            /* fixed, physical, to the BSP */
     while (!from_bsp) __asm__ volatile("sti; hlt; cli");
     ap_got = from_bsp;
+    /* Round i: the BSP's i-th IPI arrives, then this CPU answers with its i-th. */
+    for (uint32_t i = 2; i <= pingpong + 1; i++) {
+        while (from_bsp < i) __asm__ volatile("sti; hlt; cli");
+        if (from_bsp != i) doubled++;
+        send_ipi(0, 0x50);
+    }
 }
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     const char *end = cmdline_arg(cmdline, "end");
     int park = end && end[0] == 'h';
+    const char *rounds = cmdline_arg(cmdline, "pingpong");
+    pingpong = rounds ? (uint32_t)parse_u64(rounds) : 0;
 
     uint32_t cpus = 0, ioapic = 0xff;
     const volatile uint8_t *mp = (const volatile uint8_t *)0x9fc00;
@@ -74,6 +84,16 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     puts(" apid="); put_dec(ap_id);
     puts(" ipi="); put_dec(from_ap); puts(","); put_dec(ap_got);
     puts("\n");
+    if (pingpong) {
+        for (uint32_t i = 2; i <= pingpong + 1; i++) {
+            send_ipi(1, 0x51);
+            while (from_ap < i) __asm__ volatile("sti; hlt; cli");
+            if (from_ap != i) doubled++;
+        }
+        puts("smp: pingpong="); put_dec(pingpong);
+        puts(" doubled="); put_dec(doubled);
+        puts("\n");
+    }
     if (park) for (;;) __asm__ volatile("cli; hlt");
     guest_exit(0);
 }

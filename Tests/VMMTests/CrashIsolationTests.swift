@@ -84,6 +84,19 @@ final class CrashIsolationTests: XCTestCase {
         print("irqchip crash isolation: \(ticks) ticks in \(ms) ms (ideal \(ideal)); recovery median \(report.summary.recoveryMedianMs ?? -1) ms, p99 \(report.summary.recoveryP99Ms ?? -1) ms")
     }
 
+    /// Two vCPUs exchange IPIs one at a time while the irqchip process is killed again and again: none is lost (the
+    /// guest would hang) and none arrives twice.
+    func testIPIsBetweenTwoVCPUsSurviveIRQChipKills() throws {
+        let rounds = 3000
+        let run = try Harness.run(
+            config: Harness.config(kernel: try Harness.guest("smp.elf"), args: "pingpong=\(rounds)", vcpus: 2,
+                                   extra: #", "device_restart": {"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0}"#),
+            options: ["--inject-fault", "irqchip:kill,every_ms=15,count=30"])
+        XCTAssertEqual(run.wait(timeout: 120), 1, "\(run.stdout) \(run.stderr)")
+        XCTAssertTrue(run.stdout.hasSuffix("smp: pingpong=\(rounds) doubled=0\n"), run.stdout)
+        XCTAssertTrue(run.stderr.contains("30 faults, 30 restarts"), "all kills happened while the guest ran: \(run.stderr)")
+    }
+
     /// A restart delayed by back-off beyond `device_timeout_ms` still loses nothing: the vCPU waits for the
     /// successor (reads and a full ring alike) while the channel says the device is restarting.
     func testARestartSlowerThanTheDeviceTimeoutLosesNothing() throws {

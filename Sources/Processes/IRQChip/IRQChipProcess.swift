@@ -57,9 +57,9 @@ public enum IRQChipProcess {
         var expirations: UInt64 = 0
 
         /// Records the state with both channels' positions in one step, then lets the peers see them consumed.
-        func commit() {
+        func commit(answering lane: Int? = nil) {
             state.linesPositions = lines.positions
-            server.commit()
+            server.commit(answering: lane)
             lines.commit()
         }
         func kick(_ vcpus: some Sequence<Int>) {
@@ -74,13 +74,14 @@ public enum IRQChipProcess {
             for intent in missed { chip.offerMissed(intent) }
             kick(kicked)
         }
-        /// Devices may drive their lines and nothing else.
-        func drainLines() {
+        /// Devices may drive their lines and nothing else. `holding`: the lane of a vCPU request taken and not yet
+        /// handled, which a commit here must leave uncommitted.
+        func drainLines(holding vcpuLane: Int? = nil) {
             while true {
                 guard let (lane, m) = lines.next(malformed: { Log.warning("dropping a malformed line message: \($0)") }) else {
                     // At the batch limit the lines wait for a commit; the state is whole between messages.
                     guard lines.uncommitted >= lines.batchLimit else { return }
-                    commit()
+                    commit(answering: vcpuLane)
                     continue
                 }
                 // A device drives its own pin, whatever pin its message names: the pin is the lane's.
@@ -96,7 +97,7 @@ public enum IRQChipProcess {
         /// Arms timers and offers what is deliverable: after each batch, and before answering a sync, so that a
         /// synchronous write (an IPI through the ICR) has its interrupt in the mailbox when the write completes.
         /// The offers and events are decided and committed first, then made.
-        func publish() {
+        func publish(answering lane: Int? = nil) {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
             }
@@ -104,7 +105,7 @@ public enum IRQChipProcess {
             let due = chip.earliestTimer ?? 0
             if region.dueBy != due { region.dueBy = due }
             outbox.stage(chip.planOffers(), events: chip.takeCPUEvents())
-            commit()
+            commit(answering: lane)
             deliver()
         }
 
@@ -120,7 +121,7 @@ public enum IRQChipProcess {
                 chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
             }
             while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
-                drainLines()  // device line changes first: they may precede this message causally (see WriteOrdering)
+                drainLines(holding: lane)  // device line changes first: they may precede this message causally (see WriteOrdering)
                 let now = monotonicNanoseconds()
                 switch m.operation {
                 case .mmioRead:
@@ -132,7 +133,7 @@ public enum IRQChipProcess {
                 case .portRead:
                     try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
-                    publish()
+                    publish(answering: lane)
                     try server.respond(lane: lane, to: m, data: 0)
                 case .interruptAck:
                     chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))

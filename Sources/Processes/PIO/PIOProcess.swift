@@ -61,7 +61,7 @@ public enum PIOProcess {
                 case .mmioRead:
                     try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
-                    server.commit()  // everything before it is final and visible to the supervisor
+                    server.commit(answering: lane)  // everything before it is final and visible to the supervisor
                     try server.respond(lane: lane, to: m, data: 0)
                 default:
                     break  // nothing of the pio's is memory-mapped
