@@ -103,23 +103,29 @@ struct BenchCommand: ParsableCommand {
                     }
                 }
             }
-            // Crash isolation: the pio process killed every 50 ms under the uartstress guest; recovery is from the
-            // kill to the device's next handled request (vmm's fault report), with and without the standby process.
-            for standby in [true, false] where wants("restart") {
-                let kills = smoke ? 5 : 100
-                let reportPath = NSTemporaryDirectory() + "vmm-bench-faults-\(getpid()).json"
-                defer { try? FileManager.default.removeItem(atPath: reportPath) }
-                let m = OurVMM(binary: ours.binary, name: standby ? "vmm" : "vmm without a standby process",
-                               vmmSettings: #", "device_restart": {"max_restarts": 1000000, "backoff_ms": 0, "max_backoff_ms": 0, "standby": \#(standby)}"#,
-                               options: ["--inject-fault", "pio:kill,every_ms=50,count=\(kills)", "--fault-report", reportPath])
-                // Long enough for every kill to land while the guest runs (a kill waits for the last recovery).
-                let r = try Runner.run(m, kernel: guestDir + "/uartstress.elf", args: "lines=\(kills * 100)", timeout: 300)
-                if let report = FaultReport.read(reportPath), report.faults == kills, r.output.contains(" 0 scratch mismatches") {
-                    add("pio restart, recovery median: \(m.name)", report.recoveryMedianMs)
-                    add("pio restart, recovery p99: \(m.name)", report.recoveryP99Ms)
-                    add("pio restart, detection median: \(m.name)", report.detectionMedianMs)
-                } else {
-                    failures["pio restart, recovery median: \(m.name)"] = "no complete fault report (status \(r.status))"
+            // Crash isolation: a device process killed every 50 ms under a guest that keeps it busy; recovery is from
+            // the kill to the device's next handled request (vmm's fault report), with and without the standby process.
+            let kills = smoke ? 5 : 100
+            // Each guest runs long enough for every kill to land while it runs (a kill waits for the last recovery).
+            let restartCases: [(device: String, guest: String, args: String, ok: String)] = [
+                ("pio", "uartstress.elf", "lines=\(kills * 100)", " 0 scratch mismatches"),
+                ("irqchip", "timerstress.elf", "period=2000000 ticks=\(kills * 40)", "isr_missing=0 isr_stuck=0 ldr_mismatch=0"),
+            ]
+            for c in restartCases where wants("restart") {
+                for standby in [true, false] {
+                    let reportPath = NSTemporaryDirectory() + "vmm-bench-faults-\(getpid()).json"
+                    defer { try? FileManager.default.removeItem(atPath: reportPath) }
+                    let m = OurVMM(binary: ours.binary, name: standby ? "vmm" : "vmm without a standby process",
+                                   vmmSettings: #", "device_restart": {"max_restarts": 1000000, "backoff_ms": 0, "max_backoff_ms": 0, "standby": \#(standby)}"#,
+                                   options: ["--inject-fault", "\(c.device):kill,every_ms=50,count=\(kills)", "--fault-report", reportPath])
+                    let r = try Runner.run(m, kernel: guestDir + "/" + c.guest, args: c.args, timeout: 300)
+                    if let report = FaultReport.read(reportPath), report.faults == kills, r.output.contains(c.ok) {
+                        add("\(c.device) restart, recovery median: \(m.name)", report.recoveryMedianMs)
+                        add("\(c.device) restart, recovery p99: \(m.name)", report.recoveryP99Ms)
+                        add("\(c.device) restart, detection median: \(m.name)", report.detectionMedianMs)
+                    } else {
+                        failures["\(c.device) restart, recovery median: \(m.name)"] = "no complete fault report (status \(r.status))"
+                    }
                 }
             }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
@@ -187,11 +193,13 @@ struct BenchCommand: ParsableCommand {
         row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
-        for what in ["recovery median", "recovery p99", "detection median"] {
-            let ours = "pio restart, \(what): vmm"
-            row(ours, "ms", goal: what == "recovery median" ? 10 : nil,
-                note: what == "recovery median" ? "kill to the next handled request; Cloud Hypervisor's vhost-user reconnect retries every 100 ms" : nil)
-            row("pio restart, \(what): vmm without a standby process", "ms", baseline: ours)
+        for device in ["pio", "irqchip"] {
+            for what in ["recovery median", "recovery p99", "detection median"] {
+                let ours = "\(device) restart, \(what): vmm"
+                row(ours, "ms", goal: what == "recovery median" ? 10 : nil,
+                    note: what == "recovery median" ? "kill to the next handled request; Cloud Hypervisor's vhost-user reconnect retries every 100 ms" : nil)
+                row("\(device) restart, \(what): vmm without a standby process", "ms", baseline: ours)
+            }
         }
         row("MMU translations, page walk every time", "M/s")
         row("MMU translations, software TLB", "M/s", baseline: "MMU translations, page walk every time")
