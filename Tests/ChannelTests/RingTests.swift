@@ -58,6 +58,39 @@ final class RingTests: XCTestCase {
         XCTAssertEqual(ch.vcpu.unhandledRequests().all, 0)
     }
 
+    /// A sync answered after a commit stays uncommitted until the next one: a successor started from that commit
+    /// handles it again (and answers it), the requests before it do not come again.
+    func testACommitBeforeAnsweringLeavesTheRequestToASuccessor() throws {
+        final class Nothing: RestartableDevice {
+            func snapshot() -> [UInt8] { [] }
+            func didCommit() {}
+        }
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 2, capacity: 8))
+        let doorbell = try EventFD()
+        func server() -> DeviceServer {
+            DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
+                         policy: WaitPolicy(spinMicroseconds: 0))
+        }
+        var lane1 = RingProducer(ch.vcpu.requestRing(1))
+        let sync = Message(sequence: 9, operation: .sync, size: 0, address: 0, data: 0)
+        for m in [message(1), message(2), sync, message(3)] { XCTAssertTrue(try lane1.push(m)) }
+        var first = server()
+        XCTAssertNil(first.makeRestartable(Nothing()))
+        XCTAssertEqual(first.next { _ in }?.message, message(1))
+        XCTAssertEqual(first.next { _ in }?.message, message(2))
+        XCTAssertEqual(first.next { _ in }?.message, sync)
+        first.commit(answering: 1)
+        XCTAssertEqual(first.uncommitted, 1)
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 2, "the sync and what follows it")
+        // Killed before answering: the successor starts at the sync.
+        var second = server()
+        XCTAssertNotNil(second.makeRestartable(Nothing()))
+        XCTAssertEqual(second.next { _ in }?.message, sync)
+        XCTAssertEqual(second.next { _ in }?.message, message(3))
+        second.commit()
+        XCTAssertEqual(ch.vcpu.unhandledRequests().all, 0)
+    }
+
     /// A producer that publishes an impossible tail loses its lane: one error, then the device neither reads it
     /// again nor wakes up for it, and the other lanes go on.
     func testACorruptTailCutsOffItsLaneOnly() throws {
