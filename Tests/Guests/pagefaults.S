@@ -2,7 +2,7 @@
  * that reloads CS after LGDT. */
     .text
     .code64
-    .globl isr_page_fault, reload_segments
+    .globl isr_page_fault, reload_segments, syscall_entry, user_syscall_site, user_after_syscall
 isr_page_fault:
     push %rax
     push %rcx
@@ -36,3 +36,13 @@ reload_segments:
     mov %ax, %es
     mov %ax, %ss
     ret
+
+/* syscall=1: the kernel's system-call entry (run through its KERNEL_ALIAS address): counts, keeps R11, SYSRET. */
+syscall_entry:
+    incq syscall_entries(%rip)
+    sysretq
+/* A real SYSCALL in user mode, and where its SYSRET returns: on to resume_rip. */
+user_syscall_site:
+    syscall
+user_after_syscall:
+    jmp *resume_rip(%rip)

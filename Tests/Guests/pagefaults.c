@@ -2,7 +2,12 @@
  * test page per permission combination at 0x40000000, CR0.WP and EFER.NXE on; probes reads, writes and fetches
  * at CPL0 and CPL3, records CR2 and the error code of each fault, returns to the kernel through a fault at
  * DONE_ADDRESS, prints
- * "pf va=0x... kind=r|w|x cpl=0|3 code=0x..." per fault and "pagefaults: done N", exits with status 0. */
+ * "pf va=0x... kind=r|w|x cpl=0|3 code=0x..." per fault and "pagefaults: done N", exits with status 0.
+ * syscall=1: a system-call entry on a supervisor page in the kernel half (LSTAR), one real SYSCALL from CPL3 and
+ * three forged entries: user-mode jumps to LSTAR with RCX and R11 set up as a SYSCALL would leave them, each wrong
+ * in one way (R11 with IOPL 3 / RCX after no SYSCALL instruction / both). Prints "syscall: genuine=G forged_entries=E forged_faults=F" and exits with 0 when the real one
+ * entered (G=1) and no forged one did (E=0, each a page fault instead: F=3). On hosts whose SYSCALL from user mode
+ * faults at LSTAR (PVM), the VMM's fix-up must tell the real one from the forged ones. */
 #include "guest.h"
 
 #define P 1ull
@@ -16,6 +21,7 @@
 static uint64_t pml4[512] __attribute__((aligned(4096)));
 static uint64_t pdpt[512] __attribute__((aligned(4096)));
 static uint64_t pd_low[512] __attribute__((aligned(4096)));
+static uint64_t pdpt_high[512] __attribute__((aligned(4096)));
 static uint64_t pd_test[512] __attribute__((aligned(4096)));
 static uint64_t pt_test[512] __attribute__((aligned(4096)));
 static uint8_t frames[6][4096] __attribute__((aligned(4096)));
@@ -77,6 +83,35 @@ static void probe_write(uint64_t va) {
     current_kind = 'w';
     __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); movq $1, (%0); 1:" : : "r"(va) : "rax", "memory");
 }
+static int syscall_mode;
+volatile uint64_t syscall_entries, syscall_genuine, lstar_alias;
+void syscall_entry(void);
+void user_syscall_site(void);
+void user_after_syscall(void);
+#define KERNEL_ALIAS 0xffffffff80000000ull
+
+/* A real SYSCALL, then jumps to LSTAR that only look like one; each resumes at its local label, through SYSRET
+ * (RCX, which user_after_syscall follows to resume_rip) if the entry ran, through the #PF handler if not. */
+static void user_syscall(void) {
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); jmp user_syscall_site; 1:"
+                     : : : "rax", "rcx", "r11", "memory");
+    uint64_t genuine = syscall_entries;
+    current_kind = 'x';
+    /* R11 with IOPL 3 (SYSRET would hand the user port I/O), RCX right after a real SYSCALL instruction. */
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); lea user_after_syscall(%%rip), %%rcx;"
+                     "mov $0x3202, %%r11; jmp *%0; 1:" : : "r"(lstar_alias) : "rax", "rcx", "r11", "memory");
+    /* The user's own flags, RCX after no SYSCALL. */
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); lea 1f(%%rip), %%rcx;"
+                     "pushfq; pop %%r11; jmp *%0; 1:" : : "r"(lstar_alias) : "rax", "rcx", "r11", "memory");
+    /* RCX after a real SYSCALL and the user's own flags with IOPL 3 added. */
+    __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); lea user_after_syscall(%%rip), %%rcx;"
+                     "pushfq; pop %%r11; or $0x3000, %%r11; jmp *%0; 1:" : : "r"(lstar_alias) : "rax", "rcx", "r11", "memory");
+    syscall_entries -= genuine;  /* what the forged ones added */
+    syscall_genuine = genuine;
+    (void)*(volatile uint64_t *)DONE_ADDRESS;  /* back to the kernel */
+    for (;;) { }
+}
+
 static void probe_fetch(uint64_t va) {
     current_kind = 'x';
     __asm__ volatile("lea 1f(%%rip), %%rax; mov %%rax, resume_rip(%%rip); jmp *%0; 1:" : : "r"(va) : "rax", "memory");
@@ -122,6 +157,16 @@ static void user_sse(void) {
 }
 
 void finish(void) {
+    if (syscall_mode) {
+        uint64_t forged_faults = 0;
+        for (int i = 0; i < faults; i++) forged_faults += fault_va[i] == lstar_alias && fault_cpl[i] == 3;
+        puts("syscall: genuine="); put_dec(syscall_genuine);
+        puts(" forged_entries="); put_dec(syscall_entries);
+        puts(" forged_faults="); put_dec(forged_faults);
+        puts("\n");
+        guest_exit(syscall_genuine == 1 && syscall_entries == 0 && forged_faults == 3 ? 0 : 1);
+        for (;;) { }
+    }
     if (sse_rounds) {
         puts("pagefaults: sse ");
         put_dec(sse_rounds);
@@ -153,6 +198,7 @@ void guest_main(uint32_t magic, uint32_t info) {
     const char *sse = cmdline_arg(multiboot_cmdline(magic, (uintptr_t)info), "sse");
     sse_rounds = sse ? parse_u64(sse) : 0;
     sse_switch = cmdline_arg(multiboot_cmdline(magic, (uintptr_t)info), "switch") != 0;
+    syscall_mode = cmdline_arg(multiboot_cmdline(magic, (uintptr_t)info), "syscall") != 0;
     if (sse_rounds) {
         uint64_t cr0, cr4;  /* SSE on: CR0.EM off, CR0.MP on, CR4.OSFXSR and OSXMMEXCPT on */
         __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
@@ -166,6 +212,9 @@ void guest_main(uint32_t magic, uint32_t info) {
     pdpt[0] = (uint64_t)(uintptr_t)pd_low | P | RW | US;
     pdpt[1] = (uint64_t)(uintptr_t)pd_test | P | RW | US;
     pd_test[0] = (uint64_t)(uintptr_t)pt_test | P | RW | US;
+    /* The first GiB again at KERNEL_ALIAS, supervisor only: where LSTAR points, as a kernel's entry would be. */
+    pml4[511] = (uint64_t)(uintptr_t)pdpt_high | P | RW;
+    pdpt_high[510] = (uint64_t)(uintptr_t)pd_low | P | RW;
     uint64_t f[6];
     for (int k = 0; k < 6; k++) { f[k] = (uint64_t)(uintptr_t)frames[k]; frames[k][0] = 0xc3; }
     pt_test[0] = 0;                          /* not present */
@@ -198,6 +247,17 @@ void guest_main(uint32_t magic, uint32_t info) {
     __asm__ volatile("mov %0, %%cr0" : : "r"(cr0));
     __asm__ volatile("mov %0, %%cr3" : : "r"((uint64_t)(uintptr_t)pml4) : "memory");
 
+    if (syscall_mode) {
+        lstar_alias = KERNEL_ALIAS + (uint64_t)(uintptr_t)syscall_entry;
+        __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xc0000080));
+        __asm__ volatile("wrmsr" : : "a"(lo | 1u), "d"(hi), "c"(0xc0000080));  /* EFER.SCE */
+        /* STAR: kernel CS 0x08 (SS 0x10); SYSRET to CS 0x20|3 and SS 0x18|3 (base 0x10). */
+        __asm__ volatile("wrmsr" : : "a"(0), "d"(0x00100008u), "c"(0xc0000081));
+        __asm__ volatile("wrmsr" : : "a"((uint32_t)lstar_alias), "d"((uint32_t)(lstar_alias >> 32)), "c"(0xc0000082));
+        __asm__ volatile("wrmsr" : : "a"(0x4700u), "d"(0), "c"(0xc0000084));  /* FMASK as Linux's: TF, IF, DF, IOPL, NT, AC */
+        /* Exits for a while, so that a VMM watching this IDT's #PF entry has looked at it. */
+        for (uint64_t t0 = rdtsc(); rdtsc() - t0 < 300000000ull;) (void)inb(0x61);
+    }
     probe_read(page(0));   /* not present */
     probe_write(page(1));  /* read-only with CR0.WP */
     probe_read(page(1));   /* allowed */
@@ -208,5 +268,5 @@ void guest_main(uint32_t magic, uint32_t info) {
     /* To CPL3 with IRETQ: SS, RSP, RFLAGS, CS, RIP. */
     __asm__ volatile("pushq $0x1b; pushq %0; pushq $0x2; pushq $0x23; pushq %1; iretq"
                      : : "r"((uint64_t)(uintptr_t)(user_stack + sizeof user_stack)),
-                         "r"((uint64_t)(uintptr_t)(sse_rounds ? user_sse : user_main)) : "memory");
+                         "r"((uint64_t)(uintptr_t)(syscall_mode ? user_syscall : sse_rounds ? user_sse : user_main)) : "memory");
 }

@@ -90,6 +90,16 @@ final class GuestRunTests: GuestTestCase {
         XCTAssertEqual(faults.stdout, "pagefaults: sse 2000 rounds, 0 clobbered\n")
     }
 
+    /// A user program cannot enter the kernel's system-call path without SYSCALL: on hosts whose SYSCALL from user
+    /// mode faults at LSTAR (PVM), the fix-up that finishes a real one must leave a user-mode jump to LSTAR the page
+    /// fault it is, even with RCX and R11 set up as SYSCALL would (R11 with IOPL 3 would give it port I/O through
+    /// SYSRET). Elsewhere SYSCALL works natively and the jumps fault anyway.
+    func testAForgedSystemCallEntryStaysAPageFault() throws {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("pagefaults.elf"), args: "syscall=1"))
+        XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
+        XCTAssertEqual(run.stdout, "syscall: genuine=1 forged_entries=0 forged_faults=3\n")
+    }
+
     /// Posted writes that a device can no longer apply are counted and said, not dropped in silence. (The pio process
     /// is restarted when it dies; here it may not be, and it is critical, so its death ends the VM.)
     func testPostedWritesADeadDeviceNeverTookAreReported() throws {

@@ -27,6 +27,8 @@ final class SyscallFixup {
     private var singleStepping = false
     private(set) var fixes = 0
     private(set) var stepsOver = 0
+    /// Jumps to the system-call entry that were not a SYSCALL.
+    private(set) var refusals = 0
 
     init(vcpu: VCPU, fallback: EmulationFallback) {
         self.vcpu = vcpu
@@ -51,6 +53,30 @@ final class SyscallFixup {
         handler = address
     }
 
+    /// Whether the user-mode fault at LSTAR followed a SYSCALL, not a jump there dressed up as one. SYSRET loads
+    /// RFLAGS from R11, so a forged R11 with IOPL 3 would give the user port I/O and one with IF clear would let it
+    /// keep interrupts off. Checked: the instruction before RCX (where SYSRET returns) is SYSCALL; R11 agrees with
+    /// the fault's frame in every flag FMASK does not clear (this host's SYSCALL applies FMASK before it faults, RF
+    /// aside); and R11 has IOPL 0 and IF set, as every CPL3 flags value does that the user could not have set
+    /// itself (a guest that runs user code with IOPL > 0 cannot use this fix-up). A refused one stays the page fault
+    /// it is, and the guest kernel handles it. A jump with RCX after a real SYSCALL and the user's own flags passes:
+    /// it does what running that SYSCALL would.
+    private func isRealSyscall(_ regs: kvm_regs, faultRFLAGS: UInt64, fmask: UInt64) -> Bool {
+        let resumeFlag: UInt64 = 1 << 16, interruptFlag: UInt64 = 1 << 9, ioPrivilege: UInt64 = 3 << 12
+        let flagsMatch = (regs.r11 ^ faultRFLAGS) & ~(fmask | resumeFlag) == 0
+        let unprivileged = regs.r11 & ioPrivilege == 0 && regs.r11 & interruptFlag != 0
+        let instruction = try? fallback.mmu.read(regs.rcx &- 2, count: 2)
+        guard flagsMatch, unprivileged, instruction == [0x0f, 0x05] else {
+            if refusals < 10 {
+                Log.warning("SYSCALL fix-up: a user-mode jump to the system-call entry that was no SYSCALL (RCX 0x\(String(regs.rcx, radix: 16)), "
+                            + "R11 0x\(String(regs.r11, radix: 16)), flags 0x\(String(faultRFLAGS, radix: 16))) is left a page fault")
+            }
+            refusals += 1
+            return false
+        }
+        return true
+    }
+
     static func littleEndian(_ bytes: [UInt8], at offset: Int, count: Int) -> UInt64 {
         var value: UInt64 = 0
         for i in (0..<count).reversed() { value = value << 8 | UInt64(bytes[offset + i]) }
@@ -71,8 +97,9 @@ final class SyscallFixup {
         let frame = try fallback.mmu.read(regs.rsp, count: 48)
         func word(_ i: Int) -> UInt64 { Self.littleEndian(frame, at: i * 8, count: 8) }
         let (faultRIP, faultCS, faultRFLAGS, faultRSP) = (word(1), word(2), word(3), word(4))
-        if faultCS & 3 == 3, faultRIP >= 0xffff_8000_0000_0000, faultRIP == (try vcpu.msr(MSR.lstar)) {
-            let star = try vcpu.msr(MSR.star), fmask = try vcpu.msr(MSR.fmask)
+        if faultCS & 3 == 3, faultRIP >= 0xffff_8000_0000_0000, faultRIP == (try vcpu.msr(MSR.lstar)),
+           case let fmask = try vcpu.msr(MSR.fmask), isRealSyscall(regs, faultRFLAGS: faultRFLAGS, fmask: fmask) {
+            let star = try vcpu.msr(MSR.star)
             var sregs = try vcpu.sregs()
             let kernelCS = UInt16(truncatingIfNeeded: star >> 32) & 0xfffc
             sregs.cs.selector = kernelCS; sregs.cs.base = 0; sregs.cs.limit = 0xffff_ffff; sregs.cs.type = 0xb
@@ -88,7 +115,7 @@ final class SyscallFixup {
             fixes += 1
             return true
         }
-        // Another page fault: carry on past the breakpoint.
+        // Another page fault (a user-mode jump to the kernel's entry included): carry on past the breakpoint.
         switch try fallback.handle() {
         case .handled:
             stepsOver += 1
