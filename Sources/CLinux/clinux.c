@@ -75,7 +75,7 @@ const int VMM_PR_CAPBSET_DROP = PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT = PR_CAP_AMB
 const int VMM_PR_CAP_AMBIENT_CLEAR_ALL = PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
 const int VMM_PR_SET_NAME = PR_SET_NAME, VMM_PR_GET_NAME = PR_GET_NAME;
 const int VMM_RLIMIT_NOFILE = RLIMIT_NOFILE, VMM_RLIMIT_CORE = RLIMIT_CORE, VMM_RLIMIT_FSIZE = RLIMIT_FSIZE;
-const int VMM_RLIMIT_NPROC = RLIMIT_NPROC;
+const int VMM_RLIMIT_NPROC = RLIMIT_NPROC, VMM_RLIMIT_AS = RLIMIT_AS;
 int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
     return prctl(option, a2, a3, a4, a5);
 }

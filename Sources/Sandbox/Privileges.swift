@@ -27,16 +27,18 @@ public enum Privileges {
         if vmm_prctl5(VMM_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 { throw fail("PR_SET_NO_NEW_PRIVS") }
     }
 
-    /// Resource limits for a helper: `openFiles` descriptors, no core dumps, and, when `processes` is set, at
-    /// most that many processes for the helper's uid. (No file-size limit: a helper can open no file, and the
-    /// console or stderr it was given may be a regular file.)
-    public static func limit(openFiles: UInt64, processes: UInt64?) throws(Error) {
+    /// Resource limits for a helper: `openFiles` descriptors, no core dumps, when `processes` is set at most that
+    /// many processes for the helper's uid, and when `addressSpace` is set at most that many bytes of address space
+    /// (a compromised helper cannot take the host's memory). (No file-size limit: a helper can open no file, and
+    /// the console or stderr it was given may be a regular file.)
+    public static func limit(openFiles: UInt64, processes: UInt64?, addressSpace: UInt64? = nil) throws(Error) {
         func set(_ resource: Int32, _ value: UInt64, _ name: String) throws(Error) {
             if vmm_set_rlimit(resource, value) != 0 { throw fail("setrlimit(\(name))") }
         }
         try set(VMM_RLIMIT_NOFILE, openFiles, "RLIMIT_NOFILE")
         try set(VMM_RLIMIT_CORE, 0, "RLIMIT_CORE")
         if let processes { try set(VMM_RLIMIT_NPROC, processes, "RLIMIT_NPROC") }
+        if let addressSpace { try set(VMM_RLIMIT_AS, addressSpace, "RLIMIT_AS") }
     }
 
     static func fail(_ what: String) -> Error { Error(description: "\(what): \(String(cString: strerror(errno)))") }

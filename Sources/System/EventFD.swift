@@ -28,12 +28,26 @@ public struct EventFD: ~Copyable, @unchecked Sendable {
     }
 }
 
-/// An anonymous shared-memory file (memfd), the backing of guest RAM and of channels.
+/// An anonymous shared-memory file (memfd), the backing of guest RAM and of channels. Its size is sealed once set:
+/// every process maps it whole, and one that shrank it (a compromised helper, say) would make the others' accesses
+/// past the new end die with SIGBUS.
 public enum MemFD {
+    // linux/fcntl.h
+    static let addSeals: Int32 = 1033, getSeals: Int32 = 1034
+    static let sealSeal: Int32 = 1, sealShrink: Int32 = 2, sealGrow: Int32 = 4
+
     public static func create(name: String, size: Int) throws(SystemError) -> FileDescriptor {
-        let fd = FileDescriptor(owning: try syscallRetrying("memfd_create") { vmm_memfd_create(name, VMM_MFD_CLOEXEC) })
+        let fd = FileDescriptor(owning: try syscallRetrying("memfd_create") {
+            vmm_memfd_create(name, VMM_MFD_CLOEXEC | VMM_MFD_ALLOW_SEALING)
+        })
         try fd.truncate(to: size)
+        _ = try syscallRetrying("fcntl(F_ADD_SEALS)") { fcntl(fd.raw, addSeals, sealShrink | sealGrow | sealSeal) }
         return fd
+    }
+
+    /// The seals on a memfd (F_GET_SEALS).
+    public static func seals(_ fd: Int32) throws(SystemError) -> Int32 {
+        try syscallRetrying("fcntl(F_GET_SEALS)") { fcntl(fd, getSeals) }
     }
 }
 

@@ -67,6 +67,8 @@ enum Harness {
 
         /// The write end of stdin while it stays open (`interactive`), for `type`.
         private var input: FileHandle?
+        /// A helper's denied call fails the test once the run has ended (see `Harness.seccompLogPass`).
+        var failsOnDeniedCalls = false
 
         init(arguments: [String], stdin: Data? = nil, interactive: Bool = false, environment: [String: String] = [:]) throws {
             FileManager.default.createFile(atPath: stdoutPath, contents: nil)
@@ -108,6 +110,11 @@ enum Harness {
                 }
                 usleep(10_000)
             }
+            if failsOnDeniedCalls {
+                for line in stderr.split(separator: "\n") where line.contains("made a call its policy denies") {
+                    XCTFail("seccomp log pass: \(line)")
+                }
+            }
             return process.terminationStatus
         }
 
@@ -129,9 +136,18 @@ enum Harness {
 
     static func run(config: String, stdin: Data? = nil, interactive: Bool = false, options: [String] = [],
                     environment: [String: String] = [:]) throws -> Run {
-        try Run(arguments: ["run", "--config-file", try writeConfig(config)] + options, stdin: stdin, interactive: interactive,
-                environment: environment)
+        // Runs that provoke a forbidden call on purpose, or choose the mode themselves, keep their own.
+        let logPass = seccompLogPass && environment["VMM_FAULT_INJECT"] == nil && !options.contains("--seccomp-log")
+        let run = try Run(arguments: ["run", "--config-file", try writeConfig(config)] + options + (logPass ? ["--seccomp-log"] : []),
+                          stdin: stdin, interactive: interactive, environment: environment)
+        run.failsOnDeniedCalls = logPass
+        return run
     }
+
+    /// VMM_TEST_SECCOMP_LOG set (tools/test's pass over the release build): every run's helpers apply their policies
+    /// in log mode and any call a policy denies fails the test. In kill mode such a call can hide: a device process
+    /// killed for it is restarted, and some calls are answered with ENOSYS.
+    static let seccompLogPass = ProcessInfo.processInfo.environment["VMM_TEST_SECCOMP_LOG"] != nil
 
     /// Runs `body` while `count` busy-looping processes compete for the CPUs, so that helpers run late.
     static func withCPUHogs(_ count: Int, _ body: () throws -> Void) throws {

@@ -46,6 +46,12 @@ final class SandboxTests: GuestTestCase {
             }
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root"), [], "\(role)'s root is not empty")
             XCTAssertEqual(s["NSpid"]?.split(separator: "\t").last, "1", "\(role) is the first process of its own pid namespace")
+            // Its address space is bounded: guest RAM where it maps it, plus room for its runtime.
+            let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
+            let addressSpace = limits.split(separator: "\n").first { $0.hasPrefix("Max address space") }
+            let soft = addressSpace?.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first.flatMap { UInt64($0) }
+            XCTAssertNotNil(soft, "\(role): \(String(describing: addressSpace))")
+            XCTAssertLessThanOrEqual(soft ?? .max, role == "vcpu" ? 1 << 30 : 512 << 20, "\(role): 32 MiB of guest RAM, 1 vCPU")
         }
     }
 

@@ -67,7 +67,7 @@ int vmm_setresgid(gid_t gid);
 int vmm_set_rlimit(int resource, uint64_t value);
 extern const int VMM_PR_SET_TIMERSLACK;
 extern const int VMM_PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT, VMM_PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS, VMM_PR_SET_NAME, VMM_PR_GET_NAME;
-extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMIT_NPROC;
+extern const int VMM_RLIMIT_NOFILE, VMM_RLIMIT_CORE, VMM_RLIMIT_FSIZE, VMM_RLIMIT_NPROC, VMM_RLIMIT_AS;
 
 /// An absolute CLOCK_MONOTONIC timerfd; `at_ns` 0 disarms it.
 int vmm_timerfd_create(void);

@@ -18,6 +18,8 @@ struct SandboxSpec: Codable {
     var faultSyscall: String?
     /// Fault injection ("crash" in `vmm.fault_injection`): SIGUSR1 makes the helper crash with a real SIGSEGV.
     var crashOnSignal = false
+    /// RLIMIT_AS: what the role maps (guest RAM for the vcpu and virtio processes) and room for its runtime.
+    var addressSpaceLimit: UInt64?
 }
 
 /// The confinement every helper enters before it reads anything a guest controls: the empty root, resource
@@ -28,7 +30,7 @@ enum HelperSandbox {
         if spec.crashOnSignal { _ = vmm_install_crash_handler(SIGUSR1) }
         try Jail.enterEmptyRoot(hostname: role.processName)
         Log.debug("jail: empty root entered")
-        try Privileges.limit(openFiles: 64, processes: processes)
+        try Privileges.limit(openFiles: 64, processes: processes, addressSpace: spec.addressSpaceLimit)
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
         Log.debug("privileges dropped")

@@ -319,7 +319,20 @@ public final class Supervisor {
                            mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
                            uid: geteuid() == 0 ? config.vmm.sandbox.uid : nil,
                            gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault,
-                           crashOnSignal: config.vmm.faults.contains { $0.action == .crash && $0.device == (device ?? role.rawValue) })
+                           crashOnSignal: config.vmm.faults.contains { $0.action == .crash && $0.device == (device ?? role.rawValue) },
+                           addressSpaceLimit: addressSpaceLimit(role))
+    }
+
+    /// A helper's RLIMIT_AS: guest RAM where the role maps it, plus room for the Swift runtime, its heap and its
+    /// threads (measured: a pio or irqchip process maps about 28 MiB; the vcpu process about 250 MiB besides guest
+    /// RAM with 2 vCPUs, each vCPU adding two threads, their stacks and malloc arenas).
+    private func addressSpaceLimit(_ role: Role) -> UInt64 {
+        let mib: UInt64 = 1 << 20, ram = UInt64(config.machine.memSizeMiB) * mib
+        switch role {
+        case .vcpu: return ram + 512 * mib + 192 * mib * UInt64(config.machine.vcpuCount)
+        case .pio, .irqchip: return 256 * mib
+        case .virtioBlock, .virtioRNG: return ram + 256 * mib
+        }
     }
 
     /// Roles that got the VMM_FAULT_INJECT call already (with VMM_FAULT_INJECT_ONCE: only their first process does).
