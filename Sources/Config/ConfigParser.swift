@@ -41,6 +41,8 @@ public enum ConfigParser {
     /// So, as Firecracker's jailer expects, helpers get an id of their own; here that is checked: an id the host's
     /// user or group database knows (getpwuid/getgrgid, so NSS sources too) is refused, defaults included.
     static func checkHelperIDs(_ sandbox: VMConfig.Sandbox) throws(ConfigError) {
+        // Ids from the range are checked when a VM takes one (an id some account uses is skipped then).
+        guard sandbox.sharedIDs else { return }
         guard sandbox.uid != 0 else { throw ConfigError("vmm.sandbox.uid", "0 is root; helpers must run as an unprivileged uid") }
         guard sandbox.gid != 0 else { throw ConfigError("vmm.sandbox.gid", "0 is root's group; helpers must run as an unprivileged gid") }
         if let account = getpwuid(sandbox.uid) {
@@ -331,8 +333,25 @@ public enum ConfigParser {
                 s.sandbox.seccompLogOnly = mode == "log"
             }
             // (uid_t)-1 means "unchanged" to setresuid; 0 and ids of accounts are refused in checkHelperIDs.
-            s.sandbox.uid = UInt32(try sr.integer("uid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.uid))
-            s.sandbox.gid = UInt32(try sr.integer("gid", in: 0...Int(UInt32.max - 1)) ?? Int(s.sandbox.gid))
+            let uid = try sr.integer("uid", in: 0...Int(UInt32.max - 1)), gid = try sr.integer("gid", in: 0...Int(UInt32.max - 1))
+            if uid != nil || gid != nil {
+                s.sandbox.sharedIDs = true
+                s.sandbox.uid = UInt32(uid ?? Int(s.sandbox.uid))
+                s.sandbox.gid = UInt32(gid ?? Int(s.sandbox.gid))
+            }
+            if let range = sr.value("id_range") {
+                guard !s.sandbox.sharedIDs else {
+                    throw ConfigError(sr.child("id_range"), "give either uid/gid (shared by every VM of this config) or id_range (an id per VM), not both")
+                }
+                var rr = try ObjectReader(range, path: sr.child("id_range"))
+                let first = try rr.integer("first", in: 1...Int(UInt32.max - 1)) ?? Int(s.sandbox.idRange.lowerBound)
+                let count = try rr.integer("count", in: 1...Int(UInt32.max - 1)) ?? s.sandbox.idRange.count
+                try rr.finish()
+                guard first + count <= Int(UInt32.max) else {
+                    throw ConfigError(rr.child("count"), "first + count must stay below \(UInt32.max) ((uid_t)-1 means \"unchanged\")")
+                }
+                s.sandbox.idRange = UInt32(first)..<UInt32(first + count)
+            }
             // The policies decide what a helper that runs guest-controlled code may call; a config file (which may come
             // from someone else) must not hand it one that allows ioctl or execve.
             if sr.value("policy_dir") != nil {

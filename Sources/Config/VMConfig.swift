@@ -116,9 +116,12 @@ public struct VMConfig: Equatable, Sendable {
     public struct Sandbox: Equatable, Sendable {
         /// "kill": a denied call kills the helper; "log": it fails with ENOSYS and is reported by name.
         public var seccompLogOnly = false
-        /// The unprivileged ids helpers run as (when vmm runs as root).
+        /// The unprivileged ids helpers run as when vmm runs as root, when the config names them (`uid`, `gid`): every
+        /// VM of that config then shares them. Otherwise each VM gets an id of its own from `idRange` (as uid and gid).
         public var uid: UInt32 = 64999
         public var gid: UInt32 = 64999
+        public var sharedIDs = false
+        public var idRange: Range<UInt32> = 64000..<65000
         /// Set only by `vmm run --unsafe-policy-dir` (for writing policies), never by a config file: read the role
         /// policies from this directory instead of the ones built into vmm. nil: the built-in ones.
         public var unsafePolicyDirectory: String?

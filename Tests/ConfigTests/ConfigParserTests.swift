@@ -166,6 +166,23 @@ final class ConfigParserTests: XCTestCase {
         let own = try parse(#"{\#(boot), "vmm": {"sandbox": {"uid": 64123, "gid": 64124}}}"#)
         XCTAssertEqual(own.vmm.sandbox.uid, 64123)
         XCTAssertEqual(own.vmm.sandbox.gid, 64124)
+        XCTAssertTrue(own.vmm.sandbox.sharedIDs)
+    }
+
+    /// Without a shared id each VM takes one of its own from a range (when vmm runs as root).
+    func testAnIDRangeGivesEachVMItsOwnID() throws {
+        let plain = try parse(#"{\#(boot)}"#)
+        XCTAssertFalse(plain.vmm.sandbox.sharedIDs)
+        XCTAssertEqual(plain.vmm.sandbox.idRange, 64000..<65000)
+        let range = try parse(#"{\#(boot), "vmm": {"sandbox": {"id_range": {"first": 200000, "count": 16}}}}"#)
+        XCTAssertEqual(range.vmm.sandbox.idRange, 200000..<200016)
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 64123, "id_range": {"first": 1000}}}}"#,
+                    "vmm.sandbox.id_range: give either uid/gid (shared by every VM of this config) or id_range (an id per VM), not both")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"id_range": {"first": 0}}}}"#, "vmm.sandbox.id_range.first: 0 is out of range 1...4294967294")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"id_range": {"count": 0}}}}"#, "vmm.sandbox.id_range.count: 0 is out of range 1...4294967294")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"id_range": {"first": 4294967290, "count": 10}}}}"#,
+                    "vmm.sandbox.id_range.count: first + count must stay below 4294967295 ((uid_t)-1 means \"unchanged\")")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"id_range": {"start": 5}}}}"#, "vmm.sandbox.id_range.start: unknown field")
     }
 
     func testMachineConfigValues() {

@@ -55,6 +55,32 @@ final class SandboxTests: GuestTestCase {
         }
     }
 
+    /// Run by root, each VM's helpers get an id of their own from `vmm.sandbox.id_range`, held while the VM runs; a VM
+    /// that finds every id of its range taken does not start.
+    func testEachVMGetsItsOwnHelperIDFromTheRange() throws {
+        guard geteuid() == 0 else { throw XCTSkip("SKIPPED: helper ids are chosen only when vmm runs as root") }
+        let config = Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000",
+                                    extra: #", "sandbox": {"id_range": {"first": 64700, "count": 2}}"#)
+        var runs: [Harness.Run] = []
+        defer { for run in runs { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() } }
+        var ids: [Set<String>] = []
+        for _ in 0..<2 {
+            let run = try Harness.run(config: config)
+            runs.append(run)
+            XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+            let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 5)
+            ids.append(Set(try helpers.map { pid in
+                try status(pid)["Uid"]?.split(separator: "\t").first.map(String.init) ?? "?"
+            }))
+        }
+        XCTAssertEqual(ids.count, 2)
+        XCTAssertEqual(ids[0].count, 1, "one id for all of a VM's helpers: \(ids)")
+        XCTAssertEqual(ids[0].union(ids[1]), ["64700", "64701"], "one id per VM")
+        let third = try Harness.run(config: config)
+        XCTAssertEqual(third.wait(timeout: 20), 4, third.stderr)
+        XCTAssertTrue(third.stderr.contains("vmm.sandbox.id_range: every id of 64700..<64702 is held by another VM or used by a host account"), third.stderr)
+    }
+
     /// (A pio process killed by seccomp is restarted like after any crash; here its successor would make the same
     /// call, so it gets no restart and is critical: its first death ends the VM.)
     func provoke(role: String, syscall: String) throws {

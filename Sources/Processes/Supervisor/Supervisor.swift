@@ -22,6 +22,8 @@ public final class Supervisor {
     /// When vmm started (CLOCK_MONOTONIC), for the boot timer.
     let startedAt = monotonicNanoseconds()
     let quirks: HostQuirks?
+    /// This VM's own helper id (vmm run as root, no shared id in the config), held until the supervisor ends.
+    private var idLease: HelperIDLease?
 
     /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
     public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
@@ -109,6 +111,12 @@ public final class Supervisor {
 
     private func launchAndWatch() throws -> ExitStatus {
         Log.debug("supervisor starting")
+        if geteuid() == 0 && !config.vmm.sandbox.sharedIDs {
+            do { idLease = try HelperIDLease.acquire(from: config.vmm.sandbox.idRange) } catch {
+                throw HostSetupError(description: "\(error)")
+            }
+            Log.info("helpers run as uid and gid \(idLease?.id ?? 0)")
+        }
         // Captured by the spec builders, which are kept for restarts.
         let config = self.config, quirks = self.quirks
         // Descriptors are boxed so that the spec builders below can capture them and FDList can keep them open.
@@ -317,8 +325,8 @@ public final class Supervisor {
         if fault != nil, getenv("VMM_FAULT_INJECT_ONCE") != nil, !faultSyscallGiven.insert(role).inserted { fault = nil }
         return SandboxSpec(policyName: role.policyFile, policyText: text,
                            mode: config.vmm.sandbox.seccompLogOnly ? .log : .kill,
-                           uid: geteuid() == 0 ? config.vmm.sandbox.uid : nil,
-                           gid: geteuid() == 0 ? config.vmm.sandbox.gid : nil, faultSyscall: fault,
+                           uid: geteuid() == 0 ? idLease?.id ?? config.vmm.sandbox.uid : nil,
+                           gid: geteuid() == 0 ? idLease?.id ?? config.vmm.sandbox.gid : nil, faultSyscall: fault,
                            crashOnSignal: config.vmm.faults.contains { $0.action == .crash && $0.device == (device ?? role.rawValue) },
                            addressSpaceLimit: addressSpaceLimit(role))
     }

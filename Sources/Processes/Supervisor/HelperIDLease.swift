@@ -1,0 +1,46 @@
+import Glibc
+import System
+
+/// The id one VM's helpers run as when vmm runs as root and the config names no shared one: the first id of
+/// `vmm.sandbox.id_range` that no other VM holds and no host account or group uses, used as both uid and gid. It is
+/// held by an exclusive lock on `/run/vmm/ids/ID` for as long as the supervisor lives (the kernel releases the lock
+/// when the process goes, however it ends), so two VMs never share an id: one VM's compromised helper cannot signal,
+/// trace or share a process limit with another VM's.
+final class HelperIDLease {
+    let id: UInt32
+    private let lock: FileDescriptor
+
+    static let directory = "/run/vmm/ids"
+
+    private init(id: UInt32, lock: consuming FileDescriptor) {
+        self.id = id
+        self.lock = lock
+    }
+
+    struct Exhausted: Error, CustomStringConvertible { let description: String }
+
+    static func acquire(from range: Range<UInt32>, directory: String = directory) throws -> HelperIDLease {
+        try makeDirectory(directory)
+        for id in range where getpwuid(id) == nil && getgrgid(id) == nil {
+            // No links followed, nothing but a regular file of root's: the directory is root's own, mode 0700.
+            let file = try FileDescriptor.open("\(directory)/\(id)", O_RDWR | O_CREAT | O_NOFOLLOW, mode: 0o600)
+            if flock(file.raw, LOCK_EX | LOCK_NB) == 0 { return HelperIDLease(id: id, lock: file) }
+            guard errno == EWOULDBLOCK else { throw SystemError("flock(\(directory)/\(id))", errno: errno) }
+        }
+        throw Exhausted(description: "vmm.sandbox.id_range: every id of \(range.lowerBound)..<\(range.upperBound) is held by another VM or used by a host account")
+    }
+
+    /// /run/vmm/ids, made root-only; one that exists must be a directory of root's that others cannot write.
+    private static func makeDirectory(_ path: String) throws {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir(\(prefix))", errno: errno) }
+        }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw SystemError("lstat(\(path))", errno: errno) }
+        guard st.st_mode & S_IFMT == S_IFDIR, st.st_uid == 0, st.st_mode & 0o022 == 0 else {
+            throw Exhausted(description: "\(path) must be a directory of root's that no one else can write")
+        }
+    }
+}
