@@ -94,6 +94,21 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// The contents of a file whose size says nothing (procfs, cgroupfs), read to its end but at most `limit` bytes;
+    /// nil when it cannot be read.
+    public static func readPseudoFile(_ path: String, limit: Int = 1 << 20) -> String? {
+        guard let fd = try? open(path, O_RDONLY) else { return nil }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let got = chunk.withUnsafeMutableBytes { Glibc.read(fd.raw, $0.baseAddress!, $0.count) }
+            if got < 0 && Glibc.errno == EINTR { continue }
+            if got <= 0 { break }
+            out += chunk[..<got]
+        }
+        return String(decoding: out.prefix(limit), as: UTF8.self)
+    }
+
     /// Reads the whole file from offset 0.
     public func readAll() throws(SystemError) -> [UInt8] {
         try readAll(count: try size())

@@ -81,6 +81,36 @@ final class SandboxTests: GuestTestCase {
         XCTAssertTrue(third.stderr.contains("vmm.sandbox.id_range: every id of 64700..<64702 is held by another VM or used by a host account"), third.stderr)
     }
 
+    /// Where the host lets vmm make cgroups (v2 with the memory, pids and cpu controllers, or those v1 hierarchies),
+    /// every helper of a VM, standbys included, runs in one cgroup of the VM's with memory and process limits, and
+    /// the cgroup goes when the VM ends.
+    func testTheVMsHelpersShareACgroupWithLimitsThatGoesWithTheVM() throws {
+        let run = try startEndlessGuest(options: ["--log-level", "Info"])
+        let supervisor = run.process.processIdentifier
+        let helpers = Harness.settledHelpers(of: supervisor, count: 5)
+        let stderr = run.stderr
+        if let line = stderr.split(separator: "\n").first(where: { $0.contains("no cgroup for this VM's helpers") }) {
+            kill(supervisor, SIGINT)
+            _ = run.wait()
+            throw XCTSkip("SKIPPED: this host lets vmm make no cgroup: \(line)")
+        }
+        let line = try XCTUnwrap(stderr.split(separator: "\n").first { $0.contains("helpers run in ") }, stderr)
+        let directories = line.components(separatedBy: "helpers run in ")[1].components(separatedBy: ", ")
+        XCTAssertTrue(directories.allSatisfy { $0.hasSuffix("/vmm-\(supervisor)") }, "\(directories)")
+        for pid in helpers {
+            let cgroups = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+            XCTAssertTrue(cgroups.contains("/vmm-\(supervisor)\n"), "\(Harness.role(of: pid) ?? "?"): \(cgroups)")
+        }
+        let limits = directories.flatMap { dir in ["pids.max", "memory.max", "memory.limit_in_bytes"].compactMap { file in
+            (try? String(contentsOfFile: dir + "/" + file, encoding: .utf8)).map { (file, $0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        } }
+        XCTAssertTrue(limits.contains { $0.0 == "pids.max" && $0.1 == "132" }, "128 + 4 per vCPU: \(limits)")
+        XCTAssertTrue(limits.contains { $0.0.hasPrefix("memory.") && UInt64($0.1).map { $0 < 2 << 30 } == true }, "\(limits)")
+        kill(supervisor, SIGINT)
+        XCTAssertEqual(run.wait(timeout: 20), 130, run.stderr)
+        for dir in directories { XCTAssertFalse(FileManager.default.fileExists(atPath: dir), "\(dir) outlived the VM") }
+    }
+
     /// (A pio process killed by seccomp is restarted like after any crash; here its successor would make the same
     /// call, so it gets no restart and is critical: its first death ends the VM.)
     func provoke(role: String, syscall: String) throws {

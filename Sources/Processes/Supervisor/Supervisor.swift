@@ -24,6 +24,8 @@ public final class Supervisor {
     let quirks: HostQuirks?
     /// This VM's own helper id (vmm run as root, no shared id in the config), held until the supervisor ends.
     private var idLease: HelperIDLease?
+    /// The cgroup every helper is put in, where the host lets vmm make one.
+    private var cgroup: VMCgroup?
 
     /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
     public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
@@ -117,6 +119,14 @@ public final class Supervisor {
             }
             Log.info("helpers run as uid and gid \(idLease?.id ?? 0)")
         }
+        do {
+            cgroup = try VMCgroup.create(name: "vmm-\(getpid())", limits: cgroupLimits())
+            Log.info("helpers run in \(cgroup?.directories.joined(separator: ", ") ?? "")")
+        } catch {
+            Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
+        }
+        // Removed once every helper is gone (this runs after stopAll below).
+        defer { cgroup?.remove() }
         // Captured by the spec builders, which are kept for restarts.
         let config = self.config, quirks = self.quirks
         // Descriptors are boxed so that the spec builders below can capture them and FDList can keep them open.
@@ -304,6 +314,9 @@ public final class Supervisor {
                              control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
         let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
                                              environment: Self.helperEnvironment, namespaces: Self.helperNamespaces)
+        if let cgroup {
+            do { try cgroup.add(process.pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
+        }
         if !cpus.isEmpty { try setCPUAffinity(pid: process.pid, cpus: cpus) }
         let readEnd = try control.duplicate()
         try readEnd.setNonBlocking(true)
@@ -329,6 +342,15 @@ public final class Supervisor {
                            gid: geteuid() == 0 ? idLease?.id ?? config.vmm.sandbox.gid : nil, faultSyscall: fault,
                            crashOnSignal: config.vmm.faults.contains { $0.action == .crash && $0.device == (device ?? role.rawValue) },
                            addressSpaceLimit: addressSpaceLimit(role))
+    }
+
+    /// What the VM's helpers may use together: guest RAM, and for every process (standbys included) room for its
+    /// runtime; threads: two per vCPU and a few per process.
+    private func cgroupLimits() -> VMCgroup.Limits {
+        let mib: UInt64 = 1 << 20
+        let devices = UInt64(2 + config.drives.count + (config.entropy != nil ? 1 : 0))
+        return VMCgroup.Limits(memoryBytes: UInt64(config.machine.memSizeMiB) * mib + 512 * mib + 2 * devices * 64 * mib,
+                               processes: 128 + 4 * config.machine.vcpuCount, cpuQuotaMicroseconds: nil)
     }
 
     /// A helper's RLIMIT_AS: guest RAM where the role maps it, plus room for the Swift runtime, its heap and its

@@ -1,0 +1,161 @@
+import Glibc
+import System
+
+/// One VM's helper processes in a cgroup of their own, with memory, process-count and (optionally) CPU limits, so
+/// that a compromised helper, or all of them together, cannot take the host's memory, fork-bomb it, or take more CPU
+/// than the VM was given. cgroup v2 where the host gives vmm the controllers (the usual systemd host, vmm run as
+/// root or in a unit with `Delegate=yes`); the v1 controllers where the host mounts those instead. Where neither is
+/// writable, the VM runs without (vmm says so at info level): the per-helper rlimits still apply.
+final class VMCgroup {
+    /// What the VM's processes may use together.
+    struct Limits: Equatable {
+        var memoryBytes: UInt64
+        var processes: Int
+        /// CPU time per 100 ms period, in microseconds; nil: no CPU limit.
+        var cpuQuotaMicroseconds: Int?
+        static let cpuPeriodMicroseconds = 100_000
+    }
+
+    /// The directories made (removed at the end), and the `cgroup.procs` file a helper's pid goes to in each.
+    let directories: [String]
+
+    private init(directories: [String]) { self.directories = directories }
+
+    /// Where cgroup filesystems are and which cgroup this process is in: the host's by default, a test's tree
+    /// otherwise.
+    struct Host {
+        /// `/proc/self/mountinfo` and `/proc/self/cgroup`.
+        var mountInfo: String
+        var ownCgroups: String
+
+        static func current() -> Host {
+            Host(mountInfo: FileDescriptor.readPseudoFile("/proc/self/mountinfo") ?? "",
+                 ownCgroups: FileDescriptor.readPseudoFile("/proc/self/cgroup") ?? "")
+        }
+
+        /// Mount points of cgroup filesystems: the v2 one, and the v1 ones by controller.
+        var mounts: (v2: String?, v1: [String: String]) {
+            var v2: String?
+            var v1: [String: String] = [:]
+            for line in mountInfo.split(separator: "\n") {
+                // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+                let halves = line.components(separatedBy: " - ")
+                guard halves.count == 2 else { continue }
+                let fields = halves[0].split(separator: " "), tail = halves[1].split(separator: " ")
+                guard fields.count >= 5, tail.count >= 3, fields[3] == "/" else { continue }
+                let point = String(fields[4])
+                if tail[0] == "cgroup2" { v2 = point }
+                if tail[0] == "cgroup" { for option in tail[2].split(separator: ",") { v1[String(option)] = point } }
+            }
+            return (v2, v1)
+        }
+
+        /// This process's cgroup path per v1 controller, and its v2 path ("" key).
+        var paths: [String: String] {
+            var paths: [String: String] = [:]
+            for line in ownCgroups.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+                guard parts.count == 3 else { continue }
+                if parts[1].isEmpty { paths[""] = String(parts[2]) }
+                for controller in parts[1].split(separator: ",") { paths[String(controller)] = String(parts[2]) }
+            }
+            return paths
+        }
+    }
+
+    struct Unavailable: Error, CustomStringConvertible { let description: String }
+
+    /// Makes the cgroup `name` below this process's own (v2 first, then v1) with `limits`.
+    static func create(name: String, limits: Limits, host: Host = .current()) throws(Unavailable) -> VMCgroup {
+        let (v2, v1) = host.mounts, paths = host.paths
+        var why: [String] = []
+        if let v2, let own = paths[""] {
+            do { return try createV2(at: v2 + own, name: name, limits: limits) } catch { why.append("cgroup v2: \(error)") }
+        } else {
+            why.append("cgroup v2: not mounted")
+        }
+        do { return try createV1(v1, paths: paths, name: name, limits: limits) } catch { why.append("cgroup v1: \(error)") }
+        throw Unavailable(description: why.joined(separator: "; "))
+    }
+
+    static let controllers = ["memory", "pids", "cpu"]
+
+    private static func createV2(at parent: String, name: String, limits: Limits) throws(Unavailable) -> VMCgroup {
+        let available = Set((FileDescriptor.readPseudoFile(parent + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+        let missing = controllers.filter { !available.contains($0) }
+        guard missing.isEmpty else { throw Unavailable(description: "\(parent) does not offer \(missing.joined(separator: ", "))") }
+        let enabled = Set((FileDescriptor.readPseudoFile(parent + "/cgroup.subtree_control") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+        if !controllers.allSatisfy(enabled.contains) {
+            // Fails (EBUSY) when the parent has processes of its own and is not the root: not delegated to us.
+            try write(controllers.map { "+" + $0 }.joined(separator: " "), to: parent + "/cgroup.subtree_control")
+        }
+        let dir = parent + "/" + name
+        try makeDirectory(dir)
+        let group = VMCgroup(directories: [dir])
+        do {
+            try write("\(limits.memoryBytes)", to: dir + "/memory.max")
+            try write("0", to: dir + "/memory.swap.max", optional: true)
+            try write("\(limits.processes)", to: dir + "/pids.max")
+            try write(limits.cpuQuotaMicroseconds.map { "\($0) \(Limits.cpuPeriodMicroseconds)" } ?? "max \(Limits.cpuPeriodMicroseconds)",
+                      to: dir + "/cpu.max")
+        } catch {
+            group.remove()
+            throw error
+        }
+        return group
+    }
+
+    private static func createV1(_ mounts: [String: String], paths: [String: String], name: String, limits: Limits) throws(Unavailable) -> VMCgroup {
+        var dirs: [String: String] = [:]
+        for controller in controllers {
+            guard let mount = mounts[controller], let own = paths[controller] else {
+                throw Unavailable(description: "no \(controller) hierarchy")
+            }
+            dirs[controller] = mount + (own == "/" ? "" : own) + "/" + name
+        }
+        let ordered = controllers.compactMap { dirs[$0] }
+        var made: [String] = []
+        do {
+            for dir in ordered {
+                try makeDirectory(dir)
+                made.append(dir)
+            }
+            try write("\(limits.memoryBytes)", to: dirs["memory"]! + "/memory.limit_in_bytes")
+            try write("\(limits.processes)", to: dirs["pids"]! + "/pids.max")
+            if let quota = limits.cpuQuotaMicroseconds {
+                try write("\(Limits.cpuPeriodMicroseconds)", to: dirs["cpu"]! + "/cpu.cfs_period_us")
+                try write("\(quota)", to: dirs["cpu"]! + "/cpu.cfs_quota_us")
+            }
+        } catch {
+            VMCgroup(directories: made).remove()
+            throw error
+        }
+        return VMCgroup(directories: ordered)
+    }
+
+    /// Moves a helper into the VM's cgroup (in every hierarchy).
+    func add(_ pid: pid_t) throws(Unavailable) {
+        for dir in directories { try Self.write("\(pid)", to: dir + "/cgroup.procs") }
+    }
+
+    /// Removes the cgroup once its processes are gone (a cgroup with processes cannot be removed).
+    func remove() {
+        for dir in directories.reversed() { _ = rmdir(dir) }
+    }
+
+    private static func makeDirectory(_ path: String) throws(Unavailable) {
+        guard mkdir(path, 0o755) == 0 else {
+            throw Unavailable(description: "mkdir \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private static func write(_ text: String, to path: String, optional: Bool = false) throws(Unavailable) {
+        do {
+            let fd = try FileDescriptor.open(path, O_WRONLY | O_NOFOLLOW)
+            try fd.writeAll(Array(text.utf8))
+        } catch {
+            if optional { return }
+            throw Unavailable(description: "\(path): \(error)")
+        }
+    }
+}
