@@ -131,7 +131,14 @@ struct BenchCommand: ParsableCommand {
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
             for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) where wants("startup") {
                 let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
-                add("start-up to first UART byte: \(m.name)", r.firstByte.map { $0 * 1000 })
+                // Only a run that did its work counts: one that died at once would post a fast start-up.
+                guard r.status == 1, r.output.contains("Hello from the guest: bench"), let first = r.firstByte else {
+                    for what in ["first UART byte", "exit"] {
+                        failures["start-up to \(what): \(m.name)"] = "the guest did not run to its exit (status \(r.status))"
+                    }
+                    continue
+                }
+                add("start-up to first UART byte: \(m.name)", first * 1000)
                 add("start-up to exit: \(m.name)", r.total * 1000)
             }
         }
@@ -144,18 +151,31 @@ struct BenchCommand: ParsableCommand {
         for m in [ours as VMMUnderTest] + qemus.filter(\.irqchip) where wants("memory") {
             let p = try Runner.startResident(m, kernel: portloop, args: "iters=100000000000", memMiB: memMiB, ready: "portloop: ready")
             var pss = 0
+            var unreadable: [Int32] = []
             for pid in ProcessTree.all(p.processIdentifier) {
-                let smaps = (try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8)) ?? ""
+                // An unreadable smaps would count as 0 KiB: the figure fails instead of meeting its goal.
+                guard let smaps = try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8), !smaps.isEmpty else {
+                    unreadable.append(pid)
+                    continue
+                }
                 pss += BenchKit.Memory.pssExcludingGuestRAM(BenchKit.Memory.parseSmaps(smaps), ramKiB: memMiB * 1024, ramName: "guest-ram")
             }
             for pid in ProcessTree.all(p.processIdentifier).reversed() { kill(pid, SIGKILL) }
             p.waitUntilExit()
-            add("memory PSS without guest RAM: \(m.name)", Double(pss) / 1024)
+            if unreadable.isEmpty && pss > 0 {
+                add("memory PSS without guest RAM: \(m.name)", Double(pss) / 1024)
+            } else {
+                failures["memory PSS without guest RAM: \(m.name)"] = "smaps of pids \(unreadable) unreadable"
+            }
         }
 
         var report = Report(machine: machineInfo(tscKHz: tscKHz), rows: [])
         func row(_ name: String, _ unit: String, baseline: String? = nil, goal: Double? = nil, note: String? = nil) {
-            guard let s = rows[name] else { return }
+            guard let s = rows[name] else {
+                // A runner that failed fails its figure, visibly: no number, and why.
+                if let why = failures[name] { report.rows.append(Row(name: name, unit: unit, samples: Samples(), note: "FAILED: \(why)")) }
+                return
+            }
             report.rows.append(Row(name: name, unit: unit, samples: s, baseline: baseline, goal: goal, note: note))
         }
         for op in ["in", "out"] {
@@ -222,7 +242,7 @@ struct BenchCommand: ParsableCommand {
     func log(_ s: String) { FileHandle.standardError.write(Data("vmm-bench: \(s)\n".utf8)) }
 
     func ensureGuests() throws -> String {
-        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf", "virtio.elf"]
+        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf", "virtio.elf", "uartstress.elf", "timerstress.elf"]
         // Rebuilt when one is missing or older than a source (run from the repository root, as the scripts do).
         func modified(_ path: String) -> Double? {
             var st = stat()
