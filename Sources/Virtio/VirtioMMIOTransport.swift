@@ -406,3 +406,108 @@ public final class VirtioMMIOTransport {
         return hasPendingWork
     }
 }
+
+// MARK: - Surviving the device process
+
+extension VirtioMMIOTransport: Snapshotting {
+    /// The longest failure reason kept across a restart (it is only said in the log).
+    static let maxFailureBytes = 512
+
+    /// The registers, the queues and the failure reason. The backend is not saved: the blk and rng backends keep
+    /// nothing between requests (their configuration comes from the process's arguments).
+    public func save(to w: inout SnapshotWriter) {
+        w.u32(state.status)
+        w.u32(state.deviceFeaturesSel)
+        w.u32(state.driverFeaturesSel)
+        w.u64(state.driverFeatures)
+        w.u32(state.queueSel)
+        w.u32(state.shmSel)
+        w.u32(state.interruptStatus)
+        w.u32(state.configGeneration)
+        w.u8(UInt8(truncatingIfNeeded: state.queues.count))
+        for q in state.queues { q.save(to: &w) }
+        w.bool(state.failure != nil)
+        if let failure = state.failure { w.bytes(Array(failure.utf8.prefix(Self.maxFailureBytes))) }
+    }
+
+    /// Restores what a previous process of this device committed, refusing any state the transport could never
+    /// have been in (the bytes may come from a compromised predecessor): undefined status bits or a status the
+    /// driver could not have reached, features past FEATURES_OK that were not acceptable, interrupt bits that do
+    /// not exist, queues of another device, active queues that fail activation's checks, a live device whose
+    /// queues are not in step. All-or-nothing: nothing changes unless every field passed. The interrupt line is
+    /// set to the restored level; a live device's backend is activated again.
+    public func restore(from r: inout SnapshotReader) throws(SnapshotError) {
+        var s = VirtioMMIOState(queueMaxSizes: backend.queueMaxSizes)
+        s.status = try r.u32()
+        s.deviceFeaturesSel = try r.u32()
+        s.driverFeaturesSel = try r.u32()
+        s.driverFeatures = try r.u64()
+        s.queueSel = try r.u32()
+        s.shmSel = try r.u32()
+        s.interruptStatus = try r.u32()
+        s.configGeneration = try r.u32()
+        guard Int(try r.u8()) == s.queues.count else { throw .invalid("virtio state with another number of queues") }
+        for i in s.queues.indices {
+            s.queues[i] = try Virtqueue.restored(from: &r, maxSize: s.queues[i].maxSize, features: s.driverFeatures,
+                                                 memory: memory)
+        }
+        s.failure = try r.bool() ? String(decoding: try r.bytes(max: Self.maxFailureBytes), as: UTF8.self) : nil
+
+        typealias S = VirtioStatus
+        let known = S.acknowledge | S.driver | S.featuresOK | S.driverOK | S.deviceNeedsReset | S.failed
+        guard s.status & ~known == 0 else { throw .invalid("virtio status 0x\(String(s.status, radix: 16))") }
+        // The driver adds its bits in order (writeStatus refuses skipping a step).
+        for (bit, needs) in [(S.driver, S.acknowledge), (S.featuresOK, S.driver), (S.driverOK, S.featuresOK)]
+        where s.status & bit != 0 && s.status & needs == 0 {
+            throw .invalid("virtio status 0x\(String(s.status, radix: 16)) skips a step")
+        }
+        if s.status & S.featuresOK != 0 {
+            guard s.driverFeatures & ~offeredFeatures == 0, s.driverFeatures & VirtioFeature.version1 != 0 else {
+                throw .invalid("features 0x\(String(s.driverFeatures, radix: 16)) accepted though not acceptable")
+            }
+        }
+        guard (s.status & S.deviceNeedsReset != 0) == (s.failure != nil) else {
+            throw .invalid("DEVICE_NEEDS_RESET without its reason, or a reason without it")
+        }
+        guard s.interruptStatus & ~(VirtioInterrupt.usedBuffer | VirtioInterrupt.configChange) == 0 else {
+            throw .invalid("interrupt status 0x\(String(s.interruptStatus, radix: 16))")
+        }
+        for q in s.queues where q.isActive {
+            // Queues are activated at DRIVER_OK only, and a reset deactivates them.
+            guard s.status & S.driverOK != 0 else { throw .invalid("an active queue before DRIVER_OK") }
+            // Served in order and synchronously (queueNotified): a live device never leaves a request half done.
+            let live = s.status & (S.deviceNeedsReset | S.failed) == 0
+            guard !live || q.lastAvailIndex == q.usedIndex else {
+                throw .invalid("a live queue with a request taken but not completed")
+            }
+        }
+        state = s
+        pending = s.queues.map(\.isActive)
+        interrupt.set(s.interruptStatus != 0)
+        if isLive { backend.activate(features: s.driverFeatures) }
+    }
+
+    /// For a process that took over from a dead one, after `restore`: completions its predecessor published after
+    /// its last commit are adopted (`Virtqueue.adoptPublishedCompletions`), and the driver is interrupted when
+    /// there were any, since the predecessor may have died before it could (a spurious interrupt is harmless, a
+    /// lost one hangs the driver). A used ring the guest scribbled on sets DEVICE_NEEDS_RESET. Returns the number
+    /// of completions adopted.
+    @discardableResult
+    public func adoptPublishedCompletions() -> Int {
+        guard isLive else { return 0 }
+        var adopted = 0
+        for i in state.queues.indices where state.queues[i].isActive {
+            var queue = state.queues[i]
+            do {
+                adopted += Int(try queue.adoptPublishedCompletions(in: memory))
+            } catch {
+                markNeedsReset(reason: "queue \(i) at takeover: \(error)")
+                return adopted
+            }
+            queue.markSignalled()
+            state.queues[i] = queue
+        }
+        if adopted > 0 { raiseInterrupt(VirtioInterrupt.usedBuffer) }
+        return adopted
+    }
+}
