@@ -78,8 +78,8 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
         switch self {
         case .notReady: "the queue is not ready"
         case let .invalidSize(size, max): "queue size \(size) is not a power of two in 1...\(max)"
-        case let .invalidRing(area, gpa): "the \(area) at 0x\(String(gpa, radix: 16)) is misaligned or outside RAM"
-        case let .ringOutsideRAM(area): "the \(area) is no longer inside RAM"
+        case let .invalidRing(area, gpa): "the \(area.rawValue) at 0x\(String(gpa, radix: 16)) is misaligned or outside RAM"
+        case let .ringOutsideRAM(area): "the \(area.rawValue) is no longer inside RAM"
         case let .availIndexJumped(avail, last): "avail idx \(avail) is more than the queue size ahead of \(last)"
         case let .descriptorIndexOutOfRange(index, size): "descriptor index \(index) in a table of \(size)"
         case let .chainTooLong(limit): "a descriptor chain longer than \(limit) (or a loop)"
