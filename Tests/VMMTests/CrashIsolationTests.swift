@@ -22,7 +22,7 @@ final class CrashIsolationTests: XCTestCase {
         let faults: [Entry]
     }
 
-    func readReport(_ path: String) throws -> FaultReport {
+    static func readReport(_ path: String) throws -> FaultReport {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(FaultReport.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
@@ -49,7 +49,7 @@ final class CrashIsolationTests: XCTestCase {
         XCTAssertTrue(run.stdout.hasSuffix("uartstress: done \(lines) lines, 0 scratch mismatches\n"), String(run.stdout.suffix(300)))
         XCTAssertEqual(lineNumbers(run.stdout), Array(0..<lines), "every line once, in order")
         XCTAssertTrue(run.stderr.contains("is hung: requests have waited"), run.stderr)
-        let report = try readReport(reportPath)
+        let report = try Self.readReport(reportPath)
         XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 100,
                        "all kills happened while the guest ran (make the guest longer if not): \(run.stderr)")
         XCTAssertEqual(report.faults.filter { $0.action == "stop" }.count, 1)
