@@ -511,3 +511,25 @@ extension VirtioMMIOTransport: Snapshotting {
         return adopted
     }
 }
+
+extension VirtioMMIOTransport {
+    /// What a read of a virtio-mmio window returns once its device process has been given up on (it kept crashing):
+    /// answered by the vcpu process without the device, from nothing but the offset. Status says DEVICE_NEEDS_RESET
+    /// (with the driver bits of a live device: the real ones died with the process) and InterruptStatus the
+    /// configuration-change bit, which is how a driver learns that its device needs a reset (2.1.2); the identity
+    /// registers still identify a virtio-mmio device; everything else reads all-ones, as a dead device would.
+    public static func brokenDeviceRead(offset: UInt64, size: Int) -> UInt64 {
+        typealias R = VirtioMMIORegister
+        let allOnes: UInt64 = size >= 8 ? .max : (1 << (UInt64(max(size, 0)) * 8)) - 1
+        guard size == 4, offset < R.config else { return allOnes }
+        switch offset {
+        case R.magicValue: return UInt64(R.magic)
+        case R.version: return UInt64(R.currentVersion)
+        case R.status:
+            return UInt64(VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK
+                          | VirtioStatus.deviceNeedsReset)
+        case R.interruptStatus: return UInt64(VirtioInterrupt.configChange)
+        default: return allOnes
+        }
+    }
+}

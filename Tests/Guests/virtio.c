@@ -16,6 +16,7 @@
  *            (see test_stress), for crash-isolation tests; counts I/O errors, lost writes, corrupt sectors and
  *            duplicate completions (a used entry for a request not in flight):
  *              virtio-stress: passes=P blocks=B requests=N ioerrors=0 lost=0 corrupt=0 duplicates=0
+ *            A device that stops answering and says DEVICE_NEEDS_RESET ends it with status 2 (vmm: 5).
  *   bench    the block benchmark: queue 0 of 128 descriptors set up at CPL0 (VERSION_1 only, no interrupts:
  *            VRING_AVAIL_F_NO_INTERRUPT), then at CPL3 with IOPL 3 (guest kernel code is emulated on the test hosts)
  *            count=N reads with depth=D (1..32) in flight, completions polled in the used ring, QueueNotify written
@@ -429,7 +430,16 @@ static void stress_loop(void) {
                 for (uint32_t done = 0; done < batch;) {
                     uint16_t end = bench_used.idx;
                     if (end == used_seen) {
-                        if (rdtsc() - last > (1ull << 36)) {
+                        uint64_t waited = rdtsc() - last;
+                        /* Stalled for a while: ask the device (a register read, so not on every spin). */
+                        if (waited > (1ull << 31) && (rd(bench_dev, R_STATUS) & S_NEEDS_RESET)) {
+                            puts("virtio-stress: the device needs a reset (status="); put_hex8(rd(bench_dev, R_STATUS));
+                            puts(" isr="); put_hex8(rd(bench_dev, R_ISR));
+                            puts(")\n");
+                            guest_exit(2);
+                            for (;;) { }
+                        }
+                        if (waited > (1ull << 36)) {
                             puts("virtio-stress: timeout in pass "); put_dec(pass);
                             puts("\n");
                             guest_exit(1);

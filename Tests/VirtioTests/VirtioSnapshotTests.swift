@@ -205,3 +205,19 @@ final class VirtioSnapshotTests: XCTestCase {
         XCTAssertEqual(reset.state.status, 0)
     }
 }
+
+/// What the vcpu process answers for a virtio device given up on.
+final class BrokenVirtioDeviceTests: XCTestCase {
+    typealias R = VirtioMMIORegister
+
+    func testStatusSaysNeedsResetAndTheRestIsAllOnes() {
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.status, size: 4), 0x4f)
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.interruptStatus, size: 4), UInt64(VirtioInterrupt.configChange))
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.magicValue, size: 4), 0x7472_6976)
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.version, size: 4), 2)
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.queueReady, size: 4), 0xffff_ffff)
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.status, size: 2), 0xffff, "registers need 32-bit reads")
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.config, size: 8), .max)
+        XCTAssertEqual(VirtioMMIOTransport.brokenDeviceRead(offset: R.config + 4, size: 1), 0xff)
+    }
+}
