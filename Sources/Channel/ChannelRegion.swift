@@ -159,6 +159,15 @@ public final class ChannelRegion: @unchecked Sendable {
 
     public var deviceProgress: UInt64 { progressWord.pointee.load(ordering: .acquiring) }
 
+    /// Set by the device while it has work in hand that its rings do not show (queue notifications taken, requests
+    /// not yet completed), cleared once that work is done: a device that stops while it is set has work waiting, as
+    /// one with requests on its rings has. Like `deviceProgress`, only the device's own hang detection depends on it.
+    public var deviceBusy: Bool {
+        get { busyWord.pointee.load(ordering: .acquiring) != 0 }
+        set { busyWord.pointee.store(newValue ? 1 : 0, ordering: .releasing) }
+    }
+
+    private var busyWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 80).assumingMemoryBound(to: Atomic<UInt32>.self) }
     private var progressWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 72).assumingMemoryBound(to: Atomic<UInt64>.self) }
     private var statusWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 64).assumingMemoryBound(to: Atomic<UInt32>.self) }
     private var restartsWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 68).assumingMemoryBound(to: Atomic<UInt32>.self) }

@@ -397,11 +397,12 @@ public final class VirtioMMIOTransport {
     /// Whether some queue stopped at its budget with requests left.
     public var hasPendingWork: Bool { pending.contains(true) }
 
-    /// Serves the queues that stopped at their budget (once each). Returns whether some still have work left.
+    /// Serves the queues that stopped at their budget (once each, up to `budget` requests each; default: the queue
+    /// size). Returns whether some still have work left.
     @discardableResult
-    public func runPendingQueues() -> Bool {
+    public func runPendingQueues(budget: Int? = nil) -> Bool {
         for i in pending.indices where pending[i] {
-            queueNotified(i)
+            queueNotified(i, budget: budget)
         }
         return hasPendingWork
     }

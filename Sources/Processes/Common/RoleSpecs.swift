@@ -130,6 +130,9 @@ struct VirtioSpec: RestartableRoleSpec {
     var block: BlockDeviceSpec?
     /// Set for a standby process: it waits for this eventfd before it serves.
     var takeoverFD: Int32?
+    /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
+    /// them, so that injected kills land in that window often and a test sees completions adopted, not repeated.
+    var testCommitDelayMicroseconds: Int?
     var spinMicroseconds: Int
     var logLevel: Int
     var sandbox: SandboxSpec

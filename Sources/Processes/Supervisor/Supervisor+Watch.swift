@@ -186,14 +186,15 @@ extension Supervisor {
         }
     }
 
-    /// A device with requests waiting (on its rings, or a queue notification unread) that makes no progress for
+    /// A device with requests waiting (on its rings, a queue notification unread, or work it took and says it has in
+    /// hand) that makes no progress for
     /// `hang_timeout_ms` is hung (stopped, looping, deadlocked): it is killed, and its death restarts it like any
     /// other.
     private func watchForHangs(_ slots: [Slot], now: UInt64, faults: FaultInjector) {
         let limit = UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 1_000_000
         for slot in slots where slot.restartable && !slot.broken && slot.helper.ended == nil {
             let handled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
-            let waiting = slot.channels.contains { $0.unhandledRequests().all > 0 } || notificationWaiting(slot)
+            let waiting = slot.channels.contains { $0.unhandledRequests().all > 0 || $0.deviceBusy } || notificationWaiting(slot)
             if handled != slot.lastHandled { faults.progressed(slot, at: now) }
             if handled != slot.lastHandled || !waiting {
                 slot.lastHandled = handled

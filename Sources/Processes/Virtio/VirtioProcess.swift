@@ -38,6 +38,11 @@ public enum VirtioProcess {
         }
     }
 
+    /// Requests served per queue before the process looks at its channel again, commits and counts its progress:
+    /// bounds how long a register access waits behind queue work, and how long a busy, healthy device shows no
+    /// progress to the supervisor's hang watch.
+    static let queueBudget = 32
+
     static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
@@ -96,6 +101,9 @@ public enum VirtioProcess {
                 }
             } while server.uncommitted >= server.batchLimit
             server.commit()
+            // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
+            // flag tells the supervisor that something waits on this process.
+            region.deviceBusy = true
             for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
                 notified[queue] = true
             }
@@ -105,15 +113,17 @@ public enum VirtioProcess {
             let before = transport.state.queues.map(\.usedIndex)
             for queue in notified.indices where notified[queue] {
                 notified[queue] = false
-                transport.queueNotified(queue)
+                transport.queueNotified(queue, budget: Self.queueBudget)
             }
             // Queues that stopped at their budget go on after the ring has been looked at again, without sleeping.
-            let more = transport.runPendingQueues()
+            let more = transport.runPendingQueues(budget: Self.queueBudget)
             let completed = zip(before, transport.state.queues).reduce(UInt64(0)) { $0 + UInt64($1.1.usedIndex &- $1.0) }
             if completed > 0 || transport.state.failure != reported {
+                if let delay = spec.testCommitDelayMicroseconds, completed > 0 { usleep(UInt32(clamping: delay)) }
                 server.commit()
                 region.addDeviceProgress(completed)
             }
+            if !more { region.deviceBusy = false }
             // Why the device stopped serving, once per failure (the guest resets it to go on); a guest that keeps
             // breaking its queues gets a bounded number of lines, at Info level: this is the guest's doing.
             if transport.state.failure != reported {
