@@ -42,9 +42,9 @@ public enum VirtioMMIORegister {
 
 /// Everything the transport remembers, as plain data.
 ///
-/// Kept apart from the transport object, and `Codable`, so that a device process can save it (e.g. into its
-/// channel's state area) after each change and a restarted process can resume with
-/// `VirtioMMIOTransport(backend:memory:interrupt:restoring:)` without the guest noticing.
+/// Kept apart from the transport object, and `Codable`, so that it can be saved and a transport resumed with
+/// `VirtioMMIOTransport(backend:memory:interrupt:restoring:)`. The device process commits it through the transport's
+/// `Snapshotting` conformance instead, whose restore refuses every state the transport could not have been in.
 public struct VirtioMMIOState: Codable, Equatable, Sendable {
     /// The Status register (driver bits plus the device's DEVICE_NEEDS_RESET).
     public var status: UInt32 = 0
