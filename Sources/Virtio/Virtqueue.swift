@@ -169,6 +169,10 @@ public struct Virtqueue: Codable, Equatable, Sendable {
     /// the ring features taken from the negotiated `features`. Called at DRIVER_OK for every ready queue.
     public mutating func activate(features: UInt64, memory: GuestRAM) throws(VirtqueueError) {
         try validateLayout(memory: memory)
+        // used->idx starts at 0 in guest RAM too, whatever a driver that reused the memory left there: a device
+        // process that takes over from a dead one counts the completions published since the last commit from it
+        // (`adoptPublishedCompletions`), so it must never hold a value this device did not write.
+        guard memory.store(UInt16(0), at: usedRing + 2) else { throw .ringOutsideRAM(.usedRing) }
         eventIndexEnabled = features & VirtioFeature.eventIndex != 0
         indirectEnabled = features & VirtioFeature.indirectDescriptors != 0
         lastAvailIndex = 0

@@ -187,6 +187,23 @@ final class VirtioSnapshotTests: XCTestCase {
         XCTAssertEqual(other.state.failure, "queue 0 at takeover: used idx 0 is ahead of avail idx 2")
     }
 
+    /// A driver that set its queue up on memory holding an old used->idx (a reused ring after a reset): activation
+    /// writes 0 there, so a successor never takes the stale value for completions its predecessor published.
+    func testActivationZeroesAStaleUsedIndex() throws {
+        var d = TestDriver(ram: ram, size: 8)
+        ram.store(UInt16(5), at: d.used + 2)
+        mmio.bringUp(d)
+        XCTAssertEqual(d.usedIndex, 0)
+        let committed = transport.snapshot()
+        for _ in 0..<3 { d.submit([.w(0x12000, 4)]) }
+        let (next, nextBackend, _) = successor()
+        try next.restore(snapshot: committed)
+        XCTAssertEqual(next.adoptPublishedCompletions(), 0)
+        next.runPendingQueues()
+        XCTAssertEqual(nextBackend.handled.map(\.head), [0, 1, 2], "none of the three is skipped")
+        XCTAssertEqual(d.usedIndex, 3)
+    }
+
     /// Nothing is adopted and no interrupt raised when nothing was published after the commit, or the device is
     /// not live.
     func testNothingToAdopt() throws {
