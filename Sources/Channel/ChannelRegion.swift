@@ -167,8 +167,8 @@ public final class ChannelRegion: @unchecked Sendable {
         set { busyWord.pointee.store(newValue ? 1 : 0, ordering: .releasing) }
     }
 
-    private var busyWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 80).assumingMemoryBound(to: Atomic<UInt32>.self) }
-    private var progressWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 72).assumingMemoryBound(to: Atomic<UInt64>.self) }
+    private var busyWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 104).assumingMemoryBound(to: Atomic<UInt32>.self) }
+    private var progressWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 96).assumingMemoryBound(to: Atomic<UInt64>.self) }
     private var statusWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 64).assumingMemoryBound(to: Atomic<UInt32>.self) }
     private var restartsWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 68).assumingMemoryBound(to: Atomic<UInt32>.self) }
 

@@ -100,7 +100,7 @@ public enum VirtioProcess {
                     }
                 }
             } while server.uncommitted >= server.batchLimit
-            server.commit()
+            if server.uncommitted > 0 { server.commit() }
             // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
             // flag tells the supervisor that something waits on this process.
             region.deviceBusy = true
@@ -150,8 +150,8 @@ public enum VirtioProcess {
 /// adopts every completion its predecessor published in the used ring after it (the queues are served in order and
 /// synchronously, so those are exactly the next requests of the avail ring), and serves again a request that was
 /// taken but not published (the driver cannot have reused its buffers; a block write of the same buffer is
-/// idempotent). Register writes the predecessor handled but did not commit are handled again from the ring: they
-/// touch no guest RAM.
+/// idempotent). Register writes the predecessor handled but did not commit are handled again from the ring: no
+/// queue work followed them, and the only guest RAM they touch is used->idx = 0 at DRIVER_OK, written again alike.
 final class RestartableVirtio: RestartableDevice {
     let transport: VirtioMMIOTransport
     /// A format tag, so that a successor never restores a different build's layout of this state.
