@@ -5,7 +5,8 @@
  *   blk      identify, negotiate (VERSION_1 only), queue 0, DRIVER_OK; write a sector (sector=N, default 5) with a
  *            known pattern, read it back, read sector 0 (printed), GET_ID, FLUSH, the capacity from config space;
  *            completions by the device's interrupt (its IOAPIC pin from the command line, level-triggered, the
- *            handler ACKs InterruptStatus), or by polling where the pin is not on the first IOAPIC.
+ *            handler ACKs InterruptStatus), or by polling where the pin is not on the first IOAPIC. With
+ *            `spurious=ok` an interrupt without a new used entry is waited past (see tolerate_spurious).
  *   reset    status 0 resets (status, QueueReady, InterruptStatus read 0; a request works after renegotiating);
  *            FEATURES_OK is refused for an unoffered bit or without VERSION_1; DRIVER_OK cannot skip FEATURES_OK.
  *   hostile  one line per hostile request with what it got: NEEDS_RESET (with the config-change bit in
@@ -199,12 +200,20 @@ static int poll_used(const struct dev *d) {
     }
 }
 
+/* With `spurious=ok` on the command line, an interrupt that brings no used entry is waited past, as Linux's
+ * driver does (a restarted device process raises its interrupt again when it cannot know whether its predecessor
+ * did); otherwise it ends the wait. */
+static int tolerate_spurious;
+
 /* Sleeps until the device's interrupt arrives (interrupts are enabled only here, so one per request: the
  * handler's ACK lowers the line before its EOI). Returns whether the used ring advanced. */
 static int wait_interrupt(void) {
-    while (!interrupt_pending) __asm__ volatile("sti; hlt; cli" ::: "memory");
-    interrupt_pending = 0;
-    if (used.idx == used_seen) return 0;
+    for (;;) {
+        while (!interrupt_pending) __asm__ volatile("sti; hlt; cli" ::: "memory");
+        interrupt_pending = 0;
+        if (used.idx != used_seen) break;
+        if (!tolerate_spurious) return 0;
+    }
     used_seen++;
     return 1;
 }
@@ -740,6 +749,7 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     }
     char test[16];
     copy_word(test, cmdline_arg(cmdline, "test"), sizeof test);
+    tolerate_spurious = cmdline_arg(cmdline, "spurious") != 0;
     const char *t = test;
     const struct dev *blk = find(2, 0), *rng = find(4, 0);
     int result = 1;

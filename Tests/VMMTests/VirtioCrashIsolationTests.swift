@@ -19,12 +19,13 @@ final class VirtioCrashIsolationTests: XCTestCase {
 
     override func tearDown() { try? FileManager.default.removeItem(atPath: directory) }
 
-    private func config(args: String, restart: String, logLevel: String = "Warning") throws -> String {
+    private func config(args: String, restart: String, logLevel: String = "Warning", entropy: Bool = false) throws -> String {
         """
         {"boot-source": {"kernel_image_path": "\(try Harness.guest("virtio.elf"))", "boot_args": "\(args)"},
          "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
          "logger": {"level": "\(logLevel)"},
          "drives": [{"drive_id": "d0", "path_on_host": "\(image)", "is_root_device": true, "is_read_only": false, "cache_type": "Unsafe"}],
+         \(entropy ? #""entropy": {},"# : "")
          "vmm": {"serial": {"output": "stdout", "input": "none"}, "device_restart": \(restart)}}
         """
     }
@@ -86,6 +87,28 @@ final class VirtioCrashIsolationTests: XCTestCase {
         XCTAssertGreaterThan(adopted.count, 0, "some kill landed in the window (else this test proves nothing): \(run.stderr)")
         try assertImageHoldsPass(12, sectors: 64)
         print("virtio-blk: \(adopted.count) of 40 successors adopted completions published after the last commit")
+    }
+
+    /// The interrupt-driven blk scenario (a level-triggered IOAPIC pin, the handler reads and acknowledges
+    /// InterruptStatus: the register accesses a Linux driver makes) and the rng scenario, each with its device
+    /// process killed every few requests from negotiation on: register writes the dead process had not committed
+    /// are applied by its successor, the requests complete, the guest's results are as without faults.
+    func testInterruptDrivenBlockAndEntropyGuestsGoOnThroughKills() throws {
+        let restart = #"{"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0}"#
+        let blk = try Harness.run(config: config(args: "test=blk spurious=ok", restart: restart, logLevel: "Info"),
+                                  options: ["--inject-fault", "virtio-blk0:kill,after_requests=3,count=8"])
+        XCTAssertEqual(blk.wait(timeout: 60), 1, blk.stderr)
+        XCTAssertTrue(blk.stdout.contains("virtio-blk: capacity=2048 id=d0 write=ok read=match flush=0\n"), blk.stdout + blk.stderr)
+        let blkRestarts = blk.stderr.components(separatedBy: "virtio-blk0 process restarted").count - 1
+        XCTAssertGreaterThanOrEqual(blkRestarts, 3, "kills landed while the guest ran: \(blk.stderr)")
+
+        let rng = try Harness.run(config: config(args: "test=rng spurious=ok", restart: restart, logLevel: "Info", entropy: true),
+                                  options: ["--inject-fault", "virtio-rng0:kill,after_requests=2,count=8"])
+        XCTAssertEqual(rng.wait(timeout: 60), 1, rng.stderr)
+        XCTAssertTrue(rng.stdout.hasSuffix("virtio-rng: lengths=64,64 differ=1 nonzero=1\n"), rng.stdout + rng.stderr)
+        let rngRestarts = rng.stderr.components(separatedBy: "virtio-rng0 process restarted").count - 1
+        XCTAssertGreaterThanOrEqual(rngRestarts, 2, "kills landed while the guest ran: \(rng.stderr)")
+        print("virtio kills during negotiation and interrupt-driven requests: blk \(blkRestarts), rng \(rngRestarts) restarts")
     }
 
     /// Crashes (a real SIGSEGV inside the process) right after requests: the device comes back every time.
