@@ -105,8 +105,12 @@ public final class VirtioMMIOTransport {
 
     /// A device after reset, or, with `restoring`, the device a previous process left in `restoring` (which must
     /// come from a transport with the same backend type and queue sizes; otherwise it starts from reset).
+    ///
+    /// `settingLine`: false leaves the interrupt line alone for a device after reset (a process that restores its
+    /// predecessor's snapshot next, which says the level; lowering the line first would send a level-triggered
+    /// line through a needless low).
     public init(backend: VirtioDeviceBackend, memory: GuestRAM, interrupt: InterruptLine, vendorID: UInt32 = 0,
-                restoring: VirtioMMIOState? = nil) {
+                restoring: VirtioMMIOState? = nil, settingLine: Bool = true) {
         self.backend = backend
         self.memory = memory
         self.interrupt = interrupt
@@ -133,8 +137,14 @@ public final class VirtioMMIOTransport {
             }
         } else {
             state = VirtioMMIOState(queueMaxSizes: maxSizes)
-            interrupt.set(false)
+            if settingLine { interrupt.set(false) }
         }
+    }
+
+    /// Sets the interrupt line to what InterruptStatus says (for a device created with `settingLine: false` that
+    /// had nothing to restore after all).
+    public func sayInterruptLevel() {
+        interrupt.set(state.interruptStatus != 0)
     }
 
     // MARK: - MMIO

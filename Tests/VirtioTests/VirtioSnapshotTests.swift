@@ -46,6 +46,23 @@ final class VirtioSnapshotTests: XCTestCase {
         XCTAssertEqual(nextBackend.handled.map(\.head), [1])
     }
 
+    /// A successor's transport leaves the line alone until its restore says the level: a level-triggered line
+    /// that is up stays up (no needless low in between).
+    func testASuccessorSaysTheLineOnlyOnceRestored() throws {
+        var d = TestDriver(ram: ram, size: 8)
+        liveDevice(&d)
+        XCTAssertTrue(line.level)
+        let calls = CallRecorder()
+        let next = VirtioMMIOTransport(backend: RecordingBackend(), memory: ram, interrupt: calls, settingLine: false)
+        XCTAssertEqual(calls.calls, [], "nothing said before the restore")
+        try next.restore(snapshot: transport.snapshot())
+        XCTAssertEqual(calls.calls, [true])
+        let fresh = CallRecorder()
+        let other = VirtioMMIOTransport(backend: RecordingBackend(), memory: ram, interrupt: fresh, settingLine: false)
+        other.sayInterruptLevel()
+        XCTAssertEqual(fresh.calls, [false], "a device with nothing to restore says its line is low")
+    }
+
     func testSnapshotOfAFailedDeviceKeepsItsReason() throws {
         var d = TestDriver(ram: ram, size: 8)
         liveDevice(&d)
@@ -221,6 +238,12 @@ final class VirtioSnapshotTests: XCTestCase {
         XCTAssertEqual(reset.adoptPublishedCompletions(), 0)
         XCTAssertEqual(reset.state.status, 0)
     }
+}
+
+/// Every `set` call, in order (LineRecorder keeps only the level and the changes).
+final class CallRecorder: InterruptLine {
+    private(set) var calls: [Bool] = []
+    func set(_ asserted: Bool) { calls.append(asserted) }
 }
 
 /// What the vcpu process answers for a virtio device given up on.

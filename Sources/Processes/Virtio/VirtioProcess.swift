@@ -49,7 +49,8 @@ public enum VirtioProcess {
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         let line = try ChannelLine(spec.line, policy: policy)
-        let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: line)
+        // The line is said once it is known whether a predecessor left a level to restore.
+        let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: line, settingLine: false)
         let device = RestartableVirtio(transport)
         // A process started in place of a dead one resumes from its predecessor's last commit, then takes the
         // completions the predecessor published after that commit as done (see RestartableVirtio).
@@ -63,7 +64,10 @@ public enum VirtioProcess {
                 // is what tells it so.
                 Log.warning("the previous process's state is unusable (\(error)); the device needs a reset")
                 transport.markNeedsReset(reason: "the state of the device's previous process was unusable")
+                transport.sayInterruptLevel()
             }
+        } else {
+            transport.sayInterruptLevel()
         }
         let window = spec.windowBase..<(spec.windowBase + MachineLayout.virtioWindow)
         var counter: UInt64 = 0
