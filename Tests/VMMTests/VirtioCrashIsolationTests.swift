@@ -70,14 +70,14 @@ final class VirtioCrashIsolationTests: XCTestCase {
     }
 
     /// Kills that land between the device publishing completions in the used ring and committing them (the test
-    /// hook widens that window to 10 ms): successors adopt those completions instead of serving the requests again,
+    /// hook widens that window to 20 ms): successors adopt those completions instead of serving the requests again,
     /// which the guest would see as duplicate completions (and, had it reused the buffers, as corruption).
     func testCompletionsPublishedBeforeTheCommitAreNotRepeated() throws {
         let run = try Harness.run(
             config: config(args: "test=stress passes=12 blocks=64 depth=8",
                            restart: #"{"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0}"#, logLevel: "Info"),
             options: ["--inject-fault", "virtio-blk0:kill,every_ms=20,count=40"],
-            environment: ["VMM_TEST_VIRTIO_COMMIT_DELAY_US": "10000"])
+            environment: ["VMM_TEST_VIRTIO_COMMIT_DELAY_US": "20000"])
         XCTAssertEqual(run.wait(timeout: 180), 1, run.stderr)
         XCTAssertTrue(run.stdout.contains("virtio-stress: passes=12 blocks=64 requests=1536 ioerrors=0 lost=0 corrupt=0 duplicates=0\n"),
                       run.stdout + run.stderr)
