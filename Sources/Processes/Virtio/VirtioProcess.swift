@@ -204,7 +204,7 @@ final class ImageFile: BlockStorage {
                 throw BlockStorageError(code: errno)
             }
             if n == 0 {  // the image shrank under us: what is gone reads as zeros
-                buffer.baseAddress.map { ($0 + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done) }
+                if let base = buffer.baseAddress { (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done) }
                 return
             }
             done += n
