@@ -71,9 +71,9 @@ let package = Package(
         .executableTarget(name: "ring-peer", dependencies: ["Channel", "System"], path: "Tests/RingPeer"),
 
         // Shared by the test targets: seeded random numbers for fuzz and property tests.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Devices"], path: "Tests/TestSupport"),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "IRQChipLink", "System", "TestSupport"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "TestSupport"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "Channel", "System"]),
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer", "TestSupport"]),

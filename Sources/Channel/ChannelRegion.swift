@@ -166,12 +166,34 @@ public final class ChannelRegion: @unchecked Sendable {
     }
 
     private var dueByWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 72).assumingMemoryBound(to: Atomic<UInt64>.self) }
+
+    /// Work the device did that its rings do not show (virtqueue requests completed: the guest's notifications
+    /// reach a virtio device through an eventfd, not the channel), counted by the device and read by the supervisor
+    /// with `handledRequests` to see a device make progress. A device can scribble on it: at worst that hides its
+    /// own hang (which its rings, or a notification left unread, still show) or skews the fault report.
+    public func addDeviceProgress(_ count: UInt64) {
+        progressWord.pointee.wrappingAdd(count, ordering: .releasing)
+    }
+
+    public var deviceProgress: UInt64 { progressWord.pointee.load(ordering: .acquiring) }
+
+    /// Set by the device while it has work in hand that its rings do not show (queue notifications taken, requests
+    /// not yet completed), cleared once that work is done: a device that stops while it is set has work waiting, as
+    /// one with requests on its rings has. Like `deviceProgress`, only the device's own hang detection depends on it.
+    public var deviceBusy: Bool {
+        get { busyWord.pointee.load(ordering: .acquiring) != 0 }
+        set { busyWord.pointee.store(newValue ? 1 : 0, ordering: .releasing) }
+    }
+
+    private var busyWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 104).assumingMemoryBound(to: Atomic<UInt32>.self) }
+    private var progressWord: UnsafeMutablePointer<Atomic<UInt64>> { (mapping.base + 96).assumingMemoryBound(to: Atomic<UInt64>.self) }
     private var statusWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 64).assumingMemoryBound(to: Atomic<UInt32>.self) }
     private var restartsWord: UnsafeMutablePointer<Atomic<UInt32>> { (mapping.base + 68).assumingMemoryBound(to: Atomic<UInt32>.self) }
 
-    /// Every request handled so far on every lane (the published heads), for watching a device's progress.
+    /// Every request handled so far on every lane (the published heads), plus the device's own `deviceProgress`,
+    /// for watching a device's progress.
     public func handledRequests() -> UInt64 {
-        (0..<layout.lanes).reduce(0) { $0 &+ requestRing($1).head.pointee.load(ordering: .acquiring) }
+        (0..<layout.lanes).reduce(deviceProgress) { $0 &+ requestRing($1).head.pointee.load(ordering: .acquiring) }
     }
 
     /// The area a device keeps its restartable state in.

@@ -42,9 +42,9 @@ public enum VirtioMMIORegister {
 
 /// Everything the transport remembers, as plain data.
 ///
-/// Kept apart from the transport object, and `Codable`, so that a device process can save it (e.g. into its
-/// channel's state area) after each change and a restarted process can resume with
-/// `VirtioMMIOTransport(backend:memory:interrupt:restoring:)` without the guest noticing.
+/// Kept apart from the transport object, and `Codable`, so that it can be saved and a transport resumed with
+/// `VirtioMMIOTransport(backend:memory:interrupt:restoring:)`. The device process commits it through the transport's
+/// `Snapshotting` conformance instead, whose restore refuses every state the transport could not have been in.
 public struct VirtioMMIOState: Codable, Equatable, Sendable {
     /// The Status register (driver bits plus the device's DEVICE_NEEDS_RESET).
     public var status: UInt32 = 0
@@ -105,8 +105,12 @@ public final class VirtioMMIOTransport {
 
     /// A device after reset, or, with `restoring`, the device a previous process left in `restoring` (which must
     /// come from a transport with the same backend type and queue sizes; otherwise it starts from reset).
+    ///
+    /// `settingLine`: false leaves the interrupt line alone for a device after reset (a process that restores its
+    /// predecessor's snapshot next, which says the level; lowering the line first would send a level-triggered
+    /// line through a needless low).
     public init(backend: VirtioDeviceBackend, memory: GuestRAM, interrupt: InterruptLine, vendorID: UInt32 = 0,
-                restoring: VirtioMMIOState? = nil) {
+                restoring: VirtioMMIOState? = nil, settingLine: Bool = true) {
         self.backend = backend
         self.memory = memory
         self.interrupt = interrupt
@@ -133,8 +137,14 @@ public final class VirtioMMIOTransport {
             }
         } else {
             state = VirtioMMIOState(queueMaxSizes: maxSizes)
-            interrupt.set(false)
+            if settingLine { interrupt.set(false) }
         }
+    }
+
+    /// Sets the interrupt line to what InterruptStatus says (for a device created with `settingLine: false` that
+    /// had nothing to restore after all).
+    public func sayInterruptLevel() {
+        interrupt.set(state.interruptStatus != 0)
     }
 
     // MARK: - MMIO
@@ -397,12 +407,140 @@ public final class VirtioMMIOTransport {
     /// Whether some queue stopped at its budget with requests left.
     public var hasPendingWork: Bool { pending.contains(true) }
 
-    /// Serves the queues that stopped at their budget (once each). Returns whether some still have work left.
+    /// Serves the queues that stopped at their budget (once each, up to `budget` requests each; default: the queue
+    /// size). Returns whether some still have work left.
     @discardableResult
-    public func runPendingQueues() -> Bool {
+    public func runPendingQueues(budget: Int? = nil) -> Bool {
         for i in pending.indices where pending[i] {
-            queueNotified(i)
+            queueNotified(i, budget: budget)
         }
         return hasPendingWork
+    }
+}
+
+// MARK: - Surviving the device process
+
+extension VirtioMMIOTransport: Snapshotting {
+    /// The longest failure reason kept across a restart (it is only said in the log).
+    static let maxFailureBytes = 512
+
+    /// The registers, the queues and the failure reason. The backend is not saved: the blk and rng backends keep
+    /// nothing between requests (their configuration comes from the process's arguments).
+    public func save(to w: inout SnapshotWriter) {
+        w.u32(state.status)
+        w.u32(state.deviceFeaturesSel)
+        w.u32(state.driverFeaturesSel)
+        w.u64(state.driverFeatures)
+        w.u32(state.queueSel)
+        w.u32(state.shmSel)
+        w.u32(state.interruptStatus)
+        w.u32(state.configGeneration)
+        w.u8(UInt8(truncatingIfNeeded: state.queues.count))
+        for q in state.queues { q.save(to: &w) }
+        w.bool(state.failure != nil)
+        if let failure = state.failure { w.bytes(Array(failure.utf8.prefix(Self.maxFailureBytes))) }
+    }
+
+    /// Restores what a previous process of this device committed, refusing any state the transport could never
+    /// have been in (the bytes may come from a compromised predecessor): undefined status bits or a status the
+    /// driver could not have reached, features past FEATURES_OK that were not acceptable, interrupt bits that do
+    /// not exist, queues of another device, active queues that fail activation's checks, a live device whose
+    /// queues are not in step. All-or-nothing: nothing changes unless every field passed. The interrupt line is
+    /// set to the restored level; a live device's backend is activated again.
+    public func restore(from r: inout SnapshotReader) throws(SnapshotError) {
+        var s = VirtioMMIOState(queueMaxSizes: backend.queueMaxSizes)
+        s.status = try r.u32()
+        s.deviceFeaturesSel = try r.u32()
+        s.driverFeaturesSel = try r.u32()
+        s.driverFeatures = try r.u64()
+        s.queueSel = try r.u32()
+        s.shmSel = try r.u32()
+        s.interruptStatus = try r.u32()
+        s.configGeneration = try r.u32()
+        guard Int(try r.u8()) == s.queues.count else { throw .invalid("virtio state with another number of queues") }
+        for i in s.queues.indices {
+            s.queues[i] = try Virtqueue.restored(from: &r, maxSize: s.queues[i].maxSize, features: s.driverFeatures,
+                                                 memory: memory)
+        }
+        s.failure = try r.bool() ? String(decoding: try r.bytes(max: Self.maxFailureBytes), as: UTF8.self) : nil
+
+        typealias S = VirtioStatus
+        let known = S.acknowledge | S.driver | S.featuresOK | S.driverOK | S.deviceNeedsReset | S.failed
+        guard s.status & ~known == 0 else { throw .invalid("virtio status 0x\(String(s.status, radix: 16))") }
+        // The driver adds its bits in order (writeStatus refuses skipping a step).
+        for (bit, needs) in [(S.driver, S.acknowledge), (S.featuresOK, S.driver), (S.driverOK, S.featuresOK)]
+        where s.status & bit != 0 && s.status & needs == 0 {
+            throw .invalid("virtio status 0x\(String(s.status, radix: 16)) skips a step")
+        }
+        if s.status & S.featuresOK != 0 {
+            guard s.driverFeatures & ~offeredFeatures == 0, s.driverFeatures & VirtioFeature.version1 != 0 else {
+                throw .invalid("features 0x\(String(s.driverFeatures, radix: 16)) accepted though not acceptable")
+            }
+        }
+        guard (s.status & S.deviceNeedsReset != 0) == (s.failure != nil) else {
+            throw .invalid("DEVICE_NEEDS_RESET without its reason, or a reason without it")
+        }
+        guard s.interruptStatus & ~(VirtioInterrupt.usedBuffer | VirtioInterrupt.configChange) == 0 else {
+            throw .invalid("interrupt status 0x\(String(s.interruptStatus, radix: 16))")
+        }
+        for q in s.queues where q.isActive {
+            // Queues are activated at DRIVER_OK only, and a reset deactivates them.
+            guard s.status & S.driverOK != 0 else { throw .invalid("an active queue before DRIVER_OK") }
+            // Served in order and synchronously (queueNotified): a live device never leaves a request half done.
+            let live = s.status & (S.deviceNeedsReset | S.failed) == 0
+            guard !live || q.lastAvailIndex == q.usedIndex else {
+                throw .invalid("a live queue with a request taken but not completed")
+            }
+        }
+        state = s
+        pending = s.queues.map(\.isActive)
+        interrupt.set(s.interruptStatus != 0)
+        if isLive { backend.activate(features: s.driverFeatures) }
+    }
+
+    /// For a process that took over from a dead one, after `restore`: completions its predecessor published after
+    /// its last commit are adopted (`Virtqueue.adoptPublishedCompletions`), and the driver is interrupted when
+    /// there were any, since the predecessor may have died before it could (a spurious interrupt is harmless, a
+    /// lost one hangs the driver). A used ring the guest scribbled on sets DEVICE_NEEDS_RESET. Returns the number
+    /// of completions adopted.
+    @discardableResult
+    public func adoptPublishedCompletions() -> Int {
+        guard isLive else { return 0 }
+        var adopted = 0
+        for i in state.queues.indices where state.queues[i].isActive {
+            var queue = state.queues[i]
+            do {
+                adopted += Int(try queue.adoptPublishedCompletions(in: memory))
+            } catch {
+                markNeedsReset(reason: "queue \(i) at takeover: \(error)")
+                return adopted
+            }
+            queue.markSignalled()
+            state.queues[i] = queue
+        }
+        if adopted > 0 { raiseInterrupt(VirtioInterrupt.usedBuffer) }
+        return adopted
+    }
+}
+
+extension VirtioMMIOTransport {
+    /// What a read of a virtio-mmio window returns once its device process has been given up on (it kept crashing):
+    /// answered by the vcpu process without the device, from nothing but the offset. Status says DEVICE_NEEDS_RESET
+    /// (with the driver bits of a live device: the real ones died with the process) and InterruptStatus the
+    /// configuration-change bit, which is how a driver learns that its device needs a reset (2.1.2); the identity
+    /// registers still identify a virtio-mmio device; everything else reads all-ones, as a dead device would.
+    public static func brokenDeviceRead(offset: UInt64, size: Int) -> UInt64 {
+        typealias R = VirtioMMIORegister
+        let allOnes: UInt64 = size >= 8 ? .max : (1 << (UInt64(max(size, 0)) * 8)) - 1
+        guard size == 4, offset < R.config else { return allOnes }
+        switch offset {
+        case R.magicValue: return UInt64(R.magic)
+        case R.version: return UInt64(R.currentVersion)
+        case R.status:
+            return UInt64(VirtioStatus.acknowledge | VirtioStatus.driver | VirtioStatus.featuresOK | VirtioStatus.driverOK
+                          | VirtioStatus.deviceNeedsReset)
+        case R.interruptStatus: return UInt64(VirtioInterrupt.configChange)
+        default: return allOnes
+        }
     }
 }

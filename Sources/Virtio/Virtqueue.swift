@@ -1,3 +1,5 @@
+import Devices
+
 /// One buffer of a descriptor chain: a range of guest RAM the device may read (driver -> device) or write
 /// (device -> driver). Every buffer handed out by `Virtqueue.nextRequest` lies entirely inside guest RAM.
 public struct DescriptorBuffer: Equatable, Sendable {
@@ -68,13 +70,16 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
     case readableAfterWritable
     /// `addUsed` with a head that is not a descriptor index of this queue.
     case usedHeadOutOfRange(UInt16)
+    /// At a takeover: used->idx in guest RAM claims completions of requests the driver never made available (or
+    /// the device's own positions disagree).
+    case usedIndexAhead(published: UInt16, available: UInt16)
 
     public var description: String {
         switch self {
         case .notReady: "the queue is not ready"
         case let .invalidSize(size, max): "queue size \(size) is not a power of two in 1...\(max)"
-        case let .invalidRing(area, gpa): "the \(area) at 0x\(String(gpa, radix: 16)) is misaligned or outside RAM"
-        case let .ringOutsideRAM(area): "the \(area) is no longer inside RAM"
+        case let .invalidRing(area, gpa): "the \(area.rawValue) at 0x\(String(gpa, radix: 16)) is misaligned or outside RAM"
+        case let .ringOutsideRAM(area): "the \(area.rawValue) is no longer inside RAM"
         case let .availIndexJumped(avail, last): "avail idx \(avail) is more than the queue size ahead of \(last)"
         case let .descriptorIndexOutOfRange(index, size): "descriptor index \(index) in a table of \(size)"
         case let .chainTooLong(limit): "a descriptor chain longer than \(limit) (or a loop)"
@@ -86,6 +91,7 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
         case let .bufferOutsideRAM(gpa, length): "a buffer 0x\(String(gpa, radix: 16))+\(length) outside RAM"
         case .readableAfterWritable: "a device-readable buffer after a device-writable one"
         case let .usedHeadOutOfRange(head): "used head \(head) is not a descriptor index"
+        case let .usedIndexAhead(published, available): "used idx \(published) is ahead of avail idx \(available)"
         }
     }
 }
@@ -163,6 +169,10 @@ public struct Virtqueue: Codable, Equatable, Sendable {
     /// the ring features taken from the negotiated `features`. Called at DRIVER_OK for every ready queue.
     public mutating func activate(features: UInt64, memory: GuestRAM) throws(VirtqueueError) {
         try validateLayout(memory: memory)
+        // used->idx starts at 0 in guest RAM too, whatever a driver that reused the memory left there: a device
+        // process that takes over from a dead one counts the completions published since the last commit from it
+        // (`adoptPublishedCompletions`), so it must never hold a value this device did not write.
+        guard memory.store(UInt16(0), at: usedRing + 2) else { throw .ringOutsideRAM(.usedRing) }
         eventIndexEnabled = features & VirtioFeature.eventIndex != 0
         indirectEnabled = features & VirtioFeature.indirectDescriptors != 0
         lastAvailIndex = 0
@@ -337,5 +347,92 @@ public struct Virtqueue: Codable, Equatable, Sendable {
         RingBarrier.full()
         guard let availIndex = memory.load(UInt16.self, at: availIndexAddress) else { throw .ringOutsideRAM(.availRing) }
         return availIndex != lastAvailIndex
+    }
+}
+
+// MARK: - Surviving the device process
+
+extension Virtqueue {
+    /// Appends the queue's registers and ring positions (see `restored(from:maxSize:features:memory:)`).
+    public func save(to w: inout SnapshotWriter) {
+        w.u16(maxSize)
+        w.u16(size)
+        w.bool(ready)
+        w.u64(descriptorTable)
+        w.u64(availRing)
+        w.u64(usedRing)
+        w.bool(isActive)
+        w.bool(eventIndexEnabled)
+        w.bool(indirectEnabled)
+        w.u16(lastAvailIndex)
+        w.u16(usedIndex)
+        w.u16(signalledUsedIndex)
+        w.bool(addedSinceSignal)
+    }
+
+    /// A queue read back from a snapshot a previous device process committed, which is trusted no more than the
+    /// guest: its QueueNumMax must be the device's (`maxSize`); an active queue must pass the checks `activate`
+    /// made (`validateLayout`) and have the ring features the negotiated `features` give it, so no later address
+    /// computation can overflow or leave RAM.
+    public static func restored(from r: inout SnapshotReader, maxSize: UInt16, features: UInt64,
+                                memory: GuestRAM) throws(SnapshotError) -> Virtqueue {
+        guard try r.u16() == maxSize else { throw .invalid("virtqueue of another QueueNumMax") }
+        var q = Virtqueue(maxSize: maxSize)
+        q.size = try r.u16()
+        q.ready = try r.bool()
+        q.descriptorTable = try r.u64()
+        q.availRing = try r.u64()
+        q.usedRing = try r.u64()
+        let active = try r.bool()
+        q.eventIndexEnabled = try r.bool()
+        q.indirectEnabled = try r.bool()
+        q.lastAvailIndex = try r.u16()
+        q.usedIndex = try r.u16()
+        q.signalledUsedIndex = try r.u16()
+        q.addedSinceSignal = try r.bool()
+        if active {
+            do { try q.validateLayout(memory: memory) } catch { throw .invalid("active virtqueue: \(error)") }
+            guard q.eventIndexEnabled == (features & VirtioFeature.eventIndex != 0),
+                  q.indirectEnabled == (features & VirtioFeature.indirectDescriptors != 0) else {
+                throw .invalid("virtqueue ring features that the negotiated features do not give")
+            }
+            q.isActive = true  // set last: the register stores above clear it
+        }
+        return q
+    }
+
+    /// For a device process that took over from one that died: the completions its predecessor published in the
+    /// used ring after its last commit are taken as done, so they are neither served again (the driver may have
+    /// reused their buffers already) nor lost. Returns how many there were.
+    ///
+    /// This relies on the queue being served in order and synchronously, as `VirtioMMIOTransport.queueNotified`
+    /// does: every request taken is completed (its used entry and used->idx published) before the next is taken,
+    /// so a committed queue has `lastAvailIndex == usedIndex`, and each used entry past the committed `usedIndex`
+    /// is the completion of the avail entry at the same distance past `lastAvailIndex`. A request the predecessor
+    /// took but did not publish is simply served again: the driver cannot touch its buffers before its completion.
+    ///
+    /// used->idx lives in guest RAM, so the guest can have written anything there: a value that claims more
+    /// completions than the driver made requests available (or more than the queue holds) throws.
+    public mutating func adoptPublishedCompletions(in memory: GuestRAM) throws(VirtqueueError) -> UInt16 {
+        guard isActive else { throw .notReady }
+        guard lastAvailIndex == usedIndex else {
+            throw .usedIndexAhead(published: usedIndex, available: lastAvailIndex)
+        }
+        guard let published = memory.load(UInt16.self, at: usedIndexAddress) else { throw .ringOutsideRAM(.usedRing) }
+        guard let availIndex = memory.load(UInt16.self, at: availIndexAddress) else { throw .ringOutsideRAM(.availRing) }
+        let completed = published &- usedIndex
+        let available = availIndex &- lastAvailIndex
+        guard completed <= available, available <= size else {
+            throw .usedIndexAhead(published: published, available: availIndex)
+        }
+        lastAvailIndex &+= completed
+        usedIndex &+= completed
+        return completed
+    }
+
+    /// Forgets what `needsInterrupt` would have decided: the caller interrupts the driver itself.
+    public mutating func markSignalled() {
+        signalledUsedIndex = usedIndex
+        addedSinceSignal = false
     }
 }

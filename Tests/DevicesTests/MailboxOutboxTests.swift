@@ -1,6 +1,7 @@
 import Devices
 import IRQChipLink
 import System
+import TestSupport
 import XCTest
 
 /// The irqchip's mailbox writes through `MailboxOutbox` on the real shared-memory mailboxes, and what a successor

@@ -22,7 +22,7 @@ final class CrashIsolationTests: XCTestCase {
         let faults: [Entry]
     }
 
-    func readReport(_ path: String) throws -> FaultReport {
+    static func readReport(_ path: String) throws -> FaultReport {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return try decoder.decode(FaultReport.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
@@ -49,7 +49,7 @@ final class CrashIsolationTests: XCTestCase {
         XCTAssertTrue(run.stdout.hasSuffix("uartstress: done \(lines) lines, 0 scratch mismatches\n"), String(run.stdout.suffix(300)))
         XCTAssertEqual(lineNumbers(run.stdout), Array(0..<lines), "every line once, in order")
         XCTAssertTrue(run.stderr.contains("is hung: its work has waited"), run.stderr)
-        let report = try readReport(reportPath)
+        let report = try Self.readReport(reportPath)
         XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 100,
                        "all kills happened while the guest ran (make the guest longer if not): \(run.stderr)")
         XCTAssertEqual(report.faults.filter { $0.action == "stop" }.count, 1)
@@ -77,7 +77,7 @@ final class CrashIsolationTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(ms, ideal * 0.99, "ticks faster than their period: an interrupt storm")
         XCTAssertTrue(run.stderr.contains("irqchip process (pid"), run.stderr)
         XCTAssertTrue(run.stderr.contains("is hung: its work has waited"), "a stopped irqchip is found while the guest sleeps in HLT: \(run.stderr)")
-        let report = try readReport(reportPath)
+        let report = try Self.readReport(reportPath)
         XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 50, "all kills happened while the guest ran: \(run.stderr)")
         XCTAssertEqual(report.summary.restarted, 51, run.stderr)
         XCTAssertEqual(report.faults.filter { $0.recoveryMs == nil }.count, 0, "the irqchip handled a request after every fault")

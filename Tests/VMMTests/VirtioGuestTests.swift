@@ -208,7 +208,8 @@ final class VirtioGuestTests: GuestTestCase {
         XCTAssertTrue(second.stdout.hasSuffix("virtio-rng: lengths=64,64 differ=1 nonzero=1\n"), second.stdout)
     }
 
-    /// One process per virtio device, named by role for `ps`: two virtio-blk (one per drive) and one virtio-rng.
+    /// One process per virtio device, named by role for `ps`: two virtio-blk (one per drive) and one virtio-rng,
+    /// each with its standby (restartable devices), as the pio has.
     func testVirtioHelpersAreSeparateProcessesNamedByRole() throws {
         let run = try Harness.run(config: try config(kernel: "portloop.elf", args: "iters=100000000000"))
         XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
@@ -216,10 +217,12 @@ final class VirtioGuestTests: GuestTestCase {
             kill(run.process.processIdentifier, SIGINT)
             XCTAssertEqual(run.wait(timeout: 20), 130, run.stderr)
         }
-        let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 8)
+        let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 11)
         let roles = helpers.compactMap { Harness.role(of: $0) }.sorted()
-        XCTAssertEqual(roles, ["irqchip", "irqchip", "pio", "pio", "vcpu", "virtio-blk", "virtio-blk", "virtio-rng"],
-                       "the second pio and irqchip are standbys")
+        XCTAssertEqual(roles, ["irqchip", "irqchip", "pio", "pio", "vcpu", "virtio-blk", "virtio-blk", "virtio-blk", "virtio-blk",
+                               "virtio-rng", "virtio-rng"], "every restartable device has a standby")
+        let standbys = helpers.filter(Harness.isStandby).compactMap { Harness.role(of: $0) }.sorted()
+        XCTAssertEqual(standbys, ["irqchip", "pio", "virtio-blk", "virtio-blk", "virtio-rng"])
         for pid in helpers {
             guard let role = Harness.role(of: pid), role.hasPrefix("virtio") else { continue }
             let comm = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)

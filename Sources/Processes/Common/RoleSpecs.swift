@@ -118,8 +118,8 @@ struct QueueNotificationSpec: Codable {
 }
 
 /// A virtio device process: its register window's channel, its interrupt line, guest RAM, one notification eventfd
-/// per queue, and what its device needs.
-struct VirtioSpec: RoleSpec {
+/// per queue, and what its device needs. Restartable: its transport's state is committed to its channel.
+struct VirtioSpec: RestartableRoleSpec {
     /// The register window's channel and where the window starts (requests carry guest-physical addresses).
     var channel: ChannelSpec
     var windowBase: UInt64
@@ -130,6 +130,11 @@ struct VirtioSpec: RoleSpec {
     var queueNotifyFDs: [Int32]
     var controlFD: Int32
     var block: BlockDeviceSpec?
+    /// Set for a standby process: it waits for this eventfd before it serves.
+    var takeoverFD: Int32?
+    /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
+    /// them, so that injected kills land in that window often and a test sees completions adopted, not repeated.
+    var testCommitDelayMicroseconds: Int?
     var spinMicroseconds: Int
     var logLevel: Int
     var sandbox: SandboxSpec

@@ -185,13 +185,15 @@ extension Supervisor {
         }
     }
 
-    /// A device with requests waiting whose rings do not move for `hang_timeout_ms` is hung (stopped, looping,
-    /// deadlocked): it is killed, and its death restarts it like any other.
+    /// A device with requests waiting (on its rings, a queue notification unread, or work it took and says it has in
+    /// hand) that makes no progress for
+    /// `hang_timeout_ms` is hung (stopped, looping, deadlocked): it is killed, and its death restarts it like any
+    /// other.
     private func watchForHangs(_ slots: [Slot], now: UInt64, faults: FaultInjector) {
         let limit = UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 1_000_000
         for slot in slots where slot.restartable && !slot.broken && slot.helper.ended == nil {
             let handled = slot.channels.reduce(0) { $0 &+ $1.handledRequests() }
-            let waiting = slot.channels.contains { $0.hasOverdueWork(now: now) }
+            let waiting = slot.channels.contains { $0.hasOverdueWork(now: now) || $0.deviceBusy } || notificationWaiting(slot)
             if handled != slot.lastHandled {
                 faults.progressed(slot, at: now)
                 // The process that took over serves: its successor-in-waiting may start now without delaying it.
@@ -213,6 +215,14 @@ extension Supervisor {
                 slot.stalledSince = nil
             }
         }
+    }
+
+    /// Whether a notification waits unread for the device's process (a virtio device reads its queues' eventfds
+    /// on every pass of its loop, so one left readable for `hang_timeout_ms` while nothing progresses is a hang,
+    /// also for a guest that only uses the queues).
+    private func notificationWaiting(_ slot: Slot) -> Bool {
+        guard !slot.notifications.isEmpty, let ready = try? Poll.wait(slot.notifications, timeoutMs: 0) else { return false }
+        return ready.contains { $0.contains(.readable) }
     }
 
     /// At most this many records are taken from one helper per wake-up, so a helper that floods its pipe cannot

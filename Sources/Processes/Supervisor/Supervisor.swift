@@ -88,6 +88,9 @@ public final class Supervisor {
         /// Progress watch for hang detection: the requests handled when last looked at, and since when none were.
         var lastHandled: UInt64 = 0
         var stalledSince: UInt64?
+        /// Eventfds its process reads (queue notifications): one left readable is work waiting, as a request on
+        /// its rings is. Polled, never read: the supervisor must not take a notification from the device.
+        var notifications: [Int32] = []
         init(_ helper: Helper, launch: ((_ standby: Bool) throws -> Helper)?) {
             self.helper = helper
             self.launch = launch
@@ -222,13 +225,17 @@ public final class Supervisor {
         })
         for (i, device) in virtio.enumerated() {
             let server = device.server
-            helpers.append(try spawn(server.role, name: server.description, cpus: config.vmm.deviceCPUs, stdio: stdio,
-                                     serves: [channel(server)]) { fds, control in
+            // Restartable: the transport's state is committed to its channel, and a successor adopts what its
+            // predecessor published in the virtqueues after the last commit (RestartableVirtio). A notification
+            // the process leaves unread shows it hung even when the guest touches no register.
+            helpers.append(try spawn(restartable: server.role, name: server.description, cpus: config.vmm.deviceCPUs, stdio: stdio,
+                                     serves: [channel(server)], notifications: queueNotifications[i].map(\.raw)) { fds, control in
                 VirtioSpec(
                     channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(server, &fds),
                     ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
+                    testCommitDelayMicroseconds: getenv("VMM_TEST_VIRTIO_COMMIT_DELAY_US").flatMap { Int(String(cString: $0)) },
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
@@ -278,8 +285,9 @@ public final class Supervisor {
 
     /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors),
     /// and gets a standby process at once.
+    /// `notifications`: eventfds the device's process reads (a virtio device's queue notifications from KVM).
     private func spawn<Spec: RestartableRoleSpec>(restartable role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32),
-                                                  serves: [ChannelPlan] = [],
+                                                  serves: [ChannelPlan] = [], notifications: [Int32] = [],
                                                   _ makeSpec: @escaping (inout FDList, Int32) throws -> Spec) throws -> Slot {
         let launch = { (standby: Bool) throws -> Helper in
             let takeover = standby ? EventFD.Box(try EventFD()) : nil
@@ -294,6 +302,7 @@ public final class Supervisor {
         }
         let slot = Slot(try launch(false), launch: launch)
         if config.vmm.deviceRestart.standby { slot.standby = try launch(true) }
+        slot.notifications = notifications
         slot.wakeClients = { for plan in serves { for bell in plan.responseDoorbells { var one: UInt64 = 1; _ = Glibc.write(bell, &one, 8) } } }
         return slot
     }

@@ -1,6 +1,7 @@
 import Channel
 import IRQChipLink
 import Machine
+import Virtio
 
 /// One vCPU's lanes of every device channel, and the rules that order its accesses: the routes say which channel
 /// serves a port or an address and how a write there is ordered; posted writes are tracked until something
@@ -13,6 +14,9 @@ struct DeviceChannels {
     let irqchip: Int
     private var posted = PostedWrites()
     private var complainedAbout: Set<Int> = []
+    /// Per channel, the base of its virtio-mmio window (nil for other devices): a virtio device given up on still
+    /// answers some registers (see `VirtioMMIOTransport.brokenDeviceRead`).
+    private let virtioWindows: [UInt64?]
 
     init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes) {
         precondition(clients.count == servers.count && clients.count <= AccessRouter.maxChannels)
@@ -20,6 +24,9 @@ struct DeviceChannels {
         self.servers = servers
         router = AccessRouter(routes)
         irqchip = servers.firstIndex { $0.role == .irqchip } ?? -1
+        virtioWindows = servers.indices.map { c in
+            servers[c].role.isVirtio ? routes.mmio.first { $0.channel == c }?.base : nil
+        }
     }
 
     // MARK: guest accesses
@@ -41,6 +48,12 @@ struct DeviceChannels {
     /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
     mutating func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
         guard let route = router.mmio(address) else { return ~0 }
+        if let base = virtioWindows[route.channel], address >= base, clients[route.channel].region.deviceStatus == .broken {
+            if complainedAbout.insert(route.channel).inserted {
+                Log.warning("the \(servers[route.channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
+            }
+            return VirtioMMIOTransport.brokenDeviceRead(offset: address - base, size: size)
+        }
         return call(route.channel, .mmioRead, address: address, size: size)
     }
 

@@ -1,5 +1,6 @@
 import CLinux
 import Channel
+import Devices
 import Glibc
 import Machine
 import Memory
@@ -30,21 +31,50 @@ public enum VirtioProcess {
                 throw SystemError("role arguments: \(backend.queueMaxSizes.count) queues, \(spec.queueNotifyFDs.count) notification eventfds", errno: EINVAL)
             }
             try HelperSandbox.enter(spec.sandbox, role: role, controlFD: spec.controlFD, processes: 0)
+            // A standby looks at nothing the guest controls (channel, queues in guest RAM) before it takes over.
+            if let takeover = spec.takeoverFD { try HelperStartup.awaitTakeover(takeover) }
             Log.debug("sandboxed; serving")
             try withExtendedLifetime(mapping) { try serve(spec, backend: backend, memory: memory) }
         }
     }
+
+    /// Requests served per queue before the process looks at its channel again, commits and counts its progress:
+    /// bounds how long a register access waits behind queue work, and how long a busy, healthy device shows no
+    /// progress to the supervisor's hang watch.
+    static let queueBudget = 32
 
     static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
-        let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: try ChannelLine(spec.line, policy: policy))
+        let line = try ChannelLine(spec.line, policy: policy)
+        // The line is said once it is known whether a predecessor left a level to restore.
+        let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: line, settingLine: false)
+        let device = RestartableVirtio(transport)
+        // A process started in place of a dead one resumes from its predecessor's last commit, then takes the
+        // completions the predecessor published after that commit as done (see RestartableVirtio).
+        if let saved = server.makeRestartable(device) {
+            do {
+                try device.restore(saved)
+                let adopted = transport.adoptPublishedCompletions()
+                Log.info("resumed from the state the previous process committed (\(adopted) completion\(adopted == 1 ? "" : "s") it published after that)")
+            } catch {
+                // Nothing to go on: the driver must start over. A device after reset that says DEVICE_NEEDS_RESET
+                // is what tells it so.
+                Log.warning("the previous process's state is unusable (\(error)); the device needs a reset")
+                transport.markNeedsReset(reason: "the state of the device's previous process was unusable")
+                transport.sayInterruptLevel()
+            }
+        } else {
+            transport.sayInterruptLevel()
+        }
+        server.announceServing()
         let window = spec.windowBase..<(spec.windowBase + MachineLayout.virtioWindow)
         var counter: UInt64 = 0
         var reported: String?
         var failures = 0
+        var notified = [Bool](repeating: false, count: spec.queueNotifyFDs.count)
         while true {
             // Every register access first, to the end of the ring: a queue notification that came after a write
             // (QueueReady, DRIVER_OK) must find it applied, and KVM signals the eventfd only once the guest wrote
@@ -57,7 +87,15 @@ public enum VirtioProcess {
                         let value = window.contains(m.address) ? transport.read(offset: m.address - spec.windowBase, size: Int(m.size)) : 0
                         try server.respond(lane: lane, to: m, data: value & m.widthMask)
                     case .mmioWrite:
-                        if window.contains(m.address) { transport.write(offset: m.address - spec.windowBase, size: Int(m.size), value: m.data) }
+                        guard window.contains(m.address) else { break }
+                        let offset = m.address - spec.windowBase
+                        if offset == VirtioMMIORegister.queueNotify && m.size == 4 {
+                            // Served below with the eventfds' notifications, after a commit: queue work never
+                            // shares a commit with register writes (see RestartableVirtio).
+                            if m.data < UInt64(notified.count) { notified[Int(m.data)] = true }
+                        } else {
+                            transport.write(offset: offset, size: Int(m.size), value: m.data)
+                        }
                     case .portRead:
                         try server.respond(lane: lane, to: m, data: m.widthMask)
                     case .sync:
@@ -67,9 +105,30 @@ public enum VirtioProcess {
                     }
                 }
             } while server.uncommitted >= server.batchLimit
+            if server.uncommitted > 0 { server.commit() }
+            // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
+            // flag tells the supervisor that something waits on this process.
+            region.deviceBusy = true
             for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
-                transport.queueNotified(queue)
+                notified[queue] = true
             }
+            // Queue work: its effects (used entries, used->idx, the interrupt) are the guest's to see at once, so
+            // its new ring positions are committed right after it; a successor adopts what a death in between
+            // left published (VirtioMMIOTransport.adoptPublishedCompletions).
+            let before = transport.state.queues.map(\.usedIndex)
+            for queue in notified.indices where notified[queue] {
+                notified[queue] = false
+                transport.queueNotified(queue, budget: Self.queueBudget)
+            }
+            // Queues that stopped at their budget go on after the ring has been looked at again, without sleeping.
+            let more = transport.runPendingQueues(budget: Self.queueBudget)
+            let completed = zip(before, transport.state.queues).reduce(UInt64(0)) { $0 + UInt64($1.1.usedIndex &- $1.0) }
+            if completed > 0 || transport.state.failure != reported {
+                if let delay = spec.testCommitDelayMicroseconds, completed > 0 { usleep(UInt32(clamping: delay)) }
+                server.commit()
+                region.addDeviceProgress(completed)
+            }
+            if !more { region.deviceBusy = false }
             // Why the device stopped serving, once per failure (the guest resets it to go on); a guest that keeps
             // breaking its queues gets a bounded number of lines, at Info level: this is the guest's doing.
             if transport.state.failure != reported {
@@ -79,10 +138,46 @@ public enum VirtioProcess {
                     Log.info("device needs a reset: \(why)\(failures == 20 ? " (further failures are not logged)" : "")")
                 }
             }
-            // Queues that stopped at their budget go on after the ring has been looked at again, without sleeping.
-            if transport.runPendingQueues() { continue }
+            if more { continue }
             _ = try server.wait(extra: spec.queueNotifyFDs)
         }
+    }
+}
+
+/// The virtio device's state as its process commits it with the channel's positions (`DeviceServer.commit`), so a
+/// process started in place of a dead one resumes where the last commit left off.
+///
+/// Exactly once, from the guest's point of view: what a virtio device does to its virtqueues (used entries,
+/// used->idx, the interrupt) is seen by the guest at once, outside the channel, so a commit cannot cover it. The
+/// process keeps register writes and queue work in separate commits (it commits before queue work, and serves a
+/// QueueNotify that came over the channel as queue work), so the queue work since the last commit always ran on the
+/// committed registers; its ring positions are committed right after it. A successor restores the last commit, then
+/// adopts every completion its predecessor published in the used ring after it (the queues are served in order and
+/// synchronously, so those are exactly the next requests of the avail ring), and serves again a request that was
+/// taken but not published (the driver cannot have reused its buffers; a block write of the same buffer is
+/// idempotent). Register writes the predecessor handled but did not commit are handled again from the ring: no
+/// queue work followed them, and the only guest RAM they touch is used->idx = 0 at DRIVER_OK, written again alike.
+final class RestartableVirtio: RestartableDevice {
+    let transport: VirtioMMIOTransport
+    /// A format tag, so that a successor never restores a different build's layout of this state.
+    private static let snapshotVersion: UInt8 = 1
+
+    init(_ transport: VirtioMMIOTransport) { self.transport = transport }
+
+    func snapshot() -> [UInt8] {
+        var w = SnapshotWriter()
+        w.u8(Self.snapshotVersion)
+        transport.save(to: &w)
+        return w.bytes
+    }
+
+    func didCommit() {}
+
+    func restore(_ bytes: [UInt8]) throws(SnapshotError) {
+        var r = SnapshotReader(bytes)
+        guard try r.u8() == Self.snapshotVersion else { throw .invalid("virtio state of another format") }
+        try transport.restore(from: &r)
+        try r.finish()
     }
 }
 
@@ -110,7 +205,7 @@ final class ImageFile: BlockStorage {
                 throw BlockStorageError(code: errno)
             }
             if n == 0 {  // the image shrank under us: what is gone reads as zeros
-                buffer.baseAddress.map { ($0 + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done) }
+                if let base = buffer.baseAddress { (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done) }
                 return
             }
             done += n

@@ -19,14 +19,15 @@ protocol VMMUnderTest {
 struct OurVMM: VMMUnderTest {
     let binary: String
     var name = "vmm"
-    /// A disk image given to the guest as its only drive (read-only, virtio-blk at 0xd0000000).
+    /// A disk image given to the guest as its only drive (virtio-blk at 0xd0000000), read-only unless `driveWritable`.
     var drive: String?
+    var driveWritable = false
     /// More "vmm" settings (starting with a comma) and `vmm run` options.
     var vmmSettings = ""
     var options: [String] = []
     func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
         let drives = drive.map {
-            #""drives": [{"drive_id": "d0", "path_on_host": "\#($0)", "is_root_device": true, "is_read_only": true, "cache_type": "Unsafe"}],"#
+            #""drives": [{"drive_id": "d0", "path_on_host": "\#($0)", "is_root_device": true, "is_read_only": \#(!driveWritable), "cache_type": "Unsafe"}],"#
         } ?? ""
         let config = """
         {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},

@@ -1,9 +1,9 @@
-@testable import Devices
+import Devices
 import XCTest
 
 /// Every forged snapshot in `cases` is refused with its error, and so is every truncation of the device's own
 /// `before`; none of them changes the device (its snapshot is still `before` after each).
-func assertRefusesForgeries(_ device: some Snapshotting, before: [UInt8], _ cases: [(String, [UInt8], SnapshotError)],
+public func assertRefusesForgeries(_ device: some Snapshotting, before: [UInt8], _ cases: [(String, [UInt8], SnapshotError)],
                             file: StaticString = #filePath, line: UInt = #line) {
     for (name, bytes, error) in cases {
         XCTAssertThrowsError(try device.restore(snapshot: bytes), name, file: file, line: line) {
