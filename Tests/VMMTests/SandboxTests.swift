@@ -70,7 +70,8 @@ final class SandboxTests: GuestTestCase {
             XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
             let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 5)
             ids.append(Set(try helpers.map { pid in
-                try status(pid)["Uid"]?.split(separator: "\t").first.map(String.init) ?? "?"
+                XCTAssertTrue(Harness.waitUntilSandboxed(pid), "pid \(pid) entered its sandbox")  // ids change on the way in
+                return try status(pid)["Uid"]?.split(separator: "\t").first.map(String.init) ?? "?"
             }))
         }
         XCTAssertEqual(ids.count, 2)
