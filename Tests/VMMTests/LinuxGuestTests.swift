@@ -158,13 +158,22 @@ final class VirtioBlkKiller: @unchecked Sendable {
         self.atMost = atMost
     }
 
-    /// The serving virtio-blk process of the drive: its spec (the last argument) names the drive.
+    /// The serving virtio-blk process of the drive (its spec, the last argument, names the drive): the older of
+    /// the drive's two, since a standby is started only after the process it would replace took over.
     private func target() -> pid_t? {
-        Harness.helperPIDs(of: vmm).first { pid in
+        let drive = Harness.helperPIDs(of: vmm, standbys: true).filter { pid in
             guard Harness.role(of: pid) == "virtio-blk",
                   let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             return String(decoding: raw, as: UTF8.self).contains(#""driveID":"\#(driveID)""#)
         }
+        func started(_ pid: pid_t) -> UInt64 {
+            // /proc/PID/stat: the start time is the 22nd field, the 20th after the parenthesised command name.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return .max }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 19 ? UInt64(fields[19]) ?? .max : .max
+        }
+        return drive.min { started($0) < started($1) }
     }
 
     func start() {
