@@ -117,6 +117,7 @@ extension Supervisor {
             }
             for c in slot.channels { c.deviceStatus = .broken }
             slot.wakeClients()
+            slot.lineWhenBroken()
             let message = "\(what); it failed \(slot.failures.count + 1) times within \(policy.windowMs) ms (vmm.device_restart.max_restarts \(policy.maxRestarts)): given up on"
             if policy.critical.contains(slot.name) {
                 return Ending(status: .helperDied, message: message + ", and it is critical (vmm.device_restart.critical); stopping the VM")

@@ -83,6 +83,8 @@ public final class Supervisor {
         var broken = false
         /// Rings every response doorbell of its channels: vCPUs waiting on it look at its status again.
         var wakeClients: () -> Void = {}
+        /// What the device's interrupt line does once it is given up on (see `Supervisor.lineWhenBroken`).
+        var lineWhenBroken: () -> Void = {}
         /// A replacement is due at this time (back-off).
         var restartDue: UInt64?
         /// Progress watch for hang detection: the requests handled when last looked at, and since when none were.
@@ -214,6 +216,7 @@ public final class Supervisor {
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                 sandbox: try self.sandboxSpec(.pio))
         })
+        helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == Server(.pio) } ?? 0, pulse: false)
         // So does the irqchip, before any mailbox write its state leads to.
         helpers.append(try spawn(restartable: .irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                  serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
@@ -239,9 +242,28 @@ public final class Supervisor {
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
+            helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == server } ?? 0, pulse: true)
         }
         Log.debug("helpers spawned")
         return try watch(helpers, console: console)
+    }
+
+    /// A device given up on cannot lower its interrupt line any more: a level-triggered line left high would make
+    /// the guest take the interrupt again after every EOI, a storm. The supervisor drives the dead device's lane of
+    /// the lines channel in its place: low, and for a virtio device first a pulse, its configuration-change
+    /// interrupt (its window, answered by the vcpu process now, says DEVICE_NEEDS_RESET with the config-change bit).
+    static func lineWhenBroken(_ lines: ChannelPlan, lane: Int, pulse: Bool) -> () -> Void {
+        {
+            var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
+                                      responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(spinMicroseconds: 0),
+                                      timeoutMs: 100)
+            for level: UInt64 in pulse ? [0, 1, 0] : [0] {
+                do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {
+                    Log.warning("lowering a broken device's interrupt line: \(error)")
+                    return
+                }
+            }
+        }
     }
 
     /// A drive's image, opened and locked for one virtio-blk process.
