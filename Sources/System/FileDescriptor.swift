@@ -88,25 +88,24 @@ public struct FileDescriptor: ~Copyable, @unchecked Sendable {
         _ = try syscallRetrying("ftruncate") { ftruncate(raw, off_t(size)) }
     }
 
-    /// The contents of a text file, nil when it cannot be read.
-    public static func readText(_ path: String) -> String? {
-        guard let bytes = try? open(path, O_RDONLY).readAll() else { return nil }
-        return String(decoding: bytes, as: UTF8.self)
-    }
+    /// The most `readText` reads: far more than a policy or a kernel's pseudo-file holds.
+    public static let textLimit = 16 << 20
 
-    /// The contents of a file whose size says nothing (procfs, cgroupfs), read to its end but at most `limit` bytes;
-    /// nil when it cannot be read.
-    public static func readPseudoFile(_ path: String, limit: Int = 1 << 20) -> String? {
+    /// The contents of a text file, read to its end (so that files whose size says nothing, in procfs and cgroupfs,
+    /// read whole too); nil when it cannot be read or holds more than `textLimit` bytes.
+    public static func readText(_ path: String) -> String? {
         guard let fd = try? open(path, O_RDONLY) else { return nil }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while out.count < limit {
+        while true {
             let got = chunk.withUnsafeMutableBytes { Glibc.read(fd.raw, $0.baseAddress!, $0.count) }
             if got < 0 && Glibc.errno == EINTR { continue }
-            if got <= 0 { break }
+            if got < 0 { return nil }
+            if got == 0 { break }
             out += chunk[..<got]
+            if out.count > textLimit { return nil }
         }
-        return String(decoding: out.prefix(limit), as: UTF8.self)
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Reads the whole file from offset 0.

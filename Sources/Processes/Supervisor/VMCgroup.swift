@@ -29,8 +29,8 @@ final class VMCgroup {
         var ownCgroups: String
 
         static func current() -> Host {
-            Host(mountInfo: FileDescriptor.readPseudoFile("/proc/self/mountinfo") ?? "",
-                 ownCgroups: FileDescriptor.readPseudoFile("/proc/self/cgroup") ?? "")
+            Host(mountInfo: FileDescriptor.readText("/proc/self/mountinfo") ?? "",
+                 ownCgroups: FileDescriptor.readText("/proc/self/cgroup") ?? "")
         }
 
         /// Mount points of cgroup filesystems: the v2 one, and the v1 ones by controller.
@@ -81,10 +81,10 @@ final class VMCgroup {
     static let controllers = ["memory", "pids", "cpu"]
 
     private static func createV2(at parent: String, name: String, limits: Limits) throws(Unavailable) -> VMCgroup {
-        let available = Set((FileDescriptor.readPseudoFile(parent + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+        let available = Set((FileDescriptor.readText(parent + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
         let missing = controllers.filter { !available.contains($0) }
         guard missing.isEmpty else { throw Unavailable(description: "\(parent) does not offer \(missing.joined(separator: ", "))") }
-        let enabled = Set((FileDescriptor.readPseudoFile(parent + "/cgroup.subtree_control") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+        let enabled = Set((FileDescriptor.readText(parent + "/cgroup.subtree_control") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
         if !controllers.allSatisfy(enabled.contains) {
             // Fails (EBUSY) when the parent has processes of its own and is not the root: not delegated to us.
             try write(controllers.map { "+" + $0 }.joined(separator: " "), to: parent + "/cgroup.subtree_control")
