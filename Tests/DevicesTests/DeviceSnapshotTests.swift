@@ -341,16 +341,7 @@ final class DeviceSnapshotTests: XCTestCase {
         for (which, device) in devices.enumerated() {
             let valid = device.snapshot()
             for round in 0..<10_000 {
-                var bytes: [UInt8]
-                if round % 2 == 0 {
-                    bytes = (0..<Int.random(in: 0...(valid.count + 8), using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-                } else {
-                    bytes = valid
-                    for _ in 0..<Int.random(in: 1...3, using: &rng) {
-                        bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
-                    }
-                    if round % 7 == 1 { bytes.removeLast(Int.random(in: 0...bytes.count, using: &rng)) }
-                }
+                let bytes = rng.hostileSnapshot(from: valid, random: round % 2 == 0, round: round)
                 let before = device.snapshot()
                 do {
                     try device.restore(snapshot: bytes)

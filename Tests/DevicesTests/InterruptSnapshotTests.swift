@@ -353,16 +353,7 @@ final class InterruptSnapshotTests: XCTestCase {
         var rng = SplitMix(state: 12)
         var accepted = 0
         for round in 0..<5000 {
-            var bytes: [UInt8]
-            if round % 4 == 0 {
-                bytes = (0..<Int.random(in: 0...(valid.count + 8), using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            } else {
-                bytes = valid
-                for _ in 0..<Int.random(in: 1...3, using: &rng) {
-                    bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
-                }
-                if round % 7 == 1 { bytes.removeLast(Int.random(in: 0...bytes.count, using: &rng)) }
-            }
+            let bytes = rng.hostileSnapshot(from: valid, random: round % 4 == 0, round: round)
             let target = ChipRig()
             if round % 2 == 0 { _ = busy(target) }
             let before = target.chip.snapshot()

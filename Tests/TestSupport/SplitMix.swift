@@ -13,3 +13,19 @@ public struct SplitMix: RandomNumberGenerator {
     /// True `percent` times in a hundred.
     public mutating func chance(_ percent: UInt64) -> Bool { next() % 100 < percent }
 }
+
+extension SplitMix {
+    /// Bytes for a restore fuzzer: random bytes of about `valid`'s length when `random`, otherwise `valid` with one
+    /// to three bytes changed and, in `round`s where round % 7 == 1, cut short.
+    public mutating func hostileSnapshot(from valid: [UInt8], random: Bool, round: Int) -> [UInt8] {
+        if random {
+            return (0..<Int.random(in: 0...(valid.count + 8), using: &self)).map { _ in UInt8.random(in: 0...255, using: &self) }
+        }
+        var bytes = valid
+        for _ in 0..<Int.random(in: 1...3, using: &self) {
+            bytes[Int.random(in: 0..<bytes.count, using: &self)] = UInt8.random(in: 0...255, using: &self)
+        }
+        if round % 7 == 1 { bytes.removeLast(Int.random(in: 0...bytes.count, using: &self)) }
+        return bytes
+    }
+}
