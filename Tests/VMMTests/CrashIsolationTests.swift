@@ -6,6 +6,7 @@ import XCTest
 final class CrashIsolationTests: XCTestCase {
     override func setUpWithError() throws { try Harness.requireKVM() }
 
+    /// vmm's fault report (`--fault-report`), as the tests read it.
     struct FaultReport: Decodable {
         struct Summary: Decodable {
             let faults: Int
@@ -49,13 +50,7 @@ final class CrashIsolationTests: XCTestCase {
         XCTAssertTrue(run.stdout.hasSuffix("uartstress: done \(lines) lines, 0 scratch mismatches\n"), String(run.stdout.suffix(300)))
         XCTAssertEqual(lineNumbers(run.stdout), Array(0..<lines), "every line once, in order")
         XCTAssertTrue(run.stderr.contains("is hung: its work has waited"), run.stderr)
-        let report = try Self.readReport(reportPath)
-        XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 100,
-                       "all kills happened while the guest ran (make the guest longer if not): \(run.stderr)")
-        XCTAssertEqual(report.faults.filter { $0.action == "stop" }.count, 1)
-        XCTAssertEqual(report.summary.restarted, 101, run.stderr)
-        XCTAssertEqual(report.faults.filter { $0.recoveryMs == nil }.count, 0, "the device handled a request after every fault")
-        print("pio crash isolation: \(report.summary.faults) faults; recovery median \(report.summary.recoveryMedianMs ?? -1) ms, p99 \(report.summary.recoveryP99Ms ?? -1) ms")
+        try Self.readReport(reportPath).assertEveryFaultRecovered(kills: 100, stops: 1, device: "pio", stderr: run.stderr)
     }
 
     /// A timer guest keeps ticking while the irqchip process is killed again and again (and stopped once): every
@@ -77,11 +72,8 @@ final class CrashIsolationTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(ms, ideal * 0.99, "ticks faster than their period: an interrupt storm")
         XCTAssertTrue(run.stderr.contains("irqchip process (pid"), run.stderr)
         XCTAssertTrue(run.stderr.contains("is hung: its work has waited"), "a stopped irqchip is found while the guest sleeps in HLT: \(run.stderr)")
-        let report = try Self.readReport(reportPath)
-        XCTAssertEqual(report.faults.filter { $0.action == "kill" }.count, 50, "all kills happened while the guest ran: \(run.stderr)")
-        XCTAssertEqual(report.summary.restarted, 51, run.stderr)
-        XCTAssertEqual(report.faults.filter { $0.recoveryMs == nil }.count, 0, "the irqchip handled a request after every fault")
-        print("irqchip crash isolation: \(ticks) ticks in \(ms) ms (ideal \(ideal)); recovery median \(report.summary.recoveryMedianMs ?? -1) ms, p99 \(report.summary.recoveryP99Ms ?? -1) ms")
+        try Self.readReport(reportPath).assertEveryFaultRecovered(kills: 50, stops: 1, device: "irqchip", stderr: run.stderr)
+        print("irqchip crash isolation: \(ticks) ticks in \(ms) ms (ideal \(ideal))")
     }
 
     /// Two vCPUs exchange IPIs one at a time while the irqchip process is killed again and again: none is lost (the
@@ -146,5 +138,19 @@ final class CrashIsolationTests: XCTestCase {
             usleep(20_000)
         }
         return condition()
+    }
+}
+
+extension CrashIsolationTests.FaultReport {
+    /// Every kill and stop happened while the guest ran, each was followed by a restart, and the device handled a
+    /// request after each; prints the recovery figures.
+    func assertEveryFaultRecovered(kills: Int, stops: Int, device: String, stderr: String,
+                                   file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(faults.filter { $0.action == "kill" }.count, kills,
+                       "all kills happened while the guest ran (make the guest longer if not): \(stderr)", file: file, line: line)
+        XCTAssertEqual(faults.filter { $0.action == "stop" }.count, stops, file: file, line: line)
+        XCTAssertEqual(summary.restarted, kills + stops, stderr, file: file, line: line)
+        XCTAssertEqual(faults.filter { $0.recoveryMs == nil }.count, 0, "the device handled a request after every fault", file: file, line: line)
+        print("\(device) crash isolation: \(summary.faults) faults; recovery median \(summary.recoveryMedianMs ?? -1) ms, p99 \(summary.recoveryP99Ms ?? -1) ms")
     }
 }
