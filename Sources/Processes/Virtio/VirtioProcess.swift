@@ -76,9 +76,16 @@ public enum VirtioProcess {
         var failures = 0
         var notified = [Bool](repeating: false, count: spec.queueNotifyFDs.count)
         while true {
-            // Every register access first, to the end of the ring: a queue notification that came after a write
-            // (QueueReady, DRIVER_OK) must find it applied, and KVM signals the eventfd only once the guest wrote
-            // QueueNotify, after the vCPU had posted that earlier write.
+            // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
+            // flag tells the supervisor that something waits on this process.
+            region.deviceBusy = true
+            // Notifications are taken before the register accesses are drained, and served after them: KVM signals
+            // the eventfd only once the guest wrote QueueNotify, after the vCPU had posted its earlier writes
+            // (QueueReady, DRIVER_OK), so every write a taken notification depends on is in the ring by then. Taken
+            // after the drain, a notification could overtake a write posted in between and find its queue not ready.
+            for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
+                notified[queue] = true
+            }
             repeat {
                 server.commit()
                 while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
@@ -106,12 +113,6 @@ public enum VirtioProcess {
                 }
             } while server.uncommitted >= server.batchLimit
             if server.uncommitted > 0 { server.commit() }
-            // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
-            // flag tells the supervisor that something waits on this process.
-            region.deviceBusy = true
-            for (queue, fd) in spec.queueNotifyFDs.enumerated() where Glibc.read(fd, &counter, 8) == 8 {
-                notified[queue] = true
-            }
             // Queue work: its effects (used entries, used->idx, the interrupt) are the guest's to see at once, so
             // its new ring positions are committed right after it; a successor adopts what a death in between
             // left published (VirtioMMIOTransport.adoptPublishedCompletions).
