@@ -10,6 +10,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // The HTTP/1.1 server of the Firecracker-compatible API (`vmm run --api-sock`): a kept library, not our parser.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // C interop: KVM ioctl numbers and structs, Linux calls Swift cannot import directly.
@@ -56,8 +58,15 @@ let package = Package(
         .target(name: "Processes", dependencies: [
             "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "Sandbox", "Emulator", "X86", "Machine", "ACPI", "Virtio",
         ]),
+        // Firecracker's REST API on a Unix socket: HTTP routing and request decoding into the config model (validated
+        // by the config parser's own section readers); the supervisor serves what needs the running VM.
+        .target(name: "API", dependencies: [
+            "Config", "Processes", "System",
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .executableTarget(name: "vmm", dependencies: [
-            "Processes", "Config", "Machine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Processes", "Config", "Machine", "API", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
         .target(name: "BenchKit", path: "tools/bench/BenchKit"),

@@ -18,16 +18,13 @@ public enum ConfigParser {
         guard let bootJSON = top.value("boot-source") else { throw ConfigError("boot-source", "missing (the kernel to boot)") }
         var config = VMConfig(bootSource: try bootSource(bootJSON))
         if let m = top.value("machine-config") { config.machine = try machine(m) }
-        if let c = top.value("cpu-config") { config.cpuid = try cpuConfig(c) }
+        if let c = top.value("cpu-config") { config.cpuid = try cpuConfigOrTemplateFile(c) }
         if let l = top.value("logger") { config.logger = try logger(l) }
+        if let m = top.value("metrics") { config.metrics = try metrics(m) }
         if let v = top.value("vmm") { config.vmm = try vmmSettings(v) }
         if let d = top.value("drives"), d != .null { config.drives = try drives(d) }
         if let e = top.value("entropy"), e != .null { config.entropy = try entropy(e) }
-        try top.rejectIfSet("network-interfaces", "virtio-net arrives with the next virtio device processes")
-        try top.rejectIfSet("vsock", "virtio-vsock arrives with the next virtio device processes")
-        try top.rejectIfSet("balloon", "no balloon device")
-        try top.rejectIfSet("metrics", "no metrics output yet")
-        try top.rejectIfSet("mmds-config", "no metadata service")
+        try rejectUnimplementedSections(&top)
         try top.finish()
         try checkImagesFit(config)
         try checkHelperIDs(config.vmm.sandbox)
@@ -137,8 +134,8 @@ public enum ConfigParser {
         }
     }
 
-    static func cpuConfig(_ v: JSONValue) throws(ConfigError) -> [VMConfig.CPUIDRule] {
-        var r = try ObjectReader(v, path: "cpu-config")
+    static func cpuConfig(_ v: JSONValue, path: String = "cpu-config") throws(ConfigError) -> [VMConfig.CPUIDRule] {
+        var r = try ObjectReader(v, path: path)
         var rules: [VMConfig.CPUIDRule] = []
         if let mods = r.value("cpuid_modifiers") {
             guard case .array(let items) = mods else { throw ConfigError(r.child("cpuid_modifiers"), "expected an array") }
@@ -214,48 +211,54 @@ public enum ConfigParser {
         guard items.count < maxVirtioDevices else { throw ConfigError("drives", "\(items.count) drives; at most \(maxVirtioDevices - 1) (one interrupt pin each, one left for entropy)") }
         var drives: [VMConfig.Drive] = []
         for (i, item) in items.enumerated() {
-            var r = try ObjectReader(item, path: "drives[\(i)]")
-            guard let id = try r.string("drive_id") else { throw ConfigError(r.child("drive_id"), "missing") }
-            guard !id.isEmpty, id.utf8.count <= 20, id.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
-                throw ConfigError(r.child("drive_id"), "\"\(id)\" must be 1 to 20 printable characters (the guest reads it as the disk's serial)")
+            let drive = try drive(item, path: "drives[\(i)]", index: i)
+            if let other = drives.first(where: { $0.driveID == drive.driveID }) {
+                throw ConfigError("drives[\(i)].drive_id", "\"\(other.driveID)\" is used twice")
             }
-            if let other = drives.first(where: { $0.driveID == id }) {
-                throw ConfigError(r.child("drive_id"), "\"\(other.driveID)\" is used twice")
-            }
-            guard let path = try r.string("path_on_host") else { throw ConfigError(r.child("path_on_host"), "missing") }
-            var drive = VMConfig.Drive(driveID: id, pathOnHost: try readableFile(path, at: r.child("path_on_host")))
-            drive.configIndex = i
-            drive.isRootDevice = try r.bool("is_root_device") ?? false
-            drive.isReadOnly = try r.bool("is_read_only") ?? false
-            if !drive.isReadOnly && access(path, W_OK) != 0 {
-                throw ConfigError(r.child("path_on_host"), "\(path) is not writable (set is_read_only for a read-only disk)")
-            }
-            drive.partUUID = try r.string("partuuid")
-            if let uuid = drive.partUUID {
-                guard uuid.utf8.count <= 64, uuid.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) || $0 == 0x2d }) else {
-                    throw ConfigError(r.child("partuuid"), "\"\(uuid)\" is not a partition UUID (hex digits and dashes)")
-                }
-            }
-            if let cache = try r.string("cache_type") {
-                guard let t = VMConfig.Drive.CacheType(rawValue: cache) else {
-                    throw ConfigError(r.child("cache_type"), "expected Unsafe or Writeback")
-                }
-                drive.cacheType = t
-            }
-            if let engine = try r.string("io_engine"), engine != "Sync" {
-                guard engine == "Async" else { throw ConfigError(r.child("io_engine"), "expected Sync or Async") }
-                throw .notSupportedYet(r.child("io_engine"), "Async (io_uring); the device process does synchronous I/O")
-            }
-            try r.rejectIfSet("rate_limiter", "rate limiting of drives")
-            try r.rejectIfSet("socket", "vhost-user drives")
-            try r.finish()
             if drive.isRootDevice, let root = drives.first(where: \.isRootDevice) {
-                throw ConfigError(r.child("is_root_device"), "\"\(root.driveID)\" is the root device already")
+                throw ConfigError("drives[\(i)].is_root_device", "\"\(root.driveID)\" is the root device already")
             }
             drives.append(drive)
         }
         // The root device is the first disk the guest sees (/dev/vda), as in Firecracker.
         return drives.filter(\.isRootDevice) + drives.filter { !$0.isRootDevice }
+    }
+
+    /// One `drives[]` entry (also the body of the API's `PUT /drives/{id}`).
+    static func drive(_ item: JSONValue, path jsonPath: String, index i: Int) throws(ConfigError) -> VMConfig.Drive {
+        var r = try ObjectReader(item, path: jsonPath)
+        guard let id = try r.string("drive_id") else { throw ConfigError(r.child("drive_id"), "missing") }
+        guard !id.isEmpty, id.utf8.count <= 20, id.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+            throw ConfigError(r.child("drive_id"), "\"\(id)\" must be 1 to 20 printable characters (the guest reads it as the disk's serial)")
+        }
+        guard let path = try r.string("path_on_host") else { throw ConfigError(r.child("path_on_host"), "missing") }
+        var drive = VMConfig.Drive(driveID: id, pathOnHost: try readableFile(path, at: r.child("path_on_host")))
+        drive.configIndex = i
+        drive.isRootDevice = try r.bool("is_root_device") ?? false
+        drive.isReadOnly = try r.bool("is_read_only") ?? false
+        if !drive.isReadOnly && access(path, W_OK) != 0 {
+            throw ConfigError(r.child("path_on_host"), "\(path) is not writable (set is_read_only for a read-only disk)")
+        }
+        drive.partUUID = try r.string("partuuid")
+        if let uuid = drive.partUUID {
+            guard uuid.utf8.count <= 64, uuid.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) || $0 == 0x2d }) else {
+                throw ConfigError(r.child("partuuid"), "\"\(uuid)\" is not a partition UUID (hex digits and dashes)")
+            }
+        }
+        if let cache = try r.string("cache_type") {
+            guard let t = VMConfig.Drive.CacheType(rawValue: cache) else {
+                throw ConfigError(r.child("cache_type"), "expected Unsafe or Writeback")
+            }
+            drive.cacheType = t
+        }
+        if let engine = try r.string("io_engine"), engine != "Sync" {
+            guard engine == "Async" else { throw ConfigError(r.child("io_engine"), "expected Sync or Async") }
+            throw .notSupportedYet(r.child("io_engine"), "Async (io_uring); the device process does synchronous I/O")
+        }
+        try r.rejectIfSet("rate_limiter", "rate limiting of drives")
+        try r.rejectIfSet("socket", "vhost-user drives")
+        try r.finish()
+        return drive
     }
 
     static func entropy(_ v: JSONValue) throws(ConfigError) -> VMConfig.Entropy {
@@ -275,8 +278,8 @@ public enum ConfigParser {
             }
             l.level = parsed
         }
-        l.showLevel = try r.bool("show_level") ?? false
-        l.showLogOrigin = try r.bool("show_log_origin") ?? false
+        l.showLevel = try r.bool("show_level")
+        l.showLogOrigin = try r.bool("show_log_origin")
         try r.rejectIfSet("module", "per-module log filters")
         try r.finish()
         return l

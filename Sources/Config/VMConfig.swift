@@ -29,8 +29,10 @@ public struct VMConfig: Equatable, Sendable {
         public enum Level: String, CaseIterable, Sendable { case error = "Error", warning = "Warning", info = "Info", debug = "Debug", trace = "Trace", off = "Off" }
         public var logPath: String?
         public var level: Level = .warning
-        public var showLevel = false
-        public var showLogOrigin = false
+        /// Firecracker's `show_level` and `show_log_origin`; nil (not in the config): vmm's own line format, which
+        /// names the level. Set: Firecracker's bracketed prefix, `[vmm:ROLE:LEVEL:FILE:LINE]` with what is asked.
+        public var showLevel: Bool?
+        public var showLogOrigin: Bool?
     }
 
     /// This project's own settings (the "vmm" key).
@@ -142,6 +144,12 @@ public struct VMConfig: Equatable, Sendable {
         public var cacheType: CacheType = .unsafe
     }
 
+    /// Firecracker's `metrics`: JSON lines with vmm's counters, written to `metricsPath` (a file or a FIFO, which
+    /// must exist) every 60 s and on the API's FlushMetrics.
+    public struct Metrics: Equatable, Sendable {
+        public var metricsPath: String
+    }
+
     /// The virtio-rng device, from Firecracker's `entropy`.
     public struct Entropy: Equatable, Sendable {}
 
@@ -152,6 +160,7 @@ public struct VMConfig: Equatable, Sendable {
     public var entropy: Entropy?
     public var cpuid: [CPUIDRule] = []
     public var logger = Logger()
+    public var metrics: Metrics?
     public var vmm = VMM()
 
     public static let maxMemoryMiB = 3072

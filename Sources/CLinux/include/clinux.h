@@ -53,6 +53,7 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
 #define VMM_CONTROL_SECCOMP_LOGGED 10
 #define VMM_CONTROL_GUEST_EVENT 11
 #define VMM_CONTROL_VCPU_RUN_FAILED 12
+#define VMM_CONTROL_VCPU_PAUSED 13
 
 int vmm_sigsys_install(int report_fd, int only_log);
 /* The record the SIGSYS handler sends for a denied call `nr` (little-endian host: the bytes are the wire format). */

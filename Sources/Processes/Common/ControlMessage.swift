@@ -16,6 +16,8 @@ public enum ControlMessage: Equatable, Sendable {
     case seccompLogged(syscall: Int32)
     /// Something the guest did that a device saw: a reset, a panic, the boot-complete marker.
     case guest(GuestEvent)
+    /// Every vCPU is outside KVM_RUN and waits (true), or runs again (false): the answer to a pause or resume.
+    case vcpuPaused(Bool)
 
     public enum GuestEvent: UInt32, Equatable, Sendable {
         /// The CPU reset line was pulsed (i8042): the guest reboots.
@@ -56,6 +58,7 @@ public enum ControlMessage: Equatable, Sendable {
         case .seccompKilled(let nr): (kind, arg, value) = (VMM_CONTROL_SECCOMP_KILLED, UInt32(bitPattern: nr), 0)
         case .seccompLogged(let nr): (kind, arg, value) = (VMM_CONTROL_SECCOMP_LOGGED, UInt32(bitPattern: nr), 0)
         case .guest(let event): (kind, arg, value) = (VMM_CONTROL_GUEST_EVENT, event.rawValue, 0)
+        case .vcpuPaused(let paused): (kind, arg, value) = (VMM_CONTROL_VCPU_PAUSED, paused ? 1 : 0, 0)
         }
         return withUnsafeBytes(of: UInt32(kind).littleEndian, Array.init) + withUnsafeBytes(of: arg.littleEndian, Array.init)
             + withUnsafeBytes(of: value.littleEndian, Array.init)
@@ -87,6 +90,9 @@ public enum ControlMessage: Equatable, Sendable {
         case VMM_CONTROL_GUEST_EVENT:
             guard let event = GuestEvent(rawValue: arg) else { return nil }
             self = .guest(event)
+        case VMM_CONTROL_VCPU_PAUSED:
+            guard arg <= 1 else { return nil }
+            self = .vcpuPaused(arg == 1)
         default: return nil
         }
     }
@@ -96,7 +102,7 @@ public enum ControlMessage: Equatable, Sendable {
     func mayBeSent(by role: Role) -> Bool {
         switch self {
         case .seccompKilled, .seccompLogged: return true
-        case .vcpuStopped: return role == .vcpu
+        case .vcpuStopped, .vcpuPaused: return role == .vcpu
         case .guestExit, .guest: return role == .pio
         }
     }

@@ -11,6 +11,7 @@ enum HelperStartup {
     static func begin(role: Role, logLevel: Int) {
         Log.role = role.rawValue
         Log.level = Log.Level(rawValue: logLevel) ?? .warning
+        Log.takeFormatFromEnvironment()
         role.processName.withCString { _ = vmm_prctl5(VMM_PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
         Signals.ignore([SIGINT, SIGQUIT, SIGTSTP, SIGPIPE])
     }

@@ -52,6 +52,8 @@ struct VCPUSpec: RoleSpec {
     var queueNotifications: [QueueNotificationSpec] = []
     /// PVM-style host: rewind broken user-mode SYSCALLs (see SyscallFixup).
     var syscallFixup = false
+    /// The read end of the supervisor's pause pipe (`P` pause, `R` resume; see PauseGate).
+    var pauseFD: Int32?
     var spinMicroseconds: Int
     var deviceTimeoutMs: Int
     var logLevel: Int

@@ -50,9 +50,10 @@ extension Supervisor {
             let standbys = slots.compactMap(\.standby)
             let consoleFDs = console.pollFDs
             let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw }
-                + standbys.map { $0.process.pidfd.raw } + consoleFDs
+                + standbys.map { $0.process.pidfd.raw } + (api.control.map { [$0.pollFD] } ?? []) + consoleFDs
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
+            if let due = apiWake { wake = min(wake ?? .max, due) }
             if slots.contains(where: { $0.restartable && !$0.broken }) {
                 wake = min(wake ?? .max, now + (faults.recovering ? Self.watchTickNanoseconds : hangTickNanoseconds))
             }
@@ -84,7 +85,9 @@ extension Supervisor {
                 standbyDied(standby, in: slots)
             }
             console.pump(ready: Array(ready.suffix(consoleFDs.count)))
+            serveAPI(slots)
             let after = monotonicNanoseconds()
+            apiTimers(slots, now: after)
             watchForHangs(slots, now: after, faults: faults)
             for slot in slots {
                 if let due = slot.restartDue, due <= after { try restart(slot, faults: faults) }
@@ -257,8 +260,11 @@ extension Supervisor {
                 let message = "\(h.name) process killed by seccomp: syscall \(SeccompFilter.name(of: nr))"
                 guard h.restartable else { return Ending(status: .helperDied, message: message) }
                 Log.report(message)
+            case .vcpuPaused(let paused):
+                pauseAnswered(paused)
             case .guest(.booted):
                 let ms = Double(monotonicNanoseconds() - startedAt) / 1e6
+                api.guestBootedMs = Int(ms)
                 Log.report("guest boot completed (boot-timer port 0x3f0) \(Int(ms)) ms after vmm started")
             case .guestExit, .guest(.reset), .guest(.panic), .vcpuStopped:
                 return ending(for: message)
@@ -275,7 +281,7 @@ extension Supervisor {
                           message: "guest wrote \(value) to the debug-exit port; values above 63 would give statuses that read as signals, so vmm exits with 18")
         case .guestExit(let status):
             return Ending(status: .guestExit(status), message: "guest requested exit through the debug-exit port: status \(status)", quiet: true)
-        case .seccompKilled, .seccompLogged, .guest(.booted):
+        case .seccompKilled, .seccompLogged, .guest(.booted), .vcpuPaused:
             return Ending(status: .helperDied, message: nil)  // handled in readControl
         case .guest(.reset):
             return Ending(status: .guestReboot, message: "guest reset the CPU (i8042 reset line): it asked for a reboot; stopping the VM")

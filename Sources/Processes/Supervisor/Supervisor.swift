@@ -26,10 +26,14 @@ public final class Supervisor {
     private var idLease: HelperIDLease?
     /// The cgroup every helper is put in, where the host lets vmm make one.
     private var cgroup: VMCgroup?
+    /// The API's requests and the metrics (see Supervisor+API).
+    let api: SupervisorAPI
 
-    /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed.
-    public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor) {
+    /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed. `control`: the API
+    /// server's requests (`vmm run --api-sock`).
+    public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor, control: VMControl? = nil) {
         self.config = config
+        api = SupervisorAPI(control: control)
         self.executable = executable
         self.signals = signals
         quirks = HostQuirks.detect(enabled: config.vmm.hostQuirks)
@@ -103,12 +107,15 @@ public final class Supervisor {
 
     /// Runs the VM to its end; returns how it ended.
     public func run() -> ExitStatus {
+        defer { api.control?.end() }
         do {
             return try launchAndWatch()
         } catch let e as HostSetupError {
+            api.control?.startFinished(failure: e.description)
             Log.report(e.description)
             return .hostSetupFailed
         } catch {
+            api.control?.startFinished(failure: "\(error)")
             Log.report("\(error)")
             return .hostSetupFailed
         }
@@ -153,6 +160,8 @@ public final class Supervisor {
         let entry = try loadGuest(ramFD: ram.raw, size: memSize, layout: layout)
         // Disk images: opened and locked here (the device processes can open nothing), before anything runs.
         let images = try openDriveImages()
+        try openMetrics()
+        let pauseRead = try makePausePipe()
 
         // One channel per device process, one lane per vCPU, in the layout's order of servers.
         let vcpus = config.machine.vcpuCount
@@ -203,7 +212,7 @@ public final class Supervisor {
                         QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
                     }
                 },
-                syscallFixup: quirks?.syscallFixup ?? false,
+                syscallFixup: quirks?.syscallFixup ?? false, pauseFD: pauseRead.map { fds.add($0.raw, owner: $0) },
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.vcpu))
         })
@@ -245,6 +254,8 @@ public final class Supervisor {
             helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == server } ?? 0, pulse: true)
         }
         Log.debug("helpers spawned")
+        api.helpersStartedMs = Int((monotonicNanoseconds() - startedAt) / 1_000_000)
+        api.control?.startFinished(failure: nil)
         return try watch(helpers, console: console)
     }
 
@@ -344,7 +355,7 @@ public final class Supervisor {
     private func spawnHelper(_ role: Role, name: String? = nil, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
                              control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
         let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
-                                             environment: Self.helperEnvironment, namespaces: Self.helperNamespaces)
+                                             environment: Self.helperEnvironment + Log.formatEnvironment, namespaces: Self.helperNamespaces)
         if let cgroup {
             do { try cgroup.add(process.pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
         }

@@ -20,11 +20,14 @@ final class InterruptInjector: @unchecked Sendable {
     /// This vCPU's mailbox (its index, which is also its APIC ID).
     let index: Int
     private let wake: EventFD
-    private var vcpuThread: UInt = 0
+    /// Set by the vCPU thread itself; read by the listener and the pause thread (0: not started yet).
+    private let vcpuThread = Atomic<UInt>(0)
     private let windowWanted = Atomic<Bool>(false)
     /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
     private var wokenFromHalt = false
     private var listener: OSThread?
+    /// While a pause is requested a sleeping vCPU waits at the gate, and the listener stops its window kicks.
+    var pauseGate: PauseGate?
 
     init(vcpu: VCPU, mailbox: InterruptMailbox, kickFD: Int32) throws {
         self.vcpu = vcpu
@@ -37,7 +40,7 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// Called on the vCPU thread before its first entry; starts the listener.
     func attachToCurrentThread() throws {
-        vcpuThread = vmm_thread_self()
+        vcpuThread.store(vmm_thread_self(), ordering: .releasing)
         listener = try OSThread.start(name: "vcpu\(index)-irq", stackSize: 256 << 10) { [self] in listen() }
     }
 
@@ -45,7 +48,7 @@ final class InterruptInjector: @unchecked Sendable {
         var pfd = pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)
         var value: UInt64 = 0
         while true {
-            let wanted = windowWanted.load(ordering: .relaxed)
+            let wanted = windowWanted.load(ordering: .relaxed) && pauseGate?.isRequested != true
             let r = poll(&pfd, 1, wanted ? 1 : -1)
             if r > 0 { _ = Glibc.read(kickFD, &value, 8) }
             if r > 0 || wanted { kick() }
@@ -53,10 +56,11 @@ final class InterruptInjector: @unchecked Sendable {
     }
 
     /// Makes the vCPU thread leave KVM_RUN (or not enter it) and wakes it from a HLT wait.
-    private func kick() {
+    func kick() {
         vcpu.run.pointee.immediate_exit = 1
         try? wake.signal()
-        _ = vmm_thread_signal(vcpuThread, Self.kickSignal)
+        let thread = vcpuThread.load(ordering: .acquiring)
+        if thread != 0 { _ = vmm_thread_signal(thread, Self.kickSignal) }
     }
 
     /// Before KVM_RUN: injects the posted vector if the guest can take it now; returns it so the caller can
@@ -102,6 +106,7 @@ final class InterruptInjector: @unchecked Sendable {
     private func sleep(until ready: () -> Bool) throws {
         var value: UInt64 = 0
         while !ready() {
+            if let gate = pauseGate, gate.isRequested { gate.wait() }
             let ready = try Poll.wait([kickFD, wake.raw], timeoutMs: 100)
             if !ready[0].isEmpty { _ = Glibc.read(kickFD, &value, 8) }
             if !ready[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }

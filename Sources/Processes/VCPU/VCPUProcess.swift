@@ -78,6 +78,14 @@ public enum VCPUProcess {
         Log.debug("sandboxed; entering the guest")
         // KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread. The first
         // one to stop decides; exiting the process ends the others.
+        if let pauseFD = spec.pauseFD {
+            let gate = try PauseGate(count: runners.count)
+            for runner in runners { runner.interrupts.pauseGate = gate }
+            let injectors = runners.map(\.interrupts)
+            _ = try OSThread.start(name: "vcpu-pause", stackSize: 256 << 10) {
+                gate.serve(pipe: pauseFD, controlFD: spec.controlFD) { for i in injectors { i.kick() } }
+            }
+        }
         for runner in runners {
             _ = try OSThread.start(name: "vcpu\(runner.vcpu.id)") { group.stop(runner.run()) }
         }

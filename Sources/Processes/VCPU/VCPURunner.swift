@@ -79,6 +79,11 @@ final class VCPURunner: @unchecked Sendable {
                 if state != .running && !interrupts.hasEvents { try interrupts.waitForEvent() }
                 if interrupts.hasEvents { try apply(interrupts.takeEvents()) }
                 if state != .running { continue }
+                // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
+                if let gate = interrupts.pauseGate, gate.isRequested {
+                    gate.wait()
+                    continue
+                }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
                 let reason = try vcpu.runOnce()

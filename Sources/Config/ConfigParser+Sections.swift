@@ -1,0 +1,158 @@
+import Glibc
+
+/// The sections Firecracker's file formats add (`cpu-config` as a template file's path, `metrics`), the sections
+/// refused for now, and the entry points the API uses: a `PUT` body is checked by the same reader as the config
+/// file's section, so its errors name the same fields.
+extension ConfigParser {
+    public static func parse(json: JSONValue) throws(ConfigError) -> VMConfig {
+        try parse(Array(json.text.utf8))
+    }
+
+    /// Firecracker's config file names a CPU template file (`"cpu-config": "template.json"`); vmm also takes the
+    /// template inline, as the API's `PUT /cpu-config` body is.
+    static func cpuConfigOrTemplateFile(_ v: JSONValue) throws(ConfigError) -> [VMConfig.CPUIDRule] {
+        guard case .string(let file) = v else { return try cpuConfig(v) }
+        let path = try readableFile(file, at: "cpu-config")
+        guard let bytes = readFile(path) else { throw ConfigError("cpu-config", "cannot read \(file): \(String(cString: strerror(errno)))") }
+        let json: JSONValue
+        do { json = try JSONParser.parse(bytes) } catch { throw ConfigError("cpu-config", "\(file): \(error.description)") }
+        return try cpuConfig(json, path: "cpu-config(\(file))")
+    }
+
+    /// `metrics`: where the JSON lines go. The file or FIFO must exist (as in Firecracker): vmm opens it, never
+    /// creates it.
+    static func metrics(_ v: JSONValue) throws(ConfigError) -> VMConfig.Metrics {
+        var r = try ObjectReader(v, path: "metrics")
+        guard let path = try r.string("metrics_path") else { throw ConfigError(r.child("metrics_path"), "missing") }
+        var st = stat()
+        guard !path.isEmpty, stat(path, &st) == 0 else {
+            throw ConfigError(r.child("metrics_path"), "\(path): \(path.isEmpty ? "empty path" : String(cString: strerror(errno)))")
+        }
+        guard st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFIFO else {
+            throw ConfigError(r.child("metrics_path"), "\(path) is neither a regular file nor a FIFO")
+        }
+        guard access(path, W_OK) == 0 else { throw ConfigError(r.child("metrics_path"), "\(path): \(String(cString: strerror(errno)))") }
+        try r.finish()
+        return VMConfig.Metrics(metricsPath: path)
+    }
+
+    /// Sections whose devices vmm does not have (yet): refused with the reason, whether in a file or through the API.
+    static func rejectUnimplementedSections(_ top: inout ObjectReader) throws(ConfigError) {
+        try top.rejectIfSet("network-interfaces", "virtio-net arrives with the next virtio device processes")
+        try top.rejectIfSet("vsock", "virtio-vsock arrives with the next virtio device processes")
+        try top.rejectIfSet("balloon", "no balloon device")
+        try top.rejectIfSet("mmds-config", "no metadata service")
+    }
+
+    /// Checks one section given on its own (an API body) with the config file's reader for it. `id` names the
+    /// device for the per-device sections (`drives`, `network-interfaces`); the error paths then read
+    /// `drives[ID].field`.
+    public static func checkSection(_ name: String, id: String? = nil, _ body: JSONValue) throws(ConfigError) {
+        switch name {
+        case "boot-source": _ = try bootSource(body)
+        case "machine-config": _ = try machine(body)
+        case "cpu-config": _ = try cpuConfig(body)
+        case "logger": _ = try logger(body)
+        case "metrics": _ = try metrics(body)
+        case "entropy": _ = try entropy(body)
+        case "vmm": _ = try vmmSettings(body)
+        case "drives":
+            let path = "drives[\(id ?? "")]"
+            let drive = try drive(body, path: path, index: 0)
+            if let id, drive.driveID != id {
+                throw ConfigError("\(path).drive_id", "\"\(drive.driveID)\" differs from the id in the request's path (\"\(id)\")")
+            }
+        default:
+            // Sections a file may have but vmm refuses: the same reason as in a file.
+            let value: JSONValue = name == "network-interfaces" ? .array([body]) : body
+            var top = try ObjectReader(.object([(name, value)]), path: "")
+            try rejectUnimplementedSections(&top)
+            try top.finish()
+        }
+    }
+
+    /// `machine-config` with Firecracker's defaults filled in, as `GET /machine-config` reports it.
+    public static func machineJSON(_ body: JSONValue?) throws(ConfigError) -> JSONValue {
+        let m = try body.map { (b) throws(ConfigError) in try machine(b) } ?? VMConfig.Machine()
+        return m.json
+    }
+}
+
+extension VMConfig.Machine {
+    var json: JSONValue {
+        .object([("vcpu_count", .number("\(vcpuCount)")), ("mem_size_mib", .number("\(memSizeMiB)")),
+                 ("smt", .bool(smt)), ("track_dirty_pages", .bool(trackDirtyPages)), ("huge_pages", .string("None"))])
+    }
+}
+
+extension VMConfig {
+    /// This VM in Firecracker's config-file format (what `GET /vm/config` returns): the sections Firecracker has,
+    /// with every default written out, so that the same VM reads the same whether it came from a file or the API.
+    /// vmm's own `vmm` section is left out.
+    public var firecrackerJSON: JSONValue {
+        func hex(_ n: UInt32) -> JSONValue { .string("0x" + String(n, radix: 16)) }
+        func bitmap(_ r: CPUIDRule) -> String {
+            "0b" + String((0..<32).reversed().map { bit -> Character in
+                r.clear >> bit & 1 == 1 ? "0" : r.set >> bit & 1 == 1 ? "1" : "x"
+            })
+        }
+        let boot: JSONValue = .object([("kernel_image_path", .string(bootSource.kernelImagePath)),
+                                       ("initrd_path", bootSource.initrdPath.map(JSONValue.string) ?? .null),
+                                       ("boot_args", .string(bootSource.bootArgs))])
+        let cpu: JSONValue = cpuid.isEmpty ? .null : .object([("cpuid_modifiers", .array(cpuid.map { r in
+            .object([("leaf", hex(r.leaf)), ("subleaf", hex(r.subleaf)), ("flags", .number("0")),
+                     ("modifiers", .array([.object([("register", .string(r.register)), ("bitmap", .string(bitmap(r)))])]))])
+        }))])
+        let disks: JSONValue = .array(drives.map { d in
+            .object([("drive_id", .string(d.driveID)), ("path_on_host", .string(d.pathOnHost)),
+                     ("is_root_device", .bool(d.isRootDevice)), ("is_read_only", .bool(d.isReadOnly)),
+                     ("partuuid", d.partUUID.map(JSONValue.string) ?? .null), ("cache_type", .string(d.cacheType.rawValue)),
+                     ("io_engine", .string("Sync"))])
+        })
+        let log: JSONValue = .object([("log_path", logger.logPath.map(JSONValue.string) ?? .null), ("level", .string(logger.level.rawValue)),
+                                      ("show_level", .bool(logger.showLevel ?? false)), ("show_log_origin", .bool(logger.showLogOrigin ?? false))])
+        return .object([
+            ("boot-source", boot), ("machine-config", machine.json), ("cpu-config", cpu), ("drives", disks),
+            ("network-interfaces", .array([])), ("vsock", .null), ("entropy", entropy == nil ? .null : .object([])),
+            ("balloon", .null), ("logger", log),
+            ("metrics", metrics.map { .object([("metrics_path", .string($0.metricsPath))]) } ?? .null),
+            ("mmds-config", .null),
+        ])
+    }
+}
+
+extension JSONValue {
+    /// Compact JSON text.
+    public var text: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return b ? "true" : "false"
+        case .number(let n): return n
+        case .string(let s): return Self.quoted(s)
+        case .array(let a): return "[" + a.map(\.text).joined(separator: ",") + "]"
+        case .object(let o): return "{" + o.map { Self.quoted($0.key) + ":" + $0.value.text }.joined(separator: ",") + "}"
+        }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16)
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
+    }
+
+    /// The member `key` of an object.
+    public subscript(key: String) -> JSONValue? {
+        guard case .object(let members) = self else { return nil }
+        return members.first { $0.key == key }?.value
+    }
+}
