@@ -1,3 +1,4 @@
+import API
 import ArgumentParser
 import Config
 import Glibc
@@ -18,7 +19,9 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("config-file"), help: "Firecracker-format JSON config file.")
     var configFile: String
 
-    func load() throws -> VMConfig {
+    func load() throws -> VMConfig { try Self.load(configFile) }
+
+    static func load(_ configFile: String) throws -> VMConfig {
         do { return try ConfigParser.load(path: configFile) } catch {
             Log.report("config error: \(error)")
             throw ExitCode(ExitStatus.configError.code)
@@ -27,9 +30,14 @@ struct ConfigOptions: ParsableArguments {
 }
 
 struct Run: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Launch a microVM from a config file.")
+    static let configuration = CommandConfiguration(abstract: "Launch a microVM from a config file, or configured through Firecracker's API.")
 
-    @OptionGroup var options: ConfigOptions
+    @Option(name: .customLong("config-file"), help: "Firecracker-format JSON config file.")
+    var configFile: String?
+
+    @Option(name: .customLong("api-sock"),
+            help: "Serve Firecracker's REST API on this Unix socket (which must not exist). Without --config-file the VM starts on PUT /actions InstanceStart.")
+    var apiSock: String?
 
     @Option(help: "Diagnostics level: error, warning, info, debug (overrides logger.level).")
     var logLevel: String?
@@ -48,6 +56,10 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("fault-report"), help: "Write the fault-injection report here as JSON.")
     var faultReport: String?
 
+    func validate() throws {
+        if configFile == nil && apiSock == nil { throw ValidationError("give --config-file, --api-sock or both") }
+    }
+
     func run() throws {
         // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
         let signals: FileDescriptor
@@ -55,28 +67,58 @@ struct Run: ParsableCommand {
             Log.report("\(error)")
             throw ExitCode(ExitStatus.hostSetupFailed.code)
         }
-        var config = try options.load()
+        var loaded: VMConfig?
+        var control: VMControl?
+        var server: APIServer?
+        defer { server?.stop() }
+        if let configFile { loaded = try ConfigOptions.load(configFile) }
+        if let apiSock {
+            // With a config file the VM starts at once and the API controls it (as Firecracker does); without
+            // one the API configures it and InstanceStart starts it.
+            do {
+                let c = try VMControl()
+                server = try APIServer(socketPath: apiSock, controller: APIController(control: c, running: loaded))
+                control = c
+            } catch {
+                Log.report("\(error)")
+                throw ExitCode(ExitStatus.hostSetupFailed.code)
+            }
+            if configFile == nil {
+                guard let started = control?.waitForStart(signals: signals.raw) else {
+                    Log.report("signal received before InstanceStart; stopping")
+                    throw ExitCode(ExitStatus.interrupted.code)
+                }
+                loaded = started
+            }
+        }
+        guard var config = loaded else { throw ExitCode(ExitStatus.configError.code) }
+        // Before InstanceStart the API's errors go back as 400s; from here on a failure fails the start request.
+        func configError(_ message: String) -> ExitCode {
+            Log.report(message)
+            control?.startFinished(failure: message)
+            return ExitCode(ExitStatus.configError.code)
+        }
         if seccompLog { config.vmm.sandbox.seccompLogOnly = true }
         do {
             config.vmm.faults += try injectFault.map { (text) throws(ConfigError) in try ConfigParser.fault(commandLine: text) }
             try ConfigParser.checkDeviceNames(config)
         } catch {
-            Log.report("config error: \(error)")
-            throw ExitCode(ExitStatus.configError.code)
+            throw configError("config error: \(error)")
         }
         if let faultReport { config.vmm.faultReportPath = faultReport }
         Log.level = level(logLevel) ?? level(config.logger.level.rawValue) ?? .warning
+        Log.showLevel = config.logger.showLevel
+        Log.showOrigin = config.logger.showLogOrigin
         if let path = config.logger.logPath {
             do { Log.fd = try FileDescriptor.openOutput(path, .append).take() } catch {
-                Log.report("config error: logger.log_path: cannot open \(error)")
-                throw ExitCode(ExitStatus.configError.code)
+                throw configError("config error: logger.log_path: cannot open \(error)")
             }
         }
         if let unsafePolicyDir {
             config.vmm.sandbox.unsafePolicyDirectory = unsafePolicyDir
             Log.report("warning: --unsafe-policy-dir: the helpers get the policies in \(unsafePolicyDir), not the ones built into vmm")
         }
-        let status = Supervisor(config: config, signals: signals).run()
+        let status = Supervisor(config: config, signals: signals, control: control).run()
         throw ExitCode(status.code)
     }
 

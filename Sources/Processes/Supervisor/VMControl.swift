@@ -99,7 +99,7 @@ public final class VMControl: Sendable {
     }
 
     /// The supervisor: the helpers run (nil) or could not be started (why).
-    func startFinished(failure: String?) {
+    public func startFinished(failure: String?) {
         let respond = pending.withLock { p -> Respond? in
             if failure == nil { p.state = .running }
             defer { p.startReply = nil }

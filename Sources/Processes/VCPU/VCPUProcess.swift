@@ -73,14 +73,16 @@ public enum VCPUProcess {
         }
         // The VM is set up: from here on the process can only run it. The vCPU threads are started inside the
         // sandbox (its clone rule allows threads only); the process limit stays off because it counts threads.
+        // The pause gate's eventfds are made before the sandbox, which allows none to be created.
+        let gate = try spec.pauseFD.map { _ in try PauseGate(count: runners.count) }
+        for runner in runners { runner.interrupts.pauseGate = gate }
         Log.debug("VM set up")
         try HelperSandbox.enter(spec.sandbox, role: .vcpu, controlFD: spec.controlFD, processes: nil)
         Log.debug("sandboxed; entering the guest")
         // KVM_RUN blocks, so each vCPU gets its own OS thread, never a Swift concurrency pool thread. The first
         // one to stop decides; exiting the process ends the others.
-        if let pauseFD = spec.pauseFD {
-            let gate = try PauseGate(count: runners.count)
-            for runner in runners { runner.interrupts.pauseGate = gate }
+        if let gate {
+            let pauseFD = spec.pauseFD ?? -1
             let injectors = runners.map(\.interrupts)
             _ = try OSThread.start(name: "vcpu-pause", stackSize: 256 << 10) {
                 gate.serve(pipe: pauseFD, controlFD: spec.controlFD) { for i in injectors { i.kick() } }
