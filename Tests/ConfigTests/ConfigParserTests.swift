@@ -259,3 +259,77 @@ final class ShippedConfigTests: XCTestCase {
         }
     }
 }
+
+/// Firecracker's file formats where they differ from vmm's own, and the sections as the API checks them one by one.
+final class FirecrackerFormatTests: XCTestCase {
+    var dir: String!
+    var kernel: String!
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "/fc-format-\(getpid())-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        kernel = dir + "/kernel"
+        FileManager.default.createFile(atPath: kernel, contents: Data([0x7f, 0x45, 0x4c, 0x46]))
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func parse(_ body: String) throws -> VMConfig {
+        try ConfigParser.parse(Array(#"{"boot-source": {"kernel_image_path": "\#(kernel!)"}, \#(body)}"#.utf8))
+    }
+
+    func testCPUConfigAsATemplateFilePath() throws {
+        let template = dir + "/template.json"
+        try #"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx01"}]}]}"#
+            .write(toFile: template, atomically: true, encoding: .utf8)
+        let fromFile = try parse(#""cpu-config": "\#(template)""#)
+        XCTAssertEqual(fromFile.cpuid, [.init(leaf: 1, subleaf: 0, register: "ecx", clear: 2, set: 1)])
+        let inline = try parse(#""cpu-config": \#(try String(contentsOfFile: template, encoding: .utf8))"#)
+        XCTAssertEqual(fromFile, inline, "the path form and the inline object give the same template")
+        XCTAssertThrowsError(try parse(#""cpu-config": "\#(dir!)/missing.json""#)) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "cpu-config")
+        }
+        try #"{"cpuid_modifiers": [{"leaf": "0x1", "modifiers": [{"register": "exx", "bitmap": "0b0"}]}]}"#
+            .write(toFile: template, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try parse(#""cpu-config": "\#(template)""#)) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "cpu-config(\(template)).cpuid_modifiers[0].modifiers[0].register", "errors inside the file name it and the field")
+        }
+    }
+
+    func testLoggerShowLevelAndOriginAreKept() throws {
+        let c = try parse(#""logger": {"level": "Info", "show_level": true, "show_log_origin": false}"#)
+        XCTAssertEqual(c.logger.showLevel, true)
+        XCTAssertEqual(c.logger.showLogOrigin, false)
+        XCTAssertNil(try parse(#""logger": {"level": "Info"}"#).logger.showLevel, "absent: vmm's own line format")
+    }
+
+    func testMetricsPathMustExist() throws {
+        let path = dir + "/metrics"
+        FileManager.default.createFile(atPath: path, contents: nil)
+        XCTAssertEqual(try parse(#""metrics": {"metrics_path": "\#(path)"}"#).metrics?.metricsPath, path)
+        XCTAssertThrowsError(try parse(#""metrics": {"metrics_path": "\#(dir!)/none"}"#)) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "metrics.metrics_path")
+        }
+        XCTAssertThrowsError(try parse(#""metrics": {"metrics_path": "\#(dir!)"}"#), "a directory is neither a file nor a FIFO")
+    }
+
+    func testSectionsCheckedOneByOneNameTheirFields() throws {
+        XCTAssertNoThrow(try ConfigParser.checkSection("drives", id: "root", try JSONParser.parse(Array(#"{"drive_id": "root", "path_on_host": "\#(kernel!)", "is_root_device": true, "is_read_only": true}"#.utf8))))
+        XCTAssertThrowsError(try ConfigParser.checkSection("drives", id: "root", try JSONParser.parse(Array(#"{"drive_id": "other", "path_on_host": "\#(kernel!)", "is_read_only": true}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "drives[root].drive_id")
+        }
+        XCTAssertThrowsError(try ConfigParser.checkSection("machine-config", try JSONParser.parse(Array(#"{"vcpu_count": 99, "mem_size_mib": 64}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.description, "machine-config.vcpu_count: 99 is out of range 1...32")
+        }
+        XCTAssertThrowsError(try ConfigParser.checkSection("network-interfaces", id: "eth0", try JSONParser.parse(Array(#"{"iface_id": "eth0"}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "network-interfaces", "refused as in a file")
+        }
+    }
+
+    func testFirecrackerJSONReadsBackToTheSameConfig() throws {
+        let c = try parse(#""machine-config": {"vcpu_count": 2, "mem_size_mib": 64}, "logger": {"level": "Debug", "show_level": true}, "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000001", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "edx", "bitmap": "0b1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"}]}]}"#)
+        var again = try ConfigParser.parse(json: c.firecrackerJSON)
+        again.logger.showLogOrigin = c.logger.showLogOrigin  // written out as false, absent in the input
+        XCTAssertEqual(again, c)
+    }
+}

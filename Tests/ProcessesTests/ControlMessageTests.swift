@@ -10,7 +10,7 @@ final class ControlMessageTests: XCTestCase {
         .vcpuStopped(.failedEntry(reason: 0x8000_0021)), .vcpuStopped(.unhandledExit(reason: 63)),
         .vcpuStopped(.systemEvent(type: 2)), .vcpuStopped(.setupFailed), .vcpuStopped(.runFailed),
         .seccompKilled(syscall: 257), .seccompLogged(syscall: 0),
-        .guest(.reset), .guest(.panic), .guest(.booted),
+        .guest(.reset), .guest(.panic), .guest(.booted), .vcpuPaused(true), .vcpuPaused(false),
     ]
 
     func testEveryMessageSurvivesItsRecord() {
@@ -18,7 +18,7 @@ final class ControlMessageTests: XCTestCase {
             XCTAssertEqual(m.record.count, ControlMessage.recordSize)
             XCTAssertEqual(ControlMessage(record: m.record), m)
         }
-        XCTAssertEqual(Set(Self.all.map { Array($0.record.prefix(4)) }).count, 12, "one kind per message shape")
+        XCTAssertEqual(Set(Self.all.map { Array($0.record.prefix(4)) }).count, 13, "one kind per message shape")
     }
 
     /// The SIGSYS handler builds its record in C from the same definitions; what it sends must decode here.
@@ -44,6 +44,7 @@ final class ControlMessageTests: XCTestCase {
         XCTAssertNil(ControlMessage(record: record(UInt32(VMM_CONTROL_GUEST_EXIT), 513)), "beyond (255 << 1) | 1")
         XCTAssertNil(ControlMessage(record: record(UInt32(VMM_CONTROL_SECCOMP_KILLED), 4096)), "no such syscall")
         XCTAssertNil(ControlMessage(record: record(UInt32(VMM_CONTROL_GUEST_EVENT), 4)), "no such guest event")
+        XCTAssertNil(ControlMessage(record: record(UInt32(VMM_CONTROL_VCPU_PAUSED), 2)), "paused is 0 or 1")
         XCTAssertNil(ControlMessage(record: Array(record(UInt32(VMM_CONTROL_VCPU_HALTED), 0).prefix(15))), "short")
     }
 
@@ -53,6 +54,7 @@ final class ControlMessageTests: XCTestCase {
             switch m {
             case .seccompKilled, .seccompLogged: XCTAssertEqual(senders, Role.allCases, "\(m)")
             case .vcpuStopped: XCTAssertEqual(senders, [.vcpu], "a device cannot claim the guest powered off: \(m)")
+            case .vcpuPaused: XCTAssertEqual(senders, [.vcpu], "only the vcpu process answers a pause: \(m)")
             case .guestExit, .guest: XCTAssertEqual(senders, [.pio], "\(m)")
             }
         }
