@@ -438,8 +438,9 @@ public final class VirtioMMIOTransport {
                 case .sourceEmpty:
                     break work
                 case .needBuffers:
-                    // Buffers may have come between the backend's look and the request for a notification.
-                    if try queue.enableNotification(in: memory) { continue }
+                    // Notified once the driver adds a buffer past those the backend looked at; buffers may also
+                    // have come between its look and that request: then it tries again.
+                    if try chains.queue.enableNotification(in: memory) { continue }
                     waitingForBuffers[index] = true
                     break work
                 }

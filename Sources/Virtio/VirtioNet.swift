@@ -122,8 +122,8 @@ public final class VirtioNet: VirtioDeviceBackend {
         space[6] = 1  // VIRTIO_NET_S_LINK_UP: the tap is there for the VM's life
         var value: UInt64 = 0
         for i in 0..<size {
-            let at = offset &+ UInt64(i)
-            if at < UInt64(space.count) { value |= UInt64(space[Int(at)]) << (8 * UInt64(i)) }
+            let (at, overflow) = offset.addingReportingOverflow(UInt64(i))
+            if !overflow && at < UInt64(space.count) { value |= UInt64(space[Int(at)]) << (8 * UInt64(i)) }
         }
         return value
     }
