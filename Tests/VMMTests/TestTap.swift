@@ -99,3 +99,92 @@ final class UDPPeer: @unchecked Sendable {
         close(fd)
     }
 }
+
+/// TCP bulk transfers with a guest on the host's side of a test tap: `send` serves one connection with `payload`
+/// and closes; `receive` takes one connection's bytes (up to `expecting`) and closes. Each records how long its
+/// transfer took from accept to the last byte.
+final class TCPBulkPeer: @unchecked Sendable {
+    let port: UInt16
+    private let listener: Int32
+    private let lock = NSLock()
+    private var _received = Data()
+    private var _seconds: Double?
+    private let done = DispatchSemaphore(value: 0)
+
+    enum Role { case send(Data), receive(expecting: Int) }
+
+    init(address: String, role: Role) throws {
+        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, address, &sin.sin_addr)
+        let fd = listener
+        let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard fd >= 0, bound == 0, listen(fd, 1) == 0 else { throw NSError(domain: "tcp", code: Int(errno)) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        port = UInt16(bigEndian: sin.sin_port)
+        Thread.detachNewThread { [self] in
+            let c = accept(fd, nil, nil)
+            guard c >= 0 else {
+                done.signal()
+                return
+            }
+            let start = Date()
+            switch role {
+            case .send(let payload):
+                payload.withUnsafeBytes { raw in
+                    var sent = 0
+                    while sent < raw.count {
+                        let n = Glibc.send(c, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                        if n <= 0 { break }
+                        sent += n
+                    }
+                }
+            case .receive(let expecting):
+                var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                var got = Data()
+                while got.count < expecting {
+                    let n = recv(c, &buffer, buffer.count, 0)
+                    if n <= 0 { break }
+                    got.append(contentsOf: buffer[0..<n])
+                }
+                lock.withLock { _received = got }
+            }
+            let seconds = Date().timeIntervalSince(start)
+            close(c)
+            lock.withLock { _seconds = seconds }
+            done.signal()
+        }
+    }
+
+    /// Waits for the transfer; returns (bytes received, seconds), or nil on timeout.
+    func wait(timeout: TimeInterval) -> (received: Data, seconds: Double)? {
+        guard done.wait(timeout: .now() + timeout) == .success else { return nil }
+        return lock.withLock { _seconds.map { (_received, $0) } }
+    }
+
+    deinit {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+}
+
+/// SHA-256 in hex, from the host's sha256sum (what the guest's busybox prints is compared with it).
+enum SHA256Hex {
+    static func of(_ data: Data) -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        guard (try? p.run()) != nil else { return "sha256sum failed" }
+        let writer = Thread { input.fileHandleForWriting.write(data); try? input.fileHandleForWriting.close() }
+        writer.start()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return String(text.prefix(64))
+    }
+}
