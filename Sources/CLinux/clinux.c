@@ -16,6 +16,8 @@
 #include <sched.h>
 #include <string.h>
 #include <time.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
 const unsigned int VMM_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
@@ -121,3 +123,25 @@ int vmm_install_crash_handler(int sig) {
     sa.sa_handler = vmm_crash_now;
     return sigaction(sig, &sa, NULL);
 }
+
+/* Attaches to the existing tap `name` as a virtio-net backend: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR with the 12-byte
+ * virtio 1.x header, non-blocking. Returns the descriptor, or -errno with *step naming the call that failed. */
+int vmm_tap_open(const char *name, const char **step) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (strlen(name) >= IFNAMSIZ) { *step = "the name"; return -ENAMETOOLONG; }
+    strcpy(ifr.ifr_name, name);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    *step = "open(/dev/net/tun)";
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int size = 12;
+    int e = 0;
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) { *step = "TUNSETIFF"; e = errno; }
+    else if (ioctl(fd, TUNSETVNETHDRSZ, &size) != 0) { *step = "TUNSETVNETHDRSZ"; e = errno; }
+    if (e) { close(fd); return -e; }
+    return fd;
+}
+
+int vmm_tap_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
+const unsigned long VMM_TUNSETOFFLOAD = TUNSETOFFLOAD;

@@ -38,7 +38,6 @@ extension ConfigParser {
 
     /// Sections whose devices vmm does not have (yet): refused with the reason, whether in a file or through the API.
     static func rejectUnimplementedSections(_ top: inout ObjectReader) throws(ConfigError) {
-        try top.rejectIfSet("network-interfaces", "virtio-net arrives with the next virtio device processes")
         try top.rejectIfSet("vsock", "virtio-vsock arrives with the next virtio device processes")
         try top.rejectIfSet("balloon", "no balloon device")
         try top.rejectIfSet("mmds-config", "no metadata service")
@@ -62,10 +61,15 @@ extension ConfigParser {
             if let id, drive.driveID != id {
                 throw ConfigError("\(path).drive_id", "\"\(drive.driveID)\" differs from the id in the request's path (\"\(id)\")")
             }
+        case "network-interfaces":
+            let path = "network-interfaces[\(id ?? "")]"
+            let interface = try networkInterface(body, path: path)
+            if let id, interface.ifaceID != id {
+                throw ConfigError("\(path).iface_id", "\"\(interface.ifaceID)\" differs from the id in the request's path (\"\(id)\")")
+            }
         default:
             // Sections a file may have but vmm refuses: the same reason as in a file.
-            let value: JSONValue = name == "network-interfaces" ? .array([body]) : body
-            var top = try ObjectReader(.object([(name, value)]), path: "")
+            var top = try ObjectReader(.object([(name, body)]), path: "")
             try rejectUnimplementedSections(&top)
             try top.finish()
         }
@@ -113,7 +117,11 @@ extension VMConfig {
                                       ("show_level", .bool(logger.showLevel ?? false)), ("show_log_origin", .bool(logger.showLogOrigin ?? false))])
         return .object([
             ("boot-source", boot), ("machine-config", machine.json), ("cpu-config", cpu), ("drives", disks),
-            ("network-interfaces", .array([])), ("vsock", .null), ("entropy", entropy == nil ? .null : .object([])),
+            ("network-interfaces", .array(networkInterfaces.map { n in
+                .object([("iface_id", .string(n.ifaceID)), ("host_dev_name", .string(n.hostDevName)),
+                         ("guest_mac", n.guestMAC.map { mac in .string(mac.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined(separator: ":")) } ?? .null),
+                         ("rx_rate_limiter", .null), ("tx_rate_limiter", .null)])
+            })), ("vsock", .null), ("entropy", entropy == nil ? .null : .object([])),
             ("balloon", .null), ("logger", log),
             ("metrics", metrics.map { .object([("metrics_path", .string($0.metricsPath))]) } ?? .null),
             ("mmds-config", .null),

@@ -24,8 +24,14 @@ public enum ConfigParser {
         if let v = top.value("vmm") { config.vmm = try vmmSettings(v) }
         if let d = top.value("drives"), d != .null { config.drives = try drives(d) }
         if let e = top.value("entropy"), e != .null { config.entropy = try entropy(e) }
+        if let n = top.value("network-interfaces"), n != .null { config.networkInterfaces = try networkInterfaces(n) }
         try rejectUnimplementedSections(&top)
         try top.finish()
+        let virtioDevices = config.drives.count + config.networkInterfaces.count + (config.entropy != nil ? 1 : 0)
+        guard virtioDevices <= maxVirtioDevices else {
+            throw ConfigError(config.networkInterfaces.isEmpty ? "drives" : "network-interfaces",
+                              "\(virtioDevices) virtio devices (drives, network interfaces, entropy); at most \(maxVirtioDevices): one interrupt pin each")
+        }
         try checkImagesFit(config)
         try checkHelperIDs(config.vmm.sandbox)
         try checkDeviceNames(config)

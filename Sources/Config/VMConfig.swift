@@ -144,6 +144,21 @@ public struct VMConfig: Equatable, Sendable {
         public var cacheType: CacheType = .unsafe
     }
 
+    /// A virtio-net device on a tap, from Firecracker's `network-interfaces`.
+    public struct NetworkInterface: Equatable, Sendable {
+        public var ifaceID: String
+        /// An existing tap device; vmm opens it, it does not create one.
+        public var hostDevName: String
+        /// The MAC the guest's driver reads from the device; nil: the driver picks a random one.
+        public var guestMAC: [UInt8]?
+        /// Its index in the config's `network-interfaces`, for messages.
+        public var configIndex = 0
+        public init(ifaceID: String, hostDevName: String) {
+            self.ifaceID = ifaceID
+            self.hostDevName = hostDevName
+        }
+    }
+
     /// Firecracker's `metrics`: JSON lines with vmm's counters, written to `metricsPath` (a file or a FIFO, which
     /// must exist) every 60 s and on the API's FlushMetrics.
     public struct Metrics: Equatable, Sendable {
@@ -157,6 +172,8 @@ public struct VMConfig: Equatable, Sendable {
     public var machine = Machine()
     /// In the order the guest sees them (vda, vdb, ...); a root device comes first, as Firecracker orders them.
     public var drives: [Drive] = []
+    /// In the order the guest sees them (eth0, eth1, ...).
+    public var networkInterfaces: [NetworkInterface] = []
     public var entropy: Entropy?
     public var cpuid: [CPUIDRule] = []
     public var logger = Logger()

@@ -9,6 +9,8 @@ public enum Role: String, CaseIterable, Codable, Sendable {
     case irqchip
     /// One virtio-blk disk (one process per drive).
     case virtioBlock = "virtio-blk"
+    /// One virtio-net interface on a tap (one process per interface).
+    case virtioNet = "virtio-net"
     /// The virtio-rng entropy device.
     case virtioRNG = "virtio-rng"
 
@@ -22,7 +24,7 @@ public enum Role: String, CaseIterable, Codable, Sendable {
     public var servesDevices: Bool { self != .vcpu }
 
     /// Roles with one process per device, told apart by an instance number.
-    public var isVirtio: Bool { self == .virtioBlock || self == .virtioRNG }
+    public var isVirtio: Bool { self == .virtioBlock || self == .virtioNet || self == .virtioRNG }
 }
 
 /// One process that serves devices: its role and, for roles with a process per device, which one.

@@ -30,6 +30,65 @@ public protocol VirtioDeviceBackend: AnyObject {
     /// buffers (the used length). Throws only when the request cannot even be answered with an error status; the
     /// transport then sets DEVICE_NEEDS_RESET.
     func handle(_ request: DescriptorChain, queue: Int, memory: GuestRAM) throws(VirtioRequestError) -> UInt32
+
+    /// Whether queue `queue` is filled by the device rather than served request by request: the driver only
+    /// supplies buffers, and the device takes them when it has something to put there (virtio-net's receive
+    /// queue). The transport then calls `produce` instead of `handle` for it. Default: no queue is.
+    func isDeviceDriven(queue: Int) -> Bool
+
+    /// For a device-driven queue: places one unit of the device's work (one received frame) in buffers it takes
+    /// from `chains`, and says what became of it. What the backend took from `chains` counts only when it answers
+    /// `.completed`; otherwise the transport puts every chain back, untouched as far as the driver can tell.
+    func produce(queue: Int, chains: inout ChainSource, memory: GuestRAM) throws(VirtioRequestError) -> DeviceWork
+}
+
+extension VirtioDeviceBackend {
+    public func isDeviceDriven(queue: Int) -> Bool { false }
+    public func produce(queue: Int, chains: inout ChainSource, memory: GuestRAM) throws(VirtioRequestError) -> DeviceWork {
+        .sourceEmpty
+    }
+}
+
+/// What a backend's `produce` did with one unit of work.
+public enum DeviceWork: Equatable, Sendable {
+    /// Placed: these chains (taken from the source, in order) are returned to the driver together.
+    case completed([UsedElement])
+    /// The device has nothing to deliver now (no frame waiting on the host side).
+    case sourceEmpty
+    /// Something waits, but the driver has not made enough buffers available: keep it and try again once the
+    /// driver adds buffers (its notification).
+    case needBuffers
+    /// The unit was dropped (too large for the buffers the driver can ever give, malformed): nothing was used;
+    /// go on with the next.
+    case dropped
+}
+
+/// The chains a backend may take from a device-driven queue for one unit of work (`VirtioDeviceBackend.produce`):
+/// validated as every request is; taking one does not yet return it to the driver.
+public struct ChainSource {
+    var queue: Virtqueue
+    let memory: GuestRAM
+    /// How many chains were taken.
+    public private(set) var taken = 0
+
+    init(queue: Virtqueue, memory: GuestRAM) {
+        self.queue = queue
+        self.memory = memory
+    }
+
+    /// The next chain the driver made available, or nil when there is none now.
+    public mutating func next() throws(VirtioRequestError) -> DescriptorChain? {
+        do {
+            guard let chain = try queue.nextRequest(in: memory) else { return nil }
+            taken += 1
+            return chain
+        } catch {
+            throw VirtioRequestError("\(error)")
+        }
+    }
+
+    /// Whether every buffer of the queue is taken already: when a unit does not fit even then, it never will.
+    public var holdsWholeQueue: Bool { taken >= Int(queue.size) }
 }
 
 /// A request a backend cannot complete nor fail in-band (e.g. a block request with no status byte to report an

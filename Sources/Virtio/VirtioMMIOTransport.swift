@@ -102,6 +102,9 @@ public final class VirtioMMIOTransport {
     public let offeredFeatures: UInt64
     /// Queues whose budget ran out with work left (not saved: a restored transport re-polls every queue).
     private var pending: [Bool]
+    /// Device-driven queues whose backend waits for the driver's buffers (not saved: a restored transport tries
+    /// every queue again).
+    private var waitingForBuffers: [Bool]
 
     /// A device after reset, or, with `restoring`, the device a previous process left in `restoring` (which must
     /// come from a transport with the same backend type and queue sizes; otherwise it starts from reset).
@@ -118,6 +121,7 @@ public final class VirtioMMIOTransport {
         offeredFeatures = backend.deviceFeatures | VirtioFeature.transportOffered
         let maxSizes = backend.queueMaxSizes
         pending = Array(repeating: false, count: maxSizes.count)
+        waitingForBuffers = pending
         if let saved = restoring, saved.queues.map(\.maxSize) == maxSizes {
             state = saved
             interrupt.set(state.interruptStatus != 0)
@@ -322,6 +326,7 @@ public final class VirtioMMIOTransport {
         // Kept across resets so a driver comparing generations never sees an old value come back.
         state.configGeneration = generation
         pending = Array(repeating: false, count: pending.count)
+        waitingForBuffers = pending
         interrupt.set(false)
     }
 
@@ -372,6 +377,7 @@ public final class VirtioMMIOTransport {
             pending[index] = false
             return .idle
         }
+        if backend.isDeviceDriven(queue: index) { return serveDeviceDriven(index, budget: budget) }
         // Work on a copy: the backend runs in between and must not see the transport's state half-updated.
         var queue = state.queues[index]
         let limit = max(1, budget ?? Int(queue.size))
@@ -402,6 +408,59 @@ public final class VirtioMMIOTransport {
         pending[index] = progress == .morePending
         if notify { raiseInterrupt(VirtioInterrupt.usedBuffer) }
         return progress
+    }
+
+    /// A device-driven queue (`VirtioDeviceBackend.isDeviceDriven`): the backend places up to `budget` units of
+    /// its work (default: the queue size) in the buffers the driver made available; each unit's chains are returned
+    /// together, or, when the backend cannot place it, not at all. Stops when the backend has nothing more, or
+    /// waits for buffers: then the driver is asked to notify when it adds some, and the queue is not served again
+    /// before it does (`wantsDeviceSource`).
+    private func serveDeviceDriven(_ index: Int, budget: Int?) -> QueueProgress {
+        var queue = state.queues[index]
+        let limit = max(1, budget ?? Int(queue.size))
+        var progress = QueueProgress.idle
+        waitingForBuffers[index] = false
+        do {
+            var steps = 0
+            work: while true {
+                guard steps < limit else {
+                    progress = .morePending
+                    break
+                }
+                steps += 1
+                var chains = ChainSource(queue: queue, memory: memory)
+                switch try backend.produce(queue: index, chains: &chains, memory: memory) {
+                case .completed(let used):
+                    queue = chains.queue
+                    try queue.addUsed(used, in: memory)
+                case .dropped:
+                    continue
+                case .sourceEmpty:
+                    break work
+                case .needBuffers:
+                    // Notified once the driver adds a buffer past those the backend looked at; buffers may also
+                    // have come between its look and that request: then it tries again.
+                    if try chains.queue.enableNotification(in: memory) { continue }
+                    waitingForBuffers[index] = true
+                    break work
+                }
+            }
+        } catch {
+            markNeedsReset(reason: "queue \(index): \(error)")
+            progress = .idle
+        }
+        let notify = queue.needsInterrupt(in: memory)
+        state.queues[index] = queue
+        pending[index] = progress == .morePending
+        if notify { raiseInterrupt(VirtioInterrupt.usedBuffer) }
+        return progress
+    }
+
+    /// Whether the device-driven queue `index` can take the device's work now (live, active, not waiting for the
+    /// driver's buffers): the device process watches its source (the tap) only then, and otherwise leaves what
+    /// arrives to the host's own queue, whose bounded length keeps a guest that never refills from costing memory.
+    public func wantsDeviceSource(queue index: Int) -> Bool {
+        index >= 0 && index < state.queues.count && isLive && state.queues[index].isActive && !waitingForBuffers[index]
     }
 
     /// Whether some queue stopped at its budget with requests left.

@@ -37,6 +37,16 @@ public struct DescriptorChain: Equatable, Sendable {
     public var writable: ArraySlice<DescriptorBuffer> { buffers.drop { !$0.isDeviceWritable } }
 }
 
+/// One entry of the used ring: a chain's head and how many bytes the device wrote into its writable buffers.
+public struct UsedElement: Equatable, Sendable {
+    public let head: UInt16
+    public let length: UInt32
+    public init(head: UInt16, length: UInt32) {
+        self.head = head
+        self.length = length
+    }
+}
+
 /// Why a virtqueue refused to go on. Each case is a driver bug or a hostile guest; the device reacts by setting
 /// DEVICE_NEEDS_RESET (`VirtioMMIOTransport.markNeedsReset`) and touching the queue no more until a reset.
 public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -293,15 +303,34 @@ public struct Virtqueue: Codable, Equatable, Sendable {
     /// and publishes the new used index.
     public mutating func addUsed(head: UInt16, length: UInt32, in memory: GuestRAM) throws(VirtqueueError) {
         guard isActive else { throw .notReady }
+        try placeUsed(head: head, length: length, at: usedIndex, in: memory)
+        try publishUsed(usedIndex &+ 1, in: memory)
+    }
+
+    /// Puts several used entries in the ring and publishes them with one used->idx store, so that the driver sees
+    /// all of them or none (a frame spread over several mergeable receive buffers must arrive whole).
+    public mutating func addUsed(_ entries: [UsedElement], in memory: GuestRAM) throws(VirtqueueError) {
+        guard isActive else { throw .notReady }
+        guard !entries.isEmpty else { return }
+        for (i, e) in entries.enumerated() {
+            try placeUsed(head: e.head, length: e.length, at: usedIndex &+ UInt16(truncatingIfNeeded: i), in: memory)
+        }
+        try publishUsed(usedIndex &+ UInt16(truncatingIfNeeded: entries.count), in: memory)
+    }
+
+    private func placeUsed(head: UInt16, length: UInt32, at index: UInt16, in memory: GuestRAM) throws(VirtqueueError) {
         guard head < size else { throw .usedHeadOutOfRange(head) }
-        let element = usedRing + 4 + 8 * slot(usedIndex)
+        let element = usedRing + 4 + 8 * slot(index)
         guard memory.store(UInt32(head), at: element), memory.store(length, at: element + 4) else {
             throw .ringOutsideRAM(.usedRing)
         }
-        // The element must be visible before the index that hands it to the driver (pairs with the driver's rmb
+    }
+
+    private mutating func publishUsed(_ newIndex: UInt16, in memory: GuestRAM) throws(VirtqueueError) {
+        // The elements must be visible before the index that hands them to the driver (pairs with the driver's rmb
         // after it reads used->idx).
         RingBarrier.release()
-        usedIndex &+= 1
+        usedIndex = newIndex
         guard memory.store(usedIndex, at: usedIndexAddress) else { throw .ringOutsideRAM(.usedRing) }
         addedSinceSignal = true
     }

@@ -137,9 +137,47 @@ final class ConfigParserTests: XCTestCase {
                     "not supported yet: entropy.rate_limiter (rate limiting of the entropy device)")
     }
 
+    func testNetworkInterfaces() throws {
+        let c = try parse(#"""
+            {\#(boot), "network-interfaces": [
+                {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:FC:00:00:00:05", "rx_rate_limiter": null},
+                {"iface_id": "net_1", "host_dev_name": "vmm-tap1"}]}
+            """#)
+        XCTAssertEqual(c.networkInterfaces.map(\.ifaceID), ["eth0", "net_1"])
+        XCTAssertEqual(c.networkInterfaces.map(\.hostDevName), ["tap0", "vmm-tap1"])
+        XCTAssertEqual(c.networkInterfaces[0].guestMAC, [0x02, 0xfc, 0, 0, 0, 5])
+        XCTAssertNil(c.networkInterfaces[1].guestMAC)
+        XCTAssertEqual(c.networkInterfaces.map(\.configIndex), [0, 1])
+        XCTAssertEqual(ConfigParser.deviceNames(c), ["pio", "irqchip", "virtio-net0", "virtio-net1"])
+
+        func net(_ fields: String) -> String { #"{\#(boot), "network-interfaces": [\#(fields)]}"# }
+        assertError(net(#"{"host_dev_name": "tap0"}"#), "network-interfaces[0].iface_id: missing")
+        assertError(net(#"{"iface_id": "eth-0", "host_dev_name": "tap0"}"#),
+                    "network-interfaces[0].iface_id: \"eth-0\" must be 1 to 64 letters, digits or underscores")
+        assertError(net(#"{"iface_id": "eth0"}"#), "network-interfaces[0].host_dev_name: missing (the name of an existing tap device)")
+        assertError(net(#"{"iface_id": "eth0", "host_dev_name": "a-name-of-16-chr"}"#),
+                    "network-interfaces[0].host_dev_name: \"a-name-of-16-chr\" is not an interface name (1 to 15 printable characters, no '/', ':' or spaces)")
+        assertError(net(#"{"iface_id": "eth0", "host_dev_name": "../tap"}"#),
+                    "network-interfaces[0].host_dev_name: \"../tap\" is not an interface name (1 to 15 printable characters, no '/', ':' or spaces)")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "a", "host_dev_name": "tap1"}"#),
+                    "network-interfaces[1].iface_id: \"a\" is used twice")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}"#),
+                    "network-interfaces[1].host_dev_name: \"tap0\" is the tap of \"a\" already")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00"}"#),
+                    "network-interfaces[0].guest_mac: \"02:00:00:00:00\" is not a MAC address (six hex pairs separated by ':')")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "guest_mac": "01:00:5e:00:00:01"}"#),
+                    "network-interfaces[0].guest_mac: 01:00:5e:00:00:01 is a multicast address; a NIC needs a unicast one")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "guest_mac": "00:00:00:00:00:00"}"#),
+                    "network-interfaces[0].guest_mac: 00:00:00:00:00:00 is the zero address")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 100}}}"#),
+                    "not supported yet: network-interfaces[0].tx_rate_limiter (rate limiting of network interfaces)")
+        assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "allow_mmds_requests": true}"#),
+                    "network-interfaces[0].allow_mmds_requests: unknown field")
+        let many = (0..<20).map { #"{"iface_id": "n\#($0)", "host_dev_name": "tap\#($0)"}"# }.joined(separator: ", ")
+        assertError(net(many), "network-interfaces: 20 virtio devices (drives, network interfaces, entropy); at most 19: one interrupt pin each")
+    }
+
     func testUnsupportedSectionsAreRejectedNotIgnored() {
-        assertError(#"{\#(boot), "network-interfaces": [{"iface_id": "eth0"}]}"#,
-                    "not supported yet: network-interfaces (virtio-net arrives with the next virtio device processes)")
         assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#,
                     "not supported yet: vsock (virtio-vsock arrives with the next virtio device processes)")
         assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2, "smt": true}}"#,
@@ -322,12 +360,19 @@ final class FirecrackerFormatTests: XCTestCase {
             XCTAssertEqual(($0 as? ConfigError)?.description, "machine-config.vcpu_count: 99 is out of range 1...32")
         }
         XCTAssertThrowsError(try ConfigParser.checkSection("network-interfaces", id: "eth0", try JSONParser.parse(Array(#"{"iface_id": "eth0"}"#.utf8)))) {
-            XCTAssertEqual(($0 as? ConfigError)?.path, "network-interfaces", "refused as in a file")
+            XCTAssertEqual(($0 as? ConfigError)?.description, "network-interfaces[eth0].host_dev_name: missing (the name of an existing tap device)")
+        }
+        XCTAssertThrowsError(try ConfigParser.checkSection("network-interfaces", id: "eth0", try JSONParser.parse(Array(#"{"iface_id": "eth1", "host_dev_name": "tap0"}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "network-interfaces[eth0].iface_id")
+        }
+        XCTAssertNoThrow(try ConfigParser.checkSection("network-interfaces", id: "eth0", try JSONParser.parse(Array(#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#.utf8))))
+        XCTAssertThrowsError(try ConfigParser.checkSection("vsock", try JSONParser.parse(Array(#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "vsock", "refused as in a file")
         }
     }
 
     func testFirecrackerJSONReadsBackToTheSameConfig() throws {
-        let c = try parse(#""machine-config": {"vcpu_count": 2, "mem_size_mib": 64}, "logger": {"level": "Debug", "show_level": true}, "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000001", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "edx", "bitmap": "0b1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"}]}]}"#)
+        let c = try parse(#""machine-config": {"vcpu_count": 2, "mem_size_mib": 64}, "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:0a:00:00:00:01"}], "logger": {"level": "Debug", "show_level": true}, "cpu-config": {"cpuid_modifiers": [{"leaf": "0x80000001", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "edx", "bitmap": "0b1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0"}]}]}"#)
         var again = try ConfigParser.parse(json: c.firecrackerJSON)
         again.logger.showLogOrigin = c.logger.showLogOrigin  // written out as false, absent in the input
         XCTAssertEqual(again, c)

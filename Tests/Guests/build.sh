@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUTDIR}
 mkdir -p "$out"
 CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables -mno-sse -mno-mmx -mno-red-zone -O2 -Wall -Werror -nostdlib -static -Wl,--build-id=none -Wl,-z,noexecstack -Wl,--no-warn-rwx-segments"
-for g in hello portloop triplefault echo apicinfo events uartstress fpregs; do
+for g in hello portloop triplefault echo apicinfo events uartstress fpregs virtionet; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
 done
 for g in traps32 lapictimer timerstress tscdeadline uartirq apicprio irqlatency smp virtio; do

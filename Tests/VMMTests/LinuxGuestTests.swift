@@ -131,18 +131,69 @@ final class LinuxGuestTests: XCTestCase {
                run, started: started)
     }
 
-    func testTwoVCPUsAreBothBroughtUp() throws {
-        let started = Date()
+    /// Two vCPUs, and the network on the same boot: virtio-net on a tap the test creates (an address, ping, 8 MiB
+    /// each way over TCP with checksums compared on both ends).
+    func testTwoVCPUsAreBothBroughtUpAndTheNetworkWorks() throws {
+        let tap = try TestTap()
+        var generator = SystemRandomNumberGenerator()
+        let payload = Data((0..<(8 << 20) / 8).flatMap { _ in withUnsafeBytes(of: generator.next() as UInt64) { Array($0) } })
+        let toGuest = try TCPBulkPeer(address: tap.hostAddress, role: .send(payload))
+        let fromGuest = try TCPBulkPeer(address: tap.hostAddress, role: .receive(expecting: payload.count))
+        let loopback = try Self.loopbackSeconds(payload)
+        let host = tap.hostAddress
         // Twenty new processes after nproc: each one once crashed here about one time in five (README, "Host quirks").
-        let run = try Harness.run(config: try config(vcpus: 2, initArguments: "nproc; i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done", input: "none"))
-        let status = run.wait(timeout: Self.bootTimeout)
+        let script = "nproc; i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done; "
+            + "ip addr add \(tap.guestAddress)/24 dev eth0 && ip link set eth0 up && echo net-up mac=$(cat /sys/class/net/eth0/address); "
+            + "ping -c 5 \(host); nc \(host) \(toGuest.port) > /tmp/in; echo received=$(sha256sum /tmp/in); "
+            + "nc \(host) \(fromGuest.port) < /tmp/in; echo sent=$?"
+        let devices = """
+
+         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "\(tap.name)", "guest_mac": "\(tap.guestMAC)"}],
+        """
+        let started = Date()
+        let run = try Harness.run(config: try config(vcpus: 2, initArguments: script, input: "none", devices: devices))
+        let status = run.wait(timeout: Self.bootTimeout + 600)
         XCTAssertEqual(status, 0, run.stdout + run.stderr)
         XCTAssertFalse(run.stdout.contains("segfault"), "no guest process crashed: \(run.stdout)")
         XCTAssertTrue(run.stdout.contains("smp: Brought up 1 node, 2 CPUs"), run.stdout)
         // The guest's tty turns "\n" into "\r\n".
         let console = run.stdout.replacingOccurrences(of: "\r\n", with: "\n")
-        XCTAssertTrue(console.contains("vmm-guest: init ready\n2\nvmm-guest: command exited with status 0"), run.stdout)
-        report("2 vCPUs, nproc", run, started: started)
+        XCTAssertTrue(console.contains("vmm-guest: init ready\n2\n"), run.stdout)
+        XCTAssertTrue(console.contains("vmm-guest: command exited with status 0"), run.stdout)
+        XCTAssertTrue(console.contains("net-up mac=\(tap.guestMAC)"), "the driver took the configured MAC: \(console)")
+        XCTAssertTrue(console.contains("5 packets transmitted, 5 packets received"), console)
+        let sha = SHA256Hex.of(payload)
+        XCTAssertTrue(console.contains("received=\(sha)  /tmp/in"), "the guest got the 8 MiB intact: \(console)")
+        let back = toGuest.wait(timeout: 1).map(\.seconds)
+        let returned = fromGuest.wait(timeout: 1)
+        XCTAssertEqual(returned.map { SHA256Hex.of($0.received) }, sha, "the host got the 8 MiB back intact")
+        XCTAssertTrue(console.contains("sent=0"), console)
+        let rtt = console.split(separator: "\n").first { $0.contains("round-trip") }.map(String.init) ?? "no ping summary"
+        func mbps(_ seconds: Double?) -> String { seconds.map { String(format: "%.2f MiB/s", 8 / $0) } ?? "-" }
+        report("2 vCPUs, nproc, virtio-net: ping \(rtt); TCP host->guest \(mbps(back)), guest->host \(mbps(returned?.seconds)); "
+               + "host loopback \(mbps(loopback))", run, started: started)
+    }
+
+    /// 8 MiB over the host's own loopback, for comparison.
+    static func loopbackSeconds(_ payload: Data) throws -> Double? {
+        let sink = try TCPBulkPeer(address: "127.0.0.1", role: .receive(expecting: payload.count))
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = sink.port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+        let connected = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { return nil }
+        payload.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let n = send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 { break }
+                sent += n
+            }
+        }
+        return sink.wait(timeout: 30)?.seconds
     }
 }
 

@@ -95,4 +95,11 @@ extern const int VMM_SFD_CLOEXEC;
 extern const int VMM_O_CLOEXEC;
 extern const int VMM_POSIX_SPAWN_SETSIGMASK;
 extern const int VMM_POSIX_SPAWN_SETSIGDEF;
+/* A tap as a virtio-net backend (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 12-byte header, non-blocking): the descriptor,
+ * or -errno with *step naming the call that failed. */
+int vmm_tap_open(const char *name, const char **step);
+/* TUNSETOFFLOAD: which offloads (TUN_F_*) the reader accepts. */
+int vmm_tap_set_offload(int fd, unsigned int flags);
+/* TUNSETOFFLOAD's request number, for the virtio-net policy. */
+extern const unsigned long VMM_TUNSETOFFLOAD;
 #endif

@@ -83,5 +83,6 @@ enum PolicyConstants {
         "F_GETFL": UInt64(F_GETFL), "F_SETFL": UInt64(F_SETFL), "O_NONBLOCK": UInt64(O_NONBLOCK),
         "ENOSYS": UInt64(ENOSYS), "EPERM": UInt64(EPERM),
         "FALLOC_FL_KEEP_SIZE": 0x01, "FALLOC_FL_PUNCH_HOLE": 0x02, "FALLOC_FL_ZERO_RANGE": 0x10,  // linux/falloc.h
+        "TUNSETOFFLOAD": UInt64(VMM_TUNSETOFFLOAD),
     ]
 }

@@ -132,6 +132,7 @@ struct VirtioSpec: RestartableRoleSpec {
     var queueNotifyFDs: [Int32]
     var controlFD: Int32
     var block: BlockDeviceSpec?
+    var network: NetworkDeviceSpec?
     /// Set for a standby process: it waits for this eventfd before it serves.
     var takeoverFD: Int32?
     /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
@@ -149,4 +150,13 @@ struct BlockDeviceSpec: Codable {
     var readOnly: Bool
     /// Offer the guest a flush, done with fdatasync (Firecracker's `Writeback`); `Unsafe` offers none.
     var writeback: Bool
+}
+
+/// What a virtio-net process serves: the tap the supervisor opened for it (vnet header, non-blocking).
+struct NetworkDeviceSpec: Codable {
+    var tapFD: Int32
+    var ifaceID: String
+    var mac: [UInt8]?
+    /// The receive offloads (TUN_F_*) the tap accepted when the supervisor probed it.
+    var tapOffloads: UInt32
 }

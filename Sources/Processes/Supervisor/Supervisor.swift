@@ -147,8 +147,10 @@ public final class Supervisor {
             throw HostSetupError(description: "cannot open /dev/kvm: \(error) (is KVM available, and may this user use it?)")
         }
 
-        // The machine: the standard devices, then one virtio-mmio device per drive and one for entropy.
-        let virtioRoles = config.drives.map { _ in Role.virtioBlock } + (config.entropy != nil ? [.virtioRNG] : [])
+        // The machine: the standard devices, then one virtio-mmio device per drive, one per network interface and
+        // one for entropy.
+        let virtioRoles = config.drives.map { _ in Role.virtioBlock } + config.networkInterfaces.map { _ in Role.virtioNet }
+            + (config.entropy != nil ? [.virtioRNG] : [])
         let layout: MachineLayout
         do { layout = try MachineLayout.with(virtio: virtioRoles) } catch {
             throw HostSetupError(description: "machine layout: \(error)")
@@ -162,6 +164,8 @@ public final class Supervisor {
         let images = try openDriveImages()
         try openMetrics()
         let pauseRead = try makePausePipe()
+        // Taps likewise: a virtio-net process can neither open nor create one.
+        let taps = try config.networkInterfaces.map { interface throws(HostSetupError) in try TapDevice(interface) }
 
         // One channel per device process, one lane per vCPU, in the layout's order of servers.
         let vcpus = config.machine.vcpuCount
@@ -176,9 +180,12 @@ public final class Supervisor {
         }
         let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
-        // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (one queue each for blk and rng).
+        // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (one queue each for blk and rng,
+        // receive and transmit for net).
         let virtio = layout.virtioDevices
-        let queueNotifications = try virtio.map { _ in [EventFD.Box(try EventFD())] }
+        let queueNotifications = try virtio.map { device in
+            try (0..<(device.server.role == .virtioNet ? 2 : 1)).map { _ in EventFD.Box(try EventFD()) }
+        }
         let devNull = try FileDescriptor.open("/dev/null", O_RDWR)
         let consoleOut: FileDescriptor.Box?
         switch config.vmm.serialOutput {
@@ -247,6 +254,7 @@ public final class Supervisor {
                     ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
+                    network: server.role == .virtioNet ? taps[server.instance].spec(&fds) : nil,
                     testCommitDelayMicroseconds: getenv("VMM_TEST_VIRTIO_COMMIT_DELAY_US").flatMap { Int(String(cString: $0)) },
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
@@ -390,7 +398,7 @@ public final class Supervisor {
     /// runtime; threads: two per vCPU and a few per process.
     private func cgroupLimits() -> VMCgroup.Limits {
         let mib: UInt64 = 1 << 20
-        let devices = UInt64(2 + config.drives.count + (config.entropy != nil ? 1 : 0))
+        let devices = UInt64(2 + config.drives.count + config.networkInterfaces.count + (config.entropy != nil ? 1 : 0))
         return VMCgroup.Limits(memoryBytes: UInt64(config.machine.memSizeMiB) * mib + 512 * mib + 2 * devices * 64 * mib,
                                processes: 128 + 4 * config.machine.vcpuCount, cpuQuotaMicroseconds: nil)
     }
@@ -403,7 +411,7 @@ public final class Supervisor {
         switch role {
         case .vcpu: return ram + 512 * mib + 192 * mib * UInt64(config.machine.vcpuCount)
         case .pio, .irqchip: return 256 * mib
-        case .virtioBlock, .virtioRNG: return ram + 256 * mib
+        case .virtioBlock, .virtioNet, .virtioRNG: return ram + 256 * mib
         }
     }
 

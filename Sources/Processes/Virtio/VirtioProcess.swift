@@ -22,6 +22,10 @@ public enum VirtioProcess {
                 let storage = try ImageFile(fd: block.imageFD, readOnly: block.readOnly)
                 backend = VirtioBlock(storage: storage, configuration: VirtioBlockConfiguration(
                     cacheType: block.writeback ? .writeback : .unsafe, driveID: block.driveID))
+            case (.virtioNet, nil):
+                guard let network = spec.network else { throw SystemError("role arguments: virtio-net without a tap", errno: EINVAL) }
+                backend = VirtioNet(tap: TapFile(fd: network.tapFD),
+                                    configuration: VirtioNetConfiguration(mac: network.mac, tapOffloads: network.tapOffloads))
             case (.virtioRNG, nil):
                 backend = VirtioEntropy(source: KernelRandom())
             default:
@@ -75,6 +79,9 @@ public enum VirtioProcess {
         var reported: String?
         var failures = 0
         var notified = [Bool](repeating: false, count: spec.queueNotifyFDs.count)
+        // Where a device-driven queue's work comes from (virtio-net's receive queue: the tap). Watched only while
+        // the queue can take it; otherwise what arrives waits in the host's bounded queue.
+        let sources: [(fd: Int32, queue: Int)] = spec.network.map { [($0.tapFD, VirtioNet.receiveQueue)] } ?? []
         while true {
             // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
             // flag tells the supervisor that something waits on this process.
@@ -140,7 +147,11 @@ public enum VirtioProcess {
                 }
             }
             if more { continue }
-            _ = try server.wait(extra: spec.queueNotifyFDs)
+            let watched = sources.filter { transport.wantsDeviceSource(queue: $0.queue) }
+            let ready = try server.wait(extra: spec.queueNotifyFDs + watched.map(\.fd))
+            for (i, source) in watched.enumerated() where !ready[spec.queueNotifyFDs.count + i].isEmpty {
+                notified[source.queue] = true
+            }
         }
     }
 }
@@ -258,6 +269,39 @@ final class ImageFile: BlockStorage {
 
     // linux/falloc.h
     static let keepSize: Int32 = 0x01, punchHole: Int32 = 0x02, zeroRange: Int32 = 0x10
+}
+
+/// A tap as virtio-net's host side: the descriptor the supervisor opened (vnet header, non-blocking); frames are
+/// written gathered straight from guest RAM and read one per read(2).
+final class TapFile: NetworkTap {
+    private let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+
+    func send(_ parts: [UnsafeRawBufferPointer]) -> Bool {
+        let vectors = parts.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        while true {
+            let n = vectors.withUnsafeBufferPointer { writev(fd, $0.baseAddress, Int32($0.count)) }
+            if n >= 0 { return true }
+            if errno == EINTR { continue }
+            // EINVAL: a header or frame the kernel refuses; EIO: the interface is down; EAGAIN: its queue is full.
+            return false
+        }
+    }
+
+    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n > 0 { return n }
+            if n < 0 && errno == EINTR { continue }
+            return nil  // EAGAIN: nothing waits (a zero-length read cannot happen on a tap)
+        }
+    }
+
+    func setReceiveOffloads(_ flags: UInt32) {
+        if vmm_tap_set_offload(fd, flags) != 0 {
+            Log.warning("TUNSETOFFLOAD 0x\(String(flags, radix: 16)): \(String(cString: strerror(errno)))")
+        }
+    }
 }
 
 /// The kernel's random number generator, through getrandom(2).
