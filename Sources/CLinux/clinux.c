@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 #include <net/if.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <linux/if_tun.h>
 
 const unsigned int VMM_MFD_CLOEXEC = MFD_CLOEXEC;
@@ -145,3 +147,72 @@ int vmm_tap_open(const char *name, const char **step) {
 
 int vmm_tap_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
 const unsigned long VMM_TUNSETOFFLOAD = TUNSETOFFLOAD;
+
+static int unix_address(const char *path, struct sockaddr_un *a) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof a->sun_path) return -ENAMETOOLONG;
+    strcpy(a->sun_path, path);
+    return 0;
+}
+
+int vmm_unix_listen(const char *path, int backlog) {
+    struct sockaddr_un a;
+    int e = unix_address(path, &a);
+    if (e) return e;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, backlog) != 0) { e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int vmm_unix_connect(const char *path, int nonblocking) {
+    struct sockaddr_un a;
+    int e = unix_address(path, &a);
+    if (e) return e;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { e = errno; close(fd); return -e; }
+    if (nonblocking && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) { e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int vmm_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+int vmm_seqpacket_pair(int fds[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds); }
+
+long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+    struct iovec iov = { (void *)buf, len };
+    char control[CMSG_SPACE(sizeof(int))];
+    struct msghdr m = { 0 };
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(control, 0, sizeof control);
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(sock, &m, MSG_NOSIGNAL);
+}
+
+long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
+    struct iovec iov = { buf, len };
+    char control[CMSG_SPACE(sizeof(int))];
+    struct msghdr m = { 0 };
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    *fd = -1;
+    long n = recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) memcpy(fd, CMSG_DATA(c), sizeof(int));
+    }
+    return n;
+}

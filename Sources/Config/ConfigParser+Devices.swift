@@ -70,6 +70,6 @@ extension ConfigParser {
     /// The device processes a VM with this config has, by the names vmm uses for them.
     public static func deviceNames(_ config: VMConfig) -> [String] {
         ["pio", "irqchip"] + config.drives.indices.map { "virtio-blk\($0)" } + config.networkInterfaces.indices.map { "virtio-net\($0)" }
-            + (config.entropy != nil ? ["virtio-rng0"] : [])
+            + (config.vsock != nil ? ["virtio-vsock0"] : []) + (config.entropy != nil ? ["virtio-rng0"] : [])
     }
 }

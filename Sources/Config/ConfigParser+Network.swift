@@ -1,4 +1,4 @@
-/// Firecracker's "network-interfaces" (virtio-net on a tap).
+/// Firecracker's "network-interfaces" (virtio-net on a tap) and "vsock".
 extension ConfigParser {
     static func networkInterfaces(_ v: JSONValue) throws(ConfigError) -> [VMConfig.NetworkInterface] {
         guard case .array(let items) = v else { throw ConfigError("network-interfaces", "expected an array") }
@@ -47,6 +47,24 @@ extension ConfigParser {
         try r.rejectIfSet("tx_rate_limiter", "rate limiting of network interfaces")
         try r.finish()
         return interface
+    }
+
+    /// The longest `uds_path`: a Unix socket path (107 bytes) with room for `_<port>` (up to 11 more).
+    static let maxVsockPathBytes = 96
+
+    static func vsock(_ v: JSONValue, path: String = "vsock") throws(ConfigError) -> VMConfig.Vsock {
+        var r = try ObjectReader(v, path: path)
+        // 0 and 1 are reserved, 2 is the host, -1 is VMADDR_CID_ANY.
+        guard let cid = try r.integer("guest_cid", in: 3...Int(UInt32.max - 1)) else {
+            throw ConfigError(r.child("guest_cid"), "missing (the guest's context id, 3 or more)")
+        }
+        guard let udsPath = try r.string("uds_path") else { throw ConfigError(r.child("uds_path"), "missing (the Unix socket for the host side)") }
+        guard !udsPath.isEmpty, udsPath.utf8.count <= maxVsockPathBytes, !udsPath.utf8.contains(0) else {
+            throw ConfigError(r.child("uds_path"), "must be 1 to \(maxVsockPathBytes) bytes (a Unix socket path, with room for \"_<port>\")")
+        }
+        _ = try r.string("vsock_id")  // Firecracker's former device id: accepted, meaningless with one device
+        try r.finish()
+        return VMConfig.Vsock(guestCID: UInt32(cid), udsPath: udsPath)
     }
 
     static func macAddress(_ text: String) -> [UInt8]? {

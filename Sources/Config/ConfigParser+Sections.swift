@@ -38,7 +38,6 @@ extension ConfigParser {
 
     /// Sections whose devices vmm does not have (yet): refused with the reason, whether in a file or through the API.
     static func rejectUnimplementedSections(_ top: inout ObjectReader) throws(ConfigError) {
-        try top.rejectIfSet("vsock", "virtio-vsock arrives with the next virtio device processes")
         try top.rejectIfSet("balloon", "no balloon device")
         try top.rejectIfSet("mmds-config", "no metadata service")
     }
@@ -61,6 +60,7 @@ extension ConfigParser {
             if let id, drive.driveID != id {
                 throw ConfigError("\(path).drive_id", "\"\(drive.driveID)\" differs from the id in the request's path (\"\(id)\")")
             }
+        case "vsock": _ = try vsock(body)
         case "network-interfaces":
             let path = "network-interfaces[\(id ?? "")]"
             let interface = try networkInterface(body, path: path)
@@ -121,7 +121,7 @@ extension VMConfig {
                 .object([("iface_id", .string(n.ifaceID)), ("host_dev_name", .string(n.hostDevName)),
                          ("guest_mac", n.guestMAC.map { mac in .string(mac.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined(separator: ":")) } ?? .null),
                          ("rx_rate_limiter", .null), ("tx_rate_limiter", .null)])
-            })), ("vsock", .null), ("entropy", entropy == nil ? .null : .object([])),
+            })), ("vsock", vsock.map { .object([("guest_cid", .number("\($0.guestCID)")), ("uds_path", .string($0.udsPath))]) } ?? .null), ("entropy", entropy == nil ? .null : .object([])),
             ("balloon", .null), ("logger", log),
             ("metrics", metrics.map { .object([("metrics_path", .string($0.metricsPath))]) } ?? .null),
             ("mmds-config", .null),

@@ -25,12 +25,14 @@ public enum ConfigParser {
         if let d = top.value("drives"), d != .null { config.drives = try drives(d) }
         if let e = top.value("entropy"), e != .null { config.entropy = try entropy(e) }
         if let n = top.value("network-interfaces"), n != .null { config.networkInterfaces = try networkInterfaces(n) }
+        if let v = top.value("vsock"), v != .null { config.vsock = try vsock(v) }
         try rejectUnimplementedSections(&top)
         try top.finish()
-        let virtioDevices = config.drives.count + config.networkInterfaces.count + (config.entropy != nil ? 1 : 0)
+        let virtioDevices = config.drives.count + config.networkInterfaces.count + (config.vsock != nil ? 1 : 0)
+            + (config.entropy != nil ? 1 : 0)
         guard virtioDevices <= maxVirtioDevices else {
             throw ConfigError(config.networkInterfaces.isEmpty ? "drives" : "network-interfaces",
-                              "\(virtioDevices) virtio devices (drives, network interfaces, entropy); at most \(maxVirtioDevices): one interrupt pin each")
+                              "\(virtioDevices) virtio devices (drives, network interfaces, vsock, entropy); at most \(maxVirtioDevices): one interrupt pin each")
         }
         try checkImagesFit(config)
         try checkHelperIDs(config.vmm.sandbox)

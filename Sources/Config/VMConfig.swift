@@ -159,6 +159,17 @@ public struct VMConfig: Equatable, Sendable {
         }
     }
 
+    /// The virtio-vsock device, from Firecracker's `vsock`: the guest's CID and the host side's Unix socket path
+    /// (vmm listens there for host-initiated connections and connects to `<udsPath>_<port>` for the guest's).
+    public struct Vsock: Equatable, Sendable {
+        public var guestCID: UInt32
+        public var udsPath: String
+        public init(guestCID: UInt32, udsPath: String) {
+            self.guestCID = guestCID
+            self.udsPath = udsPath
+        }
+    }
+
     /// Firecracker's `metrics`: JSON lines with vmm's counters, written to `metricsPath` (a file or a FIFO, which
     /// must exist) every 60 s and on the API's FlushMetrics.
     public struct Metrics: Equatable, Sendable {
@@ -174,6 +185,7 @@ public struct VMConfig: Equatable, Sendable {
     public var drives: [Drive] = []
     /// In the order the guest sees them (eth0, eth1, ...).
     public var networkInterfaces: [NetworkInterface] = []
+    public var vsock: Vsock?
     public var entropy: Entropy?
     public var cpuid: [CPUIDRule] = []
     public var logger = Logger()

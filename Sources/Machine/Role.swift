@@ -11,6 +11,8 @@ public enum Role: String, CaseIterable, Codable, Sendable {
     case virtioBlock = "virtio-blk"
     /// One virtio-net interface on a tap (one process per interface).
     case virtioNet = "virtio-net"
+    /// The virtio-vsock device (host sockets bridged to the guest's).
+    case virtioVsock = "virtio-vsock"
     /// The virtio-rng entropy device.
     case virtioRNG = "virtio-rng"
 
@@ -18,13 +20,13 @@ public enum Role: String, CaseIterable, Codable, Sendable {
     public var policyFile: String { "\(rawValue).policy" }
 
     /// What `ps` shows for the process (at most 15 characters reach the kernel).
-    public var processName: String { "vmm-\(rawValue)" }
+    public var processName: String { self == .virtioVsock ? "vmm-vsock" : "vmm-\(rawValue)" }
 
     /// Whether this role serves guest accesses over channels (every role but the vcpu process).
     public var servesDevices: Bool { self != .vcpu }
 
     /// Roles with one process per device, told apart by an instance number.
-    public var isVirtio: Bool { self == .virtioBlock || self == .virtioNet || self == .virtioRNG }
+    public var isVirtio: Bool { self == .virtioBlock || self == .virtioNet || self == .virtioVsock || self == .virtioRNG }
 }
 
 /// One process that serves devices: its role and, for roles with a process per device, which one.

@@ -169,7 +169,7 @@ struct RoleCommand: ParsableCommand {
         case .vcpu: throw ExitCode(VCPUProcess.main(specJSON: spec))
         case .pio: throw ExitCode(PIOProcess.main(specJSON: spec))
         case .irqchip: throw ExitCode(IRQChipProcess.main(specJSON: spec))
-        case .virtioBlock, .virtioNet, .virtioRNG: throw ExitCode(VirtioProcess.main(role: role, specJSON: spec))
+        case .virtioBlock, .virtioNet, .virtioVsock, .virtioRNG: throw ExitCode(VirtioProcess.main(role: role, specJSON: spec))
         }
     }
 }

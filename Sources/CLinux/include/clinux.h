@@ -102,4 +102,14 @@ int vmm_tap_open(const char *name, const char **step);
 int vmm_tap_set_offload(int fd, unsigned int flags);
 /* TUNSETOFFLOAD's request number, for the virtio-net policy. */
 extern const unsigned long VMM_TUNSETOFFLOAD;
+/* Unix stream sockets for vsock's host side: a non-blocking listener bound at `path` (-errno on failure); a
+ * connection to `path` (optionally made non-blocking); a non-blocking accept. */
+int vmm_unix_listen(const char *path, int backlog);
+int vmm_unix_connect(const char *path, int nonblocking);
+int vmm_accept_nonblocking(int listener);
+/* A SOCK_SEQPACKET socket pair (close-on-exec). */
+int vmm_seqpacket_pair(int fds[2]);
+/* One message with an optional descriptor (SCM_RIGHTS; fd < 0: none); receiving never blocks, *fd = -1 without one. */
+long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd);
+long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd);
 #endif

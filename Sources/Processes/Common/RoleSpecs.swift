@@ -133,6 +133,7 @@ struct VirtioSpec: RestartableRoleSpec {
     var controlFD: Int32
     var block: BlockDeviceSpec?
     var network: NetworkDeviceSpec?
+    var vsock: VsockDeviceSpec?
     /// Set for a standby process: it waits for this eventfd before it serves.
     var takeoverFD: Int32?
     /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
@@ -159,4 +160,12 @@ struct NetworkDeviceSpec: Codable {
     var mac: [UInt8]?
     /// The receive offloads (TUN_F_*) the tap accepted when the supervisor probed it.
     var tapOffloads: UInt32
+}
+
+/// What a virtio-vsock process serves: the listening socket at `uds_path` and its end of the connect broker (both
+/// made by the supervisor: the process can neither create nor connect a socket).
+struct VsockDeviceSpec: Codable {
+    var listenerFD: Int32
+    var brokerFD: Int32
+    var guestCID: UInt64
 }

@@ -150,7 +150,7 @@ public final class Supervisor {
         // The machine: the standard devices, then one virtio-mmio device per drive, one per network interface and
         // one for entropy.
         let virtioRoles = config.drives.map { _ in Role.virtioBlock } + config.networkInterfaces.map { _ in Role.virtioNet }
-            + (config.entropy != nil ? [.virtioRNG] : [])
+            + (config.vsock != nil ? [.virtioVsock] : []) + (config.entropy != nil ? [.virtioRNG] : [])
         let layout: MachineLayout
         do { layout = try MachineLayout.with(virtio: virtioRoles) } catch {
             throw HostSetupError(description: "machine layout: \(error)")
@@ -166,6 +166,9 @@ public final class Supervisor {
         let pauseRead = try makePausePipe()
         // Taps likewise: a virtio-net process can neither open nor create one.
         let taps = try config.networkInterfaces.map { interface throws(HostSetupError) in try TapDevice(interface) }
+        // The vsock device's listening socket and connect broker.
+        let vsockSide = try config.vsock.map { v throws(HostSetupError) in try VsockHostSide(v) }
+        defer { vsockSide?.removeSocket() }
 
         // One channel per device process, one lane per vCPU, in the layout's order of servers.
         let vcpus = config.machine.vcpuCount
@@ -184,7 +187,7 @@ public final class Supervisor {
         // receive and transmit for net).
         let virtio = layout.virtioDevices
         let queueNotifications = try virtio.map { device in
-            try (0..<(device.server.role == .virtioNet ? 2 : 1)).map { _ in EventFD.Box(try EventFD()) }
+            try (0..<Self.queueCount(device.server.role)).map { _ in EventFD.Box(try EventFD()) }
         }
         let devNull = try FileDescriptor.open("/dev/null", O_RDWR)
         let consoleOut: FileDescriptor.Box?
@@ -255,6 +258,7 @@ public final class Supervisor {
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
                     network: server.role == .virtioNet ? taps[server.instance].spec(&fds) : nil,
+                    vsock: server.role == .virtioVsock ? vsockSide?.spec(&fds) : nil,
                     testCommitDelayMicroseconds: getenv("VMM_TEST_VIRTIO_COMMIT_DELAY_US").flatMap { Int(String(cString: $0)) },
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
@@ -398,7 +402,8 @@ public final class Supervisor {
     /// runtime; threads: two per vCPU and a few per process.
     private func cgroupLimits() -> VMCgroup.Limits {
         let mib: UInt64 = 1 << 20
-        let devices = UInt64(2 + config.drives.count + config.networkInterfaces.count + (config.entropy != nil ? 1 : 0))
+        let devices = UInt64(2 + config.drives.count + config.networkInterfaces.count + (config.vsock != nil ? 1 : 0)
+                             + (config.entropy != nil ? 1 : 0))
         return VMCgroup.Limits(memoryBytes: UInt64(config.machine.memSizeMiB) * mib + 512 * mib + 2 * devices * 64 * mib,
                                processes: 128 + 4 * config.machine.vcpuCount, cpuQuotaMicroseconds: nil)
     }
@@ -411,7 +416,16 @@ public final class Supervisor {
         switch role {
         case .vcpu: return ram + 512 * mib + 192 * mib * UInt64(config.machine.vcpuCount)
         case .pio, .irqchip: return 256 * mib
-        case .virtioBlock, .virtioNet, .virtioRNG: return ram + 256 * mib
+        case .virtioBlock, .virtioNet, .virtioVsock, .virtioRNG: return ram + 256 * mib
+        }
+    }
+
+    /// The virtqueues of a virtio device's type (one eventfd each for their notifications).
+    static func queueCount(_ role: Role) -> Int {
+        switch role {
+        case .virtioNet: 2      // receive, transmit
+        case .virtioVsock: 3    // receive, transmit, event
+        default: 1
         }
     }
 

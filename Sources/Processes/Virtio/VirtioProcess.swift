@@ -17,6 +17,7 @@ public enum VirtioProcess {
             let mapping = try GuestMemory(fd: spec.ramFD, size: spec.memSizeMiB << 20)
             let memory = MappedGuestRAM(base: mapping.hostBase, size: mapping.size)
             let backend: VirtioDeviceBackend
+            var events: HostEvents?
             switch (role, spec.block) {
             case (.virtioBlock, let block?):
                 let storage = try ImageFile(fd: block.imageFD, readOnly: block.readOnly)
@@ -26,6 +27,14 @@ public enum VirtioProcess {
                 guard let network = spec.network else { throw SystemError("role arguments: virtio-net without a tap", errno: EINVAL) }
                 backend = VirtioNet(tap: TapFile(fd: network.tapFD),
                                     configuration: VirtioNetConfiguration(mac: network.mac, tapOffloads: network.tapOffloads))
+                events = TapEvents(tapFD: network.tapFD)
+            case (.virtioVsock, nil):
+                guard let v = spec.vsock else { throw SystemError("role arguments: virtio-vsock without its sockets", errno: EINVAL) }
+                let sockets = VsockSockets(listenerFD: v.listenerFD, brokerFD: v.brokerFD)
+                let vsock = VirtioVsock(guestCID: v.guestCID, host: sockets)
+                sockets.device = vsock
+                backend = vsock
+                events = sockets
             case (.virtioRNG, nil):
                 backend = VirtioEntropy(source: KernelRandom())
             default:
@@ -38,7 +47,7 @@ public enum VirtioProcess {
             // A standby looks at nothing the guest controls (channel, queues in guest RAM) before it takes over.
             if let takeover = spec.takeoverFD { try HelperStartup.awaitTakeover(takeover) }
             Log.debug("sandboxed; serving")
-            try withExtendedLifetime(mapping) { try serve(spec, backend: backend, memory: memory) }
+            try withExtendedLifetime(mapping) { try serve(spec, backend: backend, memory: memory, events: events) }
         }
     }
 
@@ -47,7 +56,7 @@ public enum VirtioProcess {
     /// progress to the supervisor's hang watch.
     static let queueBudget = 32
 
-    static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM) throws {
+    static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM, events: HostEvents?) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
@@ -62,6 +71,7 @@ public enum VirtioProcess {
             do {
                 try device.restore(saved)
                 let adopted = transport.adoptPublishedCompletions()
+                events?.tookOver()
                 Log.info("resumed from the state the previous process committed (\(adopted) completion\(adopted == 1 ? "" : "s") it published after that)")
             } catch {
                 // Nothing to go on: the driver must start over. A device after reset that says DEVICE_NEEDS_RESET
@@ -79,9 +89,6 @@ public enum VirtioProcess {
         var reported: String?
         var failures = 0
         var notified = [Bool](repeating: false, count: spec.queueNotifyFDs.count)
-        // Where a device-driven queue's work comes from (virtio-net's receive queue: the tap). Watched only while
-        // the queue can take it; otherwise what arrives waits in the host's bounded queue.
-        let sources: [(fd: Int32, queue: Int)] = spec.network.map { [($0.tapFD, VirtioNet.receiveQueue)] } ?? []
         while true {
             // Busy before a notification is taken from its eventfd: from then on, until the work is done, only this
             // flag tells the supervisor that something waits on this process.
@@ -123,6 +130,7 @@ public enum VirtioProcess {
             // Queue work: its effects (used entries, used->idx, the interrupt) are the guest's to see at once, so
             // its new ring positions are committed right after it; a successor adopts what a death in between
             // left published (VirtioMMIOTransport.adoptPublishedCompletions).
+            for queue in events?.alwaysServe ?? [] { notified[queue] = true }
             let before = transport.state.queues.map(\.usedIndex)
             for queue in notified.indices where notified[queue] {
                 notified[queue] = false
@@ -147,10 +155,12 @@ public enum VirtioProcess {
                 }
             }
             if more { continue }
-            let watched = sources.filter { transport.wantsDeviceSource(queue: $0.queue) }
-            let ready = try server.wait(extra: spec.queueNotifyFDs + watched.map(\.fd))
-            for (i, source) in watched.enumerated() where !ready[spec.queueNotifyFDs.count + i].isEmpty {
-                notified[source.queue] = true
+            // Besides the channel and the notifications: what the host side waits on (a tap, sockets).
+            let watched = events?.descriptors(transport) ?? []
+            let ready = try server.wait(extra: spec.queueNotifyFDs + watched, timeoutMs: events?.retryMs ?? -1)
+            if let events {
+                let readyHost = watched.indices.filter { !ready[spec.queueNotifyFDs.count + $0].isEmpty }.map { watched[$0] }
+                for queue in events.handle(ready: readyHost) { notified[queue] = true }
             }
         }
     }
@@ -269,6 +279,132 @@ final class ImageFile: BlockStorage {
 
     // linux/falloc.h
     static let keepSize: Int32 = 0x01, punchHole: Int32 = 0x02, zeroRange: Int32 = 0x10
+}
+
+/// What a virtio device process waits on besides its channel and queue notifications, and what becomes of it: the
+/// tap of a virtio-net device, the sockets of the vsock device.
+protocol HostEvents: AnyObject {
+    /// The descriptors to watch for reading now.
+    func descriptors(_ transport: VirtioMMIOTransport) -> [Int32]
+    /// Handles the ready ones (also called with none after a timeout); returns the queues to serve.
+    func handle(ready: [Int32]) -> [Int]
+    /// How soon to look again without an event (-1: not at all): work waits on the host side.
+    var retryMs: Int32 { get }
+    /// This process took over from a dead one.
+    func tookOver()
+    /// Queues served on every pass: the host side's state may have changed with any queue's work.
+    var alwaysServe: [Int] { get }
+}
+
+/// virtio-net: the tap is watched only while the receive queue can take a frame; otherwise what arrives waits in
+/// the tap's own bounded queue.
+final class TapEvents: HostEvents {
+    let tapFD: Int32
+    init(tapFD: Int32) { self.tapFD = tapFD }
+    func descriptors(_ transport: VirtioMMIOTransport) -> [Int32] {
+        transport.wantsDeviceSource(queue: VirtioNet.receiveQueue) ? [tapFD] : []
+    }
+    func handle(ready: [Int32]) -> [Int] { ready.isEmpty ? [] : [VirtioNet.receiveQueue] }
+    var retryMs: Int32 { -1 }
+    func tookOver() {}
+    var alwaysServe: [Int] { [] }
+}
+
+/// The vsock device's host side over descriptors: the listening socket the supervisor made (accepted here), the
+/// broker that connects for it (it has no socket() or connect()), and one non-blocking Unix socket per connection.
+final class VsockSockets: VsockHost, HostEvents {
+    let listenerFD: Int32
+    let brokerFD: Int32
+    weak var device: VirtioVsock?
+    private var sockets: [Int: Int32] = [:]
+
+    init(listenerFD: Int32, brokerFD: Int32) {
+        self.listenerFD = listenerFD
+        self.brokerFD = brokerFD
+    }
+
+    // MARK: VsockHost
+
+    func read(_ id: Int, into buffer: UnsafeMutableRawBufferPointer) -> VsockHostIO {
+        guard let fd = sockets[id] else { return .closed }
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n > 0 { return .bytes(n) }
+            if n == 0 { return .closed }
+            if errno == EINTR { continue }
+            return errno == EAGAIN ? .wouldBlock : .closed
+        }
+    }
+
+    func write(_ id: Int, from buffer: UnsafeRawBufferPointer) -> VsockHostIO {
+        guard let fd = sockets[id] else { return .closed }
+        while true {
+            let n = Glibc.write(fd, buffer.baseAddress, buffer.count)
+            if n > 0 { return .bytes(n) }
+            if n < 0 && errno == EINTR { continue }
+            return n < 0 && errno == EAGAIN ? .wouldBlock : .closed
+        }
+    }
+
+    func shutdownWrite(_ id: Int) {
+        if let fd = sockets[id] { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+    }
+
+    func close(_ id: Int) {
+        if let fd = sockets.removeValue(forKey: id) { Glibc.close(fd) }
+    }
+
+    func connect(_ id: Int, port: UInt32) {
+        var request: [UInt32] = [UInt32(truncatingIfNeeded: id).littleEndian, port.littleEndian]
+        let n = request.withUnsafeMutableBytes { Glibc.write(brokerFD, $0.baseAddress, 8) }
+        if n != 8 { device?.hostConnectFinished(id, connected: false) }
+    }
+
+    // MARK: HostEvents
+
+    func descriptors(_ transport: VirtioMMIOTransport) -> [Int32] {
+        guard let device else { return [] }
+        let receiving = transport.wantsDeviceSource(queue: VirtioVsock.receiveQueue)
+        var fds = [brokerFD]
+        if device.canAcceptHostConnection { fds.append(listenerFD) }
+        for (id, read) in device.watchedConnections where read && (receiving || device.isReadingConnectLine(id)) {
+            if let fd = sockets[id] { fds.append(fd) }
+        }
+        return fds
+    }
+
+    func handle(ready: [Int32]) -> [Int] {
+        guard let device else { return [] }
+        if ready.contains(listenerFD) {
+            while device.canAcceptHostConnection {
+                let fd = vmm_accept_nonblocking(listenerFD)
+                guard fd >= 0 else { break }
+                let id = device.reserveConnectionID()
+                sockets[id] = fd
+                device.hostConnectionAccepted(id)
+            }
+        }
+        if ready.contains(brokerFD) {
+            var reply: [UInt32] = [0, 0]
+            var fd: Int32 = -1
+            while reply.withUnsafeMutableBytes({ vmm_receive_with_fd(brokerFD, $0.baseAddress, 8, &fd) }) == 8 {
+                let id = Int(UInt32(littleEndian: reply[0]))
+                if fd >= 0 { sockets[id] = fd }
+                device.hostConnectFinished(id, connected: fd >= 0)
+            }
+        }
+        for (id, fd) in sockets where ready.contains(fd) { device.hostReadable(id) }
+        device.flushToHost()
+        // Whatever happened may have given the guest something to receive.
+        return [VirtioVsock.receiveQueue, VirtioVsock.eventQueue]
+    }
+
+    /// The guest's bytes that a host socket could not take yet are tried again soon (no POLLOUT watch).
+    var retryMs: Int32 { device?.hasBytesForHost == true ? 5 : -1 }
+
+    func tookOver() { device?.announceTransportReset() }
+    /// A packet from the guest can leave an answer to send (RESPONSE, RST, a credit update).
+    var alwaysServe: [Int] { [VirtioVsock.receiveQueue, VirtioVsock.eventQueue] }
 }
 
 /// A tap as virtio-net's host side: the descriptor the supervisor opened (vnet header, non-blocking); frames are
