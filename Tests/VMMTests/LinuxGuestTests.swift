@@ -68,17 +68,8 @@ final class LinuxGuestTests: XCTestCase {
                                   interactive: true)
         XCTAssertTrue(run.waitForOutput("vmm-guest: init ready (root /dev/vda rw)", timeout: Self.bootTimeout), run.stdout + run.stderr)
         let booted = Date()
-        func count(_ text: String) -> Int { run.stdout.components(separatedBy: text).count - 1 }
-        // The console echoes what is typed, so an expected text that the command line itself contains would be
-        // found at once: each command ends by printing a marker its echo cannot show (the shell computes it).
-        var typed = 0
-        func command(_ line: String, expect: String, timeout: TimeInterval = 300) {
-            typed += 1
-            let marker = 1000 + typed
-            run.type(line + "; echo command-done-$((\(marker) + 0))\n")
-            XCTAssertTrue(run.waitForOutput("command-done-\(marker)", timeout: timeout), "\(line): \(run.stdout)\(run.stderr)")
-            XCTAssertTrue(run.stdout.contains(expect), "\(line): \(run.stdout)")
-        }
+        let shell = GuestShell(run)
+        func command(_ line: String, expect: String, timeout: TimeInterval = 300) { shell.command(line, expect: expect, timeout: timeout) }
         // Every process of the guest gets glibc's tunables without AVX (a host quirk: README, "Host quirks").
         command("echo tunables=$GLIBC_TUNABLES", expect: "tunables=glibc.cpu.hwcaps=-AVX,")
         command("echo typed-$((6 * 7))", expect: "typed-42")
@@ -132,7 +123,9 @@ final class LinuxGuestTests: XCTestCase {
     }
 
     /// Two vCPUs, and the network on the same boot: virtio-net on a tap the test creates (an address, ping, 8 MiB
-    /// each way over TCP with checksums compared on both ends).
+    /// each way over TCP with checksums compared on both ends), and vsock both ways (Firecracker's CONNECT protocol
+    /// to a guest listener, the guest to host listeners at `<uds_path>_<port>`, several connections at once, a
+    /// refused port).
     func testTwoVCPUsAreBothBroughtUpAndTheNetworkWorks() throws {
         let tap = try TestTap()
         var generator = SystemRandomNumberGenerator()
@@ -141,25 +134,49 @@ final class LinuxGuestTests: XCTestCase {
         let fromGuest = try TCPBulkPeer(address: tap.hostAddress, role: .receive(expecting: payload.count))
         let loopback = try Self.loopbackSeconds(payload)
         let host = tap.hostAddress
-        // Twenty new processes after nproc: each one once crashed here about one time in five (README, "Host quirks").
-        let script = "nproc; i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done; "
-            + "ip addr add \(tap.guestAddress)/24 dev eth0 && ip link set eth0 up && echo net-up mac=$(cat /sys/class/net/eth0/address); "
-            + "ping -c 5 \(host); nc \(host) \(toGuest.port) > /tmp/in; echo received=$(sha256sum /tmp/in); "
-            + "nc \(host) \(fromGuest.port) < /tmp/in; echo sent=$?"
+        let udsPath = NSTemporaryDirectory() + "vmm-linux-vsock-\(getpid()).sock"
+        unlink(udsPath)
+        let guestToHost = try VsockHostListener(path: udsPath + "_6000", connections: 3)
         let devices = """
 
          "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "\(tap.name)", "guest_mac": "\(tap.guestMAC)"}],
+         "vsock": {"guest_cid": 3, "uds_path": "\(udsPath)"},
         """
         let started = Date()
-        let run = try Harness.run(config: try config(vcpus: 2, initArguments: script, input: "none", devices: devices))
-        let status = run.wait(timeout: Self.bootTimeout + 600)
-        XCTAssertEqual(status, 0, run.stdout + run.stderr)
+        let run = try Harness.run(config: try config(vcpus: 2, initArguments: nil, input: "stdin", devices: devices), interactive: true)
+        XCTAssertTrue(run.waitForOutput("vmm-guest: init ready", timeout: Self.bootTimeout), run.stdout + run.stderr)
+        let shell = GuestShell(run)
+        // Twenty new processes after nproc: each one once crashed here about one time in five (README, "Host quirks").
+        shell.command("echo cpus=$(nproc); i=0; while [ $i -lt 20 ]; do /bin/busybox true; i=$((i+1)); done", expect: "cpus=2")
+        shell.command("ip addr add \(tap.guestAddress)/24 dev eth0 && ip link set eth0 up && echo net-up mac=$(cat /sys/class/net/eth0/address)",
+                      expect: "net-up mac=\(tap.guestMAC)")
+        shell.command("ping -c 5 \(host)", expect: "round-trip")
+        shell.command("nc \(host) \(toGuest.port) > /tmp/in; echo received=$(sha256sum /tmp/in)", expect: "received=", timeout: 1200)
+        shell.command("nc \(host) \(fromGuest.port) < /tmp/in; echo sent=$?", expect: "sent=", timeout: 1200)
+
+        // vsock, host to guest: three connections at once to a guest listener, 256 KiB each.
+        shell.command("vsock-test listen 5000 3 > /tmp/listen.log 2>&1 & sleep 2; cat /tmp/listen.log", expect: "listening on 5000")
+        let payloads = (0..<3).map { i in Data((0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) }) }
+        let collected = Locked<[Int: (ok: String, answer: String, setup: Double, transfer: Double)]>([:])
+        DispatchQueue.concurrentPerform(iterations: 3) { i in
+            let result = VsockPeers.hostToGuest(udsPath: udsPath, port: 5000, payload: payloads[i])
+            collected.update { $0[i] = result }
+        }
+        let results = (0..<3).map { collected.value[$0] ?? ("no result", "", 0, 0) }
+        for i in 0..<3 {
+            XCTAssertTrue(results[i].ok.hasPrefix("OK "), "connection \(i): \(results[i].ok)")
+            XCTAssertEqual(results[i].answer, "sum=\(VsockPeers.fnv64(payloads[i])) bytes=\(256 << 10)", "connection \(i)")
+        }
+        // Guest to host: three at once, 1, 2 and 3 MiB; and a port nobody listens on.
+        shell.command("for i in 1 2 3; do vsock-test connect 2 6000 $((i * 1048576)) > /tmp/c$i.log 2>&1 & done; wait; cat /tmp/c1.log /tmp/c2.log /tmp/c3.log",
+                      expect: "reply:", timeout: 1200)
+        shell.command("vsock-test connect 2 6001 10", expect: "connect: ")
+        run.type("poweroff\n")
+        XCTAssertEqual(run.wait(timeout: 300), 0, run.stdout + run.stderr)
         XCTAssertFalse(run.stdout.contains("segfault"), "no guest process crashed: \(run.stdout)")
         XCTAssertTrue(run.stdout.contains("smp: Brought up 1 node, 2 CPUs"), run.stdout)
         // The guest's tty turns "\n" into "\r\n".
         let console = run.stdout.replacingOccurrences(of: "\r\n", with: "\n")
-        XCTAssertTrue(console.contains("vmm-guest: init ready\n2\n"), run.stdout)
-        XCTAssertTrue(console.contains("vmm-guest: command exited with status 0"), run.stdout)
         XCTAssertTrue(console.contains("net-up mac=\(tap.guestMAC)"), "the driver took the configured MAC: \(console)")
         XCTAssertTrue(console.contains("5 packets transmitted, 5 packets received"), console)
         let sha = SHA256Hex.of(payload)
@@ -168,10 +185,21 @@ final class LinuxGuestTests: XCTestCase {
         let returned = fromGuest.wait(timeout: 1)
         XCTAssertEqual(returned.map { SHA256Hex.of($0.received) }, sha, "the host got the 8 MiB back intact")
         XCTAssertTrue(console.contains("sent=0"), console)
+        for i in 1...3 {
+            let n = i << 20
+            XCTAssertTrue(console.contains("reply: sum=\(VsockPeers.fnv64(VsockPeers.pattern(n))) bytes=\(n)"), "guest connection of \(n) bytes: \(console)")
+        }
+        XCTAssertEqual(guestToHost.received.map(\.count).sorted(), [1 << 20, 2 << 20, 3 << 20])
+        XCTAssertTrue(console.contains("connect: Connection reset by peer") || console.contains("connect: Connection refused"),
+                      "nobody listens on <uds_path>_6001: \(console)")
+        let setup = (0..<3).map { results[$0].setup }.max() ?? 0
+        let vsockIn = Double(3 * (256 << 10)) / max((0..<3).map { results[$0].transfer }.max() ?? 1, 1e-6) / Double(1 << 20)
+        let vsockOut = Double(6 << 20) / max(guestToHost.seconds.max() ?? 1, 1e-6) / Double(1 << 20)
         let rtt = console.split(separator: "\n").first { $0.contains("round-trip") }.map(String.init) ?? "no ping summary"
         func mbps(_ seconds: Double?) -> String { seconds.map { String(format: "%.2f MiB/s", 8 / $0) } ?? "-" }
         report("2 vCPUs, nproc, virtio-net: ping \(rtt); TCP host->guest \(mbps(back)), guest->host \(mbps(returned?.seconds)); "
-               + "host loopback \(mbps(loopback))", run, started: started)
+               + "host loopback \(mbps(loopback)); vsock: connection set-up \(String(format: "%.1f", setup * 1000)) ms (3 at once), "
+               + String(format: "host->guest %.2f MiB/s, guest->host %.2f MiB/s", vsockIn, vsockOut), run, started: started)
     }
 
     /// 8 MiB over the host's own loopback, for comparison.
@@ -194,6 +222,23 @@ final class LinuxGuestTests: XCTestCase {
             }
         }
         return sink.wait(timeout: 30)?.seconds
+    }
+}
+
+/// Types commands into a Linux guest's shell on the console and waits for each. The console echoes what is typed,
+/// so an expected text that the command line itself contains would be found at once: each command ends by
+/// printing a marker its echo cannot show (the shell computes it).
+final class GuestShell {
+    private let run: Harness.Run
+    private var typed = 0
+    init(_ run: Harness.Run) { self.run = run }
+
+    func command(_ line: String, expect: String, timeout: TimeInterval = 300, file: StaticString = #filePath, line number: UInt = #line) {
+        typed += 1
+        let marker = 1000 + typed
+        run.type(line + "; echo command-done-$((\(marker) + 0))\n")
+        XCTAssertTrue(run.waitForOutput("command-done-\(marker)", timeout: timeout), "\(line): \(run.stdout)\(run.stderr)", file: file, line: number)
+        XCTAssertTrue(run.stdout.contains(expect), "\(line): \(run.stdout)", file: file, line: number)
     }
 }
 

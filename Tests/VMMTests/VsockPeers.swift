@@ -127,3 +127,12 @@ final class VsockHostListener: @unchecked Sendable {
         unlink(path)
     }
 }
+
+/// A value shared between threads, behind a lock.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: Value
+    init(_ value: Value) { _value = value }
+    var value: Value { lock.withLock { _value } }
+    func update(_ change: (inout Value) -> Void) { lock.withLock { change(&_value) } }
+}
