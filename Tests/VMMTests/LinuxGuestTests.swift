@@ -151,11 +151,12 @@ final class LinuxGuestTests: XCTestCase {
         shell.command("ip addr add \(tap.guestAddress)/24 dev eth0 && ip link set eth0 up && echo net-up mac=$(cat /sys/class/net/eth0/address)",
                       expect: "net-up mac=\(tap.guestMAC)")
         shell.command("ping -c 5 \(host)", expect: "round-trip")
-        shell.command("nc \(host) \(toGuest.port) > /tmp/in; echo received=$(sha256sum /tmp/in)", expect: "received=", timeout: 1200)
-        shell.command("nc \(host) \(fromGuest.port) < /tmp/in; echo sent=$?", expect: "sent=", timeout: 1200)
+        // streamtest moves 64 KiB per system call (busybox's nc: 1 KiB, each call costly here).
+        shell.command("streamtest tcp-get \(host) \(toGuest.port) /tmp/in; echo received=$(sha256sum /tmp/in)", expect: "received=", timeout: 1200)
+        shell.command("streamtest tcp-put \(host) \(fromGuest.port) /tmp/in; echo sent=$?", expect: "sent=", timeout: 1200)
 
         // vsock, host to guest: three connections at once to a guest listener, 256 KiB each.
-        shell.command("vsock-test listen 5000 3 > /tmp/listen.log 2>&1 & sleep 2; cat /tmp/listen.log", expect: "listening on 5000")
+        shell.command("streamtest vsock-listen 5000 3 > /tmp/listen.log 2>&1 & sleep 2; cat /tmp/listen.log", expect: "listening on 5000")
         let payloads = (0..<3).map { i in Data((0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) }) }
         let collected = Locked<[Int: (ok: String, answer: String, setup: Double, transfer: Double)]>([:])
         DispatchQueue.concurrentPerform(iterations: 3) { i in
@@ -168,9 +169,9 @@ final class LinuxGuestTests: XCTestCase {
             XCTAssertEqual(results[i].answer, "sum=\(VsockPeers.fnv64(payloads[i])) bytes=\(256 << 10)", "connection \(i)")
         }
         // Guest to host: three at once, 1, 2 and 3 MiB; and a port nobody listens on.
-        shell.command("for i in 1 2 3; do vsock-test connect 2 6000 $((i * 1048576)) > /tmp/c$i.log 2>&1 & done; wait; cat /tmp/c1.log /tmp/c2.log /tmp/c3.log",
+        shell.command("for i in 1 2 3; do streamtest vsock-connect 2 6000 $((i * 1048576)) > /tmp/c$i.log 2>&1 & done; wait; cat /tmp/c1.log /tmp/c2.log /tmp/c3.log",
                       expect: "reply:", timeout: 1200)
-        shell.command("vsock-test connect 2 6001 10", expect: "connect: ")
+        shell.command("streamtest vsock-connect 2 6001 10", expect: "connect: ")
         run.type("poweroff\n")
         XCTAssertEqual(run.wait(timeout: 300), 0, run.stdout + run.stderr)
         XCTAssertFalse(run.stdout.contains("segfault"), "no guest process crashed: \(run.stdout)")

@@ -3,14 +3,14 @@ import XCTest
 
 /// The host side of vsock tests: Firecracker's protocol over Unix sockets (what a host agent does).
 enum VsockPeers {
-    /// FNV-1a 64, as tools/linux/vsock-test.c prints it.
+    /// FNV-1a 64, as tools/linux/streamtest.c prints it.
     static func fnv64(_ bytes: Data) -> String {
         var h: UInt64 = 14_695_981_039_346_656_037
         for b in bytes { h = (h ^ UInt64(b)) &* 1_099_511_628_211 }
         return String(format: "%016llx", h)
     }
 
-    /// What `vsock-test connect CID PORT n` sends.
+    /// What `streamtest vsock-connect CID PORT n` sends.
     static func pattern(_ n: Int) -> Data { Data((0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ n) }) }
 
     static func unixSocket(connectingTo path: String) -> Int32? {
