@@ -181,7 +181,7 @@ final class LinuxGuestTests: XCTestCase {
         XCTAssertTrue(console.contains("net-up mac=\(tap.guestMAC)"), "the driver took the configured MAC: \(console)")
         XCTAssertTrue(console.contains("5 packets transmitted, 5 packets received"), console)
         let sha = SHA256Hex.of(payload)
-        XCTAssertTrue(console.contains("received=\(sha)  /tmp/in"), "the guest got the 8 MiB intact: \(console)")
+        XCTAssertTrue(console.contains("received=\(sha) /tmp/in"), "the guest got the 8 MiB intact (the unquoted $(...) joins the words with one space): \(console)")
         let back = toGuest.wait(timeout: 1).map(\.seconds)
         let returned = fromGuest.wait(timeout: 1)
         XCTAssertEqual(returned.map { SHA256Hex.of($0.received) }, sha, "the host got the 8 MiB back intact")
