@@ -174,12 +174,25 @@ final class ConfigParserTests: XCTestCase {
         assertError(net(#"{"iface_id": "a", "host_dev_name": "tap0", "allow_mmds_requests": true}"#),
                     "network-interfaces[0].allow_mmds_requests: unknown field")
         let many = (0..<20).map { #"{"iface_id": "n\#($0)", "host_dev_name": "tap\#($0)"}"# }.joined(separator: ", ")
-        assertError(net(many), "network-interfaces: 20 virtio devices (drives, network interfaces, entropy); at most 19: one interrupt pin each")
+        assertError(net(many), "network-interfaces: 20 virtio devices (drives, network interfaces, vsock, entropy); at most 19: one interrupt pin each")
+    }
+
+    func testVsock() throws {
+        let c = try parse(#"{\#(boot), "vsock": {"vsock_id": "v", "guest_cid": 52, "uds_path": "/run/vm.vsock"}}"#)
+        XCTAssertEqual(c.vsock, VMConfig.Vsock(guestCID: 52, udsPath: "/run/vm.vsock"))
+        XCTAssertEqual(ConfigParser.deviceNames(c), ["pio", "irqchip", "virtio-vsock0"])
+        XCTAssertNil(try parse(#"{\#(boot), "vsock": null}"#).vsock)
+        assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#, "vsock.uds_path: missing (the Unix socket for the host side)")
+        assertError(#"{\#(boot), "vsock": {"uds_path": "/v"}}"#, "vsock.guest_cid: missing (the guest's context id, 3 or more)")
+        assertError(#"{\#(boot), "vsock": {"guest_cid": 2, "uds_path": "/v"}}"#, "vsock.guest_cid: 2 is out of range 3...4294967294")
+        let long = String(repeating: "a", count: 97)
+        assertError(#"{\#(boot), "vsock": {"guest_cid": 3, "uds_path": "/\#(long)"}}"#,
+                    "vsock.uds_path: must be 1 to 96 bytes (a Unix socket path, with room for \"_<port>\")")
+        assertError(#"{\#(boot), "vsock": {"guest_cid": 3, "uds_path": "/v", "cid": 4}}"#, "vsock.cid: unknown field")
     }
 
     func testUnsupportedSectionsAreRejectedNotIgnored() {
-        assertError(#"{\#(boot), "vsock": {"guest_cid": 3}}"#,
-                    "not supported yet: vsock (virtio-vsock arrives with the next virtio device processes)")
+        assertError(#"{\#(boot), "balloon": {"amount_mib": 1, "deflate_on_oom": false}}"#, "not supported yet: balloon (no balloon device)")
         assertError(#"{\#(boot), "machine-config": {"mem_size_mib": 64, "vcpu_count": 2, "smt": true}}"#,
                     "not supported yet: machine-config.smt (SMT topology: every vCPU is a core of its own)")
         assertError(#"{\#(boot), "cpu-config": {"msr_modifiers": [{"addr": "0x10"}]}}"#,
@@ -366,8 +379,9 @@ final class FirecrackerFormatTests: XCTestCase {
             XCTAssertEqual(($0 as? ConfigError)?.path, "network-interfaces[eth0].iface_id")
         }
         XCTAssertNoThrow(try ConfigParser.checkSection("network-interfaces", id: "eth0", try JSONParser.parse(Array(#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#.utf8))))
-        XCTAssertThrowsError(try ConfigParser.checkSection("vsock", try JSONParser.parse(Array(#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#.utf8)))) {
-            XCTAssertEqual(($0 as? ConfigError)?.path, "vsock", "refused as in a file")
+        XCTAssertNoThrow(try ConfigParser.checkSection("vsock", try JSONParser.parse(Array(#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#.utf8))))
+        XCTAssertThrowsError(try ConfigParser.checkSection("balloon", try JSONParser.parse(Array(#"{"amount_mib": 1}"#.utf8)))) {
+            XCTAssertEqual(($0 as? ConfigError)?.path, "balloon", "refused as in a file")
         }
     }
 

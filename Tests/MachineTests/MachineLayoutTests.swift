@@ -125,7 +125,9 @@ final class PostedWritesTests: XCTestCase {
 
 final class RoleTests: XCTestCase {
     func testNamesAreWhatPolicyFilesAndPsShow() {
-        XCTAssertEqual(Role.allCases.map(\.policyFile), ["vcpu.policy", "pio.policy", "irqchip.policy", "virtio-blk.policy", "virtio-rng.policy"])
+        XCTAssertEqual(Role.allCases.map(\.policyFile), ["vcpu.policy", "pio.policy", "irqchip.policy", "virtio-blk.policy", "virtio-net.policy",
+                                                          "virtio-vsock.policy", "virtio-rng.policy"])
+        XCTAssertEqual(Role.virtioVsock.processName, "vmm-vsock")
         XCTAssertEqual(Role.pio.processName, "vmm-pio")
         XCTAssertTrue(Role.allCases.allSatisfy { $0.processName.utf8.count <= 15 }, "the kernel keeps 15 characters of a name")
         XCTAssertEqual(Role(rawValue: "irqchip"), .irqchip)
