@@ -403,11 +403,7 @@ public final class VirtioMMIOTransport {
             markNeedsReset(reason: "queue \(index): \(error)")
             progress = .idle
         }
-        let notify = queue.needsInterrupt(in: memory)
-        state.queues[index] = queue
-        pending[index] = progress == .morePending
-        if notify { raiseInterrupt(VirtioInterrupt.usedBuffer) }
-        return progress
+        return finish(index, queue, progress)
     }
 
     /// A device-driven queue (`VirtioDeviceBackend.isDeviceDriven`): the backend places up to `budget` units of
@@ -449,6 +445,13 @@ public final class VirtioMMIOTransport {
             markNeedsReset(reason: "queue \(index): \(error)")
             progress = .idle
         }
+        return finish(index, queue, progress)
+    }
+
+    /// Stores a queue worked on as a copy, remembers whether it has work left and interrupts the driver if it
+    /// wants that for what was returned.
+    private func finish(_ index: Int, _ queue: Virtqueue, _ progress: QueueProgress) -> QueueProgress {
+        var queue = queue
         let notify = queue.needsInterrupt(in: memory)
         state.queues[index] = queue
         pending[index] = progress == .morePending
