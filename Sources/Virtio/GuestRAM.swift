@@ -106,3 +106,29 @@ enum RingBarrier {
     /// orders a store before a later load.
     @inline(__always) static func full() { atomicMemoryFence(ordering: .sequentiallyConsistent) }
 }
+
+/// Moving bytes through a chain's buffers, in order (for structures and payloads split across descriptors). The
+/// buffers come from a validated chain, so they lie inside RAM.
+extension GuestRAM {
+    /// Copies the first `count` bytes of `segments` out of guest RAM; nil when they hold fewer.
+    public func gather(_ count: Int, from segments: some Sequence<DescriptorBuffer>) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        for s in segments where out.count < count {
+            guard let bytes = copyOut(from: s.gpa, count: min(Int(s.length), count - out.count)) else { return nil }
+            out += bytes
+        }
+        return out.count == count ? out : nil
+    }
+
+    /// Copies `bytes` into `segments` in order, as far as they reach; returns how many bytes were written.
+    public func scatter(_ bytes: [UInt8], into segments: some Sequence<DescriptorBuffer>) -> Int {
+        var done = 0
+        for s in segments where done < bytes.count {
+            let n = min(Int(s.length), bytes.count - done)
+            guard copyIn(Array(bytes[done..<done + n]), to: s.gpa) else { break }
+            done += n
+        }
+        return done
+    }
+}

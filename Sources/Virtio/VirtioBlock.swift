@@ -172,14 +172,7 @@ public final class VirtioBlock: VirtioDeviceBackend {
     }
 
     public func readConfig(offset: UInt64, size: Int) -> UInt64 {
-        let space = configSpace
-        var value: UInt64 = 0
-        for i in 0..<min(size, 8) {
-            let (at, overflow) = offset.addingReportingOverflow(UInt64(i))
-            guard !overflow, at < UInt64(space.count) else { break }
-            value |= UInt64(space[Int(at)]) << (8 * UInt64(i))
-        }
-        return value
+        VirtioConfigSpace.read(configSpace, offset: offset, size: size)
     }
 
     /// Every field is read-only without VIRTIO_BLK_F_CONFIG_WCE (not offered).
@@ -279,7 +272,7 @@ public final class VirtioBlock: VirtioDeviceBackend {
             guard data.allSatisfy(\.isDeviceWritable) else { return complete(VirtioBlockStatus.ioError) }
             var id = configuration.driveID
             id += [UInt8](repeating: 0, count: Self.driveIDLength - id.count)
-            let wrote = Self.scatter(id, into: data, memory: memory)
+            let wrote = memory.scatter(id, into: data)
             return complete(VirtioBlockStatus.ok, wrote: UInt32(wrote))
 
         case VirtioBlockRequestType.discard, VirtioBlockRequestType.writeZeroes:
@@ -314,7 +307,7 @@ public final class VirtioBlock: VirtioDeviceBackend {
         let maxSectors = isDiscard ? configuration.maxDiscardSectors : configuration.maxWriteZeroesSectors
         guard count <= UInt64(maxSegments) else { return VirtioBlockStatus.unsupported }
         // Bounded by maxSegments * 16 bytes: one copy of the guest's list, then only the copy is used.
-        guard let list = Self.gather(Int(dataLength), from: data, memory: memory) else { return VirtioBlockStatus.ioError }
+        guard let list = memory.gather(Int(dataLength), from: data) else { return VirtioBlockStatus.ioError }
         var ranges: [(offset: UInt64, length: UInt64, unmap: Bool)] = []
         for i in 0..<Int(count) {
             let base = i * Self.discardSegmentLength
@@ -348,27 +341,5 @@ public final class VirtioBlock: VirtioDeviceBackend {
 
     private static func le<T: FixedWidthInteger>(_: T.Type, _ bytes: [UInt8], _ offset: Int) -> T {
         bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
-    }
-
-    /// Copies the first `count` bytes of `segments` out of guest RAM (for small structures split across buffers).
-    static func gather(_ count: Int, from segments: [DescriptorBuffer], memory: GuestRAM) -> [UInt8]? {
-        var out: [UInt8] = []
-        out.reserveCapacity(count)
-        for s in segments where out.count < count {
-            guard let bytes = memory.copyOut(from: s.gpa, count: min(Int(s.length), count - out.count)) else { return nil }
-            out += bytes
-        }
-        return out.count == count ? out : nil
-    }
-
-    /// Copies `bytes` into `segments` in order, as far as they reach; returns how many bytes were written.
-    static func scatter(_ bytes: [UInt8], into segments: [DescriptorBuffer], memory: GuestRAM) -> Int {
-        var done = 0
-        for s in segments where done < bytes.count {
-            let n = min(Int(s.length), bytes.count - done)
-            guard memory.copyIn(Array(bytes[done..<done + n]), to: s.gpa) else { break }
-            done += n
-        }
-        return done
     }
 }

@@ -49,6 +49,21 @@ extension VirtioDeviceBackend {
     }
 }
 
+/// A device configuration space kept as bytes.
+public enum VirtioConfigSpace {
+    /// `size` (at most 8) bytes of `space` from `offset`, little-endian, as the transport reads it; bytes past the
+    /// end (or past 2^64) read as 0.
+    public static func read(_ space: [UInt8], offset: UInt64, size: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for i in 0..<min(size, 8) {
+            let (at, overflow) = offset.addingReportingOverflow(UInt64(i))
+            guard !overflow, at < UInt64(space.count) else { break }
+            value |= UInt64(space[Int(at)]) << (8 * UInt64(i))
+        }
+        return value
+    }
+}
+
 /// What a backend's `produce` did with one unit of work.
 public enum DeviceWork: Equatable, Sendable {
     /// Placed: these chains (taken from the source, in order) are returned to the driver together.

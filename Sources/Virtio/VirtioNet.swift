@@ -120,12 +120,7 @@ public final class VirtioNet: VirtioDeviceBackend {
         var space = [UInt8](repeating: 0, count: 8)
         if let mac = configuration.mac { space.replaceSubrange(0..<6, with: mac.prefix(6)) }
         space[6] = 1  // VIRTIO_NET_S_LINK_UP: the tap is there for the VM's life
-        var value: UInt64 = 0
-        for i in 0..<size {
-            let (at, overflow) = offset.addingReportingOverflow(UInt64(i))
-            if !overflow && at < UInt64(space.count) { value |= UInt64(space[Int(at)]) << (8 * UInt64(i)) }
-        }
-        return value
+        return VirtioConfigSpace.read(space, offset: offset, size: size)
     }
 
     /// The MAC is the device's (VIRTIO_NET_F_CTRL_MAC_ADDR is not offered) and the status read-only.

@@ -165,12 +165,7 @@ public final class VirtioVsock: VirtioDeviceBackend {
 
     /// guest_cid (le64).
     public func readConfig(offset: UInt64, size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<size {
-            let (at, overflow) = offset.addingReportingOverflow(UInt64(i))
-            if !overflow && at < 8 { value |= (guestCID >> (8 * at) & 0xff) << (8 * UInt64(i)) }
-        }
-        return value
+        VirtioConfigSpace.read(withUnsafeBytes(of: guestCID.littleEndian) { Array($0) }, offset: offset, size: size)
     }
 
     public func writeConfig(offset: UInt64, size: Int, value: UInt64) -> Bool { false }
@@ -344,16 +339,15 @@ public final class VirtioVsock: VirtioDeviceBackend {
         if queue == Self.eventQueue {
             guard transportResetPending else { return .sourceEmpty }
             guard let chain = try chains.next() else { return .needBuffers }
-            var event = [UInt8](repeating: 0, count: 4)  // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0
-            let written = try place(&event, in: chain, memory: memory)
+            let event = [UInt8](repeating: 0, count: 4)  // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0
+            let written = memory.scatter(event, into: chain.writable)
             transportResetPending = false
             return .completed([UsedElement(head: chain.head, length: UInt32(written))])
         }
         guard queue == Self.receiveQueue else { return .sourceEmpty }
         if let packet = control.first {
             guard let chain = try chains.next() else { return .needBuffers }
-            var bytes = packet.bytes
-            guard try place(&bytes, in: chain, memory: memory) == VsockHeader.size else {
+            guard memory.scatter(packet.bytes, into: chain.writable) == VsockHeader.size else {
                 throw VirtioRequestError("a receive buffer smaller than a packet header")
             }
             control.removeFirst()
@@ -389,8 +383,8 @@ public final class VirtioVsock: VirtioDeviceBackend {
                 queueControl(c, op: VsockHeader.Op.shutdown, flags: VsockHeader.shutdownSend)
                 continue
             }
-            var bytes = header(c, op: VsockHeader.Op.rw, length: UInt32(n)).bytes + Array(bounce[0..<n])
-            let written = try place(&bytes, in: chain, memory: memory)
+            let written = memory.scatter(header(c, op: VsockHeader.Op.rw, length: UInt32(n)).bytes + Array(bounce[0..<n]),
+                                         into: chain.writable)
             c.txCnt &+= UInt32(n)
             c.advertisedFwdCnt = c.fwdCnt
             connections[id] = c
@@ -401,29 +395,13 @@ public final class VirtioVsock: VirtioDeviceBackend {
         return control.isEmpty ? .sourceEmpty : .dropped
     }
 
-    /// Copies `bytes` into the chain's writable buffers in order; returns how many fit.
-    private func place(_ bytes: inout [UInt8], in chain: DescriptorChain, memory: GuestRAM) throws(VirtioRequestError) -> Int {
-        var done = 0
-        for buffer in chain.writable where buffer.length > 0 && done < bytes.count {
-            let n = min(Int(buffer.length), bytes.count - done)
-            guard let destination = memory.bytes(at: buffer.gpa, count: n) else { throw VirtioRequestError("a receive buffer outside RAM") }
-            bytes.withUnsafeBytes { destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[done..<done + n])) }
-            done += n
-        }
-        return done
-    }
-
     // MARK: - Packets from the guest
 
     public func handle(_ request: DescriptorChain, queue: Int, memory: GuestRAM) throws(VirtioRequestError) -> UInt32 {
         guard queue == Self.transmitQueue else { return 0 }
         // The header and the payload, gathered from the readable buffers (bounded by the largest packet).
-        var packet: [UInt8] = []
-        for buffer in request.readable where buffer.length > 0 {
-            let n = min(Int(buffer.length), VsockHeader.size + Self.maxPayload - packet.count)
-            guard n > 0, let bytes = memory.bytes(at: buffer.gpa, count: n) else { break }
-            packet += UnsafeRawBufferPointer(bytes)
-        }
+        let readable = request.readable.reduce(0) { $0 + Int($1.length) }
+        let packet = memory.gather(min(readable, VsockHeader.size + Self.maxPayload), from: request.readable) ?? []
         guard packet.count >= VsockHeader.size else {
             dropped += 1
             return 0
