@@ -28,8 +28,7 @@ public enum ConfigParser {
         if let v = top.value("vsock"), v != .null { config.vsock = try vsock(v) }
         try rejectUnimplementedSections(&top)
         try top.finish()
-        let virtioDevices = config.drives.count + config.networkInterfaces.count + (config.vsock != nil ? 1 : 0)
-            + (config.entropy != nil ? 1 : 0)
+        let virtioDevices = config.virtioDeviceCount
         guard virtioDevices <= maxVirtioDevices else {
             throw ConfigError(config.networkInterfaces.isEmpty ? "drives" : "network-interfaces",
                               "\(virtioDevices) virtio devices (drives, network interfaces, vsock, entropy); at most \(maxVirtioDevices): one interrupt pin each")

@@ -193,4 +193,9 @@ public struct VMConfig: Equatable, Sendable {
     public var vmm = VMM()
 
     public static let maxMemoryMiB = 3072
+
+    /// The virtio devices this config gives the guest (each a process of its own and an interrupt pin).
+    public var virtioDeviceCount: Int {
+        drives.count + networkInterfaces.count + (vsock != nil ? 1 : 0) + (entropy != nil ? 1 : 0)
+    }
 }

@@ -183,8 +183,7 @@ public final class Supervisor {
         }
         let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
-        // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (one queue each for blk and rng,
-        // receive and transmit for net).
+        // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (`queueCount` queues by device type).
         let virtio = layout.virtioDevices
         let queueNotifications = try virtio.map { device in
             try (0..<Self.queueCount(device.server.role)).map { _ in EventFD.Box(try EventFD()) }
@@ -402,8 +401,7 @@ public final class Supervisor {
     /// runtime; threads: two per vCPU and a few per process.
     private func cgroupLimits() -> VMCgroup.Limits {
         let mib: UInt64 = 1 << 20
-        let devices = UInt64(2 + config.drives.count + config.networkInterfaces.count + (config.vsock != nil ? 1 : 0)
-                             + (config.entropy != nil ? 1 : 0))
+        let devices = UInt64(2 + config.virtioDeviceCount)
         return VMCgroup.Limits(memoryBytes: UInt64(config.machine.memSizeMiB) * mib + 512 * mib + 2 * devices * 64 * mib,
                                processes: 128 + 4 * config.machine.vcpuCount, cpuQuotaMicroseconds: nil)
     }
