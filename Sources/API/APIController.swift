@@ -197,10 +197,10 @@ public final class APIController: Sendable {
         case .success(let j): json = j
         case .failure(let r): return respond(r)
         }
-        guard case .object(let members) = json else { return respond(.badRequest("actions: expected an object, found \(json.kind)")) }
-        if let unknown = members.first(where: { $0.key != "action_type" }) { return respond(.badRequest("actions.\(unknown.key): unknown field")) }
-        guard case .string(let type)? = json["action_type"] else {
-            return respond(.badRequest("actions.action_type: missing or not a string (InstanceStart, SendCtrlAltDel or FlushMetrics)"))
+        let field: String?
+        do { field = try ConfigParser.soleString(json, section: "actions", key: "action_type") } catch { return respond(.badRequest("\(error)")) }
+        guard let type = field else {
+            return respond(.badRequest("actions.action_type: missing (InstanceStart, SendCtrlAltDel or FlushMetrics)"))
         }
         switch type {
         case "InstanceStart":
@@ -238,11 +238,11 @@ public final class APIController: Sendable {
         case .success(let j): json = j
         case .failure(let r): return respond(r)
         }
-        guard case .object(let members) = json else { return respond(.badRequest("vm: expected an object, found \(json.kind)")) }
-        if let unknown = members.first(where: { $0.key != "state" }) { return respond(.badRequest("vm.\(unknown.key): unknown field")) }
-        switch json["state"] {
-        case .string("Paused")?: control.submit(.pause) { respond(Self.response($0)) }
-        case .string("Resumed")?: control.submit(.resume) { respond(Self.response($0)) }
+        let state: String?
+        do { state = try ConfigParser.soleString(json, section: "vm", key: "state") } catch { return respond(.badRequest("\(error)")) }
+        switch state {
+        case "Paused": control.submit(.pause) { respond(Self.response($0)) }
+        case "Resumed": control.submit(.resume) { respond(Self.response($0)) }
         default: respond(.badRequest("vm.state: expected \"Paused\" or \"Resumed\""))
         }
     }

@@ -75,6 +75,15 @@ extension ConfigParser {
         }
     }
 
+    /// The one string member `key` of a small API body (`PUT /actions`, `PATCH /vm`), read as a config section is:
+    /// an object, the member a string, no other member. nil when it is absent.
+    public static func soleString(_ body: JSONValue, section: String, key: String) throws(ConfigError) -> String? {
+        var r = try ObjectReader(body, path: section)
+        let value = try r.string(key)
+        try r.finish()
+        return value
+    }
+
     /// `machine-config` with Firecracker's defaults filled in, as `GET /machine-config` reports it.
     public static func machineJSON(_ body: JSONValue?) throws(ConfigError) -> JSONValue {
         let m = try body.map { (b) throws(ConfigError) in try machine(b) } ?? VMConfig.Machine()
