@@ -1,8 +1,9 @@
 import Foundation
 import XCTest
 
-/// The host side of vsock tests: Firecracker's protocol over Unix sockets (what a host agent does).
-enum VsockPeers {
+/// The host side of the network and vsock tests: socket plumbing, and Firecracker's vsock protocol over Unix
+/// sockets (what a host agent does).
+enum HostSockets {
     /// FNV-1a 64, as tools/linux/streamtest.c prints it.
     static func fnv64(_ bytes: Data) -> String {
         var h: UInt64 = 14_695_981_039_346_656_037
@@ -12,6 +13,14 @@ enum VsockPeers {
 
     /// What `streamtest vsock-connect CID PORT n` sends.
     static func pattern(_ n: Int) -> Data { Data((0..<n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ n) }) }
+
+    static func inetAddress(_ address: String, port: UInt16 = 0) -> sockaddr_in {
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        inet_pton(AF_INET, address, &sin.sin_addr)
+        return sin
+    }
 
     static func unixAddress(_ path: String) -> sockaddr_un {
         var addr = sockaddr_un()
@@ -101,7 +110,7 @@ final class VsockHostListener: @unchecked Sendable {
     init(path: String, connections: Int) throws {
         self.path = path
         unlink(path)
-        guard let fd = VsockPeers.unixListener(at: path) else { throw NSError(domain: "unix", code: Int(errno)) }
+        guard let fd = HostSockets.unixListener(at: path) else { throw NSError(domain: "unix", code: Int(errno)) }
         self.fd = fd
         Thread.detachNewThread { [self] in
             for _ in 0..<connections {
@@ -109,9 +118,9 @@ final class VsockHostListener: @unchecked Sendable {
                 guard c >= 0 else { return }
                 Thread.detachNewThread { [self] in
                     let start = Date()
-                    let data = VsockPeers.readAll(c)
+                    let data = HostSockets.readAll(c)
                     let elapsed = Date().timeIntervalSince(start)
-                    _ = VsockPeers.writeAll(c, Data("sum=\(VsockPeers.fnv64(data)) bytes=\(data.count)\n".utf8))
+                    _ = HostSockets.writeAll(c, Data("sum=\(HostSockets.fnv64(data)) bytes=\(data.count)\n".utf8))
                     close(c)
                     lock.withLock {
                         _received.append(data)

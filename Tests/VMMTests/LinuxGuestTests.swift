@@ -160,13 +160,13 @@ final class LinuxGuestTests: XCTestCase {
         let payloads = (0..<3).map { i in Data((0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) }) }
         let collected = Locked<[Int: (ok: String, answer: String, setup: Double, transfer: Double)]>([:])
         DispatchQueue.concurrentPerform(iterations: 3) { i in
-            let result = VsockPeers.hostToGuest(udsPath: udsPath, port: 5000, payload: payloads[i])
+            let result = HostSockets.hostToGuest(udsPath: udsPath, port: 5000, payload: payloads[i])
             collected.update { $0[i] = result }
         }
         let results = (0..<3).map { collected.value[$0] ?? ("no result", "", 0, 0) }
         for i in 0..<3 {
             XCTAssertTrue(results[i].ok.hasPrefix("OK "), "connection \(i): \(results[i].ok)")
-            XCTAssertEqual(results[i].answer, "sum=\(VsockPeers.fnv64(payloads[i])) bytes=\(256 << 10)", "connection \(i)")
+            XCTAssertEqual(results[i].answer, "sum=\(HostSockets.fnv64(payloads[i])) bytes=\(256 << 10)", "connection \(i)")
         }
         // Guest to host: three at once, 1, 2 and 3 MiB; and a port nobody listens on.
         shell.command("for i in 1 2 3; do streamtest vsock-connect 2 6000 $((i * 1048576)) > /tmp/c$i.log 2>&1 & done; wait; cat /tmp/c1.log /tmp/c2.log /tmp/c3.log",
@@ -188,7 +188,7 @@ final class LinuxGuestTests: XCTestCase {
         XCTAssertTrue(console.contains("sent=0"), console)
         for i in 1...3 {
             let n = i << 20
-            XCTAssertTrue(console.contains("reply: sum=\(VsockPeers.fnv64(VsockPeers.pattern(n))) bytes=\(n)"), "guest connection of \(n) bytes: \(console)")
+            XCTAssertTrue(console.contains("reply: sum=\(HostSockets.fnv64(HostSockets.pattern(n))) bytes=\(n)"), "guest connection of \(n) bytes: \(console)")
         }
         XCTAssertEqual(guestToHost.received.map(\.count).sorted(), [1 << 20, 2 << 20, 3 << 20])
         XCTAssertTrue(console.contains("connect: Connection reset by peer") || console.contains("connect: Connection refused"),
@@ -208,20 +208,10 @@ final class LinuxGuestTests: XCTestCase {
         let sink = try TCPBulkPeer(address: "127.0.0.1", role: .receive(expecting: payload.count))
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = sink.port.bigEndian
-        inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr)
+        var sin = HostSockets.inetAddress("127.0.0.1", port: sink.port)
         let connected = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard connected == 0 else { return nil }
-        payload.withUnsafeBytes { raw in
-            var sent = 0
-            while sent < raw.count {
-                let n = send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { break }
-                sent += n
-            }
-        }
+        _ = HostSockets.writeAll(fd, payload)
         return sink.wait(timeout: 30)?.seconds
     }
 }

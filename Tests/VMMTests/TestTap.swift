@@ -66,9 +66,7 @@ final class UDPPeer: @unchecked Sendable {
     init(address: String, answer: @escaping @Sendable (Data) -> Data) throws {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         self.fd = fd
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, address, &sin.sin_addr)
+        var sin = HostSockets.inetAddress(address)
         let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard fd >= 0, bound == 0 else { throw NSError(domain: "udp", code: Int(errno)) }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -117,9 +115,7 @@ final class TCPBulkPeer: @unchecked Sendable {
         listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, address, &sin.sin_addr)
+        var sin = HostSockets.inetAddress(address)
         let fd = listener
         let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard fd >= 0, bound == 0, listen(fd, 1) == 0 else { throw NSError(domain: "tcp", code: Int(errno)) }
@@ -135,14 +131,7 @@ final class TCPBulkPeer: @unchecked Sendable {
             let start = Date()
             switch role {
             case .send(let payload):
-                payload.withUnsafeBytes { raw in
-                    var sent = 0
-                    while sent < raw.count {
-                        let n = Glibc.send(c, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                        if n <= 0 { break }
-                        sent += n
-                    }
-                }
+                _ = HostSockets.writeAll(c, payload)
             case .receive(let expecting):
                 var buffer = [UInt8](repeating: 0, count: 1 << 16)
                 var got = Data()

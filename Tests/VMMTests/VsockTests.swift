@@ -19,8 +19,8 @@ final class VsockTests: GuestTestCase {
         XCTAssertEqual(stat(path, &st), 0, "vmm made the socket")
         XCTAssertEqual(st.st_mode & S_IFMT, S_IFSOCK)
         // A host program connects; without a driver in the guest nothing answers, but the device accepts and reads.
-        let fd = try XCTUnwrap(VsockPeers.unixSocket(connectingTo: path))
-        XCTAssertTrue(VsockPeers.writeAll(fd, Data("CONNECT 5000\n".utf8)))
+        let fd = try XCTUnwrap(HostSockets.unixSocket(connectingTo: path))
+        XCTAssertTrue(HostSockets.writeAll(fd, Data("CONNECT 5000\n".utf8)))
         // A second VM on the same path is refused before it starts anything.
         let second = try Harness.run(config: try config(udsPath: path))
         XCTAssertEqual(second.wait(timeout: 20), 4, second.stderr)
