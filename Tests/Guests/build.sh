@@ -2,7 +2,8 @@
 # Builds the test guests into OUTDIR with the system compiler (never committed as binaries).
 #   <name>.elf       multiboot ELF32 (also boots under qemu-system-x86_64 -kernel)
 #   <name>.flat.bin  flat image with a multiboot a.out-kludge header
-#   hello64.elf, traps64.elf   ELF64 entered in long mode
+#   hello64.elf, traps64.elf, portloop64.elf, ...   ELF64 entered in long mode
+#   firstbyte.elf    writes to COM1 as its first instructions (the start-up benchmark)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: build.sh OUTDIR}
@@ -17,6 +18,8 @@ done
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
 objcopy -O binary "$out/hello.flat.elf" "$out/hello.flat.bin"
 rm "$out/hello.flat.elf"
+cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/portloop64.elf" "$here/start64.S" "$here/guest.c" "$here/portloop.c"
+cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/firstbyte.elf" "$here/firstbyte.S"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/hello64.elf" "$here/start64.S" "$here/guest.c" "$here/hello64.c"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/traps64.elf" "$here/start64.S" "$here/guest.c" "$here/traps64.c" "$here/traps64.S"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/pagefaults.elf" "$here/start64.S" "$here/guest.c" "$here/pagefaults.c" "$here/pagefaults.S"

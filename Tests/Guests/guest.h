@@ -28,7 +28,8 @@ const char *cmdline_arg(const char *cmdline, const char *key);
 uint64_t parse_u64(const char *s);
 /* Copies the word at s (up to a space or the end) into out, at most n-1 bytes. */
 void copy_word(char *out, const char *s, int n);
-/* 32-bit guests only: continues in fn at CPL3 with IOPL 3, on the given stack. Never returns. */
+/* Continues in fn at CPL3 with IOPL 3 and interrupts off, on the given stack. Never returns. 64-bit guests get
+ * their own user-accessible identity map of the first 4 GiB for it. */
 void enter_user(void (*fn)(void), void *stack_top);
 #ifndef __x86_64__
 /* 32-bit guests: an interrupt gate for `vector` in the guest's IDT (current CS), and loading that IDT. */
