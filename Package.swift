@@ -71,7 +71,7 @@ let package = Package(
         // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
         .target(name: "BenchKit", path: "tools/bench/BenchKit"),
         // A guest on a bare in-process KVM loop: the benchmark's baseline and a harness for guest-level tests.
-        .target(name: "BareLoop", dependencies: ["KVM", "Memory", "Boot", "System", "CKVM"], path: "tools/bench/BareLoop"),
+        .target(name: "BareLoop", dependencies: ["KVM", "Memory", "Boot", "System", "CKVM", "CLinux", "Emulator"], path: "tools/bench/BareLoop"),
         .executableTarget(name: "VMMBench", dependencies: [
             "BenchKit", "BareLoop", "KVM", "Memory", "Boot", "System", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

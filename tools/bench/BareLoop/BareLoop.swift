@@ -1,11 +1,13 @@
 import Boot
 import CKVM
+import CLinux
+import Emulator
 import Glibc
 import KVM
 import Memory
 import System
 
-/// A guest on a bare in-process KVM loop that answers COM1 and the debug-exit port itself: no channel, no
+/// A guest on a bare in-process KVM loop that answers COM1, the debug-exit port and MMIO itself: no channel, no
 /// other process, no sandbox. The benchmark's baseline, and a harness for tests that inspect guest memory and
 /// vCPU state after the guest ran. Not part of the product.
 public final class BareVM {
@@ -48,10 +50,89 @@ public final class BareVM {
                     result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
                     return result
                 }
+            case KVM_EXIT_MMIO:
+                answerMMIO()
             case KVM_EXIT_HLT:
                 return result
             default:
                 guard try onOtherExit(reason) else { throw KVMError.unsupported("exit reason \(reason) in the bare loop") }
+            }
+        }
+    }
+
+    /// Every MMIO read answers the local APIC's version register (0x50014), writes are dropped: the benchmark's
+    /// baseline for an MMIO exit.
+    private func answerMMIO() {
+        guard vmm_run_mmio_is_write(vcpu.run) == 0, let data = vmm_run_mmio_data(vcpu.run) else { return }
+        let value: UInt64 = 0x0005_0014
+        withUnsafeBytes(of: value.littleEndian) { UnsafeMutableRawPointer(data).copyMemory(from: $0.baseAddress!, byteCount: Int(vmm_run_mmio_len(vcpu.run))) }
+    }
+
+    /// The interrupt baseline: the guest's local APIC timer (one-shot, 1 tick per ns, the LVT's vector) as a
+    /// timerfd the vCPU thread itself waits on while the guest is in HLT, and KVM_INTERRUPT straight after its
+    /// expiry: one wake-up and one ioctl between the expiry and the guest, no other thread or process. Runs until
+    /// debug-exit; COM1 output as `run()`.
+    public func runWithLocalTimer() throws -> Result {
+        var result = Result()
+        result.tscKHz = vcpu.tscKHz()
+        let timer = vmm_timerfd_create()
+        guard timer >= 0 else { throw KVMError.system(SystemError("timerfd_create", errno: errno)) }
+        defer { close(timer) }
+        var vector: UInt32 = 0
+        var armed = false
+        // The guest's 32-bit IRET is one KVM's emulator gives up on here: the same fallback as vmm's vcpu process.
+        let fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
+        func inject() throws {
+            var expirations: UInt64 = 0
+            _ = read(timer, &expirations, 8)
+            armed = false
+            var irq = kvm_interrupt(irq: vector)
+            guard vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) == 0 else {
+                throw KVMError.system(SystemError("KVM_INTERRUPT", errno: errno))
+            }
+        }
+        while true {
+            let reason = try vcpu.runOnce()
+            result.exits += 1
+            switch Int32(reason) {
+            case KVM_EXIT_IO:
+                let io = vmm_run_io(vcpu.run)
+                let data = vcpu.ioData
+                if io.direction == UInt8(KVM_EXIT_IO_IN) {
+                    data.storeBytes(of: io.port == 0x3fd ? UInt8(0x60) : 0xff, as: UInt8.self)
+                } else if io.port == 0x3f8 {
+                    result.output.append(data.load(as: UInt8.self))
+                } else if io.port == 0xf4 {
+                    result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
+                    return result
+                }
+            case KVM_EXIT_MMIO where vmm_run_mmio_is_write(vcpu.run) != 0:
+                let value = vmm_run_mmio_data(vcpu.run).map { UnsafeRawPointer($0).loadUnaligned(as: UInt32.self) } ?? 0
+                switch vmm_run_mmio_addr(vcpu.run) {
+                case 0xfee0_0320: vector = value & 0xff  // LVT timer
+                case 0xfee0_0380:                         // initial count: armed, in ns
+                    _ = vmm_timerfd_set_absolute(timer, value == 0 ? 0 : monotonicNanoseconds() + UInt64(value))
+                    armed = value != 0
+                default: break  // SVR, divide, EOI
+                }
+            case KVM_EXIT_MMIO:
+                answerMMIO()
+            case KVM_EXIT_HLT:
+                // The guest waits with interrupts on (`sti; hlt`): block on the expiry itself, then inject.
+                guard armed else { return result }
+                var pfd = pollfd(fd: timer, events: Int16(POLLIN), revents: 0)
+                while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
+                // As vmm does: the HLT has completed, so the STI shadow KVM may still report is over.
+                var events = try vcpu.events()
+                if events.interrupt.shadow != 0 {
+                    events.interrupt.shadow = 0
+                    try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
+                }
+                try inject()
+            case KVM_EXIT_INTERNAL_ERROR where vmm_run_internal_suberror(vcpu.run) == UInt32(KVM_INTERNAL_ERROR_EMULATION):
+                if case .unhandled(let why) = try fallback.handle() { throw KVMError.unsupported("emulation in the bare interrupt loop: \(why)") }
+            default:
+                throw KVMError.unsupported("exit reason \(reason) in the bare interrupt loop")
             }
         }
     }

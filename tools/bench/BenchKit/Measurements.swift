@@ -131,6 +131,7 @@ public struct Samples: Equatable, Sendable, Codable {
     public init(_ values: [Double] = []) { self.values = values }
 
     public var min: Double? { values.min() }
+    public var max: Double? { values.max() }
     public var median: Double? {
         guard !values.isEmpty else { return nil }
         let s = values.sorted()
@@ -186,10 +187,11 @@ public struct Report: Sendable, Codable {
     public func table() -> String {
         func f(_ v: Double?) -> String { v.map { String(format: $0 >= 100 ? "%.0f" : "%.2f", $0) } ?? "-" }
         func line(_ c: [String]) -> String {
-            pad(c[0], 48) + pad(c[1], 10, right: true) + " " + pad(c[2], 10, right: true) + "  " + pad(c[3], 8)
-                + pad(c[4], 8, right: true) + "  " + c[5]
+            pad(c[0], 52) + pad(c[1], 10, right: true) + " " + pad(c[2], 10, right: true) + " " + pad(c[3], 10, right: true)
+                + "  " + pad(c[4], 8) + pad(c[5], 8, right: true) + "  " + c[6]
         }
-        var lines = [line(["figure", "min", "median", "unit", "ratio", "goal"])]
+        // min and max show the spread of the samples; ratios and goals use the medians.
+        var lines = [line(["figure", "min", "median", "max", "unit", "ratio", "goal"])]
         for r in rows {
             let ratioText = ratio(r).map { String(format: $0 < 0.1 ? "%.3fx" : "%.2fx", $0) } ?? ""
             var goalText = ""
@@ -198,7 +200,7 @@ public struct Report: Sendable, Codable {
                 goalText = "\(what): " + (meetsGoal(r).map { $0 ? "met" : "MISSED" } ?? "no data")
             }
             if let n = r.note { goalText += goalText.isEmpty ? n : "  (\(n))" }
-            lines.append(line([r.name, f(r.samples.min), f(r.samples.median), r.unit, ratioText, goalText]))
+            lines.append(line([r.name, f(r.samples.min), f(r.samples.median), f(r.samples.max), r.unit, ratioText, goalText]))
         }
         return lines.joined(separator: "\n")
     }
@@ -211,11 +213,11 @@ public struct Report: Sendable, Codable {
     public func json() throws -> Data {
         struct Out: Codable { var machine: [String: String]; var rows: [Entry] }
         struct Entry: Codable {
-            var name: String, unit: String, samples: [Double], min: Double?, median: Double?
+            var name: String, unit: String, samples: [Double], min: Double?, median: Double?, max: Double?
             var baseline: String?, ratio: Double?, goal: Double?, goalMet: Bool?, note: String?
         }
         let out = Out(machine: machine, rows: rows.map {
-            Entry(name: $0.name, unit: $0.unit, samples: $0.samples.values, min: $0.samples.min, median: $0.samples.median,
+            Entry(name: $0.name, unit: $0.unit, samples: $0.samples.values, min: $0.samples.min, median: $0.samples.median, max: $0.samples.max,
                   baseline: $0.baseline, ratio: ratio($0), goal: $0.goal, goalMet: meetsGoal($0), note: $0.note)
         })
         let e = JSONEncoder()

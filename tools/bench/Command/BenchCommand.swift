@@ -39,9 +39,8 @@ struct BenchCommand: ParsableCommand {
         var rows: [String: Samples] = [:]
         var unavailable: Set<String> = []
         func add(_ name: String, _ v: Double?) { if let v { rows[name, default: Samples()].values.append(v) } }
-        let kernelBytes = Array(try Data(contentsOf: URL(fileURLWithPath: portloop)))
         // The guest TSC rate, for turning guest-measured cycles into time (a vCPU that never runs is enough).
-        var tscKHz = (try? BareVM(kernel: kernelBytes, cmdline: "").vcpu.tscKHz()) ?? 0
+        var tscKHz = (try? BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: portloop))), cmdline: "").vcpu.tscKHz()) ?? 0
         // The virtio-blk rows' image, in a directory of its own removed at the end.
         let blkCount = smoke ? 64 : self.blkCount, blkImageMiB = smoke ? 4 : blkImageMib
         var blkImage: String?
@@ -56,27 +55,60 @@ struct BenchCommand: ParsableCommand {
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
-            for (op, port) in [("in", 0x3fd), ("out", 0x3ff)] where wants("exits") {
-                let args = "iters=\(iterations) op=\(op) port=\(port)"
-                let bare = try BareVM.run(kernel: kernelBytes, cmdline: args)
-                tscKHz = bare.tscKHz
-                add("port \(op): bare KVM loop", GuestTiming.parse(String(decoding: bare.output, as: UTF8.self))?.nanosecondsPerIteration(tscKHz: tscKHz))
-                let v = try Runner.run(ours, kernel: portloop, args: args)
-                add("port \(op): vmm (pio process)", GuestTiming.parse(v.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
-                for q in qemus {
-                    let r = try Runner.run(q, kernel: portloop, args: args)
-                    add("port \(op): \(q.name)", GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz))
+            // The exit-cost loops; within each, the runners in a fresh random order, so that no runner always
+            // follows the same one (a slow neighbour or a warm cache would otherwise favour one side every time).
+            for loop in ExitLoop.all(iterations: iterations) where wants("exits") {
+                let kernel = guestDir + "/" + loop.guest
+                var runners: [(String, () throws -> (Double?, String))] = [
+                    (loop.row("bare KVM loop"), {
+                        let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args)
+                        tscKHz = bare.tscKHz
+                        let out = String(decoding: bare.output, as: UTF8.self)
+                        return (GuestTiming.parse(out)?.nanosecondsPerIteration(tscKHz: tscKHz), "status \(bare.exitStatus)")
+                    }),
+                    (loop.row("vmm (\(loop.server) process)"), {
+                        let r = try Runner.run(ours, kernel: kernel, args: loop.args)
+                        return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
+                    }),
+                ]
+                if loop.qemu {
+                    for q in qemus {
+                        runners.append((loop.row(q.name), {
+                            let r = try Runner.run(q, kernel: kernel, args: loop.args)
+                            return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
+                        }))
+                    }
+                }
+                for (name, measure) in runners.shuffled() {
+                    let (value, why) = try measure()
+                    if let value, tscKHz > 0 { add(name, value) } else { failures[name] = "no timing from the guest (\(why))" }
                 }
             }
-            // Timer interrupt latency, by the guest's TSC. QEMU runs the same guest where this host lets it.
-            for m in [ours as VMMUnderTest] + qemus where wants("irq") && tscKHz > 0 {
-                let r = try Runner.run(m, kernel: guestDir + "/irqlatency.elf", args: "samples=\(smoke ? 5 : 200) delay=200000", timeout: 60)
-                if let l = InterruptLatency.parse(r.output) {
-                    let us = l.latencyMicroseconds(tscKHz: tscKHz)
-                    add("timer interrupt latency (mean): \(m.name)", us.mean)
-                    add("timer interrupt latency (best): \(m.name)", us.min)
-                } else {
-                    unavailable.insert("timer interrupt latency (mean): \(m.name)")
+            // Timer interrupt latency, by the guest's TSC: the bare in-process baseline (the vCPU thread waits on a
+            // timerfd itself and injects), vmm, and QEMU where this host lets it; in a random order.
+            if wants("irq") && tscKHz > 0 {
+                let kernel = guestDir + "/irqlatency.elf", args = "samples=\(smoke ? 5 : 200) delay=200000"
+                var runners: [(String, () throws -> (InterruptLatency?, String))] = [("bare KVM loop", {
+                    let bare = try BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: args).runWithLocalTimer()
+                    return (InterruptLatency.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
+                })]
+                for m in [ours as VMMUnderTest] + qemus {
+                    runners.append((m.name, {
+                        let r = try Runner.run(m, kernel: kernel, args: args, timeout: 60)
+                        return (InterruptLatency.parse(r.output), Self.why(r))
+                    }))
+                }
+                for (name, measure) in runners.shuffled() {
+                    let (latency, why) = try measure()
+                    if let l = latency {
+                        let us = l.latencyMicroseconds(tscKHz: tscKHz)
+                        add("timer interrupt latency (mean): \(name)", us.mean)
+                        add("timer interrupt latency (best): \(name)", us.min)
+                    } else if name.hasPrefix("qemu") {
+                        unavailable.insert("timer interrupt latency (mean): \(name)")
+                    } else {
+                        for kind in ["mean", "best"] { failures["timer interrupt latency (\(kind)): \(name)"] = "no latency line (\(why))" }
+                    }
                 }
             }
             // virtio-blk reads from the guest's CPL3 loop (ioeventfd notifications, polled used ring) and the same
@@ -153,7 +185,16 @@ struct BenchCommand: ParsableCommand {
                 }
             }
             let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
-            for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip) where wants("startup") {
+            var starters = [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip)
+            starters.shuffle()
+            for m in starters where wants("startup") {
+                // firstbyte.elf writes to COM1 as its first instructions: spawn to the guest's first instruction.
+                let f = try Runner.run(m, kernel: guestDir + "/firstbyte.elf", args: "")
+                if f.status == 1, f.output.hasPrefix("!"), let first = f.firstByte {
+                    add("start-up to the guest's first instruction: \(m.name)", first * 1000)
+                } else {
+                    failures["start-up to the guest's first instruction: \(m.name)"] = "the guest did not write its byte and exit (\(Self.why(f)))"
+                }
                 let r = try Runner.run(m, kernel: hello, args: "say=bench exit=0")
                 // Only a run that did its work counts: one that died at once would post a fast start-up.
                 guard r.status == 1, r.output.contains("Hello from the guest: bench"), let first = r.firstByte else {
@@ -202,19 +243,19 @@ struct BenchCommand: ParsableCommand {
             }
             report.rows.append(Row(name: name, unit: unit, samples: s, baseline: baseline, goal: goal, note: note))
         }
-        for op in ["in", "out"] {
-            let bare = "port \(op): bare KVM loop"
+        for loop in ExitLoop.all(iterations: 0) {
+            let bare = loop.row("bare KVM loop")
             row(bare, "ns/exit")
-            row("port \(op): vmm (pio process)", "ns/exit", baseline: bare, goal: op == "in" ? 1.10 : 1.03,
-                note: op == "in" ? "read answered by the device process" : "posted write")
-            for q in qemus { row("port \(op): \(q.name)", "ns/exit", baseline: bare) }
+            row(loop.row("vmm (\(loop.server) process)"), "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            if loop.qemu { for q in qemus { row(loop.row(q.name), "ns/exit", baseline: bare) } }
         }
         for kind in ["mean", "best"] {
-            let ours = "timer interrupt latency (\(kind)): vmm"
-            row(ours, "us")
+            let bare = "timer interrupt latency (\(kind)): bare KVM loop"
+            row(bare, "us", note: kind == "mean" ? "timerfd waited on by the vCPU thread, KVM_INTERRUPT" : nil)
+            row("timer interrupt latency (\(kind)): vmm", "us", baseline: bare, goal: kind == "mean" ? 1.5 : nil)
             for q in qemus {
                 let name = "timer interrupt latency (\(kind)): \(q.name)"
-                if rows[name] != nil { row(name, "us", baseline: ours) }
+                if rows[name] != nil { row(name, "us", baseline: bare) }
                 else if unavailable.contains("timer interrupt latency (mean): \(q.name)") && kind == "mean" {
                     report.rows.append(Row(name: name, unit: "us", samples: Samples(), note: "QEMU cannot run this guest on this host (KVM's emulator fails on the guest's 32-bit IRET and QEMU has no fallback)"))
                 }
@@ -231,10 +272,13 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         }
-        row("start-up to first UART byte: vmm", "ms", goal: 15)
+        row("start-up to the guest's first instruction: vmm", "ms", goal: 15, note: "its first UART byte")
+        row("start-up to first UART byte: vmm", "ms")
         row("start-up to exit: vmm", "ms")
         row("start-up to first UART byte: baseline vmm", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
+        row("start-up to the guest's first instruction: baseline vmm", "ms", baseline: "start-up to the guest's first instruction: vmm")
+        row("start-up to the guest's first instruction: qemu", "ms", baseline: "start-up to the guest's first instruction: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
         for device in ["pio", "irqchip"] {
@@ -262,6 +306,11 @@ struct BenchCommand: ParsableCommand {
         print("\nJSON: \(json)")
     }
 
+    /// Why a run gave no figure: its exit status and last line of output.
+    static func why(_ r: GuestRun) -> String {
+        "status \(r.status), \(r.output.split(whereSeparator: \.isNewline).last.map(String.init) ?? "no output")"
+    }
+
     /// "blk randread 4 KiB, depth 32: vmm"; the host's row has no depth.
     static func blkRow(_ mode: BlockPattern.Mode, _ depth: Int?, _ who: String) -> String {
         "blk \(mode.rawValue) \(mode == .randread ? "4" : "128") KiB\(depth.map { ", depth \($0)" } ?? ""): \(who)"
@@ -270,7 +319,7 @@ struct BenchCommand: ParsableCommand {
     func log(_ s: String) { FileHandle.standardError.write(Data("vmm-bench: \(s)\n".utf8)) }
 
     func ensureGuests() throws -> String {
-        let wanted = ["portloop.elf", "hello.elf", "irqlatency.elf", "virtio.elf", "uartstress.elf", "timerstress.elf"]
+        let wanted = ["portloop.elf", "portloop64.elf", "firstbyte.elf", "hello.elf", "irqlatency.elf", "virtio.elf", "uartstress.elf", "timerstress.elf"]
         // Rebuilt when one is missing or older than a source (run from the repository root, as the scripts do).
         func modified(_ path: String) -> Double? {
             var st = stat()
@@ -311,5 +360,42 @@ struct FaultReport {
               let summary = top["summary"] as? [String: Any], let faults = summary["faults"] as? Int else { return nil }
         return FaultReport(faults: faults, recoveryMedianMs: summary["recovery_median_ms"] as? Double,
                            recoveryP99Ms: summary["recovery_p99_ms"] as? Double, detectionMedianMs: summary["detection_median_ms"] as? Double)
+    }
+}
+
+/// One exit-cost figure: a CPL3 loop of one kind of device access, run on the bare loop, vmm and (32-bit guests
+/// only: QEMU's multiboot loader takes no ELF64) QEMU.
+struct ExitLoop {
+    let what: String
+    let guest: String
+    let args: String
+    /// The process that answers the access in vmm.
+    let server: String
+    var qemu = false
+    var goal: Double?
+    /// The row the goal's ratio is taken against, when not this loop's own bare row.
+    var goalBaseline: String?
+    var note: String?
+
+    func row(_ who: String) -> String { "\(what): \(who)" }
+
+    /// The loops, the 64-bit and MMIO ones with a quarter of `iterations` (an exit costs about twice a 32-bit
+    /// port exit there).
+    static func all(iterations: Int) -> [ExitLoop] {
+        let wide = max(1, iterations / 4)
+        return [
+            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "iters=\(iterations) op=in port=1021", server: "pio",
+                     qemu: true, goal: 1.05, note: "read answered by the device process"),
+            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "iters=\(iterations) op=out port=1023", server: "pio",
+                     qemu: true, goal: 1.03, note: "posted write"),
+            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=in port=1021", server: "pio",
+                     goal: 1.05, note: "read answered by the device process"),
+            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=out port=1023", server: "pio",
+                     goal: 1.03, note: "posted write"),
+            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=read addr=4276092976", server: "irqchip",
+                     goal: 1.10, goalBaseline: "port in, 64-bit: bare KVM loop", note: "version register, against a bare port exit"),
+            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=write addr=4273995776", server: "irqchip",
+                     goal: 1.03, note: "register select, posted"),
+        ]
     }
 }
