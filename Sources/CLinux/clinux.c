@@ -216,3 +216,10 @@ long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
     }
     return n;
 }
+
+int vmm_available_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int n = CPU_COUNT(&set);
+    return n > 0 ? n : 1;
+}

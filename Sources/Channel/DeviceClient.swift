@@ -20,6 +20,9 @@ public struct DeviceClient: @unchecked Sendable {
     public private(set) var failed = false
     private var nextSequence: UInt64
     public let region: ChannelRegion
+    /// How long this lane spins for an answer, learnt from how long answers take (a device that spins itself
+    /// answers in microseconds; one asleep needs a wake-up).
+    private var window: SpinWindow
 
     public init(region: ChannelRegion, lane: Int, deviceDoorbell: Int32, responseDoorbell: Int32,
                 policy: WaitPolicy, timeoutMs: Int, failedProbeMs: Int = 2) {
@@ -30,6 +33,7 @@ public struct DeviceClient: @unchecked Sendable {
         self.deviceDoorbell = deviceDoorbell
         self.responseDoorbell = responseDoorbell
         self.policy = policy
+        window = policy.window()
         self.timeoutMs = timeoutMs
         nextSequence = region.requestRing(lane).tail.pointee.load(ordering: .relaxed) &+ 1
     }
@@ -48,6 +52,8 @@ public struct DeviceClient: @unchecked Sendable {
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         if region.deviceStatus == .broken { throw .broken }
         let sequence = try send(operation, size: size, address: address, data: data)
+        let sent = monotonicNanoseconds()
+        var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
         var extensions = 0
         while true {
@@ -62,7 +68,7 @@ public struct DeviceClient: @unchecked Sendable {
                 failed = true
                 throw .timedOut("\(operation) at 0x\(String(address, radix: 16))")
             }
-            let ready = spin(microseconds: policy.spinMicroseconds) { responses.hasMessages() }
+            let ready = spin(window: window, census: policy.census) { responses.hasMessages() }
             if ready {
                 let answer: Message?
                 do { answer = try responses.pop() } catch { throw .peer(error) }
@@ -70,6 +76,7 @@ public struct DeviceClient: @unchecked Sendable {
                 guard answer.operation == .response else { throw .peer(.unknownOperation(answer.operation.rawValue)) }
                 if answer.sequence == sequence {
                     failed = false
+                    window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked)
                     return answer.data
                 }
                 if answer.sequence < sequence {  // answer to a read that already timed out
@@ -84,6 +91,7 @@ public struct DeviceClient: @unchecked Sendable {
             if now >= deadline { continue }  // answers arrived just now: take them, then give up
             if region.deviceStatus == .broken { throw .broken }  // the supervisor rings us when it gives up
             responses.setSleeping(true)
+            blocked = true
             if !responses.hasMessages() {
                 let left = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
                 do { _ = try Poll.wait([responseDoorbell], timeoutMs: left) } catch { throw .system(error) }

@@ -9,6 +9,8 @@ public struct DeviceServer: @unchecked Sendable {
     public let deviceDoorbell: Int32
     public let policy: WaitPolicy
     public let region: ChannelRegion
+    /// How long this device spins for its next request, learnt from the gaps between requests.
+    public var window: SpinWindow
     private var nextLane = 0
     /// Requests taken since the last `commit()`.
     public private(set) var uncommitted = 0
@@ -27,6 +29,7 @@ public struct DeviceServer: @unchecked Sendable {
         self.responseDoorbells = responseDoorbells
         self.deviceDoorbell = deviceDoorbell
         self.policy = policy
+        window = policy.window()
     }
 
     /// The next request from any lane, or nil when none is waiting or `batchLimit` requests await a `commit()`.
@@ -154,34 +157,52 @@ public struct DeviceServer: @unchecked Sendable {
     /// its state costs microseconds, and a request that arrives while it spins is answered without that delay.
     /// What it took meanwhile stays uncommitted, which is safe: a successor handles those requests again.
     public mutating func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
+        var window = self.window
+        defer { self.window = window }
         if restartable == nil || uncommitted >= batchLimit { commit() }
-        guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs) }
+        guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window) }
+        let start = monotonicNanoseconds()
         let live = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
-        if spin(microseconds: policy.spinMicroseconds, until: { live.contains { $0.hasMessages() } }) {
+        if spin(window: window, census: policy.census, until: { live.contains { $0.hasMessages() } }, extra: Self.anyReady(extra)) {
+            window.learn(waited: monotonicNanoseconds() - start, caught: true)
             return [Poll.Event](repeating: [], count: extra.count)
         }
         commit()
-        return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, spinning: false)  // it spun already
+        return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window, spunSince: start)
     }
 
-    /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines).
-    /// Each server must be committed first.
-    /// `spinning`: false when the caller spun on the rings already.
+    /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines), with
+    /// one window for all. Each server must be committed first. `spunSince`: when the caller's own spin began, if it
+    /// spun already (then this blocks at once, and learns from the whole wait).
     public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1,
-                            spinning: Bool = true) throws(ChannelError) -> [Poll.Event] {
+                            window: inout SpinWindow, spunSince: UInt64? = nil) throws(ChannelError) -> [Poll.Event] {
         precondition(servers.allSatisfy { $0.uncommitted == 0 }, "commit before waiting")
         let rings = servers.flatMap { s in s.requests.indices.filter { !s.brokenLanes.contains($0) }.map { s.requests[$0] } }
         let none = [Poll.Event](repeating: [], count: extra.count)
-        let budget = spinning ? servers.map(\.policy.spinMicroseconds).max() ?? 0 : 0
-        if spin(microseconds: budget, until: { rings.contains { $0.hasMessages() } }) { return none }
+        let start = spunSince ?? monotonicNanoseconds()
+        if spunSince == nil,
+           spin(window: window, census: servers.first?.policy.census, until: { rings.contains { $0.hasMessages() } }, extra: anyReady(extra)) {
+            window.learn(waited: monotonicNanoseconds() - start, caught: true)
+            return none
+        }
         for r in rings { r.setSleeping(true) }
-        defer { for r in rings { r.setSleeping(false) } }
+        defer {
+            for r in rings { r.setSleeping(false) }
+            window.learn(waited: monotonicNanoseconds() - start, caught: false)
+        }
         if rings.contains(where: { $0.hasMessages() }) { return none }
         let doorbells = servers.map(\.deviceDoorbell)
         let ready: [Poll.Event]
         do { ready = try Poll.wait(doorbells + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
         for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
         return Array(ready.dropFirst(doorbells.count))
+    }
+
+    /// While spinning: whether one of `fds` (timers, a console, notifications) became ready, so that a long spin
+    /// window does not hold them back. nil when there are none.
+    static func anyReady(_ fds: [Int32]) -> (() -> Bool)? {
+        guard !fds.isEmpty else { return nil }
+        return { ((try? Poll.wait(fds, timeoutMs: 0)) ?? []).contains { !$0.isEmpty } }
     }
 }
 

@@ -1,25 +1,142 @@
 import CLinux
 import Glibc
+import Synchronization
 import System
 
-/// How a side waits for its peer: spin on the ring for `spinMicroseconds`, then block on the doorbell.
-public struct WaitPolicy: Sendable, Equatable {
-    public var spinMicroseconds: Int
-    public init(spinMicroseconds: Int) { self.spinMicroseconds = spinMicroseconds }
+/// How a side waits for its peer: spin on the ring for up to `maxSpinMicroseconds` (the window itself is learnt,
+/// see `SpinWindow`), and only while the VM's `census` says a CPU is free for it; then block on the doorbell.
+public struct WaitPolicy: Sendable {
+    /// The upper bound of every spin window (`vmm.spin_budget_us`); 0: never spin.
+    public var maxSpinMicroseconds: Int
+    /// Shared by every process of the VM, and this waiter's place in it; nil: spin whenever the window says so
+    /// (tests, single processes).
+    public var census: SpinCensus.Seat?
+
+    public init(maxSpinMicroseconds: Int, census: SpinCensus.Seat? = nil) {
+        self.maxSpinMicroseconds = maxSpinMicroseconds
+        self.census = census
+    }
+
+    /// A new waiter's window under this policy.
+    func window() -> SpinWindow { SpinWindow(maxNanoseconds: UInt64(max(0, maxSpinMicroseconds)) * 1000) }
 }
 
-/// Spins until `ready()` or the budget runs out; true when ready.
+/// How long one waiter spins before it blocks, learnt from what its waits took, as KVM's halt-polling learns its
+/// window: a wait that blocked but ended within the upper bound says a longer spin would have caught it (grow:
+/// double, from 10 us); a wait longer than the bound says spinning is wasted on this peer (shrink: halve, to 0
+/// below 10 us). A wait the spin caught changes nothing. So a device whose guest exits every 40 us learns to
+/// spin 40-80 us, and one whose guest idles in HLT stops spinning after a few waits.
+public struct SpinWindow: Sendable {
+    public let maxNanoseconds: UInt64
+    public private(set) var nanoseconds: UInt64
+    static let growStart: UInt64 = 10_000
+
+    public init(maxNanoseconds: UInt64) {
+        self.maxNanoseconds = maxNanoseconds
+        nanoseconds = min(maxNanoseconds, Self.growStart)
+    }
+
+    /// After a wait of `waited` ns that the spin caught (`caught`) or that had to block.
+    public mutating func learn(waited: UInt64, caught: Bool) {
+        if caught || waited <= nanoseconds { return }
+        if waited > maxNanoseconds {
+            nanoseconds /= 2
+            if nanoseconds < Self.growStart { nanoseconds = 0 }
+        } else {
+            nanoseconds = min(maxNanoseconds, max(nanoseconds * 2, Self.growStart))
+        }
+    }
+}
+
+/// Which CPUs the VM's processes may spin on, in a page every one of them maps: how many CPUs there are, and one
+/// seat per vCPU thread and per device process that says whether its owner holds a CPU now (a vCPU in the guest,
+/// a waiter spinning). A waiter spins only while the seats taken leave a CPU for it, so that on a small host
+/// spinning device processes do not take the CPU a vCPU needs. Seats, not a shared counter: a process killed while
+/// it spins leaves its seat to its successor, who clears it, instead of a count that never comes down.
+///
+/// Every process of the VM writes here, a hostile device process included: the worst it can do is make the others
+/// spin too much or not at all, a cost it could cause anyway by spinning itself.
+public final class SpinCensus: @unchecked Sendable {
+    private let mapping: MappedRegion
+    /// Seats live from the second cache line on, one word each; the first line holds the CPU and seat counts.
+    public static let maxSeats = 256
+    static let byteSize = 64 + maxSeats * 8
+
+    /// The supervisor's side: a new census for `cpus` CPUs and `seats` seats.
+    public static func create(cpus: Int, seats: Int) throws(SystemError) -> FileDescriptor {
+        let fd = try MemFD.create(name: "spin-census", size: byteSize)
+        let census = try SpinCensus(attaching: fd.raw)
+        census.word(0).pointee.store(Int64(max(1, cpus)), ordering: .relaxed)
+        census.word(1).pointee.store(Int64(min(max(0, seats), maxSeats)), ordering: .relaxed)
+        return fd
+    }
+
+    public init(attaching fd: Int32) throws(SystemError) {
+        mapping = try MappedRegion(fd: fd, size: Self.byteSize)
+    }
+
+    private func word(_ i: Int) -> UnsafeMutablePointer<Atomic<Int64>> {
+        (mapping.base + i * 8).assumingMemoryBound(to: Atomic<Int64>.self)
+    }
+
+    /// The CPUs this process may run on (its affinity mask), for `create`.
+    public static func availableCPUs() -> Int { Int(vmm_available_cpus()) }
+
+    /// Seat `index` (vCPU i sits in seat i, the device processes after the vCPUs); cleared on taking it, since a
+    /// predecessor may have died holding it.
+    public func seat(_ index: Int) -> Seat {
+        let s = Seat(census: self, index: max(0, min(index, Self.maxSeats - 1)))
+        s.release()
+        return s
+    }
+
+    /// One waiter's place in the census.
+    public struct Seat: @unchecked Sendable {
+        let census: SpinCensus
+        let index: Int
+        private var word: UnsafeMutablePointer<Atomic<Int64>> { census.word(8 + index) }
+
+        /// The owner holds a CPU without asking (a vCPU thread entering the guest).
+        @inline(__always) public func hold() { word.pointee.store(1, ordering: .relaxed) }
+        @inline(__always) public func release() { word.pointee.store(0, ordering: .relaxed) }
+
+        /// Takes a CPU to spin on when one is free (the caller then `release()`s it); false: block instead.
+        func trySpin() -> Bool {
+            hold()
+            let cpus = census.word(0).pointee.load(ordering: .relaxed)
+            let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))
+            var busy: Int64 = 0
+            for i in 0..<seats { busy += census.word(8 + i).pointee.load(ordering: .relaxed) != 0 ? 1 : 0 }
+            if busy <= cpus { return true }
+            release()
+            return false
+        }
+    }
+}
+
+/// Spins until `ready()` or the window's time runs out, if the census lets it; true when ready. Every
+/// `extraEveryNs` it also asks `extra()` (a zero-timeout poll of other descriptors), so that a long window does not
+/// delay a timer or a console byte.
 @inline(__always)
-func spin(microseconds: Int, until ready: () -> Bool) -> Bool {
+func spin(window: SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
     if ready() { return true }
-    guard microseconds > 0 else { return false }
-    let deadline = monotonicNanoseconds() + UInt64(microseconds) * 1000
+    guard window.nanoseconds > 0 else { return false }
+    if let census, !census.trySpin() { return false }
+    defer { census?.release() }
+    let start = monotonicNanoseconds()
+    let deadline = start + window.nanoseconds
+    var nextExtra = start + 10_000
     while true {
         for _ in 0..<32 {
             if ready() { return true }
             vmm_cpu_relax()
         }
-        if monotonicNanoseconds() >= deadline { return ready() }
+        let now = monotonicNanoseconds()
+        if now >= deadline { return ready() }
+        if let extra, now >= nextExtra {
+            if extra() { return false }
+            nextExtra = now + 10_000
+        }
     }
 }
 

@@ -40,8 +40,8 @@ public struct VMConfig: Equatable, Sendable {
         public enum SerialOutput: Equatable, Sendable { case stdout, file(String), none }
         public var serialOutput: SerialOutput = .stdout
         public var serialInputFromStdin = true
-        /// How long a side spins on a ring before it blocks on the doorbell.
-        public var spinBudgetMicroseconds = 50
+        /// The longest a side spins on a ring before it blocks on the doorbell (each side learns its own window).
+        public var spinBudgetMicroseconds = 200
         /// How long the vcpu process waits for a device to answer a read.
         public var deviceTimeoutMs = 1000
         /// CPUs the vcpu process and the device processes may run on (empty: anywhere).

@@ -40,7 +40,7 @@ final class RingTests: XCTestCase {
         var lane0 = RingProducer(ch.vcpu.requestRing(0))
         var lane1 = RingProducer(ch.vcpu.requestRing(1))
         var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
-                                  policy: WaitPolicy(spinMicroseconds: 0))
+                                  policy: WaitPolicy(maxSpinMicroseconds: 0))
         for i in 0..<6 { XCTAssertTrue(try lane0.push(message(UInt64(i)))) }
         XCTAssertTrue(try lane1.push(Message(sequence: 9, operation: .sync, size: 0, address: 0, data: 0)))
         XCTAssertEqual(ch.vcpu.unhandledRequests().all, 7)
@@ -69,7 +69,7 @@ final class RingTests: XCTestCase {
         let doorbell = try EventFD()
         func server() -> DeviceServer {
             DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
-                         policy: WaitPolicy(spinMicroseconds: 0))
+                         policy: WaitPolicy(maxSpinMicroseconds: 0))
         }
         var lane1 = RingProducer(ch.vcpu.requestRing(1))
         let sync = Message(sequence: 9, operation: .sync, size: 0, address: 0, data: 0)
@@ -97,7 +97,7 @@ final class RingTests: XCTestCase {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 2, capacity: 8))
         let doorbell = try EventFD()
         var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [doorbell.raw, doorbell.raw],
-                                  policy: WaitPolicy(spinMicroseconds: 0))
+                                  policy: WaitPolicy(maxSpinMicroseconds: 0))
         ch.vcpu.requestRing(0).tail.pointee.store(1_000_000, ordering: .releasing)
         var good = RingProducer(ch.vcpu.requestRing(1))
         XCTAssertTrue(try good.push(message(7)))
@@ -169,9 +169,9 @@ final class RingTests: XCTestCase {
         let doorbell = try EventFD(), response = try EventFD()
         // A long probe: this test is about the late answer, not about how long a failed device is waited for.
         var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 50)
+                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 50)
         var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
-                                  policy: WaitPolicy(spinMicroseconds: 0))
+                                  policy: WaitPolicy(maxSpinMicroseconds: 0))
         let start = monotonicNanoseconds()
         XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
             guard case .timedOut = $0 as? ChannelError else { return XCTFail("\($0)") }
@@ -195,7 +195,7 @@ final class RingTests: XCTestCase {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         let doorbell = try EventFD(), response = try EventFD()
         var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 200, failedProbeMs: 5)
+                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 200, failedProbeMs: 5)
         let stop = Atomic<Bool>(false)
         let region = ch.device
         let flooder = Thread {
@@ -224,7 +224,7 @@ final class RingTests: XCTestCase {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         let doorbell = try EventFD(), response = try EventFD()
         var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(spinMicroseconds: 10), timeoutMs: 100)
+                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 100)
         var forged = RingProducer(ch.device.responseRing(0))
         XCTAssertTrue(try forged.push(Message(sequence: 77, operation: .response, size: 1, address: 0, data: 0)))
         XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {

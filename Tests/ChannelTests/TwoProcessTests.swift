@@ -22,7 +22,7 @@ final class TwoProcessTests: XCTestCase {
         defer { peer.kill(); _ = try? peer.reap(block: true) }
         let region = try ChannelRegion(attaching: memory.raw, layout: layout)
         var client = DeviceClient(region: region, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(spinMicroseconds: spinUs), timeoutMs: 10_000)
+                                  policy: WaitPolicy(maxSpinMicroseconds: spinUs), timeoutMs: 10_000)
         for i in 0..<count {
             try client.post(.portWrite, size: 4, address: 0x3f8, data: UInt64(i) & 0xffff_ffff)
             if i % 50_000 == 49_999 {

@@ -36,14 +36,14 @@ final class DeviceChannelsTests: XCTestCase {
 
         func client() throws -> DeviceClient {
             DeviceClient(region: try ChannelRegion(attaching: memory.raw, layout: layout), lane: 0, deviceDoorbell: doorbell.raw,
-                         responseDoorbell: response.raw, policy: WaitPolicy(spinMicroseconds: 0), timeoutMs: 5000)
+                         responseDoorbell: response.raw, policy: WaitPolicy(maxSpinMicroseconds: 0), timeoutMs: 5000)
         }
 
         func start() throws {
             let region = try ChannelRegion(attaching: memory.raw, layout: layout)
             thread = try OSThread.start(name: name) { [self] in
                 var server = DeviceServer(region: region, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
-                                          policy: WaitPolicy(spinMicroseconds: 0))
+                                          policy: WaitPolicy(maxSpinMicroseconds: 0))
                 while !stopped.load(ordering: .relaxed) {
                     while let (lane, m) = server.next(malformed: { _ in }) {
                         log.append((name, m.operation, m.address))

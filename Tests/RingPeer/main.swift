@@ -12,7 +12,7 @@ let slow = args.count > 3 && args[3] == "slow"
 let layout = ChannelLayout(lanes: 1, capacity: capacity)
 let region = try ChannelRegion(attaching: 3, layout: layout)
 var server = DeviceServer(region: region, deviceDoorbell: 4, responseDoorbells: [5],
-                          policy: WaitPolicy(spinMicroseconds: spinUs))
+                          policy: WaitPolicy(maxSpinMicroseconds: spinUs))
 var expected: UInt64 = 0
 var broken = false
 while true {

@@ -86,6 +86,8 @@ unsigned long vmm_thread_self(void);
 long vmm_fault_ptrace(void);
 
 static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
+/// The number of CPUs in the calling thread's affinity mask (1 if it cannot be read).
+int vmm_available_cpus(void);
 
 extern const unsigned int VMM_MFD_CLOEXEC;
 extern const unsigned int VMM_MFD_ALLOW_SEALING;

@@ -51,3 +51,12 @@ extension HelperStartup {
 extension ChannelSpec {
     var layout: ChannelLayout { ChannelLayout(lanes: lanes, capacity: capacity, stateSize: stateSize) }
 }
+
+extension WaitingSpec {
+    /// The policy for the waiter in seat `seat + offset` (a vCPU's index; 0 for a device process).
+    func policy(census: SpinCensus, offset: Int = 0) -> WaitPolicy {
+        WaitPolicy(maxSpinMicroseconds: maxSpinMicroseconds, census: census.seat(seat + offset))
+    }
+
+    func attachCensus() throws -> SpinCensus { try SpinCensus(attaching: censusFD) }
+}

@@ -31,6 +31,14 @@ struct ChannelSpec: Codable {
     var responseDoorbellFDs: [Int32]
 }
 
+/// How a helper's waiters spin (see WaitPolicy): the upper bound of their windows, and the VM's spin census with
+/// this process's seat in it (a device process has one; the vcpu process's vCPU i sits in seat `seat + i`).
+struct WaitingSpec: Codable {
+    var maxSpinMicroseconds: Int
+    var censusFD: Int32
+    var seat: Int
+}
+
 struct VCPUSpec: RoleSpec {
     var kvmFD: Int32
     var ramFD: Int32
@@ -54,7 +62,7 @@ struct VCPUSpec: RoleSpec {
     var syscallFixup = false
     /// The read end of the supervisor's pause pipe (`P` pause, `R` resume; see PauseGate).
     var pauseFD: Int32?
-    var spinMicroseconds: Int
+    var waiting: WaitingSpec
     var deviceTimeoutMs: Int
     var logLevel: Int
     var sandbox: SandboxSpec
@@ -78,7 +86,7 @@ struct IRQChipSpec: RestartableRoleSpec {
     /// Set for a standby process: it waits for this eventfd before it serves.
     var takeoverFD: Int32?
     var vcpuCount: Int
-    var spinMicroseconds: Int
+    var waiting: WaitingSpec
     var logLevel: Int
     var sandbox: SandboxSpec
 }
@@ -107,7 +115,7 @@ struct PIOSpec: RestartableRoleSpec {
     /// `vmm.debug_exit` and `vmm.panic_watch`.
     var debugExit: Bool
     var panicWatch: Bool
-    var spinMicroseconds: Int
+    var waiting: WaitingSpec
     var logLevel: Int
     var sandbox: SandboxSpec
 }
@@ -139,7 +147,7 @@ struct VirtioSpec: RestartableRoleSpec {
     /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
     /// them, so that injected kills land in that window often and a test sees completions adopted, not repeated.
     var testCommitDelayMicroseconds: Int?
-    var spinMicroseconds: Int
+    var waiting: WaitingSpec
     var logLevel: Int
     var sandbox: SandboxSpec
 }

@@ -27,12 +27,14 @@ public enum IRQChipProcess {
 
     static func serve(_ spec: IRQChipSpec, timers: [Int32]) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
-                                  responseDoorbells: spec.channel.responseDoorbellFDs,
-                                  policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+                                  responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         var lines = DeviceServer(region: try ChannelRegion(attaching: spec.lines.memoryFD, layout: spec.lines.layout),
                                  deviceDoorbell: spec.lines.deviceDoorbellFD, responseDoorbells: spec.lines.responseDoorbellFDs,
-                                 policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+                                 policy: policy)
+        // One spin window for both channels: the process waits on them together.
+        var window = server.window
         let mailbox = try InterruptMailbox(attaching: spec.mailboxFD, vcpus: spec.vcpuCount)
 
         // A process started in place of a dead one resumes from its predecessor's last commit.
@@ -145,7 +147,7 @@ public enum IRQChipProcess {
             }
             drainLines()
             publish()
-            _ = try DeviceServer.wait([server, lines], extra: timers)
+            _ = try DeviceServer.wait([server, lines], extra: timers, window: &window)
         }
     }
 }

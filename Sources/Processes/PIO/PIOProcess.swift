@@ -20,11 +20,11 @@ public enum PIOProcess {
 
     static func serve(_ spec: PIOSpec) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
+        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
-                                  responseDoorbells: spec.channel.responseDoorbellFDs,
-                                  policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+                                  responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         let rings = try ConsoleRings(fd: spec.console.memoryFD)
-        let line = try ChannelLine(spec.uartLine, policy: WaitPolicy(spinMicroseconds: spec.spinMicroseconds))
+        let line = try ChannelLine(spec.uartLine, policy: policy)
         func makeDevices() throws -> PIODevices {
             try PIODevices(console: rings, newsDoorbell: spec.console.newsFD, line: line, debugExit: spec.debugExit)
         }

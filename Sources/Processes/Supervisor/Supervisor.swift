@@ -200,6 +200,11 @@ public final class Supervisor {
         }
         let console = try ConsolePump(sink: consoleOut?.raw, source: config.vmm.serialInputFromStdin ? 0 : nil)
         let stdio = (devNull.raw, devNull.raw, Log.fd)
+        // Seats: the vCPUs first, then pio, irqchip and the virtio devices in that order.
+        let census = FileDescriptor.Box(try SpinCensus.create(cpus: SpinCensus.availableCPUs(), seats: vcpus + 2 + virtio.count))
+        func waiting(seat: Int, _ fds: inout FDList) -> WaitingSpec {
+            WaitingSpec(maxSpinMicroseconds: config.vmm.spinBudgetMicroseconds, censusFD: fds.add(census.raw, owner: census), seat: seat)
+        }
         Log.debug("memory, channels and console ready")
 
         // The vCPU first: its path to the first guest instruction (VM set-up) is the longer one. It cannot get
@@ -222,7 +227,7 @@ public final class Supervisor {
                     }
                 },
                 syscallFixup: quirks?.syscallFixup ?? false, pauseFD: pauseRead.map { fds.add($0.raw, owner: $0) },
-                spinMicroseconds: config.vmm.spinBudgetMicroseconds, deviceTimeoutMs: config.vmm.deviceTimeoutMs,
+                waiting: waiting(seat: 0, &fds), deviceTimeoutMs: config.vmm.deviceTimeoutMs,
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.vcpu))
         })
         // The pio process commits its devices' state to its channel: a dead or hung one is replaced.
@@ -231,7 +236,7 @@ public final class Supervisor {
                 channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
                 console: console.spec(&fds),
                 debugExit: config.vmm.debugExit, panicWatch: config.vmm.panicWatch,
-                spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
+                waiting: waiting(seat: vcpus, &fds), logLevel: Log.level.rawValue,
                 sandbox: try self.sandboxSpec(.pio))
         })
         helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == Server(.pio) } ?? 0, pulse: false)
@@ -241,7 +246,7 @@ public final class Supervisor {
             IRQChipSpec(
                 channel: channel(Server(.irqchip)).spec(&fds), lines: linesChannel.spec(&fds), linePins: lines.map(\.pin),
                 mailboxFD: fds.add(mailboxes.raw, owner: mailboxes), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
-                controlFD: control, vcpuCount: vcpus, spinMicroseconds: config.vmm.spinBudgetMicroseconds,
+                controlFD: control, vcpuCount: vcpus, waiting: waiting(seat: vcpus + 1, &fds),
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.irqchip))
         })
         for (i, device) in virtio.enumerated() {
@@ -259,7 +264,7 @@ public final class Supervisor {
                     network: server.role == .virtioNet ? taps[server.instance].spec(&fds) : nil,
                     vsock: server.role == .virtioVsock ? vsockSide?.spec(&fds) : nil,
                     testCommitDelayMicroseconds: getenv("VMM_TEST_VIRTIO_COMMIT_DELAY_US").flatMap { Int(String(cString: $0)) },
-                    spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
+                    waiting: waiting(seat: vcpus + 2 + i, &fds), logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
             helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == server } ?? 0, pulse: true)
@@ -277,7 +282,7 @@ public final class Supervisor {
     static func lineWhenBroken(_ lines: ChannelPlan, lane: Int, pulse: Bool) -> () -> Void {
         {
             var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
-                                      responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(spinMicroseconds: 0),
+                                      responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(maxSpinMicroseconds: 0),
                                       timeoutMs: 100)
             for level: UInt64 in pulse ? [0, 1, 0] : [0] {
                 do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {

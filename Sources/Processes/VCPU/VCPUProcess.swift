@@ -43,7 +43,7 @@ public enum VCPUProcess {
         // The start-up probe for TSC-deadline: offered only if its MSR can reach the irqchip.
         let tscDeadline = vm.routeMSRsToUserspace([TSCDeadline.msrIndex])
         Log.debug("TSC-deadline timer \(tscDeadline ? "offered" : "hidden: the host cannot route IA32_TSC_DEADLINE to userspace")")
-        let policy = WaitPolicy(spinMicroseconds: spec.spinMicroseconds)
+        let census = try spec.waiting.attachCensus()
         guard spec.channels.count == spec.servers.count, spec.servers.contains(Server(.irqchip)) else {
             throw SystemError("role arguments: one channel per server, the irqchip among them", errno: EINVAL)
         }
@@ -59,13 +59,14 @@ public enum VCPUProcess {
             if i == 0 { try vcpu.apply(spec.entry) }
             let clients = spec.channels.indices.map { c in
                 DeviceClient(region: regions[c], lane: i, deviceDoorbell: spec.channels[c].deviceDoorbellFD,
-                             responseDoorbell: spec.channels[c].responseDoorbellFDs[i], policy: policy,
+                             responseDoorbell: spec.channels[c].responseDoorbellFDs[i], policy: spec.waiting.policy(census: census, offset: i),
                              timeoutMs: spec.deviceTimeoutMs)
             }
             return try VCPURunner(vcpu: vcpu, memory: memory,
                                   devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes),
                                   interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i]),
-                                  group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup)
+                                  group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup,
+                                  seat: census.seat(spec.waiting.seat + i))
         }
         // Virtio queue notifications go from KVM straight to the device processes' eventfds.
         for n in spec.queueNotifications {

@@ -1,4 +1,5 @@
 import CKVM
+import Channel
 import IRQChipLink
 import Emulator
 import KVM
@@ -24,6 +25,9 @@ final class VCPURunner: @unchecked Sendable {
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
     private var retriedRIP: UInt64?
+    /// This vCPU's seat in the VM's spin census: held while in the guest, so that device processes spin only on
+    /// CPUs the vCPUs leave free.
+    let seat: SpinCensus.Seat
     /// Exits by KVM exit reason, reported when the VM stops.
     private(set) var exitCounts = [Int](repeating: 0, count: 64)
 
@@ -52,8 +56,9 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
-         bootstrap: Bool, syscallFixup: Bool) throws {
+         bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat) throws {
         self.vcpu = vcpu
+        self.seat = seat
         self.devices = devices
         self.interrupts = interrupts
         self.group = group
@@ -86,7 +91,9 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
+                seat.hold()
                 let reason = try vcpu.runOnce()
+                seat.release()
                 if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil

@@ -1,0 +1,72 @@
+import XCTest
+@testable import Channel
+import System
+
+/// The spin window's learning rule and the spin census, on their own.
+final class WaitingTests: XCTestCase {
+    func testWindowGrowsWhenALongerSpinWouldHaveCaughtTheWait() {
+        var w = SpinWindow(maxNanoseconds: 200_000)
+        XCTAssertEqual(w.nanoseconds, 10_000, "starts at the grow start")
+        // Peers that answer every 45 us: each blocked wait within the bound doubles the window until it covers them.
+        w.learn(waited: 45_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 20_000)
+        w.learn(waited: 45_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 40_000)
+        w.learn(waited: 45_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 80_000)
+        w.learn(waited: 45_000, caught: true)
+        XCTAssertEqual(w.nanoseconds, 80_000, "a caught wait changes nothing")
+        for _ in 0..<10 { w.learn(waited: 190_000, caught: false) }
+        XCTAssertEqual(w.nanoseconds, 200_000, "never past the bound")
+    }
+
+    func testWindowShrinksToZeroWhenWaitsOutlastTheBound() {
+        var w = SpinWindow(maxNanoseconds: 200_000)
+        for _ in 0..<5 { w.learn(waited: 190_000, caught: false) }
+        XCTAssertEqual(w.nanoseconds, 200_000)
+        w.learn(waited: 5_000_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 100_000)
+        for _ in 0..<3 { w.learn(waited: 5_000_000, caught: false) }
+        XCTAssertEqual(w.nanoseconds, 12_500)
+        w.learn(waited: 5_000_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 0, "below the grow start it stops spinning")
+        w.learn(waited: 30_000, caught: false)
+        XCTAssertEqual(w.nanoseconds, 10_000, "and starts again when a wait is short")
+    }
+
+    func testZeroBoundNeverSpins() {
+        var w = SpinWindow(maxNanoseconds: 0)
+        XCTAssertEqual(w.nanoseconds, 0)
+        w.learn(waited: 1, caught: false)
+        XCTAssertEqual(w.nanoseconds, 0)
+        XCTAssertFalse(spin(window: w, census: nil, until: { false }))
+    }
+
+    func testCensusLetsOnlyAsManyHoldersAsCPUs() throws {
+        let fd = try SpinCensus.create(cpus: 2, seats: 4)
+        let a = try SpinCensus(attaching: fd.raw), b = try SpinCensus(attaching: fd.raw)
+        let vcpu = a.seat(0), pio = b.seat(2), irqchip = b.seat(3)
+        vcpu.hold()  // in the guest
+        XCTAssertTrue(pio.trySpin(), "one CPU left for one spinner")
+        XCTAssertFalse(irqchip.trySpin(), "none for a second")
+        pio.release()
+        XCTAssertTrue(irqchip.trySpin())
+        irqchip.release()
+        // A process killed while it held its seat: its successor takes the seat and clears it.
+        XCTAssertTrue(pio.trySpin())
+        _ = b.seat(2)
+        vcpu.hold()
+        XCTAssertTrue(irqchip.trySpin(), "the dead spinner's seat was freed by its successor")
+        irqchip.release()
+    }
+
+    func testSpinStopsWhenTheCensusHasNoCPU() throws {
+        let fd = try SpinCensus.create(cpus: 1, seats: 2)
+        let census = try SpinCensus(attaching: fd.raw)
+        census.seat(0).hold()
+        let w = SpinWindow(maxNanoseconds: 1_000_000_000)
+        let start = monotonicNanoseconds()
+        XCTAssertFalse(spin(window: w, census: census.seat(1), until: { false }))
+        XCTAssertLessThan(monotonicNanoseconds() - start, 1_000_000_000 / 2, "it did not spin its window")
+    }
+}
