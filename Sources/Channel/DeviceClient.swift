@@ -38,6 +38,10 @@ public struct DeviceClient: @unchecked Sendable {
         nextSequence = region.requestRing(lane).tail.pointee.load(ordering: .relaxed) &+ 1
     }
 
+    /// The ring index after this lane's last request: the device has handled everything this lane sent once its
+    /// `DeviceServer.positions[lane]` is here.
+    public var sentPosition: UInt64 { requests.position }
+
     /// Queues an access without waiting for the device (port and MMIO writes).
     public mutating func post(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
         guard region.deviceStatus != .broken else { return }  // a device given up on ignores writes, as no device would

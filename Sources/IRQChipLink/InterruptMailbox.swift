@@ -21,7 +21,15 @@ public final class InterruptMailbox: @unchecked Sendable {
     public let vcpus: Int
     static let offeredBit: UInt32 = 0x100, takenBit: UInt32 = 0x200
 
-    static func byteSize(vcpus: Int) -> Int { (vcpus * 64 + 4095) & ~4095 }
+    /// The mailboxes, then each vCPU's LAPICMirror from the next page on.
+    static func mirrorsOffset(vcpus: Int) -> Int { (vcpus * 64 + 4095) & ~4095 }
+    static func byteSize(vcpus: Int) -> Int { (mirrorsOffset(vcpus: vcpus) + vcpus * LAPICMirror.byteSize + 4095) & ~4095 }
+
+    /// The register copy the irqchip publishes for `vcpu`.
+    public func mirror(vcpu: Int) -> LAPICMirror {
+        precondition(vcpu >= 0 && vcpu < vcpus)
+        return LAPICMirror(base: base + Self.mirrorsOffset(vcpus: vcpus) + vcpu * LAPICMirror.byteSize)
+    }
 
     /// Creates the region for `vcpus` mailboxes, all empty (supervisor side).
     public static func create(vcpus: Int) throws(SystemError) -> FileDescriptor {

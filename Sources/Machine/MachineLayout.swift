@@ -82,6 +82,9 @@ public struct MachineLayout: Sendable, Equatable {
         let lapic = MMIOWindow(base: LocalAPIC.defaultBase, size: 0x1000, writes: .posted,
                                exceptions: [LocalAPIC.Register.icrLow: .synchronous,
                                             LocalAPIC.Register.eoi: .afterPostedWritesElsewhere])
+        // IOWIN and EOI writes wait (an unmask a device's next raise must not overtake); selecting a register is
+        // posted: whatever reads or writes through the window next comes after it on the same ring.
+        let ioapic = MMIOWindow(base: IOAPIC.defaultBase, size: 0x1000, writes: .synchronous, exceptions: [IOAPIC.selectRegister: .posted])
         let devices: [Device] = [
             Device(name: "com1", server: Server(.pio), ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4),
             Device(name: "debug-exit", server: Server(.pio), ports: DebugExit.defaultPort...DebugExit.defaultPort),
@@ -90,7 +93,7 @@ public struct MachineLayout: Sendable, Equatable {
             Device(name: "rtc", server: Server(.pio), ports: CMOSRTC.defaultPort...CMOSRTC.defaultPort + 1),
             Device(name: "boot-timer", server: Server(.pio), ports: BootTimer.defaultPort...BootTimer.defaultPort),
             Device(name: "lapic", server: Server(.irqchip), mmio: lapic),
-            Device(name: "ioapic", server: Server(.irqchip), mmio: MMIOWindow(base: IOAPIC.defaultBase, size: 0x1000, writes: .synchronous)),
+            Device(name: "ioapic", server: Server(.irqchip), mmio: ioapic),
         ]
         do { return try MachineLayout(devices: devices) } catch { preconditionFailure("the standard layout overlaps: \(error)") }
     }()

@@ -30,6 +30,8 @@ final class MachineLayoutTests: XCTestCase {
                        "an IPI is pending when its ICR write completes")
         XCTAssertEqual(router.mmio(LocalAPIC.defaultBase + 0x80)?.writes, .posted, "TPR and the rest are posted")
         XCTAssertEqual(router.mmio(IOAPIC.defaultBase + 0x10)?.writes, .synchronous, "an unmask cannot be overtaken")
+        XCTAssertEqual(router.mmio(IOAPIC.defaultBase + 0x40)?.writes, .synchronous, "nor an EOI")
+        XCTAssertEqual(router.mmio(IOAPIC.defaultBase)?.writes, .posted, "selecting a register is ordered by the ring")
         XCTAssertEqual(router.mmio(IOAPIC.defaultBase + 0xfff)?.channel, irqchip)
         XCTAssertNil(router.mmio(IOAPIC.defaultBase + 0x1000))
         XCTAssertNil(router.mmio(LocalAPIC.defaultBase - 1))

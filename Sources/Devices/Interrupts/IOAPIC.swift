@@ -22,6 +22,8 @@ public struct InterruptMessage: Equatable, Sendable {
 /// Pure model: pin changes and register writes return the messages to deliver.
 public final class IOAPIC {
     public static let defaultBase: UInt64 = 0xfec0_0000
+    /// IOREGSEL's offset in the MMIO page.
+    public static let selectRegister: UInt64 = 0x00
     public static let pins = 24
     public static let version: UInt32 = 0x20
 

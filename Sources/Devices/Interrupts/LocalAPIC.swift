@@ -223,11 +223,37 @@ public final class LocalAPIC {
         softwareEnabled ? value & mask : (value & mask) | (1 << 16)
     }
 
-    private func currentCount(now: UInt64) -> UInt32 {
-        guard timerRunning, timerMode != 2, initialCount != 0 else { return 0 }
-        let ticks = (now &- timerStart) / (divisor * Self.timerNanosecondsPerTick)
-        if timerMode == 1 { return initialCount - UInt32(ticks % UInt64(initialCount)) }
-        return ticks >= UInt64(initialCount) ? 0 : initialCount - UInt32(ticks)
+    private func currentCount(now: UInt64) -> UInt32 { countdown.count(now: now) }
+
+    /// What the timer's current-count register follows: enough for another process to compute the register at any
+    /// time without asking (see LAPICMirror).
+    public struct Countdown: Equatable, Sendable {
+        /// 0: stopped (or TSC-deadline mode), 1: one-shot, 2: periodic.
+        public var mode: UInt32
+        public var initial: UInt32
+        public var start: UInt64
+        public var nanosecondsPerTick: UInt64
+
+        public init(mode: UInt32, initial: UInt32, start: UInt64, nanosecondsPerTick: UInt64) {
+            self.mode = mode
+            self.initial = initial
+            self.start = start
+            self.nanosecondsPerTick = nanosecondsPerTick
+        }
+
+        /// The current count at `now` (hostile input safe: any words give some count, never a trap).
+        public func count(now: UInt64) -> UInt32 {
+            guard mode != 0, initial != 0, nanosecondsPerTick != 0 else { return 0 }
+            let ticks = (now &- start) / nanosecondsPerTick
+            if mode == 2 { return initial - UInt32(ticks % UInt64(initial)) }
+            return ticks >= UInt64(initial) ? 0 : initial - UInt32(ticks)
+        }
+    }
+
+    public var countdown: Countdown {
+        guard timerRunning, timerMode != 2 else { return Countdown(mode: 0, initial: 0, start: 0, nanosecondsPerTick: 0) }
+        return Countdown(mode: timerMode == 1 ? 2 : 1, initial: initialCount, start: timerStart,
+                         nanosecondsPerTick: divisor * Self.timerNanosecondsPerTick)
     }
 
     /// TSC-deadline mode: IA32_TSC_DEADLINE, already converted to the model's nanoseconds (0 disarms).

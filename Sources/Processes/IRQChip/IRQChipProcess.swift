@@ -109,6 +109,11 @@ public enum IRQChipProcess {
             outbox.stage(chip.planOffers(), events: chip.takeCPUEvents())
             commit(answering: lane)
             deliver()
+            // After the commit: a successor restores the state these copies show.
+            let handled = server.positions
+            for vcpu in 0..<spec.vcpuCount {
+                mailbox.mirror(vcpu: vcpu).publish(chip.lapics[vcpu], handledPosition: handled[vcpu])
+            }
         }
 
         if resumed {

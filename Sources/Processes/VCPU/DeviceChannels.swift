@@ -1,5 +1,7 @@
 import Channel
+import Devices
 import IRQChipLink
+import System
 import Machine
 import Virtio
 
@@ -17,8 +19,14 @@ struct DeviceChannels {
     /// Per channel, the base of its virtio-mmio window (nil for other devices): a virtio device given up on still
     /// answers some registers (see `VirtioMMIOTransport.brokenDeviceRead`).
     private let virtioWindows: [UInt64?]
+    /// This vCPU's local APIC registers as the irqchip publishes them: reads are answered from here when the copy
+    /// is current (see LAPICMirror).
+    private let lapicMirror: LAPICMirror?
+    /// Local APIC reads answered from the mirror, and those that had to ask the irqchip.
+    private(set) var mirrorReads = 0, irqchipReads = 0
 
-    init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes) {
+    init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes, lapicMirror: LAPICMirror? = nil) {
+        self.lapicMirror = lapicMirror
         precondition(clients.count == servers.count && clients.count <= AccessRouter.maxChannels)
         self.clients = clients
         self.servers = servers
@@ -53,6 +61,17 @@ struct DeviceChannels {
                 Log.warning("the \(servers[route.channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
             }
             return VirtioMMIOTransport.brokenDeviceRead(offset: address - base, size: size)
+        }
+        if route.channel == irqchip, address & ~0xfff == LocalAPIC.defaultBase, let lapicMirror {
+            // The irqchip serving (a restarting or broken one answers nothing from a copy) and the copy current:
+            // everything this vCPU sent it is in the copy, so the answer is the one a round trip would give.
+            if size == 4, clients[irqchip].region.deviceStatus == .serving,
+               let value = lapicMirror.read(offset: address & 0xfff, sentPosition: clients[irqchip].sentPosition, now: monotonicNanoseconds()) {
+                posted.answered(by: irqchip)
+                mirrorReads += 1
+                return UInt64(value)
+            }
+            irqchipReads += 1
         }
         return call(route.channel, .mmioRead, address: address, size: size)
     }

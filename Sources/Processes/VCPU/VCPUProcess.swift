@@ -63,7 +63,8 @@ public enum VCPUProcess {
                              timeoutMs: spec.deviceTimeoutMs)
             }
             return try VCPURunner(vcpu: vcpu, memory: memory,
-                                  devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes),
+                                  devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes,
+                                                          lapicMirror: mailbox.mirror(vcpu: i)),
                                   interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i]),
                                   group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup,
                                   seat: census.seat(spec.waiting.seat + i))

@@ -1,0 +1,75 @@
+import Devices
+import Synchronization
+
+/// One vCPU's local APIC registers as the irqchip last published them, so that the vcpu process answers the
+/// guest's register reads itself instead of asking the irqchip: TPR, PPR, ISR/IRR/TMR, the LVTs, SVR, ID, LDR/DFR,
+/// the ICR and the timer, whose current count the reader computes from the published countdown at the time of the
+/// read. The irqchip republishes after every batch of requests it handles, before it answers a synchronous one.
+///
+/// The copy also says how far into the vCPU's request ring the irqchip had handled when it made it: a vCPU whose own
+/// earlier writes (a TPR write, an EOI, an acknowledgement) are further along must ask the irqchip, so it always
+/// reads its own writes. A seqlock keeps a reader from taking half of one copy and half of the next.
+///
+/// Lives in the mailbox region (the vcpu and irqchip processes map it, no device does); every word is read as
+/// hostile, though an irqchip could give the guest any register value through its answers anyway.
+public struct LAPICMirror: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+
+    /// Bytes per vCPU: the header line, then one word per register (offsets 0x000-0x3f0 in steps of 16).
+    static let byteSize = 64 + 64 * 4
+    static let registers = 64
+
+    private var sequence: UnsafeMutablePointer<Atomic<UInt32>> { base.assumingMemoryBound(to: Atomic<UInt32>.self) }
+    private func word64(_ byteOffset: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        (base + byteOffset).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
+    private func word32(_ byteOffset: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+        (base + byteOffset).assumingMemoryBound(to: Atomic<UInt32>.self)
+    }
+    // Header: 0 sequence, 8 handled position, 16 countdown start, 24 ns per tick, 32 initial count, 36 countdown mode.
+    private static let positionOffset = 8, startOffset = 16, tickOffset = 24, initialOffset = 32, modeOffset = 36
+    private static let currentCountOffset: UInt64 = 0x390
+
+    // MARK: irqchip side
+
+    /// Publishes `apic`'s registers, having handled the vCPU's requests up to ring index `handledPosition`.
+    public func publish(_ apic: LocalAPIC, handledPosition: UInt64) {
+        let s = sequence.pointee.load(ordering: .relaxed) &+ 1
+        sequence.pointee.store(s | 1, ordering: .relaxed)  // odd: being written
+        atomicMemoryFence(ordering: .releasing)
+        word64(Self.positionOffset).pointee.store(handledPosition, ordering: .relaxed)
+        let countdown = apic.countdown
+        word64(Self.startOffset).pointee.store(countdown.start, ordering: .relaxed)
+        word64(Self.tickOffset).pointee.store(countdown.nanosecondsPerTick, ordering: .relaxed)
+        word32(Self.initialOffset).pointee.store(countdown.initial, ordering: .relaxed)
+        word32(Self.modeOffset).pointee.store(countdown.mode, ordering: .relaxed)
+        for i in 0..<Self.registers where UInt64(i * 16) != Self.currentCountOffset {
+            // Reads of every other register have no side effect and do not depend on the time.
+            word32(64 + 4 * i).pointee.store(apic.read(offset: UInt64(i * 16), now: 0), ordering: .relaxed)
+        }
+        sequence.pointee.store((s | 1) &+ 1, ordering: .releasing)  // even: whole
+    }
+
+    // MARK: vcpu side
+
+    /// The register at `offset` of the page as a 32-bit read at `now` would give it, if the copy is whole and the
+    /// irqchip had handled everything up to `sentPosition` when it made it; nil: ask the irqchip.
+    public func read(offset: UInt64, sentPosition: UInt64, now: UInt64) -> UInt32? {
+        guard offset < UInt64(Self.registers * 16), offset % 16 == 0 else { return nil }
+        let before = sequence.pointee.load(ordering: .acquiring)
+        guard before & 1 == 0, before != 0 else { return nil }  // being written, or never published
+        guard word64(Self.positionOffset).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
+        let value: UInt32
+        if offset == Self.currentCountOffset {
+            value = LocalAPIC.Countdown(mode: word32(Self.modeOffset).pointee.load(ordering: .relaxed),
+                                        initial: word32(Self.initialOffset).pointee.load(ordering: .relaxed),
+                                        start: word64(Self.startOffset).pointee.load(ordering: .relaxed),
+                                        nanosecondsPerTick: word64(Self.tickOffset).pointee.load(ordering: .relaxed)).count(now: now)
+        } else {
+            value = word32(64 + 4 * Int(offset / 16)).pointee.load(ordering: .relaxed)
+        }
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence.pointee.load(ordering: .relaxed) == before else { return nil }
+        return value
+    }
+}
