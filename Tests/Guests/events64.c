@@ -3,7 +3,7 @@
  * (native on the test hosts), and faults during delivery (the double-fault classes). Each case runs from a probe
  * that records every event its handlers see (vector, error code, CPL interrupted, CR2 for #PF) and returns to the
  * probe; prints "NAME: v=0x.. e=0x.. cpl=N [cr2=0x..] ..." per case (the events in order, "none" if none).
- * case=NAME runs one case, else all of them; exits with status 0. */
+ * case=NAME runs one case, else all but the triple faults (which end the VM); exits with status 0. */
 #include "guest.h"
 
 #define P 1ull
@@ -112,7 +112,7 @@ static void report(const char *name) {
 
 static const char *only;
 static int selected(const char *name) {
-    if (!only) return 1;
+    if (!only) return name[0] != 't';  /* the triple faults end the VM: only on their own */
     const char *a = only, *b = name;
     while (*b && *a == *b) { a++; b++; }
     return !*b && (!*a || *a == ' ');
