@@ -38,6 +38,13 @@ public final class EmulationFallback {
     struct Unsupported: Error { let reason: String }
 
     public func handle() throws(KVMError) -> Outcome {
+        if let vectoring = Self.vectoring(try vcpu.events()) {
+            // KVM stopped while it was still delivering an event: the instruction at RIP has not started, and
+            // emulating it now would overtake that event (or overwrite it with an injection of our own). Not
+            // seen on these hosts (a fault in KVM's own delivery is combined in KVM, without an exit); should it
+            // happen, the caller resumes once, so KVM retries the delivery, and a second time stops the VM.
+            return .unhandled("KVM stopped while delivering \(vectoring); not emulating past it")
+        }
         let regs = try vcpu.regs()
         let sregs = try vcpu.sregs()
         mmu.update(try vcpu.pagingContext())
@@ -311,6 +318,14 @@ public final class EmulationFallback {
             }
         }
         return .tripleFault("\(what); delivery keeps faulting (\(chain))")
+    }
+
+    /// The event KVM reports it was delivering when it exited (`exit_int_info`), if any.
+    static func vectoring(_ ev: kvm_vcpu_events) -> String? {
+        if ev.exception.injected != 0 { return "exception \(ev.exception.nr)" + (ev.exception.has_error_code != 0 ? " (error code 0x\(String(ev.exception.error_code, radix: 16)))" : "") }
+        if ev.nmi.injected != 0 { return "an NMI" }
+        if ev.interrupt.injected != 0 { return (ev.interrupt.soft != 0 ? "software interrupt " : "interrupt ") + "0x\(String(ev.interrupt.nr, radix: 16))" }
+        return nil
     }
 
     private func gateContext(_ r: kvm_regs, _ s: kvm_sregs) -> InterruptGate.Context {
