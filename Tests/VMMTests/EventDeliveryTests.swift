@@ -10,7 +10,7 @@ final class EventDeliveryTests: GuestTestCase {
     static func cases(_ stdout: String) -> [String: String] {
         var out: [String: String] = [:]
         for line in stdout.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":"), line.hasPrefix("events64") == false else { continue }
+            guard let colon = line.firstIndex(of: ":"), !line.hasPrefix("events") else { continue }
             let name = String(line[..<colon])
             var events: [String] = []
             var current: [String] = []
@@ -76,6 +76,30 @@ final class EventDeliveryTests: GuestTestCase {
         XCTAssertEqual(status, 1, err)
         check(["k-ok", "k-int3", "k-limit", "k-notpresent", "k-tasktype", "k-calltype", "k-cs-notpresent", "k-cs-null",
                "k-cs-data", "k-stack-pf"], in: got)
+    }
+
+    func testProtectedModeSoftwareInterruptsGetTheGateAndSegmentChecks() throws {
+        // The same in 32-bit kernel code (no paging: KVM on these hosts accepts only long-mode paging, so no
+        // stack page faults here). Before the fallback checked, KVM delivered through the call gate and into the
+        // data segment, and raised #GP(0) then #NP for the missing code segment.
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("events32.elf"), args: ""))
+        XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
+        let got = Self.cases(run.stdout)
+        let expected = [
+            "p-ok": "v=0x40 e=- cpl=0", "p-int3": "v=0x3 e=- cpl=0", "p-into": "v=0x4 e=- cpl=0",
+            "p-limit": "v=0xd e=0x302 cpl=0", "p-notpresent": "v=0xb e=0x20a cpl=0", "p-calltype": "v=0xd e=0x212 cpl=0",
+            "p-cs-notpresent": "v=0xb e=0x18 cpl=0", "p-cs-data": "v=0xd e=0x10 cpl=0",
+            "p-into-notpresent": "v=0xb e=0x22 cpl=0",    // #NP(4 * 8 + 2): INTO is a software interrupt
+            "p-gp-then-np": "v=0x8 e=0x0 cpl=0",
+        ]
+        XCTAssertEqual(got, expected)
+    }
+
+    func testTaskGateStopsWithACrashReport() throws {
+        // A task switch is outside the fallback: a clean stop naming it, never a trap in the vcpu process.
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("events32.elf"), args: "case=task"))
+        XCTAssertEqual(run.wait(timeout: 60), 8, run.stderr)
+        XCTAssertTrue(run.stderr.contains("the fallback cannot handle it: int 0x44: task gate for vector 68"), run.stderr)
     }
 
     func testFaultsWhileDeliveringFollowTheDoubleFaultTable() throws {
