@@ -21,6 +21,8 @@ public final class EmulationFallback {
         case handled(String)
         /// Outside the handled set: stop with a crash report.
         case unhandled(String)
+        /// A fault while delivering #DF: the guest has shut down, as on a triple fault.
+        case tripleFault(String)
     }
 
     /// A fault the emulated instruction raises: injected into the guest.
@@ -36,6 +38,13 @@ public final class EmulationFallback {
     struct Unsupported: Error { let reason: String }
 
     public func handle() throws(KVMError) -> Outcome {
+        if let vectoring = Self.vectoring(try vcpu.events()) {
+            // KVM stopped while it was still delivering an event: the instruction at RIP has not started, and
+            // emulating it now would overtake that event (or overwrite it with an injection of our own). Not
+            // seen on these hosts (a fault in KVM's own delivery is combined in KVM, without an exit); should it
+            // happen, the caller resumes once, so KVM retries the delivery, and a second time stops the VM.
+            return .unhandled("KVM stopped while delivering \(vectoring); not emulating past it")
+        }
         let regs = try vcpu.regs()
         let sregs = try vcpu.sregs()
         mmu.update(try vcpu.pagingContext())
@@ -46,63 +55,74 @@ public final class EmulationFallback {
         let (bytes, fetchError) = InstructionDecoder.fetch(linear, mmu: mmu, user: sregs.cs.dpl == 3)
         guard let instruction = InstructionDecoder.decode(bytes, mode: mode, address: regs.rip) else {
             if case .walk(.pageFault(let f))? = fetchError {
-                try inject(.pageFault(f))
-                return .handled("instruction fetch fault at 0x\(String(linear, radix: 16))")
+                return try guarded("instruction fetch") { () throws -> Outcome in
+                    try deliverFault(.pageFault(f), what: "instruction fetch fault at 0x\(String(linear, radix: 16))")
+                }
             }
             return .unhandled("undecodable bytes at RIP: \(bytes.prefix(15).map { String($0, radix: 16) }.joined(separator: " "))")
         }
-        do {
-            let done = try execute(instruction, mode: mode, regs: regs, sregs: sregs)
-            return .handled(done)
-        } catch let fault as GuestFault {
-            try inject(fault)
-            return .handled("\(instruction.text) raised vector \(fault.vector)")
-        } catch let u as Unsupported {
-            return .unhandled("\(instruction.text): \(u.reason)")
-        } catch let e as KVMError {
-            throw e
-        } catch {
-            return .unhandled("\(instruction.text): \(error)")
+        return try guarded(instruction.text) { () throws -> Outcome in
+            do {
+                return try execute(instruction, mode: mode, regs: regs, sregs: sregs)
+            } catch let fault as GuestFault {
+                return try deliverFault(fault, what: "\(instruction.text) raised vector \(fault.vector)")
+            }
         }
     }
 
-    private func execute(_ i: DecodedInstruction, mode: CPUMode, regs: kvm_regs, sregs: kvm_sregs) throws -> String {
+    /// Runs a step whose errors other than KVM's become `.unhandled`: a hostile guest stops the VM, never traps.
+    private func guarded(_ what: String, _ body: () throws -> Outcome) throws(KVMError) -> Outcome {
+        do {
+            return try body()
+        } catch let u as Unsupported {
+            return .unhandled("\(what): \(u.reason)")
+        } catch let u as InterruptGate.Unsupported {
+            return .unhandled("\(what): \(u.reason)")
+        } catch let e as KVMError {
+            throw e
+        } catch {
+            return .unhandled("\(what): \(error)")
+        }
+    }
+
+    private func execute(_ i: DecodedInstruction, mode: CPUMode, regs: kvm_regs, sregs: kvm_sregs) throws -> Outcome {
         var r = regs
         let next = r.rip &+ UInt64(i.length)
         switch i.operation {
         case .int3:
             // A trap: the handler returns after the INT3.
-            r.rip = next
-            vcpu.setRegs(r)
-            try inject(GuestFault(vector: 3, errorCode: nil))
-            return "int3: #BP injected"
+            return try deliverSoftware(3, next: next, regs: regs, sregs: sregs, what: "int3: #BP")
         case .int(let vector):
-            r.rip = next
-            vcpu.setRegs(r)
-            try injectSoftwareInterrupt(vector)
-            return "int 0x\(String(vector, radix: 16)) injected"
+            return try deliverSoftware(vector, next: next, regs: regs, sregs: sregs, what: "int 0x\(String(vector, radix: 16))")
         case .into:
             if mode == .long64 { throw GuestFault(vector: 6, errorCode: nil) }
+            if r.rflags & 0x800 != 0 { return try deliverSoftware(4, next: next, regs: regs, sregs: sregs, what: "into: #OF") }
             r.rip = next
             vcpu.setRegs(r)
-            if r.rflags & 0x800 != 0 { try inject(GuestFault(vector: 4, errorCode: nil)); return "into: #OF injected" }
-            return "into: no overflow"
+            return .handled("into: no overflow")
         case .fwait:
             // #MF when an unmasked x87 exception is pending (FSW.ES), else nothing to wait for.
             if try vcpu.fpu().fsw & 0x80 != 0 { throw GuestFault(vector: 16, errorCode: nil) }
             r.rip = next
             vcpu.setRegs(r)
-            return "fwait: no x87 exception pending"
+            return .handled("fwait: no x87 exception pending")
         case .iret:
+            // IRET ends NMI blocking even when it faults (SDM vol. 3, 6.7.1): KVM's own IRET would tell its NMI
+            // logic, this one must, or the handler's IRET leaves every later NMI blocked.
+            var ev = try vcpu.events()
+            if ev.nmi.masked != 0 {
+                ev.nmi.masked = 0
+                try vcpu.setEvents(ev)
+            }
             try iret(operandSize: i.operandSize, mode: mode, regs: regs, sregs: sregs)
-            return "\(i.text) emulated"
+            return .handled("\(i.text) emulated")
         case .nop, .clac, .cld:
             // Only reached when stepping over a breakpoint (see the SYSCALL fix-up): KVM runs these itself.
             if i.operation == .clac { r.rflags &= ~UInt64(0x4_0000) }
             if i.operation == .cld { r.rflags &= ~UInt64(0x400) }
             r.rip = next
             vcpu.setRegs(r)
-            return "\(i.text) stepped over"
+            return .handled("\(i.text) stepped over")
         case .other:
             throw Unsupported(reason: "not in the emulation fallback's set")
         }
@@ -217,19 +237,18 @@ public final class EmulationFallback {
             throw Unsupported(reason: "descriptor table unreadable: \(error)")
         }
         let d = raw.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        let decoded = SegmentDescriptor(raw: d)
         var seg = kvm_segment()
-        seg.base = ((d >> 16) & 0xff_ffff) | ((d >> 32) & 0xff00_0000)
-        var limit = UInt32((d & 0xffff) | ((d >> 32) & 0xf_0000))
-        seg.g = UInt8((d >> 55) & 1)
-        if seg.g == 1 { limit = (limit << 12) | 0xfff }
-        seg.limit = limit
-        seg.type = UInt8((d >> 40) & 0xf) | 1
-        seg.s = UInt8((d >> 44) & 1)
-        seg.dpl = UInt8((d >> 45) & 3)
-        seg.present = UInt8((d >> 47) & 1)
-        seg.avl = UInt8((d >> 52) & 1)
-        seg.l = UInt8((d >> 53) & 1)
-        seg.db = UInt8((d >> 54) & 1)
+        seg.base = decoded.base
+        seg.limit = decoded.limit
+        seg.g = decoded.g
+        seg.type = decoded.type | 1
+        seg.s = decoded.s
+        seg.dpl = decoded.dpl
+        seg.present = decoded.present
+        seg.avl = decoded.avl
+        seg.l = decoded.l
+        seg.db = decoded.db
         seg.selector = selector
         if (d >> 40) & 1 == 0, seg.present == 1 {
             var updated = raw
@@ -257,6 +276,65 @@ public final class EmulationFallback {
         try vcpu.setEvents(ev)
     }
 
+    /// INT n, INT3, INTO: the gate and segment checks KVM skips on these hosts, then the injection. A fault in
+    /// delivery points at the instruction (RIP stays), and goes through `deliverFault` as its second event.
+    private func deliverSoftware(_ vector: UInt8, next: UInt64, regs: kvm_regs, sregs: kvm_sregs, what: String) throws -> Outcome {
+        do {
+            _ = try InterruptGate.check(vector: vector, source: .software, hasErrorCode: false,
+                                        context: gateContext(regs, sregs), memory: GateMemory(mmu: mmu))
+        } catch let f as InterruptGate.Fault {
+            // A software interrupt is benign: the fault is delivered instead of it (SDM table 6-5).
+            return try deliverFault(GuestFault(f), what: "\(what) not delivered: vector \(f.vector)")
+        }
+        var r = regs
+        r.rip = next
+        vcpu.setRegs(r)
+        if vector == 3 || vector == 4 { try inject(GuestFault(vector: vector, errorCode: nil)) } else {
+            try injectSoftwareInterrupt(vector)
+        }
+        return .handled("\(what) injected")
+    }
+
+    /// Injects an exception the instruction raised, after the checks its own delivery would make; a fault there
+    /// is combined with it by the double-fault rules (SDM table 6-5): serially, as #DF, or as a triple fault.
+    private func deliverFault(_ first: GuestFault, what: String) throws -> Outcome {
+        var fault = first
+        var chain = "\(fault.vector)"
+        for _ in 0..<4 {
+            let (regs, sregs) = (try vcpu.regs(), try vcpu.sregs())
+            do {
+                _ = try InterruptGate.check(vector: fault.vector, source: .hardware, hasErrorCode: fault.errorCode != nil,
+                                            context: gateContext(regs, sregs), memory: GateMemory(mmu: mmu))
+                try inject(fault)
+                return .handled(fault.vector == first.vector ? what : "\(what); delivered as vector \(fault.vector) (\(chain))")
+            } catch let f as InterruptGate.Fault {
+                chain += " -> \(f.vector)"
+                switch DoubleFault.combine(first: DoubleFault.classify(exception: fault.vector),
+                                           second: DoubleFault.classify(exception: f.vector)) {
+                case .deliverSecond: fault = GuestFault(f)
+                case .doubleFault: fault = GuestFault(vector: 8, errorCode: 0)
+                case .tripleFault: return .tripleFault("\(what); a fault while delivering #DF (\(chain))")
+                }
+            }
+        }
+        return .tripleFault("\(what); delivery keeps faulting (\(chain))")
+    }
+
+    /// The event KVM reports it was delivering when it exited (`exit_int_info`), if any.
+    static func vectoring(_ ev: kvm_vcpu_events) -> String? {
+        if ev.exception.injected != 0 { return "exception \(ev.exception.nr)" + (ev.exception.has_error_code != 0 ? " (error code 0x\(String(ev.exception.error_code, radix: 16)))" : "") }
+        if ev.nmi.injected != 0 { return "an NMI" }
+        if ev.interrupt.injected != 0 { return (ev.interrupt.soft != 0 ? "software interrupt " : "interrupt ") + "0x\(String(ev.interrupt.nr, radix: 16))" }
+        return nil
+    }
+
+    private func gateContext(_ r: kvm_regs, _ s: kvm_sregs) -> InterruptGate.Context {
+        InterruptGate.Context(mode: CPUMode(s), cpl: Int(s.cs.dpl), idtBase: s.idt.base, idtLimit: UInt32(s.idt.limit),
+                              gdtBase: s.gdt.base, gdtLimit: UInt32(s.gdt.limit), ldtBase: s.ldt.base, ldtLimit: s.ldt.limit,
+                              ldtUsable: s.ldt.unusable == 0 && s.ldt.present == 1, trBase: s.tr.base, trLimit: s.tr.limit,
+                              rsp: r.rsp, ssBase: s.ss.base, ssBig: s.ss.db != 0)
+    }
+
     private func injectSoftwareInterrupt(_ vector: UInt8) throws(KVMError) {
         try vcpu.flushRegisters()
         var ev = try vcpu.events()
@@ -264,6 +342,34 @@ public final class EmulationFallback {
         ev.interrupt.nr = vector
         ev.interrupt.soft = 1
         try vcpu.setEvents(ev)
+    }
+}
+
+extension EmulationFallback.GuestFault {
+    init(_ f: InterruptGate.Fault) { self.init(vector: f.vector, errorCode: f.errorCode, pageFaultAddress: f.address) }
+}
+
+/// Delivery's view of guest memory through the MMU: implicit supervisor reads of the tables, writes of the frame.
+struct GateMemory: InterruptGate.Memory {
+    let mmu: MMU
+
+    func read(_ linear: UInt64, count: Int) throws -> [UInt8] {
+        do { return try mmu.read(linear, count: count, .implicit) } catch { throw Self.fault(error) }
+    }
+
+    func checkWrite(_ linear: UInt64, count: Int, user: Bool) throws {
+        var va = linear
+        let end = linear &+ UInt64(count)
+        while va < end {
+            do { _ = try mmu.translate(va, user ? [.write, .user] : [.write, .implicit]) } catch { throw Self.fault(.walk(error)) }
+            va = (va & ~0xfff) &+ 0x1000
+        }
+    }
+
+    private static func fault(_ e: MMUError) -> Error {
+        if case .walk(.pageFault(let f)) = e { return InterruptGate.Fault(vector: 14, errorCode: f.errorCode, address: f.address) }
+        if case .walk(.nonCanonical) = e { return InterruptGate.Fault(vector: 13, errorCode: 0) }
+        return EmulationFallback.Unsupported(reason: "event delivery reads outside guest RAM: \(e)")
     }
 }
 

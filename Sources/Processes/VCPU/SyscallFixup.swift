@@ -119,7 +119,7 @@ final class SyscallFixup {
         switch try fallback.handle() {
         case .handled:
             stepsOver += 1
-        case .unhandled(let why):
+        case .unhandled(let why), .tripleFault(let why):
             Log.debug("SYSCALL fix-up: single-stepping past the breakpoint (\(why))")
             singleStepping = true
             try vcpu.setGuestDebug(breakpoint: nil, singleStep: true)

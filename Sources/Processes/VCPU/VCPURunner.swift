@@ -236,6 +236,9 @@ final class VCPURunner: @unchecked Sendable {
                     return .resume
                 }
                 return fatal(.internalError(suberror: sub), "KVM instruction emulation failed and the fallback cannot handle it: \(why)")
+            case .tripleFault(let why):
+                // Delivery failed as the CPU's would have: shutdown, reported like KVM's own triple fault.
+                return fatal(.tripleFault, "triple fault (emulation fallback: \(why))")
             }
         }
         let n = vmm_run_internal_ndata(vcpu.run)
