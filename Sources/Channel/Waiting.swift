@@ -101,7 +101,7 @@ public final class SpinCensus: @unchecked Sendable {
         @inline(__always) public func release() { word.pointee.store(0, ordering: .relaxed) }
 
         /// Takes a CPU to spin on when one is free (the caller then `release()`s it); false: block instead.
-        func trySpin() -> Bool {
+        public func trySpin() -> Bool {
             hold()
             let cpus = census.word(0).pointee.load(ordering: .relaxed)
             let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))

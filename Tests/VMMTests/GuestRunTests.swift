@@ -353,26 +353,27 @@ final class GuestRunTests: GuestTestCase {
                 XCTAssertTrue(targets[7].contains("memfd:irq-lines"), "\(targets)")
             case "irqchip":
                 // stdio, control pipe, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the
-                // vCPU kick, the spin census, then its own LAPIC timer.
+                // vCPU kick, the vCPU's LAPIC timer, the spin census.
                 XCTAssertEqual(fds, Array(0...13), "\(targets)")
                 guard fds.count == 14 else { continue }
                 XCTAssertTrue(targets[10].contains("memfd:interrupt-mailboxes"), "\(targets)")
                 XCTAssertEqual(targets[11], "anon_inode:[eventfd]", "\(targets)")
-                XCTAssertTrue(targets[12].contains("memfd:spin-census"), "\(targets)")
-                XCTAssertEqual(targets[13], "anon_inode:[timerfd]", "\(targets)")
+                XCTAssertEqual(targets[12], "anon_inode:[timerfd]", "\(targets)")
+                XCTAssertTrue(targets[13].contains("memfd:spin-census"), "\(targets)")
             case "vcpu":
                 // stdio, control pipe, /dev/kvm, RAM, the pio channel (3), the irqchip channel (3), the interrupt
-                // mailboxes, the interrupt kick, the spin census; then what it made itself: the VM, the vCPU and the
-                // interrupt listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(15)), Array(0...14), "\(targets)")
-                guard fds.count >= 15 else { continue }
-                XCTAssertTrue(targets[14].contains("memfd:spin-census"), "\(targets)")
+                // mailboxes, the interrupt kick, its LAPIC timer (watched in HLT), the spin census; then what it made
+                // itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
+                XCTAssertEqual(Array(fds.prefix(16)), Array(0...15), "\(targets)")
+                guard fds.count >= 16 else { continue }
+                XCTAssertEqual(targets[14], "anon_inode:[timerfd]", "\(targets)")
+                XCTAssertTrue(targets[15].contains("memfd:spin-census"), "\(targets)")
                 XCTAssertTrue(targets[4].contains("kvm"), "\(targets)")
                 XCTAssertTrue(targets[5].contains("memfd:guest-ram"), "\(targets)")
                 XCTAssertTrue(targets[6].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[9].contains("memfd:irqchip-channel"), "\(targets)")
                 XCTAssertTrue(targets[12].contains("memfd:interrupt-mailboxes"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(15)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(16)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

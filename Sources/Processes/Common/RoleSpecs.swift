@@ -55,6 +55,9 @@ struct VCPUSpec: RoleSpec {
     /// The interrupt mailboxes the irqchip fills, and per vCPU the eventfd it rings then.
     var mailboxFD: Int32
     var kickFDs: [Int32]
+    /// Per vCPU its LAPIC timer (the irqchip arms it): a vCPU in HLT wakes on its expiry together with the irqchip,
+    /// instead of after it.
+    var timerFDs: [Int32]
     /// Registered with KVM_IOEVENTFD before the sandbox: a guest write of `queue` to `address` (a virtio device's
     /// QueueNotify) signals `fd`, which the device process waits on; the vcpu process never sees it.
     var queueNotifications: [QueueNotificationSpec] = []
@@ -82,6 +85,8 @@ struct IRQChipSpec: RestartableRoleSpec {
     /// The vCPUs' interrupt mailboxes, and per vCPU the eventfd rung when its mailbox gets something.
     var mailboxFD: Int32
     var kickFDs: [Int32]
+    /// Per vCPU its LAPIC timer: an absolute CLOCK_MONOTONIC timerfd (non-blocking) the supervisor made.
+    var timerFDs: [Int32]
     var controlFD: Int32
     /// Set for a standby process: it waits for this eventfd before it serves.
     var takeoverFD: Int32?

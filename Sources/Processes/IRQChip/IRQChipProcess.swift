@@ -14,9 +14,11 @@ public enum IRQChipProcess {
         HelperStartup.runDevice(IRQChipSpec.self, json: specJSON, role: .irqchip) { spec in
             // Timers expire on time, not up to 50 us late (the default slack for normal threads).
             _ = vmm_prctl5(VMM_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-            // One timerfd per local APIC, made before the sandbox (its policy allows arming them, not making them).
-            let timers = try (0..<spec.vcpuCount).map { _ in
-                try syscallRetrying("timerfd_create") { vmm_timerfd_create() }
+            // One timerfd per local APIC, made by the supervisor (the policy allows arming them, not making them):
+            // the vCPU waiting in HLT watches its own too, and a successor arms the same ones.
+            let timers = spec.timerFDs
+            guard timers.count == spec.vcpuCount else {
+                throw SystemError("role arguments: one timer per vCPU", errno: EINVAL)
             }
             try HelperSandbox.enter(spec.sandbox, role: .irqchip, controlFD: spec.controlFD, processes: 0)
             if let takeover = spec.takeoverFD { try HelperStartup.awaitTakeover(takeover) }

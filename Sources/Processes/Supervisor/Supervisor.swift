@@ -1,5 +1,6 @@
 import ACPI
 import Boot
+import CLinux
 import Channel
 import Config
 import Glibc
@@ -183,6 +184,9 @@ public final class Supervisor {
         }
         let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
+        let timers = try (0..<vcpus).map { _ in
+            FileDescriptor.Box(FileDescriptor(owning: try syscallRetrying("timerfd_create") { vmm_timerfd_create() }))
+        }
         // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (`queueCount` queues by device type).
         let virtio = layout.virtioDevices
         let queueNotifications = try virtio.map { device in
@@ -221,6 +225,7 @@ public final class Supervisor {
                 trackDirtyPages: config.machine.trackDirtyPages,
                 channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: layout.routes,
                 mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
+                timerFDs: timers.map { fds.add($0.raw, owner: $0) },
                 queueNotifications: zip(virtio, queueNotifications).flatMap { device, queues in
                     queues.enumerated().map { q, fd in
                         QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
@@ -246,7 +251,7 @@ public final class Supervisor {
             IRQChipSpec(
                 channel: channel(Server(.irqchip)).spec(&fds), lines: linesChannel.spec(&fds), linePins: lines.map(\.pin),
                 mailboxFD: fds.add(mailboxes.raw, owner: mailboxes), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
-                controlFD: control, vcpuCount: vcpus, waiting: waiting(seat: vcpus + 1, &fds),
+                timerFDs: timers.map { fds.add($0.raw, owner: $0) }, controlFD: control, vcpuCount: vcpus, waiting: waiting(seat: vcpus + 1, &fds),
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.irqchip))
         })
         for (i, device) in virtio.enumerated() {

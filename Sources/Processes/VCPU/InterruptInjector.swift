@@ -1,5 +1,6 @@
 import CKVM
 import CLinux
+import Channel
 import IRQChipLink
 import Glibc
 import KVM
@@ -17,6 +18,8 @@ final class InterruptInjector: @unchecked Sendable {
     let vcpu: VCPU
     let mailbox: InterruptMailbox
     let kickFD: Int32
+    /// This vCPU's LAPIC timer, which the irqchip arms and reads: watched (never read) while the vCPU sleeps in HLT.
+    let timerFD: Int32?
     /// This vCPU's mailbox (its index, which is also its APIC ID).
     let index: Int
     private let wake: EventFD
@@ -28,11 +31,14 @@ final class InterruptInjector: @unchecked Sendable {
     private var listener: OSThread?
     /// While a pause is requested a sleeping vCPU waits at the gate, and the listener stops its window kicks.
     var pauseGate: PauseGate?
+    /// The vCPU's seat in the VM's spin census: it waits on the spot for a timer's offer only on a free CPU.
+    var seat: SpinCensus.Seat?
 
-    init(vcpu: VCPU, mailbox: InterruptMailbox, kickFD: Int32) throws {
+    init(vcpu: VCPU, mailbox: InterruptMailbox, kickFD: Int32, timerFD: Int32? = nil) throws {
         self.vcpu = vcpu
         self.mailbox = mailbox
         self.kickFD = kickFD
+        self.timerFD = timerFD
         index = vcpu.id
         wake = try EventFD()
         _ = try syscallRetrying("sigaction(kick)") { vmm_install_kick_handler(Self.kickSignal) }
@@ -101,15 +107,34 @@ final class InterruptInjector: @unchecked Sendable {
         try sleep(until: { hasEvents })
     }
 
+    /// How long a vCPU woken by its timer's expiry waits on the spot for the irqchip's offer.
+    static let timerOfferWaitNanoseconds: UInt64 = 200_000
+
     /// Waits on the irqchip's kick itself as well as on the listener's wake-up, so that whichever thread sees the
-    /// kick first, no hop is added.
+    /// kick first, no hop is added. And on this vCPU's LAPIC timer: its expiry wakes the irqchip and this thread at
+    /// the same time, and the thread then waits on the spot for the offer the irqchip is making, instead of sleeping
+    /// until the irqchip's kick wakes it a second wake-up later. (The timer stays readable until the irqchip reads
+    /// it: an expiry that brings no offer, a masked timer, is not watched again until the next kick.)
     private func sleep(until ready: () -> Bool) throws {
         var value: UInt64 = 0
+        var watchTimer = timerFD != nil
         while !ready() {
             if let gate = pauseGate, gate.isRequested { gate.wait() }
-            let ready = try Poll.wait([kickFD, wake.raw], timeoutMs: 100)
-            if !ready[0].isEmpty { _ = Glibc.read(kickFD, &value, 8) }
-            if !ready[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
+            let timerWatched = watchTimer
+            let woke = try Poll.wait([kickFD, wake.raw] + (timerWatched ? [timerFD!] : []), timeoutMs: 100)
+            if !woke[0].isEmpty {
+                _ = Glibc.read(kickFD, &value, 8)
+                watchTimer = timerFD != nil
+            }
+            if !woke[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
+            if timerWatched, !woke[2].isEmpty, !ready() {
+                if seat?.trySpin() ?? true {
+                    let deadline = monotonicNanoseconds() + Self.timerOfferWaitNanoseconds
+                    while !ready() && monotonicNanoseconds() < deadline { vmm_cpu_relax() }
+                    seat?.release()
+                }
+                if !ready() { watchTimer = false }
+            }
         }
     }
 

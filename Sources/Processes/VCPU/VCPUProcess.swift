@@ -65,7 +65,8 @@ public enum VCPUProcess {
             return try VCPURunner(vcpu: vcpu, memory: memory,
                                   devices: DeviceChannels(clients: clients, servers: spec.servers, routes: spec.routes,
                                                           lapicMirror: mailbox.mirror(vcpu: i)),
-                                  interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i]),
+                                  interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i],
+                                                                    timerFD: spec.timerFDs.indices.contains(i) ? spec.timerFDs[i] : nil),
                                   group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup,
                                   seat: census.seat(spec.waiting.seat + i))
         }

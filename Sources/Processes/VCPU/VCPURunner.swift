@@ -59,6 +59,7 @@ final class VCPURunner: @unchecked Sendable {
          bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat) throws {
         self.vcpu = vcpu
         self.seat = seat
+        interrupts.seat = seat
         self.devices = devices
         self.interrupts = interrupts
         self.group = group
