@@ -58,9 +58,10 @@ public struct SpinWindow: Sendable {
 /// spin too much or not at all, a cost it could cause anyway by spinning itself.
 public final class SpinCensus: @unchecked Sendable {
     private let mapping: MappedRegion
-    /// Seats live from the second cache line on, one word each; the first line holds the CPU and seat counts.
+    /// Seats live from the second cache line on, one line each (a vCPU writes its seat on every entry and exit:
+    /// sharing a line would make every other seat's owner pay for it); the first line holds the CPU and seat counts.
     public static let maxSeats = 256
-    static let byteSize = 64 + maxSeats * 8
+    static let byteSize = 64 + maxSeats * 64
 
     /// The supervisor's side: a new census for `cpus` CPUs and `seats` seats.
     public static func create(cpus: Int, seats: Int) throws(SystemError) -> FileDescriptor {
@@ -79,6 +80,10 @@ public final class SpinCensus: @unchecked Sendable {
         (mapping.base + i * 8).assumingMemoryBound(to: Atomic<Int64>.self)
     }
 
+    fileprivate func seatWord(_ i: Int) -> UnsafeMutablePointer<Atomic<Int64>> {
+        (mapping.base + 64 + i * 64).assumingMemoryBound(to: Atomic<Int64>.self)
+    }
+
     /// The CPUs this process may run on (its affinity mask), for `create`.
     public static func availableCPUs() -> Int { Int(vmm_available_cpus()) }
 
@@ -94,7 +99,7 @@ public final class SpinCensus: @unchecked Sendable {
     public struct Seat: @unchecked Sendable {
         let census: SpinCensus
         let index: Int
-        private var word: UnsafeMutablePointer<Atomic<Int64>> { census.word(8 + index) }
+        private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
 
         /// The owner holds a CPU without asking (a vCPU thread entering the guest).
         @inline(__always) public func hold() { word.pointee.store(1, ordering: .relaxed) }
@@ -106,7 +111,7 @@ public final class SpinCensus: @unchecked Sendable {
             let cpus = census.word(0).pointee.load(ordering: .relaxed)
             let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))
             var busy: Int64 = 0
-            for i in 0..<seats { busy += census.word(8 + i).pointee.load(ordering: .relaxed) != 0 ? 1 : 0 }
+            for i in 0..<seats { busy += census.seatWord(i).pointee.load(ordering: .relaxed) != 0 ? 1 : 0 }
             if busy <= cpus { return true }
             release()
             return false
