@@ -7,19 +7,31 @@ extension MessageKind {
     public static let interruptAck = MessageKind.device(0)
     /// A device drives an interrupt line: `address` is the IOAPIC pin, `data` the level (0 or 1). Size 1.
     public static let lineLevel = MessageKind.device(1)
-    /// The vCPU wrote IA32_TSC_DEADLINE: `data` is how many nanoseconds from now it expires (0: already due), or
-    /// `TimerDeadline.disarmed` for a write of 0. Size 8.
+    /// The vCPU wrote IA32_TSC_DEADLINE: `data` is when it expires, in CLOCK_MONOTONIC nanoseconds (the clock
+    /// every process shares), or `TimerDeadline.disarmed` for a write of 0. Absolute, so that the irqchip's own
+    /// delay in taking the message does not move the expiry, and a restarted irqchip that handles it again arms
+    /// the same time. Size 8.
     public static let timerDeadline = MessageKind.device(2)
+    /// When the vCPU made its next message on this lane (CLOCK_MONOTONIC ns): sent before a write whose timing
+    /// matters (the LAPIC timer's initial count), so that the timer counts from the guest's write, not from when
+    /// the irqchip woke up to take it. Size 8.
+    public static let timestamp = MessageKind.device(3)
 }
 
-/// How a `timerDeadline` message carries "nanoseconds from now, or disarmed".
+/// How a `timerDeadline` message carries "at this time, or disarmed".
 public enum TimerDeadline {
     public static let disarmed = UInt64.max
 
-    public static func encode(nanosecondsFromNow: UInt64?) -> UInt64 {
-        guard let ns = nanosecondsFromNow else { return disarmed }
-        return min(ns, disarmed - 1)
+    public static func encode(at: UInt64?) -> UInt64 {
+        guard let at else { return disarmed }
+        return min(at, disarmed - 1)
     }
 
     public static func decode(_ data: UInt64) -> UInt64? { data == disarmed ? nil : data }
+
+    /// A time a vCPU said something happened at, as the irqchip uses it at `now`: not in the future (the clock is
+    /// shared, so only a hostile peer says so) and not more than a second back.
+    public static func plausible(_ stamp: UInt64, now: UInt64) -> UInt64 {
+        stamp > now || now - stamp > 1_000_000_000 ? now : stamp
+    }
 }

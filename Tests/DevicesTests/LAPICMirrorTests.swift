@@ -30,3 +30,24 @@ final class LAPICMirrorTests: XCTestCase {
         XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: 0), "the other vCPU's copy is its own")
     }
 }
+
+/// The times a vCPU sends the irqchip (absolute TSC deadlines, write stamps), as the irqchip takes them.
+final class TimerStampTests: XCTestCase {
+    func testDeadlinesAreAbsoluteAndStampsPlausible() {
+        XCTAssertEqual(TimerDeadline.decode(TimerDeadline.encode(at: 123_456)), 123_456)
+        XCTAssertNil(TimerDeadline.decode(TimerDeadline.encode(at: nil)))
+        XCTAssertEqual(TimerDeadline.decode(TimerDeadline.encode(at: .max)), .max - 1, "a deadline is never read as disarmed")
+        XCTAssertEqual(TimerDeadline.plausible(9_000, now: 10_000), 9_000)
+        XCTAssertEqual(TimerDeadline.plausible(11_000, now: 10_000), 10_000, "not in the future")
+        XCTAssertEqual(TimerDeadline.plausible(1, now: 2_000_000_000), 2_000_000_000, "not more than a second back")
+    }
+
+    func testAOneShotTimerCountsFromTheStampedWrite() {
+        let chip = InterruptController(vcpuCount: 1)
+        chip.write(vcpu: 0, address: LocalAPIC.defaultBase + 0xf0, size: 4, value: 0x1ff, now: 0)
+        chip.write(vcpu: 0, address: LocalAPIC.defaultBase + 0x3e0, size: 4, value: 0xb, now: 0)
+        chip.write(vcpu: 0, address: LocalAPIC.defaultBase + 0x320, size: 4, value: 0x40, now: 0)
+        chip.write(vcpu: 0, address: LocalAPIC.defaultBase + 0x380, size: 4, value: 200_000, now: TimerDeadline.plausible(1_000_000, now: 1_050_000))
+        XCTAssertEqual(chip.takeTimerRequests().last?.at, 1_200_000, "armed for the write's time plus the count, not the irqchip's")
+    }
+}

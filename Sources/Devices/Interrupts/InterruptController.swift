@@ -42,9 +42,13 @@ public final class InterruptController {
 
     /// IA32_TSC_DEADLINE, converted by the vCPU to a delay (nil: disarmed by a write of 0).
     public func setDeadline(vcpu: Int, nanosecondsFromNow delay: UInt64?, now: UInt64) {
+        setDeadline(vcpu: vcpu, at: delay.map { d in now.addingReportingOverflow(d).overflow ? UInt64.max : now + d }, now: now)
+    }
+
+    /// IA32_TSC_DEADLINE, converted by the vCPU to a time on the model's clock (nil: disarmed by a write of 0).
+    public func setDeadline(vcpu: Int, at: UInt64?, now: UInt64) {
         guard lapics.indices.contains(vcpu) else { return }
-        let at = delay.map { d in max(1, now.addingReportingOverflow(d).overflow ? UInt64.max : now + d) } ?? 0
-        handle(lapics[vcpu].setDeadline(at, now: now), from: vcpu)
+        handle(lapics[vcpu].setDeadline(at.map { max(1, $0) } ?? 0, now: now), from: vcpu)
     }
 
     /// The vCPU injected `vector`: it is in service now.

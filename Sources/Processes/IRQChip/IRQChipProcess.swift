@@ -37,6 +37,8 @@ public enum IRQChipProcess {
                                  policy: policy)
         // One spin window for both channels: the process waits on them together.
         var window = server.window
+        /// Per vCPU, the time its next write happened at, when it said (see MessageKind.timestamp).
+        var stamps = [UInt64?](repeating: nil, count: spec.vcpuCount)
         let mailbox = try InterruptMailbox(attaching: spec.mailboxFD, vcpus: spec.vcpuCount)
 
         // A process started in place of a dead one resumes from its predecessor's last commit.
@@ -132,13 +134,20 @@ public enum IRQChipProcess {
             while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
                 drainLines(holding: lane)  // device line changes first: they may precede this message causally (see WriteOrdering)
                 let now = monotonicNanoseconds()
+                // A stamp is for the message right after it, whatever that is.
+                let stamp = stamps.indices.contains(lane) && m.operation != .timestamp ? stamps[lane] : nil
+                if stamp != nil { stamps[lane] = nil }
                 switch m.operation {
                 case .mmioRead:
                     // The APICs' registers are 32 bits wide: other widths read all-ones, whatever their size.
                     let value = m.size == 4 ? UInt64(chip.read(vcpu: lane, address: m.address, size: m.size, now: now)) : ~0
                     try server.respond(lane: lane, to: m, data: value & m.widthMask)
                 case .mmioWrite:
-                    chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: now)
+                    // A write the vCPU stamped happened at its stamp (the timer's start), not now.
+                    let at = stamp.map { TimerDeadline.plausible($0, now: now) } ?? now
+                    chip.write(vcpu: lane, address: m.address, size: m.size, value: m.data, now: at)
+                case .timestamp:
+                    if stamps.indices.contains(lane) { stamps[lane] = m.data }
                 case .portRead:
                     try server.respond(lane: lane, to: m, data: m.widthMask)
                 case .sync:
@@ -147,7 +156,7 @@ public enum IRQChipProcess {
                 case .interruptAck:
                     chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
                 case .timerDeadline:
-                    chip.setDeadline(vcpu: lane, nanosecondsFromNow: TimerDeadline.decode(m.data), now: now)
+                    chip.setDeadline(vcpu: lane, at: TimerDeadline.decode(m.data), now: now)
                 default:
                     break  // vCPUs do not drive lines, and answers do not travel this way
                 }

@@ -78,6 +78,10 @@ struct DeviceChannels {
 
     mutating func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
         guard let route = router.mmio(address) else { return }
+        if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
+            // The timer counts from the guest's write, not from when the irqchip takes it.
+            post(irqchip, .timestamp, address: 0, size: 8, value: monotonicNanoseconds())
+        }
         if route.writes == .afterPostedWritesElsewhere {
             // The other devices answer a sync once their earlier writes are applied; the irqchip reads device
             // lines before vCPU messages, so their line changes are then ahead of this write.
@@ -93,8 +97,8 @@ struct DeviceChannels {
         post(irqchip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
     }
 
-    mutating func setTimerDeadline(nanosecondsFromNow: UInt64?) {
-        post(irqchip, .timerDeadline, address: 0, size: 8, value: TimerDeadline.encode(nanosecondsFromNow: nanosecondsFromNow))
+    mutating func setTimerDeadline(at: UInt64?) {
+        post(irqchip, .timerDeadline, address: 0, size: 8, value: TimerDeadline.encode(at: at))
     }
 
     /// Waits until every device has applied everything this vCPU sent it (before the VM stops).

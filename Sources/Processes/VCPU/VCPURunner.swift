@@ -4,6 +4,7 @@ import IRQChipLink
 import Emulator
 import KVM
 import Memory
+import System
 
 /// One vCPU's run loop: enter the guest, dispatch the exit through the handler table, repeat until a handler
 /// says stop. Runs on its own dedicated thread. Device accesses go through `devices` (routing and ordering),
@@ -189,7 +190,8 @@ final class VCPURunner: @unchecked Sendable {
         }
         let now = try vcpu.msr(TSCDeadline.tscMSR)
         if isWrite {
-            devices.setTimerDeadline(nanosecondsFromNow: tscDeadline.write(vmm_run_msr_data(run), now: now))
+            let delay = tscDeadline.write(vmm_run_msr_data(run), now: now)
+            devices.setTimerDeadline(at: delay.map { monotonicNanoseconds() &+ $0 })
             vmm_run_msr_complete(run, vmm_run_msr_data(run), 0)
         } else {
             vmm_run_msr_complete(run, tscDeadline.read(now: now), 0)

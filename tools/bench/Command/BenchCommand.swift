@@ -15,7 +15,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Samples of each figure.") var repetitions = 5
     @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
-    @Option(help: "A second vmm binary (e.g. an older build) whose start-up is measured side by side.") var baselineVmm: String?
+    @Option(help: "A second vmm binary (e.g. an older build) measured side by side in the exits, irq and startup groups.") var baselineVmm: String?
     @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
@@ -71,6 +71,12 @@ struct BenchCommand: ParsableCommand {
                         return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
                     }),
                 ]
+                if let other = baselineVmm.map({ OurVMM(binary: $0, name: "baseline vmm") }) {
+                    runners.append((loop.row("baseline vmm"), {
+                        let r = try Runner.run(other, kernel: kernel, args: loop.args)
+                        return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
+                    }))
+                }
                 if loop.qemu {
                     for q in qemus {
                         runners.append((loop.row(q.name), {
@@ -92,7 +98,7 @@ struct BenchCommand: ParsableCommand {
                     let bare = try BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: args).runWithLocalTimer()
                     return (InterruptLatency.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
                 })]
-                for m in [ours as VMMUnderTest] + qemus {
+                for m in [ours as VMMUnderTest] + (baselineVmm.map { [OurVMM(binary: $0, name: "baseline vmm")] } ?? []) + qemus {
                     runners.append((m.name, {
                         let r = try Runner.run(m, kernel: kernel, args: args, timeout: 60)
                         return (InterruptLatency.parse(r.output), Self.why(r))
@@ -247,12 +253,14 @@ struct BenchCommand: ParsableCommand {
             let bare = loop.row("bare KVM loop")
             row(bare, "ns/exit")
             row(loop.row("vmm (\(loop.server) process)"), "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            row(loop.row("baseline vmm"), "ns/exit", baseline: loop.goalBaseline ?? bare)
             if loop.qemu { for q in qemus { row(loop.row(q.name), "ns/exit", baseline: bare) } }
         }
         for kind in ["mean", "best"] {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
             row(bare, "us", note: kind == "mean" ? "timerfd waited on by the vCPU thread, KVM_INTERRUPT" : nil)
             row("timer interrupt latency (\(kind)): vmm", "us", baseline: bare, goal: kind == "mean" ? 1.5 : nil)
+            row("timer interrupt latency (\(kind)): baseline vmm", "us", baseline: bare)
             for q in qemus {
                 let name = "timer interrupt latency (\(kind)): \(q.name)"
                 if rows[name] != nil { row(name, "us", baseline: bare) }
