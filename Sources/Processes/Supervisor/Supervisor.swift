@@ -338,7 +338,7 @@ public final class Supervisor {
     }
 
     /// A restartable helper keeps what it takes to start it again (the spec builder, which holds the descriptors),
-    /// and gets a standby process at once.
+    /// and gets a standby process shortly after.
     /// `notifications`: eventfds the device's process reads (a virtio device's queue notifications from KVM).
     private func spawn<Spec: RestartableRoleSpec>(restartable role: Role, name: String? = nil, cpus: [Int], stdio: (Int32, Int32, Int32),
                                                   serves: [ChannelPlan] = [], notifications: [Int32] = [],
@@ -355,7 +355,9 @@ public final class Supervisor {
             return helper
         }
         let slot = Slot(try launch(false), launch: launch)
-        if config.vmm.deviceRestart.standby { slot.standby = try launch(true) }
+        // The standby starts once the VM runs (the watch loop starts it when due): started now, it would take CPU
+        // from the helpers on the way to the guest's first instruction.
+        if config.vmm.deviceRestart.standby { slot.standbyDue = monotonicNanoseconds() + Self.standbyDelayNanoseconds }
         slot.notifications = notifications
         slot.wakeClients = { for plan in serves { for bell in plan.responseDoorbells { var one: UInt64 = 1; _ = Glibc.write(bell, &one, 8) } } }
         return slot
