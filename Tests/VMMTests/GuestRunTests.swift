@@ -342,34 +342,36 @@ final class GuestRunTests: GuestTestCase {
             let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
             switch Harness.role(of: pid) {
             case "pio":
-                // stdio, control pipe, its channel (memory, two doorbells), the lines channel for its IRQ (the same
-                // three), the console's streams to the supervisor (memory, two doorbells).
-                XCTAssertEqual(fds, Array(0...12), "\(targets)")
-                guard fds.count == 13 else { continue }
-                XCTAssertTrue(targets[10].contains("memfd:console"), "\(targets)")
+                // stdio, control pipe, its channel (memory, two doorbells), the lines channel for its IRQs (memory,
+                // a doorbell, a response doorbell per lane: COM1's and the keyboard's), the console's streams to the
+                // supervisor (memory, two doorbells).
+                XCTAssertEqual(fds, Array(0...13), "\(targets)")
+                guard fds.count == 14 else { continue }
+                XCTAssertTrue(targets[11].contains("memfd:console"), "\(targets)")
                 XCTAssertTrue(targets[3].hasPrefix("pipe:"), "\(targets)")
                 XCTAssertTrue(targets[4].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[7].contains("memfd:irq-lines"), "\(targets)")
             case "irqchip":
-                // stdio, control pipe, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the
-                // vCPU kick, then its own LAPIC timer.
-                XCTAssertEqual(fds, Array(0...12), "\(targets)")
-                guard fds.count == 13 else { continue }
-                XCTAssertTrue(targets[10].contains("memfd:interrupt-mailboxes"), "\(targets)")
-                XCTAssertEqual(targets[11], "anon_inode:[eventfd]", "\(targets)")
-                XCTAssertEqual(targets[12], "anon_inode:[timerfd]", "\(targets)")
+                // stdio, control pipe, the vCPUs' channel (3), the lines channel (4: two lanes, COM1 and the
+                // keyboard), the interrupt mailboxes, the vCPU kick, then its own LAPIC timer.
+                XCTAssertEqual(fds, Array(0...13), "\(targets)")
+                guard fds.count == 14 else { continue }
+                XCTAssertTrue(targets[11].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertEqual(targets[12], "anon_inode:[eventfd]", "\(targets)")
+                XCTAssertEqual(targets[13], "anon_inode:[timerfd]", "\(targets)")
             case "vcpu":
                 // stdio, control pipe, /dev/kvm, RAM, the pio channel (3), the irqchip channel (3), the interrupt
-                // mailboxes, the interrupt kick; then what it made itself: the VM, the vCPU and the interrupt
-                // listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(14)), Array(0...13), "\(targets)")
-                guard fds.count >= 14 else { continue }
+                // mailboxes, the interrupt kick, the run statistics; then what it made itself: the VM, the vCPU and
+                // the interrupt listener's wake-up eventfd.
+                XCTAssertEqual(Array(fds.prefix(15)), Array(0...14), "\(targets)")
+                guard fds.count >= 15 else { continue }
                 XCTAssertTrue(targets[4].contains("kvm"), "\(targets)")
                 XCTAssertTrue(targets[5].contains("memfd:guest-ram"), "\(targets)")
                 XCTAssertTrue(targets[6].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[9].contains("memfd:irqchip-channel"), "\(targets)")
                 XCTAssertTrue(targets[12].contains("memfd:interrupt-mailboxes"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(14)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                XCTAssertTrue(targets[14].contains("memfd:vcpu-statistics"), "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(15)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

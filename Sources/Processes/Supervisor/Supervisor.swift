@@ -178,10 +178,15 @@ public final class Supervisor {
         // of the irqchip channel, nor the interrupt mailboxes. The irqchip knows each lane's pin.
         let lines = layout.interruptLines
         let linesChannel = try ChannelPlan(name: "irq-lines", lanes: max(1, lines.count))
-        func line(_ server: Server, _ fds: inout FDList) -> InterruptLineSpec {
-            InterruptLineSpec(channel: linesChannel.spec(&fds), lane: lines.firstIndex { $0.server == server } ?? 0)
+        func line(_ device: String, _ fds: inout FDList) -> InterruptLineSpec {
+            InterruptLineSpec(channel: linesChannel.spec(&fds), lane: layout.interruptLane(of: device) ?? 0)
         }
+        /// The lanes a process drives: given up on, the supervisor lowers them all.
+        func lanes(_ server: Server) -> [Int] { lines.indices.filter { lines[$0].server == server } }
         let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
+        // Written by the vCPU threads, read here (read-only) for the metrics and the summary at the end.
+        let statistics = FileDescriptor.Box(try VCPUStatistics.create(vcpus: vcpus))
+        api.vcpuStatistics = try VCPUStatistics(attaching: statistics.raw, vcpus: vcpus, writable: false)
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
         // Per virtio device, per queue: the eventfd KVM signals on QueueNotify (`queueCount` queues by device type).
         let virtio = layout.virtioDevices
@@ -216,6 +221,7 @@ public final class Supervisor {
                 trackDirtyPages: config.machine.trackDirtyPages,
                 channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: layout.routes,
                 mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
+                statisticsFD: fds.add(statistics.raw, owner: statistics),
                 queueNotifications: zip(virtio, queueNotifications).flatMap { device, queues in
                     queues.enumerated().map { q, fd in
                         QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
@@ -228,13 +234,14 @@ public final class Supervisor {
         // The pio process commits its devices' state to its channel: a dead or hung one is replaced.
         helpers.append(try spawn(restartable: .pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))]) { fds, control in
             PIOSpec(
-                channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
+                channel: channel(Server(.pio)).spec(&fds), uartLine: line("com1", &fds), keyboardLane: layout.interruptLane(of: "i8042-data") ?? 0,
+                controlFD: control,
                 console: console.spec(&fds),
                 debugExit: config.vmm.debugExit, panicWatch: config.vmm.panicWatch,
                 spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                 sandbox: try self.sandboxSpec(.pio))
         })
-        helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == Server(.pio) } ?? 0, pulse: false)
+        helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(Server(.pio)), pulse: false)
         // So does the irqchip, before any mailbox write its state leads to.
         helpers.append(try spawn(restartable: .irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                  serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
@@ -252,7 +259,7 @@ public final class Supervisor {
             helpers.append(try spawn(restartable: server.role, name: server.description, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                      serves: [channel(server)], notifications: queueNotifications[i].map(\.raw)) { fds, control in
                 VirtioSpec(
-                    channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(server, &fds),
+                    channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(device.name, &fds),
                     ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
@@ -262,7 +269,7 @@ public final class Supervisor {
                     spinMicroseconds: config.vmm.spinBudgetMicroseconds, logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
-            helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == server } ?? 0, pulse: true)
+            helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(server), pulse: true)
         }
         Log.debug("helpers spawned")
         api.helpersStartedMs = Int((monotonicNanoseconds() - startedAt) / 1_000_000)
@@ -274,16 +281,20 @@ public final class Supervisor {
     /// the guest take the interrupt again after every EOI, a storm. The supervisor drives the dead device's lane of
     /// the lines channel in its place: low, and for a virtio device first a pulse, its configuration-change
     /// interrupt (its window, answered by the vcpu process now, says DEVICE_NEEDS_RESET with the config-change bit).
-    static func lineWhenBroken(_ lines: ChannelPlan, lane: Int, pulse: Bool) -> () -> Void {
+    static func lineWhenBroken(_ lines: ChannelPlan, lanes: [Int], pulse: Bool) -> () -> Void {
         {
-            var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
-                                      responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(spinMicroseconds: 0),
-                                      timeoutMs: 100)
-            for level: UInt64 in pulse ? [0, 1, 0] : [0] {
-                do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {
-                    Log.warning("lowering a broken device's interrupt line: \(error)")
-                    return
-                }
+            for lane in lanes { lowerLine(lines, lane: lane, pulse: pulse) }
+        }
+    }
+
+    private static func lowerLine(_ lines: ChannelPlan, lane: Int, pulse: Bool) {
+        var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
+                                  responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(spinMicroseconds: 0),
+                                  timeoutMs: 100)
+        for level: UInt64 in pulse ? [0, 1, 0] : [0] {
+            do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {
+                Log.warning("lowering a broken device's interrupt line: \(error)")
+                return
             }
         }
     }

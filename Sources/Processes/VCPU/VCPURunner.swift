@@ -3,6 +3,7 @@ import IRQChipLink
 import Emulator
 import KVM
 import Memory
+import System
 
 /// One vCPU's run loop: enter the guest, dispatch the exit through the handler table, repeat until a handler
 /// says stop. Runs on its own dedicated thread. Device accesses go through `devices` (routing and ordering),
@@ -24,8 +25,10 @@ final class VCPURunner: @unchecked Sendable {
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
     private var retriedRIP: UInt64?
-    /// Exits by KVM exit reason, reported when the VM stops.
-    private(set) var exitCounts = [Int](repeating: 0, count: 64)
+    /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
+    private let statistics: VCPUStatistics.Writer
+    /// The exit being handled, and when KVM_RUN returned with it: its VMM time runs until the next entry.
+    private var handling: (reason: UInt32, since: UInt64)?
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -52,8 +55,9 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
-         bootstrap: Bool, syscallFixup: Bool) throws {
+         bootstrap: Bool, syscallFixup: Bool, statistics: VCPUStatistics.Writer) throws {
         self.vcpu = vcpu
+        self.statistics = statistics
         self.devices = devices
         self.interrupts = interrupts
         self.group = group
@@ -67,8 +71,16 @@ final class VCPURunner: @unchecked Sendable {
     /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
+        finishHandling(at: monotonicNanoseconds())
         devices.settleAll()
         return why
+    }
+
+    /// The exit being handled is done at `now`: its time goes to its reason.
+    private func finishHandling(at now: UInt64) {
+        guard let h = handling else { return }
+        statistics.handled(h.reason, nanoseconds: now &- h.since)
+        handling = nil
     }
 
     private func runUntilStop() -> ControlMessage.VCPUStop {
@@ -81,13 +93,18 @@ final class VCPURunner: @unchecked Sendable {
                 if state != .running { continue }
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
                 if let gate = interrupts.pauseGate, gate.isRequested {
+                    finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
                     gate.wait()
                     continue
                 }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
+                let entered = monotonicNanoseconds()
+                finishHandling(at: entered)
                 let reason = try vcpu.runOnce()
-                if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
+                let exited = monotonicNanoseconds()
+                statistics.ran(nanoseconds: exited &- entered, exit: reason)
+                handling = (reason, exited)
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
@@ -196,12 +213,9 @@ final class VCPURunner: @unchecked Sendable {
                      "debug exit at 0x\(String(vmm_run_debug_pc(vcpu.run), radix: 16)) that no breakpoint of ours explains")
     }
 
-    /// Exit counts by reason, for the report at the end of a run.
-    func exitSummary() -> String {
-        let names = [KVM_EXIT_IO: "io", KVM_EXIT_MMIO: "mmio", KVM_EXIT_HLT: "hlt", KVM_EXIT_INTR: "kick",
-                     KVM_EXIT_IRQ_WINDOW_OPEN: "irq-window", KVM_EXIT_DEBUG: "debug", KVM_EXIT_INTERNAL_ERROR: "emulation",
-                     KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr", KVM_EXIT_SHUTDOWN: "shutdown"]
-        var parts = exitCounts.indices.filter { exitCounts[$0] > 0 }.map { "\(names[Int32($0)] ?? "reason \($0)") \(exitCounts[$0])" }
+    /// Exit counts by reason (from the statistics region), for the report at the end of a run.
+    func exitSummary(_ totals: VCPUStatistics.Totals) -> String {
+        var parts = totals.byReason.filter { $0.exits > 0 }.map { "\($0.name) \($0.exits)" }
         if let f = syscallFixup {
             parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
