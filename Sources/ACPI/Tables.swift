@@ -273,10 +273,10 @@ public struct ACPITables: Sendable {
             ]))
         }
         if let kbc = m.keyboardController {
-            // Its `_CRS` is what maps GSI 1 on a hardware-reduced machine: ACPI's PnP layer registers the GSI
-            // when it adds the device, so Linux's i8042 driver gets IRQ 1 even with `i8042.nopnp` (Firecracker's
-            // command line), which makes it skip PnP and request IRQ 1 directly (without the mapping, EINVAL:
-            // "probe of i8042 failed with error -22").
+            // Its `_CRS` is how Linux maps GSI 1 on a hardware-reduced machine, where ISA IRQs are not pre-mapped
+            // and a GSI gets a dynamic IRQ number (COM1's GSI 4 becomes IRQ 27 or so): the i8042 driver must take
+            // that number from PnP. With `i8042.nopnp` it requests IRQ 1 itself, which does not exist, and its
+            // probe fails with EINVAL ("probe of i8042 failed with error -22"), so the shipped configs leave it out.
             devices.append(.device("PS2K", [
                 .name("_HID", .eisaID("PNP0303")),
                 .name("_CRS", .resourceTemplate([

@@ -160,9 +160,31 @@ final class APITests: GuestTestCase {
     /// `SendCtrlAltDel` types Ctrl, Alt and Delete (pressed and released) on the i8042's keyboard: the `keyboard`
     /// guest takes IRQ 1 through the IOAPIC and its local APIC once per scancode and checks the codes.
     func testSendCtrlAltDelReachesTheGuestThroughIRQ1() throws {
+        try sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: false)
+    }
+
+    /// The same through a pio process that replaced a killed one: the successor has the keyboard's lane and the
+    /// keys' stream, and the command byte the guest wrote to its predecessor.
+    func testSendCtrlAltDelReachesTheGuestThroughARestartedPIO() throws {
+        try sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: true)
+    }
+
+    private func sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: Bool) throws {
         let s = Self.socketPath()
         let run = try Self.start(socket: s, config: Harness.config(kernel: try Harness.guest("keyboard.elf"), args: ""))
         XCTAssertTrue(run.waitForOutput("keyboard: ready\n"), run.stderr)
+        if killingThePIOFirst {
+            let supervisor = run.process.processIdentifier
+            let pio = try XCTUnwrap(Harness.helperPIDs(of: supervisor).first { Harness.role(of: $0) == "pio" })
+            XCTAssertEqual(kill(pio, SIGKILL), 0)
+            var restarts = 0
+            for _ in 0..<250 where restarts == 0 {
+                usleep(20_000)
+                let devices = try Self.curl(s, "GET", "/vmm/devices").json["devices"] as? [[String: Any]] ?? []
+                restarts = devices.first { $0["name"] as? String == "pio" }?["restarts"] as? Int ?? 0
+            }
+            XCTAssertEqual(restarts, 1, run.stderr)
+        }
         XCTAssertEqual(try put(s, "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status, 204)
         XCTAssertEqual(run.wait(), 3, "debug-exit 1: the expected scancodes, one interrupt each; stdout: \(run.stdout) stderr: \(run.stderr)")
         XCTAssertEqual(run.stdout, "keyboard: ready\nkeyboard: 14 11 e0 71 e0 f0 71 f0 11 f0 14 interrupts=11\n")
