@@ -270,6 +270,8 @@ final class DeviceSnapshotTests: XCTestCase {
             ("absent command with a value", i8042Snapshot(pending: 0x60), .invalid("i8042 absent pending command holds 0x60")),
             ("flag 2", i8042Snapshot(outputFlag: 2), .invalid("boolean byte 2")),
             ("keyboard byte without output", i8042Snapshot(fromKeyboard: 1), .invalid("i8042 keyboard byte in an empty output buffer")),
+            ("16 queued behind a keyboard byte", i8042Snapshot(outputFlag: 1, output: 0x14, fromKeyboard: 1, keys: [UInt8](repeating: 0x14, count: 16)),
+             .invalid("i8042 keyboard holds 17 bytes, at most 16")),
             ("17 queued scancodes", i8042Snapshot(keys: [UInt8](repeating: 0x14, count: 17)),
              .invalid("byte string of 17 bytes, at most 16 allowed")),
             ("a forged queue length", i8042Snapshot(keyCount: 0xffff_ffff), .invalid("byte string of 4294967295 bytes, at most 16 allowed")),

@@ -41,8 +41,9 @@ public final class I8042: PortDevice {
         self.onReset = onReset
     }
 
-    /// Room for more scancodes in the keyboard's buffer.
-    public var keyboardSpace: Int { Self.keyboardBufferSize - keyboard.count }
+    /// Room for more scancodes in the keyboard's buffer. A keyboard byte in the output buffer still counts: a
+    /// controller command's answer can push it back into the buffer, which must then still hold it.
+    public var keyboardSpace: Int { max(0, Self.keyboardBufferSize - keyboard.count - (outputFromKeyboard ? 1 : 0)) }
 
     /// The keyboard sends `byte`; without room it is dropped (the caller checks `keyboardSpace`).
     public func keyboardSend(_ byte: UInt8) {
@@ -189,6 +190,9 @@ extension I8042: Snapshotting {
         let outputFromKeyboard = try reader.bool()
         if outputFromKeyboard && output == nil { throw .invalid("i8042 keyboard byte in an empty output buffer") }
         let keyboard = try reader.bytes(max: Self.keyboardBufferSize)
+        if keyboard.count + (outputFromKeyboard ? 1 : 0) > Self.keyboardBufferSize {
+            throw .invalid("i8042 keyboard holds \(keyboard.count + 1) bytes, at most \(Self.keyboardBufferSize)")
+        }
         // The device always moves a waiting scancode into an empty buffer while the keyboard is enabled.
         if output == nil, !keyboard.isEmpty, commandByte & CommandByte.keyboardDisabled == 0 {
             throw .invalid("i8042 scancodes waiting behind an empty output buffer")
