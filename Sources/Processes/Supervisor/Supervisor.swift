@@ -482,7 +482,7 @@ public final class Supervisor {
             if linux {
                 _ = try ACPIBoot.write(cpus: config.machine.vcpuCount, virtioDevices: layout.virtioDevices.compactMap { d in
                     d.mmio.flatMap { w in d.irq.map { VirtioMMIODevice(base: w.base, size: w.size, gsi: UInt32($0)) } }
-                }, into: memory)
+                }, com1GSI: UInt32(layout.irq(of: "com1") ?? 4), keyboardGSI: UInt32(layout.irq(of: "i8042-data") ?? 1), into: memory)
             }
             return entry
         } catch {
