@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "IRQChipLink", "System", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "Devices", "TestSupport"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
-        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "Channel", "System"]),
+        .testTarget(name: "ProcessesTests", dependencies: ["Processes", "Machine", "CLinux", "CKVM", "Channel", "System"]),
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),

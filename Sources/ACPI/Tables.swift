@@ -29,6 +29,8 @@ public struct ACPIMachine: Hashable, Sendable {
     public var localAPICAddress: UInt32 = 0xfee0_0000
     /// The 16550 UART the DSDT lists as COM1 (`PNP0501`), nil for none.
     public var com1: LegacySerialPort? = LegacySerialPort(port: 0x3f8, gsi: 4)
+    /// The i8042 keyboard controller (`PNP0303`), nil for none.
+    public var keyboardController: LegacyKeyboardController? = LegacyKeyboardController(dataPort: 0x60, commandPort: 0x64, gsi: 1)
     /// The CMOS RTC's index port (`PNP0B00`, two ports), nil for none.
     public var cmosRTCPort: UInt16? = 0x70
     public var virtioDevices: [VirtioMMIODevice]
@@ -37,6 +39,19 @@ public struct ACPIMachine: Hashable, Sendable {
         self.vcpuCount = vcpuCount
         self.ioapicID = ioapicID
         self.virtioDevices = virtioDevices
+    }
+}
+
+/// An i8042 keyboard controller: a data and a command port, and the keyboard's edge-triggered, active-high
+/// interrupt on `gsi` (ISA IRQ 1).
+public struct LegacyKeyboardController: Hashable, Sendable {
+    public var dataPort: UInt16
+    public var commandPort: UInt16
+    public var gsi: UInt32
+    public init(dataPort: UInt16, commandPort: UInt16, gsi: UInt32) {
+        self.dataPort = dataPort
+        self.commandPort = commandPort
+        self.gsi = gsi
     }
 }
 
@@ -70,7 +85,7 @@ public enum ACPIError: Error, Equatable, CustomStringConvertible {
 /// Choices (the README's "ACPI tables" has them all):
 /// - HW_REDUCED_ACPI: no PM1/GPE blocks, no SCI, no FACS, no PM timer. The VMM has none of that hardware.
 ///   Linux then uses a "null legacy PIC" with no ISA IRQs 0-15 pre-mapped, so an ISA device's interrupt only
-///   reaches Linux through a DSDT device's `_CRS`: that is why COM1 is in the DSDT. MADT interrupt source
+///   reaches Linux through a DSDT device's `_CRS`: that is why COM1 and the i8042 are in the DSDT. MADT interrupt source
 ///   overrides would not help (Linux gives the GSIs dynamic IRQ numbers then), and ISA IRQ n on GSI n is
 ///   ACPI's default anyway, so there are none; and no IRQ0->2 override, there is no PIT.
 /// - No `\_S5`: Linux then has no ACPI power-off and halts every CPU, which the VMM reports as a power-off.
@@ -162,6 +177,7 @@ public struct ACPITables: Sendable {
             guard com1.port <= 0xffff - 7 else { throw .invalidMachine("COM1 at port 0x\(hex(UInt64(com1.port)))") }
             claims.append((com1.gsi, "COM1"))
         }
+        if let kbc = m.keyboardController { claims.append((kbc.gsi, "the i8042")) }
         if let rtc = m.cmosRTCPort, rtc == 0xffff { throw .invalidMachine("the RTC at port 0xffff") }
         for (i, d) in m.virtioDevices.enumerated() {
             let name = "virtio-mmio device \(i)"
@@ -214,12 +230,11 @@ public struct ACPITables: Sendable {
 
     /// The FADT's flag words.
     public enum FADT {
-        /// IAPC_BOOT_ARCH (offset 109). Set: VGA not present (nothing to probe at 0xA0000 or 0x3C0), MSI not
-        /// supported and PCIe ASPM controls (there is no PCI bus). Clear: CMOS RTC not present (bit 5: the RTC is
-        /// at 0x70, and the DSDT lists it), LEGACY_DEVICES (bit 0: only Linux's PnP BIOS probe reads it), and
-        /// 8042 (bit 1): Linux then skips its i8042 driver, which could not get IRQ 1 on a hardware-reduced
-        /// machine anyway; `reboot=k` writes the reset command to port 0x64 itself and still ends the VM.
-        public static let bootArchitecture: UInt16 = 1 << 2 | 1 << 3 | 1 << 4
+        /// IAPC_BOOT_ARCH (offset 109). Set: 8042 (bit 1: there is one, with a keyboard for `SendCtrlAltDel`),
+        /// VGA not present (nothing to probe at 0xA0000 or 0x3C0), MSI not supported and PCIe ASPM controls
+        /// (there is no PCI bus). Clear: CMOS RTC not present (bit 5: the RTC is at 0x70, and the DSDT lists it)
+        /// and LEGACY_DEVICES (bit 0: only Linux's PnP BIOS probe reads it).
+        public static let bootArchitecture: UInt16 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4
         /// Flags (offset 112): HW_REDUCED_ACPI (20), and power and sleep buttons (4, 5) as control-method
         /// devices, that is not fixed-feature ones (there are none). APIC physical destination mode (19) stays
         /// clear, so Linux picks its APIC driver as it does with the MP table.
@@ -239,7 +254,7 @@ public struct ACPITables: Sendable {
         return table("APIC", revision: 5, body: body)
     }
 
-    /// DSDT revision 2 (64-bit integers): `\_SB_` holding COM1, the RTC and `Vnnn` per virtio-mmio device.
+    /// DSDT revision 2 (64-bit integers): `\_SB_` holding COM1, the i8042, the RTC and `Vnnn` per virtio-mmio device.
     static func dsdt(_ m: ACPIMachine) -> [UInt8] {
         table("DSDT", revision: 2, body: AMLTerm.scope("\\_SB_", dsdtDevices(m)).encoded)
     }
@@ -254,6 +269,20 @@ public struct ACPITables: Sendable {
                 .name("_CRS", .resourceTemplate([
                     .io(base: com1.port, alignment: 1, length: 8),
                     .interrupt(trigger: .edge, polarity: .activeHigh, shared: false, gsi: com1.gsi),
+                ])),
+            ]))
+        }
+        if let kbc = m.keyboardController {
+            // Its `_CRS` is how Linux maps GSI 1 on a hardware-reduced machine, where ISA IRQs are not pre-mapped
+            // and a GSI gets a dynamic IRQ number (COM1's GSI 4 becomes IRQ 27 or so): the i8042 driver must take
+            // that number from PnP. With `i8042.nopnp` it requests IRQ 1 itself, which does not exist, and its
+            // probe fails with EINVAL ("probe of i8042 failed with error -22"), so the shipped configs leave it out.
+            devices.append(.device("PS2K", [
+                .name("_HID", .eisaID("PNP0303")),
+                .name("_CRS", .resourceTemplate([
+                    .io(base: kbc.dataPort, alignment: 1, length: 1),
+                    .io(base: kbc.commandPort, alignment: 1, length: 1),
+                    .interrupt(trigger: .edge, polarity: .activeHigh, shared: false, gsi: kbc.gsi),
                 ])),
             ]))
         }

@@ -9,13 +9,17 @@ public enum ACPIBoot {
     public static let rsdpAddress: GuestAddress = X86Layout.acpiTables
 
     /// Writes the tables for `cpus` vCPUs (APIC IDs 0..<cpus), the IOAPIC (ID `cpus`, as the MP table numbers it)
-    /// and `virtioDevices`, and returns them.
+    /// and `virtioDevices`, with COM1 and the i8042 keyboard on the GSIs the machine's layout gives them, and
+    /// returns them.
     @discardableResult
-    public static func write(cpus: Int, virtioDevices: [VirtioMMIODevice] = [], into memory: GuestMemory) throws(BootError) -> ACPITables {
+    public static func write(cpus: Int, virtioDevices: [VirtioMMIODevice] = [], com1GSI: UInt32 = 4, keyboardGSI: UInt32 = 1,
+                             into memory: GuestMemory) throws(BootError) -> ACPITables {
         let tables: ACPITables
         do {
-            tables = try ACPITables.build(vcpuCount: cpus, ioapicID: UInt8(clamping: cpus),
-                                          virtioDevices: virtioDevices, at: rsdpAddress)
+            var machine = ACPIMachine(vcpuCount: cpus, ioapicID: UInt8(clamping: cpus), virtioDevices: virtioDevices)
+            machine.com1?.gsi = com1GSI
+            machine.keyboardController?.gsi = keyboardGSI
+            tables = try ACPITables.build(machine, at: rsdpAddress)
         } catch { throw .acpi(error.description) }
         guard tables.extent.upperBound <= X86Layout.acpiTablesEnd else {
             throw .acpi("ACPI tables for \(cpus) CPUs and \(virtioDevices.count) virtio devices end at 0x\(String(tables.extent.upperBound, radix: 16)), past 0x\(String(X86Layout.acpiTablesEnd, radix: 16))")

@@ -88,7 +88,8 @@ public struct MachineLayout: Sendable, Equatable {
         let devices: [Device] = [
             Device(name: "com1", server: Server(.pio), ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4),
             Device(name: "debug-exit", server: Server(.pio), ports: DebugExit.defaultPort...DebugExit.defaultPort),
-            Device(name: "i8042-data", server: Server(.pio), ports: I8042.dataPort...I8042.dataPort),
+            // The keyboard's IRQ 1 belongs to the data port, where its scancodes are read.
+            Device(name: "i8042-data", server: Server(.pio), ports: I8042.dataPort...I8042.dataPort, irq: 1),
             Device(name: "i8042-command", server: Server(.pio), ports: I8042.commandPort...I8042.commandPort),
             Device(name: "rtc", server: Server(.pio), ports: CMOSRTC.defaultPort...CMOSRTC.defaultPort + 1),
             Device(name: "boot-timer", server: Server(.pio), ports: BootTimer.defaultPort...BootTimer.defaultPort),
@@ -143,10 +144,14 @@ public struct MachineLayout: Sendable, Equatable {
     }
 
     /// The devices that raise an interrupt, one lane each of the irqchip's lines channel: lane i drives pin
-    /// `interruptLines[i].pin`, and the irqchip holds each lane to its pin.
-    public var interruptLines: [(server: Server, pin: Int)] {
-        devices.compactMap { d in d.irq.map { (d.server, $0) } }
+    /// `interruptLines[i].pin`, and the irqchip holds each lane to its pin. A process with two devices that
+    /// interrupt (the pio: COM1 and the i8042) drives two lanes.
+    public var interruptLines: [(device: String, server: Server, pin: Int)] {
+        devices.compactMap { d in d.irq.map { (d.name, d.server, $0) } }
     }
+
+    /// The lane of `interruptLines` that the device called `name` drives.
+    public func interruptLane(of name: String) -> Int? { interruptLines.firstIndex { $0.device == name } }
 
     /// The vcpu process's routes: channel i is `servers[i]`.
     public var routes: AccessRoutes {

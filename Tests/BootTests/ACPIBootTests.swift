@@ -49,9 +49,23 @@ final class ACPIBootTests: XCTestCase {
         }
     }
 
+    func testLegacyDevicesGetTheGSIsTheLayoutGives() throws {
+        let tables = try ACPIBoot.write(cpus: 1, com1GSI: 3, keyboardGSI: 9, into: try makeMemory())
+        let dsdt = try XCTUnwrap(tables.table("DSDT")).bytes
+        func interrupts(gsi: UInt8) -> Int {
+            // An Extended Interrupt descriptor: edge, active high, exclusive, one GSI.
+            let needle: [UInt8] = [0x89, 0x06, 0x00, 0x03, 0x01, gsi, 0, 0, 0]
+            return (0...(dsdt.count - needle.count)).filter { Array(dsdt[$0..<$0 + needle.count]) == needle }.count
+        }
+        XCTAssertEqual(interrupts(gsi: 3), 1, "COM1 on GSI 3")
+        XCTAssertEqual(interrupts(gsi: 9), 1, "the keyboard on GSI 9")
+        XCTAssertThrowsError(try ACPIBoot.write(cpus: 1, com1GSI: 1, keyboardGSI: 1, into: try makeMemory()), "one pin for both")
+    }
+
     func testThe32VCPUMachineWithEveryFreePinFits() throws {
-        // vcpu_count's limit, and a virtio device on every pin COM1 does not use.
-        let devices = (0..<23).map { VirtioMMIODevice(base: 0xd000_0000 + UInt64($0) * 0x1000, gsi: UInt32($0 < 4 ? $0 : $0 + 1)) }
+        // vcpu_count's limit, and a virtio device on every pin the keyboard and COM1 do not use.
+        let pins = (0..<24).filter { $0 != 1 && $0 != 4 }
+        let devices = pins.enumerated().map { VirtioMMIODevice(base: 0xd000_0000 + UInt64($0) * 0x1000, gsi: UInt32($1)) }
         let tables = try ACPIBoot.write(cpus: 32, virtioDevices: devices, into: try makeMemory())
         XCTAssertLessThanOrEqual(tables.extent.upperBound, X86Layout.acpiTablesEnd)
     }

@@ -231,8 +231,30 @@ final class DeviceSnapshotTests: XCTestCase {
     }
 
     private func i8042Snapshot(command: UInt8 = 0x30, port: UInt8 = 1, outputFlag: UInt8 = 0, output: UInt8 = 0,
-                               lastWasCommand: UInt8 = 0, pendingFlag: UInt8 = 0, pending: UInt8 = 0) -> [UInt8] {
-        [command, port, outputFlag, output, lastWasCommand, pendingFlag, pending]
+                               lastWasCommand: UInt8 = 0, pendingFlag: UInt8 = 0, pending: UInt8 = 0,
+                               fromKeyboard: UInt8 = 0, keys: [UInt8] = [], keyCount: UInt32? = nil, line: UInt8 = 0) -> [UInt8] {
+        let count = keyCount ?? UInt32(keys.count)
+        return [command, port, outputFlag, output, lastWasCommand, pendingFlag, pending, fromKeyboard]
+            + (0..<4).map { UInt8(truncatingIfNeeded: count >> (8 * $0)) } + keys + [line]
+    }
+
+    func testI8042WithQueuedScancodesRestoresAndBehavesTheSame() throws {
+        let lineA = RecordingLine(), lineB = RecordingLine()
+        let original = I8042(line: lineA) {}
+        original.write(offset: 4, value: 0x60)
+        original.write(offset: 0, value: 0x01)  // keyboard enabled, its interrupt on
+        for byte in I8042.ctrlAltDel { original.keyboardSend(byte) }
+        XCTAssertEqual(original.read(offset: 0), 0x14)
+        let copy = I8042(line: lineB) {}
+        try copy.restore(snapshot: original.snapshot())
+        XCTAssertEqual(copy.snapshot(), original.snapshot())
+        XCTAssertEqual(lineB.levels, [true], "the restored device says its line's level")
+        var a: [UInt8] = [], b: [UInt8] = []
+        while original.read(offset: 4) & 1 == 1 { a.append(original.read(offset: 0)) }
+        while copy.read(offset: 4) & 1 == 1 { b.append(copy.read(offset: 0)) }
+        XCTAssertEqual(a, Array(I8042.ctrlAltDel.dropFirst()))
+        XCTAssertEqual(b, a, "the successor delivers every queued scancode once")
+        assertSameBehaviour(original, copy, randomAccesses(count: 5000, offsets: 0..<5, receives: false, seed: 4), state: { _ in "" })
     }
 
     func testForgedI8042SnapshotsAreRefusedAndChangeNothing() {
@@ -247,6 +269,17 @@ final class DeviceSnapshotTests: XCTestCase {
             ("absent output with a value", i8042Snapshot(output: 7), .invalid("i8042 absent output buffer holds 0x7")),
             ("absent command with a value", i8042Snapshot(pending: 0x60), .invalid("i8042 absent pending command holds 0x60")),
             ("flag 2", i8042Snapshot(outputFlag: 2), .invalid("boolean byte 2")),
+            ("keyboard byte without output", i8042Snapshot(fromKeyboard: 1), .invalid("i8042 keyboard byte in an empty output buffer")),
+            ("16 queued behind a keyboard byte", i8042Snapshot(outputFlag: 1, output: 0x14, fromKeyboard: 1, keys: [UInt8](repeating: 0x14, count: 16)),
+             .invalid("i8042 keyboard holds 17 bytes, at most 16")),
+            ("17 queued scancodes", i8042Snapshot(keys: [UInt8](repeating: 0x14, count: 17)),
+             .invalid("byte string of 17 bytes, at most 16 allowed")),
+            ("a forged queue length", i8042Snapshot(keyCount: 0xffff_ffff), .invalid("byte string of 4294967295 bytes, at most 16 allowed")),
+            ("scancodes behind an empty buffer", i8042Snapshot(command: 0x01, keys: [0x14]),
+             .invalid("i8042 scancodes waiting behind an empty output buffer")),
+            ("line high without a keyboard byte", i8042Snapshot(command: 0x01, line: 1), .invalid("i8042 interrupt line high against its registers")),
+            ("line low with a keyboard byte and the interrupt on",
+             i8042Snapshot(command: 0x01, outputFlag: 1, output: 0x14, fromKeyboard: 1), .invalid("i8042 interrupt line low against its registers")),
             ("trailing byte", before + [0], .trailingBytes),
         ]
         assertRefusesForgeries(kbc, before: before, cases)

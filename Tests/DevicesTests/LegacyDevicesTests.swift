@@ -25,6 +25,58 @@ final class LegacyDevicesTests: XCTestCase {
         XCTAssertEqual(resets, 2, "pulsing no line")
     }
 
+    func testI8042KeyboardQueuesScancodesAndRaisesIRQ1OncePerByte() {
+        let line = RecordingLine()
+        let kbc = I8042(line: line) {}
+        kbc.keyboardSend(0x14)
+        XCTAssertEqual(kbc.read(offset: 4) & 1, 0, "the keyboard is disabled at reset: its byte waits")
+        XCTAssertEqual(line.levels, [])
+        kbc.write(offset: 4, value: 0xae)  // enable the keyboard, interrupt still off
+        XCTAssertEqual(kbc.read(offset: 4) & 1, 1)
+        XCTAssertEqual(line.levels, [], "no IRQ 1 while the command byte has it off")
+        XCTAssertEqual(kbc.read(offset: 0), 0x14)
+        XCTAssertEqual(kbc.read(offset: 4) & 1, 0)
+
+        kbc.write(offset: 4, value: 0x60)
+        kbc.write(offset: 0, value: 0x01)  // keyboard enabled, its interrupt on
+        for byte in I8042.ctrlAltDel { kbc.keyboardSend(byte) }
+        XCTAssertEqual(kbc.keyboardSpace, I8042.keyboardBufferSize - I8042.ctrlAltDel.count, "the byte in the output buffer counts")
+        XCTAssertEqual(line.levels, [true])
+        var got: [UInt8] = []
+        while kbc.read(offset: 4) & 1 == 1 { got.append(kbc.read(offset: 0)) }
+        XCTAssertEqual(got, I8042.ctrlAltDel)
+        XCTAssertEqual(got, [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14], "set 2: Ctrl, Alt, Delete down and up")
+        // One rising edge per byte: the edge-triggered pin interrupts again for each.
+        XCTAssertEqual(line.levels, [true] + Array([[Bool]](repeating: [false, true], count: got.count - 1).joined()) + [false])
+
+        // A controller command's answer does not raise IRQ 1, and a scancode waiting in the buffer is not lost to it.
+        kbc.keyboardSend(0x1c)
+        kbc.write(offset: 4, value: 0x20)
+        XCTAssertEqual(kbc.read(offset: 0), 0x01, "the command byte")
+        XCTAssertEqual(kbc.read(offset: 0), 0x1c, "then the scancode")
+        XCTAssertEqual(line.level, false)
+
+        // The keyboard acknowledges commands written to it; a full buffer drops what does not fit.
+        kbc.write(offset: 0, value: 0xf4)
+        XCTAssertEqual(kbc.read(offset: 0), 0xfa)
+        kbc.write(offset: 4, value: 0xad)  // disable the keyboard: bytes accumulate
+        for i in 0..<20 { kbc.keyboardSend(UInt8(i)) }
+        XCTAssertEqual(kbc.keyboardSpace, 0)
+        kbc.write(offset: 4, value: 0xae)
+        var queued: [UInt8] = []
+        while kbc.read(offset: 4) & 1 == 1 { queued.append(kbc.read(offset: 0)) }
+        XCTAssertEqual(queued, (0..<16).map { UInt8($0) })
+
+        // A full keyboard whose byte a controller command pushes back loses nothing and stays within its buffer.
+        for i in 0..<20 { kbc.keyboardSend(UInt8(i)) }
+        XCTAssertEqual(kbc.keyboardSpace, 0)
+        kbc.write(offset: 4, value: 0xaa)
+        XCTAssertEqual(kbc.read(offset: 0), 0x55)
+        var again: [UInt8] = []
+        while kbc.read(offset: 4) & 1 == 1 { again.append(kbc.read(offset: 0)) }
+        XCTAssertEqual(again, (0..<16).map { UInt8($0) })
+    }
+
     func testCMOSClockInBCDFromTheInjectedTimeAndRAM() {
         // 2026-11-26 01:02:03 UTC, a Thursday.
         let rtc = CMOSRTC { 1_795_654_923 }

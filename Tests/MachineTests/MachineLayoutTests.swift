@@ -41,6 +41,7 @@ final class MachineLayoutTests: XCTestCase {
     func testCOM1RaisesISAIRQ4() {
         XCTAssertEqual(layout.irq(of: "com1"), 4)
         XCTAssertNil(layout.irq(of: "rtc"))
+        XCTAssertEqual(layout.irq(of: "i8042-data"), 1)
     }
 
     func testOverlappingDevicesAreRefused() throws {
@@ -65,8 +66,10 @@ final class MachineLayoutTests: XCTestCase {
         XCTAssertEqual(l.servers.map(\.description), ["pio", "irqchip", "virtio-blk0", "virtio-blk1", "virtio-rng0"])
         XCTAssertEqual(l.virtioCommandLine,
                        "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7")
-        XCTAssertEqual(l.interruptLines.map(\.pin), [4, 5, 6, 7], "COM1's lane first, then one per virtio device")
-        XCTAssertEqual(l.interruptLines.map(\.server.description), ["pio", "virtio-blk0", "virtio-blk1", "virtio-rng0"])
+        XCTAssertEqual(l.interruptLines.map(\.pin), [4, 1, 5, 6, 7], "COM1's and the keyboard's lanes first, then one per virtio device")
+        XCTAssertEqual(l.interruptLines.map(\.server.description), ["pio", "pio", "virtio-blk0", "virtio-blk1", "virtio-rng0"])
+        XCTAssertEqual(l.interruptLane(of: "i8042-data"), 1)
+        XCTAssertEqual(l.interruptLane(of: "virtio-blk1"), 3)
         let router = AccessRouter(l.routes)
         XCTAssertEqual(router.mmio(0xd000_1050)?.channel, 3, "virtio-blk1's QueueNotify reaches its own channel")
         XCTAssertEqual(router.mmio(0xd000_1050)?.writes, .posted)

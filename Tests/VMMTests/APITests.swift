@@ -157,6 +157,39 @@ final class APITests: GuestTestCase {
         XCTAssertEqual(lines, (0..<4000).map { "line \($0)"[...] }, "every line once, in order, across the pause")
     }
 
+    /// `SendCtrlAltDel` types Ctrl, Alt and Delete (pressed and released) on the i8042's keyboard: the `keyboard`
+    /// guest takes IRQ 1 through the IOAPIC and its local APIC once per scancode and checks the codes.
+    func testSendCtrlAltDelReachesTheGuestThroughIRQ1() throws {
+        try sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: false)
+    }
+
+    /// The same through a pio process that replaced a killed one: the successor has the keyboard's lane and the
+    /// keys' stream, and the command byte the guest wrote to its predecessor.
+    func testSendCtrlAltDelReachesTheGuestThroughARestartedPIO() throws {
+        try sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: true)
+    }
+
+    private func sendCtrlAltDelToTheKeyboardGuest(killingThePIOFirst: Bool) throws {
+        let s = Self.socketPath()
+        let run = try Self.start(socket: s, config: Harness.config(kernel: try Harness.guest("keyboard.elf"), args: ""))
+        XCTAssertTrue(run.waitForOutput("keyboard: ready\n"), run.stderr)
+        if killingThePIOFirst {
+            let supervisor = run.process.processIdentifier
+            let pio = try XCTUnwrap(Harness.helperPIDs(of: supervisor).first { Harness.role(of: $0) == "pio" })
+            XCTAssertEqual(kill(pio, SIGKILL), 0)
+            var restarts = 0
+            for _ in 0..<250 where restarts == 0 {
+                usleep(20_000)
+                let devices = try Self.curl(s, "GET", "/vmm/devices").json["devices"] as? [[String: Any]] ?? []
+                restarts = devices.first { $0["name"] as? String == "pio" }?["restarts"] as? Int ?? 0
+            }
+            XCTAssertEqual(restarts, 1, run.stderr)
+        }
+        XCTAssertEqual(try put(s, "/actions", #"{"action_type": "SendCtrlAltDel"}"#).status, 204)
+        XCTAssertEqual(run.wait(), 3, "debug-exit 1: the expected scancodes, one interrupt each; stdout: \(run.stdout) stderr: \(run.stderr)")
+        XCTAssertEqual(run.stdout, "keyboard: ready\nkeyboard: 14 11 e0 71 e0 f0 71 f0 11 f0 14 interrupts=11\n")
+    }
+
     /// The same VM from a config file and through the API: the same `GET /vm/config`, and the same guest output.
     func testConfigFileAndAPIGiveTheSameVM() throws {
         let kernel = try Harness.guest("uartstress.elf")
@@ -204,5 +237,21 @@ final class APITests: GuestTestCase {
         let pio = try XCTUnwrap((m["devices"] as? [String: Any])?["pio"] as? [String: Any])
         XCTAssertEqual(pio["restarts"] as? Int, 0)
         XCTAssertGreaterThan(pio["handled_requests"] as? Int ?? 0, 0)
+        // The vCPUs' statistics from their shared region: summed, and per vCPU.
+        let vcpu = try XCTUnwrap(m["vcpu"] as? [String: Any], line.description)
+        let entries = try XCTUnwrap(vcpu["kvm_run_entries"] as? Int)
+        XCTAssertGreaterThan(entries, 0)
+        XCTAssertGreaterThan(vcpu["kvm_run_ns"] as? Int ?? 0, 0)
+        let exits = try XCTUnwrap(vcpu["exits"] as? [String: [String: Int]], line.description)
+        XCTAssertGreaterThan(exits["io"]?["count"] ?? 0, 0, "uartstress writes its lines through port I/O")
+        XCTAssertGreaterThan(exits["io"]?["vmm_ns"] ?? 0, 0)
+        XCTAssertEqual(exits.values.reduce(0) { $0 + ($1["count"] ?? 0) }, entries, "every KVM_RUN returned with one exit")
+        let perVCPU = try XCTUnwrap(vcpu["vcpus"] as? [[String: Any]])
+        XCTAssertEqual(perVCPU.count, 2)
+        XCTAssertEqual(perVCPU.reduce(0) { $0 + ($1["kvm_run_entries"] as? Int ?? 0) }, entries)
+        // The last line, written when the VM stopped, has at least as much.
+        let last = try XCTUnwrap(try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n").last)
+        let final = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+        XCTAssertGreaterThanOrEqual((final["vcpu"] as? [String: Any])?["kvm_run_entries"] as? Int ?? 0, entries)
     }
 }

@@ -303,7 +303,8 @@ final class GuestRunTests: GuestTestCase {
 
     func testHelpersDieWithTheSupervisor() throws {
         let run = try startEndlessGuest()
-        let helpers = Harness.helperPIDs(of: run.process.processIdentifier, standbys: true)
+        // The standbys start 30 ms after their devices' first processes.
+        let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 5)
         XCTAssertEqual(helpers.count, 5, "vcpu, pio, irqchip and the standby pio and irqchip")
         kill(run.process.processIdentifier, SIGKILL)
         _ = run.wait()
@@ -342,38 +343,40 @@ final class GuestRunTests: GuestTestCase {
             let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
             switch Harness.role(of: pid) {
             case "pio":
-                // stdio, control pipe, its channel (memory, two doorbells), the lines channel for its IRQ (the same
-                // three), the console's streams to the supervisor (memory, two doorbells), the spin census.
-                XCTAssertEqual(fds, Array(0...13), "\(targets)")
-                guard fds.count == 14 else { continue }
-                XCTAssertTrue(targets[13].contains("memfd:spin-census"), "\(targets)")
-                XCTAssertTrue(targets[10].contains("memfd:console"), "\(targets)")
+                // stdio, control pipe, its channel (memory, two doorbells), the lines channel for its IRQs (memory,
+                // a doorbell, a response doorbell per lane: COM1's and the keyboard's), the console's streams to the
+                // supervisor (memory, two doorbells), the spin census.
+                XCTAssertEqual(fds, Array(0...14), "\(targets)")
+                guard fds.count == 15 else { continue }
+                XCTAssertTrue(targets[11].contains("memfd:console"), "\(targets)")
+                XCTAssertTrue(targets[14].contains("memfd:spin-census"), "\(targets)")
                 XCTAssertTrue(targets[3].hasPrefix("pipe:"), "\(targets)")
                 XCTAssertTrue(targets[4].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[7].contains("memfd:irq-lines"), "\(targets)")
             case "irqchip":
-                // stdio, control pipe, the vCPUs' channel (3), the lines channel (3), the interrupt mailboxes, the
-                // vCPU kick, the vCPU's LAPIC timer, the spin census.
-                XCTAssertEqual(fds, Array(0...13), "\(targets)")
-                guard fds.count == 14 else { continue }
-                XCTAssertTrue(targets[10].contains("memfd:interrupt-mailboxes"), "\(targets)")
-                XCTAssertEqual(targets[11], "anon_inode:[eventfd]", "\(targets)")
-                XCTAssertEqual(targets[12], "anon_inode:[timerfd]", "\(targets)")
-                XCTAssertTrue(targets[13].contains("memfd:spin-census"), "\(targets)")
+                // stdio, control pipe, the vCPUs' channel (3), the lines channel (4: two lanes, COM1 and the
+                // keyboard), the interrupt mailboxes, the vCPU kick, the vCPU's LAPIC timer, the spin census.
+                XCTAssertEqual(fds, Array(0...14), "\(targets)")
+                guard fds.count == 15 else { continue }
+                XCTAssertTrue(targets[11].contains("memfd:interrupt-mailboxes"), "\(targets)")
+                XCTAssertEqual(targets[12], "anon_inode:[eventfd]", "\(targets)")
+                XCTAssertEqual(targets[13], "anon_inode:[timerfd]", "\(targets)")
+                XCTAssertTrue(targets[14].contains("memfd:spin-census"), "\(targets)")
             case "vcpu":
                 // stdio, control pipe, /dev/kvm, RAM, the pio channel (3), the irqchip channel (3), the interrupt
-                // mailboxes, the interrupt kick, its LAPIC timer (watched in HLT), the spin census; then what it made
-                // itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
-                XCTAssertEqual(Array(fds.prefix(16)), Array(0...15), "\(targets)")
-                guard fds.count >= 16 else { continue }
+                // mailboxes, the interrupt kick, its LAPIC timer (watched in HLT), the run statistics, the spin
+                // census; then what it made itself: the VM, the vCPU and the interrupt listener's wake-up eventfd.
+                XCTAssertEqual(Array(fds.prefix(17)), Array(0...16), "\(targets)")
+                guard fds.count >= 17 else { continue }
                 XCTAssertEqual(targets[14], "anon_inode:[timerfd]", "\(targets)")
-                XCTAssertTrue(targets[15].contains("memfd:spin-census"), "\(targets)")
+                XCTAssertTrue(targets[16].contains("memfd:spin-census"), "\(targets)")
                 XCTAssertTrue(targets[4].contains("kvm"), "\(targets)")
                 XCTAssertTrue(targets[5].contains("memfd:guest-ram"), "\(targets)")
                 XCTAssertTrue(targets[6].contains("memfd:pio-channel"), "\(targets)")
                 XCTAssertTrue(targets[9].contains("memfd:irqchip-channel"), "\(targets)")
                 XCTAssertTrue(targets[12].contains("memfd:interrupt-mailboxes"), "\(targets)")
-                XCTAssertEqual(Set(targets.dropFirst(16)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
+                XCTAssertTrue(targets[15].contains("memfd:vcpu-statistics"), "\(targets)")
+                XCTAssertEqual(Set(targets.dropFirst(17)), ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:0", "anon_inode:[eventfd]"], "\(targets)")
             default:
                 XCTFail("unexpected helper \(pid)")
             }

@@ -58,6 +58,8 @@ struct VCPUSpec: RoleSpec {
     /// Per vCPU its LAPIC timer (the irqchip arms it): a vCPU in HLT wakes on its expiry together with the irqchip,
     /// instead of after it.
     var timerFDs: [Int32]
+    /// The run statistics the vCPU threads write and the supervisor reads (VCPUStatistics).
+    var statisticsFD: Int32
     /// Registered with KVM_IOEVENTFD before the sandbox: a guest write of `queue` to `address` (a virtio device's
     /// QueueNotify) signals `fd`, which the device process waits on; the vcpu process never sees it.
     var queueNotifications: [QueueNotificationSpec] = []
@@ -110,8 +112,9 @@ protocol RestartableRoleSpec: RoleSpec {
 
 struct PIOSpec: RestartableRoleSpec {
     var channel: ChannelSpec
-    /// COM1's interrupt line (ISA IRQ 4).
+    /// COM1's interrupt line (ISA IRQ 4), and the i8042 keyboard's lane of the same lines channel (ISA IRQ 1).
     var uartLine: InterruptLineSpec
+    var keyboardLane: Int
     var controlFD: Int32
     /// The console's byte streams to and from the supervisor (which owns the console's descriptors).
     var console: ConsoleSpec

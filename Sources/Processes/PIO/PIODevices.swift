@@ -3,7 +3,8 @@ import Devices
 import Glibc
 
 /// The pio process's devices on one port bus, and everything about them that must outlive the process: register
-/// state, the UART's receive FIFO, what the panic watch has seen, and the positions in the console's streams. The
+/// state, the UART's receive FIFO, the keyboard's scancodes, what the panic watch has seen, and the positions in
+/// the console's streams. The
 /// whole of it is committed with the channel's positions (see `DeviceServer.commit`), so a successor process
 /// restores it and handles again exactly the requests whose effects were not committed.
 final class PIODevices: RestartableDevice {
@@ -17,14 +18,14 @@ final class PIODevices: RestartableDevice {
     let news = GuestNews()
 
     /// A format tag, so that a successor never restores a different build's layout of this state.
-    private static let snapshotVersion: UInt8 = 1
+    private static let snapshotVersion: UInt8 = 2
 
-    init(console rings: ConsoleRings, newsDoorbell: Int32, line: InterruptLine, debugExit: Bool) throws {
+    init(console rings: ConsoleRings, newsDoorbell: Int32, uartLine: InterruptLine, keyboardLine: InterruptLine, debugExit: Bool) throws {
         let console = ConsoleSide(rings: rings, doorbell: newsDoorbell)
         let news = self.news
         self.console = console
-        uart = Serial8250(transmit: console.transmit, line: line)
-        i8042 = I8042 { news.events.append(.reset) }
+        uart = Serial8250(transmit: console.transmit, line: uartLine)
+        i8042 = I8042(line: keyboardLine) { news.events.append(.reset) }
         rtc = CMOSRTC { Int64(Self.wallClockSeconds()) }
         try bus.attach(uart, at: Serial8250.com1)
         if debugExit { try bus.attach(DebugExit { news.exitStatus = $0 }, at: DebugExit.defaultPort) }
@@ -42,12 +43,17 @@ final class PIODevices: RestartableDevice {
     /// The console showed a complete kernel panic line.
     var sawPanic: Bool { console.sawPanic }
 
-    /// Moves what arrived for the guest into the UART's receive FIFO, as much as it has room for.
+    /// Moves what arrived for the guest into the UART's receive FIFO and the keyboard's buffer, as much as each
+    /// has room for (the rest waits in its stream).
     func pullInput() throws(ByteRingCorrupt) {
         let n = min(uart.receiveSpace, try console.input.available())
-        guard n > 0 else { return }
-        for byte in try console.input.take(max: n) { uart.receive(byte) }
+        if n > 0 { for byte in try console.input.take(max: n) { uart.receive(byte) } }
+        let k = min(i8042.keyboardSpace, try console.keys.available())
+        if k > 0 { for byte in try console.keys.take(max: k) { i8042.keyboardSend(byte) } }
     }
+
+    /// Whether more input could be taken now: the pio waits for the supervisor's input doorbell only then.
+    var wantsInput: Bool { uart.receiveSpace > 0 || i8042.keyboardSpace > 0 }
 
     // MARK: RestartableDevice
 
@@ -64,6 +70,7 @@ final class PIODevices: RestartableDevice {
         w.bool(news.endingReported)
         w.u64(console.output.position)
         w.u64(console.input.position)
+        w.u64(console.keys.position)
         return w.bytes
     }
 
@@ -82,10 +89,11 @@ final class PIODevices: RestartableDevice {
         console.sawPanic = try r.bool()
         news.bootMarked = try r.bool()
         news.endingReported = try r.bool()
-        let output = try r.u64(), input = try r.u64()
+        let output = try r.u64(), input = try r.u64(), keys = try r.u64()
         try r.finish()
         console.output.resume(at: output)
         console.input.resume(at: input)
+        console.keys.resume(at: keys)
         console.markPublished()
     }
 
@@ -109,8 +117,9 @@ final class GuestNews {
 private final class ConsoleSide {
     var output: ByteRingWriter
     var input: ByteRingReader
+    var keys: ByteRingReader
     private let doorbell: Int32
-    private var published: (output: UInt64, input: UInt64)
+    private var published: (output: UInt64, input: UInt64, keys: UInt64)
     /// Watches for the line a Linux kernel prints when it panics (no pvpanic device without PCI or ACPI); it
     /// counts once complete, with its reason.
     var panicWatch = TextWatch("Kernel panic - not syncing")
@@ -120,8 +129,9 @@ private final class ConsoleSide {
     init(rings: ConsoleRings, doorbell: Int32) {
         output = rings.outputWriter()
         input = rings.inputReader()
+        keys = rings.keysReader()
         self.doorbell = doorbell
-        published = (output.position, input.position)
+        published = (output.position, input.position, keys.position)
     }
 
     func transmit(_ byte: UInt8) {
@@ -134,13 +144,14 @@ private final class ConsoleSide {
 
     /// New output and freed input room become visible to the supervisor only once committed.
     func publish() {
-        guard (output.position, input.position) != published else { return }
+        guard (output.position, input.position, keys.position) != published else { return }
         output.publish()
         input.publish()
+        keys.publish()
         markPublished()
         var one: UInt64 = 1
         _ = Glibc.write(doorbell, &one, 8)
     }
 
-    func markPublished() { published = (output.position, input.position) }
+    func markPublished() { published = (output.position, input.position, keys.position) }
 }

@@ -4,7 +4,7 @@ import Glibc
 import IRQChipLink
 import System
 
-/// The port-I/O device process: COM1 (8250 UART), the i8042 (for its reset line), the CMOS RTC, the boot timer
+/// The port-I/O device process: COM1 (8250 UART), the i8042 (its reset line and keyboard), the CMOS RTC, the boot timer
 /// and the debug-exit port, served from one channel in request order, so console bytes written before a
 /// debug-exit are always out before the VM ends.
 public enum PIOProcess {
@@ -24,9 +24,12 @@ public enum PIOProcess {
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         let rings = try ConsoleRings(fd: spec.console.memoryFD)
-        let line = try ChannelLine(spec.uartLine, policy: policy)
+        let uartLine = try ChannelLine(spec.uartLine, policy: policy)
+        let keyboardLine = try ChannelLine(InterruptLineSpec(channel: spec.uartLine.channel, lane: spec.keyboardLane),
+                                           policy: policy)
         func makeDevices() throws -> PIODevices {
-            try PIODevices(console: rings, newsDoorbell: spec.console.newsFD, line: line, debugExit: spec.debugExit)
+            try PIODevices(console: rings, newsDoorbell: spec.console.newsFD, uartLine: uartLine, keyboardLine: keyboardLine,
+                           debugExit: spec.debugExit)
         }
         // A process started in place of a dead one resumes from its predecessor's last commit.
         var devices = try makeDevices()
@@ -85,7 +88,7 @@ public enum PIOProcess {
             }
 
             try devices.pullInput()
-            let wantInput = devices.uart.receiveSpace > 0
+            let wantInput = devices.wantsInput
             let ready = try server.wait(extra: wantInput ? [spec.console.inputFD] : [])
             if wantInput, !ready[0].isEmpty {
                 var count: UInt64 = 0

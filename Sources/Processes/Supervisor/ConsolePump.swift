@@ -2,10 +2,10 @@ import Channel
 import Glibc
 import System
 
-/// The supervisor's end of the console: writes what the pio process committed to `vmm.serial.output`, and feeds
-/// stdin to it. It holds the console's descriptors so that the pio process can die and be replaced without a byte
-/// lost or repeated; the bytes are copied, never interpreted (the indices are checked: a pio process that corrupts
-/// them loses the console, not the supervisor).
+/// The supervisor's end of the console: writes what the pio process committed to `vmm.serial.output`, feeds
+/// stdin to it, and sends the i8042 keyboard's scancodes (`SendCtrlAltDel`). It holds the console's descriptors
+/// so that the pio process can die and be replaced without a byte lost or repeated; the bytes are copied, never
+/// interpreted (the indices are checked: a pio process that corrupts them loses the console, not the supervisor).
 final class ConsolePump {
     let memory: FileDescriptor
     private let rings: ConsoleRings
@@ -15,6 +15,7 @@ final class ConsolePump {
     let inputReady: EventFD
     private var output: ByteRingReader
     private var input: ByteRingWriter
+    private var keys: ByteRingWriter
     private let sink: Int32?
     private var source: Int32?
     /// The stream's indices were corrupt: nothing more is read from it.
@@ -28,6 +29,7 @@ final class ConsolePump {
         inputReady = try EventFD()
         output = rings.outputReader()
         input = rings.inputWriter()
+        keys = rings.keysWriter()
         self.sink = sink
         self.source = source
     }
@@ -73,6 +75,15 @@ final class ConsolePump {
             Log.warning("console output stream: \(error); dropping the console")
             broken = true
         }
+    }
+
+    /// Queues scancodes for the keyboard, all or none: false when the stream has no room for them all (the guest
+    /// is not reading its keyboard) or the pio process corrupted its index.
+    func sendKeys(_ bytes: [UInt8]) -> Bool {
+        guard let room = try? keys.space(), room >= bytes.count, (try? keys.append(bytes)) == bytes.count else { return false }
+        keys.publish()
+        try? inputReady.signal()
+        return true
     }
 
     private func readInput(_ fd: Int32) {

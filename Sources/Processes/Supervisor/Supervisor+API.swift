@@ -1,4 +1,5 @@
 import Config
+import Devices
 import Glibc
 import System
 
@@ -15,6 +16,8 @@ final class SupervisorAPI {
     var nextMetricsDue: UInt64?
     var guestBootedMs: Int?
     var helpersStartedMs: Int?
+    /// The vCPUs' run statistics, mapped read-only.
+    var vcpuStatistics: VCPUStatistics?
 
     init(control: VMControl?) { self.control = control }
 
@@ -45,7 +48,7 @@ extension Supervisor {
     }
 
     /// Runs the API's commands (on the supervisor's thread: the slots are not shared).
-    func serveAPI(_ slots: [Slot]) {
+    func serveAPI(_ slots: [Slot], console: ConsolePump) {
         guard let control = api.control else { return }
         for (command, respond) in control.take() {
             switch command {
@@ -72,7 +75,11 @@ extension Supervisor {
                     respond(.done)
                 }
             case .sendCtrlAltDel:
-                respond(.refused("SendCtrlAltDel is not supported yet: vmm's i8042 has no keyboard to send the keys through (the guest's reboot=k and the debug-exit port end a VM)"))
+                // Through the console's key stream to the pio process, whose i8042 keyboard types them (IRQ 1
+                // once the guest's driver enabled it); a restarted pio process resumes the stream where it was.
+                if console.sendKeys(I8042.ctrlAltDel) { respond(.done) } else {
+                    respond(.refused("the i8042 keyboard's buffer is full: the guest has not read the keys sent before"))
+                }
             }
         }
     }
@@ -114,9 +121,27 @@ extension Supervisor {
         }
     }
 
+    /// When the VM has stopped: the vCPUs' statistics in one log line (what a benchmark splitting wall time into
+    /// KVM_RUN and VMM time reads), and a last metrics line.
+    func reportFinalStatistics(_ slots: [Slot]) {
+        guard let statistics = api.vcpuStatistics else { return }
+        Log.info("vcpu statistics (all vCPUs): \(statistics.total().summary)")
+        writeMetrics(slots)
+    }
+
+    /// The `vcpu` object of a metrics line: the vCPUs' statistics summed (`kvm_run_entries`, `kvm_run_ns`, and per
+    /// exit reason `exits` and `vmm_ns`), then the same per vCPU under `vcpus`.
+    static func vcpuMetrics(_ statistics: VCPUStatistics) -> JSONValue {
+        func object(_ t: VCPUStatistics.Totals) -> [(key: String, value: JSONValue)] {
+            [("kvm_run_entries", .number("\(t.entries)")), ("kvm_run_ns", .number("\(t.runNanoseconds)")),
+             ("exits", .object(t.byReason.map { ($0.name, .object([("count", .number("\($0.exits)")), ("vmm_ns", .number("\($0.nanoseconds)"))])) }))]
+        }
+        return .object(object(statistics.total()) + [("vcpus", .array((0..<statistics.vcpus).map { .object(object(statistics.read(vcpu: $0))) }))])
+    }
+
     /// One line of Firecracker-style metrics (a JSON object per flush) with what the supervisor knows: uptime, the
-    /// guest's boot-timer time, the API's request count, each device process's pid, restarts, state and handled
-    /// requests. Exits by reason are counted inside the vcpu process and logged when the VM stops; they are not here.
+    /// guest's boot-timer time, the API's request count, the vCPUs' statistics (KVM_RUN entries and time, exits
+    /// and VMM time by reason), each device process's pid, restarts, state and handled requests.
     func writeMetrics(_ slots: [Slot]) {
         guard let fd = api.metricsFD else { return }
         var now = timespec()
@@ -132,6 +157,7 @@ extension Supervisor {
                              ("guest_boot_time_ms", api.guestBootedMs.map { .number("\($0)") } ?? .null),
                              ("state", .string(api.control?.state.rawValue ?? VMControl.State.running.rawValue))])),
             ("api_server", .object([("requests", .number("\(api.control?.apiRequests.load(ordering: .relaxed) ?? 0)"))])),
+            ("vcpu", api.vcpuStatistics.map(Self.vcpuMetrics) ?? .null),
             ("devices", .object(devices)),
         ])
         let bytes = Array((line.text + "\n").utf8)

@@ -22,6 +22,7 @@ extension Supervisor {
         let ending = try firstDecisiveEvent(slots, console: console, faults: faults)
         settleDevices(slots.map(\.helper))
         console.drainOutput()
+        reportFinalStatistics(slots)
         if let message = ending.message {
             if ending.quiet { Log.info(message) } else { Log.report(message) }
         }
@@ -85,7 +86,7 @@ extension Supervisor {
                 standbyDied(standby, in: slots)
             }
             console.pump(ready: Array(ready.suffix(consoleFDs.count)))
-            serveAPI(slots)
+            serveAPI(slots, console: console)
             let after = monotonicNanoseconds()
             apiTimers(slots, now: after)
             watchForHangs(slots, now: after, faults: faults)

@@ -179,10 +179,15 @@ public final class Supervisor {
         // of the irqchip channel, nor the interrupt mailboxes. The irqchip knows each lane's pin.
         let lines = layout.interruptLines
         let linesChannel = try ChannelPlan(name: "irq-lines", lanes: max(1, lines.count))
-        func line(_ server: Server, _ fds: inout FDList) -> InterruptLineSpec {
-            InterruptLineSpec(channel: linesChannel.spec(&fds), lane: lines.firstIndex { $0.server == server } ?? 0)
+        func line(_ device: String, _ fds: inout FDList) -> InterruptLineSpec {
+            InterruptLineSpec(channel: linesChannel.spec(&fds), lane: layout.interruptLane(of: device) ?? 0)
         }
+        /// The lanes a process drives: given up on, the supervisor lowers them all.
+        func lanes(_ server: Server) -> [Int] { lines.indices.filter { lines[$0].server == server } }
         let mailboxes = FileDescriptor.Box(try InterruptMailbox.create(vcpus: vcpus))
+        // Written by the vCPU threads, read here (read-only) for the metrics and the summary at the end.
+        let statistics = FileDescriptor.Box(try VCPUStatistics.create(vcpus: vcpus))
+        api.vcpuStatistics = try VCPUStatistics(attaching: statistics.raw, vcpus: vcpus, writable: false)
         let kicks = try (0..<vcpus).map { _ in EventFD.Box(try EventFD()) }
         let timers = try (0..<vcpus).map { _ in
             FileDescriptor.Box(FileDescriptor(owning: try syscallRetrying("timerfd_create") { vmm_timerfd_create() }))
@@ -226,6 +231,7 @@ public final class Supervisor {
                 channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: layout.routes,
                 mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
                 timerFDs: timers.map { fds.add($0.raw, owner: $0) },
+                statisticsFD: fds.add(statistics.raw, owner: statistics),
                 queueNotifications: zip(virtio, queueNotifications).flatMap { device, queues in
                     queues.enumerated().map { q, fd in
                         QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
@@ -238,13 +244,14 @@ public final class Supervisor {
         // The pio process commits its devices' state to its channel: a dead or hung one is replaced.
         helpers.append(try spawn(restartable: .pio, cpus: config.vmm.deviceCPUs, stdio: stdio, serves: [channel(Server(.pio))]) { fds, control in
             PIOSpec(
-                channel: channel(Server(.pio)).spec(&fds), uartLine: line(Server(.pio), &fds), controlFD: control,
+                channel: channel(Server(.pio)).spec(&fds), uartLine: line("com1", &fds), keyboardLane: layout.interruptLane(of: "i8042-data") ?? 0,
+                controlFD: control,
                 console: console.spec(&fds),
                 debugExit: config.vmm.debugExit, panicWatch: config.vmm.panicWatch,
                 waiting: waiting(seat: vcpus, &fds), logLevel: Log.level.rawValue,
                 sandbox: try self.sandboxSpec(.pio))
         })
-        helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == Server(.pio) } ?? 0, pulse: false)
+        helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(Server(.pio)), pulse: false)
         // So does the irqchip, before any mailbox write its state leads to.
         helpers.append(try spawn(restartable: .irqchip, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                  serves: [channel(Server(.irqchip)), linesChannel]) { fds, control in
@@ -262,7 +269,7 @@ public final class Supervisor {
             helpers.append(try spawn(restartable: server.role, name: server.description, cpus: config.vmm.deviceCPUs, stdio: stdio,
                                      serves: [channel(server)], notifications: queueNotifications[i].map(\.raw)) { fds, control in
                 VirtioSpec(
-                    channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(server, &fds),
+                    channel: channel(server).spec(&fds), windowBase: device.mmio?.base ?? 0, line: line(device.name, &fds),
                     ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
                     queueNotifyFDs: queueNotifications[i].map { fds.add($0.raw, owner: $0) }, controlFD: control,
                     block: server.role == .virtioBlock ? images[server.instance].spec(&fds) : nil,
@@ -272,7 +279,7 @@ public final class Supervisor {
                     waiting: waiting(seat: vcpus + 2 + i, &fds), logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })
-            helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lane: lines.firstIndex { $0.server == server } ?? 0, pulse: true)
+            helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(server), pulse: true)
         }
         Log.debug("helpers spawned")
         api.helpersStartedMs = Int((monotonicNanoseconds() - startedAt) / 1_000_000)
@@ -284,16 +291,20 @@ public final class Supervisor {
     /// the guest take the interrupt again after every EOI, a storm. The supervisor drives the dead device's lane of
     /// the lines channel in its place: low, and for a virtio device first a pulse, its configuration-change
     /// interrupt (its window, answered by the vcpu process now, says DEVICE_NEEDS_RESET with the config-change bit).
-    static func lineWhenBroken(_ lines: ChannelPlan, lane: Int, pulse: Bool) -> () -> Void {
+    static func lineWhenBroken(_ lines: ChannelPlan, lanes: [Int], pulse: Bool) -> () -> Void {
         {
-            var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
-                                      responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(maxSpinMicroseconds: 0),
-                                      timeoutMs: 100)
-            for level: UInt64 in pulse ? [0, 1, 0] : [0] {
-                do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {
-                    Log.warning("lowering a broken device's interrupt line: \(error)")
-                    return
-                }
+            for lane in lanes { lowerLine(lines, lane: lane, pulse: pulse) }
+        }
+    }
+
+    private static func lowerLine(_ lines: ChannelPlan, lane: Int, pulse: Bool) {
+        var client = DeviceClient(region: lines.region, lane: lane, deviceDoorbell: lines.deviceDoorbell.raw,
+                                  responseDoorbell: lines.responseDoorbells[lane], policy: WaitPolicy(maxSpinMicroseconds: 0),
+                                  timeoutMs: 100)
+        for level: UInt64 in pulse ? [0, 1, 0] : [0] {
+            do { try client.post(.lineLevel, size: 1, address: 0, data: level) } catch {
+                Log.warning("lowering a broken device's interrupt line: \(error)")
+                return
             }
         }
     }
@@ -483,7 +494,7 @@ public final class Supervisor {
             if linux {
                 _ = try ACPIBoot.write(cpus: config.machine.vcpuCount, virtioDevices: layout.virtioDevices.compactMap { d in
                     d.mmio.flatMap { w in d.irq.map { VirtioMMIODevice(base: w.base, size: w.size, gsi: UInt32($0)) } }
-                }, into: memory)
+                }, com1GSI: UInt32(layout.irq(of: "com1") ?? 4), keyboardGSI: UInt32(layout.irq(of: "i8042-data") ?? 1), into: memory)
             }
             return entry
         } catch {

@@ -49,6 +49,7 @@ public enum VCPUProcess {
         }
         let regions = try spec.channels.map { c in try ChannelRegion(attaching: c.memoryFD, layout: c.layout) }
         let mailbox = try InterruptMailbox(attaching: spec.mailboxFD, vcpus: spec.vcpuCount)
+        let statistics = try VCPUStatistics(attaching: spec.statisticsFD, vcpus: spec.vcpuCount, writable: true)
         let group = try VCPUGroup(count: spec.vcpuCount)
         // vCPU i is APIC ID i and uses lane i of every channel; vCPU 0 is the bootstrap processor, the others
         // wait for INIT and a start-up IPI.
@@ -68,7 +69,7 @@ public enum VCPUProcess {
                                   interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i],
                                                                     timerFD: spec.timerFDs.indices.contains(i) ? spec.timerFDs[i] : nil),
                                   group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup,
-                                  seat: census.seat(spec.waiting.seat + i))
+                                  seat: census.seat(spec.waiting.seat + i), statistics: statistics.writer(vcpu: i))
         }
         // Virtio queue notifications go from KVM straight to the device processes' eventfds.
         for n in spec.queueNotifications {
@@ -96,7 +97,7 @@ public enum VCPUProcess {
         }
         let stop = group.waitForStop()
         // Counted by each vCPU thread without locks: a snapshot that may miss the last few exits of the others.
-        for runner in runners { Log.info(runner.exitSummary()) }
+        for runner in runners { Log.info(runner.exitSummary(statistics.read(vcpu: runner.vcpu.id))) }
         return stop
     }
 }

@@ -29,8 +29,10 @@ final class VCPURunner: @unchecked Sendable {
     /// This vCPU's seat in the VM's spin census: held while in the guest, so that device processes spin only on
     /// CPUs the vCPUs leave free.
     let seat: SpinCensus.Seat
-    /// Exits by KVM exit reason, reported when the VM stops.
-    private(set) var exitCounts = [Int](repeating: 0, count: 64)
+    /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
+    private let statistics: VCPUStatistics.Writer
+    /// The exit being handled, and when KVM_RUN returned with it: its VMM time runs until the next entry.
+    private var handling: (reason: UInt32, since: UInt64)?
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -57,10 +59,11 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
-         bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat) throws {
+         bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
         self.vcpu = vcpu
         self.seat = seat
         interrupts.seat = seat
+        self.statistics = statistics
         self.devices = devices
         self.interrupts = interrupts
         self.group = group
@@ -74,8 +77,16 @@ final class VCPURunner: @unchecked Sendable {
     /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
+        finishHandling(at: monotonicNanoseconds())
         devices.settleAll()
         return why
+    }
+
+    /// The exit being handled is done at `now`: its time goes to its reason.
+    private func finishHandling(at now: UInt64) {
+        guard let h = handling else { return }
+        statistics.handled(h.reason, nanoseconds: now &- h.since)
+        handling = nil
     }
 
     private func runUntilStop() -> ControlMessage.VCPUStop {
@@ -88,15 +99,20 @@ final class VCPURunner: @unchecked Sendable {
                 if state != .running { continue }
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
                 if let gate = interrupts.pauseGate, gate.isRequested {
+                    finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
                     gate.wait()
                     continue
                 }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
+                let entered = monotonicNanoseconds()
+                finishHandling(at: entered)
                 seat.hold()
                 let reason = try vcpu.runOnce()
                 seat.release()
-                if Int(reason) < exitCounts.count { exitCounts[Int(reason)] += 1 }
+                let exited = monotonicNanoseconds()
+                statistics.ran(nanoseconds: exited &- entered, exit: reason)
+                handling = (reason, exited)
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
@@ -206,12 +222,9 @@ final class VCPURunner: @unchecked Sendable {
                      "debug exit at 0x\(String(vmm_run_debug_pc(vcpu.run), radix: 16)) that no breakpoint of ours explains")
     }
 
-    /// Exit counts by reason, for the report at the end of a run.
-    func exitSummary() -> String {
-        let names = [KVM_EXIT_IO: "io", KVM_EXIT_MMIO: "mmio", KVM_EXIT_HLT: "hlt", KVM_EXIT_INTR: "kick",
-                     KVM_EXIT_IRQ_WINDOW_OPEN: "irq-window", KVM_EXIT_DEBUG: "debug", KVM_EXIT_INTERNAL_ERROR: "emulation",
-                     KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr", KVM_EXIT_SHUTDOWN: "shutdown"]
-        var parts = exitCounts.indices.filter { exitCounts[$0] > 0 }.map { "\(names[Int32($0)] ?? "reason \($0)") \(exitCounts[$0])" }
+    /// Exit counts by reason (from the statistics region), for the report at the end of a run.
+    func exitSummary(_ totals: VCPUStatistics.Totals) -> String {
+        var parts = totals.byReason.filter { $0.exits > 0 }.map { "\($0.name) \($0.exits)" }
         if let f = syscallFixup {
             parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
