@@ -77,6 +77,7 @@ public final class APIController: Sendable {
             respond(configure("mmds-config", id: nil, method: method, body: body))
         case let p where p.count == 2 && (p[0] == "drives" || p[0] == "network-interfaces"):
             guard allow(["PUT", "PATCH"]) else { return }
+            if parts[0] == "drives", method == "PATCH", patchRunningDrive(parts[1], body: body, respond: respond) { return }
             respond(configure(parts[0], id: parts[1], method: method, body: body))
         case ["actions"]:
             guard allow(["PUT"]) else { return }
@@ -124,8 +125,8 @@ public final class APIController: Sendable {
         }
         return document.withLock { d -> APIResponse in
             if d.running != nil || d.starting {
-                if method == "PATCH", section == "drives" || section == "network-interfaces" {
-                    return .badRequest("not supported: changing a \(section == "drives" ? "drive" : "network interface") of a running VM (its device process can open no file, and vmm does not rate-limit)")
+                if method == "PATCH", section == "network-interfaces" {
+                    return .badRequest("not supported: changing a network interface of a running VM (vmm does not rate-limit)")
                 }
                 return .badRequest(Self.notAfterStart)
             }
@@ -162,6 +163,51 @@ public final class APIController: Sendable {
                 return .badRequest("\(error)")
             }
         }
+    }
+
+    /// `PATCH /drives/{id}` on a running VM, as Firecracker has it: a new backing file (`path_on_host`) for the
+    /// drive, which the guest sees as a capacity change. The drive as it runs with the patch applied is checked by
+    /// the config parser (so a missing file, a read-write drive on a read-only file or a rate limiter get its
+    /// messages); the supervisor then opens and locks the file and hands it to the drive's process. False when the VM
+    /// is not running (the caller answers as before InstanceStart).
+    private func patchRunningDrive(_ id: String, body: [UInt8], respond: @escaping @Sendable (APIResponse) -> Void) -> Bool {
+        let outcome = document.withLock { d -> Result<String?, APIResponse>? in
+            guard let running = d.running else { return d.starting ? .failure(.badRequest(Self.notAfterStart)) : nil }
+            let json: JSONValue
+            switch Self.parseBody(body) {
+            case .success(let j): json = j
+            case .failure(let r): return .failure(r)
+            }
+            guard case .object(let changes) = json else { return .failure(.badRequest("drives[\(id)]: expected an object, found \(json.kind)")) }
+            guard let index = running.drives.firstIndex(where: { $0.driveID == id }),
+                  case .array(let drives)? = running.firecrackerJSON["drives"], case .object(var merged) = drives[index] else {
+                return .failure(.badRequest("drives[\(id)]: the running VM has no drive \"\(id)\""))
+            }
+            for (key, value) in changes {
+                guard ["drive_id", "path_on_host", "rate_limiter"].contains(key) else {
+                    return .failure(.badRequest("drives[\(id)].\(key): cannot be changed on a running VM (drive_id, path_on_host and rate_limiter can)"))
+                }
+                if let i = merged.firstIndex(where: { $0.key == key }) { merged[i].value = value } else { merged.append((key, value)) }
+            }
+            do { try ConfigParser.checkSection("drives", id: id, .object(merged)) } catch { return .failure(.badRequest("\(error)")) }
+            guard case .string(let path)? = changes.first(where: { $0.key == "path_on_host" })?.value else { return .success(nil) }
+            return .success(path)
+        }
+        switch outcome {
+        case nil: return false
+        case .failure(let r)?: respond(r)
+        case .success(nil)?: respond(.noContent)  // nothing to change
+        case .success(let path?)?:
+            control.submit(.updateDrive(id: id, path: path)) { reply in
+                if case .done = reply {
+                    self.document.withLock { d in
+                        if let i = d.running?.drives.firstIndex(where: { $0.driveID == id }) { d.running?.drives[i].pathOnHost = path }
+                    }
+                }
+                respond(Self.response(reply))
+            }
+        }
+        return true
     }
 
     private static func set(_ sections: inout [(key: String, value: JSONValue)], _ key: String, _ value: JSONValue) {

@@ -123,11 +123,11 @@ public final class VirtioBlock: VirtioDeviceBackend {
     /// VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP.
     static let unmapFlag: UInt32 = 1
 
-    public let storage: BlockStorage
+    public private(set) var storage: BlockStorage
     public let configuration: VirtioBlockConfiguration
     public let deviceFeatures: UInt64
     /// Bytes the guest can address: whole sectors only.
-    private let usableBytes: UInt64
+    private var usableBytes: UInt64
 
     public var deviceID: UInt32 { VirtioDeviceID.block }
     public var queueMaxSizes: [UInt16] { [configuration.queueSize] }
@@ -145,6 +145,16 @@ public final class VirtioBlock: VirtioDeviceBackend {
             if configuration.writeZeroes { features |= VirtioBlockFeature.writeZeroes }
         }
         deviceFeatures = features
+    }
+
+    /// Another backing file (the host's `PATCH /drives/{id}`), from the next request on: requests already handled
+    /// used the old one. Its size is the new capacity; the caller tells the driver (a configuration change). False,
+    /// and nothing changes, for a file whose read-only-ness differs from the features the driver accepted.
+    public func replaceStorage(_ new: BlockStorage) -> Bool {
+        guard new.isReadOnly == storage.isReadOnly else { return false }
+        storage = new
+        usableBytes = new.capacityBytes / Self.sectorSize * Self.sectorSize
+        return true
     }
 
     // MARK: - Configuration space (5.2.4)

@@ -13,6 +13,10 @@
  *            InterruptStatus) or the virtio-blk status byte. The device is reset and renegotiated before each case.
  *            The write to a read-only drive uses the second virtio-blk device.
  *   rng      reads 64 bytes from virtio-rng twice: they differ and are not all zero.
+ *   grow     the host replacing the drive's backing file while the guest runs (PATCH /drives/{id}): queue 0,
+ *            DRIVER_OK, sector 0 read, "virtio-grow: ready capacity=N sector0=TEXT"; then ConfigGeneration polled
+ *            until it changes (the test's timeout bounds the wait), sector 0 read again:
+ *              virtio-grow: capacity=M isr=0x02 sector0=TEXT   (InterruptStatus with the config-change bit)
  *   stress   passes=P blocks=B depth=D: numbered, checksummed sectors written and read back, at CPL3, polled
  *            (see test_stress), for crash-isolation tests; counts I/O errors, lost writes, corrupt sectors and
  *            duplicate completions (a used entry for a request not in flight):
@@ -590,6 +594,39 @@ static int test_blk(const struct dev *d, uint64_t sector) {
     return 0;
 }
 
+static uint64_t capacity_of(const struct dev *d) {
+    uint32_t generation, lo, hi;
+    do {
+        generation = rd(d, R_CONFIG_GEN);
+        lo = rd(d, R_CONFIG);
+        hi = rd(d, R_CONFIG + 4);
+    } while (rd(d, R_CONFIG_GEN) != generation);
+    return (uint64_t)hi << 32 | lo;
+}
+
+static int test_grow(const struct dev *d) {
+    if (!(negotiate(d, F_VERSION_1) & S_FEATURES_OK)) return 1;
+    start_queue(d);
+    uint32_t generation = rd(d, R_CONFIG_GEN);
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    request(d);
+    in_buf[16] = 0;
+    puts("virtio-grow: ready capacity="); put_dec(capacity_of(d));
+    puts(" sector0="); puts(blk_status == 0 ? (const char *)in_buf : blk_status_name(blk_status));
+    puts("\n");
+    wr(d, R_ISR_ACK, rd(d, R_ISR));  /* the read's used-buffer bit: only what comes next is left */
+    while (rd(d, R_CONFIG_GEN) == generation) { }
+    uint32_t isr = rd(d, R_ISR);
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    request(d);
+    in_buf[16] = 0;
+    puts("virtio-grow: capacity="); put_dec(capacity_of(d));
+    puts(" isr="); put_hex8(isr);
+    puts(" sector0="); puts(blk_status == 0 ? (const char *)in_buf : blk_status_name(blk_status));
+    puts("\n");
+    return 0;
+}
+
 static uint32_t queue_ready(const struct dev *d) {
     wr(d, R_QUEUE_SEL, 0);
     return rd(d, R_QUEUE_READY);
@@ -764,6 +801,8 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         result = blk ? test_bench(blk, cmdline) : 1;
     } else if (t[0] == 'r' && t[1] == 'n') {
         result = rng ? test_rng(rng) : 1;
+    } else if (t[0] == 'g') {
+        result = blk ? test_grow(blk) : 1;
     } else if (t[0] == 's' && t[1] == 't') {
         result = blk ? test_stress(blk, cmdline) : 1;
     }

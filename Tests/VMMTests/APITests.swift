@@ -190,6 +190,40 @@ final class APITests: GuestTestCase {
         XCTAssertEqual(run.stdout, "keyboard: ready\nkeyboard: 14 11 e0 71 e0 f0 71 f0 11 f0 14 interrupts=11\n")
     }
 
+    /// `PATCH /drives/{id}` on a running VM, as Firecracker has it: a new backing file, which the guest sees as a
+    /// configuration change with the new capacity and the new file's sectors; the drive's process holds the new file
+    /// and no longer the old one. What cannot change is refused with the field named.
+    func testPatchingARunningDriveSwapsItsBackingFile() throws {
+        let directory = NSTemporaryDirectory() + "vmm-api-drive-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func image(_ name: String, sectors: Int) throws -> String {
+            var bytes = [UInt8](repeating: 0, count: sectors * 512)
+            bytes.replaceSubrange(0..<name.utf8.count, with: Array(name.utf8))
+            let path = directory + "/" + name
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let first = try image("the-first-image", sectors: 8), second = try image("the-second-one", sectors: 128)
+        let s = Self.socketPath()
+        let drive = #""drives": [{"drive_id": "d0", "path_on_host": "\#(first)", "is_root_device": false, "is_read_only": true}]"#
+        let config = Harness.config(kernel: try Harness.guest("virtio.elf"), args: "test=grow").replacingOccurrences(of: #" "vmm":"#, with: " \(drive), \"vmm\":")
+        let run = try Self.start(socket: s, config: config)
+        XCTAssertTrue(run.waitForOutput("virtio-grow: ready capacity=8 sector0=the-first-image\n", timeout: 60), run.stdout + run.stderr)
+
+        XCTAssertEqual(try Self.curl(s, "PATCH", "/drives/d9", #"{"drive_id": "d9", "path_on_host": "\#(second)"}"#).fault,
+                       #"drives[d9]: the running VM has no drive "d9""#)
+        let missing = try Self.curl(s, "PATCH", "/drives/d0", #"{"drive_id": "d0", "path_on_host": "\#(directory)/nope"}"#)
+        XCTAssertEqual(missing.status, 400)
+        XCTAssertTrue(missing.fault.hasPrefix("drives[d0].path_on_host: "), missing.fault)
+        XCTAssertTrue(try Self.curl(s, "PATCH", "/drives/d0", #"{"drive_id": "d0", "is_read_only": false}"#).fault
+            .hasPrefix("drives[d0].is_read_only: cannot be changed on a running VM"))
+        XCTAssertEqual(try Self.curl(s, "PATCH", "/drives/d0", #"{"drive_id": "d0", "path_on_host": "\#(second)"}"#).status, 204, run.stderr)
+
+        XCTAssertEqual(run.wait(), 1, "stdout: \(run.stdout) stderr: \(run.stderr)")
+        XCTAssertTrue(run.stdout.contains("virtio-grow: capacity=128 isr=0x02 sector0=the-second-one\n"), run.stdout)
+    }
+
     /// The same VM from a config file and through the API: the same `GET /vm/config`, and the same guest output.
     func testConfigFileAndAPIGiveTheSameVM() throws {
         let kernel = try Harness.guest("uartstress.elf")

@@ -79,6 +79,18 @@ final class VirtioBlockTests: XCTestCase {
         XCTAssertEqual(t.read(offset: R.deviceID, size: 4), 2)
     }
 
+    func testReplacedStorageGivesTheNewCapacityAndItsSectors() {
+        let disk = VirtioBlock(storage: MemoryStorage(bytes: 8 * 512))
+        XCTAssertEqual(disk.readConfig(offset: 0, size: 8), 8)
+        let bigger = MemoryStorage(bytes: 128 * 512 + 7)
+        XCTAssertTrue(disk.replaceStorage(bigger))
+        XCTAssertEqual(disk.readConfig(offset: 0, size: 8), 128, "whole sectors of the new file")
+        XCTAssertTrue(disk.storage === bigger)
+        XCTAssertFalse(disk.replaceStorage(MemoryStorage(bytes: 512, readOnly: true)),
+                       "a read-only file under a driver that negotiated a writable disk is refused")
+        XCTAssertEqual(disk.readConfig(offset: 0, size: 8), 128)
+    }
+
     func testReadWriteRoundTrip() {
         var dev = makeDevice()
         // Write two sectors from two buffers at sector 5.

@@ -167,6 +167,10 @@ struct BlockDeviceSpec: Codable {
     var readOnly: Bool
     /// Offer the guest a flush, done with fdatasync (Firecracker's `Writeback`); `Unsafe` offers none.
     var writeback: Bool
+    /// Where a new backing file comes from (`PATCH /drives/{id}`): one SCM_RIGHTS message per file.
+    var updatesFD: Int32
+    /// The drive's backing file was replaced before this process started: the guest is told its capacity may differ.
+    var replaced: Bool
 }
 
 /// What a virtio-net process serves: the tap the supervisor opened for it (vnet header, non-blocking).

@@ -1,3 +1,4 @@
+import CLinux
 import Config
 import Devices
 import Glibc
@@ -15,6 +16,8 @@ final class SupervisorAPI {
     var metricsFD: FileDescriptor.Box?
     var nextMetricsDue: UInt64?
     var guestBootedMs: Int?
+    /// The drives' backing files, which `PATCH /drives/{id}` replaces on a running VM.
+    var drives: [Supervisor.DriveImage] = []
     var helpersStartedMs: Int?
     /// The vCPUs' run statistics, mapped read-only.
     var vcpuStatistics: VCPUStatistics?
@@ -74,6 +77,8 @@ extension Supervisor {
                     writeMetrics(slots)
                     respond(.done)
                 }
+            case .updateDrive(let id, let path):
+                respond(replaceDrive(id, path: path, slots))
             case .sendCtrlAltDel:
                 // Through the console's key stream to the pio process, whose i8042 keyboard types them (IRQ 1
                 // once the guest's driver enabled it); a restarted pio process resumes the stream where it was.
@@ -82,6 +87,31 @@ extension Supervisor {
                 }
             }
         }
+    }
+
+    /// A running drive's new backing file: opened and locked here (the drive's process can open nothing), then sent
+    /// to the drive's process, which swaps it in between two requests and tells the guest its capacity may differ.
+    /// A restarted process and the next standby get the new file; the standby started with the old one is replaced.
+    func replaceDrive(_ id: String, path: String, _ slots: [Slot]) -> VMControl.Reply {
+        guard let image = api.drives.first(where: { $0.drive.driveID == id }) else { return .refused("drives[\(id)]: no such drive") }
+        var drive = image.drive
+        drive.pathOnHost = path
+        let file: FileDescriptor.Box
+        do { file = try Self.openImage(drive) } catch { return .refused(error.description) }
+        image.file = file
+        image.drive = drive
+        image.replaced = true
+        let name = "virtio-blk\(api.drives.firstIndex { $0 === image } ?? 0)"
+        let sent = vmm_send_with_fd(image.updates.supervisor.raw, "F", 1, file.raw)
+        if sent != 1 { Log.warning("\(name): handing over the new backing file failed (errno \(errno)); its next process gets it") }
+        if let slot = slots.first(where: { $0.name == name }), let standby = slot.standby {
+            standby.process.kill(SIGKILL)
+            standby.ended = try? standby.process.reap(block: true)
+            slot.standby = nil
+            slot.standbyDue = monotonicNanoseconds()
+        }
+        Log.info("\(name): backing file now \(path)")
+        return .done
     }
 
     /// The vcpu process answered a pause or resume.

@@ -163,6 +163,7 @@ public final class Supervisor {
         let entry = try loadGuest(ramFD: ram.raw, size: memSize, layout: layout)
         // Disk images: opened and locked here (the device processes can open nothing), before anything runs.
         let images = try openDriveImages()
+        api.drives = images
         try openMetrics()
         let pauseRead = try makePausePipe()
         // Taps likewise: a virtio-net process can neither open nor create one.
@@ -311,15 +312,29 @@ public final class Supervisor {
 
     /// A drive's image, opened and locked for one virtio-blk process.
     final class DriveImage {
-        let file: FileDescriptor.Box
-        let drive: VMConfig.Drive
-        init(file: FileDescriptor.Box, drive: VMConfig.Drive) {
+        /// The backing file: a `PATCH /drives/{id}` of the running VM replaces it, and every process started for
+        /// the drive from then on (a restart, a standby) gets the new one.
+        var file: FileDescriptor.Box
+        var drive: VMConfig.Drive
+        /// How the supervisor hands the drive's process a new backing file (SCM_RIGHTS): its end, and the process's.
+        let updates: (supervisor: FileDescriptor.Box, device: FileDescriptor.Box)
+        /// The backing file was replaced: a process started from now on tells the guest its capacity may differ
+        /// (its predecessor may have died before it did).
+        var replaced = false
+
+        init(file: FileDescriptor.Box, drive: VMConfig.Drive) throws {
             self.file = file
             self.drive = drive
+            var pair: [Int32] = [-1, -1]
+            guard vmm_seqpacket_pair(&pair) == 0 else {
+                throw HostSetupError(description: "drives[\(drive.configIndex)]: socketpair: \(String(cString: strerror(errno)))")
+            }
+            updates = (FileDescriptor.Box(FileDescriptor(owning: pair[0])), FileDescriptor.Box(FileDescriptor(owning: pair[1])))
         }
         func spec(_ fds: inout FDList) -> BlockDeviceSpec {
             BlockDeviceSpec(imageFD: fds.add(file.raw, owner: file), driveID: drive.driveID, readOnly: drive.isReadOnly,
-                            writeback: drive.cacheType == .writeback)
+                            writeback: drive.cacheType == .writeback, updatesFD: fds.add(updates.device.raw, owner: updates.device),
+                            replaced: replaced)
         }
     }
 
@@ -327,18 +342,21 @@ public final class Supervisor {
     /// drive, exclusive otherwise) so that no two VMs write one image, nor one writes what another reads. The lock
     /// lives with the open file, which the device process holds for the VM's life.
     private func openDriveImages() throws -> [DriveImage] {
-        try config.drives.map { drive in
-            let path = "drives[\(drive.configIndex)].path_on_host"
-            let file: FileDescriptor
-            do { file = try FileDescriptor.open(drive.pathOnHost, drive.isReadOnly ? O_RDONLY : O_RDWR) } catch {
-                throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(error)")
-            }
-            if flock(file.raw, (drive.isReadOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
-                let why = errno == EWOULDBLOCK ? "another VM (or program) holds a lock on it" : String(cString: strerror(errno))
-                throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(why)")
-            }
-            return DriveImage(file: FileDescriptor.Box(file), drive: drive)
+        try config.drives.map { drive in try DriveImage(file: try Self.openImage(drive), drive: drive) }
+    }
+
+    /// One drive's image, opened and locked (see openDriveImages); errors name the drive's `path_on_host`.
+    static func openImage(_ drive: VMConfig.Drive) throws(HostSetupError) -> FileDescriptor.Box {
+        let path = "drives[\(drive.configIndex)].path_on_host"
+        let file: FileDescriptor
+        do { file = try FileDescriptor.open(drive.pathOnHost, drive.isReadOnly ? O_RDONLY : O_RDWR) } catch {
+            throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(error)")
         }
+        if flock(file.raw, (drive.isReadOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+            let why = errno == EWOULDBLOCK ? "another VM (or program) holds a lock on it" : String(cString: strerror(errno))
+            throw HostSetupError(description: "\(path): \(drive.pathOnHost): \(why)")
+        }
+        return FileDescriptor.Box(file)
     }
 
     /// Builds a helper's spec (its descriptors numbered as the helper will see them, its control pipe's write end

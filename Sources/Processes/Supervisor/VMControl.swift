@@ -9,8 +9,10 @@ import System
 /// HTTP response on its own thread. What the API reads often (the VM's state) is kept here under a lock.
 public final class VMControl: Sendable {
     /// A request that needs the running VM.
-    public enum Command: Sendable {
+    public enum Command: Sendable, Equatable {
         case pause, resume, sendCtrlAltDel, flushMetrics, devices
+        /// A running drive gets another backing file (`PATCH /drives/{id}` with `path_on_host`), checked already.
+        case updateDrive(id: String, path: String)
     }
 
     /// Firecracker's instance states (`GET /`).

@@ -21,8 +21,10 @@ public enum VirtioProcess {
             switch (role, spec.block) {
             case (.virtioBlock, let block?):
                 let storage = try ImageFile(fd: block.imageFD, readOnly: block.readOnly)
-                backend = VirtioBlock(storage: storage, configuration: VirtioBlockConfiguration(
+                let disk = VirtioBlock(storage: storage, configuration: VirtioBlockConfiguration(
                     cacheType: block.writeback ? .writeback : .unsafe, driveID: block.driveID))
+                backend = disk
+                events = DriveUpdates(disk: disk, socket: block.updatesFD, replaced: block.replaced)
             case (.virtioNet, nil):
                 guard let network = spec.network else { throw SystemError("role arguments: virtio-net without a tap", errno: EINVAL) }
                 backend = VirtioNet(tap: TapFile(fd: network.tapFD),
@@ -64,6 +66,7 @@ public enum VirtioProcess {
         let line = try ChannelLine(spec.line, policy: policy)
         // The line is said once it is known whether a predecessor left a level to restore.
         let transport = VirtioMMIOTransport(backend: backend, memory: memory, interrupt: line, settingLine: false)
+        (events as? DriveUpdates)?.transport = transport
         let device = RestartableVirtio(transport)
         // A process started in place of a dead one resumes from its predecessor's last commit, then takes the
         // completions the predecessor published after that commit as done (see RestartableVirtio).
@@ -218,6 +221,9 @@ final class ImageFile: BlockStorage {
         isReadOnly = readOnly
     }
 
+    /// A replaced file is closed (and its lock, shared with the supervisor's copy, goes when that one closes too).
+    deinit { Glibc.close(fd) }
+
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockStorageError) {
         var done = 0
         while done < buffer.count {
@@ -294,6 +300,49 @@ protocol HostEvents: AnyObject {
     func tookOver()
     /// Queues served on every pass: the host side's state may have changed with any queue's work.
     var alwaysServe: [Int] { get }
+}
+
+/// virtio-blk: new backing files from the supervisor (`PATCH /drives/{id}` on a running VM), one SCM_RIGHTS message
+/// each. The process is single-threaded, so a swap falls between two requests: those handled before it used the old
+/// file, the rest use the new one. The guest is told through a configuration change (it re-reads the capacity).
+final class DriveUpdates: HostEvents {
+    let disk: VirtioBlock
+    let socket: Int32
+    /// The file was replaced before this process started: its predecessor may have died before telling the guest.
+    let replaced: Bool
+    weak var transport: VirtioMMIOTransport?
+
+    init(disk: VirtioBlock, socket: Int32, replaced: Bool) {
+        self.disk = disk
+        self.socket = socket
+        self.replaced = replaced
+    }
+
+    func descriptors(_ transport: VirtioMMIOTransport) -> [Int32] { [socket] }
+
+    func handle(ready: [Int32]) -> [Int] {
+        guard !ready.isEmpty else { return [] }
+        var byte: UInt8 = 0
+        var fd: Int32 = -1
+        while vmm_receive_with_fd(socket, &byte, 1, &fd) > 0 {
+            guard fd >= 0 else { continue }
+            do {
+                let image = try ImageFile(fd: fd, readOnly: disk.storage.isReadOnly)
+                guard disk.replaceStorage(image) else { continue }
+                Log.info("backing file replaced: \(image.capacityBytes) bytes")
+                transport?.configChanged()
+            } catch {
+                Log.warning("a new backing file was unusable (\(error)); the old one stays")
+                Glibc.close(fd)
+            }
+            fd = -1
+        }
+        return []
+    }
+
+    var retryMs: Int32 { -1 }
+    func tookOver() { if replaced { transport?.configChanged() } }
+    var alwaysServe: [Int] { [] }
 }
 
 /// virtio-net: the tap is watched only while the receive queue can take a frame; otherwise what arrives waits in
