@@ -79,3 +79,17 @@ final class BenchKitTests: XCTestCase {
         XCTAssertEqual(Memory.pssExcludingGuestRAM(m, ramKiB: 65536, ramName: "memfd:guest-ram"), 340)
     }
 }
+
+final class RunStatisticsTests: XCTestCase {
+    func testParsesTheSupervisorsLine() throws {
+        let log = "[vmm] t=1.0ms info: something\n[vmm] t=2.0ms info: vcpu statistics (all vCPUs): KVM_RUN 7715 entries, 154.0 ms; exits: io 7715 (94.4 ms), hlt 1 (5.0 ms)\n"
+        let s = try XCTUnwrap(RunStatistics.parse(log))
+        XCTAssertEqual(s.entries, 7715)
+        XCTAssertEqual(s.runMilliseconds, 154.0)
+        XCTAssertEqual(s.byReason.map(\.name), ["io", "hlt"])
+        XCTAssertEqual(s.byReason.map(\.exits), [7715, 1])
+        XCTAssertEqual(s.byReason.map(\.milliseconds), [94.4, 5.0])
+        XCTAssertNil(RunStatistics.parse("no such line"))
+        XCTAssertEqual(RunStatistics.parse("vcpu statistics (all vCPUs): KVM_RUN 0 entries, 0.0 ms; exits: none")?.byReason.count, 0)
+    }
+}

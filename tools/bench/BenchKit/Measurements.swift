@@ -252,3 +252,36 @@ public enum Memory {
         mappings.filter { !($0.name.contains(ramName) || $0.sizeKiB >= ramKiB) }.reduce(0) { $0 + $1.pssKiB }
     }
 }
+
+/// The supervisor's end-of-run statistics line (`vmm run --log-level info`):
+/// "vcpu statistics (all vCPUs): KVM_RUN N entries, X ms; exits: io N (X ms), hlt N (X ms), ...".
+public struct RunStatistics: Equatable, Sendable {
+    public var entries: UInt64
+    public var runMilliseconds: Double
+    /// Per exit reason: exits and the VMM's time handling them (from KVM_RUN's return to the next entry).
+    public var byReason: [(name: String, exits: UInt64, milliseconds: Double)]
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.entries == b.entries && a.runMilliseconds == b.runMilliseconds
+            && a.byReason.map(\.name) == b.byReason.map(\.name) && a.byReason.map(\.exits) == b.byReason.map(\.exits)
+            && a.byReason.map(\.milliseconds) == b.byReason.map(\.milliseconds)
+    }
+
+    public static func parse(_ log: String) -> RunStatistics? {
+        guard let line = log.split(whereSeparator: \.isNewline).last(where: { $0.contains("vcpu statistics (all vCPUs): KVM_RUN ") }),
+              let start = line.range(of: "KVM_RUN ") else { return nil }
+        let rest = line[start.upperBound...]
+        let halves = rest.split(separator: ";", maxSplits: 1)
+        let head = halves[0].split(separator: " ")  // N entries, X ms
+        guard head.count >= 4, let entries = UInt64(head[0]), let run = Double(head[2]) else { return nil }
+        var reasons: [(String, UInt64, Double)] = []
+        if halves.count == 2, let colon = halves[1].range(of: "exits: ") {
+            for part in halves[1][colon.upperBound...].split(separator: ",") {
+                let f = part.split(separator: " ")  // name N (X ms)
+                guard f.count >= 4, let n = UInt64(f[1]), let ms = Double(f[2].dropFirst()) else { continue }
+                reasons.append((String(f[0]), n, ms))
+            }
+        }
+        return RunStatistics(entries: entries, runMilliseconds: run, byReason: reasons)
+    }
+}

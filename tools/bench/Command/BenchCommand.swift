@@ -19,11 +19,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, restart, startup, memory, mmu).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
+    @Option(help: "tools/linux-image's output directory, for the linux group.") var linuxImage = "out/linux"
     @Option(help: "virtio-blk reads per sample (4 KiB random, 128 KiB sequential).") var blkCount = 10_000
     @Option(help: "Size of the virtio-blk test image in MiB.") var blkImageMib = 64
 
-    func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? true }
+    func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? (group != "linux") }
 
     func run() throws {
         let iterations = smoke ? 1000 : self.iterations
@@ -213,6 +214,27 @@ struct BenchCommand: ParsableCommand {
                 add("start-up to exit: \(m.name)", r.total * 1000)
             }
         }
+        // A Linux boot (minutes here, so only when `--only` names it): tools/linux-image's kernel and initramfs with the
+        // default config's command line and "-- true" (the init runs it, then powers off); its wall time from spawn
+        // to exit, and the vCPU's time split into time in KVM_RUN and the VMM's time per exit reason, from the
+        // supervisor's statistics line.
+        var linuxReasons: [String] = []
+        for _ in 0..<repetitions where wants("linux") {
+            let args = try Self.defaultBootArgs() + " -- true"
+            let m = OurVMM(binary: ours.binary, initrd: linuxImage + "/initramfs.cpio", options: ["--log-level", "info"])
+            let r = try Runner.run(m, kernel: linuxImage + "/vmlinux", args: args, memMiB: 128, timeout: 3600, captureLog: true)
+            guard r.status == 0, let stats = RunStatistics.parse(r.log) else {
+                failures["Linux boot to power-off: wall"] = "no power-off or no statistics line (\(Self.why(r)))"
+                continue
+            }
+            add("Linux boot to power-off: wall", r.total)
+            add("Linux boot: in KVM_RUN", stats.runMilliseconds / 1000)
+            for reason in stats.byReason {
+                add("Linux boot: VMM time, \(reason.name)", reason.milliseconds / 1000)
+                add("Linux boot: exits, \(reason.name)", Double(reason.exits))
+                if !linuxReasons.contains(reason.name) { linuxReasons.append(reason.name) }
+            }
+        }
         for _ in 0..<repetitions where wants("mmu") {
             let (with, without) = try MMUBench.measure(translations: smoke ? 10_000 : 2_000_000)
             add("MMU translations, software TLB", with / 1e6)
@@ -301,6 +323,12 @@ struct BenchCommand: ParsableCommand {
             row("virtio-blk restart, \(what): vmm", "ms", goal: what == "recovery median" ? 10 : nil,
                 note: what == "recovery median" ? "1,000 kills; kill to the next completed virtqueue request" : nil)
         }
+        row("Linux boot to power-off: wall", "s", note: "spawn to exit, 1 vCPU, 128 MiB")
+        row("Linux boot: in KVM_RUN", "s", baseline: "Linux boot to power-off: wall")
+        for reason in linuxReasons {
+            row("Linux boot: VMM time, \(reason)", "s", baseline: "Linux boot to power-off: wall")
+            row("Linux boot: exits, \(reason)", "exits")
+        }
         row("MMU translations, page walk every time", "M/s")
         row("MMU translations, software TLB", "M/s", baseline: "MMU translations, page walk every time")
         row("memory PSS without guest RAM: vmm", "MiB", goal: 10)
@@ -312,6 +340,16 @@ struct BenchCommand: ParsableCommand {
         try FileManager.default.createDirectory(atPath: (json as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try report.json().write(to: URL(fileURLWithPath: json))
         print("\nJSON: \(json)")
+    }
+
+    /// Configs/default.json's kernel command line (run from the repository root, as the scripts do).
+    static func defaultBootArgs() throws -> String {
+        let data = try Data(contentsOf: URL(fileURLWithPath: "Configs/default.json"))
+        guard let top = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let boot = top["boot-source"] as? [String: Any], let args = boot["boot_args"] as? String else {
+            throw ValidationError("Configs/default.json has no boot-source.boot_args")
+        }
+        return args
     }
 
     /// Why a run gave no figure: its exit status and last line of output.

@@ -8,6 +8,8 @@ struct GuestRun {
     /// Seconds from spawn to the first console byte, and to exit.
     var firstByte: Double?
     var total: Double = 0
+    /// What the VMM logged, when the run captured it.
+    var log = ""
 }
 
 protocol VMMUnderTest {
@@ -21,6 +23,8 @@ struct OurVMM: VMMUnderTest {
     var name = "vmm"
     /// A disk image given to the guest as its only drive (virtio-blk at 0xd0000000), read-only unless `driveWritable`.
     var drive: String?
+    /// An initramfs (a Linux guest's).
+    var initrd: String?
     var driveWritable = false
     /// More "vmm" settings (starting with a comma) and `vmm run` options.
     var vmmSettings = ""
@@ -29,8 +33,9 @@ struct OurVMM: VMMUnderTest {
         let drives = drive.map {
             #""drives": [{"drive_id": "d0", "path_on_host": "\#($0)", "is_root_device": true, "is_read_only": \#(!driveWritable), "cache_type": "Unsafe"}],"#
         } ?? ""
+        let initrdPath = initrd.map { #", "initrd_path": "\#($0)""# } ?? ""
         let config = """
-        {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"},
+        {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"\(initrdPath)},
          "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
          \(drives)
          "vmm": {"serial": {"output": "stdout", "input": "none"}\(vmmSettings)}}
@@ -88,20 +93,28 @@ struct QEMUMicroVM: VMMUnderTest {
 enum Runner {
     /// Runs to completion (or `timeout`), timing the first output byte.
     /// A VMM process with its console on a pipe; not started yet.
-    static func process(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int) throws -> (Process, Pipe) {
+    static func process(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int, log: FileHandle? = nil) throws -> (Process, Pipe) {
         let (exe, argv) = try vmm.command(kernel: kernel, args: args, memMiB: memMiB)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = argv
         let out = Pipe()
         p.standardOutput = out
-        p.standardError = FileHandle.standardError
+        p.standardError = log ?? FileHandle.standardError
         p.standardInput = FileHandle.nullDevice
         return (p, out)
     }
 
-    static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300) throws -> GuestRun {
-        let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB)
+    static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300,
+                    captureLog: Bool = false) throws -> GuestRun {
+        let logPath = NSTemporaryDirectory() + "vmm-bench-log-\(getpid())"
+        defer { if captureLog { try? FileManager.default.removeItem(atPath: logPath) } }
+        var logFile: FileHandle?
+        if captureLog {
+            FileManager.default.createFile(atPath: logPath, contents: nil)
+            logFile = FileHandle(forWritingAtPath: logPath)
+        }
+        let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB, log: logFile)
         var result = GuestRun()
         let start = Date()
         try p.run()
@@ -121,6 +134,7 @@ enum Runner {
         killer.cancel()
         result.status = p.terminationStatus
         result.output = String(decoding: data, as: UTF8.self)
+        if captureLog { result.log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
         return result
     }
 
