@@ -40,16 +40,7 @@ public final class BareVM {
             result.exits += 1
             switch Int32(reason) {
             case KVM_EXIT_IO:
-                let io = vmm_run_io(vcpu.run)
-                let data = vcpu.ioData
-                if io.direction == UInt8(KVM_EXIT_IO_IN) {
-                    data.storeBytes(of: io.port == 0x3fd ? UInt8(0x60) : 0xff, as: UInt8.self)
-                } else if io.port == 0x3f8 {
-                    result.output.append(data.load(as: UInt8.self))
-                } else if io.port == 0xf4 {
-                    result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
-                    return result
-                }
+                if answerPortIO(&result) { return result }
             case KVM_EXIT_MMIO:
                 answerMMIO()
             case KVM_EXIT_HLT:
@@ -58,6 +49,22 @@ public final class BareVM {
                 guard try onOtherExit(reason) else { throw KVMError.unsupported("exit reason \(reason) in the bare loop") }
             }
         }
+    }
+
+    /// COM1 (LSR: always ready; THR: the byte joins the output) and debug-exit; other ports read all-ones. True
+    /// when the guest asked to exit.
+    private func answerPortIO(_ result: inout Result) -> Bool {
+        let io = vmm_run_io(vcpu.run)
+        let data = vcpu.ioData
+        if io.direction == UInt8(KVM_EXIT_IO_IN) {
+            data.storeBytes(of: io.port == 0x3fd ? UInt8(0x60) : 0xff, as: UInt8.self)
+        } else if io.port == 0x3f8 {
+            result.output.append(data.load(as: UInt8.self))
+        } else if io.port == 0xf4 {
+            result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
+            return true
+        }
+        return false
     }
 
     /// Every MMIO read answers the local APIC's version register (0x50014), writes are dropped: the benchmark's
@@ -96,16 +103,7 @@ public final class BareVM {
             result.exits += 1
             switch Int32(reason) {
             case KVM_EXIT_IO:
-                let io = vmm_run_io(vcpu.run)
-                let data = vcpu.ioData
-                if io.direction == UInt8(KVM_EXIT_IO_IN) {
-                    data.storeBytes(of: io.port == 0x3fd ? UInt8(0x60) : 0xff, as: UInt8.self)
-                } else if io.port == 0x3f8 {
-                    result.output.append(data.load(as: UInt8.self))
-                } else if io.port == 0xf4 {
-                    result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
-                    return result
-                }
+                if answerPortIO(&result) { return result }
             case KVM_EXIT_MMIO where vmm_run_mmio_is_write(vcpu.run) != 0:
                 let value = vmm_run_mmio_data(vcpu.run).map { UnsafeRawPointer($0).loadUnaligned(as: UInt32.self) } ?? 0
                 switch vmm_run_mmio_addr(vcpu.run) {
