@@ -55,7 +55,7 @@ public struct DeviceClient: @unchecked Sendable {
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         if region.deviceStatus == .broken { throw .broken }
-        let sequence = try send(operation, size: size, address: address, data: data)
+        let (sequence, wokeDevice) = try send(operation, size: size, address: address, data: data)
         let sent = monotonicNanoseconds()
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
@@ -72,7 +72,9 @@ public struct DeviceClient: @unchecked Sendable {
                 failed = true
                 throw .timedOut("\(operation) at 0x\(String(address, radix: 16))")
             }
-            let ready = spin(window: window, census: policy.census) { responses.hasMessages() }
+            // A device that had to be woken answers after a wake-up at the earliest: spinning for it would hold the
+            // CPU it may need (on a busy host, for all of its wake-up), so the vCPU blocks at once.
+            let ready = wokeDevice ? responses.hasMessages() : spin(window: &window, census: policy.census) { responses.hasMessages() }
             if ready {
                 let answer: Message?
                 do { answer = try responses.pop() } catch { throw .peer(error) }
@@ -80,7 +82,7 @@ public struct DeviceClient: @unchecked Sendable {
                 guard answer.operation == .response else { throw .peer(.unknownOperation(answer.operation.rawValue)) }
                 if answer.sequence == sequence {
                     failed = false
-                    window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked)
+                    if !wokeDevice { window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked) }
                     return answer.data
                 }
                 if answer.sequence < sequence {  // answer to a read that already timed out
@@ -105,7 +107,8 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
+    /// Puts the message on the ring; returns its sequence number and whether the device was asleep (rung).
+    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> (UInt64, Bool) {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
         var extensions = 0
@@ -129,7 +132,8 @@ public struct DeviceClient: @unchecked Sendable {
             waitedNs += 50_000
         }
         nextSequence &+= 1
-        if requests.consumerSleeping() { try ring(deviceDoorbell) }
-        return message.sequence
+        let asleep = requests.consumerSleeping()
+        if asleep { try ring(deviceDoorbell) }
+        return (message.sequence, asleep)
     }
 }

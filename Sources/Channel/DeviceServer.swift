@@ -163,7 +163,7 @@ public struct DeviceServer: @unchecked Sendable {
         guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window) }
         let start = monotonicNanoseconds()
         let live = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
-        if spin(window: window, census: policy.census, until: { live.contains { $0.hasMessages() } }, extra: Self.anyReady(extra)) {
+        if spin(window: &window, census: policy.census, until: { live.contains { $0.hasMessages() } }, extra: Self.anyReady(extra)) {
             window.learn(waited: monotonicNanoseconds() - start, caught: true)
             return [Poll.Event](repeating: [], count: extra.count)
         }
@@ -181,7 +181,7 @@ public struct DeviceServer: @unchecked Sendable {
         let none = [Poll.Event](repeating: [], count: extra.count)
         let start = spunSince ?? monotonicNanoseconds()
         if spunSince == nil,
-           spin(window: window, census: servers.first?.policy.census, until: { rings.contains { $0.hasMessages() } }, extra: anyReady(extra)) {
+           spin(window: &window, census: servers.first?.policy.census, until: { rings.contains { $0.hasMessages() } }, extra: anyReady(extra)) {
             window.learn(waited: monotonicNanoseconds() - start, caught: true)
             return none
         }

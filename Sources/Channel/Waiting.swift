@@ -36,6 +36,13 @@ public struct SpinWindow: Sendable {
         nanoseconds = min(maxNanoseconds, Self.growStart)
     }
 
+    /// A gap this long between two of a spinner's clock readings (normally a few microseconds apart) means it was
+    /// preempted.
+    static let preemptionGapNanoseconds: UInt64 = 50_000
+
+    /// The spinner was preempted: no CPU was free for it after all.
+    public mutating func preempted() { nanoseconds = 0 }
+
     /// After a wait of `waited` ns that the spin caught (`caught`) or that had to block.
     public mutating func learn(waited: UInt64, caught: Bool) {
         if caught || waited <= nanoseconds { return }
@@ -119,11 +126,13 @@ public final class SpinCensus: @unchecked Sendable {
     }
 }
 
-/// Spins until `ready()` or the window's time runs out, if the census lets it; true when ready. Every
-/// `extraEveryNs` it also asks `extra()` (a zero-timeout poll of other descriptors), so that a long window does not
-/// delay a timer or a console byte.
+/// Spins until `ready()` or the window's time runs out, if the census lets it; true when ready. Every 10 us it
+/// also asks `extra()` (a zero-timeout poll of other descriptors), so that a long window does not delay a timer or
+/// a console byte. A spin that finds it was preempted (a gap in its own clock readings: the host has more runnable
+/// threads than CPUs, this VM's or others') stops, and the window drops to 0: spinning then only takes the CPU from
+/// whoever the waiter waits for.
 @inline(__always)
-func spin(window: SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
+func spin(window: inout SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
     if ready() { return true }
     guard window.nanoseconds > 0 else { return false }
     if let census, !census.trySpin() { return false }
@@ -131,12 +140,18 @@ func spin(window: SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool,
     let start = monotonicNanoseconds()
     let deadline = start + window.nanoseconds
     var nextExtra = start + 10_000
+    var last = start
     while true {
         for _ in 0..<32 {
             if ready() { return true }
             vmm_cpu_relax()
         }
         let now = monotonicNanoseconds()
+        if now &- last > SpinWindow.preemptionGapNanoseconds {
+            window.preempted()
+            return ready()
+        }
+        last = now
         if now >= deadline { return ready() }
         if let extra, now >= nextExtra {
             if extra() { return false }

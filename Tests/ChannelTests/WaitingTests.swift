@@ -39,7 +39,18 @@ final class WaitingTests: XCTestCase {
         XCTAssertEqual(w.nanoseconds, 0)
         w.learn(waited: 1, caught: false)
         XCTAssertEqual(w.nanoseconds, 0)
-        XCTAssertFalse(spin(window: w, census: nil, until: { false }))
+        XCTAssertFalse(spin(window: &w, census: nil, until: { false }))
+    }
+
+    func testAPreemptedSpinStopsAndStopsSpinning() {
+        var w = SpinWindow(maxNanoseconds: 2_000_000_000)
+        for _ in 0..<20 { w.learn(waited: 1_500_000_000, caught: false) }
+        XCTAssertGreaterThan(w.nanoseconds, 1_000_000_000)
+        // A ready() that takes longer than the preemption gap looks, to the spinner, like losing its CPU.
+        var calls = 0
+        XCTAssertFalse(spin(window: &w, census: nil, until: { calls += 1; if calls == 40 { usleep(100_000) }; return false }))
+        XCTAssertEqual(w.nanoseconds, 0, "a preempted spinner stops spinning")
+        XCTAssertLessThan(calls, 100)
     }
 
     func testCensusLetsOnlyAsManyHoldersAsCPUs() throws {
@@ -64,9 +75,9 @@ final class WaitingTests: XCTestCase {
         let fd = try SpinCensus.create(cpus: 1, seats: 2)
         let census = try SpinCensus(attaching: fd.raw)
         census.seat(0).hold()
-        let w = SpinWindow(maxNanoseconds: 1_000_000_000)
+        var w = SpinWindow(maxNanoseconds: 1_000_000_000)
         let start = monotonicNanoseconds()
-        XCTAssertFalse(spin(window: w, census: census.seat(1), until: { false }))
+        XCTAssertFalse(spin(window: &w, census: census.seat(1), until: { false }))
         XCTAssertLessThan(monotonicNanoseconds() - start, 1_000_000_000 / 2, "it did not spin its window")
     }
 }
