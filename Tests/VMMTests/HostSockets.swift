@@ -85,6 +85,11 @@ enum HostSockets {
         let start = Date()
         guard let fd = unixSocket(connectingTo: udsPath) else { return ("no connection to \(udsPath)", "", 0, 0) }
         defer { close(fd) }
+        // A connection the device never answers fails the test after 5 minutes instead of hanging it (reads and
+        // writes time out; a 256 KiB exchange takes a few seconds here).
+        var limit = timeval(tv_sec: 300, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         _ = writeAll(fd, Data("CONNECT \(port)\n".utf8))
         let ok = readLine(fd)
         let connected = Date()
