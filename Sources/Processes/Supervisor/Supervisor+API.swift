@@ -166,7 +166,12 @@ extension Supervisor {
             [("kvm_run_entries", .number("\(t.entries)")), ("kvm_run_ns", .number("\(t.runNanoseconds)")),
              ("exits", .object(t.byReason.map { ($0.name, .object([("count", .number("\($0.exits)")), ("vmm_ns", .number("\($0.nanoseconds)"))])) }))]
         }
-        return .object(object(statistics.total()) + [("vcpus", .array((0..<statistics.vcpus).map { .object(object(statistics.read(vcpu: $0))) }))])
+        // Each vCPU's block read once, the total summed from those reads: the vCPUs keep counting meanwhile, and
+        // the line must add up.
+        let perVCPU = (0..<statistics.vcpus).map { statistics.read(vcpu: $0) }
+        var total = VCPUStatistics.Totals()
+        for t in perVCPU { total.add(t) }
+        return .object(object(total) + [("vcpus", .array(perVCPU.map { .object(object($0)) }))])
     }
 
     /// One line of Firecracker-style metrics (a JSON object per flush) with what the supervisor knows: uptime, the
