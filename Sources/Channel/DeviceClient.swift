@@ -55,7 +55,7 @@ public struct DeviceClient: @unchecked Sendable {
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         if region.deviceStatus == .broken { throw .broken }
-        let (sequence, wokeDevice) = try send(operation, size: size, address: address, data: data)
+        let (sequence, _) = try send(operation, size: size, address: address, data: data)
         let sent = monotonicNanoseconds()
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
@@ -72,9 +72,7 @@ public struct DeviceClient: @unchecked Sendable {
                 failed = true
                 throw .timedOut("\(operation) at 0x\(String(address, radix: 16))")
             }
-            // A device that had to be woken answers after a wake-up at the earliest: spinning for it would hold the
-            // CPU it may need (on a busy host, for all of its wake-up), so the vCPU blocks at once.
-            let ready = wokeDevice ? responses.hasMessages() : spin(window: &window, census: policy.census) { responses.hasMessages() }
+            let ready = spin(window: &window, census: policy.census) { responses.hasMessages() }
             if ready {
                 let answer: Message?
                 do { answer = try responses.pop() } catch { throw .peer(error) }
@@ -82,7 +80,7 @@ public struct DeviceClient: @unchecked Sendable {
                 guard answer.operation == .response else { throw .peer(.unknownOperation(answer.operation.rawValue)) }
                 if answer.sequence == sequence {
                     failed = false
-                    if !wokeDevice { window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked) }
+                    window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked)
                     return answer.data
                 }
                 if answer.sequence < sequence {  // answer to a read that already timed out

@@ -37,11 +37,15 @@ public struct SpinWindow: Sendable {
     }
 
     /// A gap this long between two of a spinner's clock readings (normally a few microseconds apart) means it was
-    /// preempted.
-    static let preemptionGapNanoseconds: UInt64 = 50_000
+    /// preempted (a scheduler's time slice is milliseconds; this host's own hiccups stay well below it).
+    static let preemptionGapNanoseconds: UInt64 = 500_000
 
-    /// The spinner was preempted: no CPU was free for it after all.
-    public mutating func preempted() { nanoseconds = 0 }
+    /// The spinner was preempted: no CPU was free for it after all. Halved like a wait past the bound, so a busy
+    /// host takes a waiter's spinning away within a few preemptions, and one hiccup does not.
+    public mutating func preempted() {
+        nanoseconds /= 2
+        if nanoseconds < Self.growStart { nanoseconds = 0 }
+    }
 
     /// After a wait of `waited` ns that the spin caught (`caught`) or that had to block.
     public mutating func learn(waited: UInt64, caught: Bool) {

@@ -41,7 +41,7 @@ public struct VMConfig: Equatable, Sendable {
         public var serialOutput: SerialOutput = .stdout
         public var serialInputFromStdin = true
         /// The longest a side spins on a ring before it blocks on the doorbell (each side learns its own window).
-        public var spinBudgetMicroseconds = 50
+        public var spinBudgetMicroseconds = 200
         /// How long the vcpu process waits for a device to answer a read.
         public var deviceTimeoutMs = 1000
         /// CPUs the vcpu process and the device processes may run on (empty: anywhere).
