@@ -55,7 +55,7 @@ public struct DeviceClient: @unchecked Sendable {
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         if region.deviceStatus == .broken { throw .broken }
-        let (sequence, _) = try send(operation, size: size, address: address, data: data)
+        let sequence = try send(operation, size: size, address: address, data: data)
         let sent = monotonicNanoseconds()
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
@@ -105,8 +105,7 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    /// Puts the message on the ring; returns its sequence number and whether the device was asleep (rung).
-    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> (UInt64, Bool) {
+    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
         var extensions = 0
@@ -130,8 +129,7 @@ public struct DeviceClient: @unchecked Sendable {
             waitedNs += 50_000
         }
         nextSequence &+= 1
-        let asleep = requests.consumerSleeping()
-        if asleep { try ring(deviceDoorbell) }
-        return (message.sequence, asleep)
+        if requests.consumerSleeping() { try ring(deviceDoorbell) }
+        return message.sequence
     }
 }

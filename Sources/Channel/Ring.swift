@@ -49,10 +49,10 @@ public struct RingProducer: @unchecked Sendable {
         tail = ring.tail.pointee.load(ordering: .relaxed)
     }
 
-    /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head.
     /// How many messages were ever pushed: the ring index the consumer's `position` reaches once it took them all.
     public var position: UInt64 { tail }
 
+    /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head.
     public mutating func push(_ message: Message) throws(MessageError) -> Bool {
         let head = ring.head.pointee.load(ordering: .acquiring)
         guard head <= tail, tail - head <= UInt64(ring.layout.capacity) else {

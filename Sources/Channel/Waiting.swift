@@ -133,8 +133,8 @@ public final class SpinCensus: @unchecked Sendable {
 /// Spins until `ready()` or the window's time runs out, if the census lets it; true when ready. Every 10 us it
 /// also asks `extra()` (a zero-timeout poll of other descriptors), so that a long window does not delay a timer or
 /// a console byte. A spin that finds it was preempted (a gap in its own clock readings: the host has more runnable
-/// threads than CPUs, this VM's or others') stops, and the window drops to 0: spinning then only takes the CPU from
-/// whoever the waiter waits for.
+/// threads than CPUs, this VM's or others') stops, and the window is halved (`SpinWindow.preempted`): spinning then
+/// only takes the CPU from whoever the waiter waits for.
 @inline(__always)
 func spin(window: inout SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
     if ready() { return true }

@@ -83,6 +83,13 @@ public final class VCPUStatistics: @unchecked Sendable {
 
         public init() {}
 
+        /// `list` summed (wrapping): a total consistent with the blocks it was made from.
+        public static func sum(_ list: [Totals]) -> Totals {
+            var t = Totals()
+            for other in list { t.add(other) }
+            return t
+        }
+
         mutating func add(_ other: Totals) {
             entries &+= other.entries
             runNanoseconds &+= other.runNanoseconds
@@ -125,12 +132,11 @@ public final class VCPUStatistics: @unchecked Sendable {
         return t
     }
 
+    /// Every vCPU's block, read once each.
+    public func readAll() -> [Totals] { (0..<vcpus).map { read(vcpu: $0) } }
+
     /// Every vCPU summed.
-    public func total() -> Totals {
-        var t = Totals()
-        for v in 0..<vcpus { t.add(read(vcpu: v)) }
-        return t
-    }
+    public func total() -> Totals { Totals.sum(readAll()) }
 
     /// The names the metrics and the logs use for KVM exit reasons; others are `reason_N`.
     public static func name(ofReason reason: Int) -> String {

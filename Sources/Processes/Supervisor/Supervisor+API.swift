@@ -2,6 +2,7 @@ import CLinux
 import Config
 import Devices
 import Glibc
+import Machine
 import System
 
 /// What the supervisor keeps for the API (`vmm run --api-sock`) and the metrics: the pause pipe to the vcpu process,
@@ -101,7 +102,7 @@ extension Supervisor {
         image.file = file
         image.drive = drive
         image.replaced = true
-        let name = "virtio-blk\(api.drives.firstIndex { $0 === image } ?? 0)"
+        let name = Server(.virtioBlock, instance: api.drives.firstIndex { $0 === image } ?? 0).description
         let sent = vmm_send_with_fd(image.updates.supervisor.raw, "F", 1, file.raw)
         if sent != 1 { Log.warning("\(name): handing over the new backing file failed (errno \(errno)); its next process gets it") }
         if let slot = slots.first(where: { $0.name == name }), let standby = slot.standby {
@@ -168,10 +169,8 @@ extension Supervisor {
         }
         // Each vCPU's block read once, the total summed from those reads: the vCPUs keep counting meanwhile, and
         // the line must add up.
-        let perVCPU = (0..<statistics.vcpus).map { statistics.read(vcpu: $0) }
-        var total = VCPUStatistics.Totals()
-        for t in perVCPU { total.add(t) }
-        return .object(object(total) + [("vcpus", .array(perVCPU.map { .object(object($0)) }))])
+        let perVCPU = statistics.readAll()
+        return .object(object(.sum(perVCPU)) + [("vcpus", .array(perVCPU.map { .object(object($0)) }))])
     }
 
     /// One line of Firecracker-style metrics (a JSON object per flush) with what the supervisor knows: uptime, the

@@ -53,6 +53,7 @@ struct BenchCommand: ParsableCommand {
             try BlockBench.makeImage(at: blkDirectory + "/disk.img", mib: blkImageMiB)
         }
         var failures: [String: String] = [:]
+        let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
@@ -67,24 +68,16 @@ struct BenchCommand: ParsableCommand {
                         let out = String(decoding: bare.output, as: UTF8.self)
                         return (GuestTiming.parse(out)?.nanosecondsPerIteration(tscKHz: tscKHz), "status \(bare.exitStatus)")
                     }),
-                    (loop.row("vmm (\(loop.server) process)"), {
-                        let r = try Runner.run(ours, kernel: kernel, args: loop.args)
-                        return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
-                    }),
                 ]
-                if let other = baselineVmm.map({ OurVMM(binary: $0, name: "baseline vmm") }) {
-                    runners.append((loop.row("baseline vmm"), {
-                        let r = try Runner.run(other, kernel: kernel, args: loop.args)
+                // vmm, the baseline build and (32-bit guests) QEMU: the same run and the same reading of its timing.
+                let vmms: [(String, VMMUnderTest)] = [(loop.row("vmm (\(loop.server) process)"), ours)]
+                    + (baseline.map { [(loop.row("baseline vmm"), $0)] } ?? [])
+                    + (loop.qemu ? qemus.map { (loop.row($0.name), $0) } : [])
+                for (name, m) in vmms {
+                    runners.append((name, {
+                        let r = try Runner.run(m, kernel: kernel, args: loop.args)
                         return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
                     }))
-                }
-                if loop.qemu {
-                    for q in qemus {
-                        runners.append((loop.row(q.name), {
-                            let r = try Runner.run(q, kernel: kernel, args: loop.args)
-                            return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
-                        }))
-                    }
                 }
                 for (name, measure) in runners.shuffled() {
                     let (value, why) = try measure()
@@ -99,7 +92,7 @@ struct BenchCommand: ParsableCommand {
                     let bare = try BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: args).runWithLocalTimer()
                     return (InterruptLatency.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
                 })]
-                for m in [ours as VMMUnderTest] + (baselineVmm.map { [OurVMM(binary: $0, name: "baseline vmm")] } ?? []) + qemus {
+                for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus {
                     runners.append((m.name, {
                         let r = try Runner.run(m, kernel: kernel, args: args, timeout: 60)
                         return (InterruptLatency.parse(r.output), Self.why(r))
@@ -191,7 +184,6 @@ struct BenchCommand: ParsableCommand {
                     failures["virtio-blk restart, recovery median: vmm"] = "no complete fault report or the guest saw errors (status \(r.status))"
                 }
             }
-            let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
             var starters = [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip)
             starters.shuffle()
             for m in starters where wants("startup") {
