@@ -106,9 +106,17 @@ public struct MachineLayout: Sendable, Equatable {
     public static let firstVirtioPin = 5
     /// QueueNotify in the virtio-mmio register window (virtio 1.2, 4.2.2).
     public static let virtioQueueNotifyOffset: UInt64 = 0x50
+    /// InterruptACK in the virtio-mmio register window (virtio 1.2, 4.2.2).
+    public static let virtioInterruptACKOffset: UInt64 = 0x64
     public static let lastPin = 23
 
     /// The standard machine with `virtio` devices added in order: `virtio-blk0`, `virtio-blk1`, ..., `virtio-rng0`.
+    ///
+    /// Register writes are posted but for InterruptACK, which waits until the device has applied it. A driver reads
+    /// InterruptStatus, acknowledges what it read, then looks at its used rings. Posted, the acknowledgement could
+    /// still be on the ring while the device (in parallel, in its own process) publishes a used buffer and finds
+    /// the status bit still set, so raises nothing new; the acknowledgement then clears that bit, and a buffer the
+    /// driver had looked for too early waits for some later interrupt, perhaps forever (a vsock connection request).
     public static func with(virtio roles: [Role]) throws(LayoutError) -> MachineLayout {
         var layout = standard
         var count: [Role: Int] = [:]
@@ -119,7 +127,8 @@ public struct MachineLayout: Sendable, Equatable {
             count[role, default: 0] += 1
             guard pin <= lastPin else { throw .outOfPins(server.description) }
             try layout.add(Device(name: server.description, server: server,
-                                  mmio: MMIOWindow(base: virtioBase + UInt64(i) * virtioWindow, size: virtioWindow, writes: .posted),
+                                  mmio: MMIOWindow(base: virtioBase + UInt64(i) * virtioWindow, size: virtioWindow, writes: .posted,
+                                                   exceptions: [virtioInterruptACKOffset: .synchronous]),
                                   irq: pin))
         }
         return layout

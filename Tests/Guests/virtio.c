@@ -13,6 +13,15 @@
  *            InterruptStatus) or the virtio-blk status byte. The device is reset and renegotiated before each case.
  *            The write to a read-only drive uses the second virtio-blk device.
  *   rng      reads 64 bytes from virtio-rng twice: they differ and are not all zero.
+ *   ackrace  InterruptACK racing a completion the device publishes at the same moment, as in an interrupt handler
+ *            (read InterruptStatus, acknowledge it, look at the used ring): per round, with InterruptStatus set by an
+ *            earlier completion, a virtio-blk read is notified and, after a delay that grows with the round (0 to a
+ *            request's time, so that some acknowledgements arrive while the device is at work; the test slows the
+ *            device's queue work down to make that likely), the status is acknowledged; a completion that was not in
+ *            the used ring at the look after the acknowledgement must set InterruptStatus again, or a driver that
+ *            sleeps until its next interrupt never sees it. Its pin stays masked (polled):
+ *              virtio-ackrace: rounds=R late=L request_cycles=C lost=0
+ *            (late: completions after the look; C: a request's time by TSC; lost: late ones with status 0)
  *   grow     the host replacing the drive's backing file while the guest runs (PATCH /drives/{id}): queue 0,
  *            DRIVER_OK, sector 0 read, "virtio-grow: ready capacity=N sector0=TEXT"; then ConfigGeneration polled
  *            until it changes (the test's timeout bounds the wait), sector 0 read again:
@@ -774,6 +783,47 @@ static int test_rng(const struct dev *d) {
     return 0;
 }
 
+static int test_ackrace(const struct dev *d) {
+    uint32_t status = negotiate(d, F_VERSION_1);
+    if (!(status & S_FEATURES_OK)) { puts("virtio-ackrace: FEATURES_OK refused\n"); return 1; }
+    start_queue(d);
+    enum { ROUNDS = 300 };
+    uint32_t late = 0, lost = 0;
+    /* How long a request takes, the used ring polled: the acknowledgements are spread over that time. */
+    blk_chain(T_IN, 0, in_buf, 512, 1);
+    uint64_t took = 0;
+    for (int i = 0; i < 8; i++) {
+        uint64_t start = rdtsc();
+        notify(d, 0, 1);
+        while (used.idx == used_seen)
+            if (rdtsc() - start > (1ull << 35)) { puts("virtio-ackrace: no answer\n"); return 1; }
+        used_seen++;
+        took += rdtsc() - start;
+    }
+    took /= 8;
+    for (int r = 0; r < ROUNDS; r++) {
+        /* A completion nobody acknowledged yet, as when an interrupt handler starts. */
+        if (!(rd(d, R_ISR) & 1) && request(d) != 1) { puts("virtio-ackrace: no answer\n"); return 1; }
+        notify(d, 0, 1);
+        uint64_t start = rdtsc(), delay = took * (uint64_t)(r % 64) / 64;
+        while (rdtsc() - start < delay) {}
+        wr(d, R_ISR_ACK, 1);
+        if (used.idx != used_seen) {
+            used_seen++;
+            continue;
+        }
+        late++;
+        if (poll_used(d) != 1) { puts("virtio-ackrace: no answer\n"); return 1; }
+        if (!(rd(d, R_ISR) & 1)) lost++;
+    }
+    puts("virtio-ackrace: rounds="); put_dec(ROUNDS);
+    puts(" late="); put_dec(late);
+    puts(" request_cycles="); put_dec(took);
+    puts(" lost="); put_dec(lost);
+    puts("\n");
+    return 0;
+}
+
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     find_devices(cmdline);
@@ -801,6 +851,8 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         result = blk ? test_bench(blk, cmdline) : 1;
     } else if (t[0] == 'r' && t[1] == 'n') {
         result = rng ? test_rng(rng) : 1;
+    } else if (t[0] == 'a') {
+        result = blk ? test_ackrace(blk) : 1;
     } else if (t[0] == 'g') {
         result = blk ? test_grow(blk) : 1;
     } else if (t[0] == 's' && t[1] == 't') {

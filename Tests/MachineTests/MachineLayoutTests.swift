@@ -73,6 +73,7 @@ final class MachineLayoutTests: XCTestCase {
         let router = AccessRouter(l.routes)
         XCTAssertEqual(router.mmio(0xd000_1050)?.channel, 3, "virtio-blk1's QueueNotify reaches its own channel")
         XCTAssertEqual(router.mmio(0xd000_1050)?.writes, .posted)
+        XCTAssertEqual(router.mmio(0xd000_1064)?.writes, .synchronous, "InterruptACK waits for the device")
         XCTAssertNil(router.mmio(0xd000_3000))
         XCTAssertThrowsError(try MachineLayout.with(virtio: Array(repeating: .virtioBlock, count: 20))) {
             XCTAssertEqual($0 as? MachineLayout.LayoutError, .outOfPins("virtio-blk19"))

@@ -155,6 +155,9 @@ struct VirtioSpec: RestartableRoleSpec {
     /// Test hook (VMM_TEST_VIRTIO_COMMIT_DELAY_US): sleep this long between publishing completions and committing
     /// them, so that injected kills land in that window often and a test sees completions adopted, not repeated.
     var testCommitDelayMicroseconds: Int?
+    /// Test hook (VMM_TEST_VIRTIO_QUEUE_DELAY_US): sleep this long between applying register writes and serving
+    /// notified queues, so that a register write the guest posts meanwhile (InterruptACK) meets the queue work.
+    var testQueueDelayMicroseconds: Int?
     var waiting: WaitingSpec
     var logLevel: Int
     var sandbox: SandboxSpec

@@ -277,6 +277,7 @@ public final class Supervisor {
                     network: server.role == .virtioNet ? taps[server.instance].spec(&fds) : nil,
                     vsock: server.role == .virtioVsock ? vsockSide?.spec(&fds) : nil,
                     testCommitDelayMicroseconds: getenv("VMM_TEST_VIRTIO_COMMIT_DELAY_US").flatMap { Int(String(cString: $0)) },
+                    testQueueDelayMicroseconds: getenv("VMM_TEST_VIRTIO_QUEUE_DELAY_US").flatMap { Int(String(cString: $0)) },
                     waiting: waiting(seat: vcpus + 2 + i, &fds), logLevel: Log.level.rawValue,
                     sandbox: try self.sandboxSpec(server.role, device: server.description))
             })

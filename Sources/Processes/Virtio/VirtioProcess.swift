@@ -133,6 +133,7 @@ public enum VirtioProcess {
             // Queue work: its effects (used entries, used->idx, the interrupt) are the guest's to see at once, so
             // its new ring positions are committed right after it; a successor adopts what a death in between
             // left published (VirtioMMIOTransport.adoptPublishedCompletions).
+            if let delay = spec.testQueueDelayMicroseconds, notified.contains(true) { usleep(UInt32(clamping: delay)) }
             for queue in events?.alwaysServe ?? [] { notified[queue] = true }
             let before = transport.state.queues.map(\.usedIndex)
             for queue in notified.indices where notified[queue] {
