@@ -21,9 +21,16 @@ final class TestTap {
             FileHandle.standardError.write(Data((message + "\n").utf8))
             throw XCTSkip(message)
         }
+        Self.removeStaleTaps()
         Self.created += 1
-        name = "vmmt\(getpid() % 100_000)x\(Self.created)"
-        subnet = 20 + Int(getpid() % 200 + Int32(Self.created)) % 230
+        // The full pid (base 36: at most 15 characters in all), so that a leftover's owner can be told exactly.
+        name = "vmmt\(String(getpid(), radix: 36))x\(Self.created)"
+        let taken = Self.subnetsInUse()
+        let first = 20 + Int(getpid() % 200 + Int32(Self.created)) % 230
+        guard let free = (0..<230).map({ 20 + (first - 20 + $0) % 230 }).first(where: { !taken.contains($0) }) else {
+            throw NSError(domain: "tap", code: 0, userInfo: [NSLocalizedDescriptionKey: "no free 10.200.N.0/24 for a test tap"])
+        }
+        subnet = free
         let name = self.name, subnet = self.subnet
         try Self.ip(["tuntap", "add", "dev", name, "mode", mode])
         if mode == "tap" {
@@ -37,6 +44,34 @@ final class TestTap {
     }
 
     deinit { try? Self.ip(["link", "del", name]) }
+
+    /// The N of every 10.200.N.0/24 some interface has an address in (a route to it would shadow ours).
+    static func subnetsInUse() -> Set<Int> {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var taken: Set<Int> = []
+        var entry = list
+        while let e = entry {
+            if let address = e.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) {
+                let ip = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+                if ip >> 16 == 10 << 8 | 200 { taken.insert(Int(ip >> 8 & 0xff)) }
+            }
+            entry = e.pointee.ifa_next
+        }
+        return taken
+    }
+
+    /// Taps a killed test process left behind (its pid is in the name and no longer runs): a leftover's address
+    /// and route would otherwise take traffic meant for a later test's tap.
+    static func removeStaleTaps() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net") else { return }
+        for name in names where name.hasPrefix("vmmt") {
+            guard let x = name.lastIndex(of: "x"), let pid = Int32(name[name.index(name.startIndex, offsetBy: 4)..<x], radix: 36),
+                  kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? ip(["link", "del", name])
+        }
+    }
 
     static func ip(_ arguments: [String]) throws {
         let p = Process()
