@@ -29,6 +29,8 @@ struct OurVMM: VMMUnderTest {
     /// More "vmm" settings (starting with a comma) and `vmm run` options.
     var vmmSettings = ""
     var options: [String] = []
+    /// More top-level config sections (each ending with a comma): network interfaces, vsock, entropy.
+    var devices = ""
     func command(kernel: String, args: String, memMiB: Int) throws -> (String, [String]) {
         let drives = drive.map {
             #""drives": [{"drive_id": "d0", "path_on_host": "\#($0)", "is_root_device": true, "is_read_only": \#(!driveWritable), "cache_type": "Unsafe"}],"#
@@ -37,7 +39,7 @@ struct OurVMM: VMMUnderTest {
         let config = """
         {"boot-source": {"kernel_image_path": "\(kernel)", "boot_args": "\(args)"\(initrdPath)},
          "machine-config": {"vcpu_count": 1, "mem_size_mib": \(memMiB)},
-         \(drives)
+         \(drives)\(devices)
          "vmm": {"serial": {"output": "stdout", "input": "none"}\(vmmSettings)}}
         """
         let path = NSTemporaryDirectory() + "vmm-bench-\(getpid()).json"
@@ -159,5 +161,44 @@ enum ProcessTree {
         let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
         for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
         return out
+    }
+}
+
+/// The VMM with one device of every kind: a read-only drive, a network interface on a tap made for it (root only:
+/// without root the interface is left out and the row says so), vsock and entropy; their standbys are on.
+struct EveryDevice {
+    let vmm: OurVMM
+    let processes: String
+    private let directory: String
+    private let tap: String?
+
+    init(_ ours: OurVMM) throws {
+        directory = NSTemporaryDirectory() + "vmm-bench-devices-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: directory + "/disk.img", contents: Data(count: 1 << 20))
+        let name = "vmmb\(getpid() % 100_000)"
+        tap = geteuid() == 0 && Self.ip(["tuntap", "add", "dev", name, "mode", "tap"]) && Self.ip(["link", "set", name, "up"]) ? name : nil
+        var devices = #""vsock": {"guest_cid": 3, "uds_path": "\#(directory)/vsock.sock"}, "entropy": {},"#
+        if let tap {
+            devices += #""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "\#(tap)", "guest_mac": "02:00:00:00:00:01"}],"#
+        }
+        processes = "virtio-blk, " + (tap != nil ? "virtio-net, " : "") + "virtio-vsock, virtio-rng, each with a standby"
+            + (tap == nil ? " (no virtio-net: making a tap needs root)" : "")
+        vmm = OurVMM(binary: ours.binary, name: "vmm, every virtio device", drive: directory + "/disk.img", devices: devices)
+    }
+
+    func remove() {
+        if let tap { _ = Self.ip(["link", "del", tap]) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func ip(_ arguments: [String]) -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: access("/usr/sbin/ip", X_OK) == 0 ? "/usr/sbin/ip" : "/sbin/ip")
+        p.arguments = arguments
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
     }
 }
