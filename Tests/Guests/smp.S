@@ -33,7 +33,10 @@ ap_protected:
     hlt
     jmp 1b
 
-    .globl isr_from_ap, isr_from_bsp
+    .globl isr_from_ap, isr_from_bsp, isr_nmi_count
+isr_nmi_count:
+    incl nmis
+    iret
 isr_from_ap:
     incl from_ap
     movl $0, 0xfee000b0

@@ -125,8 +125,8 @@ final class VCPURunner: @unchecked Sendable {
         }
     }
 
-    /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); an NMI wakes a parked
-    /// vCPU and is injected into a running one (a vCPU waiting for SIPI blocks it).
+    /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); NMIs wake a parked
+    /// vCPU and are injected into a running one (a vCPU waiting for SIPI blocks them).
     private func apply(_ events: InterruptMailbox.Events) throws {
         if events.initialize {
             Log.debug("INIT")
@@ -141,9 +141,11 @@ final class VCPURunner: @unchecked Sendable {
             group.unpark()
             state = .running
         }
-        if events.nmi && state != .waitingForStartup {
+        if events.nmis > 0 && state != .waitingForStartup {
             if state == .parked { group.unpark(); state = .running }
-            try interrupts.injectNMI()
+            // One KVM_NMI each: KVM keeps two pending while NMIs are not blocked (it injects one and latches the
+            // other for after its IRET) and one while they are, which is the CPU's rule.
+            for _ in 0..<events.nmis { try interrupts.injectNMI() }
         }
     }
 
