@@ -184,6 +184,9 @@ public final class InterruptMailbox: @unchecked Sendable {
     /// Whether a vector is offered (a hostile word counts as nothing).
     public func hasPending(vcpu: Int) -> Bool { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) != nil }
 
+    /// The offered vector, without taking it (nil: nothing valid is offered).
+    public func pendingVector(vcpu: Int) -> UInt8? { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) }
+
     /// Takes the offered vector, leaving it marked taken; nil when nothing valid (a vector of 16 or more) is offered.
     public func take(vcpu: Int) -> UInt8? {
         var current = word(vcpu).pointee.load(ordering: .acquiring)

@@ -52,6 +52,24 @@ public struct LAPICMirror: @unchecked Sendable {
 
     // MARK: vcpu side
 
+    /// Whether the copy shows a requested vector (IRR) of a priority class above `priorityClass`, even if the copy
+    /// is older than this vCPU's last writes (a vector in IRR stays there until this vCPU takes it); nil when there
+    /// is no whole copy to read.
+    public func requestsAbove(priorityClass: UInt8) -> Bool? {
+        let before = sequence.pointee.load(ordering: .acquiring)
+        guard before & 1 == 0, before != 0 else { return nil }
+        let first = (Int(priorityClass) + 1) * 16  // the lowest vector of a higher class
+        var found = false
+        for word in first / 32..<8 {
+            var bits = word32(64 + 4 * Int((LocalAPIC.Register.irr + UInt64(word) * 16) / 16)).pointee.load(ordering: .relaxed)
+            if word == first / 32 { bits &= ~0 << UInt32(first % 32) }
+            if bits != 0 { found = true }
+        }
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence.pointee.load(ordering: .relaxed) == before else { return nil }
+        return found
+    }
+
     /// The register at `offset` of the page as a 32-bit read at `now` would give it, if the copy is whole and the
     /// irqchip had handled everything up to `sentPosition` when it made it; nil: ask the irqchip.
     public func read(offset: UInt64, sentPosition: UInt64, now: UInt64) -> UInt32? {

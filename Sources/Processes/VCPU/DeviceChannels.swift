@@ -24,6 +24,8 @@ struct DeviceChannels {
     private let lapicMirror: LAPICMirror?
     /// Local APIC reads answered from the mirror, and those that had to ask the irqchip.
     private(set) var mirrorReads = 0, irqchipReads = 0
+    /// TPR writes that waited for the irqchip (they lowered the TPR below a requested vector).
+    private(set) var tprWaits = 0
 
     init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes, lapicMirror: LAPICMirror? = nil) {
         self.lapicMirror = lapicMirror
@@ -89,6 +91,20 @@ struct DeviceChannels {
         }
         post(route.channel, .mmioWrite, address: address, size: size, value: value)
         if route.writes == .synchronous { _ = call(route.channel, .sync, address: 0, size: 0) }
+    }
+
+    /// A TPR write (the xAPIC register, or CR8 in 64-bit mode), as the 32-bit register value. Posted, except when
+    /// it lowers the priority class while the irqchip's copy shows a requested vector above the new class (or
+    /// there is no copy to tell): then the vCPU waits until the irqchip has applied it, which offers that vector,
+    /// so that the vector is taken before the guest's next instruction, as on the CPU. Raising it stays posted:
+    /// the vCPU holds back what the new TPR blocks itself (see `TaskPriority`).
+    mutating func writeTPR(_ value: UInt8, lowered: Bool) {
+        guard irqchip >= 0 else { return }
+        post(irqchip, .mmioWrite, address: LocalAPIC.defaultBase + LocalAPIC.Register.tpr, size: 4, value: UInt64(value))
+        if lowered, lapicMirror?.requestsAbove(priorityClass: value >> 4) ?? true {
+            _ = call(irqchip, .sync, address: 0, size: 0)
+            tprWaits += 1
+        }
     }
 
     // MARK: the vCPU's own messages

@@ -74,9 +74,17 @@ final class InterruptInjector: @unchecked Sendable {
     func beforeEntry() throws -> UInt8? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
-        guard mailbox.hasPending(vcpu: index) else {
+        guard let offered = mailbox.pendingVector(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
+            return nil
+        }
+        if taskPriority.holdsBack(offered) {
+            // It waits for the TPR to drop. A TPR register write exits, but a MOV to CR8 does not on this host's
+            // KVM (no KVM_EXIT_SET_TPR): the runner sees the new CR8 at the next exit, so keep kicking as for a
+            // window, which bounds the wait to about a millisecond.
+            run.pointee.request_interrupt_window = 0
+            windowWanted.store(true, ordering: .relaxed)
             return nil
         }
         // kvm_run.if_flag is not reliable on these hosts (it has said 1 with RFLAGS.IF clear): read RFLAGS, which
@@ -95,6 +103,16 @@ final class InterruptInjector: @unchecked Sendable {
         run.pointee.request_interrupt_window = 1
         windowWanted.store(true, ordering: .relaxed)
         return nil
+    }
+
+    /// The vCPU's task priority, which it keeps itself (see TaskPriority); the runner sets it on TPR and CR8
+    /// writes and INIT.
+    var taskPriority = TaskPriority()
+
+    /// An offered vector the TPR lets through (one the irqchip offered before a raise it has not seen yet may not).
+    var hasDeliverable: Bool {
+        guard let vector = mailbox.pendingVector(vcpu: index) else { return false }
+        return !taskPriority.holdsBack(vector)
     }
 
     /// NMI, INIT or a start-up IPI waits for this vCPU.
@@ -146,7 +164,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// HLT with interrupts enabled: sleeps until the irqchip posts a vector or an event.
     func waitForInterrupt() throws {
         Log.debug("HLT: waiting for an interrupt")
-        try sleep(until: { mailbox.hasPending(vcpu: index) || hasEvents })
+        try sleep(until: { hasDeliverable || hasEvents })
         // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
         // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
         var events = try vcpu.events()
@@ -154,6 +172,6 @@ final class InterruptInjector: @unchecked Sendable {
             events.interrupt.shadow = 0
             try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
         }
-        wokenFromHalt = mailbox.hasPending(vcpu: index)
+        wokenFromHalt = hasDeliverable
     }
 }

@@ -1,5 +1,6 @@
 import CKVM
 import Channel
+import Devices
 import IRQChipLink
 import Emulator
 import KVM
@@ -45,6 +46,7 @@ final class VCPURunner: @unchecked Sendable {
         table[Int(KVM_EXIT_X86_WRMSR)] = { try $0.handleMSR(write: true) }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
         table[Int(KVM_EXIT_IRQ_WINDOW_OPEN)] = { _ in .resume }  // the injection happens before the next entry
+        table[Int(KVM_EXIT_SET_TPR)] = { _ in .resume }  // CR8 lowered: followed after every exit (followCR8)
         table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
         table[Int(KVM_EXIT_INTERNAL_ERROR)] = { try $0.handleInternalError() }
         table[Int(KVM_EXIT_FAIL_ENTRY)] = {
@@ -113,6 +115,7 @@ final class VCPURunner: @unchecked Sendable {
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
+                followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
@@ -130,6 +133,9 @@ final class VCPURunner: @unchecked Sendable {
     private func apply(_ events: InterruptMailbox.Events) throws {
         if events.initialize {
             Log.debug("INIT")
+            // INIT resets the local APIC, TPR included (the irqchip resets its model).
+            interrupts.taskPriority = TaskPriority()
+            vcpu.run.pointee.cr8 = 0
             if state != .waitingForStartup {
                 if state == .running { _ = group.park() }
                 state = .waitingForStartup
@@ -175,11 +181,33 @@ final class VCPURunner: @unchecked Sendable {
         guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
         let bytes = UnsafeMutableRawPointer(data)
         if vmm_run_mmio_is_write(run) != 0 {
-            devices.mmioWrite(address, size: len, value: loadLittleEndian(bytes, count: len))
+            let value = loadLittleEndian(bytes, count: len)
+            if address == LocalAPIC.defaultBase + LocalAPIC.Register.tpr && len == 4 {
+                setTaskPriority(UInt8(truncatingIfNeeded: value))
+            } else {
+                devices.mmioWrite(address, size: len, value: value)
+            }
         } else {
             storeLittleEndian(devices.mmioRead(address, size: len), to: bytes, count: len)
         }
         return .resume
+    }
+
+    /// The guest wrote its TPR (the register, or CR8): the vCPU's copy gates injection from now on, the irqchip
+    /// hears of it (waiting for it when the write may have unblocked a requested vector), and CR8 follows.
+    private func setTaskPriority(_ value: UInt8) {
+        let lowered = interrupts.taskPriority.set(value)
+        devices.writeTPR(value, lowered: lowered)
+        vcpu.run.pointee.cr8 = UInt64(interrupts.taskPriority.priorityClass)
+    }
+
+    /// Without an in-kernel local APIC, KVM keeps CR8 for the VMM in kvm_run: it reports the guest's CR8 after
+    /// every exit (a MOV to CR8 that lowers it exits with KVM_EXIT_SET_TPR) and loads kvm_run.cr8 at every entry.
+    /// A CR8 that differs from the TPR's class is one the guest wrote: that is a TPR write (CR8 = TPR[7:4]).
+    private func followCR8() {
+        let cr8 = vcpu.run.pointee.cr8
+        guard cr8 != UInt64(interrupts.taskPriority.priorityClass) else { return }
+        setTaskPriority(UInt8(truncatingIfNeeded: cr8 & 0xf) << 4)
     }
 
     /// HLT with interrupts enabled waits for the irqchip. With IF clear only an NMI or INIT can wake the vCPU:
@@ -230,6 +258,7 @@ final class VCPURunner: @unchecked Sendable {
         if let f = syscallFixup {
             parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
+        if devices.tprWaits > 0 { parts.append("(TPR lowerings that waited for the irqchip: \(devices.tprWaits))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
