@@ -652,7 +652,7 @@ final class InterruptControllerTests: XCTestCase {
         enableAll()
         lapicWrite(0, divide, 0xb)
         lapicWrite(0, lvtTimer, 1 << 17 | 0x3b)
-        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: nil)], "a mode change stops the timer")
+        XCTAssertEqual(takeTimers(), [], "one-shot to periodic: a stopped timer stays stopped, nothing to disarm")
         lapicWrite(0, initialCount, 1_000_000, now: 0)
         XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: 1_000_000)])
         chip.timerExpired(vcpu: 0, now: 1_000_000)

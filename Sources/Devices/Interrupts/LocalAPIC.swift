@@ -196,11 +196,15 @@ public final class LocalAPIC {
         case 0x320:
             let oldMode = timerMode
             lvt[LVT.timer] = lvtValue(value, mask: 0x7_00ff)
-            if timerMode != oldMode {
+            if (oldMode == 2) != (timerMode == 2) {
+                // Into or out of TSC-deadline mode disarms the timer (SDM vol. 3, 10.5.4.1), and the initial count
+                // reads 0 (as KVM's apic_update_lvtt clears TMICT).
                 timerRunning = false
                 deadline = 0
+                initialCount = 0
                 return [.cancelTimer]
             }
+            if timerMode != oldMode && timerRunning { return switchCountdown(from: oldMode, now: now) }
         case 0x330: lvt[LVT.thermal] = lvtValue(value, mask: 0x1_07ff)
         case 0x340: lvt[LVT.performance] = lvtValue(value, mask: 0x1_07ff)
         case 0x350: lvt[LVT.lint0] = lvtValue(value, mask: 0x1_a7ff)
@@ -217,6 +221,19 @@ public final class LocalAPIC {
         default: break
         }
         return []
+    }
+
+    /// One-shot to periodic or back while the timer runs: the count goes on from where it is, it is not restarted
+    /// and never reads 0 while armed (KVM keeps the running timer too). Periodic to one-shot counts the period in
+    /// progress down to 0; one-shot to periodic reloads the initial count at 0 and goes on.
+    private func switchCountdown(from oldMode: UInt32, now: UInt64) -> [APICEffect] {
+        if oldMode == 1 {
+            // The period in progress becomes the one-shot count: its start is the last reload.
+            let oldPeriod = max(UInt64(initialCount) * divisor * Self.timerNanosecondsPerTick, Self.minimumPeriodicNanoseconds)
+            if now > timerStart, oldPeriod > 0 { timerStart += (now - timerStart) / oldPeriod * oldPeriod }
+        }
+        guard period > 0 else { timerRunning = false; return [.cancelTimer] }
+        return [.armTimer(atNanoseconds: timerStart + period)]
     }
 
     private func lvtValue(_ value: UInt32, mask: UInt32) -> UInt32 {
