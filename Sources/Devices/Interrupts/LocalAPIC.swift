@@ -76,6 +76,10 @@ public final class LocalAPIC {
     /// restarted process must re-arm its fresh timer at exactly this time: one due while the predecessor was dying
     /// then fires at once instead of being skipped.
     public private(set) var timerArmedAt: UInt64?
+    /// IA32_APIC_BASE's global enable (bit 11). Cleared, the CPU has no local APIC (SDM vol. 3, 10.4.3): nothing is
+    /// accepted, no IPI reaches it, its registers are back at their power-up values, and it stays so until the bit
+    /// is set again (the vcpu process, which sees the MSR, says so).
+    public private(set) var hardwareEnabled = true
     /// The vector offered to the CPU and not yet acknowledged. On real hardware acknowledge and delivery are one
     /// step; here the CPU is another process, so an interrupt for the same vector that arrives in between must
     /// not merge with the one being taken: it is re-raised at acknowledge.
@@ -109,6 +113,17 @@ public final class LocalAPIC {
     }
 
     public var softwareEnabled: Bool { svr & 0x100 != 0 }
+
+    /// IA32_APIC_BASE's global enable bit changed: disabling resets every register to its power-up value (as INIT
+    /// does; the APIC ID stays), so re-enabling finds the APIC software-disabled with every LVT masked; its timer
+    /// is cancelled. The caller withdraws what was offered.
+    public func setHardwareEnabled(_ enabled: Bool) -> [APICEffect] {
+        guard enabled != hardwareEnabled else { return [] }
+        hardwareEnabled = enabled
+        guard !enabled else { return [] }
+        reset()
+        return [.cancelTimer]
+    }
     var timerLVT: UInt32 { lvt[LVT.timer] }
     public var timerMode: UInt32 { (timerLVT >> 17) & 3 }  // 0 one-shot, 1 periodic, 2 TSC-deadline
     var divisor: UInt64 {
@@ -314,6 +329,7 @@ public final class LocalAPIC {
 
     /// Puts a fixed interrupt in IRR (and TMR for level-triggered ones). Vectors below 16 are illegal.
     public func accept(vector: UInt8, levelTriggered: Bool) {
+        guard hardwareEnabled else { return }  // no APIC: nothing to accept it
         guard vector >= 16 else { pendingESR |= 1 << 6; return }  // received illegal vector
         if vector == offered { arrivedWhileOffered = levelTriggered }
         irr.insert(vector)
@@ -356,6 +372,7 @@ public final class LocalAPIC {
 
     /// Whether this APIC is a destination of `message` (physical ID, or logical flat/cluster model).
     public func isDestination(of message: InterruptMessage) -> Bool {
+        guard hardwareEnabled else { return false }
         if !message.logical { return message.destination == 0xff || message.destination == apicID }
         let logicalID = UInt8(ldr >> 24)
         if dfr >> 28 == 0xf { return message.destination & logicalID != 0 }  // flat model
@@ -368,7 +385,7 @@ public final class LocalAPIC {
 extension LocalAPIC: Snapshotting {
     /// Everything but the APIC ID is state: the registers as the guest left them, the three vector sets, the LVT,
     /// the timer (its start, running flag, TSC deadline, and the time the process's timer is armed for) and the
-    /// vector offered to the vCPU. Times are absolute CLOCK_MONOTONIC nanoseconds (the `now` the process passes),
+    /// vector offered to the vCPU, and IA32_APIC_BASE's enable bit. Times are absolute CLOCK_MONOTONIC nanoseconds (the `now` the process passes),
     /// which a successor on the same host reads on the same clock; nothing is saved relative to a process.
     struct State {
         var apicID: UInt8
@@ -382,6 +399,7 @@ extension LocalAPIC: Snapshotting {
         var timerArmedAt: UInt64?
         var offered: UInt8?
         var arrivedWhileOffered: Bool?
+        var hardwareEnabled: Bool
     }
 
     /// What each LVT entry's write path keeps (CMCI, timer, thermal, performance, LINT0, LINT1, error).
@@ -405,6 +423,7 @@ extension LocalAPIC: Snapshotting {
         writer.u8(offered ?? 0)
         writer.bool(arrivedWhileOffered != nil)
         writer.bool(arrivedWhileOffered ?? false)
+        writer.bool(hardwareEnabled)
     }
 
     /// Refuses a snapshot of another APIC, bits the write paths mask off, vectors below 16 (never accepted), an
@@ -440,12 +459,13 @@ extension LocalAPIC: Snapshotting {
         let arrivedLevel = try reader.bool()
         guard arrivedPresent || !arrivedLevel else { throw .invalid("LAPIC absent re-raise flag holds true") }
         let arrived: Bool? = arrivedPresent ? arrivedLevel : nil
+        let hardwareEnabled = try reader.bool()
         let state = State(apicID: apicID, tpr: registers[0], ldr: registers[1], dfr: registers[2], svr: registers[3],
                           esr: registers[4], pendingESR: registers[5], icrLow: registers[6], icrHigh: registers[7],
                           irr: sets[0], isr: sets[1], tmr: sets[2], lvt: lvt, divideConfig: divideConfig,
                           initialCount: initialCount, timerStart: timerStart, timerRunning: timerRunning,
                           deadline: deadline, timerArmedAt: timerArmedAt, offered: offered,
-                          arrivedWhileOffered: arrived)
+                          arrivedWhileOffered: arrived, hardwareEnabled: hardwareEnabled)
         try validate(state)
         return state
     }
@@ -492,6 +512,11 @@ extension LocalAPIC: Snapshotting {
         guard s.timerStart < 1 << 63 else { throw .invalid("LAPIC timer start \(s.timerStart)") }
         // A time of 0 disarms a timerfd: no effect ever asks for it.
         guard s.timerArmedAt != 0 else { throw .invalid("LAPIC timer armed for time 0") }
+        // Disabling resets the APIC and it accepts nothing while disabled: a disabled one holds its power-up state.
+        guard s.hardwareEnabled || (s.irr == VectorSet() && s.isr == VectorSet() && s.svr == 0xff && s.offered == nil
+                                    && !s.timerRunning && s.deadline == 0 && s.timerArmedAt == nil) else {
+            throw .invalid("LAPIC disabled through IA32_APIC_BASE with state beyond its reset values")
+        }
         if let v = s.offered {
             // The offer is IRR's deliverable vector and stays in IRR until acknowledged.
             guard s.irr.contains(v) else { throw .invalid("LAPIC offers vector \(hex(v)), not in IRR") }
@@ -509,5 +534,6 @@ extension LocalAPIC: Snapshotting {
         timerStart = s.timerStart; timerRunning = s.timerRunning; deadline = s.deadline; timerArmedAt = s.timerArmedAt
         offered = s.offered  // clears the re-raise flag: set it after
         arrivedWhileOffered = s.arrivedWhileOffered
+        hardwareEnabled = s.hardwareEnabled
     }
 }

@@ -26,6 +26,11 @@ struct DeviceChannels {
     private(set) var mirrorReads = 0, irqchipReads = 0
     /// TPR writes that waited for the irqchip (they lowered the TPR below a requested vector).
     private(set) var tprWaits = 0
+    /// Where this vCPU's local APIC page is, as IA32_APIC_BASE says (nil: disabled there). The routes know the
+    /// APIC at its default page; accesses to the page where it is now are sent there, and the default page is
+    /// nobody's while the APIC is elsewhere or disabled. (Only pages KVM exits on can be the APIC's: one moved onto
+    /// guest RAM is RAM.)
+    private(set) var apicPage: UInt64? = LocalAPIC.defaultBase
 
     init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes, lapicMirror: LAPICMirror? = nil) {
         self.lapicMirror = lapicMirror
@@ -55,9 +60,28 @@ struct DeviceChannels {
         post(channel, .portWrite, address: UInt64(port), size: size, value: value)
     }
 
+    /// The offset of `address` in this vCPU's local APIC page, if it is there.
+    func lapicOffset(_ address: UInt64) -> UInt64? {
+        guard let page = apicPage, address & ~0xfff == page else { return nil }
+        return address & 0xfff
+    }
+
+    /// `address` as the routes know it (see `apicPage`); nil: nobody's.
+    private func routed(_ address: UInt64) -> UInt64? {
+        if let offset = lapicOffset(address) { return LocalAPIC.defaultBase + offset }
+        return address & ~0xfff == LocalAPIC.defaultBase ? nil : address
+    }
+
+    /// The guest's IA32_APIC_BASE changed to `value`: the APIC's page follows at once, the irqchip hears of it.
+    mutating func setAPICBase(_ value: UInt64) {
+        apicPage = value & APICBase.globalEnable != 0 ? value & APICBase.pageMask : nil
+        guard irqchip >= 0 else { return }
+        post(irqchip, .apicBase, address: 0, size: 8, value: value)
+    }
+
     /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
-    mutating func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        guard let route = router.mmio(address) else { return ~0 }
+    mutating func mmioRead(_ guestAddress: UInt64, size: Int) -> UInt64 {
+        guard let address = routed(guestAddress), let route = router.mmio(address) else { return ~0 }
         if let base = virtioWindows[route.channel], address >= base, clients[route.channel].region.deviceStatus == .broken {
             if complainedAbout.insert(route.channel).inserted {
                 Log.warning("the \(servers[route.channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
@@ -78,8 +102,8 @@ struct DeviceChannels {
         return call(route.channel, .mmioRead, address: address, size: size)
     }
 
-    mutating func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
-        guard let route = router.mmio(address) else { return }
+    mutating func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {
+        guard let address = routed(guestAddress), let route = router.mmio(address) else { return }
         if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
             // The timer counts from the guest's write, not from when the irqchip takes it.
             post(irqchip, .timestamp, address: 0, size: 8, value: monotonicNanoseconds())

@@ -74,7 +74,7 @@ final class InterruptInjector: @unchecked Sendable {
     func beforeEntry() throws -> UInt8? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
-        guard let offered = mailbox.pendingVector(vcpu: index) else {
+        guard apicEnabled, let offered = mailbox.pendingVector(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
             return nil
@@ -108,10 +108,12 @@ final class InterruptInjector: @unchecked Sendable {
     /// The vCPU's task priority, which it keeps itself (see TaskPriority); the runner sets it on TPR and CR8
     /// writes and INIT.
     var taskPriority = TaskPriority()
+    /// IA32_APIC_BASE's global enable: a vCPU without its APIC takes no vector (the irqchip withdraws its offer).
+    var apicEnabled = true
 
     /// An offered vector the TPR lets through (one the irqchip offered before a raise it has not seen yet may not).
     var hasDeliverable: Bool {
-        guard let vector = mailbox.pendingVector(vcpu: index) else { return false }
+        guard apicEnabled, let vector = mailbox.pendingVector(vcpu: index) else { return false }
         return !taskPriority.holdsBack(vector)
     }
 

@@ -23,6 +23,7 @@ final class VCPURunner: @unchecked Sendable {
     enum State { case running, waitingForStartup, parked }
     private var state: State
     private var tscDeadline: TSCDeadline
+    private var apicBase = APICBase()
     /// PVM-style hosts only (see SyscallFixup).
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
@@ -115,6 +116,7 @@ final class VCPURunner: @unchecked Sendable {
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
+                followAPICBase()
                 followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
@@ -182,7 +184,7 @@ final class VCPURunner: @unchecked Sendable {
         let bytes = UnsafeMutableRawPointer(data)
         if vmm_run_mmio_is_write(run) != 0 {
             let value = loadLittleEndian(bytes, count: len)
-            if address == LocalAPIC.defaultBase + LocalAPIC.Register.tpr && len == 4 {
+            if len == 4 && devices.lapicOffset(address) == LocalAPIC.Register.tpr {
                 setTaskPriority(UInt8(truncatingIfNeeded: value))
             } else {
                 devices.mmioWrite(address, size: len, value: value)
@@ -199,6 +201,20 @@ final class VCPURunner: @unchecked Sendable {
         let lowered = interrupts.taskPriority.set(value)
         devices.writeTPR(value, lowered: lowered)
         vcpu.run.pointee.cr8 = UInt64(interrupts.taskPriority.priorityClass)
+    }
+
+    /// The guest's IA32_APIC_BASE as KVM reports it: a disabled APIC takes nothing and has no page; a moved one
+    /// answers at its new page (see APICBase).
+    private func followAPICBase() {
+        guard let value = apicBase.change(reported: vcpu.run.pointee.apic_base) else { return }
+        Log.debug("IA32_APIC_BASE 0x\(String(value, radix: 16))")
+        devices.setAPICBase(value)
+        interrupts.apicEnabled = value & APICBase.globalEnable != 0
+        if !interrupts.apicEnabled {
+            // Disabling resets the APIC (the irqchip resets its model), TPR and so CR8 included.
+            interrupts.taskPriority = TaskPriority()
+            vcpu.run.pointee.cr8 = 0
+        }
     }
 
     /// Without an in-kernel local APIC, KVM keeps CR8 for the VMM in kvm_run: it reports the guest's CR8 after
