@@ -12,7 +12,7 @@ CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-
 for g in hello portloop triplefault echo apicinfo events uartstress fpregs virtionet; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
 done
-for g in traps32 nmi tpr apicbase events32 lapictimer timerstress tscdeadline uartirq apicprio irqlatency smp virtio keyboard; do
+for g in traps32 nmi tpr apicbase windows events32 lapictimer timerstress tscdeadline uartirq apicprio irqlatency smp virtio keyboard; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c" "$here/$g.S"
 done
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"

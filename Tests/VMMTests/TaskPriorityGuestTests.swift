@@ -32,17 +32,18 @@ final class TaskPriorityGuestTests: GuestTestCase {
     }
 
     func testCR8FollowsTheTPRAndLoweringItDelivers() throws {
+        // A MOV to CR8 does not exit on this host: while the TPR holds a requested vector back in long mode, the
+        // vCPU single-steps (WindowStepper), so it sees the lowering at the next instruction boundary.
         let lines = try run("tpr64.elf")
         let first = try XCTUnwrap(lines.first)
-        // CR8 and the TPR register are one register; raised CR8 holds the vector back; it arrives once lowered.
-        XCTAssertTrue(first.hasPrefix("tpr64: sync=1 held=1 partial=1 arrived=1 "), first)
+        XCTAssertTrue(first.hasPrefix("tpr64: sync=1 held=1 partial=1 arrived=1 next=1 lower="), first)
         try report("CR8 lowered to the handler", lines.dropFirst().first)
-        if !first.hasSuffix("next=1 lower=200/200") {
-            let message = "SKIPPED by this host's KVM: CR8 lowering delivers before the next instruction (\(first)): "
-                + "a MOV to CR8 does not exit here (no KVM_EXIT_SET_TPR), so the vCPU sees the new CR8 at its next exit "
-                + "(the guest's next port read here; a kick every millisecond at the latest)"
-            FileHandle.standardError.write(Data((message + "\n").utf8))
-            throw XCTSkip(message)
+        // Every round in the runs here (2026-12-04); a little slack, since a round depends on the stepping
+        // starting at the ICR write's exit, which reads the irqchip's copy while the irqchip may be rewriting it.
+        let inTime = Int(first.split(separator: "=").last?.split(separator: "/").first ?? "") ?? 0
+        XCTAssertGreaterThanOrEqual(inTime, 196, first)
+        if inTime < 200 {
+            FileHandle.standardError.write(Data("CR8: \(200 - inTime) of 200 lowerings taken one instruction late\n".utf8))
         }
     }
 }

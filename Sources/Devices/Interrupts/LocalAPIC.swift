@@ -48,7 +48,7 @@ public enum CPUEvent: Equatable, Sendable {
 public final class LocalAPIC {
     public static let defaultBase: UInt64 = 0xfee0_0000
     /// Register offsets other processes need to know about.
-    public enum Register { public static let tpr: UInt64 = 0x80, eoi: UInt64 = 0xb0, irr: UInt64 = 0x200, icrLow: UInt64 = 0x300, initialCount: UInt64 = 0x380 }
+    public enum Register { public static let tpr: UInt64 = 0x80, eoi: UInt64 = 0xb0, isr: UInt64 = 0x100, irr: UInt64 = 0x200, icrLow: UInt64 = 0x300, initialCount: UInt64 = 0x380 }
     /// The timer's input clock before the divider: 1 GHz, as QEMU's APIC, so one tick is one nanosecond.
     public static let timerNanosecondsPerTick: UInt64 = 1
 

@@ -26,8 +26,13 @@ final class InterruptInjector: @unchecked Sendable {
     /// Set by the vCPU thread itself; read by the listener and the pause thread (0: not started yet).
     private let vcpuThread = Atomic<UInt>(0)
     private let windowWanted = Atomic<Bool>(false)
+    /// A requested vector waits on a TPR that a MOV to CR8 may lower without an exit: kick as for a window.
+    let tprWatch = Atomic<Bool>(false)
     /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
     private var wokenFromHalt = false
+    /// The VMM completed the last exit's instruction itself (the emulation fallback: an IRET, an STI): the exit's
+    /// ready_for_interrupt_injection describes the boundary before it, not the one the guest is at now.
+    var instructionCompletedHere = false
     private var listener: OSThread?
     /// While a pause is requested a sleeping vCPU waits at the gate, and the listener stops its window kicks.
     var pauseGate: PauseGate?
@@ -54,7 +59,8 @@ final class InterruptInjector: @unchecked Sendable {
         var pfd = pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)
         var value: UInt64 = 0
         while true {
-            let wanted = windowWanted.load(ordering: .relaxed) && pauseGate?.isRequested != true
+            let wanted = (windowWanted.load(ordering: .relaxed) || tprWatch.load(ordering: .relaxed))
+                && pauseGate?.isRequested != true
             let r = poll(&pfd, 1, wanted ? 1 : -1)
             if r > 0 { _ = Glibc.read(kickFD, &value, 8) }
             if r > 0 || wanted { kick() }
@@ -90,8 +96,10 @@ final class InterruptInjector: @unchecked Sendable {
         // kvm_run.if_flag is not reliable on these hosts (it has said 1 with RFLAGS.IF clear): read RFLAGS, which
         // costs one GET_REGS and only while a vector waits.
         let canTake = try wokenFromHalt
-            || (run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
+            || (instructionCompletedHere ? boundaryAllowsInterrupt()
+                : run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
         wokenFromHalt = false
+        instructionCompletedHere = false
         if canTake, let vector = mailbox.take(vcpu: index) {
             Log.debug("inject 0x\(String(vector, radix: 16))")
             var irq = kvm_interrupt(irq: UInt32(vector))
@@ -115,6 +123,18 @@ final class InterruptInjector: @unchecked Sendable {
     var hasDeliverable: Bool {
         guard apicEnabled, let vector = mailbox.pendingVector(vcpu: index) else { return false }
         return !taskPriority.holdsBack(vector)
+    }
+
+    /// A vector waits for an interrupt window or for the TPR to drop (the last entry's decision).
+    var wantsWindow: Bool { windowWanted.load(ordering: .relaxed) }
+
+    /// Whether the guest can take an interrupt where it is now, from its registers and event state: IF set, no
+    /// STI or MOV SS shadow, no event being injected already.
+    private func boundaryAllowsInterrupt() throws -> Bool {
+        guard try vcpu.regs().rflags & 0x200 != 0 else { return false }
+        let events = try vcpu.events()
+        return events.interrupt.shadow == 0 && events.interrupt.injected == 0 && events.exception.injected == 0
+            && events.nmi.injected == 0
     }
 
     /// NMI, INIT or a start-up IPI waits for this vCPU.

@@ -24,6 +24,11 @@ final class VCPURunner: @unchecked Sendable {
     private var state: State
     private var tscDeadline: TSCDeadline
     private var apicBase = APICBase()
+    private var windowStepper = WindowStepper()
+    /// During a wait on the TPR: whether the vCPU is in long mode (nil: no such wait).
+    private var longModeWhileHeld: Bool?
+    /// The fallback's MMU holds the paging context of the current run of steps.
+    private var stepContextFresh = false
     /// PVM-style hosts only (see SyscallFixup).
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
@@ -108,6 +113,7 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
+                try updateWindowStepping()
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
                 seat.hold()
@@ -116,6 +122,10 @@ final class VCPURunner: @unchecked Sendable {
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
+                if reason != UInt32(KVM_EXIT_DEBUG) {
+                    windowStepper.exitedOtherwise()
+                    stepContextFresh = false
+                }
                 followAPICBase()
                 followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
@@ -137,6 +147,7 @@ final class VCPURunner: @unchecked Sendable {
             Log.debug("INIT")
             // INIT resets the local APIC, TPR included (the irqchip resets its model).
             interrupts.taskPriority = TaskPriority()
+            devices.taskPriorityClass = 0
             vcpu.run.pointee.cr8 = 0
             if state != .waitingForStartup {
                 if state == .running { _ = group.park() }
@@ -195,6 +206,39 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
+    /// Steps the guest while a vector waits (see WindowStepper), unless the SYSCALL fix-up holds guest debugging
+    /// (a long-mode guest with a page-fault handler): KVM has one guest-debug setting, and its breakpoint must stay.
+    private func updateWindowStepping() throws {
+        let fixupOwns = syscallFixup?.ownsGuestDebug ?? false
+        let watchTPR = try tprMayDropUnseen()
+        interrupts.tprWatch.store(watchTPR, ordering: .relaxed)
+        guard let step = windowStepper.change(wanted: (interrupts.wantsWindow || watchTPR) && !fixupOwns) else { return }
+        if !fixupOwns { try vcpu.setGuestDebug(breakpoint: nil, singleStep: step) }
+    }
+
+    /// Whether the instruction at the step's RIP is HLT (read through the guest's page tables; unreadable: no).
+    private func nextInstructionIsHalt() throws -> Bool {
+        // The paging context is read once per run of steps: a step that changes CR3 or the mode is rare, and a
+        // stale context at worst misses a HLT (the guest then parks and is woken as before) or reads the wrong byte.
+        if !stepContextFresh {
+            fallback.mmu.update(try vcpu.pagingContext())
+            stepContextFresh = true
+        }
+        guard let byte = try? fallback.mmu.read(vmm_run_debug_pc(vcpu.run), count: 1) else { return false }
+        return byte.first == 0xf4
+    }
+
+    /// Whether a requested vector waits on the TPR while the vCPU is in long mode, where a MOV to CR8 lowers it
+    /// without an exit. Long mode is read once per such wait (one KVM_GET_SREGS).
+    private func tprMayDropUnseen() throws -> Bool {
+        guard devices.tprHoldsARequest else {
+            longModeWhileHeld = nil
+            return false
+        }
+        if longModeWhileHeld == nil { longModeWhileHeld = try vcpu.sregs().efer & 0x400 != 0 }
+        return longModeWhileHeld ?? false
+    }
+
     /// The guest wrote its TPR (the register, or CR8): the vCPU's copy gates injection from now on, the irqchip
     /// hears of it (waiting for it when the write may have unblocked a requested vector), and CR8 follows.
     private func setTaskPriority(_ value: UInt8) {
@@ -213,6 +257,7 @@ final class VCPURunner: @unchecked Sendable {
         if !interrupts.apicEnabled {
             // Disabling resets the APIC (the irqchip resets its model), TPR and so CR8 included.
             interrupts.taskPriority = TaskPriority()
+            devices.taskPriorityClass = 0
             vcpu.run.pointee.cr8 = 0
         }
     }
@@ -261,9 +306,19 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
-    /// A debug exit is the SYSCALL fix-up's breakpoint or step; nothing else arms guest debugging.
+    /// A debug exit is a window step (WindowStepper), or the SYSCALL fix-up's breakpoint or step; nothing else
+    /// arms guest debugging.
     func handleDebug() throws -> Action {
+        // The fix-up's first: a step that lands on its breakpoint's address is at the page-fault entry all the same.
         if try syscallFixup?.handleDebugExit() == true { return .resume }
+        if windowStepper.stepping {
+            windowStepper.stepped()  // the boundary is looked at before the next entry
+            // This host reports a stepped HLT's own exit entries later, in whatever runs next (an interrupt
+            // handler, with IF clear: it would look like a power-off). So a HLT is not stepped: it exits as HLT and
+            // the wait for an interrupt takes over.
+            if try nextInstructionIsHalt() { windowStepper.stopBefore() }
+            return .resume
+        }
         return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_DEBUG)),
                      "debug exit at 0x\(String(vmm_run_debug_pc(vcpu.run), radix: 16)) that no breakpoint of ours explains")
     }
@@ -274,7 +329,10 @@ final class VCPURunner: @unchecked Sendable {
         if let f = syscallFixup {
             parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
-        if devices.tprWaits > 0 { parts.append("(TPR lowerings that waited for the irqchip: \(devices.tprWaits))") }
+        if devices.tprWaits + devices.eoiWaits > 0 {
+            parts.append("(TPR lowerings and EOIs that waited for the irqchip: \(devices.tprWaits), \(devices.eoiWaits))")
+        }
+        if windowStepper.steps > 0 { parts.append("(instructions stepped for interrupt windows: \(windowStepper.steps))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
@@ -288,6 +346,7 @@ final class VCPURunner: @unchecked Sendable {
             switch try fallback.handle() {
             case .handled(let what):
                 Log.debug("emulation fallback: \(what)")
+                interrupts.instructionCompletedHere = true
                 return .resume
             case .unhandled(let why):
                 // Another vCPU may have rewritten the instruction since KVM gave up on it (Linux patches kernel
