@@ -25,6 +25,8 @@ final class VCPURunner: @unchecked Sendable {
     private var tscDeadline: TSCDeadline
     private var apicBase = APICBase()
     private var windowStepper = WindowStepper()
+    /// Whether this host needs it (HostQuirks.windowStepping).
+    private let windowStepping: Bool
     /// During a wait on the TPR: whether the vCPU is in long mode (nil: no such wait).
     private var longModeWhileHeld: Bool?
     /// The fallback's MMU holds the paging context of the current run of steps.
@@ -67,7 +69,7 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
-         bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
+         bootstrap: Bool, syscallFixup: Bool, windowStepping: Bool = false, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
         self.vcpu = vcpu
         self.seat = seat
         interrupts.seat = seat
@@ -79,6 +81,7 @@ final class VCPURunner: @unchecked Sendable {
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
         self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
+        self.windowStepping = windowStepping
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
@@ -209,6 +212,7 @@ final class VCPURunner: @unchecked Sendable {
     /// Steps the guest while a vector waits (see WindowStepper), unless the SYSCALL fix-up holds guest debugging
     /// (a long-mode guest with a page-fault handler): KVM has one guest-debug setting, and its breakpoint must stay.
     private func updateWindowStepping() throws {
+        guard windowStepping else { return }
         let fixupOwns = syscallFixup?.ownsGuestDebug ?? false
         let watchTPR = try tprMayDropUnseen()
         interrupts.tprWatch.store(watchTPR, ordering: .relaxed)
