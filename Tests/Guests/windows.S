@@ -4,9 +4,11 @@
     .globl sti_nop_cli, sti_int41, isr_50, isr_60, isr_41, isr_51
 sti_nop_cli:
     sti
-    nop
+    mov trace_len, %ecx         /* in the STI shadow: nothing may have arrived yet (this stands for the NOP) */
     cli
     mov trace_len, %eax         /* what arrived before the CLI */
+    shl $16, %ecx
+    or %ecx, %eax
     ret
 sti_int41:
     sti

@@ -1,12 +1,13 @@
 /* Interrupt windows and priorities at instruction boundaries, 32-bit kernel code (SDM vol. 3, 6.8.3, 6.9, 6.10):
- *   pair:   0x50 and 0x60 made pending with IF clear; then "sti; nop; cli": the CPU takes 0x60 after the NOP (the
- *           STI shadow covers only the NOP), then 0x50 at the boundary after 0x60's IRET, both before the CLI;
+ *   pair:   0x50 and 0x60 made pending with IF clear; then "sti; mov; cli": nothing arrives before the MOV (the
+ *           STI shadow covers it; it reads the trace), then the CPU takes 0x60, and 0x50 at the boundary after 0x60's
+ *           IRET, both before the CLI;
  *   intsti: 0x50 pending with IF clear; "sti; int $0x41": the INT comes first (it is the instruction in the
  *           shadow), 0x50 after its IRET;
  *   wait:   rounds=N (default 100) times: 0x51 pending with IF clear, then STI and a loop of PAUSEs: the TSC just
  *           before the STI against the handler's start is how long a pending interrupt waits once the guest opens
  *           the window (0 instructions on the CPU).
- * Prints "windows: pair=60,50 before_cli=2 intsti=41,50" and "windows: wait min=A mean=B max=C lost=L" (guest TSC
+ * Prints "windows: pair=60,50 in_shadow=0 before_cli=2 intsti=41,50" and "windows: wait min=A mean=B max=C lost=L" (guest TSC
  * cycles; L rounds whose interrupt did not come within the loop) and exits with status 0. */
 #include "guest.h"
 
@@ -19,7 +20,8 @@ void isr_50(void);
 void isr_60(void);
 void isr_41(void);
 void isr_51(void);
-/* STI and a NOP, then CLI: returns the trace length the CLI's next instruction saw. */
+/* STI, a MOV in its shadow, then CLI: returns the trace length the CLI's next instruction saw, and in bits 16-31
+ * the one the MOV saw. */
 uint32_t sti_nop_cli(void);
 void sti_int41(void);
 
@@ -54,10 +56,12 @@ void guest_main(uint32_t magic, uint32_t info) {
 
     self_ipi(0x50);
     self_ipi(0x60);
-    uint32_t before_cli = sti_nop_cli() / 3;
+    uint32_t seen = sti_nop_cli();
+    uint32_t before_cli = (seen & 0xffff) / 3, in_shadow = (seen >> 16) / 3;
     settle();
     puts("windows: pair=");
     print_trace();
+    puts(" in_shadow="); put_dec(in_shadow);
     puts(" before_cli="); put_dec(before_cli);
 
     trace_len = 0;

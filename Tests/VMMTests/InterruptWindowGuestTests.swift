@@ -9,8 +9,8 @@ final class InterruptWindowGuestTests: GuestTestCase {
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("windows.elf"), args: "rounds=100"))
         XCTAssertEqual(run.wait(timeout: 300), 1, run.stderr)
         let lines = run.stdout.split(separator: "\n").map(String.init)
-        // 0x60 then 0x50, both after `sti; nop` and before the `cli`; `int 0x41` in the STI shadow before 0x50.
-        XCTAssertEqual(lines.first, "windows: pair=60,50 before_cli=2 intsti=41,50")
+        // 0x60 then 0x50, neither in the STI shadow, both before the `cli`; `int 0x41` in the shadow before 0x50.
+        XCTAssertEqual(lines.first, "windows: pair=60,50 in_shadow=0 before_cli=2 intsti=41,50")
         let wait = try XCTUnwrap(lines.dropFirst().first)
         XCTAssertTrue(wait.hasSuffix(" lost=0"), wait)
         let fields = wait.split(separator: " ").compactMap { f -> String? in
