@@ -89,21 +89,26 @@ final class VirtioCrashIsolationTests: XCTestCase {
     /// are applied by its successor, the requests complete, the guest's results are as without faults.
     func testInterruptDrivenBlockAndEntropyGuestsGoOnThroughKills() throws {
         let restart = #"{"max_restarts": 1000, "backoff_ms": 0, "max_backoff_ms": 0}"#
-        let blk = try Harness.run(config: config(args: "test=blk spurious=ok", restart: restart, logLevel: "Info"),
-                                  options: ["--inject-fault", "virtio-blk0:kill,after_requests=3,count=8"])
-        XCTAssertEqual(blk.wait(timeout: 60), 1, blk.stderr)
-        XCTAssertTrue(blk.stdout.contains("virtio-blk: capacity=2048 id=d0 write=ok read=match flush=0\n"), blk.stdout + blk.stderr)
-        let blkRestarts = blk.stderr.components(separatedBy: "virtio-blk0 process restarted").count - 1
-        // The guest makes a handful of requests, and a kill waits for the last recovery: how many land before it ends
-        // depends on the build and the host (two with the release build on a busy host, more in debug).
-        XCTAssertGreaterThanOrEqual(blkRestarts, 1, "kills landed while the guest ran: \(blk.stderr)")
-
-        let rng = try Harness.run(config: config(args: "test=rng spurious=ok", restart: restart, logLevel: "Info", entropy: true),
-                                  options: ["--inject-fault", "virtio-rng0:kill,after_requests=2,count=8"])
-        XCTAssertEqual(rng.wait(timeout: 60), 1, rng.stderr)
-        XCTAssertTrue(rng.stdout.hasSuffix("virtio-rng: lengths=64,64 differ=1 nonzero=1\n"), rng.stdout + rng.stderr)
-        let rngRestarts = rng.stderr.components(separatedBy: "virtio-rng0 process restarted").count - 1
-        XCTAssertGreaterThanOrEqual(rngRestarts, 1, "kills landed while the guest ran: \(rng.stderr)")
+        // The guest makes a handful of requests, and the supervisor kills from its watch loop: a guest that finishes
+        // first saw no kill, which proves nothing either way, so the run is made again (at most five times). How
+        // many kills land depends on the build and the host (two with the release build on a busy host, more in
+        // debug); every run must end right.
+        func runUntilAKillLands(_ test: String, device: String, after requests: Int, entropy: Bool, expect: String) throws -> Int {
+            for _ in 0..<5 {
+                let run = try Harness.run(config: config(args: "test=\(test) spurious=ok", restart: restart, logLevel: "Info", entropy: entropy),
+                                          options: ["--inject-fault", "\(device):kill,after_requests=\(requests),count=8"])
+                XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
+                XCTAssertTrue(run.stdout.contains(expect), run.stdout + run.stderr)
+                let restarts = run.stderr.components(separatedBy: "\(device) process restarted").count - 1
+                if restarts > 0 { return restarts }
+            }
+            XCTFail("\(device): in five runs no kill landed while the guest ran")
+            return 0
+        }
+        let blkRestarts = try runUntilAKillLands("blk", device: "virtio-blk0", after: 3, entropy: false,
+                                                 expect: "virtio-blk: capacity=2048 id=d0 write=ok read=match flush=0\n")
+        let rngRestarts = try runUntilAKillLands("rng", device: "virtio-rng0", after: 2, entropy: true,
+                                                 expect: "virtio-rng: lengths=64,64 differ=1 nonzero=1\n")
         print("virtio kills during negotiation and interrupt-driven requests: blk \(blkRestarts), rng \(rngRestarts) restarts")
     }
 
