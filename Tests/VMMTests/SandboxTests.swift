@@ -99,7 +99,14 @@ final class SandboxTests: GuestTestCase {
         let directories = line.components(separatedBy: "helpers run in ")[1].components(separatedBy: ", ")
         XCTAssertTrue(directories.allSatisfy { $0.hasSuffix("/vmm-\(supervisor)") }, "\(directories)")
         for pid in helpers {
-            let cgroups = try String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+            // The supervisor places a process right after spawning it (a standby, 30 ms after the VM started, too),
+            // and a cgroup v1 move can take an RCU grace period: one just spawned may not be in it yet.
+            var cgroups = ""
+            for _ in 0..<100 {
+                cgroups = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+                if cgroups.contains("/vmm-\(supervisor)\n") { break }
+                usleep(10_000)
+            }
             XCTAssertTrue(cgroups.contains("/vmm-\(supervisor)\n"), "\(Harness.role(of: pid) ?? "?"): \(cgroups)")
         }
         let limits = directories.flatMap { dir in ["pids.max", "memory.max", "memory.limit_in_bytes"].compactMap { file in
