@@ -136,7 +136,7 @@ public final class SpinCensus: @unchecked Sendable {
 /// threads than CPUs, this VM's or others') stops, and the window is halved (`SpinWindow.preempted`): spinning then
 /// only takes the CPU from whoever the waiter waits for.
 @inline(__always)
-func spin(window: inout SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
+public func spin(window: inout SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
     if ready() { return true }
     guard window.nanoseconds > 0 else { return false }
     if let census, !census.trySpin() { return false }

@@ -26,6 +26,8 @@ final class InterruptInjector: @unchecked Sendable {
     /// Set by the vCPU thread itself; read by the listener and the pause thread (0: not started yet).
     private let vcpuThread = Atomic<UInt>(0)
     private let windowWanted = Atomic<Bool>(false)
+    /// The vCPU thread is in `sleep(until:)`, watching the kick itself: the listener then only wakes it.
+    private let sleeping = Atomic<Bool>(false)
     /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
     private var wokenFromHalt = false
     private var listener: OSThread?
@@ -56,7 +58,16 @@ final class InterruptInjector: @unchecked Sendable {
         while true {
             let wanted = windowWanted.load(ordering: .relaxed) && pauseGate?.isRequested != true
             let r = poll(&pfd, 1, wanted ? 1 : -1)
-            if r > 0 { _ = Glibc.read(kickFD, &value, 8) }
+            if r > 0 {
+                _ = Glibc.read(kickFD, &value, 8)
+                // A sleeping vCPU thread wakes on the kick too, unless this read took it: a wake-up is all it needs.
+                // Kicked the full way it would find immediate_exit set or the signal pending once it goes on, and
+                // give up its next KVM_RUN (an exit and an entry more for the interrupt it is about to inject).
+                if sleeping.load(ordering: .sequentiallyConsistent) {
+                    try? wake.signal()
+                    continue
+                }
+            }
             if r > 0 || wanted { kick() }
         }
     }
@@ -107,8 +118,11 @@ final class InterruptInjector: @unchecked Sendable {
         try sleep(until: { hasEvents })
     }
 
-    /// How long a vCPU woken by its timer's expiry waits on the spot for the irqchip's offer.
+    /// The most a vCPU woken by its timer's expiry waits on the spot for the irqchip's offer.
     static let timerOfferWaitNanoseconds: UInt64 = 200_000
+    /// How long it waits, learnt as every waiter's window is (`SpinWindow`): on a host where the spinning takes the
+    /// CPU the irqchip needs to make the offer, the offer keeps coming only after the spin, and the window closes.
+    private var offerWindow = SpinWindow(maxNanoseconds: timerOfferWaitNanoseconds)
 
     /// Waits on the irqchip's kick itself as well as on the listener's wake-up, so that whichever thread sees the
     /// kick first, no hop is added. And on this vCPU's LAPIC timer: its expiry wakes the irqchip and this thread at
@@ -116,8 +130,15 @@ final class InterruptInjector: @unchecked Sendable {
     /// until the irqchip's kick wakes it a second wake-up later. (The timer stays readable until the irqchip reads
     /// it: an expiry that brings no offer, a masked timer, is not watched again until the next kick.)
     private func sleep(until ready: () -> Bool) throws {
+        // Sequentially consistent: a listener that saw the flag set read the kick before the vCPU thread's next
+        // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
         var value: UInt64 = 0
         var watchTimer = timerFD != nil
+        /// When the timer's expiry woke this thread and the spin did not see the offer.
+        var timerMissed: UInt64?
+        defer { if let timerMissed { offerWindow.learn(waited: monotonicNanoseconds() - timerMissed, caught: false) } }
         while !ready() {
             if let gate = pauseGate, gate.isRequested { gate.wait() }
             let timerWatched = watchTimer
@@ -127,13 +148,13 @@ final class InterruptInjector: @unchecked Sendable {
                 watchTimer = timerFD != nil
             }
             if !woke[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
-            if timerWatched, !woke[2].isEmpty, !ready() {
-                if seat?.trySpin() ?? true {
-                    let deadline = monotonicNanoseconds() + Self.timerOfferWaitNanoseconds
-                    while !ready() && monotonicNanoseconds() < deadline { vmm_cpu_relax() }
-                    seat?.release()
+            if timerWatched, !woke[2].isEmpty {
+                let expired = monotonicNanoseconds()
+                // Yielding every 10 us: the irqchip, woken by the same expiry, may be waiting for this very CPU.
+                if !spin(window: &offerWindow, census: seat, until: ready, extra: { sched_yield(); return false }) {
+                    timerMissed = expired
+                    watchTimer = false
                 }
-                if !ready() { watchTimer = false }
             }
         }
     }
