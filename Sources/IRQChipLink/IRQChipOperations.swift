@@ -16,6 +16,9 @@ extension MessageKind {
     /// matters (the LAPIC timer's initial count), so that the timer counts from the guest's write, not from when
     /// the irqchip woke up to take it. Size 8.
     public static let timestamp = MessageKind.device(3)
+    /// The vCPU's IA32_APIC_BASE changed (KVM applies the WRMSR itself and reports the value in kvm_run.apic_base):
+    /// `data` is the MSR's new value; the irqchip follows its global enable bit. Size 8.
+    public static let apicBase = MessageKind.device(4)
 }
 
 /// How a `timerDeadline` message carries "at this time, or disarmed".

@@ -13,8 +13,10 @@ import System
 /// made (see `MailboxOutbox`), so that no vector is offered twice and no event signalled twice or lost.
 ///
 /// Vector word: bits 0-7 the vector, bit 8 offered (waiting to be taken), bit 9 taken (the vCPU took it; its
-/// acknowledgement is on its way), bits 16-31 the offer's sequence number. Event word: bit 0 NMI, bit 1 INIT, bit 2
-/// start-up IPI with its vector in bits 8-15, bits 16-31 the sequence number of the last signal.
+/// acknowledgement is on its way), bits 16-31 the offer's sequence number. Event word: bit 0 an NMI, bit 3 a second
+/// NMI, bit 1 INIT, bit 2 start-up IPI with its vector in bits 8-15, bits 16-31 the sequence number of the last
+/// signal. Two NMIs, not one: a CPU holds one NMI in service (blocked until its handler's IRET) and latches one more,
+/// so two that arrive before the vCPU takes either must both be delivered; a third collapses, as on the CPU.
 public final class InterruptMailbox: @unchecked Sendable {
     private let mapping: MappedRegion
     private let base: UnsafeMutableRawPointer
@@ -54,34 +56,40 @@ public final class InterruptMailbox: @unchecked Sendable {
 
     /// Events other than a vector, as the vcpu process takes them.
     public struct Events: Equatable, Sendable {
-        public var nmi = false
+        /// NMIs not taken yet: 0, 1 or 2 (the one the CPU will deliver and the one it latches meanwhile).
+        public private(set) var nmis: Int = 0
         public var initialize = false
         /// A start-up IPI's vector (the CPU starts at vector << 12), if one came.
         public var startup: UInt8?
-        public init(nmi: Bool = false, initialize: Bool = false, startup: UInt8? = nil) {
-            self.nmi = nmi
+        /// The most NMIs that wait: more collapse, as on the CPU (one in service, one latched).
+        public static let maxNMIs = 2
+
+        public init(nmis: Int = 0, initialize: Bool = false, startup: UInt8? = nil) {
+            self.nmis = min(max(nmis, 0), Self.maxNMIs)
             self.initialize = initialize
             self.startup = startup
         }
-        public var isEmpty: Bool { !nmi && !initialize && startup == nil }
+        public var isEmpty: Bool { nmis == 0 && !initialize && startup == nil }
 
-        static let nmiBit: UInt32 = 1, initBit: UInt32 = 2, startupBit: UInt32 = 4
+        static let nmiBit: UInt32 = 1, initBit: UInt32 = 2, startupBit: UInt32 = 4, secondNMIBit: UInt32 = 8
 
+        /// A second NMI without a first (a word only a hostile peer writes) counts as one.
         init(word w: UInt32) {
-            nmi = w & Self.nmiBit != 0
+            nmis = w & (Self.nmiBit | Self.secondNMIBit) == 0 ? 0 : w & Self.nmiBit != 0 && w & Self.secondNMIBit != 0 ? 2 : 1
             initialize = w & Self.initBit != 0
             startup = w & Self.startupBit != 0 ? UInt8(truncatingIfNeeded: w >> 8) : nil
         }
 
         var bits: UInt32 {
-            var bits = (nmi ? Self.nmiBit : 0) | (initialize ? Self.initBit : 0)
+            var bits = (nmis > 0 ? Self.nmiBit : 0) | (nmis > 1 ? Self.secondNMIBit : 0) | (initialize ? Self.initBit : 0)
             if let v = startup { bits |= Self.startupBit | UInt32(v) << 8 }
             return bits
         }
 
-        /// These and `later` together: a later start-up vector replaces an earlier one not yet taken.
+        /// These and `later` together: NMIs add up to two, a later start-up vector replaces an earlier one not yet
+        /// taken.
         public func merged(with later: Events) -> Events {
-            Events(nmi: nmi || later.nmi, initialize: initialize || later.initialize, startup: later.startup ?? startup)
+            Events(nmis: nmis + later.nmis, initialize: initialize || later.initialize, startup: later.startup ?? startup)
         }
     }
 
@@ -175,6 +183,9 @@ public final class InterruptMailbox: @unchecked Sendable {
 
     /// Whether a vector is offered (a hostile word counts as nothing).
     public func hasPending(vcpu: Int) -> Bool { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) != nil }
+
+    /// The offered vector, without taking it (nil: nothing valid is offered).
+    public func pendingVector(vcpu: Int) -> UInt8? { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) }
 
     /// Takes the offered vector, leaving it marked taken; nil when nothing valid (a vector of 16 or more) is offered.
     public func take(vcpu: Int) -> UInt8? {

@@ -1,5 +1,6 @@
 import Devices
 import Synchronization
+import System
 
 /// One vCPU's local APIC registers as the irqchip last published them, so that the vcpu process answers the
 /// guest's register reads itself instead of asking the irqchip: TPR, PPR, ISR/IRR/TMR, the LVTs, SVR, ID, LDR/DFR,
@@ -51,6 +52,48 @@ public struct LAPICMirror: @unchecked Sendable {
     }
 
     // MARK: vcpu side
+
+    /// IRR and ISR, if (unless `sentPosition` is nil) the irqchip had handled everything up to `sentPosition` when
+    /// it made the copy; nil: unknown (never published, older than that, or rewritten on every try).
+    public func vectorSets(sentPosition: UInt64?) -> (requested: VectorSet, inService: VectorSet)? {
+        // The irqchip republishes after every batch: a read that meets a rewrite tries again, for up to
+        // `retryNanoseconds` (a publication reads all 64 registers of the model, some microseconds), rather than
+        // answer "unknown" to a question asked right after a synchronous request.
+        let deadline = monotonicNanoseconds() &+ Self.retryNanoseconds
+        while true {
+            let before = sequence.pointee.load(ordering: .acquiring)
+            guard before != 0 else { return nil }
+            if before & 1 != 0 {
+                if monotonicNanoseconds() > deadline { return nil }
+                continue
+            }
+            if let sentPosition, word64(Self.positionOffset).pointee.load(ordering: .relaxed) != sentPosition { return nil }
+            var irr = VectorSet(), isr = VectorSet()
+            for word in 0..<8 {
+                let requested = word32(64 + 4 * Int(LocalAPIC.Register.irr / 16) + 4 * word).pointee.load(ordering: .relaxed)
+                let serving = word32(64 + 4 * Int(LocalAPIC.Register.isr / 16) + 4 * word).pointee.load(ordering: .relaxed)
+                for bit in 0..<32 {
+                    let vector = UInt8(word * 32 + bit)
+                    if requested & (1 << UInt32(bit)) != 0 { irr.insert(vector) }
+                    if serving & (1 << UInt32(bit)) != 0 { isr.insert(vector) }
+                }
+            }
+            atomicMemoryFence(ordering: .acquiring)
+            if sequence.pointee.load(ordering: .relaxed) == before { return (irr, isr) }
+            if monotonicNanoseconds() > deadline { return nil }
+        }
+    }
+
+    static let retryNanoseconds: UInt64 = 500_000
+
+    /// Whether the copy shows a requested vector (IRR) of a priority class above `priorityClass`, even if the copy
+    /// is older than this vCPU's last writes (a vector in IRR stays there until this vCPU takes it); nil when there
+    /// is no whole copy to read.
+    public func requestsAbove(priorityClass: UInt8) -> Bool? {
+        guard let (irr, _) = vectorSets(sentPosition: nil) else { return nil }
+        guard let top = irr.highest else { return false }
+        return top >> 4 > priorityClass
+    }
 
     /// The register at `offset` of the page as a 32-bit read at `now` would give it, if the copy is whole and the
     /// irqchip had handled everything up to `sentPosition` when it made it; nil: ask the irqchip.

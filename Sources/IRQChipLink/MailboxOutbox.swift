@@ -8,7 +8,8 @@ import Devices
 /// - an offer whose sequence number the box shows was made (the vCPU may have taken it since) and is not repeated;
 /// - a swap for a higher vector that loses to the vCPU taking the old one is reported missed, so the controller
 ///   expects the old vector's acknowledgement, as it would have in the predecessor;
-/// - events (NMI, INIT, start-up) are signalled once: the event word keeps the last signal's number.
+/// - events (NMI, INIT, start-up) are signalled once: the event word keeps the last signal's number. NMIs count
+///   (up to two, see `InterruptMailbox`), so a repeated signal would be a second NMI, not a harmless repeat.
 public final class MailboxOutbox {
     /// A staged mailbox write.
     public struct StagedOffer: Equatable {
@@ -63,7 +64,7 @@ public final class MailboxOutbox {
         for (vcpu, event) in cpuEvents where (0..<vcpus).contains(vcpu) {
             let added: InterruptMailbox.Events
             switch event {
-            case .nmi: added = .init(nmi: true)
+            case .nmi: added = .init(nmis: 1)
             case .initialize: added = .init(initialize: true)
             case .startup(let vector): added = .init(startup: vector)
             }
@@ -135,7 +136,7 @@ extension MailboxOutbox: Snapshotting {
         writer.u32(UInt32(events.count))
         for (vcpu, events, sequence) in events {
             writer.u16(UInt16(vcpu))
-            writer.bool(events.nmi)
+            writer.u8(UInt8(events.nmis))
             writer.bool(events.initialize)
             writer.bool(events.startup != nil)
             writer.u8(events.startup ?? 0)
@@ -172,13 +173,14 @@ extension MailboxOutbox: Snapshotting {
         var events: [(vcpu: Int, events: InterruptMailbox.Events, sequence: UInt16)] = []
         for _ in 0..<eventCount {
             let vcpu = Int(try reader.u16())
-            let nmi = try reader.bool(), initialize = try reader.bool(), hasStartup = try reader.bool()
+            let nmis = try reader.u8(), initialize = try reader.bool(), hasStartup = try reader.bool()
             let startup = try reader.u8(), sequence = try reader.u16()
             guard (0..<vcpus).contains(vcpu), !events.contains(where: { $0.vcpu == vcpu }) else {
                 throw .invalid("staged events for vCPU \(vcpu)")
             }
             guard hasStartup || startup == 0 else { throw .invalid("absent start-up vector holds \(startup)") }
-            let staged = InterruptMailbox.Events(nmi: nmi, initialize: initialize, startup: hasStartup ? startup : nil)
+            guard nmis <= InterruptMailbox.Events.maxNMIs else { throw .invalid("\(nmis) NMIs staged for vCPU \(vcpu)") }
+            let staged = InterruptMailbox.Events(nmis: Int(nmis), initialize: initialize, startup: hasStartup ? startup : nil)
             guard !staged.isEmpty, sequence != 0 else { throw .invalid("empty staged events for vCPU \(vcpu)") }
             events.append((vcpu, staged, sequence))
         }

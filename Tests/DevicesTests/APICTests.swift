@@ -106,6 +106,35 @@ final class LocalAPICTests: XCTestCase {
         XCTAssertEqual(apic.write(offset: 0x380, value: 1, now: 5000), [.armTimer(atNanoseconds: 5001)])
     }
 
+    func testTimerModeChangesKeepTheCountOrDisarmAsTheSDMSays() {
+        // One-shot <-> periodic while counting: the count goes on (never 0 while armed, reloaded to the initial
+        // count in periodic mode); into or out of TSC-deadline mode: disarmed, and the initial count reads 0.
+        enable()
+        _ = apic.write(offset: 0x3e0, value: 0xb, now: 0)                        // divide by 1
+        _ = apic.write(offset: 0x320, value: 0x40, now: 0)                       // one-shot
+        XCTAssertEqual(apic.write(offset: 0x380, value: 1_000_000, now: 0), [.armTimer(atNanoseconds: 1_000_000)])
+        XCTAssertEqual(apic.write(offset: 0x320, value: 0x2_0040, now: 400_000), [.armTimer(atNanoseconds: 1_000_000)])
+        XCTAssertEqual(apic.read(offset: 0x390, now: 400_000), 600_000, "not restarted by the change")
+        XCTAssertEqual(apic.timerExpired(now: 1_000_000), [.armTimer(atNanoseconds: 2_000_000)], "periodic now")
+        XCTAssertEqual(apic.read(offset: 0x390, now: 1_000_000), 1_000_000, "reloaded, not 0")
+        XCTAssertEqual(apic.read(offset: 0x390, now: 2_250_000), 750_000)
+        XCTAssertEqual(apic.write(offset: 0x320, value: 0x40, now: 2_250_000), [.armTimer(atNanoseconds: 3_000_000)])
+        XCTAssertEqual(apic.read(offset: 0x390, now: 2_250_000), 750_000, "one-shot: the period in progress counts down")
+        XCTAssertEqual(apic.read(offset: 0x390, now: 2_999_999), 1, "never 0 while armed")
+        XCTAssertEqual(apic.timerExpired(now: 3_000_000), [])
+        XCTAssertEqual(apic.read(offset: 0x390, now: 3_500_000), 0, "a one-shot that fired reads 0")
+        XCTAssertEqual(apic.write(offset: 0x320, value: 0x2_0040, now: 3_600_000), [], "a stopped timer stays stopped")
+        XCTAssertEqual(apic.read(offset: 0x390, now: 3_600_000), 0)
+
+        XCTAssertEqual(apic.write(offset: 0x380, value: 1_000_000, now: 4_000_000), [.armTimer(atNanoseconds: 5_000_000)])
+        XCTAssertEqual(apic.write(offset: 0x320, value: 0x4_0040, now: 4_100_000), [.cancelTimer], "to TSC-deadline: disarmed")
+        XCTAssertEqual(apic.read(offset: 0x380, now: 4_100_000), 0, "initial count cleared")
+        XCTAssertEqual(apic.read(offset: 0x390, now: 4_100_000), 0)
+        XCTAssertEqual(apic.setDeadline(9_000_000, now: 4_200_000), [.armTimer(atNanoseconds: 9_000_000)])
+        XCTAssertEqual(apic.write(offset: 0x320, value: 0x40, now: 4_300_000), [.cancelTimer], "out of TSC-deadline: disarmed")
+        XCTAssertEqual(apic.deadline, 0)
+    }
+
     func testTSCDeadlineMode() {
         enable()
         _ = apic.write(offset: 0x320, value: (2 << 17) | 0x40, now: 0)

@@ -524,6 +524,55 @@ final class InterruptControllerTests: XCTestCase {
         XCTAssertEqual(takeTimers(), [])
     }
 
+    func testDisablingThroughTheAPICBaseResetsTheAPICAndNothingReachesItUntilEnabled() throws {
+        // IA32_APIC_BASE bit 11 clear: the CPU has no APIC (SDM vol. 3, 10.4.3). Its state goes back to power-up
+        // values, its offer is taken back, its timer cancelled, and no IPI, shorthand or IOAPIC message reaches it
+        // until it is enabled again, which finds it software-disabled.
+        make(vcpus: 3)
+        enableAll()
+        lapicWrite(1, tpr, 0x20)
+        for v in 0..<3 { lapicWrite(v, ldr, 1 << (24 + UInt32(v))) }  // flat logical IDs 1, 2, 4
+        lapicWrite(1, divide, 0xb)
+        lapicWrite(1, lvtTimer, 0x3a)
+        lapicWrite(1, initialCount, 1000, now: 0)
+        _ = takeTimers()
+        sendIPI(from: 0, levelAssert | 0x61, destination: 1)
+        XCTAssertEqual(offer(), [1])
+
+        chip.setAPICBase(vcpu: 1, value: 0xfee0_0000)
+        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 1, at: nil)])
+        XCTAssertEqual(offer(), [])
+        XCTAssertEqual(mailbox.withdrawals, [1])
+        XCTAssertEqual(mailbox.slots, [nil, nil, nil])
+        XCTAssertEqual(lapicRead(1, id), ~0, "no APIC page while disabled")
+        lapicWrite(1, svr, 0x1ff)  // a late write: ignored
+        sendIPI(from: 0, levelAssert | 0x62, destination: 1)
+        sendIPI(from: 0, levelAssert | 0x63, destination: 0xff)
+        sendIPI(from: 2, toAllExcludingSelf | levelAssert | 0x64)
+        sendIPI(from: 0, toAllIncludingSelf | nmiMode | levelAssert)
+        sendIPI(from: 0, logicalMode | levelAssert | 0x65, destination: 0xff)
+        XCTAssertEqual(takeEvents(), [Event(vcpu: 0, event: .nmi), Event(vcpu: 2, event: .nmi)], "no NMI for the absent APIC")
+        chip.timerExpired(vcpu: 1, now: 1000)
+        chip.acknowledged(vcpu: 1, vector: 0x61)  // the withdrawn offer's late acknowledgement
+
+        chip.setAPICBase(vcpu: 1, value: 0xfee0_0800)
+        XCTAssertEqual(lapicRead(1, id), 1 << 24, "the ID stays")
+        XCTAssertEqual(lapicRead(1, svr), 0xff, "software-disabled, as after power-up")
+        XCTAssertEqual(lapicRead(1, tpr), 0)
+        XCTAssertEqual(lapicRead(1, ldr), 0)
+        XCTAssertEqual(lapicRead(1, lvtTimer), 1 << 16)
+        XCTAssertEqual(lapicRead(1, initialCount), 0)
+        XCTAssertEqual(pending(1), [], "nothing arrived while it was disabled")
+        XCTAssertEqual(inService(1), [])
+        XCTAssertEqual(pending(0), [0x63, 0x64, 0x65])
+        XCTAssertEqual(pending(2), [0x63, 0x65])
+        lapicWrite(1, svr, 0x1ff)
+        sendIPI(from: 0, levelAssert | 0x66, destination: 1)
+        XCTAssertEqual(pending(1), [0x66], "enabled again, it takes IPIs")
+        chip.setAPICBase(vcpu: 1, value: 0xfed0_0800)
+        XCTAssertEqual(pending(1), [0x66], "moving the page is the vcpu process's business: the state stays")
+    }
+
     func testINITResetsTheTargetLAPICButKeepsItsIDWithdrawsItsOfferAndCancelsItsTimer() {
         enableAll()
         lapicWrite(1, tpr, 0x20)
@@ -652,7 +701,7 @@ final class InterruptControllerTests: XCTestCase {
         enableAll()
         lapicWrite(0, divide, 0xb)
         lapicWrite(0, lvtTimer, 1 << 17 | 0x3b)
-        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: nil)], "a mode change stops the timer")
+        XCTAssertEqual(takeTimers(), [], "one-shot to periodic: a stopped timer stays stopped, nothing to disarm")
         lapicWrite(0, initialCount, 1_000_000, now: 0)
         XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: 1_000_000)])
         chip.timerExpired(vcpu: 0, now: 1_000_000)

@@ -29,6 +29,34 @@ final class LAPICMirrorTests: XCTestCase {
         XCTAssertNil(mirror.read(offset: 0x400, sentPosition: 7, now: 0))
         XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: 0), "the other vCPU's copy is its own")
     }
+
+    func testRequestsAboveAPriorityClassReadIRREvenFromAnOlderCopy() throws {
+        // A vCPU lowering its TPR asks the copy whether a requested vector is now above it: IRR bits stay until the
+        // vCPU takes them, so an older copy (one before the vCPU's latest writes) still answers.
+        let fd = try InterruptMailbox.create(vcpus: 1)
+        let boxes = try InterruptMailbox(attaching: fd.raw, vcpus: 1)
+        let mirror = boxes.mirror(vcpu: 0)
+        XCTAssertNil(mirror.requestsAbove(priorityClass: 0), "nothing published: unknown")
+        let apic = LocalAPIC(apicID: 0)
+        _ = apic.write(offset: 0xf0, value: 0x1ff, now: 0)
+        mirror.publish(apic, handledPosition: 3)
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 0), false)
+        apic.accept(vector: 0x51, levelTriggered: false)
+        mirror.publish(apic, handledPosition: 3)
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 4), true)
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 5), false, "same class: still held")
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 15), false)
+        apic.accept(vector: 0xff, levelTriggered: false)
+        mirror.publish(apic, handledPosition: 3)
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 14), true, "the last word's top bit")
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 15), false)
+        apic.accept(vector: 0x3f, levelTriggered: false)
+        apic.acknowledge(0xff)
+        apic.acknowledge(0x51)
+        mirror.publish(apic, handledPosition: 9)
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 2), true, "0x3f is class 3, in the middle of a word")
+        XCTAssertEqual(mirror.requestsAbove(priorityClass: 3), false)
+    }
 }
 
 /// The times a vCPU sends the irqchip (absolute TSC deadlines, write stamps), as the irqchip takes them.

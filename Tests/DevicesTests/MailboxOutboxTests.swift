@@ -146,12 +146,83 @@ final class MailboxOutboxTests: XCTestCase {
         // Died before signalling: the successor signals.
         let first = try IRQChip.restored(commit, vcpus: 2)
         XCTAssertEqual(first.deliver(mailbox), [1])
-        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmi: true))
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 1))
         // Died after signalling, taken or not: not again.
         let second = try IRQChip.restored(commit, vcpus: 2)
         second.deliver(mailbox)
         XCTAssertFalse(mailbox.hasEvents(vcpu: 1))
         XCTAssertFalse(mailbox.hasEvents(vcpu: 0))
+    }
+
+    /// An NMI through the ICR from `vcpu` to vCPU 1 (fixed destination, physical APIC ID 1).
+    func sendNMI(_ irqchip: IRQChip, from vcpu: Int = 0) {
+        irqchip.chip.write(vcpu: vcpu, address: lapicBase + 0x310, size: 4, value: 1 << 24, now: 0)
+        irqchip.chip.write(vcpu: vcpu, address: lapicBase + 0x300, size: 4, value: 4 << 8, now: 0)
+    }
+
+    func testTwoNMIsBeforeTheVCPUTakesThemAreTwoAndAThirdCollapses() throws {
+        // The CPU delivers one NMI and latches one more: two that wait for the vCPU must both reach it, whether
+        // the irqchip decided them in one batch or in two; more than two are one in service plus one latched.
+        let irqchip = enabledChip()
+        sendNMI(irqchip)
+        sendNMI(irqchip, from: 1)
+        irqchip.stage()
+        XCTAssertEqual(irqchip.deliver(mailbox), [1])
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 2), "one batch")
+        sendNMI(irqchip)
+        irqchip.stage()
+        irqchip.deliver(mailbox)
+        sendNMI(irqchip)
+        irqchip.stage()
+        irqchip.deliver(mailbox)
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 2), "two batches")
+        for _ in 0..<3 {
+            sendNMI(irqchip)
+            irqchip.stage()
+            irqchip.deliver(mailbox)
+        }
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 2), "a third collapses")
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(), "taken")
+        // Taken one by one, each is one.
+        sendNMI(irqchip)
+        irqchip.stage()
+        irqchip.deliver(mailbox)
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 1))
+        XCTAssertEqual(InterruptMailbox.Events(nmis: 1).merged(with: .init(nmis: 1, startup: 0x12)),
+                       .init(nmis: 2, startup: 0x12))
+    }
+
+    func testTwoStagedNMIsAreSignalledOnceByAReplay() throws {
+        // Two NMIs committed together, the process dies after signalling them: its successor replays the commit
+        // and must not make them three (or four).
+        let irqchip = enabledChip()
+        sendNMI(irqchip)
+        sendNMI(irqchip)
+        irqchip.stage()
+        let commit = irqchip.snapshot()
+        irqchip.deliver(mailbox)
+        let successor = try IRQChip.restored(commit, vcpus: 2)
+        successor.deliver(mailbox)
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 2))
+        // Died before signalling, with one NMI still in the box from before: the replay adds its two, and the
+        // box holds what the CPU can: two.
+        let fresh = enabledChip()
+        sendNMI(fresh)
+        fresh.stage()
+        fresh.deliver(mailbox)
+        sendNMI(fresh)
+        sendNMI(fresh)
+        fresh.stage()
+        let replayed = try IRQChip.restored(fresh.snapshot(), vcpus: 2)
+        replayed.deliver(mailbox)
+        replayed.deliver(mailbox)
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 2))
+    }
+
+    func testNMICountsAreClampedToWhatACPUHolds() throws {
+        let events = InterruptMailbox.Events(nmis: 7)
+        XCTAssertEqual(events.nmis, 2)
+        XCTAssertEqual(InterruptMailbox.Events(nmis: -1).nmis, 0)
     }
 
     func testForgedOutboxesAreRefusedAndChangeNothing() throws {
@@ -162,7 +233,7 @@ final class MailboxOutboxTests: XCTestCase {
         let outbox = irqchip.outbox
         let before = outbox.snapshot()
         // Layout: vCPUs u16, 2+2 sequences, offer count u32, offers [kind u8, vCPU u16, u8, u8, seq u16, seq u16],
-        // event count u32, events [vCPU u16, nmi, init, has-startup, startup u8, seq u16].
+        // event count u32, events [vCPU u16, NMI count u8, init, has-startup, startup u8, seq u16].
         let offer = 2 + 4 + 4 + 4
         func patched(_ at: Int, _ bytes: [UInt8]) -> [UInt8] {
             var b = before
@@ -177,6 +248,7 @@ final class MailboxOutboxTests: XCTestCase {
             ("an unknown kind", patched(offer, [7]), .invalid("staged mailbox write kind 7 (0, 48, #1, #0)")),
             ("events for vCPU 5", patched(offer + 9 + 4, [5, 0]), .invalid("staged events for vCPU 5")),
             ("no events", patched(offer + 9 + 4 + 2, [0]), .invalid("empty staged events for vCPU 0")),
+            ("three NMIs", patched(offer + 9 + 4 + 2, [3]), .invalid("3 NMIs staged for vCPU 0")),
             ("a huge offer count", patched(offer - 4, [0xff, 0xff, 0xff, 0x7f]), .truncated),
         ])
     }

@@ -12,7 +12,7 @@ CFLAGS="-ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-
 for g in hello portloop triplefault echo apicinfo events uartstress fpregs virtionet; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c"
 done
-for g in traps32 nmi events32 lapictimer timerstress tscdeadline uartirq apicprio irqlatency smp virtio keyboard; do
+for g in traps32 nmi tpr apicbase windows events32 lapictimer timerstress tscdeadline uartirq apicprio irqlatency smp virtio keyboard; do
     cc -m32 $CFLAGS -no-pie -T "$here/link32.ld" -o "$out/$g.elf" "$here/multiboot.S" "$here/guest.c" "$here/$g.c" "$here/$g.S"
 done
 cc -m32 $CFLAGS -DFLAT -no-pie -T "$here/link32.ld" -o "$out/hello.flat.elf" "$here/multiboot.S" "$here/guest.c" "$here/hello.c"
@@ -24,4 +24,5 @@ cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/hello64.elf
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/traps64.elf" "$here/start64.S" "$here/guest.c" "$here/traps64.c" "$here/traps64.S"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/pagefaults.elf" "$here/start64.S" "$here/guest.c" "$here/pagefaults.c" "$here/pagefaults.S"
 cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/events64.elf" "$here/start64.S" "$here/guest.c" "$here/events64.c" "$here/events64.S"
+cc -m64 $CFLAGS -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/tpr64.elf" "$here/start64.S" "$here/guest.c" "$here/tpr64.c" "$here/tpr64.S"
 cc -m64 $CFLAGS -mxsave -mcmodel=small -no-pie -T "$here/link64.ld" -o "$out/unhandled64.elf" "$here/start64.S" "$here/guest.c" "$here/unhandled64.c"

@@ -33,7 +33,19 @@ ap_protected:
     hlt
     jmp 1b
 
-    .globl isr_from_ap, isr_from_bsp
+    .globl isr_from_ap, isr_from_bsp, isr_nmi_count, isr_short
+isr_short:                      /* counts per APIC ID (0: BSP, 1: AP) */
+    push %eax
+    mov 0xfee00020, %eax
+    shr $24, %eax
+    and $1, %eax
+    incl short_got(,%eax,4)
+    movl $0, 0xfee000b0
+    pop %eax
+    iret
+isr_nmi_count:
+    incl nmis
+    iret
 isr_from_ap:
     incl from_ap
     movl $0, 0xfee000b0

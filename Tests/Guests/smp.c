@@ -3,13 +3,23 @@
  * exchanges fixed IPIs both ways. Prints "smp: cpus=2 ioapic=2 started=1 apid=1 ipi=1,1" and exits with status 0;
  * with end=halt it parks itself instead (cli; hlt, as the AP does), which must end the VM as a halt. With pingpong=N
  * the two then exchange N more IPIs each, one at a time, and it also prints "smp: pingpong=N doubled=D" (D: IPIs
- * that arrived more often than sent); a lost IPI hangs it. */
+ * that arrived more often than sent); a lost IPI hangs it. With nmipairs=N the AP then sends the BSP N pairs of NMIs,
+ * the two of a pair back to back, each pair once the BSP has handled the last: the CPU delivers one and latches the
+ * second whatever the timing, so the BSP must count exactly 2N. The BSP meanwhile reads a UART port in a loop (each
+ * read is a round trip out of KVM, where NMIs wait for the vCPU to take them). Prints "smp: nmipairs=N nmis=M".
+ * With shorthands=1 the BSP sends vector 0x53 by shorthand all-including-self, all-excluding-self, physical
+ * broadcast 0xff, logical flat broadcast 0xff (logical IDs 1 and 2), shorthand self and logical destination 2, and
+ * prints which CPUs took each as "smp: shorthands=11,01,11,11,10,01" (BSP then AP). */
 #include "guest.h"
 
 void isr_from_ap(void);
 void isr_from_bsp(void);
+void isr_nmi_count(void);
+void isr_short(void);
 extern const uint8_t ap_trampoline[], ap_trampoline_end[];
 volatile uint32_t from_ap, from_bsp, ap_started, ap_id, ap_got, pingpong, doubled;
+volatile uint32_t nmi_pairs, nmis, nmis_done;
+volatile uint32_t shorthands, short_done, short_got[2];
 
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
 #define TRAMPOLINE 0x7000
@@ -30,6 +40,8 @@ void ap_main(void) {
     idt_load();
     lapic[0xf0 / 4] = 0x1ff;
     ap_id = lapic[0x20 / 4] >> 24;
+    lapic[0xe0 / 4] = 0xffffffff;                 /* flat logical model, logical ID 2 */
+    lapic[0xd0 / 4] = 0x02000000;
     send_ipi(0, 0x50);                            /* fixed, physical, to the BSP */
     while (!from_bsp) __asm__ volatile("sti; hlt; cli");
     ap_got = from_bsp;
@@ -39,6 +51,15 @@ void ap_main(void) {
         if (from_bsp != i) doubled++;
         send_ipi(0, 0x50);
     }
+    for (uint32_t i = 1; i <= nmi_pairs; i++) {
+        send_ipi(0, 0x400);                       /* NMI, physical, to the BSP */
+        send_ipi(0, 0x400);
+        /* Bounded: a lost NMI shows in the count instead of hanging (about 0.3 s of CPL0 pauses here). */
+        for (uint32_t spin = 0; nmis < 2 * i && spin < 300000; spin++) __asm__ volatile("pause");
+    }
+    if (nmi_pairs) for (uint32_t spin = 0; spin < 100000; spin++) __asm__ volatile("pause");  /* a late extra one shows */
+    nmis_done = 1;
+    while (shorthands && !short_done) __asm__ volatile("sti; hlt; cli");
 }
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
@@ -47,6 +68,9 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     int park = end && end[0] == 'h';
     const char *rounds = cmdline_arg(cmdline, "pingpong");
     pingpong = rounds ? (uint32_t)parse_u64(rounds) : 0;
+    const char *pairs = cmdline_arg(cmdline, "nmipairs");
+    nmi_pairs = pairs ? (uint32_t)parse_u64(pairs) : 0;
+    shorthands = cmdline_arg(cmdline, "shorthands") != 0;
 
     uint32_t cpus = 0, ioapic = 0xff;
     const volatile uint8_t *mp = (const volatile uint8_t *)0x9fc00;
@@ -65,6 +89,10 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
 
     idt_set_gate(0x50, isr_from_ap);
     idt_set_gate(0x51, isr_from_bsp);
+    idt_set_gate(2, isr_nmi_count);
+    idt_set_gate(0x53, isr_short);
+    lapic[0xe0 / 4] = 0xffffffff;                 /* flat logical model, logical ID 1 */
+    lapic[0xd0 / 4] = 0x01000000;
     idt_load();
     lapic[0xf0 / 4] = 0x1ff;
     volatile uint8_t *dst = (volatile uint8_t *)TRAMPOLINE;
@@ -93,6 +121,38 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         puts("smp: pingpong="); put_dec(pingpong);
         puts(" doubled="); put_dec(doubled);
         puts("\n");
+    }
+    if (nmi_pairs) {
+        while (!nmis_done) inb(COM1 + 5);
+        puts("smp: nmipairs="); put_dec(nmi_pairs);
+        puts(" nmis="); put_dec(nmis);
+        puts("\n");
+    }
+    if (shorthands) {
+        static const uint32_t cases[][2] = {
+            { 0, (2u << 18) | 0x53 },             /* all including self */
+            { 0, (3u << 18) | 0x53 },             /* all excluding self */
+            { 0xff000000, 0x53 },                 /* physical broadcast */
+            { 0xff000000, (1u << 11) | 0x53 },    /* logical broadcast */
+            { 0, (1u << 18) | 0x53 },             /* self */
+            { 0x02000000, (1u << 11) | 0x53 },    /* logical ID 2 */
+        };
+        puts("smp: shorthands=");
+        __asm__ volatile("sti");
+        for (uint32_t c = 0; c < 6; c++) {
+            short_got[0] = short_got[1] = 0;
+            lapic[0x310 / 4] = cases[c][0];
+            lapic[0x300 / 4] = cases[c][1];
+            /* Each CPU takes it within these reads (the AP waits in HLT with IF set), a wrong one too. */
+            for (int i = 0; i < 300; i++) (void)inb(COM1 + 5);
+            put_dec(short_got[0]);
+            put_dec(short_got[1]);
+            if (c < 5) puts(",");
+        }
+        __asm__ volatile("cli");
+        puts("\n");
+        short_done = 1;
+        send_ipi(1, 0x51);                        /* wakes the AP's wait */
     }
     if (park) for (;;) __asm__ volatile("cli; hlt");
     guest_exit(0);

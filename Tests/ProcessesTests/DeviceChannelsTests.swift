@@ -1,4 +1,5 @@
 import Channel
+import IRQChipLink
 import Machine
 import Synchronization
 import System
@@ -122,5 +123,41 @@ final class DeviceChannelsTests: XCTestCase {
         XCTAssertEqual(devices.mmioRead(0xd000_0000, size: 4), ~0)
         devices.portWrite(0x80, size: 1, value: 0)
         XCTAssertEqual(drained().filter { $0.1 != .sync }.count, 0)
+    }
+
+    func testTheAPICPageFollowsTheBaseMSRAndTPRWritesAreToldTheIRQChip() throws {
+        let log = RequestLog()
+        let chip = try RecordingDevice(name: "irqchip", log: log)
+        try chip.start()
+        defer { chip.stop() }
+        let routes = AccessRoutes(ports: [], mmio: [.init(base: 0xfee0_0000, size: 0x1000, channel: 0, writes: .posted)])
+        var devices = DeviceChannels(clients: [try chip.client()], servers: [Server(.irqchip)], routes: routes)
+        func drained() -> [String] {
+            devices.settleAll()
+            return log.take().filter { $0.1 != .sync }.map { "\($0.1) \(String($0.2, radix: 16))" }
+        }
+
+        XCTAssertEqual(devices.lapicOffset(0xfee0_0080), 0x80)
+        // Moved: the new page is the APIC's (sent as its default page, which the irqchip knows), the old one nobody's.
+        devices.setAPICBase(0xfed0_0900)
+        XCTAssertNil(devices.lapicOffset(0xfee0_0080))
+        XCTAssertEqual(devices.lapicOffset(0xfed0_0080), 0x80)
+        XCTAssertEqual(devices.mmioRead(0xfee0_0020, size: 4), ~0, "the old page floats")
+        devices.mmioWrite(0xfee0_0300, size: 4, value: 0x40000)
+        XCTAssertEqual(devices.mmioRead(0xfed0_0020, size: 4), 0x42)
+        devices.mmioWrite(0xfed0_0300, size: 4, value: 0x40000)
+        XCTAssertEqual(drained(), ["\(MessageKind.apicBase) 0", "mmioRead fee00020", "mmioWrite fee00300"])
+        // Disabled: no page at all.
+        devices.setAPICBase(0xfee0_0100)
+        XCTAssertNil(devices.lapicOffset(0xfee0_0080))
+        XCTAssertEqual(devices.mmioRead(0xfee0_0020, size: 4), ~0)
+        XCTAssertEqual(drained(), ["\(MessageKind.apicBase) 0"])
+        // A TPR write is posted as a register write (with no copy to ask, a lowering waits for the irqchip).
+        devices.setAPICBase(0xfee0_0900)
+        devices.writeTPR(0x20, lowered: false)
+        XCTAssertEqual(devices.tprWaits, 0)
+        devices.writeTPR(0x10, lowered: true)
+        XCTAssertEqual(devices.tprWaits, 1)
+        XCTAssertEqual(drained(), ["\(MessageKind.apicBase) 0", "mmioWrite fee00080", "mmioWrite fee00080"])
     }
 }

@@ -51,6 +51,26 @@ public final class InterruptController {
         handle(lapics[vcpu].setDeadline(at.map { max(1, $0) } ?? 0, now: now), from: vcpu)
     }
 
+    /// The vCPU's IA32_APIC_BASE changed (KVM applied the WRMSR; the vcpu process saw it in kvm_run.apic_base):
+    /// clearing the global enable bit (11) resets the APIC and takes back what was offered to the vCPU; where the
+    /// page sits is the vcpu process's business (it routes the guest's accesses).
+    public func setAPICBase(vcpu: Int, value: UInt64) {
+        guard lapics.indices.contains(vcpu) else { return }
+        let enabled = value & Self.apicGlobalEnable != 0
+        guard enabled != lapics[vcpu].hardwareEnabled else { return }
+        handle(lapics[vcpu].setHardwareEnabled(enabled), from: vcpu)
+        if !enabled { forgetOffer(vcpu) }
+    }
+
+    /// IA32_APIC_BASE bit 11.
+    public static let apicGlobalEnable: UInt64 = 1 << 11
+
+    /// The vCPU's mailbox is to be emptied before anything new is offered (its APIC was reset).
+    private func forgetOffer(_ vcpu: Int) {
+        posted[vcpu] = nil
+        withdrawn.insert(vcpu)
+    }
+
     /// The vCPU injected `vector`: it is in service now.
     public func acknowledged(vcpu: Int, vector: UInt8) {
         guard lapics.indices.contains(vcpu), posted[vcpu] == vector else { return }  // not what was offered: ignore
@@ -150,7 +170,10 @@ public final class InterruptController {
     /// A 32-bit register access in either page; other sizes and addresses read as all-ones / are ignored.
     public func read(vcpu: Int, address: UInt64, size: UInt8, now: UInt64) -> UInt32 {
         guard size == 4, lapics.indices.contains(vcpu) else { return ~0 }
-        if address & ~0xfff == LocalAPIC.defaultBase { return lapics[vcpu].read(offset: address & 0xfff, now: now) }
+        if address & ~0xfff == LocalAPIC.defaultBase {
+            // A disabled APIC has no page (the vcpu process does not route to it; this is a late or forged access).
+            return lapics[vcpu].hardwareEnabled ? lapics[vcpu].read(offset: address & 0xfff, now: now) : ~0
+        }
         if address & ~0xfff == IOAPIC.defaultBase { return ioapic.read(offset: address & 0xfff) }
         return ~0
     }
@@ -159,6 +182,7 @@ public final class InterruptController {
         guard size == 4, lapics.indices.contains(vcpu) else { return }
         let v = UInt32(truncatingIfNeeded: value)
         if address & ~0xfff == LocalAPIC.defaultBase {
+            guard lapics[vcpu].hardwareEnabled else { return }
             handle(lapics[vcpu].write(offset: address & 0xfff, value: v, now: now), from: vcpu)
         } else if address & ~0xfff == IOAPIC.defaultBase {
             deliver(ioapic.write(offset: address & 0xfff, value: v))
@@ -170,10 +194,12 @@ public final class InterruptController {
             switch e {
             case .endOfInterrupt(let vector): deliver(ioapic.endOfInterrupt(vector: vector))
             case .interprocessorInterrupt(let m, let shorthand):
+                // Shorthands reach every APIC that is there: one disabled through IA32_APIC_BASE is not.
+                let present = lapics.indices.filter { lapics[$0].hardwareEnabled }
                 switch shorthand {
                 case 1: dispatch(m, to: [vcpu])
-                case 2: dispatch(m, to: Array(lapics.indices))
-                case 3: dispatch(m, to: lapics.indices.filter { $0 != vcpu })
+                case 2: dispatch(m, to: present)
+                case 3: dispatch(m, to: present.filter { $0 != vcpu })
                 default: dispatch(m, to: lapics.indices.filter { lapics[$0].isDestination(of: m) })
                 }
             case .armTimer(let at): timerRequests.append((vcpu, at))
@@ -200,8 +226,7 @@ public final class InterruptController {
         case .initialize:
             for t in targets {
                 lapics[t].reset()
-                posted[t] = nil
-                withdrawn.insert(t)
+                forgetOffer(t)
                 timerRequests.append((t, nil))
                 cpuEvents.append((t, .initialize))
             }

@@ -48,7 +48,7 @@ public enum CPUEvent: Equatable, Sendable {
 public final class LocalAPIC {
     public static let defaultBase: UInt64 = 0xfee0_0000
     /// Register offsets other processes need to know about.
-    public enum Register { public static let eoi: UInt64 = 0xb0, icrLow: UInt64 = 0x300, initialCount: UInt64 = 0x380 }
+    public enum Register { public static let tpr: UInt64 = 0x80, eoi: UInt64 = 0xb0, isr: UInt64 = 0x100, irr: UInt64 = 0x200, icrLow: UInt64 = 0x300, initialCount: UInt64 = 0x380 }
     /// The timer's input clock before the divider: 1 GHz, as QEMU's APIC, so one tick is one nanosecond.
     public static let timerNanosecondsPerTick: UInt64 = 1
 
@@ -76,6 +76,10 @@ public final class LocalAPIC {
     /// restarted process must re-arm its fresh timer at exactly this time: one due while the predecessor was dying
     /// then fires at once instead of being skipped.
     public private(set) var timerArmedAt: UInt64?
+    /// IA32_APIC_BASE's global enable (bit 11). Cleared, the CPU has no local APIC (SDM vol. 3, 10.4.3): nothing is
+    /// accepted, no IPI reaches it, its registers are back at their power-up values, and it stays so until the bit
+    /// is set again (the vcpu process, which sees the MSR, says so).
+    public private(set) var hardwareEnabled = true
     /// The vector offered to the CPU and not yet acknowledged. On real hardware acknowledge and delivery are one
     /// step; here the CPU is another process, so an interrupt for the same vector that arrives in between must
     /// not merge with the one being taken: it is re-raised at acknowledge.
@@ -109,6 +113,17 @@ public final class LocalAPIC {
     }
 
     public var softwareEnabled: Bool { svr & 0x100 != 0 }
+
+    /// IA32_APIC_BASE's global enable bit changed: disabling resets every register to its power-up value (as INIT
+    /// does; the APIC ID stays), so re-enabling finds the APIC software-disabled with every LVT masked; its timer
+    /// is cancelled. The caller withdraws what was offered.
+    public func setHardwareEnabled(_ enabled: Bool) -> [APICEffect] {
+        guard enabled != hardwareEnabled else { return [] }
+        hardwareEnabled = enabled
+        guard !enabled else { return [] }
+        reset()
+        return [.cancelTimer]
+    }
     var timerLVT: UInt32 { lvt[LVT.timer] }
     public var timerMode: UInt32 { (timerLVT >> 17) & 3 }  // 0 one-shot, 1 periodic, 2 TSC-deadline
     var divisor: UInt64 {
@@ -196,11 +211,15 @@ public final class LocalAPIC {
         case 0x320:
             let oldMode = timerMode
             lvt[LVT.timer] = lvtValue(value, mask: 0x7_00ff)
-            if timerMode != oldMode {
+            if (oldMode == 2) != (timerMode == 2) {
+                // Into or out of TSC-deadline mode disarms the timer (SDM vol. 3, 10.5.4.1), and the initial count
+                // reads 0 (as KVM's apic_update_lvtt clears TMICT).
                 timerRunning = false
                 deadline = 0
+                initialCount = 0
                 return [.cancelTimer]
             }
+            if timerMode != oldMode && timerRunning { return switchCountdown(from: oldMode, now: now) }
         case 0x330: lvt[LVT.thermal] = lvtValue(value, mask: 0x1_07ff)
         case 0x340: lvt[LVT.performance] = lvtValue(value, mask: 0x1_07ff)
         case 0x350: lvt[LVT.lint0] = lvtValue(value, mask: 0x1_a7ff)
@@ -217,6 +236,19 @@ public final class LocalAPIC {
         default: break
         }
         return []
+    }
+
+    /// One-shot to periodic or back while the timer runs: the count goes on from where it is, it is not restarted
+    /// and never reads 0 while armed (KVM keeps the running timer too). Periodic to one-shot counts the period in
+    /// progress down to 0; one-shot to periodic reloads the initial count at 0 and goes on.
+    private func switchCountdown(from oldMode: UInt32, now: UInt64) -> [APICEffect] {
+        if oldMode == 1 {
+            // The period in progress becomes the one-shot count: its start is the last reload.
+            let oldPeriod = max(UInt64(initialCount) * divisor * Self.timerNanosecondsPerTick, Self.minimumPeriodicNanoseconds)
+            if now > timerStart, oldPeriod > 0 { timerStart += (now - timerStart) / oldPeriod * oldPeriod }
+        }
+        guard period > 0 else { timerRunning = false; return [.cancelTimer] }
+        return [.armTimer(atNanoseconds: timerStart + period)]
     }
 
     private func lvtValue(_ value: UInt32, mask: UInt32) -> UInt32 {
@@ -297,6 +329,7 @@ public final class LocalAPIC {
 
     /// Puts a fixed interrupt in IRR (and TMR for level-triggered ones). Vectors below 16 are illegal.
     public func accept(vector: UInt8, levelTriggered: Bool) {
+        guard hardwareEnabled else { return }  // no APIC: nothing to accept it
         guard vector >= 16 else { pendingESR |= 1 << 6; return }  // received illegal vector
         if vector == offered { arrivedWhileOffered = levelTriggered }
         irr.insert(vector)
@@ -339,6 +372,7 @@ public final class LocalAPIC {
 
     /// Whether this APIC is a destination of `message` (physical ID, or logical flat/cluster model).
     public func isDestination(of message: InterruptMessage) -> Bool {
+        guard hardwareEnabled else { return false }
         if !message.logical { return message.destination == 0xff || message.destination == apicID }
         let logicalID = UInt8(ldr >> 24)
         if dfr >> 28 == 0xf { return message.destination & logicalID != 0 }  // flat model
@@ -351,7 +385,7 @@ public final class LocalAPIC {
 extension LocalAPIC: Snapshotting {
     /// Everything but the APIC ID is state: the registers as the guest left them, the three vector sets, the LVT,
     /// the timer (its start, running flag, TSC deadline, and the time the process's timer is armed for) and the
-    /// vector offered to the vCPU. Times are absolute CLOCK_MONOTONIC nanoseconds (the `now` the process passes),
+    /// vector offered to the vCPU, and IA32_APIC_BASE's enable bit. Times are absolute CLOCK_MONOTONIC nanoseconds (the `now` the process passes),
     /// which a successor on the same host reads on the same clock; nothing is saved relative to a process.
     struct State {
         var apicID: UInt8
@@ -365,6 +399,7 @@ extension LocalAPIC: Snapshotting {
         var timerArmedAt: UInt64?
         var offered: UInt8?
         var arrivedWhileOffered: Bool?
+        var hardwareEnabled: Bool
     }
 
     /// What each LVT entry's write path keeps (CMCI, timer, thermal, performance, LINT0, LINT1, error).
@@ -388,6 +423,7 @@ extension LocalAPIC: Snapshotting {
         writer.u8(offered ?? 0)
         writer.bool(arrivedWhileOffered != nil)
         writer.bool(arrivedWhileOffered ?? false)
+        writer.bool(hardwareEnabled)
     }
 
     /// Refuses a snapshot of another APIC, bits the write paths mask off, vectors below 16 (never accepted), an
@@ -423,12 +459,13 @@ extension LocalAPIC: Snapshotting {
         let arrivedLevel = try reader.bool()
         guard arrivedPresent || !arrivedLevel else { throw .invalid("LAPIC absent re-raise flag holds true") }
         let arrived: Bool? = arrivedPresent ? arrivedLevel : nil
+        let hardwareEnabled = try reader.bool()
         let state = State(apicID: apicID, tpr: registers[0], ldr: registers[1], dfr: registers[2], svr: registers[3],
                           esr: registers[4], pendingESR: registers[5], icrLow: registers[6], icrHigh: registers[7],
                           irr: sets[0], isr: sets[1], tmr: sets[2], lvt: lvt, divideConfig: divideConfig,
                           initialCount: initialCount, timerStart: timerStart, timerRunning: timerRunning,
                           deadline: deadline, timerArmedAt: timerArmedAt, offered: offered,
-                          arrivedWhileOffered: arrived)
+                          arrivedWhileOffered: arrived, hardwareEnabled: hardwareEnabled)
         try validate(state)
         return state
     }
@@ -475,6 +512,11 @@ extension LocalAPIC: Snapshotting {
         guard s.timerStart < 1 << 63 else { throw .invalid("LAPIC timer start \(s.timerStart)") }
         // A time of 0 disarms a timerfd: no effect ever asks for it.
         guard s.timerArmedAt != 0 else { throw .invalid("LAPIC timer armed for time 0") }
+        // Disabling resets the APIC and it accepts nothing while disabled: a disabled one holds its power-up state.
+        guard s.hardwareEnabled || (s.irr == VectorSet() && s.isr == VectorSet() && s.svr == 0xff && s.offered == nil
+                                    && !s.timerRunning && s.deadline == 0 && s.timerArmedAt == nil) else {
+            throw .invalid("LAPIC disabled through IA32_APIC_BASE with state beyond its reset values")
+        }
         if let v = s.offered {
             // The offer is IRR's deliverable vector and stays in IRR until acknowledged.
             guard s.irr.contains(v) else { throw .invalid("LAPIC offers vector \(hex(v)), not in IRR") }
@@ -492,5 +534,6 @@ extension LocalAPIC: Snapshotting {
         timerStart = s.timerStart; timerRunning = s.timerRunning; deadline = s.deadline; timerArmedAt = s.timerArmedAt
         offered = s.offered  // clears the re-raise flag: set it after
         arrivedWhileOffered = s.arrivedWhileOffered
+        hardwareEnabled = s.hardwareEnabled
     }
 }

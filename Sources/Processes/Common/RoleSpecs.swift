@@ -65,6 +65,8 @@ struct VCPUSpec: RoleSpec {
     var queueNotifications: [QueueNotificationSpec] = []
     /// PVM-style host: rewind broken user-mode SYSCALLs (see SyscallFixup).
     var syscallFixup = false
+    /// A host whose KVM honours request_interrupt_window late or not at all: step for windows (see WindowStepper).
+    var windowStepping = false
     /// The read end of the supervisor's pause pipe (`P` pause, `R` resume; see PauseGate).
     var pauseFD: Int32?
     var waiting: WaitingSpec

@@ -157,6 +157,8 @@ public enum IRQChipProcess {
                     chip.acknowledged(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data))
                 case .timerDeadline:
                     chip.setDeadline(vcpu: lane, at: TimerDeadline.decode(m.data), now: now)
+                case .apicBase:
+                    chip.setAPICBase(vcpu: lane, value: m.data)
                 default:
                     break  // vCPUs do not drive lines, and answers do not travel this way
                 }

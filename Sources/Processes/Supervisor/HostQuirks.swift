@@ -24,6 +24,10 @@ struct HostQuirks {
     static let glibcTunables = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-AVX_Fast_Unaligned_Load"
     /// The vcpu process rewinds user-mode SYSCALLs that the host leaves at CPL3 (see SyscallFixup).
     let syscallFixup = true
+    /// The vCPU single-steps while a vector waits for a window: this host's KVM honours request_interrupt_window
+    /// late or not at all, and a MOV to CR8 does not exit (see WindowStepper). A hardware-backed KVM reports the
+    /// window itself, so stepping there would only cost exits.
+    let windowStepping = true
 
     /// `cmdline` with the kernel options added before a "--" (what follows it belongs to init).
     func addingLinuxOptions(to cmdline: String) -> String {
@@ -38,6 +42,6 @@ struct HostQuirks {
 
     var summary: String {
         "PVM-style host KVM (kvm_pvm): masking CPUID CX16, adding \"\(linuxCommandLine.dropLast().joined(separator: " "))\" and "
-            + "glibc tunables without AVX to a Linux command line, rewinding user-mode SYSCALLs; vmm.host_quirks = \"off\" turns this off"
+            + "glibc tunables without AVX to a Linux command line, rewinding user-mode SYSCALLs, stepping for interrupt windows; vmm.host_quirks = \"off\" turns this off"
     }
 }

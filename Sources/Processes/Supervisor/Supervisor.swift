@@ -238,7 +238,7 @@ public final class Supervisor {
                         QueueNotificationSpec(fd: fds.add(fd.raw, owner: fd), address: device.queueNotifyAddress ?? 0, queue: UInt32(q))
                     }
                 },
-                syscallFixup: quirks?.syscallFixup ?? false, pauseFD: pauseRead.map { fds.add($0.raw, owner: $0) },
+                syscallFixup: quirks?.syscallFixup ?? false, windowStepping: quirks?.windowStepping ?? false, pauseFD: pauseRead.map { fds.add($0.raw, owner: $0) },
                 waiting: waiting(seat: 0, &fds), deviceTimeoutMs: config.vmm.deviceTimeoutMs,
                 logLevel: Log.level.rawValue, sandbox: try self.sandboxSpec(.vcpu))
         })

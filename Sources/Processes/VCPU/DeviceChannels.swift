@@ -24,6 +24,17 @@ struct DeviceChannels {
     private let lapicMirror: LAPICMirror?
     /// Local APIC reads answered from the mirror, and those that had to ask the irqchip.
     private(set) var mirrorReads = 0, irqchipReads = 0
+    /// TPR writes that waited for the irqchip (they lowered the TPR below a requested vector), and EOIs.
+    private(set) var tprWaits = 0, eoiWaits = 0
+    /// The TPR's class as this vCPU last wrote it (the runner resets it with the APIC).
+    var taskPriorityClass: UInt8 = 0
+    /// The vector this vCPU injected last (an older irqchip copy may still show it requested).
+    private var lastAcknowledged: UInt8?
+    /// Where this vCPU's local APIC page is, as IA32_APIC_BASE says (nil: disabled there). The routes know the
+    /// APIC at its default page; accesses to the page where it is now are sent there, and the default page is
+    /// nobody's while the APIC is elsewhere or disabled. (Only pages KVM exits on can be the APIC's: one moved onto
+    /// guest RAM is RAM.)
+    private(set) var apicPage: UInt64? = LocalAPIC.defaultBase
 
     init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes, lapicMirror: LAPICMirror? = nil) {
         self.lapicMirror = lapicMirror
@@ -53,9 +64,28 @@ struct DeviceChannels {
         post(channel, .portWrite, address: UInt64(port), size: size, value: value)
     }
 
+    /// The offset of `address` in this vCPU's local APIC page, if it is there.
+    func lapicOffset(_ address: UInt64) -> UInt64? {
+        guard let page = apicPage, address & ~0xfff == page else { return nil }
+        return address & 0xfff
+    }
+
+    /// `address` as the routes know it (see `apicPage`); nil: nobody's.
+    private func routed(_ address: UInt64) -> UInt64? {
+        if let offset = lapicOffset(address) { return LocalAPIC.defaultBase + offset }
+        return address & ~0xfff == LocalAPIC.defaultBase ? nil : address
+    }
+
+    /// The guest's IA32_APIC_BASE changed to `value`: the APIC's page follows at once, the irqchip hears of it.
+    mutating func setAPICBase(_ value: UInt64) {
+        apicPage = value & APICBase.globalEnable != 0 ? value & APICBase.pageMask : nil
+        guard irqchip >= 0 else { return }
+        post(irqchip, .apicBase, address: 0, size: 8, value: value)
+    }
+
     /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
-    mutating func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        guard let route = router.mmio(address) else { return ~0 }
+    mutating func mmioRead(_ guestAddress: UInt64, size: Int) -> UInt64 {
+        guard let address = routed(guestAddress), let route = router.mmio(address) else { return ~0 }
         if let base = virtioWindows[route.channel], address >= base, clients[route.channel].region.deviceStatus == .broken {
             if complainedAbout.insert(route.channel).inserted {
                 Log.warning("the \(servers[route.channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
@@ -76,8 +106,8 @@ struct DeviceChannels {
         return call(route.channel, .mmioRead, address: address, size: size)
     }
 
-    mutating func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
-        guard let route = router.mmio(address) else { return }
+    mutating func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {
+        guard let address = routed(guestAddress), let route = router.mmio(address) else { return }
         if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
             // The timer counts from the guest's write, not from when the irqchip takes it.
             post(irqchip, .timestamp, address: 0, size: 8, value: monotonicNanoseconds())
@@ -87,13 +117,63 @@ struct DeviceChannels {
             // lines before vCPU messages, so their line changes are then ahead of this write.
             for other in posted.toSettle(before: route.channel) { _ = call(other, .sync, address: 0, size: 0) }
         }
+        let unblocks = route.channel == irqchip && address == LocalAPIC.defaultBase + LocalAPIC.Register.eoi
+            && eoiUnblocksARequest()
         post(route.channel, .mmioWrite, address: address, size: size, value: value)
         if route.writes == .synchronous { _ = call(route.channel, .sync, address: 0, size: 0) }
+        if unblocks {
+            // An EOI lowers the processor priority: a requested vector it unblocks is taken at the handler's IRET
+            // on the CPU, so the irqchip must have offered it before the guest goes on (as for a TPR lowering).
+            _ = call(irqchip, .sync, address: 0, size: 0)
+            eoiWaits += 1
+        }
+    }
+
+    /// A TPR write (the xAPIC register, or CR8 in 64-bit mode), as the 32-bit register value. Posted, except when
+    /// it lowers the priority class while the irqchip's copy shows a requested vector above the new class (or
+    /// there is no copy to tell): then the vCPU waits until the irqchip has applied it, which offers that vector,
+    /// so that the vector is taken before the guest's next instruction, as on the CPU. Raising it stays posted:
+    /// the vCPU holds back what the new TPR blocks itself (see `TaskPriority`).
+    mutating func writeTPR(_ value: UInt8, lowered: Bool) {
+        guard irqchip >= 0 else { return }
+        taskPriorityClass = value >> 4
+        post(irqchip, .mmioWrite, address: LocalAPIC.defaultBase + LocalAPIC.Register.tpr, size: 4, value: UInt64(value))
+        if lowered, lapicMirror?.requestsAbove(priorityClass: value >> 4) ?? true {
+            _ = call(irqchip, .sync, address: 0, size: 0)
+            tprWaits += 1
+        }
+    }
+
+    /// Whether an EOI now may make a requested vector deliverable. From an irqchip copy that includes everything
+    /// this vCPU sent: the highest request's class is above both the TPR's and that of what stays in service after
+    /// the EOI, and not above the vector it ends (which held it back). From an older copy (the irqchip has not
+    /// handled the last acknowledgement yet): a request other than the vector acknowledged last, above the TPR.
+    private func eoiUnblocksARequest() -> Bool {
+        guard let lapicMirror, irqchip >= 0 else { return false }
+        if let (irr, isr) = lapicMirror.vectorSets(sentPosition: clients[irqchip].sentPosition) {
+            guard let requested = irr.highest, let ending = isr.highest else { return false }
+            var staying = isr
+            staying.remove(ending)
+            let after = max(taskPriorityClass, (staying.highest ?? 0) >> 4)
+            return requested >> 4 > after && requested >> 4 <= ending >> 4
+        }
+        guard var (irr, _) = lapicMirror.vectorSets(sentPosition: nil) else { return false }
+        if let acknowledged = lastAcknowledged { irr.remove(acknowledged) }
+        return (irr.highest ?? 0) >> 4 > taskPriorityClass
+    }
+
+    /// Whether the TPR holds back every vector the irqchip's copy shows requested, and there is one: a vCPU in
+    /// long mode may lower it with a MOV to CR8, which does not exit here (see WindowStepper).
+    var tprHoldsARequest: Bool {
+        guard taskPriorityClass > 0, let lapicMirror else { return false }
+        return lapicMirror.requestsAbove(priorityClass: 0) == true
+            && lapicMirror.requestsAbove(priorityClass: taskPriorityClass) == false
     }
 
     // MARK: the vCPU's own messages
 
     mutating func acknowledgeInterrupt(_ vector: UInt8) {
+        lastAcknowledged = vector
         post(irqchip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
     }
 

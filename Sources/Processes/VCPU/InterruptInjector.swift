@@ -28,8 +28,13 @@ final class InterruptInjector: @unchecked Sendable {
     private let windowWanted = Atomic<Bool>(false)
     /// The vCPU thread is in `sleep(until:)`, watching the kick itself: the listener then only wakes it.
     private let sleeping = Atomic<Bool>(false)
+    /// A requested vector waits on a TPR that a MOV to CR8 may lower without an exit: kick as for a window.
+    let tprWatch = Atomic<Bool>(false)
     /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
     private var wokenFromHalt = false
+    /// The VMM completed the last exit's instruction itself (the emulation fallback: an IRET, an STI): the exit's
+    /// ready_for_interrupt_injection describes the boundary before it, not the one the guest is at now.
+    var instructionCompletedHere = false
     private var listener: OSThread?
     /// While a pause is requested a sleeping vCPU waits at the gate, and the listener stops its window kicks.
     var pauseGate: PauseGate?
@@ -56,7 +61,8 @@ final class InterruptInjector: @unchecked Sendable {
         var pfd = pollfd(fd: kickFD, events: Int16(POLLIN), revents: 0)
         var value: UInt64 = 0
         while true {
-            let wanted = windowWanted.load(ordering: .relaxed) && pauseGate?.isRequested != true
+            let wanted = (windowWanted.load(ordering: .relaxed) || tprWatch.load(ordering: .relaxed))
+                && pauseGate?.isRequested != true
             let r = poll(&pfd, 1, wanted ? 1 : -1)
             if r > 0 {
                 _ = Glibc.read(kickFD, &value, 8)
@@ -85,16 +91,26 @@ final class InterruptInjector: @unchecked Sendable {
     func beforeEntry() throws -> UInt8? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
-        guard mailbox.hasPending(vcpu: index) else {
+        guard apicEnabled, let offered = mailbox.pendingVector(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
+            return nil
+        }
+        if taskPriority.holdsBack(offered) {
+            // It waits for the TPR to drop. A TPR register write exits, but a MOV to CR8 does not on this host's
+            // KVM (no KVM_EXIT_SET_TPR): the runner sees the new CR8 at the next exit, so keep kicking as for a
+            // window, which bounds the wait to about a millisecond.
+            run.pointee.request_interrupt_window = 0
+            windowWanted.store(true, ordering: .relaxed)
             return nil
         }
         // kvm_run.if_flag is not reliable on these hosts (it has said 1 with RFLAGS.IF clear): read RFLAGS, which
         // costs one GET_REGS and only while a vector waits.
         let canTake = try wokenFromHalt
-            || (run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
+            || (instructionCompletedHere ? boundaryAllowsInterrupt()
+                : run.pointee.ready_for_interrupt_injection != 0 && vcpu.regs().rflags & 0x200 != 0)
         wokenFromHalt = false
+        instructionCompletedHere = false
         if canTake, let vector = mailbox.take(vcpu: index) {
             Log.debug("inject 0x\(String(vector, radix: 16))")
             var irq = kvm_interrupt(irq: UInt32(vector))
@@ -106,6 +122,30 @@ final class InterruptInjector: @unchecked Sendable {
         run.pointee.request_interrupt_window = 1
         windowWanted.store(true, ordering: .relaxed)
         return nil
+    }
+
+    /// The vCPU's task priority, which it keeps itself (see TaskPriority); the runner sets it on TPR and CR8
+    /// writes and INIT.
+    var taskPriority = TaskPriority()
+    /// IA32_APIC_BASE's global enable: a vCPU without its APIC takes no vector (the irqchip withdraws its offer).
+    var apicEnabled = true
+
+    /// An offered vector the TPR lets through (one the irqchip offered before a raise it has not seen yet may not).
+    var hasDeliverable: Bool {
+        guard apicEnabled, let vector = mailbox.pendingVector(vcpu: index) else { return false }
+        return !taskPriority.holdsBack(vector)
+    }
+
+    /// A vector waits for an interrupt window or for the TPR to drop (the last entry's decision).
+    var wantsWindow: Bool { windowWanted.load(ordering: .relaxed) }
+
+    /// Whether the guest can take an interrupt where it is now, from its registers and event state: IF set, no
+    /// STI or MOV SS shadow, no event being injected already.
+    private func boundaryAllowsInterrupt() throws -> Bool {
+        guard try vcpu.regs().rflags & 0x200 != 0 else { return false }
+        let events = try vcpu.events()
+        return events.interrupt.shadow == 0 && events.interrupt.injected == 0 && events.exception.injected == 0
+            && events.nmi.injected == 0
     }
 
     /// NMI, INIT or a start-up IPI waits for this vCPU.
@@ -167,7 +207,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// HLT with interrupts enabled: sleeps until the irqchip posts a vector or an event.
     func waitForInterrupt() throws {
         Log.debug("HLT: waiting for an interrupt")
-        try sleep(until: { mailbox.hasPending(vcpu: index) || hasEvents })
+        try sleep(until: { hasDeliverable || hasEvents })
         // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
         // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
         var events = try vcpu.events()
@@ -175,6 +215,6 @@ final class InterruptInjector: @unchecked Sendable {
             events.interrupt.shadow = 0
             try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
         }
-        wokenFromHalt = mailbox.hasPending(vcpu: index)
+        wokenFromHalt = hasDeliverable
     }
 }

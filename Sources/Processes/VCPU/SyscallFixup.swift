@@ -35,6 +35,9 @@ final class SyscallFixup {
         self.fallback = fallback
     }
 
+    /// Whether the fix-up has set guest debugging (its breakpoint, or a step past it): nobody else may change it.
+    var ownsGuestDebug: Bool { handler != nil || singleStepping }
+
     /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due.
     func refreshIfDue() throws(KVMError) {
         let now = monotonicNanoseconds()

@@ -68,7 +68,7 @@ public enum VCPUProcess {
                                                           lapicMirror: mailbox.mirror(vcpu: i)),
                                   interrupts: try InterruptInjector(vcpu: vcpu, mailbox: mailbox, kickFD: spec.kickFDs[i],
                                                                     timerFD: spec.timerFDs.indices.contains(i) ? spec.timerFDs[i] : nil),
-                                  group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup,
+                                  group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup, windowStepping: spec.windowStepping,
                                   seat: census.seat(spec.waiting.seat + i), statistics: statistics.writer(vcpu: i))
         }
         // Virtio queue notifications go from KVM straight to the device processes' eventfds.

@@ -1,5 +1,6 @@
 import CKVM
 import Channel
+import Devices
 import IRQChipLink
 import Emulator
 import KVM
@@ -14,7 +15,7 @@ final class VCPURunner: @unchecked Sendable {
     typealias Handler = @Sendable (VCPURunner) throws -> Action
 
     let vcpu: VCPU
-    private var devices: DeviceChannels
+    var devices: DeviceChannels
     let interrupts: InterruptInjector
     let fallback: EmulationFallback
     let group: VCPUGroup
@@ -22,6 +23,14 @@ final class VCPURunner: @unchecked Sendable {
     enum State { case running, waitingForStartup, parked }
     private var state: State
     private var tscDeadline: TSCDeadline
+    var apicBase = APICBase()
+    var windowStepper = WindowStepper()
+    /// Whether this host needs it (HostQuirks.windowStepping).
+    let windowStepping: Bool
+    /// During a wait on the TPR: whether the vCPU is in long mode (nil: no such wait).
+    var longModeWhileHeld: Bool?
+    /// The fallback's MMU holds the paging context of the current run of steps.
+    var stepContextFresh = false
     /// PVM-style hosts only (see SyscallFixup).
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
@@ -45,6 +54,7 @@ final class VCPURunner: @unchecked Sendable {
         table[Int(KVM_EXIT_X86_WRMSR)] = { try $0.handleMSR(write: true) }
         table[Int(KVM_EXIT_INTR)] = { _ in .resume }
         table[Int(KVM_EXIT_IRQ_WINDOW_OPEN)] = { _ in .resume }  // the injection happens before the next entry
+        table[Int(KVM_EXIT_SET_TPR)] = { _ in .resume }  // CR8 lowered: followed after every exit (followCR8)
         table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
         table[Int(KVM_EXIT_INTERNAL_ERROR)] = { try $0.handleInternalError() }
         table[Int(KVM_EXIT_FAIL_ENTRY)] = {
@@ -59,7 +69,7 @@ final class VCPURunner: @unchecked Sendable {
     }()
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
-         bootstrap: Bool, syscallFixup: Bool, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
+         bootstrap: Bool, syscallFixup: Bool, windowStepping: Bool = false, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
         self.vcpu = vcpu
         self.seat = seat
         interrupts.seat = seat
@@ -71,6 +81,7 @@ final class VCPURunner: @unchecked Sendable {
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
         tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
         self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
+        self.windowStepping = windowStepping
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
@@ -105,6 +116,7 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
                 try syscallFixup?.refreshIfDue()
+                try updateWindowStepping()
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
                 seat.hold()
@@ -113,6 +125,12 @@ final class VCPURunner: @unchecked Sendable {
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
+                if reason != UInt32(KVM_EXIT_DEBUG) {
+                    windowStepper.exitedOtherwise()
+                    stepContextFresh = false
+                }
+                followAPICBase()
+                followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
                 let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
                 guard let handler else {
@@ -125,11 +143,15 @@ final class VCPURunner: @unchecked Sendable {
         }
     }
 
-    /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); an NMI wakes a parked
-    /// vCPU and is injected into a running one (a vCPU waiting for SIPI blocks it).
+    /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); NMIs wake a parked
+    /// vCPU and are injected into a running one (a vCPU waiting for SIPI blocks them).
     private func apply(_ events: InterruptMailbox.Events) throws {
         if events.initialize {
             Log.debug("INIT")
+            // INIT resets the local APIC, TPR included (the irqchip resets its model).
+            interrupts.taskPriority = TaskPriority()
+            devices.taskPriorityClass = 0
+            vcpu.run.pointee.cr8 = 0
             if state != .waitingForStartup {
                 if state == .running { _ = group.park() }
                 state = .waitingForStartup
@@ -141,9 +163,11 @@ final class VCPURunner: @unchecked Sendable {
             group.unpark()
             state = .running
         }
-        if events.nmi && state != .waitingForStartup {
+        if events.nmis > 0 && state != .waitingForStartup {
             if state == .parked { group.unpark(); state = .running }
-            try interrupts.injectNMI()
+            // One KVM_NMI each: KVM keeps two pending while NMIs are not blocked (it injects one and latches the
+            // other for after its IRET) and one while they are, which is the CPU's rule.
+            for _ in 0..<events.nmis { try interrupts.injectNMI() }
         }
     }
 
@@ -173,7 +197,12 @@ final class VCPURunner: @unchecked Sendable {
         guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
         let bytes = UnsafeMutableRawPointer(data)
         if vmm_run_mmio_is_write(run) != 0 {
-            devices.mmioWrite(address, size: len, value: loadLittleEndian(bytes, count: len))
+            let value = loadLittleEndian(bytes, count: len)
+            if len == 4 && devices.lapicOffset(address) == LocalAPIC.Register.tpr {
+                setTaskPriority(UInt8(truncatingIfNeeded: value))
+            } else {
+                devices.mmioWrite(address, size: len, value: value)
+            }
         } else {
             storeLittleEndian(devices.mmioRead(address, size: len), to: bytes, count: len)
         }
@@ -215,9 +244,19 @@ final class VCPURunner: @unchecked Sendable {
         return .resume
     }
 
-    /// A debug exit is the SYSCALL fix-up's breakpoint or step; nothing else arms guest debugging.
+    /// A debug exit is a window step (WindowStepper), or the SYSCALL fix-up's breakpoint or step; nothing else
+    /// arms guest debugging.
     func handleDebug() throws -> Action {
+        // The fix-up's first: a step that lands on its breakpoint's address is at the page-fault entry all the same.
         if try syscallFixup?.handleDebugExit() == true { return .resume }
+        if windowStepper.stepping {
+            windowStepper.stepped()  // the boundary is looked at before the next entry
+            // This host reports a stepped HLT's own exit entries later, in whatever runs next (an interrupt
+            // handler, with IF clear: it would look like a power-off). So a HLT is not stepped: it exits as HLT and
+            // the wait for an interrupt takes over.
+            if try nextInstructionIsHalt() { windowStepper.stopBefore() }
+            return .resume
+        }
         return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_DEBUG)),
                      "debug exit at 0x\(String(vmm_run_debug_pc(vcpu.run), radix: 16)) that no breakpoint of ours explains")
     }
@@ -228,6 +267,10 @@ final class VCPURunner: @unchecked Sendable {
         if let f = syscallFixup {
             parts.append("(syscall fix-ups \(f.fixes), page faults stepped over \(f.stepsOver))")
         }
+        if devices.tprWaits + devices.eoiWaits > 0 {
+            parts.append("(TPR lowerings and EOIs that waited for the irqchip: \(devices.tprWaits), \(devices.eoiWaits))")
+        }
+        if windowStepper.steps > 0 { parts.append("(instructions stepped for interrupt windows: \(windowStepper.steps))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
@@ -241,6 +284,7 @@ final class VCPURunner: @unchecked Sendable {
             switch try fallback.handle() {
             case .handled(let what):
                 Log.debug("emulation fallback: \(what)")
+                interrupts.instructionCompletedHere = true
                 return .resume
             case .unhandled(let why):
                 // Another vCPU may have rewritten the instruction since KVM gave up on it (Linux patches kernel

@@ -1,0 +1,15 @@
+/* apicbase.c's handler for vector 0x52: counts, EOIs through whichever page the APIC is at (the C code keeps it
+ * at the default page whenever 0x52 can arrive there, and moved only around its own send), returns. */
+    .text
+    .code32
+    .globl isr_52
+isr_52:
+    incl got52
+    push %eax
+    mov $0xfed00000, %eax
+    cmpl $0xffffffff, 0xfee00020      /* the default page is not the APIC: it was moved */
+    je 1f
+    mov $0xfee00000, %eax
+1:  movl $0, 0xb0(%eax)               /* EOI */
+    pop %eax
+    iret
