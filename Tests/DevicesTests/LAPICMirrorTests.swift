@@ -56,6 +56,15 @@ final class LAPICMirrorTests: XCTestCase {
         mirror.publish(apic, handledPosition: 9)
         XCTAssertEqual(mirror.requestsAbove(priorityClass: 2), true, "0x3f is class 3, in the middle of a word")
         XCTAssertEqual(mirror.requestsAbove(priorityClass: 3), false)
+        // IRR and ISR as sets: only from a copy that includes what the vCPU sent, when it asks for that.
+        let sets = try XCTUnwrap(mirror.vectorSets(sentPosition: 9))
+        XCTAssertEqual(sets.requested.highest, 0x3f)
+        XCTAssertEqual(sets.inService.highest, 0xff)
+        var inService = sets.inService
+        inService.remove(0xff)
+        XCTAssertEqual(inService.highest, 0x51)
+        XCTAssertNil(mirror.vectorSets(sentPosition: 10), "the irqchip has not handled everything sent")
+        XCTAssertNotNil(mirror.vectorSets(sentPosition: nil))
     }
 }
 

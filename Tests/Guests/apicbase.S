@@ -2,7 +2,12 @@
  * at the default page whenever 0x52 can arrive there, and moved only around its own send), returns. */
     .text
     .code32
-    .globl isr_52
+    .globl isr_52, isr_gp
+isr_gp:                               /* #GP from a WRMSR (2 bytes): count it, skip it */
+    incl gp_count
+    addl $2, 4(%esp)                  /* the error code, then EIP */
+    add $4, %esp
+    iret
 isr_52:
     incl got52
     push %eax

@@ -1,6 +1,7 @@
 /* IA32_APIC_BASE, SVR software-disable, IPI destinations and the timer's count across mode changes, with one
  * vCPU, 32-bit kernel code (SDM vol. 3, 10.4.3, 10.4.7, 10.5.4, 10.6):
- *   msr:    the MSR reads 0xfee00900 (enabled, BSP) and CPUID.1:EDX.APIC is set;
+ *   msr:    the MSR reads 0xfee00900 (enabled, BSP) and CPUID.1:EDX.APIC is set; x2apic: setting EXTD (bit 10)
+ *           with x2APIC hidden from CPUID raises #GP(0) and changes nothing;
  *   off:    cleared enable bit: CPUID.APIC clear, the page reads all-ones (not the APIC), an ICR write there sends
  *           nothing;
  *   reset:  enabled again: the registers are at their power-up values (SVR 0xff, TPR 0, LDR 0, LVT masked, IRR
@@ -12,13 +13,14 @@
  *           0xff, logical flat broadcast 0xff with LDR bit 0, and logical 0xff with LDR 0: "1,1,0,1,1,0";
  *   timer:  one-shot counting, switched to periodic: the count goes on (below the initial count, not 0); to
  *           TSC-deadline: disarmed, initial and current count 0.
- * Prints "apicbase: msr=1 off=1 reset=1 moved=1 back=1 svr=1 short=1,1,0,1,1,0 timer=1" and exits with status 0. */
+ * Prints "apicbase: msr=1 x2apic=1 off=1 reset=1 moved=1 back=1 svr=1 short=1,1,0,1,1,0 timer=1" and exits with status 0. */
 #include "guest.h"
 
 #define DEFAULT_BASE 0xfee00000u
 #define MOVED_BASE 0xfed00000u
-volatile uint32_t got52;
+volatile uint32_t got52, gp_count;
 void isr_52(void);
+void isr_gp(void);
 
 static inline uint64_t rdmsr(uint32_t m) {
     uint32_t lo, hi;
@@ -46,9 +48,12 @@ static uint32_t send52(uint32_t base, uint32_t high, uint32_t low) {
 void guest_main(uint32_t magic, uint32_t info) {
     (void)magic; (void)info;
     idt_set_gate(0x52, isr_52);
+    idt_set_gate(13, isr_gp);
     idt_load();
     uint32_t b = DEFAULT_BASE;
     uint32_t msr = rdmsr(0x1b) == 0xfee00900 && cpuid_apic();
+    wrmsr(0x1b, 0xfee00d00);           /* EXTD: a reserved bit while CPUID hides x2APIC */
+    uint32_t x2apic = gp_count == 1 && rdmsr(0x1b) == 0xfee00900;
     set(b, 0xf0, 0x1ff);
     __asm__ volatile("sti");
 
@@ -108,6 +113,7 @@ void guest_main(uint32_t magic, uint32_t info) {
     timer = timer && reg(b, 0x380) == 0 && reg(b, 0x390) == 0;
 
     puts("apicbase: msr="); put_dec(msr);
+    puts(" x2apic="); put_dec(x2apic);
     puts(" off="); put_dec(off);
     puts(" reset="); put_dec(reset);
     puts(" moved="); put_dec(moved);

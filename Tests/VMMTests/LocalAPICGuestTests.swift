@@ -9,7 +9,7 @@ final class LocalAPICGuestTests: GuestTestCase {
         // disabled APIC has no page and the irqchip resets it, a moved one answers at its new page only.
         let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("apicbase.elf"), args: ""))
         XCTAssertEqual(run.wait(timeout: 60), 1, run.stderr)
-        XCTAssertEqual(run.stdout, "apicbase: msr=1 off=1 reset=1 moved=1 back=1 svr=1 short=1,1,0,1,1,0 timer=1\n")
+        XCTAssertEqual(run.stdout, "apicbase: msr=1 x2apic=1 off=1 reset=1 moved=1 back=1 svr=1 short=1,1,0,1,1,0 timer=1\n")
     }
 
     func testDestinationShorthandsAndBroadcastsWithTwoVCPUs() throws {

@@ -28,6 +28,15 @@ extension VCPURunner {
         return byte.first == 0xf4
     }
 
+    /// Whether the instruction before RIP is a HLT (a HLT exit's RIP follows it); unreadable: yes.
+    func rightAfterHalt() throws -> Bool {
+        let rip = try vcpu.regs().rip
+        let sregs = try vcpu.sregs()
+        fallback.mmu.update(try vcpu.pagingContext())
+        guard rip > 0, let byte = try? fallback.mmu.read(sregs.cs.base &+ rip &- 1, count: 1) else { return true }
+        return byte.first == 0xf4
+    }
+
     /// Whether a requested vector waits on the TPR while the vCPU is in long mode, where a MOV to CR8 lowers it
     /// without an exit. Long mode is read once per such wait (one KVM_GET_SREGS).
     func tprMayDropUnseen() throws -> Bool {

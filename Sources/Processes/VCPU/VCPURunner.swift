@@ -125,7 +125,9 @@ final class VCPURunner: @unchecked Sendable {
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
-                if reason != UInt32(KVM_EXIT_DEBUG) {
+                // A kick (KVM_EXIT_INTR) is no progress of the guest's: a HLT that stepping stopped before is still
+                // ahead, and must not be stepped.
+                if reason != UInt32(KVM_EXIT_DEBUG) && reason != UInt32(KVM_EXIT_INTR) {
                     windowStepper.exitedOtherwise()
                     stepContextFresh = false
                 }
@@ -217,6 +219,9 @@ final class VCPURunner: @unchecked Sendable {
             try interrupts.waitForInterrupt()
             return .resume
         }
+        // Under single-step this host may report a HLT's exit late, after the vector that woke it was injected:
+        // RIP is then in the handler, not after a HLT. That HLT is over: go on rather than park.
+        if windowStepping, try !rightAfterHalt() { return .resume }
         guard group.park() else {
             Log.debug("HLT with interrupts off: parked")
             state = .parked

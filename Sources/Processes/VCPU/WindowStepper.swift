@@ -35,7 +35,7 @@ struct WindowStepper {
         return nil
     }
 
-    /// An exit that was not a step: the guest got somewhere, a new run of steps may follow.
+    /// An exit that was neither a step nor a kick: the guest got somewhere, a new run of steps may follow.
     mutating func exitedOtherwise() { left = Self.budget }
 
     /// The next instruction must not be stepped (a HLT): stepping ends at the next entry, until another exit.
