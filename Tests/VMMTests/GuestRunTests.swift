@@ -150,7 +150,11 @@ final class GuestRunTests: GuestTestCase {
                                                              args: "period=\(periodNs) ticks=\(ticks)"))
             XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
             let fields = run.stdout.split(whereSeparator: { $0 == " " || $0 == "=" || $0 == "\n" })
-            XCTAssertEqual(Array(fields.prefix(5)), ["lapictimer:", "oneshot", "1", "ticks", "\(ticks)"], run.stdout)
+            XCTAssertEqual(Array(fields.prefix(4)), ["lapictimer:", "oneshot", "1", "ticks"], run.stdout)
+            // One tick more is allowed: a late tick and the next one can both arrive between the guest's last
+            // wake-up and its CLI (the interrupt is taken at the IRET's boundary, as on hardware).
+            let counted = fields.count > 4 ? Int(fields[4]) ?? 0 : 0
+            XCTAssertTrue(counted == ticks || counted == ticks + 1, run.stdout)
             let cycles = try XCTUnwrap(Double(fields.count > 6 ? String(fields[6]) : ""), run.stdout)
             let ms = try Harness.guestMilliseconds(cycles), expected = Double(periodNs * ticks) / 1e6
             XCTAssertGreaterThanOrEqual(ms, expected * 0.99, "period \(periodNs) ns")
