@@ -94,9 +94,11 @@ final class InterruptInjector: @unchecked Sendable {
         guard apicEnabled, let offered = mailbox.pendingVector(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
+            noteUntakenOffer(halted: false)
             return nil
         }
         if taskPriority.holdsBack(offered) {
+            noteUntakenOffer(halted: false)
             // It waits for the TPR to drop. A TPR register write exits, but a MOV to CR8 does not on this host's
             // KVM (no KVM_EXIT_SET_TPR): the runner sees the new CR8 at the next exit, so keep kicking as for a
             // window, which bounds the wait to about a millisecond.
@@ -117,8 +119,11 @@ final class InterruptInjector: @unchecked Sendable {
             _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
+            offerWaitingSince = nil
+            offerWaitReported = false
             return vector
         }
+        noteUntakenOffer(halted: false)
         run.pointee.request_interrupt_window = 1
         windowWanted.store(true, ordering: .relaxed)
         return nil
@@ -138,6 +143,31 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// A vector waits for an interrupt window or for the TPR to drop (the last entry's decision).
     var wantsWindow: Bool { windowWanted.load(ordering: .relaxed) }
+
+    /// Since when the irqchip's offer has waited in the mailbox untaken, and whether that was reported.
+    private var offerWaitingSince: UInt64?
+    private var offerWaitReported = false
+    /// An offer untaken this long is reported once (a guest rarely keeps IF clear or its TPR up for seconds while a
+    /// vector waits): the warning says what holds it back, which is what a hung guest's lost wake-up needs.
+    static let stuckOfferNanoseconds: UInt64 = 3_000_000_000
+
+    /// Called where the vCPU looks at the mailbox without injecting: times the wait, warns once when it is long.
+    private func noteUntakenOffer(halted: Bool) {
+        guard let offered = mailbox.pendingVector(vcpu: index) else {
+            offerWaitingSince = nil
+            offerWaitReported = false
+            return
+        }
+        let now = monotonicNanoseconds()
+        guard let since = offerWaitingSince else { offerWaitingSince = now; return }
+        guard !offerWaitReported, now &- since > Self.stuckOfferNanoseconds else { return }
+        offerWaitReported = true
+        let rflags = (try? vcpu.regs().rflags).map { "0x" + String($0, radix: 16) } ?? "unreadable"
+        Log.warning("vCPU \(index): vector 0x\(String(offered, radix: 16)) offered \((now &- since) / 1_000_000) ms ago is "
+                    + "not taken: \(halted ? "halted" : "running"), TPR 0x\(String(taskPriority.value, radix: 16)), "
+                    + "APIC \(apicEnabled ? "enabled" : "disabled"), RFLAGS \(rflags), window wanted \(wantsWindow), "
+                    + "TPR watched \(tprWatch.load(ordering: .relaxed))")
+    }
 
     /// Whether the guest can take an interrupt where it is now, from its registers and event state: IF set, no
     /// STI or MOV SS shadow, no event being injected already.
@@ -180,6 +210,7 @@ final class InterruptInjector: @unchecked Sendable {
         var timerMissed: UInt64?
         defer { if let timerMissed { offerWindow.learn(waited: monotonicNanoseconds() - timerMissed, caught: false) } }
         while !ready() {
+            noteUntakenOffer(halted: true)
             if let gate = pauseGate, gate.isRequested { gate.wait() }
             let timerWatched = watchTimer
             let woke = try Poll.wait([kickFD, wake.raw] + (timerWatched ? [timerFD!] : []), timeoutMs: 100)
