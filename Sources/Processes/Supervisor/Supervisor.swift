@@ -27,6 +27,8 @@ public final class Supervisor {
     private var idLease: HelperIDLease?
     /// The cgroup every helper is put in, where the host lets vmm make one.
     private var cgroup: VMCgroup?
+    /// Helpers of the VM's start, spawned but not yet in the cgroup (see `placeStartingHelpers`); nil once placed.
+    private var unplaced: [(pid: pid_t, role: Role)]? = []
     /// The API's requests and the metrics (see Supervisor+API).
     let api: SupervisorAPI
 
@@ -284,6 +286,7 @@ public final class Supervisor {
             helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(server), pulse: true)
         }
         Log.debug("helpers spawned")
+        try placeStartingHelpers()
         api.helpersStartedMs = Int((monotonicNanoseconds() - startedAt) / 1_000_000)
         api.control?.startFinished(failure: nil)
         return try watch(helpers, console: console)
@@ -409,13 +412,31 @@ public final class Supervisor {
                              control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
         let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
                                              environment: Self.helperEnvironment + Log.formatEnvironment, namespaces: Self.helperNamespaces)
-        if let cgroup {
-            do { try cgroup.add(process.pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
+        if unplaced != nil {
+            unplaced?.append((process.pid, role))
+        } else {
+            try place(process.pid, role)
         }
         if !cpus.isEmpty { try setCPUAffinity(pid: process.pid, cpus: cpus) }
         let readEnd = try control.duplicate()
         try readEnd.setNonBlocking(true)
         return Helper(role: role, name: name ?? role.rawValue, process: process, control: readEnd, channels: serves.map(\.region))
+    }
+
+    private func place(_ pid: pid_t, _ role: Role) throws(HostSetupError) {
+        guard let cgroup else { return }
+        do { try cgroup.add(pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
+    }
+
+    /// Puts the helpers of the VM's start in its cgroup, once all are spawned. On cgroup v1 the first move of a
+    /// burst waits for an RCU grace period (about 12 ms here): made after each spawn, it held back the next helper's
+    /// spawn, and so the guest's first instruction, by that much. The helpers meanwhile run their first
+    /// milliseconds (their runtime's start, their sandbox) under their own limits (address space, no new files),
+    /// outside the VM's memory and process counts; a helper that cannot be placed fails the start.
+    private func placeStartingHelpers() throws(HostSetupError) {
+        let starting = unplaced ?? []
+        unplaced = nil
+        for (pid, role) in starting { try place(pid, role) }
     }
 
     /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than
