@@ -19,6 +19,11 @@ extension MessageKind {
     /// The vCPU's IA32_APIC_BASE changed (KVM applies the WRMSR itself and reports the value in kvm_run.apic_base):
     /// `data` is the MSR's new value; the irqchip follows its global enable bit. Size 8.
     public static let apicBase = MessageKind.device(4)
+    /// The vCPU, halted, read its LAPIC timer's expiry itself (before the irqchip did: the timerfd gives each
+    /// expiry to one reader) and injected the timer's vector in `data`, which the irqchip's published copy showed
+    /// the CPU would take at once: the irqchip counts the expiry as the timer's and puts the vector in service, as
+    /// for an offered one the vCPU acknowledged. One wake-up from expiry to handler instead of two. Size 1.
+    public static let timerTaken = MessageKind.device(5)
 }
 
 /// How a `timerDeadline` message carries "at this time, or disarmed".

@@ -86,6 +86,33 @@ public struct LAPICMirror: @unchecked Sendable {
 
     static let retryNanoseconds: UInt64 = 500_000
 
+    /// The timer's vector, if a copy that includes everything up to `sentPosition` shows that the CPU would take
+    /// it at once were the timer to expire now: the APIC software-enabled, the timer's LVT unmasked with a legal
+    /// vector whose priority class is above the processor priority's, and no request in IRR above it. nil: it
+    /// would wait, or the copy cannot tell (then the irqchip decides, as for every other vector).
+    public func timerVectorTakenAtOnce(sentPosition: UInt64) -> UInt8? {
+        let before = sequence.pointee.load(ordering: .acquiring)
+        guard before & 1 == 0, before != 0 else { return nil }
+        guard word64(Self.positionOffset).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
+        func register(_ offset: UInt64) -> UInt32 { word32(64 + 4 * Int(offset / 16)).pointee.load(ordering: .relaxed) }
+        let lvt = register(LocalAPIC.Register.lvtTimer), svr = register(LocalAPIC.Register.svr)
+        let ppr = register(LocalAPIC.Register.ppr)
+        var highestRequest: UInt8?
+        for word in (0..<8).reversed() {
+            let requested = word32(64 + 4 * Int(LocalAPIC.Register.irr / 16) + 4 * word).pointee.load(ordering: .relaxed)
+            if requested != 0 {
+                highestRequest = UInt8(word * 32 + 31 - requested.leadingZeroBitCount)
+                break
+            }
+        }
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence.pointee.load(ordering: .relaxed) == before else { return nil }
+        let vector = UInt8(truncatingIfNeeded: lvt)
+        guard svr & 0x100 != 0, lvt & (1 << 16) == 0, vector >= 16, UInt32(vector) & 0xf0 > ppr & 0xf0 else { return nil }
+        if let highestRequest, highestRequest > vector { return nil }
+        return vector
+    }
+
     /// Whether the copy shows a requested vector (IRR) of a priority class above `priorityClass`, even if the copy
     /// is older than this vCPU's last writes (a vector in IRR stays there until this vCPU takes it); nil when there
     /// is no whole copy to read.

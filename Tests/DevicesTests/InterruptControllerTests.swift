@@ -721,6 +721,44 @@ final class InterruptControllerTests: XCTestCase {
         XCTAssertEqual(mailbox.slots, [0x3b, nil])
     }
 
+    func testATimerExpiryTheVCPUTookItselfCountsAsTheTimersAndIsInService() {
+        enableAll()
+        lapicWrite(0, divide, 0xb)
+        lapicWrite(0, lvtTimer, 1 << 17 | 0x3b)  // periodic
+        lapicWrite(0, initialCount, 1_000_000, now: 0)
+        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: 1_000_000)])
+        chip.timerTaken(vcpu: 0, vector: 0x3b, now: 1_000_000)
+        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 0, at: 2_000_000)], "a periodic timer goes on")
+        XCTAssertEqual(pending(0), [])
+        XCTAssertEqual(inService(0), [0x3b], "the guest is handling it")
+        XCTAssertEqual(offer(), [], "nothing to offer: the vCPU injected it")
+        eoi(0)
+        XCTAssertEqual(inService(0), [])
+
+        // One-shot: done, its current count 0; an IPI offered meanwhile stays offered.
+        lapicWrite(1, divide, 0xb)
+        lapicWrite(1, lvtTimer, 0x3c)
+        lapicWrite(1, initialCount, 500, now: 0)
+        XCTAssertEqual(takeTimers(), [TimerRequest(vcpu: 1, at: 500)])
+        sendIPI(from: 0, levelAssert | 0x70, destination: 1)
+        XCTAssertEqual(offer(), [1])
+        chip.timerTaken(vcpu: 1, vector: 0x3c, now: 600)
+        XCTAssertEqual(lapicRead(1, currentCount, now: 600), 0)
+        XCTAssertEqual(inService(1), [0x3c])
+        XCTAssertEqual(pending(1), [0x70])
+        XCTAssertEqual(mailbox.slots, [nil, 0x70])
+        XCTAssertEqual(takeAndAcknowledge(1), 0x70)
+        XCTAssertEqual(inService(1), [0x3c, 0x70])
+
+        // An expiry the model no longer expects (the vCPU's copy was older than a mask it had not seen cannot
+        // happen: the copy must include every write the vCPU sent; but whatever the model makes of it) still puts
+        // the injected vector in service, so the guest's EOI ends that vector and not another.
+        chip.timerTaken(vcpu: 0, vector: 0x3b, now: 1_500_000)
+        XCTAssertEqual(inService(0), [0x3b])
+        chip.timerTaken(vcpu: 0, vector: 0x0f, now: 1_600_000)
+        XCTAssertEqual(inService(0), [0x3b], "an illegal vector changes nothing")
+    }
+
     func testTSCDeadlineSetAndDisarmGiveTimerRequests() {
         enableAll()
         lapicWrite(1, lvtTimer, 2 << 17 | 0x40)

@@ -30,6 +30,48 @@ final class LAPICMirrorTests: XCTestCase {
         XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: 0), "the other vCPU's copy is its own")
     }
 
+    func testTheTimerVectorIsTakenAtOnceOnlyWhenNothingOutranksIt() throws {
+        let fd = try InterruptMailbox.create(vcpus: 1)
+        let boxes = try InterruptMailbox(attaching: fd.raw, vcpus: 1)
+        let mirror = boxes.mirror(vcpu: 0)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 0), "nothing published")
+        let apic = LocalAPIC(apicID: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "after reset: software-disabled, the timer masked")
+        _ = apic.write(offset: 0xf0, value: 0x1ff, now: 0)
+        _ = apic.write(offset: 0x320, value: 0x40, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertEqual(mirror.timerVectorTakenAtOnce(sentPosition: 5), 0x40)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 6), "a write the irqchip has not handled")
+        apic.accept(vector: 0x41, levelTriggered: false)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "a higher vector is requested: it comes first")
+        apic.acknowledge(0x41)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "0x41 in service: class 4 is blocked")
+        _ = apic.write(offset: 0xb0, value: 0, now: 0)  // EOI
+        apic.accept(vector: 0x30, levelTriggered: false)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertEqual(mirror.timerVectorTakenAtOnce(sentPosition: 5), 0x40, "a lower request waits behind it")
+        _ = apic.write(offset: 0x80, value: 0x40, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "TPR class 4 holds it")
+        _ = apic.write(offset: 0x80, value: 0x30, now: 0)
+        _ = apic.write(offset: 0x320, value: 0x1_0040, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "masked")
+        _ = apic.write(offset: 0x320, value: 0x0e, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "an illegal vector: the irqchip reports the error")
+        _ = apic.write(offset: 0x320, value: 0x40, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertEqual(mirror.timerVectorTakenAtOnce(sentPosition: 5), 0x40)
+        _ = apic.write(offset: 0xf0, value: 0xff, now: 0)
+        mirror.publish(apic, handledPosition: 5)
+        XCTAssertNil(mirror.timerVectorTakenAtOnce(sentPosition: 5), "software-disabled (SVR bit 8 clear)")
+        withExtendedLifetime(boxes) {}
+    }
+
     func testRequestsAboveAPriorityClassReadIRREvenFromAnOlderCopy() throws {
         // A vCPU lowering its TPR asks the copy whether a requested vector is now above it: IRR bits stay until the
         // vCPU takes them, so an older copy (one before the vCPU's latest writes) still answers.

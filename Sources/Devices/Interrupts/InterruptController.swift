@@ -40,6 +40,15 @@ public final class InterruptController {
         handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
     }
 
+    /// The vCPU took its timer's expiry itself and injected `vector` (see MessageKind.timerTaken): the expiry
+    /// counts as the timer's (a periodic timer re-arms, a one-shot or deadline one is done), and the vector the
+    /// guest is now handling is in service whatever the model made of the expiry, so that the guest's EOI ends it.
+    public func timerTaken(vcpu: Int, vector: UInt8, now: UInt64) {
+        guard lapics.indices.contains(vcpu) else { return }
+        handle(lapics[vcpu].timerExpired(now: now), from: vcpu)
+        lapics[vcpu].takenWithoutOffer(vector)
+    }
+
     /// IA32_TSC_DEADLINE, converted by the vCPU to a delay (nil: disarmed by a write of 0).
     public func setDeadline(vcpu: Int, nanosecondsFromNow delay: UInt64?, now: UInt64) {
         setDeadline(vcpu: vcpu, at: delay.map { d in now.addingReportingOverflow(d).overflow ? UInt64.max : now + d }, now: now)

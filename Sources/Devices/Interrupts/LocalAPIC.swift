@@ -48,7 +48,10 @@ public enum CPUEvent: Equatable, Sendable {
 public final class LocalAPIC {
     public static let defaultBase: UInt64 = 0xfee0_0000
     /// Register offsets other processes need to know about.
-    public enum Register { public static let tpr: UInt64 = 0x80, eoi: UInt64 = 0xb0, isr: UInt64 = 0x100, irr: UInt64 = 0x200, icrLow: UInt64 = 0x300, initialCount: UInt64 = 0x380 }
+    public enum Register {
+        public static let tpr: UInt64 = 0x80, ppr: UInt64 = 0xa0, eoi: UInt64 = 0xb0, svr: UInt64 = 0xf0, isr: UInt64 = 0x100, irr: UInt64 = 0x200
+        public static let icrLow: UInt64 = 0x300, lvtTimer: UInt64 = 0x320, initialCount: UInt64 = 0x380
+    }
     /// The timer's input clock before the divider: 1 GHz, as QEMU's APIC, so one tick is one nanosecond.
     public static let timerNanosecondsPerTick: UInt64 = 1
 
@@ -349,6 +352,15 @@ public final class LocalAPIC {
         irr.remove(vector)
         isr.insert(vector)
         if let level = again { accept(vector: vector, levelTriggered: level) }
+    }
+
+    /// The CPU took `vector` without an offer (its timer's expiry, which the vCPU took itself; see
+    /// InterruptController.timerTaken): in service now, out of IRR. An offer of the same vector from elsewhere
+    /// stays offered.
+    public func takenWithoutOffer(_ vector: UInt8) {
+        guard hardwareEnabled, vector >= 16 else { return }
+        irr.remove(vector)
+        isr.insert(vector)
     }
 
     private func endOfInterrupt() -> [APICEffect] {

@@ -159,6 +159,8 @@ public enum IRQChipProcess {
                     chip.setDeadline(vcpu: lane, at: TimerDeadline.decode(m.data), now: now)
                 case .apicBase:
                     chip.setAPICBase(vcpu: lane, value: m.data)
+                case .timerTaken:
+                    chip.timerTaken(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data), now: now)
                 default:
                     break  // vCPUs do not drive lines, and answers do not travel this way
                 }

@@ -32,6 +32,11 @@ final class InterruptInjector: @unchecked Sendable {
     let tprWatch = Atomic<Bool>(false)
     /// The vCPU left HLT because of a posted interrupt: it can take it now, whatever the exit said.
     private var wokenFromHalt = false
+    /// Asked when this vCPU's timer expires while it waits in HLT: the timer's vector, if the irqchip's copy of the
+    /// local APIC shows the CPU would take it at once (the runner's DeviceChannels answer).
+    var timerVectorTakenAtOnce: (() -> UInt8?)?
+    /// A timer expiry this vCPU read itself while halted (see MessageKind.timerTaken): injected at the next entry.
+    private var claimedTimer: UInt8?
     /// The VMM completed the last exit's instruction itself (the emulation fallback: an IRET, an STI): the exit's
     /// ready_for_interrupt_injection describes the boundary before it, not the one the guest is at now.
     var instructionCompletedHere = false
@@ -86,11 +91,28 @@ final class InterruptInjector: @unchecked Sendable {
         if thread != 0 { _ = vmm_thread_signal(thread, Self.kickSignal) }
     }
 
-    /// Before KVM_RUN: injects the posted vector if the guest can take it now; returns it so the caller can
-    /// acknowledge it to the irqchip.
-    func beforeEntry() throws -> UInt8? {
+    /// What `beforeEntry` injected, for the irqchip to hear of.
+    enum Injection: Equatable {
+        /// The irqchip's offer: acknowledge it.
+        case offered(UInt8)
+        /// The timer's expiry the vCPU took itself: report it (MessageKind.timerTaken).
+        case timer(UInt8)
+    }
+
+    /// Before KVM_RUN: injects the posted vector (or the timer's, taken while halted) if the guest can take it now;
+    /// returns what it injected so the caller can tell the irqchip.
+    func beforeEntry() throws -> Injection? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
+        if let vector = claimedTimer {
+            // Right after the HLT it woke from: the CPU takes it at this boundary (the copy said nothing outranks it).
+            claimedTimer = nil
+            wokenFromHalt = false
+            instructionCompletedHere = false
+            Log.debug("inject the timer's 0x\(String(vector, radix: 16))")
+            try inject(vector)
+            return .timer(vector)
+        }
         guard apicEnabled, let offered = mailbox.pendingVector(vcpu: index) else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
@@ -115,19 +137,26 @@ final class InterruptInjector: @unchecked Sendable {
         instructionCompletedHere = false
         if canTake, let vector = mailbox.take(vcpu: index) {
             Log.debug("inject 0x\(String(vector, radix: 16))")
-            var irq = kvm_interrupt(irq: UInt32(vector))
-            _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
-            run.pointee.request_interrupt_window = 0
-            windowWanted.store(false, ordering: .relaxed)
+            try inject(vector)
             offerWaitingSince = nil
             offerWaitReported = false
-            return vector
+            return .offered(vector)
         }
         noteUntakenOffer(halted: false)
         run.pointee.request_interrupt_window = 1
         windowWanted.store(true, ordering: .relaxed)
         return nil
     }
+
+    private func inject(_ vector: UInt8) throws {
+        var irq = kvm_interrupt(irq: UInt32(vector))
+        _ = try syscallRetrying("KVM_INTERRUPT") { vmm_ioctl_ptr(vcpu.fd.raw, VMM_KVM_INTERRUPT, &irq) }
+        vcpu.run.pointee.request_interrupt_window = 0
+        windowWanted.store(false, ordering: .relaxed)
+    }
+
+    /// INIT reset the local APIC, whose timer a claimed expiry belonged to.
+    func dropClaimedTimer() { claimedTimer = nil }
 
     /// The vCPU's task priority, which it keeps itself (see TaskPriority); the runner sets it on TPR and CR8
     /// writes and INIT.
@@ -199,7 +228,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// the same time, and the thread then waits on the spot for the offer the irqchip is making, instead of sleeping
     /// until the irqchip's kick wakes it a second wake-up later. (The timer stays readable until the irqchip reads
     /// it: an expiry that brings no offer, a masked timer, is not watched again until the next kick.)
-    private func sleep(until ready: () -> Bool) throws {
+    private func sleep(until ready: () -> Bool, claimingTimer: Bool = false) throws {
         // Sequentially consistent: a listener that saw the flag set read the kick before the vCPU thread's next
         // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
         sleeping.store(true, ordering: .sequentiallyConsistent)
@@ -220,6 +249,14 @@ final class InterruptInjector: @unchecked Sendable {
             }
             if !woke[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
             if timerWatched, !woke[2].isEmpty {
+                // The CPU would take the timer's vector at once: take the expiry here (whoever reads the timerfd
+                // first has it) and inject at the next entry, without waiting for the irqchip to wake and offer it.
+                if claimingTimer, !hasEvents, mailbox.pendingVector(vcpu: index) == nil, apicEnabled,
+                   let vector = timerVectorTakenAtOnce?(), !taskPriority.holdsBack(vector),
+                   Glibc.read(timerFD!, &value, 8) == 8 {
+                    claimedTimer = vector
+                    continue
+                }
                 let expired = monotonicNanoseconds()
                 // Yielding every 10 us: the irqchip, woken by the same expiry, may be waiting for this very CPU.
                 if !spin(window: &offerWindow, census: seat, until: ready, extra: { sched_yield(); return false }) {
@@ -238,7 +275,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// HLT with interrupts enabled: sleeps until the irqchip posts a vector or an event.
     func waitForInterrupt() throws {
         Log.debug("HLT: waiting for an interrupt")
-        try sleep(until: { hasDeliverable || hasEvents })
+        try sleep(until: { claimedTimer != nil || hasDeliverable || hasEvents }, claimingTimer: true)
         // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
         // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
         var events = try vcpu.events()
@@ -246,6 +283,6 @@ final class InterruptInjector: @unchecked Sendable {
             events.interrupt.shadow = 0
             try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
         }
-        wokenFromHalt = hasDeliverable
+        wokenFromHalt = claimedTimer != nil || hasDeliverable
     }
 }

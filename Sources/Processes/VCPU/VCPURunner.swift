@@ -82,6 +82,8 @@ final class VCPURunner: @unchecked Sendable {
         tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
         self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
         self.windowStepping = windowStepping
+        // Asked on this vCPU's own thread, from its HLT wait.
+        interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
@@ -114,7 +116,11 @@ final class VCPURunner: @unchecked Sendable {
                     gate.wait()
                     continue
                 }
-                if let vector = try interrupts.beforeEntry() { devices.acknowledgeInterrupt(vector) }
+                switch try interrupts.beforeEntry() {
+                case .offered(let vector): devices.acknowledgeInterrupt(vector)
+                case .timer(let vector): devices.timerTaken(vector)
+                case nil: break
+                }
                 try syscallFixup?.refreshIfDue()
                 try updateWindowStepping()
                 let entered = monotonicNanoseconds()
@@ -152,6 +158,7 @@ final class VCPURunner: @unchecked Sendable {
             Log.debug("INIT")
             // INIT resets the local APIC, TPR included (the irqchip resets its model).
             interrupts.taskPriority = TaskPriority()
+            interrupts.dropClaimedTimer()
             devices.taskPriorityClass = 0
             vcpu.run.pointee.cr8 = 0
             if state != .waitingForStartup {
@@ -275,6 +282,7 @@ final class VCPURunner: @unchecked Sendable {
         if devices.tprWaits + devices.eoiWaits > 0 {
             parts.append("(TPR lowerings and EOIs that waited for the irqchip: \(devices.tprWaits), \(devices.eoiWaits))")
         }
+        if devices.timersTaken > 0 { parts.append("(timer expiries taken while halted: \(devices.timersTaken))") }
         if windowStepper.steps > 0 { parts.append("(instructions stepped for interrupt windows: \(windowStepper.steps))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
