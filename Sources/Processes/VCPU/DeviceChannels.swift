@@ -26,8 +26,6 @@ struct DeviceChannels {
     private(set) var mirrorReads = 0, irqchipReads = 0
     /// TPR writes that waited for the irqchip (they lowered the TPR below a requested vector), and EOIs.
     private(set) var tprWaits = 0, eoiWaits = 0
-    /// Timer expiries the vCPU took itself (see `timerTaken`).
-    private(set) var timersTaken = 0
     /// The TPR's class as this vCPU last wrote it (the runner resets it with the APIC).
     var taskPriorityClass: UInt8 = 0
     /// The vector this vCPU injected last (an older irqchip copy may still show it requested).
@@ -184,7 +182,6 @@ struct DeviceChannels {
     /// The vCPU took its timer's expiry itself and injected `vector` (MessageKind.timerTaken).
     mutating func timerTaken(_ vector: UInt8) {
         lastAcknowledged = vector
-        timersTaken += 1
         post(irqchip, .timerTaken, address: 0, size: 1, value: UInt64(vector))
     }
 

@@ -222,6 +222,9 @@ final class InterruptInjector: @unchecked Sendable {
     /// How long it waits, learnt as every waiter's window is (`SpinWindow`): on a host where the spinning takes the
     /// CPU the irqchip needs to make the offer, the offer keeps coming only after the spin, and the window closes.
     private var offerWindow = SpinWindow(maxNanoseconds: timerOfferWaitNanoseconds)
+    /// While halted: timer expiries that woke this thread, those it took itself, and of the others those whose
+    /// offer the spin caught (the rest came a wake-up later). For the exit summary.
+    private(set) var timerWakes = 0, timersTakenHere = 0, offersCaught = 0
 
     /// Waits on the irqchip's kick itself as well as on the listener's wake-up, so that whichever thread sees the
     /// kick first, no hop is added. And on this vCPU's LAPIC timer: its expiry wakes the irqchip and this thread at
@@ -249,17 +252,21 @@ final class InterruptInjector: @unchecked Sendable {
             }
             if !woke[1].isEmpty { _ = Glibc.read(wake.raw, &value, 8) }
             if timerWatched, !woke[2].isEmpty {
+                timerWakes += 1
                 // The CPU would take the timer's vector at once: take the expiry here (whoever reads the timerfd
                 // first has it) and inject at the next entry, without waiting for the irqchip to wake and offer it.
                 if claimingTimer, !hasEvents, mailbox.pendingVector(vcpu: index) == nil, apicEnabled,
                    let vector = timerVectorTakenAtOnce?(), !taskPriority.holdsBack(vector),
                    Glibc.read(timerFD!, &value, 8) == 8 {
                     claimedTimer = vector
+                    timersTakenHere += 1
                     continue
                 }
                 let expired = monotonicNanoseconds()
                 // Yielding every 10 us: the irqchip, woken by the same expiry, may be waiting for this very CPU.
-                if !spin(window: &offerWindow, census: seat, until: ready, extra: { sched_yield(); return false }) {
+                if spin(window: &offerWindow, census: seat, until: ready, extra: { sched_yield(); return false }) {
+                    offersCaught += 1
+                } else {
                     timerMissed = expired
                     watchTimer = false
                 }

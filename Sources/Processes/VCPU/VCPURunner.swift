@@ -282,7 +282,10 @@ final class VCPURunner: @unchecked Sendable {
         if devices.tprWaits + devices.eoiWaits > 0 {
             parts.append("(TPR lowerings and EOIs that waited for the irqchip: \(devices.tprWaits), \(devices.eoiWaits))")
         }
-        if devices.timersTaken > 0 { parts.append("(timer expiries taken while halted: \(devices.timersTaken))") }
+        if interrupts.timerWakes > 0 {
+            parts.append("(halted, woken by the timer: \(interrupts.timerWakes), took the expiry itself \(interrupts.timersTakenHere), "
+                         + "caught the irqchip's offer on the spot \(interrupts.offersCaught))")
+        }
         if windowStepper.steps > 0 { parts.append("(instructions stepped for interrupt windows: \(windowStepper.steps))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
