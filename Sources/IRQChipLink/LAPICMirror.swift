@@ -70,8 +70,8 @@ public struct LAPICMirror: @unchecked Sendable {
             if let sentPosition, word64(Self.positionOffset).pointee.load(ordering: .relaxed) != sentPosition { return nil }
             var irr = VectorSet(), isr = VectorSet()
             for word in 0..<8 {
-                let requested = word32(64 + 4 * Int(LocalAPIC.Register.irr / 16) + 4 * word).pointee.load(ordering: .relaxed)
-                let serving = word32(64 + 4 * Int(LocalAPIC.Register.isr / 16) + 4 * word).pointee.load(ordering: .relaxed)
+                let requested = register(LocalAPIC.Register.irr, word: word)
+                let serving = register(LocalAPIC.Register.isr, word: word)
                 for bit in 0..<32 {
                     let vector = UInt8(word * 32 + bit)
                     if requested & (1 << UInt32(bit)) != 0 { irr.insert(vector) }
@@ -91,22 +91,15 @@ public struct LAPICMirror: @unchecked Sendable {
     /// vector whose priority class is above the processor priority's, and no request in IRR above it. nil: it
     /// would wait, or the copy cannot tell (then the irqchip decides, as for every other vector).
     public func timerVectorTakenAtOnce(sentPosition: UInt64) -> UInt8? {
-        let before = sequence.pointee.load(ordering: .acquiring)
-        guard before & 1 == 0, before != 0 else { return nil }
-        guard word64(Self.positionOffset).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
-        func register(_ offset: UInt64) -> UInt32 { word32(64 + 4 * Int(offset / 16)).pointee.load(ordering: .relaxed) }
-        let lvt = register(LocalAPIC.Register.lvtTimer), svr = register(LocalAPIC.Register.svr)
-        let ppr = register(LocalAPIC.Register.ppr)
-        var highestRequest: UInt8?
-        for word in (0..<8).reversed() {
-            let requested = word32(64 + 4 * Int(LocalAPIC.Register.irr / 16) + 4 * word).pointee.load(ordering: .relaxed)
-            if requested != 0 {
-                highestRequest = UInt8(word * 32 + 31 - requested.leadingZeroBitCount)
-                break
-            }
+        let copy = wholeCopy(sentPosition: sentPosition) { () -> (lvt: UInt32, svr: UInt32, ppr: UInt32, highestRequest: UInt8?) in
+            let highestRequest = (0..<8).reversed().lazy.compactMap { word -> UInt8? in
+                let requested = register(LocalAPIC.Register.irr, word: word)
+                return requested == 0 ? nil : UInt8(word * 32 + 31 - requested.leadingZeroBitCount)
+            }.first
+            return (register(LocalAPIC.Register.lvtTimer), register(LocalAPIC.Register.svr), register(LocalAPIC.Register.ppr),
+                    highestRequest)
         }
-        atomicMemoryFence(ordering: .acquiring)
-        guard sequence.pointee.load(ordering: .relaxed) == before else { return nil }
+        guard let (lvt, svr, ppr, highestRequest) = copy else { return nil }
         let vector = UInt8(truncatingIfNeeded: lvt)
         guard svr & 0x100 != 0, lvt & (1 << 16) == 0, vector >= 16, UInt32(vector) & 0xf0 > ppr & 0xf0 else { return nil }
         if let highestRequest, highestRequest > vector { return nil }
@@ -126,20 +119,29 @@ public struct LAPICMirror: @unchecked Sendable {
     /// irqchip had handled everything up to `sentPosition` when it made it; nil: ask the irqchip.
     public func read(offset: UInt64, sentPosition: UInt64, now: UInt64) -> UInt32? {
         guard offset < UInt64(Self.registers * 16), offset % 16 == 0 else { return nil }
-        let before = sequence.pointee.load(ordering: .acquiring)
-        guard before & 1 == 0, before != 0 else { return nil }  // being written, or never published
-        guard word64(Self.positionOffset).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
-        let value: UInt32
-        if offset == Self.currentCountOffset {
-            value = LocalAPIC.Countdown(mode: word32(Self.modeOffset).pointee.load(ordering: .relaxed),
-                                        initial: word32(Self.initialOffset).pointee.load(ordering: .relaxed),
-                                        start: word64(Self.startOffset).pointee.load(ordering: .relaxed),
-                                        nanosecondsPerTick: word64(Self.tickOffset).pointee.load(ordering: .relaxed)).count(now: now)
-        } else {
-            value = word32(64 + 4 * Int(offset / 16)).pointee.load(ordering: .relaxed)
+        return wholeCopy(sentPosition: sentPosition) {
+            guard offset == Self.currentCountOffset else { return register(offset) }
+            return LocalAPIC.Countdown(mode: word32(Self.modeOffset).pointee.load(ordering: .relaxed),
+                                       initial: word32(Self.initialOffset).pointee.load(ordering: .relaxed),
+                                       start: word64(Self.startOffset).pointee.load(ordering: .relaxed),
+                                       nanosecondsPerTick: word64(Self.tickOffset).pointee.load(ordering: .relaxed)).count(now: now)
         }
+    }
+
+    /// What `body` reads from one whole copy made once the irqchip had handled everything up to `sentPosition`;
+    /// nil when there is none at once (never published, being rewritten, older, or rewritten during the read).
+    private func wholeCopy<T>(sentPosition: UInt64, _ body: () -> T) -> T? {
+        let before = sequence.pointee.load(ordering: .acquiring)
+        guard before & 1 == 0, before != 0 else { return nil }
+        guard word64(Self.positionOffset).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
+        let value = body()
         atomicMemoryFence(ordering: .acquiring)
         guard sequence.pointee.load(ordering: .relaxed) == before else { return nil }
         return value
+    }
+
+    /// The published register at `offset` (0x000-0x3f0), or for IRR, ISR and TMR its `word`th 32-bit word.
+    private func register(_ offset: UInt64, word: Int = 0) -> UInt32 {
+        word32(64 + 4 * (Int(offset / 16) + word)).pointee.load(ordering: .relaxed)
     }
 }

@@ -113,14 +113,15 @@ final class InterruptInjector: @unchecked Sendable {
             try inject(vector)
             return .timer(vector)
         }
-        guard apicEnabled, let offered = mailbox.pendingVector(vcpu: index) else {
+        let pending = mailbox.pendingVector(vcpu: index)
+        guard apicEnabled, let offered = pending else {
             run.pointee.request_interrupt_window = 0
             windowWanted.store(false, ordering: .relaxed)
-            noteUntakenOffer(halted: false)
+            noteUntakenOffer(pending, halted: false)
             return nil
         }
         if taskPriority.holdsBack(offered) {
-            noteUntakenOffer(halted: false)
+            noteUntakenOffer(offered, halted: false)
             // It waits for the TPR to drop. A TPR register write exits, but a MOV to CR8 does not on this host's
             // KVM (no KVM_EXIT_SET_TPR): the runner sees the new CR8 at the next exit, so keep kicking as for a
             // window, which bounds the wait to about a millisecond.
@@ -142,7 +143,7 @@ final class InterruptInjector: @unchecked Sendable {
             offerWaitReported = false
             return .offered(vector)
         }
-        noteUntakenOffer(halted: false)
+        noteUntakenOffer(offered, halted: false)
         run.pointee.request_interrupt_window = 1
         windowWanted.store(true, ordering: .relaxed)
         return nil
@@ -180,9 +181,10 @@ final class InterruptInjector: @unchecked Sendable {
     /// vector waits): the warning says what holds it back, which is what a hung guest's lost wake-up needs.
     static let stuckOfferNanoseconds: UInt64 = 3_000_000_000
 
-    /// Called where the vCPU looks at the mailbox without injecting: times the wait, warns once when it is long.
-    private func noteUntakenOffer(halted: Bool) {
-        guard let offered = mailbox.pendingVector(vcpu: index) else {
+    /// Called where the vCPU looked at the mailbox (finding `offered`) without injecting: times the wait, warns once
+    /// when it is long.
+    private func noteUntakenOffer(_ offered: UInt8?, halted: Bool) {
+        guard let offered else {
             offerWaitingSince = nil
             offerWaitReported = false
             return
@@ -242,7 +244,7 @@ final class InterruptInjector: @unchecked Sendable {
         var timerMissed: UInt64?
         defer { if let timerMissed { offerWindow.learn(waited: monotonicNanoseconds() - timerMissed, caught: false) } }
         while !ready() {
-            noteUntakenOffer(halted: true)
+            noteUntakenOffer(mailbox.pendingVector(vcpu: index), halted: true)
             if let gate = pauseGate, gate.isRequested { gate.wait() }
             let timerWatched = watchTimer
             let woke = try Poll.wait([kickFD, wake.raw] + (timerWatched ? [timerFD!] : []), timeoutMs: 100)
