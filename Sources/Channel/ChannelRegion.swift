@@ -10,7 +10,8 @@ public enum DeviceStatus: UInt32, Sendable {
     case broken = 2
 }
 
-/// The shape of one device channel's shared memory: a header page, one request ring and one response ring
+/// The shape of one device channel's shared memory: a header page (the channel's status words and its read mirror),
+/// one request ring and one response ring
 /// per lane (a lane per vCPU, so every ring keeps a single producer), then a state area the device keeps
 /// across its own restarts. Both sides compute the layout from their own arguments, never from the header.
 public struct ChannelLayout: Equatable, Sendable {
@@ -195,6 +196,10 @@ public final class ChannelRegion: @unchecked Sendable {
     public func handledRequests() -> UInt64 {
         (0..<layout.lanes).reduce(deviceProgress) { $0 &+ requestRing($1).head.pointee.load(ordering: .acquiring) }
     }
+
+    /// The reads the device publishes for the vCPUs to answer themselves (see ReadMirror); nil when the header has
+    /// no room for the channel's lanes.
+    public var readMirror: ReadMirror? { ReadMirror(header: mapping.base, lanes: layout.lanes) }
 
     /// The area a device keeps its restartable state in.
     public var state: UnsafeMutableRawBufferPointer {

@@ -20,6 +20,8 @@ public struct DeviceClient: @unchecked Sendable {
     public private(set) var failed = false
     private var nextSequence: UInt64
     public let region: ChannelRegion
+    private let lane: Int
+    private let readMirror: ReadMirror?
     /// How long this lane spins for an answer, learnt from how long answers take (a device that spins itself
     /// answers in microseconds; one asleep needs a wake-up).
     private var window: SpinWindow
@@ -28,6 +30,8 @@ public struct DeviceClient: @unchecked Sendable {
                 policy: WaitPolicy, timeoutMs: Int, failedProbeMs: Int = 2) {
         self.failedProbeMs = min(failedProbeMs, timeoutMs)
         self.region = region
+        self.lane = lane
+        readMirror = region.readMirror
         requests = RingProducer(region.requestRing(lane))
         responses = RingConsumer(region.responseRing(lane))
         self.deviceDoorbell = deviceDoorbell
@@ -41,6 +45,13 @@ public struct DeviceClient: @unchecked Sendable {
     /// The ring index after this lane's last request: the device has handled everything this lane sent once its
     /// `DeviceServer.positions[lane]` is here.
     public var sentPosition: UInt64 { requests.position }
+
+    /// What a port read would give, answered from the device's published reads (see ReadMirror) when the device is
+    /// serving and had handled everything this lane sent when it published them; nil: make the call.
+    public func mirroredPortRead(_ port: UInt16, size: Int) -> UInt64? {
+        guard let readMirror, region.deviceStatus == .serving else { return nil }
+        return readMirror.read(port: port, size: size, lane: lane, sentPosition: requests.position)
+    }
 
     /// Queues an access without waiting for the device (port and MMIO writes).
     public mutating func post(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {

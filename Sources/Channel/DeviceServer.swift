@@ -30,6 +30,9 @@ public struct DeviceServer: @unchecked Sendable {
         self.deviceDoorbell = deviceDoorbell
         self.policy = policy
         window = policy.window()
+        // What a predecessor published may be ahead of what this process restores: nothing is answered from the
+        // copy until this process publishes its own.
+        region.readMirror?.invalidate()
     }
 
     /// The next request from any lane, or nil when none is waiting or `batchLimit` requests await a `commit()`.
@@ -105,6 +108,13 @@ public struct DeviceServer: @unchecked Sendable {
         }
         resume(at: positions)
         return Array(payload[offset...])
+    }
+
+    /// Publishes the reads the vCPUs may answer themselves from now until the next publication (see ReadMirror):
+    /// `reads` are the ports whose read has no side effect now, with their values, reflecting every request taken
+    /// so far. Call it after handling what was taken and whenever the device changed on its own.
+    public func publishReads(_ reads: [(port: UInt16, value: UInt8)]) {
+        region.readMirror?.publish(reads, handled: requests.map(\.position))
     }
 
     /// Tells the vCPUs this process serves the channel now (after a restart the supervisor leaves it marked

@@ -4,6 +4,14 @@ public protocol PortDevice: AnyObject {
     var portCount: UInt16 { get }
     func read(offset: UInt16) -> UInt8
     func write(offset: UInt16, value: UInt8)
+    /// What `read(offset:)` would return now, if reading it has no side effect (nil otherwise): such reads may be
+    /// answered from a published copy without asking the device (see `PortBus.sideEffectFreeReads`).
+    func peek(offset: UInt16) -> UInt8?
+}
+
+extension PortDevice {
+    /// By default every read may have a side effect.
+    public func peek(offset: UInt16) -> UInt8? { nil }
 }
 
 /// Routes port accesses to the devices of one process. Multi-byte accesses are split into byte accesses, as
@@ -43,6 +51,17 @@ public final class PortBus {
             value |= UInt64(byte) << (8 * UInt64(i))
         }
         return value
+    }
+
+    /// Every port whose read has no side effect now, with the value it reads.
+    public func sideEffectFreeReads() -> [(port: UInt16, value: UInt8)] {
+        var reads: [(port: UInt16, value: UInt8)] = []
+        for e in entries {
+            for offset in 0..<e.device.portCount {
+                if let value = e.device.peek(offset: offset) { reads.append((e.base &+ offset, value)) }
+            }
+        }
+        return reads
     }
 
     public func write(port: UInt16, size: Int, value: UInt64) {

@@ -80,6 +80,31 @@ final class Serial8250Tests: XCTestCase {
         XCTAssertEqual(uart.read(offset: 6) & 0x0f, 0, "reading MSR clears the deltas")
     }
 
+    /// A peek gives what a read would, and nothing where the read would change the UART: the received byte, the
+    /// THR-empty interrupt IIR acknowledges, an overrun LSR clears, MSR deltas.
+    func testPeekAnswersOnlyReadsWithoutASideEffect() {
+        uart.write(offset: 4, value: 0x08)  // OUT2
+        uart.write(offset: 7, value: 0xa5)
+        for offset: UInt16 in [1, 3, 4, 5, 6, 7] { XCTAssertEqual(uart.peek(offset: offset), uart.read(offset: offset)) }
+        XCTAssertNil(uart.peek(offset: 0), "RBR takes the byte")
+        uart.write(offset: 1, value: 0x02)  // THRI: pending at once
+        let levels = line.levels
+        XCTAssertNil(uart.peek(offset: 2), "reading IIR would acknowledge THRI")
+        XCTAssertEqual(line.levels, levels, "a peek changes nothing")
+        _ = uart.read(offset: 2)
+        XCTAssertEqual(uart.peek(offset: 2), 0x01, "nothing pending: IIR reads without a side effect")
+        for _ in 0..<2 { uart.receive(1) }  // no FIFO: the second overruns
+        XCTAssertNil(uart.peek(offset: 5), "LSR would clear the overrun")
+        XCTAssertEqual(uart.read(offset: 5) & 0x03, 0x03)
+        XCTAssertEqual(uart.peek(offset: 5), 0x61, "data ready, no overrun")
+        uart.write(offset: 4, value: 0x10 | 0x0a)  // loopback changes the modem lines: deltas
+        XCTAssertNil(uart.peek(offset: 6), "MSR would clear its deltas")
+        _ = uart.read(offset: 6)
+        XCTAssertEqual(uart.peek(offset: 6), uart.read(offset: 6))
+        uart.write(offset: 3, value: 0x83)  // DLAB: the divisor latch reads without a side effect
+        XCTAssertEqual(uart.peek(offset: 0), 12)
+    }
+
     func testScratchRegister() {
         uart.write(offset: 7, value: 0xa5)
         XCTAssertEqual(uart.read(offset: 7), 0xa5)

@@ -71,6 +71,9 @@ public final class I8042: PortDevice {
         }
     }
 
+    /// The status port reads without a side effect; the data port takes the byte.
+    public func peek(offset: UInt16) -> UInt8? { offset == 4 ? read(offset: offset) : nil }
+
     public func write(offset: UInt16, value: UInt8) {
         switch offset {
         case 0:

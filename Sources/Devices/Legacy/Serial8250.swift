@@ -104,6 +104,18 @@ public final class Serial8250: PortDevice {
         }
     }
 
+    /// Reads without a side effect: everything but RBR (takes a byte), IIR while it reports THR empty (clears that),
+    /// LSR with an overrun to report and MSR with deltas (both clear what they report).
+    public func peek(offset: UInt16) -> UInt8? {
+        switch offset {
+        case Reg.data: return lcr & LCR.dlab != 0 ? UInt8(truncatingIfNeeded: divisor) : nil
+        case Reg.iir: return pendingInterrupt() == IIR.thrEmpty ? nil : read(offset: offset)
+        case Reg.lsr: return overrun ? nil : read(offset: offset)
+        case Reg.msr: return msrDeltas != 0 ? nil : read(offset: offset)
+        default: return read(offset: offset)  // IER (or DLM), LCR, MCR, SCR: plain registers
+        }
+    }
+
     public func write(offset: UInt16, value: UInt8) {
         let dlab = lcr & LCR.dlab != 0
         switch offset {

@@ -88,6 +88,8 @@ public enum PIOProcess {
             }
 
             try devices.pullInput()
+            // The vCPUs answer side-effect-free reads (the UART's LSR above all) from this copy until the next.
+            server.publishReads(devices.bus.sideEffectFreeReads())
             let wantInput = devices.wantsInput
             let ready = try server.wait(extra: wantInput ? [spec.console.inputFD] : [])
             if wantInput, !ready[0].isEmpty {

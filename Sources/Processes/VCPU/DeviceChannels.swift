@@ -24,6 +24,8 @@ struct DeviceChannels {
     private let lapicMirror: LAPICMirror?
     /// Local APIC reads answered from the mirror, and those that had to ask the irqchip.
     private(set) var mirrorReads = 0, irqchipReads = 0
+    /// Port reads answered from the device's published reads (see ReadMirror).
+    private(set) var mirroredPortReads = 0
     /// TPR writes that waited for the irqchip (they lowered the TPR below a requested vector), and EOIs.
     private(set) var tprWaits = 0, eoiWaits = 0
     /// The TPR's class as this vCPU last wrote it (the runner resets it with the APIC).
@@ -54,6 +56,11 @@ struct DeviceChannels {
     @inline(__always)
     mutating func portRead(_ port: UInt16, size: Int) -> UInt64 {
         guard let channel = router.channel(forPort: port) else { return ~0 }
+        if let value = clients[channel].mirroredPortRead(port, size: size) {
+            posted.answered(by: channel)  // the copy includes everything this vCPU sent there
+            mirroredPortReads += 1
+            return value
+        }
         return call(channel, .portRead, address: UInt64(port), size: size)
     }
 

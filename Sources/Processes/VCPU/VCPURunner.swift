@@ -290,6 +290,7 @@ final class VCPURunner: @unchecked Sendable {
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
+        if devices.mirroredPortReads > 0 { parts.append("(port reads answered from the device's copy: \(devices.mirroredPortReads))") }
         return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }
 
