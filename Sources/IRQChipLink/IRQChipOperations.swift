@@ -24,6 +24,10 @@ extension MessageKind {
     /// the CPU would take at once: the irqchip counts the expiry as the timer's and puts the vector in service, as
     /// for an offered one the vCPU acknowledged. One wake-up from expiry to handler instead of two. Size 1.
     public static let timerTaken = MessageKind.device(5)
+    /// The vCPU stopped watching its LAPIC timer (InterruptMailbox.leaveTimer) without taking an expiry: it left
+    /// HLT for something else, or an expiry came that the copy did not show taken at once. The message is the
+    /// wake-up: the irqchip reads and waits on that timerfd again. Size 1, no data.
+    public static let timerWatchEnded = MessageKind.device(6)
 }
 
 /// How a `timerDeadline` message carries "at this time, or disarmed".

@@ -4,8 +4,8 @@ import System
 
 /// Per-vCPU interrupt mailboxes in a shared memory region of their own (the vcpu and irqchip processes map it;
 /// no device does): the irqchip offers the vector a vCPU should take next, the vcpu process takes it when the guest
-/// can accept it and acknowledges it over the irqchip channel. One cache line per vCPU: a vector word and an event
-/// word for what is not a vector (NMI, INIT, start-up IPI). Every word is read as hostile: the peer may write
+/// can accept it and acknowledges it over the irqchip channel. One cache line per vCPU: a vector word, an event
+/// word for what is not a vector (NMI, INIT, start-up IPI) and the vCPU's timer-watch word. Every word is read as hostile: the peer may write
 /// anything.
 ///
 /// Both words carry, in their upper 16 bits, the sequence number of the irqchip's last write to them: an irqchip
@@ -93,6 +93,12 @@ public final class InterruptMailbox: @unchecked Sendable {
         }
     }
 
+    /// Word 2 of a vCPU's line: nonzero while the vCPU, halted, watches its LAPIC timer's timerfd itself and the
+    /// irqchip should leave the expiries to it (see `leaveTimer`).
+    private func timerWatchWord(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+        (base + 64 * vcpu + 8).assumingMemoryBound(to: Atomic<UInt32>.self)
+    }
+
     // MARK: irqchip side
 
     /// A vector word as the irqchip reads it.
@@ -164,7 +170,18 @@ public final class InterruptMailbox: @unchecked Sendable {
         }
     }
 
+    /// Whether `vcpu` watches its timer itself (see `leaveTimer`): the irqchip neither reads nor waits on that
+    /// timerfd meanwhile, so that the expiry goes to the halted vCPU it is for, in one wake-up.
+    public func timerLeftToVCPU(_ vcpu: Int) -> Bool { timerWatchWord(vcpu).pointee.load(ordering: .sequentiallyConsistent) != 0 }
+
     // MARK: vcpu side
+
+    /// Halted in HLT, the vCPU watches its LAPIC timer's timerfd itself (`true`) and takes the expiry or hands it
+    /// back, or stops watching (`false`). Whoever clears it without having taken the expiry must then wake the
+    /// irqchip (MessageKind.timerWatchEnded): it may be asleep in a wait that left the timerfd out.
+    public func leaveTimer(_ watched: Bool, vcpu: Int) {
+        timerWatchWord(vcpu).pointee.store(watched ? 1 : 0, ordering: .sequentiallyConsistent)
+    }
 
     /// Takes every event signalled since the last call (unknown bits in a hostile word are ignored); the
     /// sequence number stays for the irqchip.

@@ -27,6 +27,9 @@ public enum IRQChipProcess {
         }
     }
 
+    /// How overdue a timer a vCPU watches itself may get before this process reads it anyway.
+    static let timerLeftGraceNs: UInt64 = 20_000_000
+
     static func serve(_ spec: IRQChipSpec, timers: [Int32]) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
         let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
@@ -61,6 +64,14 @@ public enum IRQChipProcess {
         server.announceServing()
         lines.announceServing()
         var expirations: UInt64 = 0
+        /// When each vCPU's timerfd is armed to expire (CLOCK_MONOTONIC ns; 0: disarmed).
+        var armedAt = [UInt64](repeating: 0, count: spec.vcpuCount)
+        /// Whether this process reads and waits on `vcpu`'s timerfd now: not while the vCPU, halted, watches it
+        /// itself (InterruptMailbox.leaveTimer), unless its expiry is overdue by `timerLeftGraceNs` (a vCPU that
+        /// stopped watching without saying so must not stop its timer).
+        func servesTimer(_ vcpu: Int, now: UInt64) -> Bool {
+            !mailbox.timerLeftToVCPU(vcpu) || (armedAt[vcpu] != 0 && now > armedAt[vcpu] &+ Self.timerLeftGraceNs)
+        }
 
         /// Records the state with both channels' positions in one step, then lets the peers see them consumed.
         func commit(answering lane: Int? = nil) {
@@ -106,6 +117,7 @@ public enum IRQChipProcess {
         func publish(answering lane: Int? = nil) {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
+                armedAt[request.vcpu] = request.at ?? 0
             }
             // The supervisor's hang watch: a timer this late means this process stopped serving.
             let due = chip.earliestTimer ?? 0
@@ -128,7 +140,9 @@ public enum IRQChipProcess {
         }
         while true {
             // Timers that fired, then everything the vCPUs sent, then the mailboxes.
-            for (i, fd) in timers.enumerated() where Glibc.read(fd, &expirations, 8) == 8 {
+            let awake = monotonicNanoseconds()
+            for (i, fd) in timers.enumerated() where servesTimer(i, now: awake) && Glibc.read(fd, &expirations, 8) == 8 {
+                if armedAt[i] != 0, awake > armedAt[i] { armedAt[i] = 0 }  // one-shot: spent
                 chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
             }
             while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
@@ -160,14 +174,23 @@ public enum IRQChipProcess {
                 case .apicBase:
                     chip.setAPICBase(vcpu: lane, value: m.data)
                 case .timerTaken:
+                    if armedAt.indices.contains(lane) { armedAt[lane] = 0 }  // spent; a periodic timer re-arms
                     chip.timerTaken(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data), now: now)
+                case .timerWatchEnded:
+                    break  // the wake-up was the point: the loop reads and waits on that timerfd again
                 default:
                     break  // vCPUs do not drive lines, and answers do not travel this way
                 }
             }
             drainLines()
             publish()
-            _ = try DeviceServer.wait([server, lines], extra: timers, window: &window)
+            // Timers a halted vCPU watches are its own; their grace running out is this wait's deadline.
+            let now = monotonicNanoseconds()
+            let served = timers.indices.filter { servesTimer($0, now: now) }
+            let graceEnds = timers.indices.filter { !served.contains($0) && armedAt[$0] != 0 }
+                .map { armedAt[$0] &+ Self.timerLeftGraceNs }.min()
+            let timeoutMs = graceEnds.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
+            _ = try DeviceServer.wait([server, lines], extra: served.map { timers[$0] }, timeoutMs: timeoutMs, window: &window)
         }
     }
 }

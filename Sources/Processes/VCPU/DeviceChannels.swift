@@ -192,6 +192,12 @@ struct DeviceChannels {
         post(irqchip, .timerTaken, address: 0, size: 1, value: UInt64(vector))
     }
 
+    /// The vCPU stopped watching its timer without taking an expiry (MessageKind.timerWatchEnded).
+    mutating func timerWatchEnded() {
+        guard irqchip >= 0 else { return }
+        post(irqchip, .timerWatchEnded, address: 0, size: 1, value: 0)
+    }
+
     mutating func acknowledgeInterrupt(_ vector: UInt8) {
         lastAcknowledged = vector
         post(irqchip, .interruptAck, address: 0, size: 1, value: UInt64(vector))

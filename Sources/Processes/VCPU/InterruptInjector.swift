@@ -35,6 +35,9 @@ final class InterruptInjector: @unchecked Sendable {
     /// Asked when this vCPU's timer expires while it waits in HLT: the timer's vector, if the irqchip's copy of the
     /// local APIC shows the CPU would take it at once (the runner's DeviceChannels answer).
     var timerVectorTakenAtOnce: (() -> UInt8?)?
+    /// Tells the irqchip this vCPU stopped watching its timer without taking an expiry (the runner's DeviceChannels
+    /// post MessageKind.timerWatchEnded).
+    var timerWatchEnded: (() -> Void)?
     /// A timer expiry this vCPU read itself while halted (see MessageKind.timerTaken): injected at the next entry.
     private var claimedTimer: UInt8?
     /// The VMM completed the last exit's instruction itself (the emulation fallback: an IRET, an STI): the exit's
@@ -229,10 +232,13 @@ final class InterruptInjector: @unchecked Sendable {
     private(set) var timerWakes = 0, timersTakenHere = 0, offersCaught = 0
 
     /// Waits on the irqchip's kick itself as well as on the listener's wake-up, so that whichever thread sees the
-    /// kick first, no hop is added. And on this vCPU's LAPIC timer: its expiry wakes the irqchip and this thread at
-    /// the same time, and the thread then waits on the spot for the offer the irqchip is making, instead of sleeping
-    /// until the irqchip's kick wakes it a second wake-up later. (The timer stays readable until the irqchip reads
-    /// it: an expiry that brings no offer, a masked timer, is not watched again until the next kick.)
+    /// kick first, no hop is added. And on this vCPU's LAPIC timer: halted in HLT (`claimingTimer`), the thread
+    /// watches the timerfd and the irqchip leaves it alone meanwhile (InterruptMailbox.leaveTimer), so the expiry
+    /// wakes this thread only; when the irqchip's copy of the APIC shows the CPU would take the timer's vector at
+    /// once, the thread takes the expiry itself and injects it at the next entry (one wake-up from expiry to
+    /// handler). Otherwise it hands the expiry back (MessageKind.timerWatchEnded wakes the irqchip, which reads it)
+    /// and waits on the spot for the irqchip's offer. Outside HLT the timer is watched, never read: its expiry wakes
+    /// the irqchip and this thread at the same time, and the thread waits on the spot for the offer.
     private func sleep(until ready: () -> Bool, claimingTimer: Bool = false) throws {
         // Sequentially consistent: a listener that saw the flag set read the kick before the vCPU thread's next
         // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
@@ -240,13 +246,32 @@ final class InterruptInjector: @unchecked Sendable {
         defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
         var value: UInt64 = 0
         var watchTimer = timerFD != nil
+        /// The irqchip leaves the timer to this thread (InterruptMailbox.leaveTimer).
+        var timerLeftHere = false
+        /// Gives the timer back to the irqchip. `taken`: this thread read the expiry, and the timerTaken it posts
+        /// at the next entry is the irqchip's wake-up; otherwise the irqchip may be asleep without the timerfd in
+        /// its wait, and is woken.
+        func giveTimerBack(taken: Bool) {
+            guard timerLeftHere else { return }
+            mailbox.leaveTimer(false, vcpu: index)
+            timerLeftHere = false
+            if !taken { timerWatchEnded?() }
+        }
+        defer { giveTimerBack(taken: claimedTimer != nil) }
         /// When the timer's expiry woke this thread and the spin did not see the offer.
         var timerMissed: UInt64?
         defer { if let timerMissed { offerWindow.learn(waited: monotonicNanoseconds() - timerMissed, caught: false) } }
         while !ready() {
             noteUntakenOffer(mailbox.pendingVector(vcpu: index), halted: true)
-            if let gate = pauseGate, gate.isRequested { gate.wait() }
+            if let gate = pauseGate, gate.isRequested {
+                giveTimerBack(taken: false)  // a pause may be long: the irqchip takes the expiries meanwhile
+                gate.wait()
+            }
             let timerWatched = watchTimer
+            if claimingTimer, timerWatched, !timerLeftHere, timerVectorTakenAtOnce != nil {
+                mailbox.leaveTimer(true, vcpu: index)
+                timerLeftHere = true
+            }
             let woke = try Poll.wait([kickFD, wake.raw] + (timerWatched ? [timerFD!] : []), timeoutMs: 100)
             if !woke[0].isEmpty {
                 _ = Glibc.read(kickFD, &value, 8)
@@ -264,6 +289,7 @@ final class InterruptInjector: @unchecked Sendable {
                     timersTakenHere += 1
                     continue
                 }
+                giveTimerBack(taken: false)
                 let expired = monotonicNanoseconds()
                 // Yielding every 10 us: the irqchip, woken by the same expiry, may be waiting for this very CPU.
                 if spin(window: &offerWindow, census: seat, until: ready, extra: { sched_yield(); return false }) {
@@ -284,14 +310,15 @@ final class InterruptInjector: @unchecked Sendable {
     /// HLT with interrupts enabled: sleeps until the irqchip posts a vector or an event.
     func waitForInterrupt() throws {
         Log.debug("HLT: waiting for an interrupt")
-        try sleep(until: { claimedTimer != nil || hasDeliverable || hasEvents }, claimingTimer: true)
         // The HLT has completed, so an STI shadow it sat in (`sti; hlt`) is over, though KVM still reports it and
         // would refuse the injection: clear it, and inject before the next instruction as a CPU leaving HLT does.
+        // Done before the wait (the vCPU does not run meanwhile), so the wake-up pays for no ioctl but the injection.
         var events = try vcpu.events()
         if events.interrupt.shadow != 0 {
             events.interrupt.shadow = 0
             try vcpu.setEvents(events, flags: UInt32(KVM_VCPUEVENT_VALID_SHADOW))
         }
+        try sleep(until: { claimedTimer != nil || hasDeliverable || hasEvents }, claimingTimer: true)
         wokenFromHalt = claimedTimer != nil || hasDeliverable
     }
 }

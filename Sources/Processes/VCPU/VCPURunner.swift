@@ -42,6 +42,8 @@ final class VCPURunner: @unchecked Sendable {
     private let statistics: VCPUStatistics.Writer
     /// The exit being handled, and when KVM_RUN returned with it: its VMM time runs until the next entry.
     private var handling: (reason: UInt32, since: UInt64)?
+    /// A timer expiry this vCPU took itself and injected at the last entry, for the irqchip to hear of at the exit.
+    private var timerTakenToTell: UInt8?
 
     /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
     static let handlers: [Handler?] = {
@@ -84,6 +86,7 @@ final class VCPURunner: @unchecked Sendable {
         self.windowStepping = windowStepping
         // Asked on this vCPU's own thread, from its HLT wait.
         interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
+        interrupts.timerWatchEnded = { [unowned self] in self.devices.timerWatchEnded() }
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
@@ -91,6 +94,7 @@ final class VCPURunner: @unchecked Sendable {
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
         finishHandling(at: monotonicNanoseconds())
+        if let vector = timerTakenToTell { devices.timerTaken(vector) }
         devices.settleAll()
         return why
     }
@@ -118,7 +122,11 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 switch try interrupts.beforeEntry() {
                 case .offered(let vector): devices.acknowledgeInterrupt(vector)
-                case .timer(let vector): devices.timerTaken(vector)
+                case .timer(let vector):
+                    // Told at the next exit: the message's doorbell may wake the irqchip onto this CPU, which
+                    // would hold back the entry. Nothing the irqchip does meanwhile depends on it before then: the
+                    // guest's accesses to its APIC, and the next injection, come after an exit.
+                    timerTakenToTell = vector
                 case nil: break
                 }
                 try syscallFixup?.refreshIfDue()
@@ -128,6 +136,10 @@ final class VCPURunner: @unchecked Sendable {
                 seat.hold()
                 let reason = try vcpu.runOnce()
                 seat.release()
+                if let vector = timerTakenToTell {
+                    devices.timerTaken(vector)
+                    timerTakenToTell = nil
+                }
                 let exited = monotonicNanoseconds()
                 statistics.ran(nanoseconds: exited &- entered, exit: reason)
                 handling = (reason, exited)
