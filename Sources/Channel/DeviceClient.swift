@@ -47,10 +47,13 @@ public struct DeviceClient: @unchecked Sendable {
     public var sentPosition: UInt64 { requests.position }
 
     /// What a port read would give, answered from the device's published reads (see ReadMirror) when the device is
-    /// serving and had handled everything this lane sent when it published them; nil: make the call.
+    /// serving and had handled everything every lane sent when it published them; nil: make the call.
     public func mirroredPortRead(_ port: UInt16, size: Int) -> UInt64? {
         guard let readMirror, region.deviceStatus == .serving else { return nil }
-        return readMirror.read(port: port, size: size, lane: lane, sentPosition: requests.position)
+        let (own, mine, region) = (lane, requests.position, region)
+        return readMirror.read(port: port, size: size) {
+            $0 == own ? mine : region.requestRing($0).tail.pointee.load(ordering: .acquiring)
+        }
     }
 
     /// Queues an access without waiting for the device (port and MMIO writes).

@@ -2,10 +2,11 @@ import Synchronization
 
 /// Register reads a device publishes for its channel's vCPUs to answer themselves: the ports whose read has no
 /// side effect at the moment (a UART's LSR without an error to report, its scratch register, ...) with the value a
-/// read would give, and how far into each lane's requests the device had handled when it made the copy. A vCPU
-/// whose lane has sent nothing since reads the value here instead of asking the device: the answer is the one the
-/// round trip would give (everything it sent is in the copy; what changes the device on its own, such as input
-/// arriving, it republishes). A seqlock keeps a reader from taking half of one copy and half of the next.
+/// read would give, and how far into each lane's requests the device had handled when it made the copy. While no
+/// lane has sent anything since, a vCPU reads the value here instead of asking the device: the answer is the one
+/// the round trip would give (everything any vCPU sent is in the copy, so a write another vCPU made before this
+/// read, under the guest's lock, is too; what changes the device on its own, such as input arriving, it
+/// republishes). A seqlock keeps a reader from taking half of one copy and half of the next.
 ///
 /// Lives in the channel's header page, which a device process can scribble on: every word is read as hostile,
 /// though a device could answer the guest anything through a round trip anyway.
@@ -62,11 +63,11 @@ public struct ReadMirror: @unchecked Sendable {
     // MARK: vcpu side
 
     /// The value a `size`-byte read of `port` would give, if every byte of it is in a whole copy made once the
-    /// device had handled lane `lane`'s requests up to `sentPosition`; nil: ask the device.
-    public func read(port: UInt16, size: Int, lane: Int, sentPosition: UInt64) -> UInt64? {
+    /// device had handled every lane's requests up to `sent(lane)`; nil: ask the device.
+    public func read(port: UInt16, size: Int, sent: (Int) -> UInt64) -> UInt64? {
         let before = sequence.pointee.load(ordering: .acquiring)
-        guard before & 1 == 0, before != 0, lane < lanes, (1...8).contains(size) else { return nil }
-        guard position(lane).pointee.load(ordering: .relaxed) == sentPosition else { return nil }
+        guard before & 1 == 0, before != 0, (1...8).contains(size) else { return nil }
+        for lane in 0..<lanes where position(lane).pointee.load(ordering: .relaxed) != sent(lane) { return nil }
         let n = min(Int(count.pointee.load(ordering: .relaxed)), Self.capacity)
         var value: UInt64 = 0
         for byte in 0..<size {

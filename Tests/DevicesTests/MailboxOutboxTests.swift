@@ -154,6 +154,23 @@ final class MailboxOutboxTests: XCTestCase {
         XCTAssertFalse(mailbox.hasEvents(vcpu: 0))
     }
 
+    /// The timer-watch word is each vCPU's own and lives beside its vector and event words without touching them:
+    /// an offer, an event and another vCPU's watch leave it as it was, and it leaves them.
+    func testATimerLeftToOneVCPUIsThatVCPUsOnly() throws {
+        XCTAssertFalse(mailbox.timerLeftToVCPU(0))
+        mailbox.leaveTimer(true, vcpu: 1)
+        XCTAssertTrue(mailbox.timerLeftToVCPU(1))
+        XCTAssertFalse(mailbox.timerLeftToVCPU(0), "vCPU 0's timer stays the irqchip's")
+        XCTAssertTrue(mailbox.post(0x40, sequence: 1, vcpu: 1))
+        mailbox.signal(.init(nmis: 1), sequence: 1, vcpu: 1)
+        XCTAssertTrue(mailbox.timerLeftToVCPU(1))
+        XCTAssertEqual(mailbox.takeEvents(vcpu: 1), .init(nmis: 1))
+        XCTAssertEqual(mailbox.take(vcpu: 1), 0x40, "the offer is untouched by the watch")
+        mailbox.leaveTimer(false, vcpu: 1)
+        XCTAssertFalse(mailbox.timerLeftToVCPU(1))
+        XCTAssertEqual(mailbox.offer(vcpu: 1).state, .taken)
+    }
+
     /// An NMI through the ICR from `vcpu` to vCPU 1 (fixed destination, physical APIC ID 1).
     func sendNMI(_ irqchip: IRQChip, from vcpu: Int = 0) {
         irqchip.chip.write(vcpu: vcpu, address: lapicBase + 0x310, size: 4, value: 1 << 24, now: 0)
