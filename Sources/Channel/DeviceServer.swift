@@ -117,6 +117,12 @@ public struct DeviceServer: @unchecked Sendable {
         region.readMirror?.publish(reads, handled: requests.map(\.position))
     }
 
+    /// Takes the published reads away until the next `publishReads`: call it before the device changes on its own
+    /// (input arriving), since such a change can raise an interrupt whose handler must not read the older copy.
+    public func withdrawReads() {
+        region.readMirror?.invalidate()
+    }
+
     /// Tells the vCPUs this process serves the channel now (after a restart the supervisor leaves it marked
     /// restarting until then, so that a vCPU keeps waiting for a successor that is slow to start, not only for one
     /// that is slow to be started).

@@ -73,6 +73,16 @@ final class ReadMirrorTests: XCTestCase {
         XCTAssertEqual(s.lanes[0].mirroredPortRead(0x3fd, size: 1), 0x61)
     }
 
+    /// A device about to change on its own (input arriving) withdraws the copy until it publishes the next.
+    func testWithdrawnReadsGoToTheDeviceUntilTheNextPublication() throws {
+        let s = try Sides(lanes: 1)
+        s.server.publishReads([(0x3fd, 0x60)])
+        s.server.withdrawReads()
+        XCTAssertNil(s.lanes[0].mirroredPortRead(0x3fd, size: 1))
+        s.server.publishReads([(0x3fd, 0x61)])
+        XCTAssertEqual(s.lanes[0].mirroredPortRead(0x3fd, size: 1), 0x61)
+    }
+
     /// Only a serving device's copy counts: one being restarted or given up on answers nothing from it.
     func testOnlyAServingDevicesCopyIsRead() throws {
         let s = try Sides(lanes: 1)

@@ -87,6 +87,9 @@ public enum PIOProcess {
                 news.exitStatus = nil
             }
 
+            // Input changes the UART and the keyboard on their own and raises their lines at once: the copy goes
+            // first, so that the handler's reads (LSR, IIR, the i8042 status) come here until it is republished.
+            server.withdrawReads()
             try devices.pullInput()
             // The vCPUs answer side-effect-free reads (the UART's LSR above all) from this copy until the next.
             server.publishReads(devices.bus.sideEffectFreeReads())
@@ -95,7 +98,7 @@ public enum PIOProcess {
             if wantInput, !ready[0].isEmpty {
                 var count: UInt64 = 0
                 _ = Glibc.read(spec.console.inputFD, &count, 8)
-                try devices.pullInput()
+                // Taken at the top of the loop, after the requests that came meanwhile, with the copy withdrawn.
             }
         }
     }
