@@ -64,13 +64,17 @@ public enum IRQChipProcess {
         server.announceServing()
         lines.announceServing()
         var expirations: UInt64 = 0
-        /// When each vCPU's timerfd is armed to expire (CLOCK_MONOTONIC ns; 0: disarmed).
-        var armedAt = [UInt64](repeating: 0, count: spec.vcpuCount)
-        /// Whether this process reads and waits on `vcpu`'s timerfd now: not while the vCPU, halted, watches it
-        /// itself (InterruptMailbox.leaveTimer), unless its expiry is overdue by `timerLeftGraceNs` (a vCPU that
-        /// stopped watching without saying so must not stop its timer).
+        /// When a timer left to its halted vCPU (InterruptMailbox.leaveTimer) is overdue enough for this process to
+        /// read it anyway: `timerLeftGraceNs` after its armed time (the model's, which is what the timerfd holds);
+        /// nil when the timer is this process's to serve now, or disarmed.
+        func graceEnd(_ vcpu: Int) -> UInt64? {
+            guard mailbox.timerLeftToVCPU(vcpu), let at = chip.lapics[vcpu].timerArmedAt else { return nil }
+            return at &+ Self.timerLeftGraceNs
+        }
+        /// Whether this process reads and waits on `vcpu`'s timerfd now: not while the vCPU watches it itself,
+        /// unless the grace ran out (a vCPU that stopped watching without saying so must not stop its timer).
         func servesTimer(_ vcpu: Int, now: UInt64) -> Bool {
-            !mailbox.timerLeftToVCPU(vcpu) || (armedAt[vcpu] != 0 && now > armedAt[vcpu] &+ Self.timerLeftGraceNs)
+            !mailbox.timerLeftToVCPU(vcpu) || graceEnd(vcpu).map { now > $0 } ?? false
         }
 
         /// Records the state with both channels' positions in one step, then lets the peers see them consumed.
@@ -117,7 +121,6 @@ public enum IRQChipProcess {
         func publish(answering lane: Int? = nil) {
             for request in chip.takeTimerRequests() {
                 _ = vmm_timerfd_set_absolute(timers[request.vcpu], request.at ?? 0)
-                armedAt[request.vcpu] = request.at ?? 0
             }
             // The supervisor's hang watch: a timer this late means this process stopped serving.
             let due = chip.earliestTimer ?? 0
@@ -142,7 +145,6 @@ public enum IRQChipProcess {
             // Timers that fired, then everything the vCPUs sent, then the mailboxes.
             let awake = monotonicNanoseconds()
             for (i, fd) in timers.enumerated() where servesTimer(i, now: awake) && Glibc.read(fd, &expirations, 8) == 8 {
-                if armedAt[i] != 0, awake > armedAt[i] { armedAt[i] = 0 }  // one-shot: spent
                 chip.timerExpired(vcpu: i, now: monotonicNanoseconds())
             }
             while let (lane, m) = server.next(malformed: { Log.warning("dropping a malformed request: \($0)") }) {
@@ -174,7 +176,6 @@ public enum IRQChipProcess {
                 case .apicBase:
                     chip.setAPICBase(vcpu: lane, value: m.data)
                 case .timerTaken:
-                    if armedAt.indices.contains(lane) { armedAt[lane] = 0 }  // spent; a periodic timer re-arms
                     chip.timerTaken(vcpu: lane, vector: UInt8(truncatingIfNeeded: m.data), now: now)
                 case .timerWatchEnded:
                     break  // the wake-up was the point: the loop reads and waits on that timerfd again
@@ -187,8 +188,7 @@ public enum IRQChipProcess {
             // Timers a halted vCPU watches are its own; their grace running out is this wait's deadline.
             let now = monotonicNanoseconds()
             let served = timers.indices.filter { servesTimer($0, now: now) }
-            let graceEnds = timers.indices.filter { !served.contains($0) && armedAt[$0] != 0 }
-                .map { armedAt[$0] &+ Self.timerLeftGraceNs }.min()
+            let graceEnds = timers.indices.filter { !served.contains($0) }.compactMap(graceEnd).min()
             let timeoutMs = graceEnds.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
             _ = try DeviceServer.wait([server, lines], extra: served.map { timers[$0] }, timeoutMs: timeoutMs, window: &window)
         }
