@@ -4,6 +4,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <fcntl.h>
@@ -217,9 +219,64 @@ long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
     return n;
 }
 
+long vmm_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > 250) { errno = EINVAL; return -1; }
+    struct iovec iov = { (void *)buf, len };
+    char control[CMSG_SPACE(250 * sizeof(int))];
+    struct msghdr m = { 0 };
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (nfds > 0) {
+        memset(control, 0, sizeof control);
+        m.msg_control = control;
+        m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+    }
+    long n;
+    do { n = sendmsg(sock, &m, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds) {
+    struct iovec iov = { buf, len };
+    char control[CMSG_SPACE(250 * sizeof(int))];
+    struct msghdr m = { 0 };
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    *nfds = 0;
+    long n;
+    do { n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *data = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*nfds < max) fds[(*nfds)++] = data[i]; else close(data[i]);  // more than asked for: not kept
+        }
+    }
+    if (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) { errno = EMSGSIZE; return -1; }
+    return n;
+}
+
 int vmm_available_cpus(void) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
     int n = CPU_COUNT(&set);
     return n > 0 ? n : 1;
+}
+
+int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
+    if (count == 0 || count > 0xffff) return -EINVAL;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    struct sock_fprog prog = { (unsigned short)count, (struct sock_filter *)instructions };
+    long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
+    if (r < 0) return -errno;
+    return r == 0 ? 0 : -EAGAIN;  // a positive result names a thread that could not be synchronised
 }

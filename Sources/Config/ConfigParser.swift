@@ -342,6 +342,10 @@ public enum ConfigParser {
                 guard mode == "kill" || mode == "log" else { throw ConfigError(sr.child("seccomp"), "expected \"kill\" or \"log\"") }
                 s.sandbox.seccompLogOnly = mode == "log"
             }
+            if let start = try sr.string("helper_start") {
+                guard start == "fork" || start == "exec" else { throw ConfigError(sr.child("helper_start"), "expected \"fork\" or \"exec\"") }
+                s.sandbox.forkHelpers = start == "fork"
+            }
             // (uid_t)-1 means "unchanged" to setresuid; 0 and ids of accounts are refused in checkHelperIDs.
             let uid = try sr.integer("uid", in: 0...Int(UInt32.max - 1)), gid = try sr.integer("gid", in: 0...Int(UInt32.max - 1))
             if uid != nil || gid != nil {

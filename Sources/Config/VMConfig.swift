@@ -124,6 +124,9 @@ public struct VMConfig: Equatable, Sendable {
         public var gid: UInt32 = 64999
         public var sharedIDs = false
         public var idRange: Range<UInt32> = 64000..<65000
+        /// `helper_start`: "fork" (the default) forks helpers from vmm's launcher, "exec" execs each, which gives each a
+        /// fresh address-space layout for a few milliseconds more per start (see HelperLauncher).
+        public var forkHelpers = true
         /// Set only by `vmm run --unsafe-policy-dir` (for writing policies), never by a config file: read the role
         /// policies from this directory instead of the ones built into vmm. nil: the built-in ones.
         public var unsafePolicyDirectory: String?

@@ -47,7 +47,17 @@ public enum Privileges {
 /// Puts a process that was started in new namespaces into an empty, read-only root: a private mount tree, a
 /// tiny tmpfs made the root with pivot_root, the old root detached.
 public enum Jail {
+    /// The process is in its empty root already: a helper forked by the launcher enters it before it is told its
+    /// role (see HelperLauncher), and then only names its host.
+    nonisolated(unsafe) public private(set) static var entered = false
+
     public static func enterEmptyRoot(hostname: String) throws(Privileges.Error) {
+        if !entered { try enterEmptyRoot() }
+        if sethostname(hostname, hostname.utf8.count) != 0 { throw Privileges.fail("sethostname") }
+    }
+
+    /// The empty root without the host's name: nothing of the host's file system is reachable afterwards.
+    public static func enterEmptyRoot() throws(Privileges.Error) {
         if mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) != 0 { throw Privileges.fail("mount(/, MS_PRIVATE)") }
         // Any directory serves as the mount point: the mount is visible in this namespace only.
         if mount("vmm-empty-root", "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=4k,nr_inodes=4,mode=0555") != 0 {
@@ -59,6 +69,6 @@ public enum Jail {
         if chdir("/") != 0 { throw Privileges.fail("chdir(/)") }
         let flags = UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         if mount(nil, "/", nil, flags, nil) != 0 { throw Privileges.fail("remount / read-only") }
-        if sethostname(hostname, hostname.utf8.count) != 0 { throw Privileges.fail("sethostname") }
+        entered = true
     }
 }

@@ -62,6 +62,12 @@ public struct ChildProcess: ~Copyable, @unchecked Sendable {
         self.pidfd = pidfd
     }
 
+    /// A child of this process that another process started for it (the helper launcher forks helpers as this
+    /// process's children) and handed over with its pidfd.
+    public init(adopting pid: pid_t, pidfd: consuming FileDescriptor) {
+        self.init(pid: pid, pidfd: pidfd)
+    }
+
     public func kill(_ signal: Int32 = SIGKILL) {
         _ = vmm_pidfd_send_signal(pidfd.raw, signal)
     }

@@ -200,6 +200,14 @@ final class ConfigParserTests: XCTestCase {
         assertError(#"{\#(boot), "vmm": {"sandbox": {"seccomp": "off"}}}"#, "vmm.sandbox.seccomp: expected \"kill\" or \"log\"")
     }
 
+    func testHelpersAreForkedUnlessTheConfigSaysExec() throws {
+        XCTAssertTrue(try parse(#"{\#(boot)}"#).vmm.sandbox.forkHelpers)
+        XCTAssertTrue(try parse(#"{\#(boot), "vmm": {"sandbox": {"helper_start": "fork"}}}"#).vmm.sandbox.forkHelpers)
+        XCTAssertFalse(try parse(#"{\#(boot), "vmm": {"sandbox": {"helper_start": "exec"}}}"#).vmm.sandbox.forkHelpers)
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"helper_start": "spawn"}}}"#, "vmm.sandbox.helper_start: expected \"fork\" or \"exec\"")
+        assertError(#"{\#(boot), "vmm": {"sandbox": {"helper_start": 1}}}"#, "vmm.sandbox.helper_start: expected a string, found a number")
+    }
+
     func testHelpersRunAsAnIDOfTheirOwn() throws {
         assertError(#"{\#(boot), "vmm": {"sandbox": {"uid": 0}}}"#, "vmm.sandbox.uid: 0 is root; helpers must run as an unprivileged uid")
         assertError(#"{\#(boot), "vmm": {"sandbox": {"gid": 0}}}"#, "vmm.sandbox.gid: 0 is root's group; helpers must run as an unprivileged gid")

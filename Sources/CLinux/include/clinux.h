@@ -35,6 +35,27 @@ int vmm_set_affinity(pid_t pid, const int *cpus, int count);
 pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const int *fds, int nfds,
                 unsigned long namespaces, int parent_pidfd, int *pidfd_out, int *error_out);
 
+/// clone3 like vmm_spawn, but the child returns 0 from here (only for a single-threaded caller) with its identity set
+/// (namespaces, ids, signals, death with the parent) and only stderr and `keep_fd` (> 2) open: a helper not yet told
+/// its role, which gets its descriptors later (vmm_place_fds). `as_sibling`: the child becomes the caller's
+/// parent's child (CLONE_PARENT), which then reaps it; a failure of such a child is reported with its pid and pidfd
+/// (*error_out set), not reaped. Without `wait_ready` it returns at once: a child that fails then just exits.
+pid_t vmm_fork_blank(unsigned long namespaces, int as_sibling, int parent_pidfd, int keep_fd, int wait_ready,
+                     int *pidfd_out, int *error_out);
+
+/// `fds[i]` becomes descriptor i; every other descriptor is closed. 0 or -errno.
+int vmm_place_fds(const int *fds, int nfds);
+
+/// Makes /proc/self/cmdline show `text` (`len` bytes, NUL-separated and -terminated, kept allocated): a forked
+/// helper's command line reads as an exec'd one's. 0 or -errno.
+int vmm_set_command_line(const char *text, size_t len);
+/// Reads what vmm_set_command_line needs from /proc/self/stat ahead, for a process about to lose /proc. 0 or -errno.
+int vmm_read_memory_map(void);
+
+/// sendmsg/recvmsg of a message with up to 250 descriptors (SCM_RIGHTS); blocking. Received ones are close-on-exec.
+long vmm_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds);
+
 /// Installs the SIGSYS handler for seccomp's trap action: report the call on `report_fd` (a control pipe),
 /// then fail it with ENOSYS (`only_log`) or die by SIGSYS.
 /* Control records: what a helper tells the supervisor over its control pipe, 16 bytes each, little-endian
@@ -58,6 +79,10 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
 int vmm_sigsys_install(int report_fd, int only_log);
 /* The record the SIGSYS handler sends for a denied call `nr` (little-endian host: the bytes are the wire format). */
 void vmm_seccomp_record(int nr, int logged, uint32_t record[4]);
+
+/// Loads a classic-BPF seccomp filter of `count` instructions on every thread (TSYNC), after PR_SET_NO_NEW_PRIVS,
+/// as libseccomp's seccomp_load does by default. 0 or -errno.
+int vmm_seccomp_load_bpf(const void *instructions, size_t count);
 int vmm_pivot_root(const char *new_root, const char *put_old);
 /// Privilege dropping: calls that need _GNU_SOURCE or are variadic, and the constants Swift cannot see.
 int vmm_prctl5(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);

@@ -34,9 +34,14 @@ enum HelperSandbox {
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
         Log.debug("privileges dropped")
-        let policy = try Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table)
-        try SeccompFilter.load(policy, mode: spec.mode, reportFD: controlFD)
-        Log.debug("seccomp policy \(spec.policyName) compiled and loaded (\(policy.rules.count) rules)")
+        if let program = SeccompFilter.compiled[spec.policyText] {
+            try SeccompFilter.load(program, mode: spec.mode, reportFD: controlFD)
+            Log.debug("seccomp policy \(spec.policyName) loaded, compiled by the launcher (\(program.ruleCount) rules)")
+        } else {
+            let policy = try Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table)
+            try SeccompFilter.load(policy, mode: spec.mode, reportFD: controlFD)
+            Log.debug("seccomp policy \(spec.policyName) compiled and loaded (\(policy.rules.count) rules)")
+        }
         if let fault = spec.faultSyscall { provoke(fault) }
     }
 

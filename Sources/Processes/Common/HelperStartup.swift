@@ -7,7 +7,18 @@ import System
 /// What every helper process does first: name itself (in its log lines and for `ps`: it was exec'd as
 /// /proc/self/exe) and stop reacting to the terminal's signals (the supervisor handles Ctrl-C for everyone).
 /// Dying with the supervisor was arranged before exec (see vmm_spawn).
-enum HelperStartup {
+public enum HelperStartup {
+    /// A helper's whole life, exec'd (`vmm _role ROLE SPEC`) or forked by the launcher: its role's code with its
+    /// spec (JSON). Returns the exit status.
+    public static func run(_ role: Role, spec: String) -> Int32 {
+        switch role {
+        case .vcpu: VCPUProcess.main(specJSON: spec)
+        case .pio: PIOProcess.main(specJSON: spec)
+        case .irqchip: IRQChipProcess.main(specJSON: spec)
+        case .virtioBlock, .virtioNet, .virtioVsock, .virtioRNG: VirtioProcess.main(role: role, specJSON: spec)
+        }
+    }
+
     static func begin(role: Role, logLevel: Int) {
         Log.role = role.rawValue
         Log.level = Log.Level(rawValue: logLevel) ?? .warning

@@ -20,6 +20,8 @@ extension Supervisor {
     func watch(_ slots: [Slot], console: ConsolePump) throws -> ExitStatus {
         let faults = FaultInjector(config.vmm.faults, slots: slots, startedAt: monotonicNanoseconds())
         let ending = try firstDecisiveEvent(slots, console: console, faults: faults)
+        // What the guest wrote before the ending is committed already: out with it now, the rest after the settle.
+        console.drainOutput()
         settleDevices(slots.map(\.helper))
         console.drainOutput()
         reportFinalStatistics(slots)
@@ -50,8 +52,9 @@ extension Supervisor {
             let live = slots.filter { $0.helper.ended == nil }
             let standbys = slots.compactMap(\.standby)
             let consoleFDs = console.pollFDs
+            let placing = cgroupSetup.map { [$0.done.raw] } ?? []
             let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw }
-                + standbys.map { $0.process.pidfd.raw } + (api.control.map { [$0.pollFD] } ?? []) + consoleFDs
+                + standbys.map { $0.process.pidfd.raw } + (api.control.map { [$0.pollFD] } ?? []) + placing + consoleFDs
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
             if let due = apiWake { wake = min(wake ?? .max, due) }
@@ -84,6 +87,9 @@ extension Supervisor {
             }
             for (i, standby) in standbys.enumerated() where !ready[1 + open.count + live.count + i].isEmpty {
                 standbyDied(standby, in: slots)
+            }
+            if !placing.isEmpty, !ready[ready.count - consoleFDs.count - 1].isEmpty {
+                if let failure = finishCgroupSetup() { return Ending(status: .hostSetupFailed, message: failure) }
             }
             console.pump(ready: Array(ready.suffix(consoleFDs.count)))
             serveAPI(slots, console: console)

@@ -25,17 +25,24 @@ public final class Supervisor {
     let quirks: HostQuirks?
     /// This VM's own helper id (vmm run as root, no shared id in the config), held until the supervisor ends.
     private var idLease: HelperIDLease?
-    /// The cgroup every helper is put in, where the host lets vmm make one.
+    /// The cgroup every helper is put in, where the host lets vmm make one (known once `cgroupSetup` finished).
     private var cgroup: VMCgroup?
-    /// Helpers of the VM's start, spawned but not yet in the cgroup (see `placeStartingHelpers`); nil once placed.
+    /// The cgroup's making and the start's helpers' move into it, under way (see CgroupSetup); nil once finished.
+    var cgroupSetup: CgroupSetup?
+    /// Helpers of the VM's start, spawned but not yet handed to `cgroupSetup`; nil once handed over.
     private var unplaced: [(pid: pid_t, role: Role)]? = []
     /// The API's requests and the metrics (see Supervisor+API).
     let api: SupervisorAPI
+    /// Forks the helpers (see HelperLauncher); nil: they are exec'd (`vmm.sandbox.helper_start` "exec", or the
+    /// launcher could not start or has gone).
+    private var launcher: HelperLauncher?
 
     /// `signals` is a signalfd for SIGINT/SIGTERM/SIGHUP, opened before any thread existed. `control`: the API
     /// server's requests (`vmm run --api-sock`).
-    public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor, control: VMControl? = nil) {
+    public init(config: VMConfig, executable: String = "/proc/self/exe", signals: consuming FileDescriptor, control: VMControl? = nil,
+                launcher: HelperLauncher? = nil) {
         self.config = config
+        self.launcher = config.vmm.sandbox.forkHelpers ? launcher : nil
         api = SupervisorAPI(control: control)
         self.executable = executable
         self.signals = signals
@@ -134,14 +141,12 @@ public final class Supervisor {
             }
             Log.info("helpers run as uid and gid \(idLease?.id ?? 0)")
         }
-        do {
-            cgroup = try VMCgroup.create(name: "vmm-\(getpid())", limits: cgroupLimits())
-            Log.info("helpers run in \(cgroup?.directories.joined(separator: ", ") ?? "")")
-        } catch {
-            Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
-        }
+        cgroupSetup = try CgroupSetup(name: "vmm-\(getpid())", limits: cgroupLimits())
         // Removed once every helper is gone (this runs after stopAll below).
-        defer { cgroup?.remove() }
+        defer {
+            finishCgroupSetup()  // a move under way would keep a directory busy
+            cgroup?.remove()
+        }
         // Captured by the spec builders, which are kept for restarts.
         let config = self.config, quirks = self.quirks
         // Descriptors are boxed so that the spec builders below can capture them and FDList can keep them open.
@@ -286,7 +291,7 @@ public final class Supervisor {
             helpers.last?.lineWhenBroken = Self.lineWhenBroken(linesChannel, lanes: lanes(server), pulse: true)
         }
         Log.debug("helpers spawned")
-        try placeStartingHelpers()
+        placeStartingHelpers()
         api.helpersStartedMs = Int((monotonicNanoseconds() - startedAt) / 1_000_000)
         api.control?.startFinished(failure: nil)
         return try watch(helpers, console: console)
@@ -410,8 +415,7 @@ public final class Supervisor {
     /// Starts one helper role in its namespaces, with exactly `fds`, on `cpus` (all when empty).
     private func spawnHelper(_ role: Role, name: String? = nil, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32],
                              control: borrowing FileDescriptor, cpus: [Int], serves: [ChannelPlan] = []) throws -> Helper {
-        let process = try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
-                                             environment: Self.helperEnvironment + Log.formatEnvironment, namespaces: Self.helperNamespaces)
+        let process = try startProcess(role, spec: spec, stdio: stdio, fds: fds)
         if unplaced != nil {
             unplaced?.append((process.pid, role))
         } else {
@@ -423,25 +427,49 @@ public final class Supervisor {
         return Helper(role: role, name: name ?? role.rawValue, process: process, control: readEnd, channels: serves.map(\.region))
     }
 
+    /// The process itself: forked by the launcher, or exec'd when there is none (or it has gone).
+    private func startProcess(_ role: Role, spec: String, stdio: (Int32, Int32, Int32), fds: [Int32]) throws -> ChildProcess {
+        let environment = Self.helperEnvironment + Log.formatEnvironment
+        if let launcher {
+            do {
+                return try launcher.launch(role: role, spec: spec, environment: environment, stdio: stdio, fds: fds, namespaces: .forHelpers)
+            } catch .launcherGone(let error) {
+                Log.warning("\(error); exec'ing helpers from now on")
+                self.launcher = nil
+            } catch .startFailed(let error) {
+                throw error
+            }
+        }
+        return try ChildProcess.spawn(executable: executable, arguments: ["_role", role.rawValue, spec], stdio: stdio, fds: fds,
+                                      environment: environment, namespaces: .forHelpers)
+    }
+
+    /// Moves a helper started later (a restart, a standby) into the cgroup, once the cgroup's set-up is done.
     private func place(_ pid: pid_t, _ role: Role) throws(HostSetupError) {
+        if let failure = finishCgroupSetup() { throw HostSetupError(description: failure) }
         guard let cgroup else { return }
         do { try cgroup.add(pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
     }
 
-    /// Puts the helpers of the VM's start in its cgroup, once all are spawned. On cgroup v1 the first move of a
-    /// burst waits for an RCU grace period (about 12 ms here): made after each spawn, it held back the next helper's
-    /// spawn, and so the guest's first instruction, by that much. The helpers meanwhile run their first
-    /// milliseconds (their runtime's start, their sandbox) under their own limits (address space, no new files),
-    /// outside the VM's memory and process counts; a helper that cannot be placed fails the start.
-    private func placeStartingHelpers() throws(HostSetupError) {
-        let starting = unplaced ?? []
+    /// Hands the helpers of the VM's start, all spawned now, to the cgroup's set-up (see CgroupSetup): the helpers
+    /// meanwhile run their first milliseconds (their start, their sandbox) under their own limits (address space,
+    /// no new files), outside the VM's memory and process counts; a helper that cannot be placed fails the VM (the
+    /// watch loop hears it).
+    private func placeStartingHelpers() {
+        cgroupSetup?.place(unplaced ?? [])
         unplaced = nil
-        for (pid, role) in starting { try place(pid, role) }
     }
 
-    /// Every helper starts in its own mount, pid, ipc, uts and network namespaces. Run by a user other than
-    /// root, vmm adds a user namespace, which gives the helper just enough (inside it) to build its jail.
-    static var helperNamespaces: ChildProcess.Namespaces { geteuid() == 0 ? .all : ChildProcess.Namespaces.all.union(.user) }
+    /// Waits for the cgroup's set-up, if under way, and takes its outcome: the cgroup, and why the start's helpers
+    /// could not be placed, if they could not.
+    @discardableResult
+    func finishCgroupSetup() -> String? {
+        guard let setup = cgroupSetup else { return nil }
+        cgroupSetup = nil
+        let (group, failure) = setup.finish()
+        cgroup = group
+        return failure
+    }
 
     /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
     private func sandboxSpec(_ role: Role, device: String? = nil) throws -> SandboxSpec {

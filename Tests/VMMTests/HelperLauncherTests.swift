@@ -1,0 +1,61 @@
+import Foundation
+import XCTest
+
+/// Helpers forked by the launcher (the default) and helpers exec'd (`vmm.sandbox.helper_start: "exec"`): the same
+/// roles, command lines and parent; the launcher and its blanks hold nothing of the VM, and no forked device process
+/// maps what only the vcpu process may (guest RAM).
+final class HelperLauncherTests: GuestTestCase {
+    private func children(of pid: pid_t) -> [pid_t] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").compactMap { pid_t($0) }
+    }
+
+    private func comm(_ pid: pid_t) -> String {
+        ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func maps(_ pid: pid_t) throws -> String { try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) }
+
+    private func startPortLoop(sandbox: String = "") throws -> Harness.Run {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000",
+                                                         extra: sandbox.isEmpty ? "" : #", "sandbox": \#(sandbox)"#))
+        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+        return run
+    }
+
+    func testForkedHelpersLookExecdAndHoldNothingOfEachOther() throws {
+        let run = try startPortLoop()
+        defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
+        let supervisor = run.process.processIdentifier
+        let helpers = Harness.settledHelpers(of: supervisor, count: 3)
+        XCTAssertEqual(Set(helpers.compactMap(Harness.role)), ["vcpu", "pio", "irqchip"], "each by its `_role` command line")
+        for pid in helpers where Harness.role(of: pid) != "vcpu" {
+            XCTAssertTrue(Harness.waitUntilSandboxed(pid))
+            XCTAssertFalse(try maps(pid).contains("guest-ram"), "the \(Harness.role(of: pid) ?? "?") process maps guest RAM")
+        }
+        let launchers = children(of: supervisor).filter { comm($0) == "vmm-launcher" }
+        XCTAssertEqual(launchers.count, 1, "one launcher, a child of the supervisor")
+        for pid in launchers + children(of: supervisor).filter({ comm($0) == "vmm-blank" }) {
+            XCTAssertFalse(try maps(pid).contains("guest-ram"), "the launcher (or a blank) maps guest RAM")
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap(Int.init).sorted()
+            let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?" }
+            // Its stdio, its sockets (to the supervisor, to each blank) and pidfds (the supervisor's, the blanks'): no
+            // memory, no KVM, no doorbell, no file of the VM's.
+            let other = targets.dropFirst(3).filter { !$0.hasPrefix("socket:") && $0 != "anon_inode:[pidfd]" }
+            XCTAssertEqual(other, [], "\(comm(pid)) holds \(targets)")
+        }
+    }
+
+    func testHelperStartExecExecsEveryHelperAndKeepsNoLauncher() throws {
+        let run = try startPortLoop(sandbox: #"{"helper_start": "exec"}"#)
+        defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
+        let supervisor = run.process.processIdentifier
+        let helpers = Harness.settledHelpers(of: supervisor, count: 3)
+        XCTAssertEqual(Set(helpers.compactMap(Harness.role)), ["vcpu", "pio", "irqchip"])
+        for _ in 0..<100 where children(of: supervisor).contains(where: { ["vmm-launcher", "vmm-blank"].contains(comm($0)) }) {
+            usleep(10_000)
+        }
+        let leftovers = children(of: supervisor).filter { ["vmm-launcher", "vmm-blank"].contains(comm($0)) }
+        XCTAssertEqual(leftovers, [], "the launcher and its blanks are gone (and reaped) when helpers are exec'd")
+    }
+}
