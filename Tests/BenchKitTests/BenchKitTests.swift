@@ -93,3 +93,13 @@ final class RunStatisticsTests: XCTestCase {
         XCTAssertEqual(RunStatistics.parse("vcpu statistics (all vCPUs): KVM_RUN 0 entries, 0.0 ms; exits: none")?.byReason.count, 0)
     }
 }
+
+final class FirstExitTests: XCTestCase {
+    func testReadsTheSupervisorsStampOfTheFirstExit() {
+        let log = "[vmm] info: vcpu statistics (all vCPUs): KVM_RUN 4 entries, 0.1 ms; exits: io 3 (0.0 ms), hlt 1 (0.0 ms)\n"
+            + "[vmm] info: the guest's first exit came 8.31 ms after the supervisor started (first_exit_monotonic_ns=14105512327520)\n"
+        XCTAssertEqual(FirstExit.monotonicNanoseconds(in: log), 14_105_512_327_520)
+        XCTAssertNil(FirstExit.monotonicNanoseconds(in: "[vmm] info: vcpu statistics (all vCPUs): KVM_RUN 0 entries"))
+        XCTAssertNil(FirstExit.monotonicNanoseconds(in: "first_exit_monotonic_ns=)"), "no number, no stamp")
+    }
+}

@@ -58,4 +58,26 @@ final class HelperLauncherTests: GuestTestCase {
         let leftovers = children(of: supervisor).filter { ["vmm-launcher", "vmm-blank"].contains(comm($0)) }
         XCTAssertEqual(leftovers, [], "the launcher and its blanks are gone (and reaped) when helpers are exec'd")
     }
+
+    /// The launcher killed while the VM runs: the next helper (here the pio process's successor) is exec'd, with a
+    /// warning, and the guest loses nothing.
+    func testALauncherKilledMidRunMeansTheNextHelperIsExecd() throws {
+        let lines = 3000
+        let run = try Harness.run(
+            config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=\(lines)",
+                                   extra: #", "device_restart": {"standby": false}"#),
+            options: ["--inject-fault", "pio:kill,after_ms=400,count=1"])
+        let supervisor = run.process.processIdentifier
+        var launcher: pid_t?
+        for _ in 0..<200 where launcher == nil {
+            launcher = children(of: supervisor).first { comm($0) == "vmm-launcher" }
+            if launcher == nil { usleep(2_000) }
+        }
+        kill(try XCTUnwrap(launcher, "no launcher came up"), SIGKILL)
+        XCTAssertEqual(run.wait(timeout: 120), 1, run.stderr)
+        XCTAssertTrue(run.stderr.contains("exec'ing helpers from now on"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("1 faults, 1 restarts"), "the kill landed while the guest ran: \(run.stderr)")
+        let numbers = run.stdout.split(separator: "\n").compactMap { $0.hasPrefix("line ") ? Int($0.dropFirst(5)) : nil }
+        XCTAssertEqual(numbers, Array(0..<lines))
+    }
 }

@@ -9,7 +9,8 @@ import System
 /// line, the summary at the end of the run). Nothing here is a syscall on the vCPU's path: two CLOCK_MONOTONIC
 /// reads per exit, which the vDSO answers.
 ///
-/// Per vCPU (a block of `stride` bytes): KVM_RUN entries, nanoseconds inside KVM_RUN, then per KVM exit reason
+/// Per vCPU (a block of `stride` bytes): KVM_RUN entries, nanoseconds inside KVM_RUN, when (CLOCK_MONOTONIC) its
+/// first KVM_RUN returned (the guest had run its first instructions: start-up ends there), then per KVM exit reason
 /// (0..<`reasons`) the exits and the nanoseconds the VMM spent on them: from KVM_RUN's return to the next entry
 /// (the handler, and the interrupt injection before re-entering). So the two kinds of time add up to the vCPU's
 /// wall time, less the time it was paused by the API. An HLT's time includes the wait for the interrupt that
@@ -20,7 +21,7 @@ import System
 public final class VCPUStatistics: @unchecked Sendable {
     /// KVM exit reasons with a slot; a larger reason is not counted by reason (the vCPU stops on it anyway).
     public static let reasons = 64
-    static let headerWords = 2
+    static let headerWords = 3
     static let stride = ((headerWords + 2 * reasons) * 8 + 63) & ~63
 
     static func byteSize(vcpus: Int) -> Int { (vcpus * stride + 4095) & ~4095 }
@@ -59,8 +60,9 @@ public final class VCPUStatistics: @unchecked Sendable {
             w.pointee.store(w.pointee.load(ordering: .relaxed) &+ value, ordering: .relaxed)
         }
 
-        /// One KVM_RUN that took `nanoseconds` and returned with `reason`.
-        func ran(nanoseconds: UInt64, exit reason: UInt32) {
+        /// One KVM_RUN that took `nanoseconds` and returned with `reason` at `exited` (CLOCK_MONOTONIC).
+        func ran(nanoseconds: UInt64, exit reason: UInt32, at exited: UInt64) {
+            if base.pointee.load(ordering: .relaxed) == 0 { (base + 2).pointee.store(exited, ordering: .relaxed) }
             add(0, 1)
             add(1, nanoseconds)
             if reason < UInt32(VCPUStatistics.reasons) { add(VCPUStatistics.headerWords + 2 * Int(reason), 1) }
@@ -77,6 +79,8 @@ public final class VCPUStatistics: @unchecked Sendable {
     public struct Totals: Equatable, Sendable {
         public var entries: UInt64 = 0
         public var runNanoseconds: UInt64 = 0
+        /// When (CLOCK_MONOTONIC ns) the first KVM_RUN returned (the earliest of the vCPUs' in a sum); 0: none yet.
+        public var firstExitAt: UInt64 = 0
         /// Per KVM exit reason: exits, nanoseconds in the VMM.
         public var exits = [UInt64](repeating: 0, count: VCPUStatistics.reasons)
         public var handlingNanoseconds = [UInt64](repeating: 0, count: VCPUStatistics.reasons)
@@ -93,6 +97,7 @@ public final class VCPUStatistics: @unchecked Sendable {
         mutating func add(_ other: Totals) {
             entries &+= other.entries
             runNanoseconds &+= other.runNanoseconds
+            if other.firstExitAt != 0 && (firstExitAt == 0 || other.firstExitAt < firstExitAt) { firstExitAt = other.firstExitAt }
             for r in 0..<VCPUStatistics.reasons {
                 exits[r] &+= other.exits[r]
                 handlingNanoseconds[r] &+= other.handlingNanoseconds[r]
@@ -125,6 +130,7 @@ public final class VCPUStatistics: @unchecked Sendable {
         var t = Totals()
         t.entries = word(vcpu, 0).pointee.load(ordering: .relaxed)
         t.runNanoseconds = word(vcpu, 1).pointee.load(ordering: .relaxed)
+        t.firstExitAt = word(vcpu, 2).pointee.load(ordering: .relaxed)
         for r in 0..<Self.reasons {
             t.exits[r] = word(vcpu, Self.headerWords + 2 * r).pointee.load(ordering: .relaxed)
             t.handlingNanoseconds[r] = word(vcpu, Self.headerWords + 2 * r + 1).pointee.load(ordering: .relaxed)

@@ -213,15 +213,16 @@ extension HelperLauncher {
         let namespaces = ChildProcess.Namespaces.forHelpers.rawValue
         var pool: [Blank] = []
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
-        // While the supervisor reads its config and prepares the VM: the first helpers' filters and blanks, in the
-        // order they are needed; then the devices' filters.
-        var chores: [Chore] = [.blank, .compile(.vcpu), .blank, .compile(.pio), .blank, .compile(.irqchip), .blank]
+        // While the supervisor reads its config and prepares the VM: a blank and the filter of each of the first
+        // three helpers, in the order they are asked for. No more: on two CPUs, every other millisecond of work now
+        // delays the supervisor and those helpers. The fourth blank and the devices' filters come once the VM runs.
+        var chores: [Chore] = [.blank, .compile(.vcpu), .blank, .compile(.pio), .blank, .compile(.irqchip)]
         // Once the VM runs (see the refill below).
         var later: [Chore] = [Role.virtioBlock, .virtioNet, .virtioVsock, .virtioRNG].map { .compile($0) }
         var lastRequest: UInt64?
         while true {
-            // One chore at a time while no request waits. Blanks are made again only once no request came for a
-            // while: the helpers just handed out are starting on the same CPUs.
+            // One chore at a time while no request waits. Blanks are made again, and the later chores done, only
+            // once no request came for a while: the helpers just handed out are starting on the same CPUs.
             while (try? Poll.wait([socket], timeoutMs: 0))?.first?.isEmpty != false {
                 if let chore = chores.first {
                     chores.removeFirst()
@@ -236,8 +237,8 @@ extension HelperLauncher {
                     }
                     continue
                 }
-                guard pool.count < poolSize || !later.isEmpty else { break }
-                if let last = lastRequest, case let quiet = refillDelayNanoseconds, monotonicNanoseconds() - last < quiet {
+                guard pool.count < poolSize || !later.isEmpty, let last = lastRequest else { break }
+                if case let quiet = refillDelayNanoseconds, monotonicNanoseconds() - last < quiet {
                     let left = Int32((quiet - (monotonicNanoseconds() - last)) / 1_000_000) + 1
                     if (try? Poll.wait([socket], timeoutMs: left))?.first?.isEmpty == false { break }
                     continue

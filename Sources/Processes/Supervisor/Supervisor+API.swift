@@ -156,7 +156,13 @@ extension Supervisor {
     /// KVM_RUN and VMM time reads), and a last metrics line.
     func reportFinalStatistics(_ slots: [Slot]) {
         guard let statistics = api.vcpuStatistics else { return }
-        Log.info("vcpu statistics (all vCPUs): \(statistics.total().summary)")
+        let total = statistics.total()
+        Log.info("vcpu statistics (all vCPUs): \(total.summary)")
+        // Hostile numbers only printed: a vcpu process that writes nonsense here misreports only itself.
+        if total.firstExitAt > startedAt {
+            let ms = Double((total.firstExitAt - startedAt) / 10_000) / 100
+            Log.info("the guest's first exit came \(ms) ms after the supervisor started (first_exit_monotonic_ns=\(total.firstExitAt))")
+        }
         writeMetrics(slots)
     }
 

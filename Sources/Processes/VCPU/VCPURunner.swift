@@ -141,7 +141,7 @@ final class VCPURunner: @unchecked Sendable {
                     timerTakenToTell = nil
                 }
                 let exited = monotonicNanoseconds()
-                statistics.ran(nanoseconds: exited &- entered, exit: reason)
+                statistics.ran(nanoseconds: exited &- entered, exit: reason, at: exited)
                 handling = (reason, exited)
                 // A kick (KVM_EXIT_INTR) is no progress of the guest's: a HLT that stepping stopped before is still
                 // ahead, and must not be stepped.

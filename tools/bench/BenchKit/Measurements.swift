@@ -285,3 +285,15 @@ public struct RunStatistics: Equatable, Sendable {
         return RunStatistics(entries: entries, runMilliseconds: run, byReason: reasons)
     }
 }
+
+/// When the guest's first KVM exit came, from the supervisor's line at `--log-level info`:
+/// "the guest's first exit came X ms after the supervisor started (first_exit_monotonic_ns=N)". N is CLOCK_MONOTONIC,
+/// so a runner that noted the clock when it spawned vmm gets spawn to the guest's first instruction exactly.
+public enum FirstExit {
+    public static func monotonicNanoseconds(in log: String) -> UInt64? {
+        let key = "first_exit_monotonic_ns="
+        guard let line = log.split(whereSeparator: \.isNewline).last(where: { $0.contains(key) }),
+              let start = line.range(of: key) else { return nil }
+        return UInt64(line[start.upperBound...].prefix { $0.isNumber })
+    }
+}

@@ -187,10 +187,22 @@ struct BenchCommand: ParsableCommand {
             var starters = [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) + qemus.filter(\.irqchip)
             starters.shuffle()
             for m in starters where wants("startup") {
-                // firstbyte.elf writes to COM1 as its first instructions: spawn to the guest's first instruction.
-                let f = try Runner.run(m, kernel: guestDir + "/firstbyte.elf", args: "")
+                // firstbyte.elf writes to COM1 as its first instruction: spawn to that exit, as the supervisor's
+                // CLOCK_MONOTONIC stamp of the guest's first exit says (vmm at --log-level info; a vmm too old to
+                // say, and QEMU, have no such row), and spawn to the byte at this end of the console pipe.
+                var probe = m
+                if var ours = m as? OurVMM {
+                    ours.options += ["--log-level", "info"]
+                    probe = ours
+                }
+                let f = try Runner.run(probe, kernel: guestDir + "/firstbyte.elf", args: "", captureLog: true)
                 if f.status == 1, f.output.hasPrefix("!"), let first = f.firstByte {
-                    add("start-up to the guest's first instruction: \(m.name)", first * 1000)
+                    add("start-up to the guest's first UART byte: \(m.name)", first * 1000)
+                    if let exit = FirstExit.monotonicNanoseconds(in: f.log), exit > f.spawnedAt {
+                        add("start-up to the guest's first instruction: \(m.name)", Double(exit - f.spawnedAt) / 1e6)
+                    } else if m.name == "vmm" {
+                        failures["start-up to the guest's first instruction: vmm"] = "no first-exit stamp in its log"
+                    }
                 } else {
                     failures["start-up to the guest's first instruction: \(m.name)"] = "the guest did not write its byte and exit (\(Self.why(f)))"
                 }
@@ -300,13 +312,15 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         }
-        row("start-up to the guest's first instruction: vmm", "ms", goal: 15, note: "its first UART byte")
+        row("start-up to the guest's first instruction: vmm", "ms", goal: 15, note: "its first exit, by vmm's clock")
+        row("start-up to the guest's first UART byte: vmm", "ms", note: "the same guest's byte at this end of the console pipe")
         row("start-up to first UART byte: vmm", "ms")
         row("start-up to exit: vmm", "ms")
         row("start-up to first UART byte: baseline vmm", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: baseline vmm", "ms", baseline: "start-up to exit: vmm")
         row("start-up to the guest's first instruction: baseline vmm", "ms", baseline: "start-up to the guest's first instruction: vmm")
-        row("start-up to the guest's first instruction: qemu", "ms", baseline: "start-up to the guest's first instruction: vmm")
+        row("start-up to the guest's first UART byte: baseline vmm", "ms", baseline: "start-up to the guest's first UART byte: vmm")
+        row("start-up to the guest's first UART byte: qemu", "ms", baseline: "start-up to the guest's first UART byte: vmm")
         row("start-up to first UART byte: qemu", "ms", baseline: "start-up to first UART byte: vmm")
         row("start-up to exit: qemu", "ms", baseline: "start-up to exit: vmm")
         for device in ["pio", "irqchip"] {

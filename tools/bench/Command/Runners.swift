@@ -8,6 +8,8 @@ struct GuestRun {
     /// Seconds from spawn to the first console byte, and to exit.
     var firstByte: Double?
     var total: Double = 0
+    /// CLOCK_MONOTONIC just before the spawn (nanoseconds).
+    var spawnedAt: UInt64 = 0
     /// What the VMM logged, when the run captured it.
     var log = ""
 }
@@ -119,6 +121,9 @@ enum Runner {
         let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB, log: logFile)
         var result = GuestRun()
         let start = Date()
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        result.spawnedAt = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
         try p.run()
         let killer = DispatchWorkItem { p.terminate() }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
