@@ -183,23 +183,29 @@ int vmm_accept_nonblocking(int listener) { return accept4(listener, NULL, NULL, 
 
 int vmm_seqpacket_pair(int fds[2]) { return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds); }
 
-long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+// One sendmsg of `buf` with `nfds` (0-250) descriptors as SCM_RIGHTS.
+static long send_rights(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > 250) { errno = EINVAL; return -1; }
     struct iovec iov = { (void *)buf, len };
-    char control[CMSG_SPACE(sizeof(int))];
+    char control[CMSG_SPACE(250 * sizeof(int))];
     struct msghdr m = { 0 };
     m.msg_iov = &iov;
     m.msg_iovlen = 1;
-    if (fd >= 0) {
+    if (nfds > 0) {
         memset(control, 0, sizeof control);
         m.msg_control = control;
-        m.msg_controllen = sizeof control;
+        m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
         struct cmsghdr *c = CMSG_FIRSTHDR(&m);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     }
     return sendmsg(sock, &m, MSG_NOSIGNAL);
+}
+
+long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+    return send_rights(sock, buf, len, &fd, fd >= 0 ? 1 : 0);
 }
 
 long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
@@ -220,24 +226,8 @@ long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
 }
 
 long vmm_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
-    if (nfds < 0 || nfds > 250) { errno = EINVAL; return -1; }
-    struct iovec iov = { (void *)buf, len };
-    char control[CMSG_SPACE(250 * sizeof(int))];
-    struct msghdr m = { 0 };
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    if (nfds > 0) {
-        memset(control, 0, sizeof control);
-        m.msg_control = control;
-        m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
-        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    }
     long n;
-    do { n = sendmsg(sock, &m, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    do { n = send_rights(sock, buf, len, fds, nfds); } while (n < 0 && errno == EINTR);
     return n;
 }
 

@@ -96,56 +96,6 @@ struct RunRequest {
     var injectFault: [String] = []
     var faultReport: String?
 
-    /// `run`'s options (after `run`) read without the argument parser: `--name value`, `--name=value` and the flag,
-    /// each single-valued option at most once, with --config-file or --api-sock. nil for anything else (help, an
-    /// unknown, repeated or incomplete option), which the parser then reports as usual.
-    init?(quick arguments: ArraySlice<String>) {
-        var rest = arguments[...]
-        while let argument = rest.popFirst() {
-            guard argument.hasPrefix("--") else { return nil }
-            if argument == "--seccomp-log" {
-                guard !seccompLog else { return nil }
-                seccompLog = true
-                continue
-            }
-            let name: Substring, value: String
-            if let equals = argument.firstIndex(of: "=") {
-                name = argument[argument.index(argument.startIndex, offsetBy: 2)..<equals]
-                value = String(argument[argument.index(after: equals)...])
-            } else {
-                guard let next = rest.popFirst(), !next.hasPrefix("-") else { return nil }
-                name = argument.dropFirst(2)
-                value = next
-            }
-            func once(_ slot: inout String?) -> Bool {
-                guard slot == nil else { return false }
-                slot = value
-                return true
-            }
-            switch name {
-            case "config-file": guard once(&configFile) else { return nil }
-            case "api-sock": guard once(&apiSock) else { return nil }
-            case "log-level": guard once(&logLevel) else { return nil }
-            case "unsafe-policy-dir": guard once(&unsafePolicyDir) else { return nil }
-            case "fault-report": guard once(&faultReport) else { return nil }
-            case "inject-fault": injectFault.append(value)
-            default: return nil
-            }
-        }
-        guard configFile != nil || apiSock != nil else { return nil }
-    }
-
-    init(configFile: String?, apiSock: String?, logLevel: String?, seccompLog: Bool, unsafePolicyDir: String?,
-         injectFault: [String], faultReport: String?) {
-        self.configFile = configFile
-        self.apiSock = apiSock
-        self.logLevel = logLevel
-        self.seccompLog = seccompLog
-        self.unsafePolicyDir = unsafePolicyDir
-        self.injectFault = injectFault
-        self.faultReport = faultReport
-    }
-
     func run() throws {
         // Before any thread exists, so that every thread inherits the mask and the signalfd sees them all.
         let signals: FileDescriptor
@@ -218,6 +168,48 @@ struct RunRequest {
         case "trace": return .trace
         default: return nil
         }
+    }
+}
+
+/// Kept out of the type so that it keeps its memberwise initializer (the argument parser's path uses it).
+extension RunRequest {
+    /// `run`'s options (after `run`) read without the argument parser: `--name value`, `--name=value` and the flag,
+    /// each single-valued option at most once, with --config-file or --api-sock. nil for anything else (help, an
+    /// unknown, repeated or incomplete option), which the parser then reports as usual.
+    init?(quick arguments: ArraySlice<String>) {
+        var rest = arguments[...]
+        while let argument = rest.popFirst() {
+            guard argument.hasPrefix("--") else { return nil }
+            if argument == "--seccomp-log" {
+                guard !seccompLog else { return nil }
+                seccompLog = true
+                continue
+            }
+            let name: Substring, value: String
+            if let equals = argument.firstIndex(of: "=") {
+                name = argument[argument.index(argument.startIndex, offsetBy: 2)..<equals]
+                value = String(argument[argument.index(after: equals)...])
+            } else {
+                guard let next = rest.popFirst(), !next.hasPrefix("-") else { return nil }
+                name = argument.dropFirst(2)
+                value = next
+            }
+            func once(_ slot: inout String?) -> Bool {
+                guard slot == nil else { return false }
+                slot = value
+                return true
+            }
+            switch name {
+            case "config-file": guard once(&configFile) else { return nil }
+            case "api-sock": guard once(&apiSock) else { return nil }
+            case "log-level": guard once(&logLevel) else { return nil }
+            case "unsafe-policy-dir": guard once(&unsafePolicyDir) else { return nil }
+            case "fault-report": guard once(&faultReport) else { return nil }
+            case "inject-fault": injectFault.append(value)
+            default: return nil
+            }
+        }
+        guard configFile != nil || apiSock != nil else { return nil }
     }
 }
 

@@ -239,9 +239,9 @@ class GuestTestCase: XCTestCase {
         XCTAssertEqual(left, [], "helper processes outlived the test")
     }
 
-    /// A guest that runs until stopped: the CPL3 port loop with a huge count.
-    func startEndlessGuest(options: [String] = []) throws -> Harness.Run {
-        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000"),
+    /// A guest that runs until stopped: the CPL3 port loop with a huge count. `extra`: more "vmm" settings.
+    func startEndlessGuest(options: [String] = [], extra: String = "") throws -> Harness.Run {
+        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000", extra: extra),
                                   options: options)
         XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
         return run

@@ -16,15 +16,8 @@ final class HelperLauncherTests: GuestTestCase {
 
     private func maps(_ pid: pid_t) throws -> String { try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) }
 
-    private func startPortLoop(sandbox: String = "") throws -> Harness.Run {
-        let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000",
-                                                         extra: sandbox.isEmpty ? "" : #", "sandbox": \#(sandbox)"#))
-        XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
-        return run
-    }
-
     func testForkedHelpersLookExecdAndHoldNothingOfEachOther() throws {
-        let run = try startPortLoop()
+        let run = try startEndlessGuest()
         defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
         let supervisor = run.process.processIdentifier
         let helpers = Harness.settledHelpers(of: supervisor, count: 3)
@@ -47,7 +40,7 @@ final class HelperLauncherTests: GuestTestCase {
     }
 
     func testHelperStartExecExecsEveryHelperAndKeepsNoLauncher() throws {
-        let run = try startPortLoop(sandbox: #"{"helper_start": "exec"}"#)
+        let run = try startEndlessGuest(extra: #", "sandbox": {"helper_start": "exec"}"#)
         defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }
         let supervisor = run.process.processIdentifier
         let helpers = Harness.settledHelpers(of: supervisor, count: 3)

@@ -4,9 +4,9 @@ import Glibc
 import Machine
 import System
 
-/// What every helper process does first: name itself (in its log lines and for `ps`: it was exec'd as
-/// /proc/self/exe) and stop reacting to the terminal's signals (the supervisor handles Ctrl-C for everyone).
-/// Dying with the supervisor was arranged before exec (see vmm_spawn).
+/// What every helper process does first: name itself (in its log lines and for `ps`: its executable is
+/// /proc/self/exe, exec'd or forked) and stop reacting to the terminal's signals (the supervisor handles Ctrl-C for
+/// everyone). Dying with the supervisor was arranged at the clone (see vmm_spawn, vmm_fork_blank).
 public enum HelperStartup {
     /// A helper's whole life, exec'd (`vmm _role ROLE SPEC`) or forked by the launcher: its role's code with its
     /// spec (JSON). Returns the exit status.

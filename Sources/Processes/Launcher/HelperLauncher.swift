@@ -154,15 +154,10 @@ struct LaunchRequest: Equatable {
         let fields = [role.rawValue, String(namespaces), String(fdCount), String(environment.count)] + environment + [spec]
         return Array(fields.joined(separator: "\0").utf8)
     }
+}
 
-    init(role: Role, namespaces: UInt, fdCount: Int, environment: [String], spec: String) {
-        self.role = role
-        self.namespaces = namespaces
-        self.fdCount = fdCount
-        self.environment = environment
-        self.spec = spec
-    }
-
+/// Kept out of the type so that it keeps its memberwise initializer.
+extension LaunchRequest {
     init?(decoding bytes: ArraySlice<UInt8>) {
         let fields = bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         guard fields.count >= 5, let role = Role(rawValue: fields[0]), let namespaces = UInt(fields[1]),
@@ -233,7 +228,7 @@ extension HelperLauncher {
                             try? SeccompFilter.precompile(text, file: role.policyFile, constants: PolicyConstants.table)
                         }
                     case .blank:
-                        if pool.count < poolSize, let blank = forkBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
+                        if pool.count < poolSize, let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
                     }
                     continue
                 }
@@ -244,7 +239,7 @@ extension HelperLauncher {
                     continue
                 }
                 if pool.count < poolSize {
-                    guard let blank = forkBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) else { break }
+                    guard let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) else { break }
                     pool.append(blank)
                 } else {
                     chores = later
@@ -265,48 +260,38 @@ extension HelperLauncher {
                 continue
             }
             lastRequest = monotonicNanoseconds()
-            // A blank that cannot take the request (it died) is closed and the next one tried; with none left, one
-            // is forked now, and its failure to start is the request's.
-            var handed = false
-            while !handed {
-                let blank: Blank
-                if !pool.isEmpty && request.namespaces == namespaces {
-                    blank = pool.removeFirst()
-                } else {
-                    var pidfd: Int32 = -1, error: Int32 = 0, pair: [Int32] = [-1, -1]
-                    guard vmm_seqpacket_pair(&pair) == 0 else { reply(socket, pid: -1, error: errno, pidfd: -1); break }
-                    let pid = vmm_fork_blank(request.namespaces, 1, supervisorPidfd, pair[1], 1, &pidfd, &error)
-                    if pid == 0 { close(pair[0]); blankLife(pair[1]) }
-                    close(pair[1])
-                    guard pid > 0, error == 0 else {
-                        close(pair[0])
-                        reply(socket, pid: pid, error: error != 0 ? error : EIO, pidfd: pidfd)
-                        if pidfd >= 0 { close(pidfd) }
-                        break
-                    }
-                    blank = Blank(pid: pid, pidfd: pidfd, socket: pair[0])
+            defer { fds.forEach { _ = close($0) } }
+            let blank: Blank
+            if !pool.isEmpty && request.namespaces == namespaces {
+                blank = pool.removeFirst()
+            } else {
+                // None ready: one forked now, and waited for, so that its failure to start is the request's.
+                switch forkBlank(namespaces: request.namespaces, supervisorPidfd: supervisorPidfd, waitReady: true) {
+                case .ready(let started):
+                    blank = started
+                case .failed(let pid, let pidfd, let error):
+                    reply(socket, pid: pid, error: error, pidfd: pidfd)
+                    if pidfd >= 0 { close(pidfd) }
+                    continue
                 }
-                handed = forward(header, fds, to: blank.socket)
-                close(blank.socket)
-                if handed {
-                    reply(socket, pid: blank.pid, error: 0, pidfd: blank.pidfd)
-                } else {
-                    // It died before it was told its role (it says why on stderr): named to the supervisor, whose
-                    // child it is, to reap, and which then execs its helpers instead.
-                    _ = vmm_pidfd_send_signal(blank.pidfd, SIGKILL)
-                    reply(socket, pid: blank.pid, error: blankDied, pidfd: blank.pidfd)
-                    handed = true
-                }
-                close(blank.pidfd)
             }
-            fds.forEach { _ = close($0) }
+            if forward(header, fds, to: blank.socket) {
+                reply(socket, pid: blank.pid, error: 0, pidfd: blank.pidfd)
+            } else {
+                // It died before it was told its role (it says why on stderr): named to the supervisor, whose child
+                // it is, to reap, and which then execs its helpers instead.
+                _ = vmm_pidfd_send_signal(blank.pidfd, SIGKILL)
+                reply(socket, pid: blank.pid, error: blankDied, pidfd: blank.pidfd)
+            }
+            close(blank.socket)
+            close(blank.pidfd)
         }
     }
 
     /// The largest request: a spec is far below this (an exec'd helper's argument may not pass 128 KiB).
     static let messageCapacity = 1 << 20
 
-    /// A request's header (empty: retire) and all its descriptors; nil when the socket closed.
+    /// A request's header (or the retire message) and all its descriptors; nil when the socket closed.
     private static func receiveRequest(_ socket: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> (ArraySlice<UInt8>, [Int32])? {
         var fds = [Int32](repeating: -1, count: descriptorsPerMessage)
         var count: Int32 = 0
@@ -345,20 +330,36 @@ extension HelperLauncher {
         return true
     }
 
-    private static func forkBlank(namespaces: UInt, supervisorPidfd: Int32) -> Blank? {
+    private enum BlankStart {
+        case ready(Blank)
+        /// The clone failed (pid -1), or, waited for, the child did (its pid and pidfd: the supervisor reaps it).
+        case failed(pid: pid_t, pidfd: Int32, error: Int32)
+    }
+
+    /// Forks a blank; `waitReady`: returns only once it is in its namespaces with its ids, or failed there.
+    private static func forkBlank(namespaces: UInt, supervisorPidfd: Int32, waitReady: Bool) -> BlankStart {
         var pair: [Int32] = [-1, -1]
-        guard vmm_seqpacket_pair(&pair) == 0 else { return nil }
+        guard vmm_seqpacket_pair(&pair) == 0 else { return .failed(pid: -1, pidfd: -1, error: errno) }
         var pidfd: Int32 = -1, error: Int32 = 0
-        let pid = vmm_fork_blank(namespaces, 1, supervisorPidfd, pair[1], 0, &pidfd, &error)
+        let pid = vmm_fork_blank(namespaces, 1, supervisorPidfd, pair[1], waitReady ? 1 : 0, &pidfd, &error)
         if pid == 0 { close(pair[0]); blankLife(pair[1]) }
         close(pair[1])
         guard pid > 0, error == 0 else {
-            // Not kept: a failure shows again, with its reason, when a request forks one on the spot.
             close(pair[0])
+            return .failed(pid: pid, pidfd: pidfd, error: error != 0 ? error : EIO)
+        }
+        return .ready(Blank(pid: pid, pidfd: pidfd, socket: pair[0]))
+    }
+
+    /// A blank for the pool, not waited for; nil if it could not be forked (a failure shows again, with its reason,
+    /// when a request forks one on the spot).
+    private static func pooledBlank(namespaces: UInt, supervisorPidfd: Int32) -> Blank? {
+        switch forkBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd, waitReady: false) {
+        case .ready(let blank): return blank
+        case .failed(_, let pidfd, _):
             if pidfd >= 0 { close(pidfd) }
             return nil
         }
-        return Blank(pid: pid, pidfd: pidfd, socket: pair[0])
     }
 
     /// A blank's life: wait for its request, then become that helper. Ends quietly if the launcher goes first.

@@ -138,17 +138,7 @@ final class VMCgroup: Sendable {
     /// Moves a helper into the VM's cgroup (in every hierarchy). One that has exited already needs no place (its
     /// end is the watch loop's to handle): not an error.
     func add(_ pid: pid_t) throws(Unavailable) {
-        for dir in directories {
-            let path = dir + "/cgroup.procs"
-            do {
-                let fd = try FileDescriptor.open(path, O_WRONLY | O_NOFOLLOW)
-                try fd.writeAll(Array("\(pid)".utf8))
-            } catch where error.errno == ESRCH {
-                return
-            } catch {
-                throw Unavailable(description: "\(path): \(error)")
-            }
-        }
+        for dir in directories { try Self.write("\(pid)", to: dir + "/cgroup.procs", tolerating: ESRCH) }
     }
 
     /// Removes the cgroup once its processes are gone (a cgroup with processes cannot be removed).
@@ -162,12 +152,13 @@ final class VMCgroup: Sendable {
         }
     }
 
-    private static func write(_ text: String, to path: String, optional: Bool = false) throws(Unavailable) {
+    /// Writes `text` to a cgroup file; `optional`: no error if that fails, `tolerating`: no error for that errno.
+    private static func write(_ text: String, to path: String, optional: Bool = false, tolerating tolerated: Int32? = nil) throws(Unavailable) {
         do {
             let fd = try FileDescriptor.open(path, O_WRONLY | O_NOFOLLOW)
             try fd.writeAll(Array(text.utf8))
         } catch {
-            if optional { return }
+            if optional || error.errno == tolerated { return }
             throw Unavailable(description: "\(path): \(error)")
         }
     }
@@ -184,7 +175,7 @@ final class CgroupSetup: @unchecked Sendable {
     private let go: EventFD
     private final class Shared: Sendable {
         let helpers = Mutex<[(pid: pid_t, role: Role)]>([])
-        let outcome = Mutex<(cgroup: VMCgroup?, unavailable: String?, failure: String?)>((nil, nil, nil))
+        let outcome = Mutex<(cgroup: VMCgroup?, failure: String?)>((nil, nil))
     }
     private let shared = Shared()
     private var thread: OSThread?
@@ -199,7 +190,6 @@ final class CgroupSetup: @unchecked Sendable {
                 shared.outcome.withLock { $0.cgroup = group }
                 Log.info("helpers run in \(group.directories.joined(separator: ", "))")
             } catch {
-                shared.outcome.withLock { $0.unavailable = "\(error)" }
                 Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
             }
             _ = try? Poll.wait([goFD], timeoutMs: -1)
