@@ -129,13 +129,14 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         puts("\n");
     }
     if (shorthands) {
-        static const uint32_t cases[][2] = {
-            { 0, (2u << 18) | 0x53 },             /* all including self */
-            { 0, (3u << 18) | 0x53 },             /* all excluding self */
-            { 0xff000000, 0x53 },                 /* physical broadcast */
-            { 0xff000000, (1u << 11) | 0x53 },    /* logical broadcast */
-            { 0, (1u << 18) | 0x53 },             /* self */
-            { 0x02000000, (1u << 11) | 0x53 },    /* logical ID 2 */
+        /* Destination, command, and the CPUs meant to take it (bit 0: BSP, bit 1: AP). */
+        static const uint32_t cases[][3] = {
+            { 0, (2u << 18) | 0x53, 3 },          /* all including self */
+            { 0, (3u << 18) | 0x53, 2 },          /* all excluding self */
+            { 0xff000000, 0x53, 3 },              /* physical broadcast */
+            { 0xff000000, (1u << 11) | 0x53, 3 }, /* logical broadcast */
+            { 0, (1u << 18) | 0x53, 1 },          /* self */
+            { 0x02000000, (1u << 11) | 0x53, 2 }, /* logical ID 2 */
         };
         puts("smp: shorthands=");
         __asm__ volatile("sti");
@@ -143,7 +144,11 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
             short_got[0] = short_got[1] = 0;
             lapic[0x310 / 4] = cases[c][0];
             lapic[0x300 / 4] = cases[c][1];
-            /* Each CPU takes it within these reads (the AP waits in HLT with IF set), a wrong one too. */
+            /* Until the CPUs meant to take it have (the AP waits in HLT with IF set; its wake-up can take
+             * milliseconds on a busy host), at most about a second, then as long again as a delivery usually
+             * takes, in which a wrong or doubled one shows. */
+            for (uint32_t i = 0; i < 100000 && ((short_got[0] ? 1u : 0u) | (short_got[1] ? 2u : 0u)) != cases[c][2]; i++)
+                (void)inb(COM1 + 5);
             for (int i = 0; i < 300; i++) (void)inb(COM1 + 5);
             put_dec(short_got[0]);
             put_dec(short_got[1]);
