@@ -184,9 +184,9 @@ pid_t vmm_fork_blank(unsigned long namespaces, int as_sibling, int parent_pidfd,
     return await_child(pid, pidfd, report, !as_sibling, pidfd_out, error_out);
 }
 
-int vmm_place_fds(const int *fds, int nfds) {
+int vmm_place_fds(const int *fds, int nfds, int *keep) {
     int none = -1;
-    int step = move_fds(fds, nfds, &none);
+    int step = move_fds(fds, nfds, keep ? keep : &none);
     return step ? -(errno ? errno : EBADF) : 0;
 }
 

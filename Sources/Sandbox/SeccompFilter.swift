@@ -67,19 +67,35 @@ public enum SeccompFilter {
         if r != 0 { throw Error(description: "seccomp_load failed: \(String(cString: strerror(-r)))") }
     }
 
-    /// A compiled filter, ready to load: classic BPF, as libseccomp exports it.
-    public struct Program: Sendable {
+    /// A compiled filter, ready to load: classic BPF, as libseccomp exports it. The mode (kill or log) is the SIGSYS
+    /// handler's, not the filter's, so one program serves both.
+    public struct Program: Sendable, Equatable {
         let instructions: [UInt8]
         public let ruleCount: Int
+
+        /// The program as bytes, for another process of this binary (`init(serialized:)`).
+        public var serialized: [UInt8] {
+            withUnsafeBytes(of: UInt64(ruleCount).littleEndian) { Array($0) } + instructions
+        }
+
+        /// nil unless `bytes` are a rule count and a whole number of BPF instructions.
+        public init?(serialized bytes: some Collection<UInt8>) {
+            let bytes = Array(bytes)
+            guard bytes.count > 8, (bytes.count - 8) % 8 == 0 else { return nil }
+            let count = bytes[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            guard count <= UInt64(Int.max) else { return nil }
+            self.init(instructions: Array(bytes[8...]), ruleCount: Int(count))
+        }
+
+        init(instructions: [UInt8], ruleCount: Int) {
+            self.instructions = instructions
+            self.ruleCount = ruleCount
+        }
     }
 
-    /// Filters compiled ahead of need, by policy text: the helper launcher compiles the built-in policies before it
-    /// forks the helpers (about 1 ms each here, on the way to the guest's first instruction), and a forked helper
-    /// finds its own here. The mode (kill or log) is the SIGSYS handler's, not the filter's.
-    nonisolated(unsafe) public private(set) static var compiled: [String: Program] = [:]
-
-    /// Compiles `text` (a policy file's) into `compiled`.
-    public static func precompile(_ text: String, file: String, constants: [String: UInt64]) throws {
+    /// Compiles `text` (a policy file's) without loading it, for another process to load (the helper launcher
+    /// compiles the built-in policies while the helpers it forked set up).
+    public static func program(_ text: String, file: String, constants: [String: UInt64]) throws -> Program {
         let policy = try Policy.parse(text, file: file, constants: constants)
         let ctx = try compile(policy)
         defer { seccomp_release(ctx) }
@@ -93,7 +109,7 @@ public enum SeccompFilter {
         guard size > 0, size % 8 == 0, bytes.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, size, 0) }) == size else {
             throw Error(description: "reading the exported filter back failed")
         }
-        compiled[text] = Program(instructions: bytes, ruleCount: policy.rules.count)
+        return Program(instructions: bytes, ruleCount: policy.rules.count)
     }
 
     /// Installs the SIGSYS handler and loads a precompiled filter on every thread (TSYNC), as `load` does.

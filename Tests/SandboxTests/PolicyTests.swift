@@ -52,4 +52,18 @@ final class PolicyTests: XCTestCase {
         XCTAssertThrowsError(try SeccompFilter.compile(bad))
         XCTAssertEqual(SeccompFilter.name(of: 257), "openat")
     }
+
+    /// The launcher compiles a filter and hands it to a forked helper as bytes: they come back as the same program,
+    /// and bytes that are not a rule count and whole BPF instructions are refused.
+    func testACompiledProgramSurvivesItsBytesAndBrokenBytesAreRefused() throws {
+        let program = try SeccompFilter.program("# r\nread: 1\n# w\nwrite: 1", file: "p", constants: constants)
+        XCTAssertEqual(program.ruleCount, 2)
+        XCTAssertGreaterThan(program.instructions.count, 0)
+        XCTAssertEqual(program.instructions.count % 8, 0)
+        let bytes = program.serialized
+        XCTAssertEqual(SeccompFilter.Program(serialized: bytes), program)
+        XCTAssertNil(SeccompFilter.Program(serialized: bytes.dropLast()), "a torn instruction")
+        XCTAssertNil(SeccompFilter.Program(serialized: bytes.prefix(8)), "a count and no instruction")
+        XCTAssertNil(SeccompFilter.Program(serialized: [UInt8]()))
+    }
 }

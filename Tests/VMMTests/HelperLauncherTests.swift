@@ -39,6 +39,35 @@ final class HelperLauncherTests: GuestTestCase {
         }
     }
 
+    /// The launcher compiles the built-in policies while the helpers set up and hands each forked helper its own;
+    /// a helper whose policy is another text (here `--unsafe-policy-dir`, each file with one more comment) compiles
+    /// its own, and so does every exec'd helper.
+    func testForkedHelpersGetTheLaunchersFilterOnlyForTheBuiltInPolicy() throws {
+        let hello = try Harness.guest("hello.elf")
+        func loads(options: [String] = [], extra: String = "") throws -> [String: String] {
+            let run = try Harness.run(config: Harness.config(kernel: hello, args: "say=f exit=0", extra: extra),
+                                      options: ["--log-level", "debug"] + options)
+            XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+            var found: [String: String] = [:]
+            for line in run.stderr.split(separator: "\n") where line.contains("debug: seccomp policy ") {
+                let role = String(line.dropFirst().prefix { $0 != "]" })
+                found[role] = line.contains("compiled by the launcher") ? "launcher" : line.contains("compiled and loaded") ? "itself" : String(line)
+            }
+            return found
+        }
+        XCTAssertEqual(try loads(), ["vcpu": "launcher", "pio": "launcher", "irqchip": "launcher"])
+        XCTAssertEqual(try loads(extra: #", "sandbox": {"helper_start": "exec"}"#), ["vcpu": "itself", "pio": "itself", "irqchip": "itself"])
+        let directory = NSTemporaryDirectory() + "vmm-policies-\(getpid())"
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.copyItem(atPath: Harness.sourceRoot + "/Policies", toPath: directory)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory) {
+            let path = directory + "/" + file
+            try (try String(contentsOfFile: path, encoding: .utf8) + "# a local copy\n").write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        XCTAssertEqual(try loads(options: ["--unsafe-policy-dir", directory]), ["vcpu": "itself", "pio": "itself", "irqchip": "itself"])
+    }
+
     func testHelperStartExecExecsEveryHelperAndKeepsNoLauncher() throws {
         let run = try startEndlessGuest(extra: #", "sandbox": {"helper_start": "exec"}"#)
         defer { kill(run.process.processIdentifier, SIGTERM); _ = run.wait() }

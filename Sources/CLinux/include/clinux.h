@@ -43,8 +43,9 @@ pid_t vmm_spawn(const char *path, char *const argv[], char *const envp[], const 
 pid_t vmm_fork_blank(unsigned long namespaces, int as_sibling, int parent_pidfd, int keep_fd, int wait_ready,
                      int *pidfd_out, int *error_out);
 
-/// `fds[i]` becomes descriptor i; every other descriptor is closed. 0 or -errno.
-int vmm_place_fds(const int *fds, int nfds);
+/// `fds[i]` becomes descriptor i; every other descriptor is closed but `*keep` (if >= 0), which moves above them
+/// (close-on-exec) and is updated. 0 or -errno.
+int vmm_place_fds(const int *fds, int nfds, int *keep);
 
 /// Makes /proc/self/cmdline show `text` (`len` bytes, NUL-separated and -terminated, kept allocated): a forked
 /// helper's command line reads as an exec'd one's. 0 or -errno.

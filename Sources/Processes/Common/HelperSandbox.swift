@@ -34,7 +34,7 @@ enum HelperSandbox {
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
         Log.debug("privileges dropped")
-        if let program = SeccompFilter.compiled[spec.policyText] {
+        if let program = HelperLauncher.filterHandedDown(role: role, policyText: spec.policyText) {
             try SeccompFilter.load(program, mode: spec.mode, reportFD: controlFD)
             Log.debug("seccomp policy \(spec.policyName) loaded, compiled by the launcher (\(program.ruleCount) rules)")
         } else {

@@ -186,6 +186,8 @@ extension HelperLauncher {
     private enum Chore {
         case compile(Role)
         case blank
+        /// Send the helper just forked for `role` its filter (on its blank's socket, closed then).
+        case handDown(Role, socket: Int32)
     }
 
     /// The launcher's life: keep blanks ready, hand each request to one, until the supervisor closes its end.
@@ -207,6 +209,13 @@ extension HelperLauncher {
 
         let namespaces = ChildProcess.Namespaces.forHelpers.rawValue
         var pool: [Blank] = []
+        /// The built-in policies' filters compiled so far: each forked helper is handed its role's.
+        var filters: [Role: SeccompFilter.Program] = [:]
+        /// A policy that does not compile is the helper's to report, when it compiles it itself.
+        func compile(_ role: Role) {
+            guard filters[role] == nil, let text = builtinPolicy(role) else { return }
+            filters[role] = try? SeccompFilter.program(text, file: role.policyFile, constants: PolicyConstants.table)
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
         // While the supervisor reads its config and prepares the VM: a blank and the filter of each of the first
         // three helpers, in the order they are asked for. No more: on two CPUs, every other millisecond of work now
@@ -223,10 +232,10 @@ extension HelperLauncher {
                     chores.removeFirst()
                     switch chore {
                     case .compile(let role):
-                        if let text = try? BuiltinPolicies.load(file: role.policyFile, directory: nil, reader: { _ in nil }) {
-                            // A policy that does not compile is the helper's to report, when it compiles it itself.
-                            try? SeccompFilter.precompile(text, file: role.policyFile, constants: PolicyConstants.table)
-                        }
+                        compile(role)
+                    case .handDown(let role, let blankSocket):
+                        compile(role)
+                        handDown(filters[role], to: blankSocket)
                     case .blank:
                         if pool.count < poolSize, let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
                     }
@@ -250,6 +259,7 @@ extension HelperLauncher {
             if header.elementsEqual(retireMessage) {
                 // The supervisor execs its helpers after all (or is done): it reaps the blanks, its children.
                 for blank in pool { close(blank.socket); close(blank.pidfd) }
+                for case .handDown(_, let blankSocket) in chores { close(blankSocket) }
                 var pids = pool.map(\.pid)
                 _ = pids.withUnsafeMutableBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
                 _exit(0)
@@ -277,6 +287,10 @@ extension HelperLauncher {
             }
             if forward(header, fds, to: blank.socket) {
                 reply(socket, pid: blank.pid, error: 0, pidfd: blank.pidfd)
+                // Its filter next, unless another request waits: the helper needs it only once it is set up.
+                chores.insert(.handDown(request.role, socket: blank.socket), at: 0)
+                close(blank.pidfd)
+                continue
             } else {
                 // It died before it was told its role (it says why on stderr): named to the supervisor, whose child
                 // it is, to reap, and which then execs its helpers instead.
@@ -375,11 +389,47 @@ extension HelperLauncher {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
         guard let (header, fds) = receiveRequest(socket, buffer), let request = LaunchRequest(decoding: header),
               fds.count == request.fdCount else { _exit(0) }
-        guard vmm_place_fds(fds, Int32(fds.count)) == 0 else {
+        var launcher = socket  // kept for the filter the launcher hands down (see filterHandedDown)
+        guard vmm_place_fds(fds, Int32(fds.count), &launcher) == 0 else {
             Log.error("a forked \(request.role.rawValue) process could not take its descriptors: \(String(cString: strerror(errno)))")
             _exit(127)
         }
+        buffer.deallocate()
+        filterSource = launcher
         becomeHelper(request)
+    }
+
+    /// The built-in policy of `role`, includes expanded: what the supervisor puts in the spec unless it was told to
+    /// read policies from a directory (the helper then compiles its own).
+    private static func builtinPolicy(_ role: Role) -> String? {
+        try? BuiltinPolicies.load(file: role.policyFile, directory: nil, reader: { _ in nil })
+    }
+
+    /// The last word to a blank after its request: its role's compiled filter (the marker 1 and the program), or
+    /// only the marker 0 when the policy does not compile (the helper compiles it itself and reports the error).
+    private static func handDown(_ filter: SeccompFilter.Program?, to socket: Int32) {
+        let message = filter.map { [1] + $0.serialized } ?? [0]
+        _ = message.withUnsafeBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
+        close(socket)
+    }
+
+    /// In a forked helper: its end of the launcher's socket, until the filter is taken.
+    nonisolated(unsafe) private static var filterSource: Int32 = -1
+
+    /// The seccomp filter the launcher compiled for this forked helper's role, if `policyText` is that role's
+    /// built-in policy: waited for here, where the helper needs it, so that the launcher compiles it while the helper
+    /// starts. nil in an exec'd helper, for another policy, or when the launcher sent none (or is gone).
+    static func filterHandedDown(role: Role, policyText: String) -> SeccompFilter.Program? {
+        guard filterSource >= 0 else { return nil }
+        defer { close(filterSource); filterSource = -1 }
+        let capacity = 64 << 10
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
+        defer { buffer.deallocate() }
+        var none: Int32 = -1, count: Int32 = 0
+        let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count)
+        guard n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: buffer[1..<n]),
+              builtinPolicy(role) == policyText else { return nil }
+        return program
     }
 
     private static func reply(_ socket: Int32, pid: pid_t, error: Int32, pidfd: Int32) {
