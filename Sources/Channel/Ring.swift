@@ -42,23 +42,34 @@ struct RingView: @unchecked Sendable {
 public struct RingProducer: @unchecked Sendable {
     let ring: RingView
     private var tail: UInt64
+    /// The consumer's head as last read: read again only when the ring looks full by it. The consumer publishes its
+    /// head after every message, so reading it on every push would fetch that cache line from the consumer's CPU
+    /// each time (a spinning consumer is on another CPU), on the way back into the guest.
+    private var knownHead: UInt64
 
     init(_ ring: RingView) {
         self.ring = ring
         // Attaching to a live ring (a restarted peer) continues from the published position.
         tail = ring.tail.pointee.load(ordering: .relaxed)
+        knownHead = ring.head.pointee.load(ordering: .acquiring)
     }
 
     /// How many messages were ever pushed: the ring index the consumer's `position` reaches once it took them all.
     public var position: UInt64 { tail }
 
-    /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head.
+    /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head (seen
+    /// when the head is read again, i.e. at the latest once the ring looks full).
     public mutating func push(_ message: Message) throws(MessageError) -> Bool {
-        let head = ring.head.pointee.load(ordering: .acquiring)
-        guard head <= tail, tail - head <= UInt64(ring.layout.capacity) else {
-            throw .indexOutOfRange(head: head, tail: tail)
+        if tail &- knownHead >= UInt64(ring.layout.capacity) {
+            // Full by the last head read (or a head that was never valid): read it again and check it. The head only
+            // moves forward, so a stale one can only make the ring look fuller than it is.
+            let head = ring.head.pointee.load(ordering: .acquiring)
+            guard head <= tail, tail - head <= UInt64(ring.layout.capacity) else {
+                throw .indexOutOfRange(head: head, tail: tail)
+            }
+            knownHead = head
+            if tail - head == UInt64(ring.layout.capacity) { return false }
         }
-        if tail - head == UInt64(ring.layout.capacity) { return false }
         message.store(to: ring.slot(tail))
         tail &+= 1
         // Sequentially consistent so that the load of `sleeping` below cannot pass this store (Dekker pairing

@@ -154,7 +154,11 @@ final class RingTests: XCTestCase {
         }
         var producer = RingProducer(ch.device.responseRing(0))
         ch.vcpu.responseRing(0).head.pointee.store(99, ordering: .releasing)  // a head ahead of our tail
-        XCTAssertThrowsError(try producer.push(message(0, .response)))
+        // The producer reads the head again only when the ring looks full by the head it read last: at the latest then.
+        for i in 0..<4 { XCTAssertEqual(try producer.push(message(UInt64(i), .response)), true) }
+        XCTAssertThrowsError(try producer.push(message(4, .response))) {
+            XCTAssertEqual($0 as? MessageError, .indexOutOfRange(head: 99, tail: 4))
+        }
     }
 
     func testHeaderMismatchIsRefused() throws {
