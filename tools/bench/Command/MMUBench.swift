@@ -30,19 +30,13 @@ enum MMUBench {
         func rate(tlb: Bool) throws -> Double {
             let mmu = MMU(memory: memory, context: context, tlbEnabled: tlb)
             var sum: UInt64 = 0
-            let start = monotonic()
+            let start = monotonicNanoseconds()
             for i in 0..<translations { sum &+= try mmu.translate(addresses[i & 4095], []) }
-            let seconds = Double(monotonic() - start) / 1e9
+            let seconds = Double(monotonicNanoseconds() - start) / 1e9
             precondition(sum != 0)
             return Double(translations) / seconds
         }
         return (try rate(tlb: true), try rate(tlb: false))
-    }
-
-    static func monotonic() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import func System.monotonicNanoseconds
 
 /// Starts a VMM (ours or QEMU) on a test guest and collects what the guest printed.
 struct GuestRun {
@@ -121,9 +122,7 @@ enum Runner {
         let (p, out) = try process(vmm, kernel: kernel, args: args, memMiB: memMiB, log: logFile)
         var result = GuestRun()
         let start = Date()
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        result.spawnedAt = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        result.spawnedAt = monotonicNanoseconds()
         try p.run()
         let killer = DispatchWorkItem { p.terminate() }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
