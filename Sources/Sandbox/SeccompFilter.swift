@@ -57,16 +57,6 @@ public enum SeccompFilter {
     /// Frees a filter from `compile` that was not loaded.
     public static func release(_ ctx: scmp_filter_ctx) { seccomp_release(ctx) }
 
-    /// Installs the SIGSYS handler and loads the filter, on every thread of the process (TSYNC).
-    public static func load(_ policy: Policy, mode: Mode, reportFD: Int32) throws(Error) {
-        let ctx = try compile(policy)
-        defer { seccomp_release(ctx) }
-        if seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0 { throw Error(description: "cannot synchronise threads") }
-        if vmm_sigsys_install(reportFD, mode == .log ? 1 : 0) != 0 { throw Error(description: "sigaction(SIGSYS) failed") }
-        let r = seccomp_load(ctx)
-        if r != 0 { throw Error(description: "seccomp_load failed: \(String(cString: strerror(-r)))") }
-    }
-
     /// A compiled filter, ready to load: classic BPF, as libseccomp exports it. The mode (kill or log) is the SIGSYS
     /// handler's, not the filter's, so one program serves both.
     public struct Program: Sendable, Equatable {
@@ -93,10 +83,9 @@ public enum SeccompFilter {
         }
     }
 
-    /// Compiles `text` (a policy file's) without loading it, for another process to load (the helper launcher
-    /// compiles the built-in policies while the helpers it forked set up).
-    public static func program(_ text: String, file: String, constants: [String: UInt64]) throws -> Program {
-        let policy = try Policy.parse(text, file: file, constants: constants)
+    /// Compiles `policy` into a program to load, here or in another process (the helper launcher compiles the
+    /// built-in policies while the helpers it forked set up).
+    public static func program(_ policy: Policy) throws(Error) -> Program {
         let ctx = try compile(policy)
         defer { seccomp_release(ctx) }
         let fd = vmm_memfd_create("seccomp-bpf", 1)  // MFD_CLOEXEC
@@ -112,7 +101,7 @@ public enum SeccompFilter {
         return Program(instructions: bytes, ruleCount: policy.rules.count)
     }
 
-    /// Installs the SIGSYS handler and loads a precompiled filter on every thread (TSYNC), as `load` does.
+    /// Installs the SIGSYS handler and loads the filter, on every thread of the process (TSYNC).
     public static func load(_ program: Program, mode: Mode, reportFD: Int32) throws(Error) {
         if vmm_sigsys_install(reportFD, mode == .log ? 1 : 0) != 0 { throw Error(description: "sigaction(SIGSYS) failed") }
         let r = program.instructions.withUnsafeBytes { vmm_seccomp_load_bpf($0.baseAddress, $0.count / 8) }

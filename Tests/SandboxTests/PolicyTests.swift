@@ -56,7 +56,7 @@ final class PolicyTests: XCTestCase {
     /// The launcher compiles a filter and hands it to a forked helper as bytes: they come back as the same program,
     /// and bytes that are not a rule count and whole BPF instructions are refused.
     func testACompiledProgramSurvivesItsBytesAndBrokenBytesAreRefused() throws {
-        let program = try SeccompFilter.program("# r\nread: 1\n# w\nwrite: 1", file: "p", constants: constants)
+        let program = try SeccompFilter.program(Policy.parse("# r\nread: 1\n# w\nwrite: 1", file: "p", constants: constants))
         XCTAssertEqual(program.ruleCount, 2)
         XCTAssertGreaterThan(program.instructions.count, 0)
         XCTAssertEqual(program.instructions.count % 8, 0)

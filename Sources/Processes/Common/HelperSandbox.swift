@@ -34,14 +34,12 @@ enum HelperSandbox {
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
         Log.debug("privileges dropped")
-        if let program = HelperLauncher.filterHandedDown(role: role, policyText: spec.policyText) {
-            try SeccompFilter.load(program, mode: spec.mode, reportFD: controlFD)
-            Log.debug("seccomp policy \(spec.policyName) loaded, compiled by the launcher (\(program.ruleCount) rules)")
-        } else {
-            let policy = try Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table)
-            try SeccompFilter.load(policy, mode: spec.mode, reportFD: controlFD)
-            Log.debug("seccomp policy \(spec.policyName) compiled and loaded (\(policy.rules.count) rules)")
-        }
+        let handedDown = HelperLauncher.filterHandedDown(role: role, policyText: spec.policyText)
+        let program = try handedDown
+            ?? SeccompFilter.program(Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table))
+        try SeccompFilter.load(program, mode: spec.mode, reportFD: controlFD)
+        Log.debug("seccomp policy \(spec.policyName) \(handedDown != nil ? "loaded, compiled by the launcher" : "compiled and loaded") "
+                  + "(\(program.ruleCount) rules)")
         if let fault = spec.faultSyscall { provoke(fault) }
     }
 

@@ -214,7 +214,7 @@ extension HelperLauncher {
         /// A policy that does not compile is the helper's to report, when it compiles it itself.
         func compile(_ role: Role) {
             guard filters[role] == nil, let text = builtinPolicy(role) else { return }
-            filters[role] = try? SeccompFilter.program(text, file: role.policyFile, constants: PolicyConstants.table)
+            filters[role] = try? SeccompFilter.program(Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table))
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
         // While the supervisor reads its config and prepares the VM: a blank and the filter of each of the first
