@@ -262,6 +262,8 @@ int vmm_available_cpus(void) {
     return n > 0 ? n : 1;
 }
 
+int vmm_current_cpu(void) { return sched_getcpu(); }
+
 int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
     if (count == 0 || count > 0xffff) return -EINVAL;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;

@@ -60,10 +60,13 @@ public struct SpinWindow: Sendable {
 }
 
 /// Which CPUs the VM's processes may spin on, in a page every one of them maps: how many CPUs there are, and one
-/// seat per vCPU thread and per device process that says whether its owner holds a CPU now (a vCPU in the guest,
-/// a waiter spinning). A waiter spins only while the seats taken leave a CPU for it, so that on a small host
-/// spinning device processes do not take the CPU a vCPU needs. Seats, not a shared counter: a process killed while
-/// it spins leaves its seat to its successor, who clears it, instead of a count that never comes down.
+/// seat per vCPU thread and per device process that says which CPU its owner holds now (a vCPU in the guest, a
+/// waiter spinning). A waiter spins only while the seats taken leave a CPU for it and none of them is the CPU it
+/// runs on, so that on a small host spinning device processes do not take the CPU a vCPU needs: a device process
+/// the scheduler woke onto a vCPU's CPU (wake-ups tend to land on the waker's CPU) would otherwise spin there
+/// while the vCPU it waits for cannot run, for the whole window, on every exit, until the scheduler moved it.
+/// Seats, not a shared counter: a process killed while it spins leaves its seat to its successor, who clears it,
+/// instead of a count that never comes down.
 ///
 /// Every process of the VM writes here, a hostile device process included: the worst it can do is make the others
 /// spin too much or not at all, a cost it could cause anyway by spinning itself.
@@ -73,6 +76,8 @@ public final class SpinCensus: @unchecked Sendable {
     /// sharing a line would make every other seat's owner pay for it); the first line holds the CPU and seat counts.
     public static let maxSeats = 256
     static let byteSize = 64 + maxSeats * 64
+    /// A held seat whose owner's CPU is not known: counts as busy, matches no CPU.
+    static let unknownCPU = Int64.max
 
     /// The supervisor's side: a new census for `cpus` CPUs and `seats` seats.
     public static func create(cpus: Int, seats: Int) throws(SystemError) -> FileDescriptor {
@@ -112,18 +117,30 @@ public final class SpinCensus: @unchecked Sendable {
         let index: Int
         private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
 
-        /// The owner holds a CPU without asking (a vCPU thread entering the guest).
-        @inline(__always) public func hold() { word.pointee.store(1, ordering: .relaxed) }
+        /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest).
+        @inline(__always) public func hold() { hold(cpu: vmm_current_cpu()) }
         @inline(__always) public func release() { word.pointee.store(0, ordering: .relaxed) }
 
-        /// Takes a CPU to spin on when one is free (the caller then `release()`s it); false: block instead.
+        /// A seat's word: 0 free, else the CPU held plus one (`unknownCPU` when the owner could not tell).
+        @inline(__always) func hold(cpu: Int32) { word.pointee.store(cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU, ordering: .relaxed) }
+
+        /// Takes a CPU to spin on when one is free and no other seat holds the one this thread runs on (the
+        /// caller then `release()`s it); false: block instead.
         public func trySpin() -> Bool {
-            hold()
+            let cpu = vmm_current_cpu()
+            hold(cpu: cpu)
+            let mine: Int64 = cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU
             let cpus = census.word(0).pointee.load(ordering: .relaxed)
             let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))
-            var busy: Int64 = 0
-            for i in 0..<seats { busy += census.seatWord(i).pointee.load(ordering: .relaxed) != 0 ? 1 : 0 }
-            if busy <= cpus { return true }
+            var busy: Int64 = 1
+            var shared = false
+            for i in 0..<seats where i != index {
+                let held = census.seatWord(i).pointee.load(ordering: .relaxed)
+                guard held != 0 else { continue }
+                busy += 1
+                if held == mine && mine != SpinCensus.unknownCPU { shared = true }
+            }
+            if busy <= cpus && !shared { return true }
             release()
             return false
         }

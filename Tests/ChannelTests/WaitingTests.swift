@@ -1,5 +1,6 @@
 import XCTest
 @testable import Channel
+import CLinux
 import System
 
 /// The spin window's learning rule and the spin census, on their own.
@@ -57,7 +58,8 @@ final class WaitingTests: XCTestCase {
         let fd = try SpinCensus.create(cpus: 2, seats: 4)
         let a = try SpinCensus(attaching: fd.raw), b = try SpinCensus(attaching: fd.raw)
         let vcpu = a.seat(0), pio = b.seat(2), irqchip = b.seat(3)
-        vcpu.hold()  // in the guest
+        let elsewhere = Self.anotherCPU()
+        vcpu.hold(cpu: elsewhere)  // in the guest, on a CPU this thread is not on
         XCTAssertTrue(pio.trySpin(), "one CPU left for one spinner")
         XCTAssertFalse(irqchip.trySpin(), "none for a second")
         pio.release()
@@ -66,10 +68,44 @@ final class WaitingTests: XCTestCase {
         // A process killed while it held its seat: its successor takes the seat and clears it.
         XCTAssertTrue(pio.trySpin())
         _ = b.seat(2)
-        vcpu.hold()
+        vcpu.hold(cpu: elsewhere)
         XCTAssertTrue(irqchip.trySpin(), "the dead spinner's seat was freed by its successor")
         irqchip.release()
     }
+
+    func testNoSpinOnTheCPUAnotherSeatHolds() throws {
+        let fd = try SpinCensus.create(cpus: 8, seats: 2)
+        let census = try SpinCensus(attaching: fd.raw)
+        let vcpu = census.seat(0), pio = census.seat(1)
+        // A vCPU that entered the guest on this thread's CPU and was preempted by the device process (the
+        // scheduler woke it there): spinning would only keep the vCPU off its CPU. Plenty of CPUs otherwise.
+        // (Tried again if this thread moved to another CPU in between, which the answer would rightly follow.)
+        func onOneCPU<T>(_ body: () -> T) -> T {
+            while true {
+                let cpu = vmm_current_cpu()
+                vcpu.hold()
+                let result = body()
+                if vmm_current_cpu() == cpu { return result }
+            }
+        }
+        XCTAssertFalse(onOneCPU { let spins = pio.trySpin(); pio.release(); return spins }, "the vCPU's CPU is this one")
+        let (spun, took) = onOneCPU {
+            var w = SpinWindow(maxNanoseconds: 1_000_000_000)
+            let start = monotonicNanoseconds()
+            return (spin(window: &w, census: pio, until: { false }), monotonicNanoseconds() - start)
+        }
+        XCTAssertFalse(spun)
+        XCTAssertLessThan(took, 1_000_000_000 / 2, "it did not spin its window")
+        vcpu.hold(cpu: Self.anotherCPU())
+        XCTAssertTrue(pio.trySpin(), "the vCPU holds another CPU")
+        pio.release()
+        vcpu.hold(cpu: -1)
+        XCTAssertTrue(pio.trySpin(), "a holder whose CPU is unknown counts, but matches no CPU")
+        pio.release()
+    }
+
+    /// A CPU number the calling thread is not running on.
+    static func anotherCPU() -> Int32 { vmm_current_cpu() == 0 ? 1 : 0 }
 
     func testSpinStopsWhenTheCensusHasNoCPU() throws {
         let fd = try SpinCensus.create(cpus: 1, seats: 2)

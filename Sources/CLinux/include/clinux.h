@@ -114,6 +114,8 @@ long vmm_fault_ptrace(void);
 static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 /// The number of CPUs in the calling thread's affinity mask (1 if it cannot be read).
 int vmm_available_cpus(void);
+/// The CPU the calling thread runs on (glibc reads it from the thread's rseq area: no system call), -1 if unknown.
+int vmm_current_cpu(void);
 
 extern const unsigned int VMM_MFD_CLOEXEC;
 extern const unsigned int VMM_MFD_ALLOW_SEALING;

@@ -20,11 +20,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
     @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
+    @Option(help: "Only the exit loops whose name contains one of these (semicolon-separated, as loop names hold commas: \"port out, 64;LAPIC\").") var loops: String?
     @Option(help: "tools/linux-image's output directory, for the linux group.") var linuxImage = "out/linux"
     @Option(help: "virtio-blk reads per sample (4 KiB random, 128 KiB sequential).") var blkCount = 10_000
     @Option(help: "Size of the virtio-blk test image in MiB.") var blkImageMib = 64
 
     func wants(_ group: String) -> Bool { only.map { $0.split(separator: ",").contains(Substring(group)) } ?? (group != "linux") }
+
+    func wantsLoop(_ loop: ExitLoop) -> Bool {
+        loops.map { $0.split(separator: ";").contains { loop.what.contains($0.trimmingCharacters(in: .whitespaces)) } } ?? true
+    }
 
     func run() throws {
         let iterations = smoke ? 1000 : self.iterations
@@ -59,7 +64,7 @@ struct BenchCommand: ParsableCommand {
             log("repetition \(rep + 1)/\(repetitions)")
             // The exit-cost loops; within each, the runners in a fresh random order, so that no runner always
             // follows the same one (a slow neighbour or a warm cache would otherwise favour one side every time).
-            for loop in ExitLoop.all(iterations: iterations) where wants("exits") {
+            for loop in ExitLoop.all(iterations: iterations) where wants("exits") && wantsLoop(loop) {
                 let kernel = guestDir + "/" + loop.guest
                 var runners: [(String, () throws -> (Double?, String))] = [
                     (loop.row("bare KVM loop"), {
