@@ -442,6 +442,8 @@ extension HelperLauncher {
     private static func becomeHelper(_ request: LaunchRequest) -> Never {
         clearenv()
         for entry in request.environment { putenv(strdup(entry)) }
+        // The name first: whoever reads the role from the command line (ps, the tests) then sees the name too.
+        request.role.processName.withCString { _ = vmm_prctl5(VMM_PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
         let commandLine = Array((["/proc/self/exe", "_role", request.role.rawValue, request.spec].joined(separator: "\0") + "\0").utf8)
         let text = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: commandLine.count)  // kept for the process's life
         _ = text.initialize(from: commandLine)

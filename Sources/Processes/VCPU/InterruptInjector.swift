@@ -244,6 +244,7 @@ final class InterruptInjector: @unchecked Sendable {
         // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
         sleeping.store(true, ordering: .sequentiallyConsistent)
         defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
+        seat?.release()  // this CPU is free while the thread sleeps
         var value: UInt64 = 0
         var watchTimer = timerFD != nil
         /// The irqchip leaves the timer to this thread (InterruptMailbox.leaveTimer).

@@ -35,8 +35,8 @@ final class VCPURunner: @unchecked Sendable {
     let syscallFixup: SyscallFixup?
     /// The RIP of an emulation failure the fallback could not handle, already retried once.
     private var retriedRIP: UInt64?
-    /// This vCPU's seat in the VM's spin census: held while in the guest, so that device processes spin only on
-    /// CPUs the vCPUs leave free.
+    /// This vCPU's seat in the VM's spin census: held while in the guest and while handling an exit (released
+    /// where the thread blocks), so that device processes spin only on CPUs the vCPUs leave free.
     let seat: SpinCensus.Seat
     /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
     private let statistics: VCPUStatistics.Writer
@@ -93,6 +93,7 @@ final class VCPURunner: @unchecked Sendable {
     /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
+        seat.release()
         finishHandling(at: monotonicNanoseconds())
         if let vector = timerTakenToTell { devices.timerTaken(vector) }
         devices.settleAll()
@@ -117,6 +118,7 @@ final class VCPURunner: @unchecked Sendable {
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
                 if let gate = interrupts.pauseGate, gate.isRequested {
                     finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
+                    seat.release()
                     gate.wait()
                     continue
                 }
@@ -133,9 +135,8 @@ final class VCPURunner: @unchecked Sendable {
                 try updateWindowStepping()
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
-                seat.hold()
+                seat.hold()  // kept through the exit's handling: released only where the thread blocks
                 let reason = try vcpu.runOnce()
-                seat.release()
                 if let vector = timerTakenToTell {
                     devices.timerTaken(vector)
                     timerTakenToTell = nil
