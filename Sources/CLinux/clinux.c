@@ -204,34 +204,13 @@ static long send_rights(int sock, const void *buf, size_t len, const int *fds, i
     return sendmsg(sock, &m, MSG_NOSIGNAL);
 }
 
-long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd) {
-    return send_rights(sock, buf, len, &fd, fd >= 0 ? 1 : 0);
-}
-
-long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd) {
-    struct iovec iov = { buf, len };
-    char control[CMSG_SPACE(sizeof(int))];
-    struct msghdr m = { 0 };
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = control;
-    m.msg_controllen = sizeof control;
-    *fd = -1;
-    long n = recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0) return n;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) memcpy(fd, CMSG_DATA(c), sizeof(int));
-    }
-    return n;
-}
-
 long vmm_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
     long n;
     do { n = send_rights(sock, buf, len, fds, nfds); } while (n < 0 && errno == EINTR);
     return n;
 }
 
-long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds) {
+long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds, int nonblocking) {
     struct iovec iov = { buf, len };
     char control[CMSG_SPACE(250 * sizeof(int))];
     struct msghdr m = { 0 };
@@ -241,7 +220,7 @@ long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, in
     m.msg_controllen = sizeof control;
     *nfds = 0;
     long n;
-    do { n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    do { n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0)); } while (n < 0 && errno == EINTR);
     if (n < 0) return n;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -161,4 +161,19 @@ public enum Poll {
         if r == 0 { return Array(repeating: [], count: n) }
         return pfds.map { Event(rawValue: $0.revents) }
     }
+
+    /// Descriptors to wait on, added in groups: each group's readiness is read back by the range `add` gave it,
+    /// not by offsets the caller works out from the groups before it.
+    public struct List {
+        public private(set) var fds: [Int32] = []
+        public init() {}
+
+        @discardableResult
+        public mutating func add(_ group: [Int32]) -> Range<Int> {
+            fds += group
+            return (fds.count - group.count)..<fds.count
+        }
+
+        public func wait(timeoutMs: Int32) throws(SystemError) -> [Event] { try Poll.wait(fds, timeoutMs: timeoutMs) }
+    }
 }

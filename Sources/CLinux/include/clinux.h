@@ -53,9 +53,11 @@ int vmm_set_command_line(const char *text, size_t len);
 /// Reads what vmm_set_command_line needs from /proc/self/stat ahead, for a process about to lose /proc. 0 or -errno.
 int vmm_read_memory_map(void);
 
-/// sendmsg/recvmsg of a message with up to 250 descriptors (SCM_RIGHTS); blocking. Received ones are close-on-exec.
+/// sendmsg/recvmsg of one message with up to 250 descriptors (SCM_RIGHTS), retrying EINTR. Receiving keeps up to
+/// `max` descriptors (close-on-exec; any more are closed), fails with EMSGSIZE when the message or its descriptors
+/// did not fit, and with `nonblocking` fails with EAGAIN instead of waiting.
 long vmm_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
-long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds);
+long vmm_receive_with_fds(int sock, void *buf, size_t len, int *fds, int max, int *nfds, int nonblocking);
 
 /// Installs the SIGSYS handler for seccomp's trap action: report the call on `report_fd` (a control pipe),
 /// then fail it with ENOSYS (`only_log`) or die by SIGSYS.
@@ -139,7 +141,4 @@ int vmm_unix_connect(const char *path, int nonblocking);
 int vmm_accept_nonblocking(int listener);
 /* A SOCK_SEQPACKET socket pair (close-on-exec). */
 int vmm_seqpacket_pair(int fds[2]);
-/* One message with an optional descriptor (SCM_RIGHTS; fd < 0: none); receiving never blocks, *fd = -1 without one. */
-long vmm_send_with_fd(int sock, const void *buf, size_t len, int fd);
-long vmm_receive_with_fd(int sock, void *buf, size_t len, int *fd);
 #endif

@@ -70,7 +70,7 @@ public final class HelperLauncher: @unchecked Sendable {
         var pids = [pid_t](repeating: 0, count: Self.poolSize + 1)
         var none: Int32 = -1, count: Int32 = 0
         if Self.retireMessage.withUnsafeBytes({ vmm_send_with_fds(socket.raw, $0.baseAddress, $0.count, [], 0) }) > 0 {
-            let n = pids.withUnsafeMutableBytes { vmm_receive_with_fds(socket.raw, $0.baseAddress, $0.count, &none, 1, &count) }
+            let n = pids.withUnsafeMutableBytes { vmm_receive_with_fds(socket.raw, $0.baseAddress, $0.count, &none, 1, &count, 0) }
             for pid in pids.prefix(max(0, n) / MemoryLayout<pid_t>.size) where pid > 0 {
                 var status: Int32 = 0
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -94,7 +94,7 @@ public final class HelperLauncher: @unchecked Sendable {
             }
             var reply = (Int32(0), Int32(0))
             var pidfd: Int32 = -1, count: Int32 = 0
-            let n = withUnsafeMutableBytes(of: &reply) { vmm_receive_with_fds(socket.raw, $0.baseAddress, $0.count, &pidfd, 1, &count) }
+            let n = withUnsafeMutableBytes(of: &reply) { vmm_receive_with_fds(socket.raw, $0.baseAddress, $0.count, &pidfd, 1, &count, 0) }
             guard n == 8, count == 1, reply.0 > 0 else {
                 if count == 1 { close(pidfd) }
                 throw .launcherGone(SystemError("reply from the helper launcher", errno: n < 0 ? errno : EPROTO))
@@ -309,14 +309,14 @@ extension HelperLauncher {
     private static func receiveRequest(_ socket: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> (ArraySlice<UInt8>, [Int32])? {
         var fds = [Int32](repeating: -1, count: descriptorsPerMessage)
         var count: Int32 = 0
-        let n = vmm_receive_with_fds(socket, buffer.baseAddress, buffer.count, &fds, Int32(fds.count), &count)
+        let n = vmm_receive_with_fds(socket, buffer.baseAddress, buffer.count, &fds, Int32(fds.count), &count, 0)
         guard n >= 0, !(n == 0 && count == 0 && isClosed(socket)) else { return nil }
         var received = Array(fds[0..<Int(count)])
         let header = ArraySlice(UnsafeRawBufferPointer(rebasing: buffer[0..<n]).bindMemory(to: UInt8.self))
         guard let request = LaunchRequest(decoding: header) else { return (header, received) }
         while received.count < request.fdCount {
             var byte: UInt8 = 0
-            guard vmm_receive_with_fds(socket, &byte, 1, &fds, Int32(fds.count), &count) > 0 else {
+            guard vmm_receive_with_fds(socket, &byte, 1, &fds, Int32(fds.count), &count, 0) > 0 else {
                 received.forEach { _ = close($0) }
                 return nil
             }
@@ -426,7 +426,7 @@ extension HelperLauncher {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
         defer { buffer.deallocate() }
         var none: Int32 = -1, count: Int32 = 0
-        let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count)
+        let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count, 0)
         guard n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: buffer[1..<n]),
               builtinPolicy(role) == policyText else { return nil }
         return program

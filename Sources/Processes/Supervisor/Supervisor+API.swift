@@ -103,7 +103,7 @@ extension Supervisor {
         image.drive = drive
         image.replaced = true
         let name = Server(.virtioBlock, instance: api.drives.firstIndex { $0 === image } ?? 0).description
-        let sent = vmm_send_with_fd(image.updates.supervisor.raw, "F", 1, file.raw)
+        let sent = vmm_send_with_fds(image.updates.supervisor.raw, "F", 1, [file.raw], 1)
         if sent != 1 { Log.warning("\(name): handing over the new backing file failed (errno \(errno)); its next process gets it") }
         if let slot = slots.first(where: { $0.name == name }), let standby = slot.standby {
             standby.process.kill(SIGKILL)

@@ -51,10 +51,14 @@ extension Supervisor {
             let open = helpers.filter { !$0.controlClosed }
             let live = slots.filter { $0.helper.ended == nil }
             let standbys = slots.compactMap(\.standby)
-            let consoleFDs = console.pollFDs
-            let placing = cgroupSetup.map { [$0.done.raw] } ?? []
-            let fds = [signals.raw] + open.map { $0.control.raw } + live.map { $0.helper.process.pidfd.raw }
-                + standbys.map { $0.process.pidfd.raw } + (api.control.map { [$0.pollFD] } ?? []) + placing + consoleFDs
+            var waitList = Poll.List()
+            let signal = waitList.add([signals.raw])
+            waitList.add(open.map { $0.control.raw })  // read below in readingOrder, whatever woke the loop
+            let ended = waitList.add(live.map { $0.helper.process.pidfd.raw })
+            let standbysEnded = waitList.add(standbys.map { $0.process.pidfd.raw })
+            waitList.add(api.control.map { [$0.pollFD] } ?? [])  // served below on every pass
+            let placed = waitList.add(cgroupSetup.map { [$0.done.raw] } ?? [])
+            let consoleReady = waitList.add(console.pollFDs)
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
             if let due = apiWake { wake = min(wake ?? .max, due) }
@@ -66,8 +70,8 @@ extension Supervisor {
                 if slot.standby == nil, let due = slot.standbyDue { wake = min(wake ?? .max, due) }
             }
             let timeoutMs = wake.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + ($0 > now ? 1 : 0)) } ?? -1
-            let ready = try Poll.wait(fds, timeoutMs: timeoutMs)
-            if !ready[0].isEmpty {
+            let ready = try waitList.wait(timeoutMs: timeoutMs)
+            if !ready[signal].allSatisfy(\.isEmpty) {
                 let sig = try Signals.read(from: signals)
                 return Ending(status: sig == SIGINT ? .interrupted : .terminated, message: "\(signalName(sig)) received; stopping the VM")
             }
@@ -75,7 +79,7 @@ extension Supervisor {
             for h in readingOrder {
                 if let ending = try readControl(h) { return ending }
             }
-            for (i, slot) in live.enumerated() where !ready[1 + open.count + i].isEmpty {
+            for (slot, event) in zip(live, ready[ended]) where !event.isEmpty {
                 let h = slot.helper
                 h.ended = try h.process.reap(block: true)
                 for other in readingOrder { if let ending = try readControl(other) { return ending } }
@@ -85,13 +89,13 @@ extension Supervisor {
                 }
                 if let ending = failed(slot, what, faults: faults) { return ending }
             }
-            for (i, standby) in standbys.enumerated() where !ready[1 + open.count + live.count + i].isEmpty {
+            for (standby, event) in zip(standbys, ready[standbysEnded]) where !event.isEmpty {
                 standbyDied(standby, in: slots)
             }
-            if !placing.isEmpty, !ready[ready.count - consoleFDs.count - 1].isEmpty {
+            if !ready[placed].allSatisfy(\.isEmpty) {
                 if let failure = finishCgroupSetup() { return Ending(status: .hostSetupFailed, message: failure) }
             }
-            console.pump(ready: Array(ready.suffix(consoleFDs.count)))
+            console.pump(ready: Array(ready[consoleReady]))
             serveAPI(slots, console: console)
             let after = monotonicNanoseconds()
             apiTimers(slots, now: after)

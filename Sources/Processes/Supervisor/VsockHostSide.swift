@@ -60,7 +60,7 @@ final class VsockHostSide {
             let (id, port) = (UInt32(littleEndian: request[0]), UInt32(littleEndian: request[1]))
             let fd = vmm_unix_connect("\(udsPath)_\(port)", 1)
             var reply: [UInt32] = [id.littleEndian, UInt32(bitPattern: fd >= 0 ? 0 : -fd).littleEndian]
-            _ = reply.withUnsafeMutableBytes { vmm_send_with_fd(broker, $0.baseAddress, 8, fd) }
+            _ = reply.withUnsafeMutableBytes { vmm_send_with_fds(broker, $0.baseAddress, 8, [fd], fd >= 0 ? 1 : 0) }
             if fd >= 0 { close(fd) }  // the device has its own copy now
         }
     }

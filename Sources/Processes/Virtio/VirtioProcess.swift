@@ -324,9 +324,9 @@ final class DriveUpdates: HostEvents {
     func handle(ready: [Int32]) -> [Int] {
         guard !ready.isEmpty else { return [] }
         var byte: UInt8 = 0
-        var fd: Int32 = -1
-        while vmm_receive_with_fd(socket, &byte, 1, &fd) > 0 {
-            guard fd >= 0 else { continue }
+        var fd: Int32 = -1, count: Int32 = 0
+        while vmm_receive_with_fds(socket, &byte, 1, &fd, 1, &count, 1) > 0 {
+            guard count == 1 else { continue }
             do {
                 let image = try ImageFile(fd: fd, readOnly: disk.storage.isReadOnly)
                 guard disk.replaceStorage(image) else { continue }
@@ -436,11 +436,11 @@ final class VsockSockets: VsockHost, HostEvents {
         }
         if ready.contains(brokerFD) {
             var reply: [UInt32] = [0, 0]
-            var fd: Int32 = -1
-            while reply.withUnsafeMutableBytes({ vmm_receive_with_fd(brokerFD, $0.baseAddress, 8, &fd) }) == 8 {
+            var fd: Int32 = -1, count: Int32 = 0
+            while reply.withUnsafeMutableBytes({ vmm_receive_with_fds(brokerFD, $0.baseAddress, 8, &fd, 1, &count, 1) }) == 8 {
                 let id = Int(UInt32(littleEndian: reply[0]))
-                if fd >= 0 { sockets[id] = fd }
-                device.hostConnectFinished(id, connected: fd >= 0)
+                if count == 1 { sockets[id] = fd }
+                device.hostConnectFinished(id, connected: count == 1)
             }
         }
         for (id, fd) in sockets where ready.contains(fd) { device.hostReadable(id) }
