@@ -72,7 +72,7 @@ final class DeviceChannelsTests: XCTestCase {
             ports: [.init(first: 0x3f8, last: 0x3ff, channel: 0)],
             mmio: [.init(base: 0xfee0_0000, size: 0x1000, channel: 1, writes: .posted,
                          exceptions: [0xb0: .afterPostedWritesElsewhere, 0x300: .synchronous])])
-        var devices = DeviceChannels(clients: [try pio.client(), try chip.client()], servers: [Server(.pio), Server(.irqchip)], routes: routes)
+        let devices = DeviceChannels(clients: [try pio.client(), try chip.client()], servers: [Server(.pio), Server(.irqchip)], routes: routes)
         func drained() -> [(String, MessageKind, UInt64)] {
             devices.settleAll()
             return log.take()
@@ -131,7 +131,7 @@ final class DeviceChannelsTests: XCTestCase {
         try chip.start()
         defer { chip.stop() }
         let routes = AccessRoutes(ports: [], mmio: [.init(base: 0xfee0_0000, size: 0x1000, channel: 0, writes: .posted)])
-        var devices = DeviceChannels(clients: [try chip.client()], servers: [Server(.irqchip)], routes: routes)
+        let devices = DeviceChannels(clients: [try chip.client()], servers: [Server(.irqchip)], routes: routes)
         func drained() -> [String] {
             devices.settleAll()
             return log.take().filter { $0.1 != .sync }.map { "\($0.1) \(String($0.2, radix: 16))" }

@@ -8,7 +8,10 @@ import Virtio
 /// One vCPU's lanes of every device channel, and the rules that order its accesses: the routes say which channel
 /// serves a port or an address and how a write there is ordered; posted writes are tracked until something
 /// settles them. A device that fails is the supervisor's business: the guest reads all-ones, the vCPU goes on.
-struct DeviceChannels {
+///
+/// A class, used by its vCPU thread only: the runner asks it something on every exit, and a struct held by the
+/// runner (a class) was copied out for each such question, retaining and releasing everything it holds.
+final class DeviceChannels {
     private var clients: [DeviceClient]
     private let servers: [Server]
     private let router: AccessRouter
@@ -54,7 +57,7 @@ struct DeviceChannels {
 
     /// Ports nobody owns read as all-ones.
     @inline(__always)
-    mutating func portRead(_ port: UInt16, size: Int) -> UInt64 {
+    func portRead(_ port: UInt16, size: Int) -> UInt64 {
         guard let channel = router.channel(forPort: port) else { return ~0 }
         if let value = clients[channel].mirroredPortRead(port, size: size) {
             posted.answered(by: channel)  // the copy includes everything this vCPU sent there
@@ -66,7 +69,7 @@ struct DeviceChannels {
 
     /// Writes to ports nobody owns go nowhere.
     @inline(__always)
-    mutating func portWrite(_ port: UInt16, size: Int, value: UInt64) {
+    func portWrite(_ port: UInt16, size: Int, value: UInt64) {
         guard let channel = router.channel(forPort: port) else { return }
         post(channel, .portWrite, address: UInt64(port), size: size, value: value)
     }
@@ -84,14 +87,14 @@ struct DeviceChannels {
     }
 
     /// The guest's IA32_APIC_BASE changed to `value`: the APIC's page follows at once, the irqchip hears of it.
-    mutating func setAPICBase(_ value: UInt64) {
+    func setAPICBase(_ value: UInt64) {
         apicPage = value & APICBase.globalEnable != 0 ? value & APICBase.pageMask : nil
         guard irqchip >= 0 else { return }
         post(irqchip, .apicBase, address: 0, size: 8, value: value)
     }
 
     /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
-    mutating func mmioRead(_ guestAddress: UInt64, size: Int) -> UInt64 {
+    func mmioRead(_ guestAddress: UInt64, size: Int) -> UInt64 {
         guard let address = routed(guestAddress), let route = router.mmio(address) else { return ~0 }
         if let base = virtioWindows[route.channel], address >= base, clients[route.channel].region.deviceStatus == .broken {
             if complainedAbout.insert(route.channel).inserted {
@@ -113,7 +116,7 @@ struct DeviceChannels {
         return call(route.channel, .mmioRead, address: address, size: size)
     }
 
-    mutating func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {
+    func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {
         guard let address = routed(guestAddress), let route = router.mmio(address) else { return }
         if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
             // The timer counts from the guest's write, not from when the irqchip takes it.
@@ -141,7 +144,7 @@ struct DeviceChannels {
     /// there is no copy to tell): then the vCPU waits until the irqchip has applied it, which offers that vector,
     /// so that the vector is taken before the guest's next instruction, as on the CPU. Raising it stays posted:
     /// the vCPU holds back what the new TPR blocks itself (see `TaskPriority`).
-    mutating func writeTPR(_ value: UInt8, lowered: Bool) {
+    func writeTPR(_ value: UInt8, lowered: Bool) {
         guard irqchip >= 0 else { return }
         taskPriorityClass = value >> 4
         post(irqchip, .mmioWrite, address: LocalAPIC.defaultBase + LocalAPIC.Register.tpr, size: 4, value: UInt64(value))
@@ -187,35 +190,35 @@ struct DeviceChannels {
     }
 
     /// The vCPU took its timer's expiry itself and injected `vector` (MessageKind.timerTaken).
-    mutating func timerTaken(_ vector: UInt8) {
+    func timerTaken(_ vector: UInt8) {
         lastAcknowledged = vector
         post(irqchip, .timerTaken, address: 0, size: 1, value: UInt64(vector))
     }
 
     /// The vCPU stopped watching its timer without taking an expiry (MessageKind.timerWatchEnded).
-    mutating func timerWatchEnded() {
+    func timerWatchEnded() {
         guard irqchip >= 0 else { return }
         post(irqchip, .timerWatchEnded, address: 0, size: 1, value: 0)
     }
 
-    mutating func acknowledgeInterrupt(_ vector: UInt8) {
+    func acknowledgeInterrupt(_ vector: UInt8) {
         lastAcknowledged = vector
         post(irqchip, .interruptAck, address: 0, size: 1, value: UInt64(vector))
     }
 
-    mutating func setTimerDeadline(at: UInt64?) {
+    func setTimerDeadline(at: UInt64?) {
         post(irqchip, .timerDeadline, address: 0, size: 8, value: TimerDeadline.encode(at: at))
     }
 
     /// Waits until every device has applied everything this vCPU sent it (before the VM stops).
-    mutating func settleAll() {
+    func settleAll() {
         for channel in clients.indices { _ = call(channel, .sync, address: 0, size: 0) }
     }
 
     // MARK: the channel
 
     @inline(__always)
-    private mutating func call(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
+    private func call(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
         posted.answered(by: channel)  // answered in order: every earlier write to it is applied
         do { return try clients[channel].call(op, size: UInt8(size), address: address, data: 0) } catch {
             complain(channel, error)
@@ -224,12 +227,12 @@ struct DeviceChannels {
     }
 
     @inline(__always)
-    private mutating func post(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
+    private func post(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
         posted.posted(to: channel)
         do { try clients[channel].post(op, size: UInt8(size), address: address, data: value) } catch { complain(channel, error) }
     }
 
-    private mutating func complain(_ channel: Int, _ error: Error) {
+    private func complain(_ channel: Int, _ error: Error) {
         if complainedAbout.insert(channel).inserted {
             Log.warning("the \(servers[channel]) process failed: \(error); its reads return all-ones")
         }

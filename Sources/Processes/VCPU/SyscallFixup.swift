@@ -38,9 +38,9 @@ final class SyscallFixup {
     /// Whether the fix-up has set guest debugging (its breakpoint, or a step past it): nobody else may change it.
     var ownsGuestDebug: Bool { handler != nil || singleStepping }
 
-    /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due.
-    func refreshIfDue() throws(KVMError) {
-        let now = monotonicNanoseconds()
+    /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due. `now`: the
+    /// caller's clock reading (the last exit's will do: the refresh period is far longer than an exit).
+    func refreshIfDue(now: UInt64) throws(KVMError) {
         guard now >= nextRefresh, !singleStepping else { return }
         nextRefresh = now + Self.refreshNanoseconds
         let sregs = try vcpu.sregs()

@@ -15,7 +15,7 @@ final class VCPURunner: @unchecked Sendable {
     typealias Handler = @Sendable (VCPURunner) throws -> Action
 
     let vcpu: VCPU
-    var devices: DeviceChannels
+    let devices: DeviceChannels
     let interrupts: InterruptInjector
     let fallback: EmulationFallback
     let group: VCPUGroup
@@ -131,7 +131,7 @@ final class VCPURunner: @unchecked Sendable {
                     timerTakenToTell = vector
                 case nil: break
                 }
-                try syscallFixup?.refreshIfDue()
+                try syscallFixup?.refreshIfDue(now: handling?.since ?? monotonicNanoseconds())
                 try updateWindowStepping()
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
