@@ -25,6 +25,8 @@ public struct DeviceClient: @unchecked Sendable {
     /// How long this lane spins for an answer, learnt from how long answers take (a device that spins itself
     /// answers in microseconds; one asleep needs a wake-up).
     private var window: SpinWindow
+    /// A post has not yet asked whether the device sleeps (see `wakeIfAsleep`).
+    public private(set) var wakeCheckDue = false
 
     public init(region: ChannelRegion, lane: Int, deviceDoorbell: Int32, responseDoorbell: Int32,
                 policy: WaitPolicy, timeoutMs: Int, failedProbeMs: Int = 2) {
@@ -56,10 +58,27 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    /// Queues an access without waiting for the device (port and MMIO writes).
+    /// Queues an access without waiting for the device (port and MMIO writes), waking the device if it sleeps.
     public mutating func post(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
         guard region.deviceStatus != .broken else { return }  // a device given up on ignores writes, as no device would
         _ = try send(operation, size: size, address: address, data: data)
+    }
+
+    /// The same, but whether the device must be woken is left to `wakeIfAsleep()`, which the caller owes before it
+    /// enters the guest or waits for anything: its barrier costs least once the message's cache lines are on their
+    /// way (see RingProducer.push). The vCPU's posted writes, one per exit.
+    public mutating func postDeferringWake(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
+        guard region.deviceStatus != .broken else { return }
+        _ = try send(operation, size: size, address: address, data: data, fenced: false)
+        wakeCheckDue = true
+    }
+
+    /// Rings the device's doorbell if it went to sleep before it saw what `post` queued; nothing when nothing is
+    /// owed.
+    public mutating func wakeIfAsleep() throws(ChannelError) {
+        guard wakeCheckDue else { return }
+        wakeCheckDue = false
+        if requests.consumerSleepingAfterFence() { try ring(deviceDoorbell) }
     }
 
     /// How many device timeouts in a row a call waits while the supervisor replaces the device's process (a restart
@@ -119,13 +138,14 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) -> UInt64 {
+    private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64,
+                               fenced: Bool = true) throws(ChannelError) -> UInt64 {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
         var extensions = 0
         while true {
             let pushed: Bool
-            do { pushed = try requests.push(message) } catch { throw .peer(error) }
+            do { pushed = try requests.push(message, fenced: fenced) } catch { throw .peer(error) }
             if pushed { break }
             // Full ring: the device is behind. Wake it and back off; give up after the timeout (after the short
             // probe for a device that missed a deadline already), unless its process is being replaced.
@@ -144,7 +164,11 @@ public struct DeviceClient: @unchecked Sendable {
             waitedNs += 50_000
         }
         nextSequence &+= 1
-        if requests.consumerSleeping() { try ring(deviceDoorbell) }
+        if fenced {
+            // Covers this lane's earlier unfenced posts too: a device awake sees them all, one asleep is woken.
+            wakeCheckDue = false
+            if requests.consumerSleeping() { try ring(deviceDoorbell) }
+        }
         return message.sequence
     }
 }

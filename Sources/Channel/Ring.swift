@@ -59,7 +59,12 @@ public struct RingProducer: @unchecked Sendable {
 
     /// Appends a message; false when the ring is full. Throws when the consumer published an impossible head (seen
     /// when the head is read again, i.e. at the latest once the ring looks full).
-    public mutating func push(_ message: Message) throws(MessageError) -> Bool {
+    ///
+    /// `fenced` (the default) makes the tail's store a full barrier, so that `consumerSleeping()` right after is
+    /// ordered after it. Unfenced, the store is a release and the caller must ask `consumerSleepingAfterFence()`
+    /// before it relies on the consumer having seen the message: the barrier waits for the slot's and the tail's
+    /// cache lines to come over from the consumer's CPU, and later, after other work, there is little left to wait for.
+    public mutating func push(_ message: Message, fenced: Bool = true) throws(MessageError) -> Bool {
         if tail &- knownHead >= UInt64(ring.layout.capacity) {
             // Full by the last head read (or a head that was never valid): read it again and check it. The head only
             // moves forward, so a stale one can only make the ring look fuller than it is.
@@ -74,13 +79,23 @@ public struct RingProducer: @unchecked Sendable {
         tail &+= 1
         // Sequentially consistent so that the load of `sleeping` below cannot pass this store (Dekker pairing
         // with the consumer's store to `sleeping` and its re-check of the tail).
-        ring.tail.pointee.store(tail, ordering: .sequentiallyConsistent)
+        if fenced {
+            ring.tail.pointee.store(tail, ordering: .sequentiallyConsistent)
+        } else {
+            ring.tail.pointee.store(tail, ordering: .releasing)
+        }
         return true
     }
 
-    /// True when the consumer has announced it is about to block, so a doorbell is needed.
+    /// True when the consumer has announced it is about to block, so a doorbell is needed (after a fenced push).
     public func consumerSleeping() -> Bool {
         ring.sleeping.pointee.load(ordering: .sequentiallyConsistent) != 0
+    }
+
+    /// The same after unfenced pushes: the barrier orders them before the load (the Dekker pairing again).
+    public func consumerSleepingAfterFence() -> Bool {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return consumerSleeping()
     }
 }
 

@@ -43,11 +43,18 @@ final class HelperLauncherTests: GuestTestCase {
     /// a helper whose policy is another text (here `--unsafe-policy-dir`, each file with one more comment) compiles
     /// its own, and so does every exec'd helper.
     func testForkedHelpersGetTheLaunchersFilterOnlyForTheBuiltInPolicy() throws {
-        let hello = try Harness.guest("hello.elf")
+        let portloop = try Harness.guest("portloop.elf")
         func loads(options: [String] = [], extra: String = "") throws -> [String: String] {
-            let run = try Harness.run(config: Harness.config(kernel: hello, args: "say=f exit=0", extra: extra),
+            // A guest that runs until stopped, stopped once every helper is sandboxed: a VM that ends at once can
+            // stop a helper that compiles its own policy before it loaded it.
+            let run = try Harness.run(config: Harness.config(kernel: portloop, args: "iters=100000000000", extra: extra),
                                       options: ["--log-level", "debug"] + options)
-            XCTAssertEqual(run.wait(timeout: 30), 1, run.stderr)
+            XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+            for pid in Harness.settledHelpers(of: run.process.processIdentifier, count: 3) {
+                XCTAssertTrue(Harness.waitUntilSandboxed(pid), "pid \(pid)")
+            }
+            kill(run.process.processIdentifier, SIGINT)
+            XCTAssertEqual(run.wait(timeout: 30), 130, run.stderr)
             var found: [String: String] = [:]
             for line in run.stderr.split(separator: "\n") where line.contains("debug: seccomp policy ") {
                 let role = String(line.dropFirst().prefix { $0 != "]" })

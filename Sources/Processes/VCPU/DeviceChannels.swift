@@ -18,6 +18,8 @@ final class DeviceChannels {
     /// The irqchip's channel, for the vCPU's own messages to it (acknowledgements, TSC deadlines).
     let irqchip: Int
     private var posted = PostedWrites()
+    /// Channels posted to whose device may still need waking (bit per channel; see `wakeDevicesAsleep`).
+    private var wakeChecksDue: UInt64 = 0
     private var complainedAbout: Set<Int> = []
     /// Per channel, the base of its virtio-mmio window (nil for other devices): a virtio device given up on still
     /// answers some registers (see `VirtioMMIOTransport.brokenDeviceRead`).
@@ -219,6 +221,7 @@ final class DeviceChannels {
 
     @inline(__always)
     private func call(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int) -> UInt64 {
+        wakeDevicesAsleep()  // the call may wait: nothing posted elsewhere waits with it
         posted.answered(by: channel)  // answered in order: every earlier write to it is applied
         do { return try clients[channel].call(op, size: UInt8(size), address: address, data: 0) } catch {
             complain(channel, error)
@@ -229,7 +232,18 @@ final class DeviceChannels {
     @inline(__always)
     private func post(_ channel: Int, _ op: MessageKind, address: UInt64, size: Int, value: UInt64) {
         posted.posted(to: channel)
-        do { try clients[channel].post(op, size: UInt8(size), address: address, data: value) } catch { complain(channel, error) }
+        do { try clients[channel].postDeferringWake(op, size: UInt8(size), address: address, data: value) } catch { complain(channel, error) }
+        wakeChecksDue |= 1 << UInt64(channel)
+    }
+
+    /// Wakes each device a post went to that fell asleep before it saw the post (DeviceClient.wakeIfAsleep). Owed
+    /// before the vCPU enters the guest or waits for anything; cheap when nothing was posted since.
+    func wakeDevicesAsleep() {
+        while wakeChecksDue != 0 {
+            let channel = wakeChecksDue.trailingZeroBitCount
+            wakeChecksDue &= wakeChecksDue - 1
+            do { try clients[channel].wakeIfAsleep() } catch { complain(channel, error) }
+        }
     }
 
     private func complain(_ channel: Int, _ error: Error) {

@@ -38,6 +38,8 @@ final class InterruptInjector: @unchecked Sendable {
     /// Tells the irqchip this vCPU stopped watching its timer without taking an expiry (the runner's DeviceChannels
     /// post MessageKind.timerWatchEnded).
     var timerWatchEnded: (() -> Void)?
+    /// Wakes the devices the vCPU posted to (DeviceChannels.wakeDevicesAsleep), before this thread sleeps.
+    var beforeSleeping: (() -> Void)?
     /// A timer expiry this vCPU read itself while halted (see MessageKind.timerTaken): injected at the next entry.
     private var claimedTimer: UInt8?
     /// The VMM completed the last exit's instruction itself (the emulation fallback: an IRET, an STI): the exit's
@@ -244,6 +246,7 @@ final class InterruptInjector: @unchecked Sendable {
         // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
         sleeping.store(true, ordering: .sequentiallyConsistent)
         defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
+        beforeSleeping?()  // a device posted to just before a HLT must not sleep through it
         seat?.release()  // this CPU is free while the thread sleeps
         var value: UInt64 = 0
         var watchTimer = timerFD != nil

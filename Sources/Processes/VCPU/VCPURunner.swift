@@ -86,7 +86,11 @@ final class VCPURunner: @unchecked Sendable {
         self.windowStepping = windowStepping
         // Asked on this vCPU's own thread, from its HLT wait.
         interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
-        interrupts.timerWatchEnded = { [unowned self] in self.devices.timerWatchEnded() }
+        interrupts.timerWatchEnded = { [unowned self] in
+            self.devices.timerWatchEnded()
+            self.devices.wakeDevicesAsleep()  // the irqchip must read the timer now; this thread waits on
+        }
+        interrupts.beforeSleeping = { [unowned self] in self.devices.wakeDevicesAsleep() }
     }
 
     /// Runs the guest until it stops, then finishes every device's posted writes (so the console is complete and
@@ -118,6 +122,7 @@ final class VCPURunner: @unchecked Sendable {
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
                 if let gate = interrupts.pauseGate, gate.isRequested {
                     finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
+                    devices.wakeDevicesAsleep()
                     seat.release()
                     gate.wait()
                     continue
@@ -133,6 +138,7 @@ final class VCPURunner: @unchecked Sendable {
                 }
                 try syscallFixup?.refreshIfDue(now: handling?.since ?? monotonicNanoseconds())
                 try updateWindowStepping()
+                devices.wakeDevicesAsleep()  // last: by now the posts' cache lines are mostly over (RingProducer.push)
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
                 seat.hold()  // kept through the exit's handling: released only where the thread blocks
