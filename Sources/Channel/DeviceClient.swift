@@ -159,7 +159,6 @@ public struct DeviceClient: @unchecked Sendable {
                 failed = true
                 throw .timedOut("ring full")
             }
-            policy.census?.release()
             usleep(50)
             waitedNs += 50_000
         }

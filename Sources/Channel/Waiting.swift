@@ -117,23 +117,19 @@ public final class SpinCensus: @unchecked Sendable {
         let index: Int
         private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
 
-        /// The owner holds the CPU it runs on without asking: a vCPU thread entering the guest, which keeps it
-        /// while it handles the exit (a device process its doorbell woke onto that CPU must not spin there either)
-        /// and gives it up only when it blocks.
+        /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest).
         @inline(__always) public func hold() { hold(cpu: vmm_current_cpu()) }
-        /// The owner blocks (or stops spinning).
         @inline(__always) public func release() { word.pointee.store(0, ordering: .relaxed) }
-        var isHeld: Bool { word.pointee.load(ordering: .relaxed) != 0 }
 
         /// A seat's word: 0 free, else the CPU held plus one (`unknownCPU` when the owner could not tell).
-        @inline(__always) func hold(cpu: Int32) { word.pointee.store(cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU, ordering: .relaxed) }
+        @inline(__always) static func word(holding cpu: Int32) -> Int64 { cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU }
+        @inline(__always) func hold(cpu: Int32) { word.pointee.store(Self.word(holding: cpu), ordering: .relaxed) }
 
         /// Takes a CPU to spin on when one is free and no other seat holds the one this thread runs on (the
         /// caller then `release()`s it); false: block instead.
         public func trySpin() -> Bool {
-            let cpu = vmm_current_cpu()
-            hold(cpu: cpu)
-            let mine: Int64 = cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU
+            let mine = Self.word(holding: vmm_current_cpu())
+            word.pointee.store(mine, ordering: .relaxed)
             let cpus = census.word(0).pointee.load(ordering: .relaxed)
             let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))
             var busy: Int64 = 1
@@ -156,22 +152,12 @@ public final class SpinCensus: @unchecked Sendable {
 /// a console byte. A spin that finds it was preempted (a gap in its own clock readings: the host has more runnable
 /// threads than CPUs, this VM's or others') stops, and the window is halved (`SpinWindow.preempted`): spinning then
 /// only takes the CPU from whoever the waiter waits for.
-///
-/// The seat: false leaves it released (the caller blocks next); true leaves it as it was before (a vCPU thread
-/// that held it through the exit keeps it).
 @inline(__always)
 public func spin(window: inout SpinWindow, census: SpinCensus.Seat?, until ready: () -> Bool, extra: (() -> Bool)? = nil) -> Bool {
     if ready() { return true }
-    let heldBefore = census?.isHeld ?? false
-    guard window.nanoseconds > 0 else { census?.release(); return false }
+    guard window.nanoseconds > 0 else { return false }
     if let census, !census.trySpin() { return false }
-    let caught = spinHolding(window: &window, until: ready, extra: extra)
-    if !caught || !heldBefore { census?.release() }
-    return caught
-}
-
-@inline(__always)
-private func spinHolding(window: inout SpinWindow, until ready: () -> Bool, extra: (() -> Bool)?) -> Bool {
+    defer { census?.release() }
     let start = monotonicNanoseconds()
     let deadline = start + window.nanoseconds
     var nextExtra = start + 10_000

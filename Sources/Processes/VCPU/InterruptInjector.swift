@@ -247,7 +247,6 @@ final class InterruptInjector: @unchecked Sendable {
         sleeping.store(true, ordering: .sequentiallyConsistent)
         defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
         beforeSleeping?()  // a device posted to just before a HLT must not sleep through it
-        seat?.release()  // this CPU is free while the thread sleeps
         var value: UInt64 = 0
         var watchTimer = timerFD != nil
         /// The irqchip leaves the timer to this thread (InterruptMailbox.leaveTimer).

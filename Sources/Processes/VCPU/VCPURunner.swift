@@ -86,10 +86,7 @@ final class VCPURunner: @unchecked Sendable {
         self.windowStepping = windowStepping
         // Asked on this vCPU's own thread, from its HLT wait.
         interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
-        interrupts.timerWatchEnded = { [unowned self] in
-            self.devices.timerWatchEnded()
-            self.devices.wakeDevicesAsleep()  // the irqchip must read the timer now; this thread waits on
-        }
+        interrupts.timerWatchEnded = { [unowned self] in self.devices.timerWatchEnded() }
         interrupts.beforeSleeping = { [unowned self] in self.devices.wakeDevicesAsleep() }
     }
 
@@ -97,7 +94,7 @@ final class VCPURunner: @unchecked Sendable {
     /// a debug-exit that came first is seen first), whatever the stop; returns why.
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
-        seat.release()
+        seat.release()  // still held if KVM_RUN failed
         finishHandling(at: monotonicNanoseconds())
         if let vector = timerTakenToTell { devices.timerTaken(vector) }
         devices.settleAll()
@@ -123,7 +120,6 @@ final class VCPURunner: @unchecked Sendable {
                 if let gate = interrupts.pauseGate, gate.isRequested {
                     finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
                     devices.wakeDevicesAsleep()
-                    seat.release()
                     gate.wait()
                     continue
                 }
