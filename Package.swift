@@ -94,7 +94,7 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System", "ACPI"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "SystemTests", dependencies: ["System"]),
-        .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop"], path: "Tests/VMMTests"),
+        .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop", "TestSupport"], path: "Tests/VMMTests"),
     ],
     swiftLanguageModes: [.v6]
 )

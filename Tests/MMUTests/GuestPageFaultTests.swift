@@ -2,13 +2,14 @@ import BareLoop
 import Foundation
 import KVM
 import Memory
+import TestSupport
 import XCTest
 
 /// Our walker's page-fault error codes against the ones the guest's own #PF handler receives.
 final class GuestPageFaultTests: XCTestCase {
     static let guestDirectory: Result<String, Error> = Result {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return try TestGuests.build(sourceRoot: root.path, into: NSTemporaryDirectory() + "mmu-test-guests-\(getpid())")
+        return try TestGuests.build(sourceRoot: root.path, into: ScratchDirectory.forThisProcess("mmu-test-guests"))
     }
 
     func testWalkerMatchesTheGuestsOwnPageFaultHandler() throws {

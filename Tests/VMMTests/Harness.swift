@@ -1,5 +1,6 @@
 import BareLoop
 import Foundation
+import TestSupport
 import XCTest
 
 /// Runs the real vmm binary on test guests built from Tests/Guests with the system compiler.
@@ -22,7 +23,7 @@ enum Harness {
 
     /// Guests are built once per test process.
     static let guests: Result<String, Error> = Result {
-        try TestGuests.build(sourceRoot: sourceRoot, into: NSTemporaryDirectory() + "vmm-test-guests-\(getpid())")
+        try TestGuests.build(sourceRoot: sourceRoot, into: ScratchDirectory.forThisProcess("vmm-test-guests"))
     }
 
     static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }
@@ -54,7 +55,7 @@ enum Harness {
     }
 
     static func writeConfig(_ text: String) throws -> String {
-        let path = NSTemporaryDirectory() + "vmm-test-config-\(UUID().uuidString).json"
+        let path = try ScratchDirectory.forThisProcess("vmm-test-configs") + "/\(UUID().uuidString).json"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
