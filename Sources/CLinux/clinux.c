@@ -243,20 +243,6 @@ int vmm_available_cpus(void) {
 
 int vmm_current_cpu(void) { return sched_getcpu(); }
 
-int vmm_move_to_free_cpu(const int *held, int count) {
-    cpu_set_t original, free;
-    if (sched_getaffinity(0, sizeof original, &original) != 0) return -1;
-    free = original;
-    for (int i = 0; i < count; i++) {
-        if (held[i] >= 0 && held[i] < CPU_SETSIZE) CPU_CLR(held[i], &free);
-    }
-    if (CPU_COUNT(&free) == 0) return -1;
-    // Leaving the current CPU out of the mask migrates the thread before the call returns.
-    if (sched_setaffinity(0, sizeof free, &free) != 0) return -1;
-    (void)sched_setaffinity(0, sizeof original, &original);
-    return sched_getcpu();
-}
-
 int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
     if (count == 0 || count > 0xffff) return -EINVAL;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;

@@ -141,32 +141,8 @@ public final class SpinCensus: @unchecked Sendable {
                 if held == mine && mine != SpinCensus.unknownCPU { shared = true }
             }
             if busy <= cpus && !shared { return true }
-            // A CPU is free, but another seat holds this one: a wake-up placed this waiter on its waker's CPU.
-            // Blocking would leave it here, to be woken onto the same CPU by the next message, exit after exit,
-            // until the scheduler's balancing moved it (~0.2 s into a port-write loop here, at twice the cost per
-            // exit); moving now lets it spin where it takes no CPU from anyone.
-            if busy <= cpus, let cpu = moveToFreeCPU(seats: seats) {
-                hold(cpu: cpu)
-                return true
-            }
             release()
             return false
-        }
-
-        /// Moves the calling thread to a CPU no other seat holds (within its affinity mask); the CPU, nil if none.
-        private func moveToFreeCPU(seats: Int) -> Int32? {
-            withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(1, seats)) { held in
-                var count = 0
-                for i in 0..<seats where i != index {
-                    let word = census.seatWord(i).pointee.load(ordering: .relaxed)
-                    if word > 0 && word != SpinCensus.unknownCPU && word <= Int64(Int32.max) {
-                        held[count] = Int32(word - 1)
-                        count += 1
-                    }
-                }
-                let cpu = vmm_move_to_free_cpu(held.baseAddress, Int32(count))
-                return cpu >= 0 ? cpu : nil
-            }
         }
     }
 }

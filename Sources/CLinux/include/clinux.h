@@ -118,10 +118,6 @@ static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 int vmm_available_cpus(void);
 /// The CPU the calling thread runs on (glibc reads it from the thread's rseq area: no system call), -1 if unknown.
 int vmm_current_cpu(void);
-/// Moves the calling thread onto a CPU of its affinity mask that `held` (`count` CPU numbers) does not name, then
-/// gives it its mask back, so that the scheduler places it as freely as before. Returns the CPU it runs on then;
-/// -1 when every CPU of its mask is held or the kernel refused.
-int vmm_move_to_free_cpu(const int *held, int count);
 
 extern const unsigned int VMM_MFD_CLOEXEC;
 extern const unsigned int VMM_MFD_ALLOW_SEALING;
