@@ -12,7 +12,8 @@
  *   hostile  one line per hostile request with what it got: NEEDS_RESET (with the config-change bit in
  *            InterruptStatus) or the virtio-blk status byte. The device is reset and renegotiated before each case.
  *            The write to a read-only drive uses the second virtio-blk device.
- *   rng      reads 64 bytes from virtio-rng twice: they differ and are not all zero.
+ *   rng      reads 64 bytes from virtio-rng twice: they differ and are not all zero; rounds=N does that N times
+ *            (every round must pass), so that a test's faults have requests to land among.
  *   ackrace  InterruptACK racing a completion the device publishes at the same moment, as in an interrupt handler
  *            (read InterruptStatus, acknowledge it, look at the used ring): per round, with InterruptStatus set by an
  *            earlier completion, a virtio-blk read is notified and, after a delay that grows with the round (0 to a
@@ -757,23 +758,29 @@ static int test_hostile(const struct dev *d, const struct dev *read_only) {
     return 0;
 }
 
-static int test_rng(const struct dev *d) {
+static int test_rng(const struct dev *d, uint64_t rounds) {
     uint32_t status = negotiate(d, F_VERSION_1);
     if (!(status & S_FEATURES_OK)) { puts("virtio-rng: FEATURES_OK refused\n"); return 1; }
     start_queue(d);
     describe(d, "virtio-rng:");
     puts("\n");
-    uint32_t len[2];
-    for (int r = 0; r < 2; r++) {
-        set_desc(ring_desc, 0, r ? in_buf : out_buf, 64, D_WRITE, 0);
-        if (request(d) != 1) { puts("virtio-rng: no answer\n"); return 1; }
-    }
-    len[0] = used.ring[0].len;
-    len[1] = used.ring[1].len;
-    int differ = 0, nonzero = 0;
-    for (int i = 0; i < 64; i++) {
-        differ |= out_buf[i] != in_buf[i];
-        nonzero |= out_buf[i] | in_buf[i];
+    uint32_t len[2] = {0, 0};
+    int differ = 1, nonzero = 1;
+    if (rounds == 0) rounds = 1;
+    for (uint64_t k = 0; k < rounds; k++) {
+        for (int r = 0; r < 2; r++) {
+            set_desc(ring_desc, 0, r ? in_buf : out_buf, 64, D_WRITE, 0);
+            if (request(d) != 1) { puts("virtio-rng: no answer\n"); return 1; }
+            uint32_t got = used.ring[(2 * k + r) % QSZ].len;
+            if (k == 0 || got != 64) len[r] = got;  /* a round with a wrong length shows it */
+        }
+        int round_differs = 0, round_nonzero = 0;
+        for (int i = 0; i < 64; i++) {
+            round_differs |= out_buf[i] != in_buf[i];
+            round_nonzero |= out_buf[i] | in_buf[i];
+        }
+        differ &= round_differs;
+        nonzero &= round_nonzero != 0;
     }
     puts("virtio-rng: lengths="); put_dec(len[0]);
     puts(","); put_dec(len[1]);
@@ -850,7 +857,7 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     } else if (t[0] == 'b' && t[1] == 'e') {
         result = blk ? test_bench(blk, cmdline) : 1;
     } else if (t[0] == 'r' && t[1] == 'n') {
-        result = rng ? test_rng(rng) : 1;
+        result = rng ? test_rng(rng, parse_u64(cmdline_arg(cmdline, "rounds"))) : 1;
     } else if (t[0] == 'a') {
         result = blk ? test_ackrace(blk) : 1;
     } else if (t[0] == 'g') {
