@@ -103,8 +103,7 @@ let package = Package(
 // dynamic check is a call into the runtime and a thread-local lookup (swift_beginAccess, __tls_get_addr), and the
 // per-exit path touches class state a few times per exit: on the 32-bit posted-write loop they were ~200 of the port
 // handler's ~300 cycles, and the vCPU thread's own time per exit went from ~550 to ~440 cycles (rdtsc probes, 300k exits).
-let cTargets: Set<String> = ["CKVM", "CLinux", "CSeccomp", "CCap", "CZydis"]
+// (C targets ignore Swift settings.)
 for target in package.targets where target.type == .regular || target.type == .executable {
-    guard !cTargets.contains(target.name), target.name != "PolicyEmbedder" else { continue }
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 }
