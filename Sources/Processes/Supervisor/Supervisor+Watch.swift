@@ -131,12 +131,14 @@ extension Supervisor {
             }
             for c in slot.channels { c.deviceStatus = .broken }
             slot.wakeClients()
-            slot.lineWhenBroken()
             let message = "\(what); it failed \(slot.failures.count + 1) times within \(policy.windowMs) ms (vmm.device_restart.max_restarts \(policy.maxRestarts)): given up on"
             if policy.critical.contains(slot.name) {
+                slot.lineWhenBroken()
                 return Ending(status: .helperDied, message: message + ", and it is critical (vmm.device_restart.critical); stopping the VM")
             }
+            // Said before the line is driven, so that the irqchip's log of the line's changes comes after it.
             Log.report(message + "; the VM goes on without it (its reads give all-ones, its writes are dropped)")
+            slot.lineWhenBroken()
             return nil
         }
         for c in slot.channels { c.deviceStatus = .restarting }
