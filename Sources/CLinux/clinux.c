@@ -243,11 +243,6 @@ int vmm_available_cpus(void) {
 
 int vmm_current_cpu(void) { return sched_getcpu(); }
 
-int vmm_poll_ns(struct pollfd *fds, unsigned long count, uint64_t timeout_ns) {
-    struct timespec limit = { .tv_sec = (time_t)(timeout_ns / 1000000000u), .tv_nsec = (long)(timeout_ns % 1000000000u) };
-    return ppoll(fds, (nfds_t)count, &limit, NULL);
-}
-
 int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
     if (count == 0 || count > 0xffff) return -EINVAL;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;

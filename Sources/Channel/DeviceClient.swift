@@ -78,7 +78,7 @@ public struct DeviceClient: @unchecked Sendable {
     public mutating func wakeIfAsleep() throws(ChannelError) {
         guard wakeCheckDue else { return }
         wakeCheckDue = false
-        if requests.consumerBlockedAfterFence() { try ring(deviceDoorbell) }
+        if requests.consumerSleepingAfterFence() { try ring(deviceDoorbell) }
     }
 
     /// How many device timeouts in a row a call waits while the supervisor replaces the device's process (a restart
@@ -88,7 +88,7 @@ public struct DeviceClient: @unchecked Sendable {
     /// Sends an access and waits for its answer (reads, sync); returns the answer's data.
     public mutating func call(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64 = 0) throws(ChannelError) -> UInt64 {
         if region.deviceStatus == .broken { throw .broken }
-        let sequence = try send(operation, size: size, address: address, data: data, answered: true)
+        let sequence = try send(operation, size: size, address: address, data: data)
         let sent = monotonicNanoseconds()
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
@@ -138,9 +138,8 @@ public struct DeviceClient: @unchecked Sendable {
         }
     }
 
-    /// `answered`: the caller waits for the answer, so a napping device is woken too.
     private mutating func send(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64,
-                               fenced: Bool = true, answered: Bool = false) throws(ChannelError) -> UInt64 {
+                               fenced: Bool = true) throws(ChannelError) -> UInt64 {
         let message = Message(sequence: nextSequence, operation: operation, size: size, address: address, data: data)
         var waitedNs: UInt64 = 0
         var extensions = 0
@@ -167,7 +166,7 @@ public struct DeviceClient: @unchecked Sendable {
         if fenced {
             // Covers this lane's earlier unfenced posts too: a device awake sees them all, one asleep is woken.
             wakeCheckDue = false
-            if answered ? requests.consumerSleeping() : requests.consumerBlocked() { try ring(deviceDoorbell) }
+            if requests.consumerSleeping() { try ring(deviceDoorbell) }
         }
         return message.sequence
     }

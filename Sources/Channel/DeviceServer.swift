@@ -20,14 +20,6 @@ public struct DeviceServer: @unchecked Sendable {
     /// At most this many requests are taken between commits, so that a producer waiting on a full ring is not
     /// held back for long and one busy lane cannot keep the device from its other work.
     public var batchLimit: Int { max(1, region.layout.ring.capacity / 2) }
-    /// After a batch of posted writes only (nobody waits for an answer), the device naps this long instead of
-    /// spinning: the vCPU rings nobody for its posts, and no spinner slows the CPU next to it (a process spinning on
-    /// PAUSE on the other CPU slows a bare KVM loop 2-6% on the nested hosts here). A read or sync still wakes it at
-    /// once. 0: never nap.
-    public var napNanoseconds: UInt64 = 0
-    /// Requests taken, and whether any was answered, since the last `wait`.
-    private var takenSinceWait = 0
-    private var answeredSinceWait = false
 
     public init(region: ChannelRegion, deviceDoorbell: Int32, responseDoorbells: [Int32], policy: WaitPolicy) {
         precondition(responseDoorbells.count == region.layout.lanes)
@@ -60,7 +52,6 @@ public struct DeviceServer: @unchecked Sendable {
             if let message {
                 nextLane = lane
                 uncommitted += 1
-                takenSinceWait += 1
                 return (lane, message)
             }
         }
@@ -164,7 +155,6 @@ public struct DeviceServer: @unchecked Sendable {
 
     /// Sends the answer to `request` on `lane`.
     public mutating func respond(lane: Int, to request: Message, data: UInt64) throws(ChannelError) {
-        answeredSinceWait = true
         let answer = Message(sequence: request.sequence, operation: .response, size: request.size,
                              address: request.address, data: data)
         while true {
@@ -182,20 +172,9 @@ public struct DeviceServer: @unchecked Sendable {
     /// A restartable device commits only before it blocks (or when `batchLimit` requests await a commit): recording
     /// its state costs microseconds, and a request that arrives while it spins is answered without that delay.
     /// What it took meanwhile stays uncommitted, which is safe: a successor handles those requests again.
-    ///
-    /// After a batch of posted writes only it naps instead (`napNanoseconds`), committed first: it looks at the
-    /// ring when the nap ends, and blocks as usual if nothing came.
     public mutating func wait(extra: [Int32], timeoutMs: Int32 = -1) throws(ChannelError) -> [Poll.Event] {
         var window = self.window
         defer { self.window = window }
-        let postsOnly = takenSinceWait > 0 && !answeredSinceWait
-        takenSinceWait = 0
-        answeredSinceWait = false
-        if napNanoseconds > 0 && postsOnly && timeoutMs != 0 {
-            commit()
-            if let ready = try nap(extra: extra) { return ready }
-            return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window, spunSince: monotonicNanoseconds())
-        }
         if restartable == nil || uncommitted >= batchLimit { commit() }
         guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window) }
         let start = monotonicNanoseconds()
@@ -206,20 +185,6 @@ public struct DeviceServer: @unchecked Sendable {
         }
         commit()
         return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window, spunSince: start)
-    }
-
-    /// Naps for `napNanoseconds` or until the doorbell (a read) or one of `extra` wakes it; nil when nothing came.
-    private func nap(extra: [Int32]) throws(ChannelError) -> [Poll.Event]? {
-        let rings = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
-        let none = [Poll.Event](repeating: [], count: extra.count)
-        for r in rings { r.setNapping() }
-        defer { for r in rings { r.setSleeping(false) } }
-        if rings.contains(where: { $0.hasMessages() }) { return none }
-        let ready: [Poll.Event]
-        do { ready = try Poll.wait([deviceDoorbell] + extra, timeoutNs: napNanoseconds) } catch { throw .system(error) }
-        if ready[0].contains(.readable) { drain(deviceDoorbell) }
-        let rest = Array(ready.dropFirst())
-        return rings.contains(where: { $0.hasMessages() }) || rest.contains(where: { !$0.isEmpty }) ? rest : nil
     }
 
     /// The same over several channels at once (the irqchip serves the vCPUs' channel and the devices' lines), with

@@ -87,22 +87,15 @@ public struct RingProducer: @unchecked Sendable {
         return true
     }
 
-    /// True when the consumer has announced it is about to block or nap, so a message that waits for an answer
-    /// needs a doorbell (after a fenced push).
+    /// True when the consumer has announced it is about to block, so a doorbell is needed (after a fenced push).
     public func consumerSleeping() -> Bool {
-        ring.sleeping.pointee.load(ordering: .sequentiallyConsistent) != RingConsumer.awake
+        ring.sleeping.pointee.load(ordering: .sequentiallyConsistent) != 0
     }
 
-    /// True when the consumer blocks until its doorbell rings, so a posted message needs one too: a consumer that
-    /// naps looks at the ring by itself within its nap (after a fenced push).
-    public func consumerBlocked() -> Bool {
-        ring.sleeping.pointee.load(ordering: .sequentiallyConsistent) == RingConsumer.blocked
-    }
-
-    /// `consumerBlocked()` after unfenced pushes: the barrier orders them before the load (the Dekker pairing again).
-    public func consumerBlockedAfterFence() -> Bool {
+    /// The same after unfenced pushes: the barrier orders them before the load (the Dekker pairing again).
+    public func consumerSleepingAfterFence() -> Bool {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        return consumerBlocked()
+        return consumerSleeping()
     }
 }
 
@@ -168,17 +161,8 @@ public struct RingConsumer: @unchecked Sendable {
         ring.head.pointee.store(min(position, head), ordering: .releasing)
     }
 
-    /// The `sleeping` word: awake (the consumer will look at the ring), blocked (only its doorbell wakes it), napping
-    /// (it looks by itself within a nap; only a message that waits for an answer rings it).
-    static let awake: UInt32 = 0, blocked: UInt32 = 1, napping: UInt32 = 2
-
     /// Announces (true) or withdraws (false) that this consumer is about to block on its doorbell.
     public func setSleeping(_ on: Bool) {
-        ring.sleeping.pointee.store(on ? Self.blocked : Self.awake, ordering: .sequentiallyConsistent)
-    }
-
-    /// Announces that this consumer is about to nap: posts do not ring it, what waits for an answer does.
-    public func setNapping() {
-        ring.sleeping.pointee.store(Self.napping, ordering: .sequentiallyConsistent)
+        ring.sleeping.pointee.store(on ? 1 : 0, ordering: .sequentiallyConsistent)
     }
 }

@@ -40,55 +40,6 @@ final class DeferredWakeTests: XCTestCase {
     }
 }
 
-/// A device that naps after a batch of posted writes (DeviceServer.napNanoseconds) looks at its ring by itself: posts
-/// ring nobody meanwhile, and what waits for an answer still wakes it at once.
-final class NappingDeviceTests: XCTestCase {
-    func testANappingDeviceIsRungForCallsOnly() throws {
-        let channel = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let deviceBell = try EventFD(), answerBell = try EventFD()
-        var client = DeviceClient(region: channel.vcpu, lane: 0, deviceDoorbell: deviceBell.raw, responseDoorbell: answerBell.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 0), timeoutMs: 50)
-        try deviceBell.raw.setNonBlockingForTest()
-        func rung() -> Bool {
-            var count: UInt64 = 0
-            return Glibc.read(deviceBell.raw, &count, 8) == 8 && count > 0
-        }
-        RingConsumer(channel.device.requestRing(0)).setNapping()
-        try client.postDeferringWake(.portWrite, size: 1, address: 0x3f8, data: 1)
-        try client.wakeIfAsleep()
-        try client.post(.portWrite, size: 1, address: 0x3f8, data: 2)
-        XCTAssertFalse(rung(), "posts leave a napping device to look by itself")
-        _ = try? client.call(.sync, size: 0, address: 0)  // nobody answers: it times out, but it rang first
-        XCTAssertTrue(rung(), "a call wakes it at once")
-    }
-
-    func testAfterPostsOnlyTheDeviceNapsAndFindsTheNextPostWithoutADoorbell() throws {
-        let channel = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let deviceBell = try EventFD(), answerBell = try EventFD()
-        var client = DeviceClient(region: channel.vcpu, lane: 0, deviceDoorbell: deviceBell.raw, responseDoorbell: answerBell.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 0), timeoutMs: 1000)
-        var server = DeviceServer(region: channel.device, deviceDoorbell: deviceBell.raw, responseDoorbells: [answerBell.raw],
-                                  policy: WaitPolicy(maxSpinMicroseconds: 0))
-        let nap: UInt64 = 20_000_000
-        server.napNanoseconds = nap
-        try client.post(.portWrite, size: 1, address: 0x3f8, data: 1)
-        XCTAssertEqual(try server.poll()?.message.data, 1)
-        // The next post comes while the device naps: it rings nothing, and the device finds it when the nap ends.
-        let poster = try OSThread.start(name: "poster", stackSize: 256 << 10) {
-            usleep(2_000)
-            try? client.postDeferringWake(.portWrite, size: 1, address: 0x3f8, data: 2)
-            try? client.wakeIfAsleep()
-        }
-        let start = monotonicNanoseconds()
-        _ = try server.wait(extra: [])
-        let waited = monotonicNanoseconds() - start
-        poster.join()
-        XCTAssertGreaterThanOrEqual(waited, nap, "woken before the nap's end: the post rang the device")
-        XCTAssertEqual(try server.poll()?.message.data, 2)
-        XCTAssertNil(try server.poll())
-    }
-}
-
 private extension Int32 {
     func setNonBlockingForTest() throws {
         let flags = fcntl(self, F_GETFL)

@@ -118,8 +118,6 @@ static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 int vmm_available_cpus(void);
 /// The CPU the calling thread runs on (glibc reads it from the thread's rseq area: no system call), -1 if unknown.
 int vmm_current_cpu(void);
-/// poll with a timeout in nanoseconds (ppoll: glibc's poll takes milliseconds).
-int vmm_poll_ns(struct pollfd *fds, unsigned long count, uint64_t timeout_ns);
 
 extern const unsigned int VMM_MFD_CLOEXEC;
 extern const unsigned int VMM_MFD_ALLOW_SEALING;

@@ -23,9 +23,6 @@ public enum PIOProcess {
         let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
-        // Console output and the debug-exit are posted writes: handled within 100 us of a pause in them, without a
-        // doorbell per write and without a spinner beside the vCPU (see DeviceServer.napNanoseconds).
-        server.napNanoseconds = spec.waiting.maxSpinMicroseconds > 0 ? 100_000 : 0
         let rings = try ConsoleRings(fd: spec.console.memoryFD)
         let uartLine = try ChannelLine(spec.uartLine, policy: policy)
         let keyboardLine = try ChannelLine(InterruptLineSpec(channel: spec.uartLine.channel, lane: spec.keyboardLane),
