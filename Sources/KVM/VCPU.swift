@@ -167,6 +167,17 @@ public final class VCPU: @unchecked Sendable {
 
 import Memory
 
+extension kvm_vcpu_events {
+    /// KVM is in the middle of delivering an event (an interrupt, an exception or an NMI): it injects it again at
+    /// the next entry, before anything else.
+    public var deliveryUnderway: Bool { interrupt.injected != 0 || exception.injected != 0 || nmi.injected != 0 }
+
+    /// KVM delivers an event at the next entry: one under way, a pending exception, or a pending NMI not blocked.
+    public var deliversAtNextEntry: Bool {
+        deliveryUnderway || exception.pending != 0 || (nmi.pending != 0 && nmi.masked == 0)
+    }
+}
+
 extension VCPU {
     /// The registers the guest's page walk depends on, from the cached special registers.
     public func pagingContext() throws(KVMError) -> PagingContext {

@@ -210,8 +210,7 @@ final class InterruptInjector: @unchecked Sendable {
     private func boundaryAllowsInterrupt() throws -> Bool {
         guard try vcpu.regs().rflags & 0x200 != 0 else { return false }
         let events = try vcpu.events()
-        return events.interrupt.shadow == 0 && events.interrupt.injected == 0 && events.exception.injected == 0
-            && events.nmi.injected == 0
+        return events.interrupt.shadow == 0 && !events.deliveryUnderway
     }
 
     /// NMI, INIT or a start-up IPI waits for this vCPU.

@@ -12,22 +12,14 @@ extension VCPURunner {
         let fixupOwns = syscallFixup?.ownsGuestDebug ?? false
         let watchTPR = try tprMayDropUnseen()
         interrupts.tprWatch.store(watchTPR, ordering: .relaxed)
-        var wanted = (interrupts.wantsWindow || watchTPR) && !fixupOwns
-        if wanted, try eventQueuedForEntry() { wanted = false }
+        // Not at an entry that delivers an event KVM holds (an injection a kick kept from being delivered, an NMI, an
+        // exception): delivered at the entry that starts stepping, its frame holds the step's TF, and the handler's
+        // IRET hands that to the guest as its own, a #DB after the next instruction it never asked for (a triple
+        // fault in a guest without a #DB handler; seen with the timer guest under irqchip kills). Stepping waits for
+        // the exit after the delivery. One KVM_GET_VCPU_EVENTS per entry while a vector waits.
+        let wanted = try (interrupts.wantsWindow || watchTPR) && !fixupOwns && !vcpu.events().deliversAtNextEntry
         guard let step = windowStepper.change(wanted: wanted) else { return }
         if !fixupOwns { try vcpu.setGuestDebug(breakpoint: nil, singleStep: step) }
-    }
-
-    /// Whether KVM delivers an event at the next entry: an injection a kick kept from being delivered (KVM_RUN
-    /// returned before entering), an NMI not blocked, an exception. Delivered at the entry that starts stepping,
-    /// its frame holds the step's TF, and the handler's IRET hands it to the guest as its own: a #DB after the
-    /// next instruction that the guest never asked for (a triple fault in a guest without a #DB handler; seen with
-    /// the timer guest under irqchip kills). Stepping waits for the exit after the delivery. One
-    /// KVM_GET_VCPU_EVENTS per entry while a vector waits.
-    private func eventQueuedForEntry() throws -> Bool {
-        let e = try vcpu.events()
-        return e.interrupt.injected != 0 || e.nmi.injected != 0 || (e.nmi.pending != 0 && e.nmi.masked == 0)
-            || e.exception.injected != 0 || e.exception.pending != 0
     }
 
     /// Whether the instruction at the step's RIP is HLT (read through the guest's page tables; unreadable: no).
