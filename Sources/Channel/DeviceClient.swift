@@ -64,26 +64,21 @@ public struct DeviceClient: @unchecked Sendable {
         _ = try send(operation, size: size, address: address, data: data)
     }
 
-    /// The same, but whether the device must be woken is left to `wakeIfAsleep(fenced:)`, which the caller owes
-    /// before it enters the guest or waits for anything. The vCPU's posted writes, one per exit.
+    /// The same, but whether the device must be woken is left to `wakeIfAsleep()`, which the caller owes before it
+    /// enters the guest or waits for anything: its barrier costs least once the message's cache lines are on their
+    /// way (see RingProducer.push). The vCPU's posted writes, one per exit.
     public mutating func postDeferringWake(_ operation: MessageKind, size: UInt8, address: UInt64, data: UInt64) throws(ChannelError) {
         guard region.deviceStatus != .broken else { return }
         _ = try send(operation, size: size, address: address, data: data, fenced: false)
         wakeCheckDue = true
     }
 
-    /// Rings the device's doorbell if it went to sleep before it saw what `postDeferringWake` queued; nothing when
-    /// nothing is owed.
-    ///
-    /// `fenced` (before this thread waits for anything) makes the check exact: a barrier orders the posts before the
-    /// load of the device's sleeping word. Unfenced (before entering the guest, once per exit) the load may pass the
-    /// posts, and a device that announced sleep just then is not rung; it finds the posts itself when it looks again
-    /// a millisecond after going to sleep (DeviceServer.wait). The barrier waits for the message's cache lines to
-    /// come over from the device's CPU, ~100 cycles of every posted write here.
-    public mutating func wakeIfAsleep(fenced: Bool = true) throws(ChannelError) {
+    /// Rings the device's doorbell if it went to sleep before it saw what `post` queued; nothing when nothing is
+    /// owed.
+    public mutating func wakeIfAsleep() throws(ChannelError) {
         guard wakeCheckDue else { return }
         wakeCheckDue = false
-        if fenced ? requests.consumerSleepingAfterFence() : requests.consumerSleeping() { try ring(deviceDoorbell) }
+        if requests.consumerSleepingAfterFence() { try ring(deviceDoorbell) }
     }
 
     /// How many device timeouts in a row a call waits while the supervisor replaces the device's process (a restart

@@ -208,25 +208,11 @@ public struct DeviceServer: @unchecked Sendable {
         }
         if rings.contains(where: { $0.hasMessages() }) { return none }
         let doorbells = servers.map(\.deviceDoorbell)
-        var ready: [Poll.Event]
-        do {
-            // Asleep for good only after a second look `recheckMs` on: a vCPU about to enter the guest checks for a
-            // sleeping device without a barrier (DeviceClient.wakeIfAsleep(fenced:)), so a post stored as this
-            // process announced its sleep may have gone unrung. By the second look it is visible.
-            let recheckMs = servers.map(\.recheckMs).min() ?? 1
-            let first = timeoutMs < 0 ? recheckMs : min(timeoutMs, recheckMs)
-            ready = try Poll.wait(doorbells + extra, timeoutMs: first)
-            if first != timeoutMs, ready.allSatisfy(\.isEmpty), !rings.contains(where: { $0.hasMessages() }) {
-                ready = try Poll.wait(doorbells + extra, timeoutMs: timeoutMs < 0 ? -1 : timeoutMs - first)
-            }
-        } catch { throw .system(error) }
+        let ready: [Poll.Event]
+        do { ready = try Poll.wait(doorbells + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
         for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
         return Array(ready.dropFirst(doorbells.count))
     }
-
-    /// How long a device that went to sleep waits before it looks at its rings once more (see `wait`); longer only
-    /// in tests, to widen the window they hit.
-    public var recheckMs: Int32 = 1
 
     /// While spinning: whether one of `fds` (timers, a console, notifications) became ready, so that a long spin
     /// window does not hold them back. nil when there are none.

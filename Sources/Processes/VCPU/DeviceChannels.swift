@@ -247,12 +247,11 @@ final class DeviceChannels {
 
     /// Wakes each device a post went to that fell asleep before it saw the post (DeviceClient.wakeIfAsleep). Owed
     /// before the vCPU enters the guest or waits for anything; cheap when nothing was posted since.
-    /// `beforeEntry`: the vCPU goes on running, so the check need not be exact (DeviceClient.wakeIfAsleep(fenced:)).
-    func wakeDevicesAsleep(beforeEntry: Bool = false) {
+    func wakeDevicesAsleep() {
         while wakeChecksDue != 0 {
             let channel = wakeChecksDue.trailingZeroBitCount
             wakeChecksDue &= wakeChecksDue - 1
-            do { try clients[channel].wakeIfAsleep(fenced: !beforeEntry) } catch { complain(channel, error) }
+            do { try clients[channel].wakeIfAsleep() } catch { complain(channel, error) }
         }
     }
 

@@ -137,7 +137,7 @@ final class VCPURunner: @unchecked Sendable {
                 // The seat first: a device the doorbells below wake onto this CPU then sees it taken and does not
                 // spin here. The doorbells last: by now the posts' cache lines are mostly over (RingProducer.push).
                 seat.hold()
-                devices.wakeDevicesAsleep(beforeEntry: true)
+                devices.wakeDevicesAsleep()
                 let entered = monotonicNanoseconds()
                 finishHandling(at: entered)
                 let reason = try vcpu.runOnce()
