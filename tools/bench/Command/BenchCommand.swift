@@ -75,26 +75,23 @@ struct BenchCommand: ParsableCommand {
                     }),
                 ]
                 // vmm, the baseline build and (32-bit guests) QEMU: the same run and the same reading of its timing.
-                let vmms: [(String, VMMUnderTest)] = [(loop.row("vmm (\(loop.server) process)"), ours)]
+                let vmms: [(String, VMMUnderTest)] = [(loop.ours, ours)]
                     + (baseline.map { [(loop.row("baseline vmm"), $0)] } ?? [])
                     + (loop.qemu ? qemus.map { (loop.row($0.name), $0) } : [])
                 for (name, m) in vmms {
                     runners.append((name, {
                         // Ours at info level: its statistics line splits each exit into time in KVM_RUN and the
                         // VMM's own time, so the row's ratio shows which side of the exit the cost is on.
-                        guard var ours = m as? OurVMM else {
-                            let r = try Runner.run(m, kernel: kernel, args: loop.args)
-                            return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
-                        }
-                        ours.options += ["--log-level", "info"]
-                        let r = try Runner.run(ours, kernel: kernel, args: loop.args, captureLog: true)
-                        if let stats = RunStatistics.parse(r.log), stats.entries > 0 {
-                            add(name + ": in KVM_RUN", stats.runMilliseconds * 1e6 / Double(stats.entries))
-                            add(name + ": VMM time", stats.byReason.reduce(0) { $0 + $1.milliseconds } * 1e6 / Double(stats.entries))
-                        } else if name == loop.row("vmm (\(loop.server) process)") {
+                        let atInfo = (m as? OurVMM).map { o -> VMMUnderTest in var o = o; o.options += ["--log-level", "info"]; return o }
+                        let r = try Runner.run(atInfo ?? m, kernel: kernel, args: loop.args, captureLog: atInfo != nil)
+                        let split = ExitLoop.split(name)
+                        if atInfo != nil, let stats = RunStatistics.parse(r.log), stats.entries > 0 {
+                            add(split.inRun, stats.runMilliseconds * 1e6 / Double(stats.entries))
+                            add(split.vmmTime, stats.byReason.reduce(0) { $0 + $1.milliseconds } * 1e6 / Double(stats.entries))
+                        } else if name == loop.ours {
                             // Ours must say; an older baseline build may not have the line, and then has no split.
-                            failures[name + ": in KVM_RUN"] = "no statistics line (\(Self.why(r)))"
-                            failures[name + ": VMM time"] = "no statistics line (\(Self.why(r)))"
+                            failures[split.inRun] = "no statistics line (\(Self.why(r)))"
+                            failures[split.vmmTime] = "no statistics line (\(Self.why(r)))"
                         }
                         return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
                     }))
@@ -304,15 +301,16 @@ struct BenchCommand: ParsableCommand {
         for loop in ExitLoop.all(iterations: 0) {
             let bare = loop.row("bare KVM loop")
             row(bare, "ns/exit")
-            let ours = loop.row("vmm (\(loop.server) process)")
-            row(ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            row(loop.ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
             // The same exits split (per KVM_RUN entry): time inside it against the bare loop's whole exit, and the
             // VMM's own handling between two entries (its share of the bare exit: the row's ratio).
-            row(ours + ": in KVM_RUN", "ns/exit", baseline: bare, note: "the vCPU inside KVM_RUN")
-            row(ours + ": VMM time", "ns/exit", baseline: bare, note: "the vcpu process between exit and entry")
+            let oursSplit = ExitLoop.split(loop.ours)
+            row(oursSplit.inRun, "ns/exit", baseline: bare, note: "the vCPU inside KVM_RUN")
+            row(oursSplit.vmmTime, "ns/exit", baseline: bare, note: "the vcpu process between exit and entry")
             row(loop.row("baseline vmm"), "ns/exit", baseline: loop.goalBaseline ?? bare)
-            row(loop.row("baseline vmm") + ": in KVM_RUN", "ns/exit", baseline: bare)
-            row(loop.row("baseline vmm") + ": VMM time", "ns/exit", baseline: bare)
+            let baselineSplit = ExitLoop.split(loop.row("baseline vmm"))
+            row(baselineSplit.inRun, "ns/exit", baseline: bare)
+            row(baselineSplit.vmmTime, "ns/exit", baseline: bare)
             if loop.qemu { for q in qemus { row(loop.row(q.name), "ns/exit", baseline: bare) } }
         }
         for kind in ["mean", "best"] {
@@ -466,6 +464,10 @@ struct ExitLoop {
     var note: String?
 
     func row(_ who: String) -> String { "\(what): \(who)" }
+    /// The row of this project's vmm.
+    var ours: String { row("vmm (\(server) process)") }
+    /// The rows that split a vmm row's exits: time inside KVM_RUN, and the vcpu process's own time.
+    static func split(_ row: String) -> (inRun: String, vmmTime: String) { (row + ": in KVM_RUN", row + ": VMM time") }
 
     /// The loops, the 64-bit and MMIO ones with a quarter of `iterations` (an exit costs about twice a 32-bit
     /// port exit there).
