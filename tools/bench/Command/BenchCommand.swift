@@ -76,7 +76,7 @@ struct BenchCommand: ParsableCommand {
                 ]
                 // vmm, the baseline build and (32-bit guests) QEMU: the same run and the same reading of its timing.
                 let vmms: [(String, VMMUnderTest)] = [(loop.ours, ours)]
-                    + (baseline.map { [(loop.row("baseline vmm"), $0)] } ?? [])
+                    + (baseline.map { [(loop.baseline, $0)] } ?? [])
                     + (loop.qemu ? qemus.map { (loop.row($0.name), $0) } : [])
                 for (name, m) in vmms {
                     runners.append((name, {
@@ -312,8 +312,8 @@ struct BenchCommand: ParsableCommand {
             let oursSplit = ExitLoop.split(loop.ours)
             row(oursSplit.inRun, "ns/exit", baseline: bare, note: "the vCPU inside KVM_RUN")
             row(oursSplit.vmmTime, "ns/exit", baseline: bare, note: "the vcpu process between exit and entry")
-            row(loop.row("baseline vmm"), "ns/exit", baseline: loop.goalBaseline ?? bare)
-            let baselineSplit = ExitLoop.split(loop.row("baseline vmm"))
+            row(loop.baseline, "ns/exit", baseline: loop.goalBaseline ?? bare)
+            let baselineSplit = ExitLoop.split(loop.baseline)
             row(baselineSplit.inRun, "ns/exit", baseline: bare)
             row(baselineSplit.vmmTime, "ns/exit", baseline: bare)
             if loop.qemu { for q in qemus { row(loop.row(q.name), "ns/exit", baseline: bare) } }
@@ -471,6 +471,8 @@ struct ExitLoop {
     func row(_ who: String) -> String { "\(what): \(who)" }
     /// The row of this project's vmm.
     var ours: String { row("vmm (\(server) process)") }
+    /// The row of the `--baseline-vmm` build.
+    var baseline: String { row("baseline vmm") }
     /// The rows that split a vmm row's exits: time inside KVM_RUN, and the vcpu process's own time.
     static func split(_ row: String) -> (inRun: String, vmmTime: String) { (row + ": in KVM_RUN", row + ": VMM time") }
 
