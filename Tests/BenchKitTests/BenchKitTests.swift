@@ -59,6 +59,13 @@ final class BenchKitTests: XCTestCase {
         let table = report.table()
         XCTAssertTrue(table.contains("1.08x"), table)
         XCTAssertTrue(table.contains("MISSED"), table)
+        // Per repetition: 105/100, 120/110, 108/90; none for a row with fewer samples than its baseline.
+        let paired = report.pairedRatios(report.rows[1])!
+        XCTAssertEqual(paired.count, 3)
+        XCTAssertEqual(paired[1], 120.0 / 110.0, accuracy: 1e-9)
+        XCTAssertEqual(paired[2], 1.2, accuracy: 1e-9)
+        XCTAssertNil(report.pairedRatios(report.rows[2]))
+        XCTAssertTrue(table.contains("(each repetition 1.050-1.200x)"), table)
         XCTAssertNoThrow(try report.json())
     }
 

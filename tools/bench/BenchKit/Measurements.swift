@@ -177,6 +177,15 @@ public struct Report: Sendable, Codable {
         return m / base
     }
 
+    /// This row's sample over its baseline's from the same repetition, one ratio per repetition (the runners of a
+    /// repetition run back to back, so these ratios leave out the host's drift between repetitions): nil unless
+    /// both rows have a sample from every repetition (a failed run would pair samples of different repetitions).
+    public func pairedRatios(_ row: Row) -> [Double]? {
+        guard let b = row.baseline, let base = rows.first(where: { $0.name == b })?.samples.values,
+              base.count >= 2, base.count == row.samples.values.count, base.allSatisfy({ $0 > 0 }) else { return nil }
+        return zip(row.samples.values, base).map { $0 / $1 }
+    }
+
     /// True, false, or nil when there is no goal or no figure.
     public func meetsGoal(_ row: Row) -> Bool? {
         guard let goal = row.goal else { return nil }
@@ -190,7 +199,8 @@ public struct Report: Sendable, Codable {
             pad(c[0], 52) + pad(c[1], 10, right: true) + " " + pad(c[2], 10, right: true) + " " + pad(c[3], 10, right: true)
                 + "  " + pad(c[4], 8) + pad(c[5], 8, right: true) + "  " + c[6]
         }
-        // min and max show the spread of the samples; ratios and goals use the medians.
+        // min and max show the spread of the samples; ratios and goals use the medians. A goal's row also shows
+        // the range of its per-repetition ratios, which says how close to the goal a verdict was.
         var lines = [line(["figure", "min", "median", "max", "unit", "ratio", "goal"])]
         for r in rows {
             let ratioText = ratio(r).map { String(format: $0 < 0.1 ? "%.3fx" : "%.2fx", $0) } ?? ""
@@ -198,6 +208,9 @@ public struct Report: Sendable, Codable {
             if let g = r.goal {
                 let what = r.baseline != nil ? "<= \(String(format: "%.2f", g))x \(r.baseline!)" : "<= \(f(g)) \(r.unit)"
                 goalText = "\(what): " + (meetsGoal(r).map { $0 ? "met" : "MISSED" } ?? "no data")
+                if let paired = pairedRatios(r), let lo = paired.min(), let hi = paired.max() {
+                    goalText += String(format: " (each repetition %.3f-%.3fx)", lo, hi)
+                }
             }
             if let n = r.note { goalText += goalText.isEmpty ? n : "  (\(n))" }
             lines.append(line([r.name, f(r.samples.min), f(r.samples.median), f(r.samples.max), r.unit, ratioText, goalText]))
@@ -214,11 +227,11 @@ public struct Report: Sendable, Codable {
         struct Out: Codable { var machine: [String: String]; var rows: [Entry] }
         struct Entry: Codable {
             var name: String, unit: String, samples: [Double], min: Double?, median: Double?, max: Double?
-            var baseline: String?, ratio: Double?, goal: Double?, goalMet: Bool?, note: String?
+            var baseline: String?, ratio: Double?, pairedRatios: [Double]?, goal: Double?, goalMet: Bool?, note: String?
         }
         let out = Out(machine: machine, rows: rows.map {
             Entry(name: $0.name, unit: $0.unit, samples: $0.samples.values, min: $0.samples.min, median: $0.samples.median, max: $0.samples.max,
-                  baseline: $0.baseline, ratio: ratio($0), goal: $0.goal, goalMet: meetsGoal($0), note: $0.note)
+                  baseline: $0.baseline, ratio: ratio($0), pairedRatios: pairedRatios($0), goal: $0.goal, goalMet: meetsGoal($0), note: $0.note)
         })
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
