@@ -243,6 +243,21 @@ int vmm_available_cpus(void) {
 
 int vmm_current_cpu(void) { return sched_getcpu(); }
 
+int vmm_step_off_cpus(const int *held, int count) {
+    cpu_set_t allowed, target;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+    target = allowed;
+    for (int i = 0; i < count; i++) {
+        if (held[i] >= 0 && held[i] < CPU_SETSIZE) CPU_CLR(held[i], &target);
+    }
+    if (CPU_COUNT(&target) == 0) return -1;
+    /* Narrowing the mask of a running thread migrates it before the call returns. */
+    if (sched_setaffinity(0, sizeof target, &target) != 0) return -1;
+    int cpu = sched_getcpu();
+    (void)sched_setaffinity(0, sizeof allowed, &allowed);
+    return cpu;
+}
+
 int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
     if (count == 0 || count > 0xffff) return -EINVAL;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;

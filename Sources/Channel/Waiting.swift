@@ -100,13 +100,19 @@ public final class SpinCensus: @unchecked Sendable {
         (mapping.base + 64 + i * 64).assumingMemoryBound(to: Atomic<Int64>.self)
     }
 
+    /// The CPUs the VM's processes may use, as the supervisor counted them.
+    fileprivate var cpus: Int64 { word(0).pointee.load(ordering: .relaxed) }
+    /// The seats in use (clamped: any process can write the count).
+    fileprivate var seats: Int { Int(min(max(0, word(1).pointee.load(ordering: .relaxed)), Int64(Self.maxSeats))) }
+
     /// The CPUs this process may run on (its affinity mask), for `create`.
     public static func availableCPUs() -> Int { Int(vmm_available_cpus()) }
 
     /// Seat `index` (vCPU i sits in seat i, the device processes after the vCPUs); cleared on taking it, since a
-    /// predecessor may have died holding it.
-    public func seat(_ index: Int) -> Seat {
-        let s = Seat(census: self, index: max(0, min(index, Self.maxSeats - 1)))
+    /// predecessor may have died holding it. `stepsAside`: a waiter that finds itself on a CPU another seat holds
+    /// moves to a free one instead of blocking (device processes; a vCPU thread stays where it is).
+    public func seat(_ index: Int, stepsAside: Bool = false) -> Seat {
+        let s = Seat(census: self, index: max(0, min(index, Self.maxSeats - 1)), stepsAside: stepsAside)
         s.release()
         return s
     }
@@ -115,6 +121,7 @@ public final class SpinCensus: @unchecked Sendable {
     public struct Seat: @unchecked Sendable {
         let census: SpinCensus
         let index: Int
+        let stepsAside: Bool
         private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
 
         /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest).
@@ -126,23 +133,48 @@ public final class SpinCensus: @unchecked Sendable {
         @inline(__always) func hold(cpu: Int32) { word.pointee.store(Self.word(holding: cpu), ordering: .relaxed) }
 
         /// Takes a CPU to spin on when one is free and no other seat holds the one this thread runs on (the
-        /// caller then `release()`s it); false: block instead.
+        /// caller then `release()`s it); false: block instead. A seat that `stepsAside` and finds its CPU held
+        /// while another is free moves there first (see `stepAside`).
         public func trySpin() -> Bool {
-            let mine = Self.word(holding: vmm_current_cpu())
+            var mine = Self.word(holding: vmm_current_cpu())
             word.pointee.store(mine, ordering: .relaxed)
-            let cpus = census.word(0).pointee.load(ordering: .relaxed)
-            let seats = Int(min(max(0, census.word(1).pointee.load(ordering: .relaxed)), Int64(SpinCensus.maxSeats)))
+            var (busy, shared) = othersHolding(mine)
+            if busy <= census.cpus && shared && stepsAside, let moved = stepAside() {
+                mine = moved
+                word.pointee.store(mine, ordering: .relaxed)
+                (busy, shared) = othersHolding(mine)
+            }
+            if busy <= census.cpus && !shared { return true }
+            release()
+            return false
+        }
+
+        /// How many seats are held counting this one, and whether another holds `mine`.
+        private func othersHolding(_ mine: Int64) -> (busy: Int64, shared: Bool) {
             var busy: Int64 = 1
             var shared = false
-            for i in 0..<seats where i != index {
+            for i in 0..<census.seats where i != index {
                 let held = census.seatWord(i).pointee.load(ordering: .relaxed)
                 guard held != 0 else { continue }
                 busy += 1
                 if held == mine && mine != SpinCensus.unknownCPU { shared = true }
             }
-            if busy <= cpus && !shared { return true }
-            release()
-            return false
+            return (busy, shared)
+        }
+
+        /// Moves this thread off the CPUs other seats hold: the scheduler wakes a blocked device process on the
+        /// CPU it last ran on, and once a doorbell woke it onto a vCPU's CPU it would otherwise block there again
+        /// and be woken there again, exit after exit, each time taking the CPU from the vCPU (a 64-bit port-write
+        /// loop here spent phases of seconds at ~1,000 such wake-ups a second). The seat's new word; nil when
+        /// every CPU it may use is held.
+        private func stepAside() -> Int64? {
+            var held: [Int32] = []
+            for i in 0..<census.seats where i != index {
+                let word = census.seatWord(i).pointee.load(ordering: .relaxed)
+                if word > 0 && word != SpinCensus.unknownCPU { held.append(Int32(truncatingIfNeeded: word - 1)) }
+            }
+            let cpu = vmm_step_off_cpus(held, Int32(held.count))
+            return cpu >= 0 ? Self.word(holding: cpu) : nil
         }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import Channel
 import CLinux
@@ -102,6 +103,42 @@ final class WaitingTests: XCTestCase {
         vcpu.hold(cpu: -1)
         XCTAssertTrue(pio.trySpin(), "a holder whose CPU is unknown counts, but matches no CPU")
         pio.release()
+    }
+
+    func testADeviceStepsAsideFromTheCPUAVCPUHolds() throws {
+        let cpus = SpinCensus.availableCPUs()
+        guard cpus >= 2 else { throw XCTSkip("SKIPPED: stepping aside needs two CPUs in this process's affinity mask, it has \(cpus)") }
+        // On a thread of its own: the step narrows the calling thread's mask (and gives it back).
+        final class Findings: @unchecked Sendable { var list: [String] = [] }  // written by the thread, read after it
+        let findings = Findings()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            func fail(_ what: String) { findings.list.append(what) }
+            defer { done.signal() }
+            let fd = try! SpinCensus.create(cpus: cpus, seats: 2)
+            let census = try! SpinCensus(attaching: fd.raw)
+            let vcpu = census.seat(0), device = census.seat(1, stepsAside: true)
+            // The vCPU holds the CPU this thread is on, as when a doorbell woke the device onto the vCPU's CPU.
+            let held = vmm_current_cpu()
+            vcpu.hold(cpu: held)
+            if !device.trySpin() { fail("it blocked instead of moving to a free CPU") }
+            if vmm_current_cpu() == held { fail("still on the vCPU's CPU \(held)") }
+            device.release()
+            if SpinCensus.availableCPUs() != cpus { fail("its CPU mask was not given back whole") }
+            // Every CPU it may use held (the census told of more CPUs than the mask has): it blocks, and stays.
+            if cpus == 2 {
+                let fd8 = try! SpinCensus.create(cpus: 8, seats: 3)
+                let crowded = try! SpinCensus(attaching: fd8.raw)
+                let here = vmm_current_cpu()
+                crowded.seat(0).hold(cpu: here)
+                crowded.seat(1).hold(cpu: here == 0 ? 1 : 0)
+                if crowded.seat(2, stepsAside: true).trySpin() { fail("it spun on a CPU a vCPU holds") }
+                if SpinCensus.availableCPUs() != cpus { fail("a refused step changed its mask") }
+            }
+        }
+        thread.start()
+        done.wait()
+        XCTAssertEqual(findings.list, [])
     }
 
     /// A CPU number the calling thread is not running on.

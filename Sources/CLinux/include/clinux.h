@@ -118,6 +118,10 @@ static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
 int vmm_available_cpus(void);
 /// The CPU the calling thread runs on (glibc reads it from the thread's rseq area: no system call), -1 if unknown.
 int vmm_current_cpu(void);
+/// Moves the calling thread onto a CPU its affinity mask allows and `held` (`count` CPU numbers) does not name, then
+/// gives it its whole mask back (the scheduler leaves a thread where it runs): the CPU it runs on now, -1 when every
+/// allowed CPU is held or the kernel refused.
+int vmm_step_off_cpus(const int *held, int count);
 
 extern const unsigned int VMM_MFD_CLOEXEC;
 extern const unsigned int VMM_MFD_ALLOW_SEALING;

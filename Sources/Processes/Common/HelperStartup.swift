@@ -64,9 +64,10 @@ extension ChannelSpec {
 }
 
 extension WaitingSpec {
-    /// The policy for the waiter in seat `seat + offset` (a vCPU's index; 0 for a device process).
-    func policy(census: SpinCensus, offset: Int = 0) -> WaitPolicy {
-        WaitPolicy(maxSpinMicroseconds: maxSpinMicroseconds, census: census.seat(seat + offset))
+    /// The policy for the waiter in seat `seat + offset` (a vCPU's index; 0 for a device process, which steps
+    /// aside from a CPU a vCPU holds: see `SpinCensus.seat`).
+    func policy(census: SpinCensus, offset: Int = 0, stepsAside: Bool = false) -> WaitPolicy {
+        WaitPolicy(maxSpinMicroseconds: maxSpinMicroseconds, census: census.seat(seat + offset, stepsAside: stepsAside))
     }
 
     func attachCensus() throws -> SpinCensus { try SpinCensus(attaching: censusFD) }

@@ -32,7 +32,7 @@ public enum IRQChipProcess {
 
     static func serve(_ spec: IRQChipSpec, timers: [Int32]) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
-        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
+        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus(), stepsAside: true)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         var lines = DeviceServer(region: try ChannelRegion(attaching: spec.lines.memoryFD, layout: spec.lines.layout),

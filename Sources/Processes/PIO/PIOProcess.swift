@@ -20,7 +20,7 @@ public enum PIOProcess {
 
     static func serve(_ spec: PIOSpec) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
-        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
+        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus(), stepsAside: true)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         let rings = try ConsoleRings(fd: spec.console.memoryFD)

@@ -60,7 +60,7 @@ public enum VirtioProcess {
 
     static func serve(_ spec: VirtioSpec, backend: VirtioDeviceBackend, memory: GuestRAM, events: HostEvents?) throws {
         let region = try ChannelRegion(attaching: spec.channel.memoryFD, layout: spec.channel.layout)
-        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus())
+        let policy = spec.waiting.policy(census: try spec.waiting.attachCensus(), stepsAside: true)
         var server = DeviceServer(region: region, deviceDoorbell: spec.channel.deviceDoorbellFD,
                                   responseDoorbells: spec.channel.responseDoorbellFDs, policy: policy)
         let line = try ChannelLine(spec.line, policy: policy)
