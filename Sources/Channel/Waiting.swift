@@ -64,7 +64,8 @@ public struct SpinWindow: Sendable {
 /// waiter spinning). A waiter spins only while the seats taken leave a CPU for it and none of them is the CPU it
 /// runs on, so that on a small host spinning device processes do not take the CPU a vCPU needs: a device process
 /// the scheduler woke onto a vCPU's CPU (wake-ups tend to land on the waker's CPU) would otherwise spin there
-/// while the vCPU it waits for cannot run, for the whole window, on every exit, until the scheduler moved it.
+/// while the vCPU it waits for cannot run, for the whole window, on every exit, until the scheduler moved it. A
+/// device process in that place moves itself to a free CPU instead of blocking (`Seat.stepAside`).
 /// Seats, not a shared counter: a process killed while it spins leaves its seat to its successor, who clears it,
 /// instead of a count that never comes down.
 ///
