@@ -137,26 +137,33 @@ public final class SpinCensus: @unchecked Sendable {
         /// caller then `release()`s it); false: block instead. A seat that `stepsAside` and finds its CPU held
         /// while another is free moves there first (see `stepAside`).
         public func trySpin() -> Bool {
+            let cpus = census.cpus
             var mine = Self.word(holding: vmm_current_cpu())
             word.pointee.store(mine, ordering: .relaxed)
             var (busy, shared) = othersHolding(mine)
-            if busy <= census.cpus && shared && stepsAside, let moved = stepAside() {
+            if busy <= cpus && shared && stepsAside, let moved = stepAside() {
                 mine = moved
                 word.pointee.store(mine, ordering: .relaxed)
                 (busy, shared) = othersHolding(mine)
             }
-            if busy <= census.cpus && !shared { return true }
+            if busy <= cpus && !shared { return true }
             release()
             return false
+        }
+
+        /// Calls `body` with the word of every other seat that is held.
+        @inline(__always) private func forEachOtherHeld(_ body: (Int64) -> Void) {
+            for i in 0..<census.seats where i != index {
+                let held = census.seatWord(i).pointee.load(ordering: .relaxed)
+                if held != 0 { body(held) }
+            }
         }
 
         /// How many seats are held counting this one, and whether another holds `mine`.
         private func othersHolding(_ mine: Int64) -> (busy: Int64, shared: Bool) {
             var busy: Int64 = 1
             var shared = false
-            for i in 0..<census.seats where i != index {
-                let held = census.seatWord(i).pointee.load(ordering: .relaxed)
-                guard held != 0 else { continue }
+            forEachOtherHeld { held in
                 busy += 1
                 if held == mine && mine != SpinCensus.unknownCPU { shared = true }
             }
@@ -170,8 +177,7 @@ public final class SpinCensus: @unchecked Sendable {
         /// every CPU it may use is held.
         private func stepAside() -> Int64? {
             var held: [Int32] = []
-            for i in 0..<census.seats where i != index {
-                let word = census.seatWord(i).pointee.load(ordering: .relaxed)
+            forEachOtherHeld { word in
                 if word > 0 && word != SpinCensus.unknownCPU { held.append(Int32(truncatingIfNeeded: word - 1)) }
             }
             let cpu = vmm_step_off_cpus(held, Int32(held.count))

@@ -64,8 +64,8 @@ extension ChannelSpec {
 }
 
 extension WaitingSpec {
-    /// The policy for the waiter in seat `seat + offset` (a vCPU's index; 0 for a device process, which steps
-    /// aside from a CPU a vCPU holds: see `SpinCensus.seat`).
+    /// The policy for the waiter in seat `seat + offset` (a vCPU's index; 0 for a device process). `stepsAside`:
+    /// device processes, which move off a CPU a vCPU holds instead of blocking there (see `SpinCensus.seat`).
     func policy(census: SpinCensus, offset: Int = 0, stepsAside: Bool = false) -> WaitPolicy {
         WaitPolicy(maxSpinMicroseconds: maxSpinMicroseconds, census: census.seat(seat + offset, stepsAside: stepsAside))
     }
