@@ -46,7 +46,7 @@ public struct Policy: Equatable, Sendable {
         var lastComment = ""
         var currentFile = file
         var lineInFile = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for raw in text.lines {
             lineInFile += 1
             var line = String(raw)
             if line.hasPrefix("#@file ") {  // marker left by include expansion
@@ -71,7 +71,7 @@ public struct Policy: Equatable, Sendable {
             func fail(_ reason: String) -> ParseError { ParseError(file: currentFile, line: lineInFile, reason: reason) }
             guard let colon = line.firstIndex(of: ":") else { throw fail("expected 'syscall: expression'") }
             let name = line[..<colon].trimmingCharacters(in: " \t")
-            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+            guard !name.isEmpty, name.utf8.allSatisfy(isNameByte) else {
                 throw fail("bad syscall name '\(name)'")
             }
             if requireComments && why.isEmpty { throw fail("rule for \(name) has no comment saying why the role needs it") }
@@ -83,9 +83,9 @@ public struct Policy: Equatable, Sendable {
                 guard let v = constants[name] ?? parseNumber(name), v > 0, v < 4096 else { throw fail("unknown errno '\(name)'") }
                 errno = Int32(v)
             } else if expression != "1" {
-                for clauseText in expression.split(separator: "||") {
+                for clauseText in expression.pieces(between: "||") {
                     var clause: [Comparison] = []
-                    for term in clauseText.split(separator: "&&") {
+                    for term in clauseText.pieces(between: "&&") {
                         clause.append(try comparison(term.trimmingCharacters(in: " \t"), constants: constants, fail: fail))
                     }
                     clauses.append(clause)
@@ -118,6 +118,12 @@ public struct Policy: Equatable, Sendable {
         return Comparison(argument: n, op: op, value: value)
     }
 
+    /// A syscall name's characters: ASCII letters, digits and underscores.
+    private static func isNameByte(_ b: UInt8) -> Bool {
+        b == UInt8(ascii: "_") || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b)
+            || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b | 0x20)
+    }
+
     static func parseNumber(_ s: String) -> UInt64? {
         if s.hasPrefix("0x") { return UInt64(s.dropFirst(2), radix: 16) }
         if s.hasPrefix("-"), let v = Int64(s) { return UInt64(bitPattern: v) }
@@ -144,7 +150,7 @@ public enum PolicySource {
         defer { seen.removeLast() }
         // "#@file NAME N" tells the parser that the next line is line N+1 of NAME, so errors name the right place.
         var out = ["#@file \(file) 0"]
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (i, line) in text.lines.enumerated() {
             let trimmed = line.trimmingCharacters(in: " \t")
             if trimmed.hasPrefix("@include ") {
                 let included = trimmed.dropFirst(9).trimmingCharacters(in: " \t")
@@ -159,11 +165,46 @@ public enum PolicySource {
 }
 
 extension StringProtocol {
-    func trimmingCharacters(in set: String) -> String {
-        let chars = Set(set)
-        var s = Substring(self)
-        while let f = s.first, chars.contains(f) { s = s.dropFirst() }
-        while let l = s.last, chars.contains(l) { s = s.dropLast() }
-        return String(s)
+    /// `self` without the leading and trailing characters of `set`, which must be ASCII (the policy format's
+    /// blanks). Works on the UTF-8 bytes: an ASCII byte is never part of a longer character, and going by
+    /// `Character` (grapheme breaking, a `Set` per call) made parsing the launcher's filters cost milliseconds of
+    /// every VM's start.
+    func trimmingCharacters(in set: StaticString) -> String {
+        let blanks = UnsafeBufferPointer(start: set.utf8Start, count: set.utf8CodeUnitCount)
+        let text = Substring(self), bytes = text.utf8
+        var start = bytes.startIndex, end = bytes.endIndex
+        while start < end, blanks.contains(bytes[start]) { bytes.formIndex(after: &start) }
+        while start < end {
+            let last = bytes.index(before: end)
+            guard blanks.contains(bytes[last]) else { break }
+            end = last
+        }
+        return String(text[start..<end])
+    }
+
+    /// The pieces of `self` between the occurrences of `separator` (ASCII), empty ones dropped, as `split` does
+    /// with a string separator; on the UTF-8 bytes, without the generic collection search that split uses.
+    func pieces(between separator: StaticString) -> [Substring] {
+        let mark = UnsafeBufferPointer(start: separator.utf8Start, count: separator.utf8CodeUnitCount)
+        let text = Substring(self), bytes = text.utf8
+        var pieces: [Substring] = []
+        var pieceStart = bytes.startIndex, i = bytes.startIndex
+        while i < bytes.endIndex {
+            if bytes[i...].starts(with: mark) {
+                if pieceStart < i { pieces.append(text[pieceStart..<i]) }
+                i = bytes.index(i, offsetBy: mark.count)
+                pieceStart = i
+            } else {
+                bytes.formIndex(after: &i)
+            }
+        }
+        if pieceStart < bytes.endIndex { pieces.append(text[pieceStart..<bytes.endIndex]) }
+        return pieces
+    }
+
+    /// The lines of `self` (split at every newline, empty ones kept), split on the UTF-8 bytes.
+    var lines: [Substring] {
+        let text = Substring(self)
+        return text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map { Substring($0) }
     }
 }
