@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Machine
 import X86
 
@@ -9,14 +8,10 @@ protocol RoleSpec: Codable {
 }
 
 extension RoleSpec {
-    func encoded() -> String {
-        // Encoding plain structs of numbers and strings cannot fail.
-        String(decoding: (try? JSONEncoder().encode(self)) ?? Data(), as: UTF8.self)
-    }
+    /// The spec as JSON (see SpecCoding).
+    func encoded() throws -> String { try SpecCoding.encode(self) }
 
-    static func decode(_ text: String) throws -> Self {
-        try JSONDecoder().decode(Self.self, from: Data(text.utf8))
-    }
+    static func decode(_ text: String) throws -> Self { try SpecCoding.decode(Self.self, from: text) }
 }
 
 /// A device channel as one side sees it.
