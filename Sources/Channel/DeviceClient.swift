@@ -116,8 +116,18 @@ public struct DeviceClient: @unchecked Sendable {
                     window.learn(waited: monotonicNanoseconds() - sent, caught: !blocked)
                     return answer.data
                 }
-                if answer.sequence < sequence {  // answer to a read that already timed out
-                    if monotonicNanoseconds() >= deadline {
+                if answer.sequence < sequence {  // answer to a read that already timed out, or one handled again
+                    let now = monotonicNanoseconds()
+                    if now >= deadline && extensions > 0 && extensions < Self.restartWaitLimit {
+                        // The device's process was replaced during this call: its successor handles again what its
+                        // predecessor had not committed, answers included, and may still be working through them
+                        // (console output it waits to write) when the deadline comes. It gets the time a restart
+                        // gets, within the same limit; a device never replaced gets none.
+                        extensions += 1
+                        deadline = now + UInt64(timeoutMs) * 1_000_000
+                        continue
+                    }
+                    if now >= deadline {
                         failed = true
                         throw .timedOut("\(operation) at 0x\(String(address, radix: 16)) (only stale answers came)")
                     }

@@ -224,6 +224,35 @@ final class RingTests: XCTestCase {
         XCTAssertLessThan(monotonicNanoseconds() - start, 150_000_000, "a failed device costs the probe, not the 200 ms timeout")
     }
 
+    /// A device replaced while a vCPU waits: the successor answers again a read its predecessor had answered but
+    /// not committed (a stale answer), then is slow to reach the vCPU's own request (writing console output, say),
+    /// past the deadline. The vCPU waits for it as it waited for the restart, instead of giving up on the stale
+    /// answer. (A device never replaced gets no such time: see the test above.)
+    func testAStaleAnswerFromARestartedDeviceDoesNotEndTheWait() throws {
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        let doorbell = try EventFD(), response = try EventFD()
+        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 5)
+        let region = ch.device
+        region.deviceStatus = .restarting
+        let successor = Thread {
+            // The restart outlasts one timeout (the wait is extended at 50 ms); the successor's stale answer is on
+            // the ring, its doorbell not rung, when the extended deadline (100 ms) comes, and its answer to the
+            // vCPU's request comes 30 ms after that.
+            usleep(95_000)
+            var answers = RingProducer(region.responseRing(0))
+            _ = try? answers.push(Message(sequence: 0, operation: .response, size: 1, address: 0x3ff, data: 0x11))
+            region.deviceStatus = .serving
+            usleep(35_000)
+            var server = DeviceServer(region: region, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
+                                      policy: WaitPolicy(maxSpinMicroseconds: 0))
+            if let request = try? server.poll() { try? server.respond(lane: 0, to: request.message, data: 0x22) }
+        }
+        successor.start()
+        XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3ff), 0x22)
+        XCTAssertFalse(client.failed)
+    }
+
     func testWrongSequenceFromDeviceIsAnError() throws {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         let doorbell = try EventFD(), response = try EventFD()
