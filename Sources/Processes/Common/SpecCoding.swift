@@ -17,7 +17,9 @@ enum SpecCoding {
     }
 
     static func encode(_ value: some Encodable) throws -> String {
-        try encodeValue(value, path: []).text
+        let root = Node()
+        try encode(value, into: root, path: [])
+        return root.json.text
     }
 
     static func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
@@ -27,11 +29,12 @@ enum SpecCoding {
     }
 
     /// A scalar as JSON, or the value's own encoding of itself.
-    fileprivate static func encodeValue<T: Encodable>(_ value: T, path: [any CodingKey]) throws -> JSONValue {
-        if let scalar = try scalar(value, path: path) { return scalar }
-        let node = Node()
-        try value.encode(to: NodeEncoder(node: node, codingPath: path))
-        return node.json
+    fileprivate static func encode<T: Encodable>(_ value: T, into node: Node, path: [any CodingKey]) throws {
+        if let scalar = try scalar(value, path: path) {
+            node.scalar = scalar
+        } else {
+            try value.encode(to: NodeEncoder(node: node, codingPath: path))
+        }
     }
 
     /// Casts to concrete types only (a metadata comparison each), never to a protocol.
@@ -94,26 +97,18 @@ enum SpecCoding {
     }
 }
 
-/// What one value encodes to, filled in by its containers.
+/// What one value encodes to, filled in by its containers: a scalar, or members and elements that are nodes in
+/// turn (a nested container fills its node after the member was added).
 private final class Node {
     var scalar: JSONValue?
-    var fields: [(key: String, value: JSONValue)]?
-    var items: [JSONValue]?
-    /// Members and elements that nested containers fill in after they were added: written in when `json` is read.
-    var deferredFields: [(index: Int, key: String, node: Node)] = []
-    var deferredItems: [(index: Int, node: Node)] = []
+    var fields: [(key: String, node: Node)]?
+    var items: [Node]?
 
     /// A value that encoded nothing is an empty object.
     var json: JSONValue {
         if let scalar { return scalar }
-        if var fields {
-            for d in deferredFields { fields[d.index].value = d.node.json }
-            return .object(fields)
-        }
-        if var items {
-            for d in deferredItems { items[d.index] = d.node.json }
-            return .array(items)
-        }
+        if let fields { return .object(fields.map { (key: $0.key, value: $0.node.json) }) }
+        if let items { return .array(items.map(\.json)) }
         return .object([])
     }
 }
@@ -140,29 +135,27 @@ private struct KeyedNodeEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol 
     let node: Node
     var codingPath: [any CodingKey]
 
-    mutating func encodeNil(forKey key: Key) throws { node.fields!.append((key.stringValue, .null)) }
+    mutating func encodeNil(forKey key: Key) throws { member(key).scalar = .null }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        node.fields!.append((key.stringValue, try SpecCoding.encodeValue(value, path: codingPath + [key])))
+        try SpecCoding.encode(value, into: member(key), path: codingPath + [key])
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
-        NodeEncoder(node: deferred(key), codingPath: codingPath + [key]).container(keyedBy: keyType)
+        NodeEncoder(node: member(key), codingPath: codingPath + [key]).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
-        NodeEncoder(node: deferred(key), codingPath: codingPath + [key]).unkeyedContainer()
+        NodeEncoder(node: member(key), codingPath: codingPath + [key]).unkeyedContainer()
     }
 
-    mutating func superEncoder() -> any Encoder { NodeEncoder(node: deferred(SuperKey()), codingPath: codingPath) }
-    mutating func superEncoder(forKey key: Key) -> any Encoder { NodeEncoder(node: deferred(key), codingPath: codingPath + [key]) }
+    mutating func superEncoder() -> any Encoder { NodeEncoder(node: member(SuperKey()), codingPath: codingPath) }
+    mutating func superEncoder(forKey key: Key) -> any Encoder { NodeEncoder(node: member(key), codingPath: codingPath + [key]) }
 
-    /// A member whose value is filled in after this call returns (by a nested container): held as a node and
-    /// written into the fields when the parent's JSON is read.
-    private func deferred(_ key: some CodingKey) -> Node {
+    /// A new member's node, in the order members are added.
+    private func member(_ key: some CodingKey) -> Node {
         let child = Node()
-        node.deferredFields.append((node.fields!.count, key.stringValue, child))
-        node.fields!.append((key.stringValue, .null))
+        node.fields!.append((key.stringValue, child))
         return child
     }
 }
@@ -172,49 +165,43 @@ private struct UnkeyedNodeEncoder: UnkeyedEncodingContainer {
     var codingPath: [any CodingKey]
     var count: Int { node.items!.count }
 
-    mutating func encodeNil() throws { node.items!.append(.null) }
+    mutating func encodeNil() throws { element().node.scalar = .null }
 
     mutating func encode<T: Encodable>(_ value: T) throws {
-        node.items!.append(try SpecCoding.encodeValue(value, path: codingPath + [IndexKey(count)]))
+        let (child, path) = element()
+        try SpecCoding.encode(value, into: child, path: path)
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
-        NodeEncoder(node: deferred(), codingPath: codingPath + [IndexKey(count)]).container(keyedBy: keyType)
+        let (child, path) = element()
+        return NodeEncoder(node: child, codingPath: path).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
-        NodeEncoder(node: deferred(), codingPath: codingPath + [IndexKey(count)]).unkeyedContainer()
+        let (child, path) = element()
+        return NodeEncoder(node: child, codingPath: path).unkeyedContainer()
     }
 
-    mutating func superEncoder() -> any Encoder { NodeEncoder(node: deferred(), codingPath: codingPath + [IndexKey(count)]) }
+    mutating func superEncoder() -> any Encoder {
+        let (child, path) = element()
+        return NodeEncoder(node: child, codingPath: path)
+    }
 
-    private func deferred() -> Node {
+    /// A new element's node and its coding path.
+    private func element() -> (node: Node, path: [any CodingKey]) {
+        let path = codingPath + [IndexKey(count)]
         let child = Node()
-        node.deferredItems.append((node.items!.count, child))
-        node.items!.append(.null)
-        return child
+        node.items!.append(child)
+        return (child, path)
     }
 }
 
+/// The generic `encode` witnesses every primitive overload too: each value goes through `SpecCoding`'s scalars.
 private struct SingleNodeEncoder: SingleValueEncodingContainer {
     let node: Node
     var codingPath: [any CodingKey]
     mutating func encodeNil() throws { node.scalar = .null }
-    mutating func encode<T: Encodable>(_ value: T) throws { node.scalar = try SpecCoding.encodeValue(value, path: codingPath) }
-    mutating func encode(_ value: Bool) throws { node.scalar = .bool(value) }
-    mutating func encode(_ value: String) throws { node.scalar = .string(value) }
-    mutating func encode(_ value: Double) throws { node.scalar = try SpecCoding.encodeValue(value, path: codingPath) }
-    mutating func encode(_ value: Float) throws { node.scalar = try SpecCoding.encodeValue(value, path: codingPath) }
-    mutating func encode(_ value: Int) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: Int8) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: Int16) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: Int32) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: Int64) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: UInt) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: UInt8) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: UInt16) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: UInt32) throws { node.scalar = .number(String(value)) }
-    mutating func encode(_ value: UInt64) throws { node.scalar = .number(String(value)) }
+    mutating func encode<T: Encodable>(_ value: T) throws { try SpecCoding.encode(value, into: node, path: codingPath) }
 }
 
 private struct ValueDecoder: Decoder {
@@ -223,8 +210,8 @@ private struct ValueDecoder: Decoder {
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
-        guard case .object(let members) = value else { throw SpecCoding.Failure(codingPath, "expected an object, found \(value.kind)") }
-        return KeyedDecodingContainer(KeyedValueDecoder<Key>(members: members, codingPath: codingPath))
+        guard case .object = value else { throw SpecCoding.Failure(codingPath, "expected an object, found \(value.kind)") }
+        return KeyedDecodingContainer(KeyedValueDecoder<Key>(object: value, codingPath: codingPath))
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
@@ -236,17 +223,19 @@ private struct ValueDecoder: Decoder {
 }
 
 private struct KeyedValueDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
-    let members: [(key: String, value: JSONValue)]
+    /// An object (checked by `ValueDecoder.container`).
+    let object: JSONValue
     var codingPath: [any CodingKey]
-    var allKeys: [Key] { members.compactMap { Key(stringValue: $0.key) } }
+    var allKeys: [Key] {
+        guard case .object(let members) = object else { return [] }
+        return members.compactMap { Key(stringValue: $0.key) }
+    }
 
-    func contains(_ key: Key) -> Bool { members.contains { $0.key == key.stringValue } }
+    func contains(_ key: Key) -> Bool { object[key.stringValue] != nil }
 
     private func member(_ key: Key) throws -> JSONValue {
-        guard let m = members.first(where: { $0.key == key.stringValue }) else {
-            throw SpecCoding.Failure(codingPath + [key], "missing")
-        }
-        return m.value
+        guard let value = object[key.stringValue] else { throw SpecCoding.Failure(codingPath + [key], "missing") }
+        return value
     }
 
     func decodeNil(forKey key: Key) throws -> Bool { try member(key) == .null }
@@ -264,7 +253,7 @@ private struct KeyedValueDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol
     }
 
     func superDecoder() throws -> any Decoder {
-        ValueDecoder(value: members.first { $0.key == SuperKey().stringValue }?.value ?? .null, codingPath: codingPath)
+        ValueDecoder(value: object[SuperKey().stringValue] ?? .null, codingPath: codingPath)
     }
 
     func superDecoder(forKey key: Key) throws -> any Decoder { ValueDecoder(value: try member(key), codingPath: codingPath + [key]) }
@@ -311,25 +300,12 @@ private struct UnkeyedValueDecoder: UnkeyedDecodingContainer {
     }
 }
 
+/// The generic `decode` witnesses every primitive overload too, as in `SingleNodeEncoder`.
 private struct SingleValueDecoder: SingleValueDecodingContainer {
     let value: JSONValue
     var codingPath: [any CodingKey]
     func decodeNil() -> Bool { value == .null }
     func decode<T: Decodable>(_ type: T.Type) throws -> T { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Bool.Type) throws -> Bool { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: String.Type) throws -> String { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Double.Type) throws -> Double { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Float.Type) throws -> Float { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Int.Type) throws -> Int { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Int8.Type) throws -> Int8 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Int16.Type) throws -> Int16 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Int32.Type) throws -> Int32 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: Int64.Type) throws -> Int64 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: UInt.Type) throws -> UInt { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: UInt8.Type) throws -> UInt8 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: UInt16.Type) throws -> UInt16 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: UInt32.Type) throws -> UInt32 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
-    func decode(_ type: UInt64.Type) throws -> UInt64 { try SpecCoding.decodeValue(type, from: value, path: codingPath) }
 }
 
 /// An array element's place in a coding path.
