@@ -93,13 +93,19 @@ public struct DeviceClient: @unchecked Sendable {
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
         var extensions = 0
+        /// Another timeout for a device whose process is being (or was) replaced, up to `restartWaitLimit` a call.
+        func waitLonger(from now: UInt64) -> Bool {
+            guard extensions < Self.restartWaitLimit else { return false }
+            extensions += 1
+            deadline = now + UInt64(timeoutMs) * 1_000_000
+            return true
+        }
         while true {
             // Every path passes the deadline check: a device that keeps sending stale answers cannot hold the vCPU.
             let now = monotonicNanoseconds()
-            if now >= deadline && !responses.hasMessages() && region.deviceStatus == .restarting && extensions < Self.restartWaitLimit {
+            if now >= deadline && !responses.hasMessages() && region.deviceStatus == .restarting {
                 // Its process is being replaced: the successor answers this request (it is still on the ring).
-                extensions += 1
-                deadline = now + UInt64(timeoutMs) * 1_000_000
+                _ = waitLonger(from: now)
             }
             if now >= deadline && !responses.hasMessages() {
                 failed = true
@@ -118,13 +124,11 @@ public struct DeviceClient: @unchecked Sendable {
                 }
                 if answer.sequence < sequence {  // answer to a read that already timed out, or one handled again
                     let now = monotonicNanoseconds()
-                    if now >= deadline && extensions > 0 && extensions < Self.restartWaitLimit {
+                    if now >= deadline && extensions > 0 && waitLonger(from: now) {
                         // The device's process was replaced during this call: its successor handles again what its
                         // predecessor had not committed, answers included, and may still be working through them
                         // (console output it waits to write) when the deadline comes. It gets the time a restart
                         // gets, within the same limit; a device never replaced gets none.
-                        extensions += 1
-                        deadline = now + UInt64(timeoutMs) * 1_000_000
                         continue
                     }
                     if now >= deadline {
