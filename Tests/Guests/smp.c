@@ -4,7 +4,7 @@
  * with end=halt it parks itself instead (cli; hlt, as the AP does), which must end the VM as a halt. With pingpong=N
  * the two then exchange N more IPIs each, one at a time, and it also prints "smp: pingpong=N doubled=D" (D: IPIs
  * that arrived more often than sent); a lost IPI hangs it. With nmipairs=N the AP then sends the BSP N pairs of NMIs,
- * the two of a pair back to back, each pair once the BSP has handled the last: the CPU delivers one and latches the
+ * the two of a pair back to back, each pair once the BSP has returned from the last one's handler: the CPU delivers one and latches the
  * second whatever the timing, so the BSP must count exactly 2N. The BSP meanwhile reads a UART port in a loop (each
  * read is a round trip out of KVM, where NMIs wait for the vCPU to take them). Prints "smp: nmipairs=N nmis=M".
  * With shorthands=1 the BSP sends vector 0x53 by shorthand all-including-self, all-excluding-self, physical
@@ -19,6 +19,7 @@ void isr_short(void);
 extern const uint8_t ap_trampoline[], ap_trampoline_end[];
 volatile uint32_t from_ap, from_bsp, ap_started, ap_id, ap_got, pingpong, doubled;
 volatile uint32_t nmi_pairs, nmis, nmis_done;
+volatile uint32_t nmis_returned;  /* nmis as the BSP's loop saw it: outside the handler, so after its IRET */
 volatile uint32_t shorthands, short_done, short_got[2];
 
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
@@ -52,12 +53,21 @@ void ap_main(void) {
         send_ipi(0, 0x50);
     }
     for (uint32_t i = 1; i <= nmi_pairs; i++) {
+        /* The next pair only once the BSP is back from the last handler's IRET: sent while it is still in the
+         * handler (between its count and its IRET, a window a preempted vCPU thread makes long), the first NMI
+         * would be latched and the second would collapse, as on a CPU. */
+        uint32_t before = nmis_returned;
         send_ipi(0, 0x400);                       /* NMI, physical, to the BSP */
         send_ipi(0, 0x400);
-        /* Bounded: a lost NMI shows in the count instead of hanging (about 0.3 s of CPL0 pauses here). */
-        for (uint32_t spin = 0; nmis < 2 * i && spin < 300000; spin++) __asm__ volatile("pause");
+        /* Bounded (by TSC, a few seconds; a pause count's time varies a hundredfold with the host's load): a lost
+         * NMI shows in the count instead of hanging, and costs this pair's wait only. */
+        uint64_t start = rdtsc();
+        while (nmis_returned < before + 2 && rdtsc() - start < 10000000000ull) __asm__ volatile("pause");
     }
-    if (nmi_pairs) for (uint32_t spin = 0; spin < 100000; spin++) __asm__ volatile("pause");  /* a late extra one shows */
+    if (nmi_pairs) {                              /* a late extra one shows */
+        uint64_t start = rdtsc();
+        while (rdtsc() - start < 300000000ull) __asm__ volatile("pause");
+    }
     nmis_done = 1;
     while (shorthands && !short_done) __asm__ volatile("sti; hlt; cli");
 }
@@ -123,7 +133,10 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         puts("\n");
     }
     if (nmi_pairs) {
-        while (!nmis_done) inb(COM1 + 5);
+        while (!nmis_done) {
+            inb(COM1 + 5);
+            nmis_returned = nmis;
+        }
         puts("smp: nmipairs="); put_dec(nmi_pairs);
         puts(" nmis="); put_dec(nmis);
         puts("\n");
