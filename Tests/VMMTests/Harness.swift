@@ -28,9 +28,17 @@ enum Harness {
 
     static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }
 
+    /// A /proc (or /sys) file, whole: `String(contentsOfFile:)` stops after the first read of a file whose size
+    /// reads 0, which for maps and smaps is about 4 KiB of many.
+    static func procFile(_ path: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw CocoaError(.fileReadNoSuchFile, userInfo: [NSFilePathErrorKey: path]) }
+        defer { try? handle.close() }
+        return String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
+    }
+
     /// A guest's own TSC measurement, in milliseconds (the TSC rate from /proc/cpuinfo).
     static func guestMilliseconds(_ cycles: Double) throws -> Double {
-        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let cpuinfo = try Harness.procFile("/proc/cpuinfo")
         let mhzLine = try XCTUnwrap(cpuinfo.split(separator: "\n").first { $0.hasPrefix("cpu MHz") })
         let mhz = try XCTUnwrap(Double(mhzLine.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)))
         return cycles / (mhz * 1000)
@@ -180,7 +188,7 @@ enum Harness {
     static func helperPIDs(of parent: pid_t, standbys: Bool = false) -> [pid_t] {
         allHelperPIDs().filter { pid in
             if !standbys && isStandby(pid) { return false }
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            guard let stat = try? Harness.procFile("/proc/\(pid)/stat"),
                   let close = stat.lastIndex(of: ")") else { return false }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             return fields.count > 2 && pid_t(fields[1]) == parent
@@ -193,7 +201,7 @@ enum Harness {
         let deadline = Date().addingTimeInterval(timeout)
         var helpers = helperPIDs(of: parent, standbys: true)
         func named(_ pid: pid_t) -> Bool {
-            ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").hasPrefix("vmm-")
+            ((try? Harness.procFile("/proc/\(pid)/comm")) ?? "").hasPrefix("vmm-")
         }
         while Date() < deadline && !(helpers.count >= count && helpers.allSatisfy(named)) {
             usleep(20_000)
@@ -206,7 +214,7 @@ enum Harness {
     static func waitUntilSandboxed(_ pid: pid_t, timeout: TimeInterval = 10) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let status = (try? Harness.procFile("/proc/\(pid)/status")) ?? ""
             if status.split(separator: "\n").contains("Seccomp:\t2") { return true }
             usleep(10_000)
         }

@@ -6,15 +6,15 @@ import XCTest
 /// maps what only the vcpu process may (guest RAM).
 final class HelperLauncherTests: GuestTestCase {
     private func children(of pid: pid_t) -> [pid_t] {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        let text = (try? Harness.procFile("/proc/\(pid)/task/\(pid)/children")) ?? ""
         return text.split(separator: " ").compactMap { pid_t($0) }
     }
 
     private func comm(_ pid: pid_t) -> String {
-        ((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        ((try? Harness.procFile("/proc/\(pid)/comm")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    private func maps(_ pid: pid_t) throws -> String { try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8) }
+    private func maps(_ pid: pid_t) throws -> String { try Harness.procFile("/proc/\(pid)/maps") }
 
     func testForkedHelpersLookExecdAndHoldNothingOfEachOther() throws {
         let run = try startEndlessGuest()
@@ -28,6 +28,11 @@ final class HelperLauncherTests: GuestTestCase {
         for pid in helpers where Harness.role(of: pid) != "vcpu" {
             XCTAssertTrue(Harness.waitUntilSandboxed(pid))
             XCTAssertFalse(try maps(pid).contains("guest-ram"), "the \(Harness.role(of: pid) ?? "?") process maps guest RAM")
+        }
+        // The control: the maps read whole show the vcpu process's guest RAM.
+        for pid in helpers where Harness.role(of: pid) == "vcpu" {
+            XCTAssertTrue(Harness.waitUntilSandboxed(pid))
+            XCTAssertTrue(try maps(pid).contains("guest-ram"), "the vcpu process's maps, read whole, show guest RAM")
         }
         let launchers = children(of: supervisor).filter { comm($0) == "vmm-launcher" }
         XCTAssertEqual(launchers.count, 1, "one launcher, a child of the supervisor")

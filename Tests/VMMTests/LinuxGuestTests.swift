@@ -273,7 +273,7 @@ final class VirtioBlkKiller: @unchecked Sendable {
         }
         func started(_ pid: pid_t) -> UInt64 {
             // /proc/PID/stat: the start time is the 22nd field, the 20th after the parenthesised command name.
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            guard let stat = try? Harness.procFile("/proc/\(pid)/stat"),
                   let close = stat.lastIndex(of: ")") else { return .max }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             return fields.count > 19 ? UInt64(fields[19]) ?? .max : .max

@@ -4,7 +4,7 @@ import XCTest
 /// The sandbox, checked on the running helper processes (not on paper) and by provoking it.
 final class SandboxTests: GuestTestCase {
     func status(_ pid: pid_t) throws -> [String: String] {
-        let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let text = try Harness.procFile("/proc/\(pid)/status")
         var out: [String: String] = [:]
         for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
@@ -47,7 +47,7 @@ final class SandboxTests: GuestTestCase {
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root"), [], "\(role)'s root is not empty")
             XCTAssertEqual(s["NSpid"]?.split(separator: "\t").last, "1", "\(role) is the first process of its own pid namespace")
             // Its address space is bounded: guest RAM where it maps it, plus room for its runtime.
-            let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
+            let limits = try Harness.procFile("/proc/\(pid)/limits")
             let addressSpace = limits.split(separator: "\n").first { $0.hasPrefix("Max address space") }
             let soft = addressSpace?.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first.flatMap { UInt64($0) }
             XCTAssertNotNil(soft, "\(role): \(String(describing: addressSpace))")
@@ -103,7 +103,7 @@ final class SandboxTests: GuestTestCase {
             // and a cgroup v1 move can take an RCU grace period: one just spawned may not be in it yet.
             var cgroups = ""
             for _ in 0..<100 {
-                cgroups = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+                cgroups = (try? Harness.procFile("/proc/\(pid)/cgroup")) ?? ""
                 if cgroups.contains("/vmm-\(supervisor)\n") { break }
                 usleep(10_000)
             }

@@ -39,7 +39,7 @@ final class TestTap {
             try Self.ip(["link", "set", name, "up"])
             try Self.ip(["neigh", "replace", "10.200.\(subnet).2", "lladdr", guestMAC, "dev", name, "nud", "permanent"])
         }
-        hostMAC = ((try? String(contentsOfFile: "/sys/class/net/\(name)/address", encoding: .utf8)) ?? "")
+        hostMAC = ((try? Harness.procFile("/sys/class/net/\(name)/address")) ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 

@@ -240,7 +240,7 @@ final class VirtioGuestTests: GuestTestCase {
         XCTAssertEqual(standbys, ["irqchip", "pio", "virtio-blk", "virtio-blk", "virtio-rng"])
         for pid in helpers {
             guard let role = Harness.role(of: pid), role.hasPrefix("virtio") else { continue }
-            let comm = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+            let comm = try Harness.procFile("/proc/\(pid)/comm")
             XCTAssertEqual(comm, "vmm-\(role)\n", "pid \(pid)")
         }
     }

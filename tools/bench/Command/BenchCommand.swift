@@ -282,7 +282,7 @@ struct BenchCommand: ParsableCommand {
             var unreadable: [Int32] = []
             for pid in ProcessTree.all(p.processIdentifier) {
                 // An unreadable smaps would count as 0 KiB: the figure fails instead of meeting its goal.
-                guard let smaps = try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8), !smaps.isEmpty else {
+                guard let smaps = BenchKit.Memory.readProcFile("/proc/\(pid)/smaps"), !smaps.isEmpty else {
                     unreadable.append(pid)
                     continue
                 }
@@ -433,7 +433,7 @@ struct BenchCommand: ParsableCommand {
         var u = utsname()
         uname(&u)
         info["kernel"] = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let cpuinfo = BenchKit.Memory.readProcFile("/proc/cpuinfo") ?? ""
         if let model = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) {
             info["cpu"] = model.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import BenchKit
 import Glibc
 import func System.monotonicNanoseconds
 
@@ -162,7 +163,7 @@ enum ProcessTree {
     /// `pid` and all its descendants.
     static func all(_ pid: pid_t) -> [pid_t] {
         var out = [pid]
-        let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        let children = BenchKit.Memory.readProcFile("/proc/\(pid)/task/\(pid)/children") ?? ""
         for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
         return out
     }
