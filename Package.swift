@@ -107,3 +107,13 @@ let package = Package(
 for target in package.targets where target.type == .regular || target.type == .executable {
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 }
+
+// Release builds link the Swift runtime and libraries statically (what `swift build --static-swift-stdlib` does, here
+// so that every release build gets it): vmm loads no Swift shared libraries at its start. Not the test-support targets
+// (XCTest has no static library).
+for target in package.targets where (target.type == .regular || target.type == .executable) && target.path?.hasPrefix("Tests") != true {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]
+    if target.type == .executable {
+        target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]
+    }
+}
