@@ -90,6 +90,7 @@ public struct DeviceClient: @unchecked Sendable {
         if region.deviceStatus == .broken { throw .broken }
         let sequence = try send(operation, size: size, address: address, data: data)
         let sent = monotonicNanoseconds()
+        let restartsAtSend = region.restarts
         var blocked = false
         var deadline = monotonicNanoseconds() + UInt64(failed ? failedProbeMs : timeoutMs) * 1_000_000
         var extensions = 0
@@ -100,11 +101,16 @@ public struct DeviceClient: @unchecked Sendable {
             deadline = now + UInt64(timeoutMs) * 1_000_000
             return true
         }
+        /// The device's process is being replaced, or was since the request went out: its successor handles the
+        /// request after whatever its predecessor left uncommitted on the ring (console output it must write first,
+        /// answers it gives again), and may still be at it when the deadline comes. A device never replaced during
+        /// the call is waited for one timeout, no more.
+        func replaced() -> Bool { extensions > 0 || region.deviceStatus == .restarting || region.restarts != restartsAtSend }
         while true {
             // Every path passes the deadline check: a device that keeps sending stale answers cannot hold the vCPU.
             let now = monotonicNanoseconds()
-            if now >= deadline && !responses.hasMessages() && region.deviceStatus == .restarting {
-                // Its process is being replaced: the successor answers this request (it is still on the ring).
+            if now >= deadline && !responses.hasMessages() && replaced() {
+                // The successor answers this request (it is still on the ring).
                 _ = waitLonger(from: now)
             }
             if now >= deadline && !responses.hasMessages() {
@@ -124,12 +130,8 @@ public struct DeviceClient: @unchecked Sendable {
                 }
                 if answer.sequence < sequence {  // answer to a read that already timed out, or one handled again
                     let now = monotonicNanoseconds()
-                    if now >= deadline && extensions > 0 && waitLonger(from: now) {
-                        // The device's process was replaced during this call: its successor handles again what its
-                        // predecessor had not committed, answers included, and may still be working through them
-                        // (console output it waits to write) when the deadline comes. It gets the time a restart
-                        // gets, within the same limit; a device never replaced gets none.
-                        continue
+                    if now >= deadline && replaced() && waitLonger(from: now) {
+                        continue  // the successor's answers to its predecessor's requests come first
                     }
                     if now >= deadline {
                         failed = true

@@ -253,6 +253,36 @@ final class RingTests: XCTestCase {
         XCTAssertFalse(client.failed)
     }
 
+    func testASuccessorStillWorkingThroughTheRingAtTheDeadlineIsWaitedFor() throws {
+        // The device's process dies after the request went out; the supervisor replaces it (restarting, the restart
+        // counted, serving), and the successor, busy with what its predecessor left on the ring, has answered nothing
+        // when the deadline comes (50 ms): it is waited for as a restart is, and answers at 80 ms. (tools/test once
+        // failed so: a pio successor started after a 600 ms back-off had not reached the read by the deadline.)
+        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        let doorbell = try EventFD(), response = try EventFD()
+        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 5)
+        let region = ch.device
+        let successor = Thread {
+            usleep(10_000)
+            region.deviceStatus = .restarting
+            usleep(10_000)
+            region.restarts &+= 1
+            region.deviceStatus = .serving
+            usleep(60_000)
+            var server = DeviceServer(region: region, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
+                                      policy: WaitPolicy(maxSpinMicroseconds: 0))
+            if let request = try? server.poll() { try? server.respond(lane: 0, to: request.message, data: 0x33) }
+        }
+        successor.start()
+        XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3fd), 0x33)
+        XCTAssertFalse(client.failed)
+        // A device never replaced gets one timeout: the next read, which nobody answers, fails after 50 ms.
+        XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
+            guard case .timedOut = $0 as? ChannelError else { return XCTFail("\($0)") }
+        }
+    }
+
     func testWrongSequenceFromDeviceIsAnError() throws {
         let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
         let doorbell = try EventFD(), response = try EventFD()
