@@ -110,10 +110,15 @@ for target in package.targets where target.type == .regular || target.type == .e
 
 // Release builds link the Swift runtime and libraries statically (what `swift build --static-swift-stdlib` does, here
 // so that every release build gets it): vmm loads no Swift shared libraries at its start. Not the test-support targets
-// (XCTest has no static library).
+// (XCTest has no static library). The executables are linked by lld with their relative relocations packed (RELR) and
+// without the static stdlib's `-export-dynamic`: exported, every symbol of the runtime and the program went into the
+// dynamic symbol table, and ld.so resolved each relocation against one by name; with 1.3 MiB of relocations and 1.2
+// MiB of symbol table and names in the code segment, all of it read at every start, that was 3 MiB of each VM's PSS.
 for target in package.targets where (target.type == .regular || target.type == .executable) && target.path?.hasPrefix("Tests") != true {
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]
     if target.type == .executable {
-        target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]
+        target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags([
+            "-static-stdlib", "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
+        ], .when(configuration: .release))]
     }
 }
