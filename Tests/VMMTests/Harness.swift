@@ -1,5 +1,6 @@
 import BareLoop
 import Foundation
+import struct System.FileDescriptor
 import TestSupport
 import XCTest
 
@@ -28,12 +29,11 @@ enum Harness {
 
     static func guest(_ name: String) throws -> String { try guests.get() + "/" + name }
 
-    /// A /proc (or /sys) file, whole: `String(contentsOfFile:)` stops after the first read of a file whose size
-    /// reads 0, which for maps and smaps is about 4 KiB of many.
+    /// A /proc (or /sys) file, whole (`FileDescriptor.readText`): `String(contentsOfFile:)` stops after the first
+    /// read of a file whose size reads 0, which for maps and smaps is about 4 KiB of many.
     static func procFile(_ path: String) throws -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw CocoaError(.fileReadNoSuchFile, userInfo: [NSFilePathErrorKey: path]) }
-        defer { try? handle.close() }
-        return String(decoding: try handle.readToEnd() ?? Data(), as: UTF8.self)
+        guard let text = FileDescriptor.readText(path) else { throw CocoaError(.fileReadNoSuchFile, userInfo: [NSFilePathErrorKey: path]) }
+        return text
     }
 
     /// A guest's own TSC measurement, in milliseconds (the TSC rate from /proc/cpuinfo).

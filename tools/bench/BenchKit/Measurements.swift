@@ -243,15 +243,6 @@ public struct Report: Sendable, Codable {
 public enum Memory {
     public struct Mapping: Equatable { public var name: String; public var sizeKiB: Int; public var pssKiB: Int }
 
-    /// A /proc file, whole; nil if it cannot be read. `String(contentsOfFile:)` stops after the first read of a file
-    /// whose size reads 0: about 4 KiB of a process's smaps, a few of its mappings (the PSS figure counted only those).
-    public static func readProcFile(_ path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let data = try? handle.readToEnd() else { return nil }
-        return String(decoding: data, as: UTF8.self)
-    }
-
     public static func parseSmaps(_ text: String) -> [Mapping] {
         var out: [Mapping] = []
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {

@@ -3,6 +3,7 @@ import BareLoop
 import BenchKit
 import Foundation
 import Glibc
+import struct System.FileDescriptor
 
 /// Measures the VMM's hot paths side by side with a bare in-process KVM loop and QEMU, in one run, and prints
 /// ratios computed within that run (these machines are noisy; only same-run ratios mean anything).
@@ -282,7 +283,7 @@ struct BenchCommand: ParsableCommand {
             var unreadable: [Int32] = []
             for pid in ProcessTree.all(p.processIdentifier) {
                 // An unreadable smaps would count as 0 KiB: the figure fails instead of meeting its goal.
-                guard let smaps = BenchKit.Memory.readProcFile("/proc/\(pid)/smaps"), !smaps.isEmpty else {
+                guard let smaps = FileDescriptor.readText("/proc/\(pid)/smaps"), !smaps.isEmpty else {
                     unreadable.append(pid)
                     continue
                 }
@@ -433,7 +434,7 @@ struct BenchCommand: ParsableCommand {
         var u = utsname()
         uname(&u)
         info["kernel"] = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let cpuinfo = BenchKit.Memory.readProcFile("/proc/cpuinfo") ?? ""
+        let cpuinfo = FileDescriptor.readText("/proc/cpuinfo") ?? ""
         if let model = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) {
             info["cpu"] = model.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) }
         }

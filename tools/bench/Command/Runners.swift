@@ -1,7 +1,7 @@
 import Foundation
-import BenchKit
 import Glibc
 import func System.monotonicNanoseconds
+import struct System.FileDescriptor
 
 /// Starts a VMM (ours or QEMU) on a test guest and collects what the guest printed.
 struct GuestRun {
@@ -163,7 +163,7 @@ enum ProcessTree {
     /// `pid` and all its descendants.
     static func all(_ pid: pid_t) -> [pid_t] {
         var out = [pid]
-        let children = BenchKit.Memory.readProcFile("/proc/\(pid)/task/\(pid)/children") ?? ""
+        let children = FileDescriptor.readText("/proc/\(pid)/task/\(pid)/children") ?? ""
         for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
         return out
     }
