@@ -16,6 +16,36 @@ struct LocalChannel {
     }
 }
 
+/// One lane of a channel with its two doorbells, for the tests of a vCPU's calls: the vCPU's client, and the device's
+/// server as often as a test starts one (a device process, then its successor).
+final class ClientLane: @unchecked Sendable {
+    let channel: LocalChannel
+    private let doorbell: EventFD, response: EventFD
+    init() throws {
+        channel = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
+        doorbell = try EventFD()
+        response = try EventFD()
+    }
+    /// The device's view of the channel.
+    var region: ChannelRegion { channel.device }
+
+    func client(timeoutMs: Int, failedProbeMs: Int = 2) -> DeviceClient {
+        DeviceClient(region: channel.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
+                     policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: timeoutMs, failedProbeMs: failedProbeMs)
+    }
+
+    func server() -> DeviceServer {
+        DeviceServer(region: channel.device, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
+                     policy: WaitPolicy(maxSpinMicroseconds: 0))
+    }
+
+    /// A new server answers the request waiting on the ring, if one waits, with `data`.
+    func answerWaitingRequest(with data: UInt64) {
+        var server = server()
+        if let request = try? server.poll() { try? server.respond(lane: 0, to: request.message, data: data) }
+    }
+}
+
 final class RingTests: XCTestCase {
     func message(_ i: UInt64, _ op: MessageKind = .portWrite) -> Message {
         Message(sequence: i, operation: op, size: 1, address: 0x3f8, data: i & 0xff)
@@ -168,14 +198,10 @@ final class RingTests: XCTestCase {
     }
 
     func testClientTimesOutOnASilentDeviceAndDropsTheLateAnswer() throws {
-        let layout = ChannelLayout(lanes: 1, capacity: 8)
-        let ch = try LocalChannel(layout: layout)
-        let doorbell = try EventFD(), response = try EventFD()
+        let lane = try ClientLane()
         // A long probe: this test is about the late answer, not about how long a failed device is waited for.
-        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 50)
-        var server = DeviceServer(region: ch.device, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
-                                  policy: WaitPolicy(maxSpinMicroseconds: 0))
+        var client = lane.client(timeoutMs: 50, failedProbeMs: 50)
+        var server = lane.server()
         let start = monotonicNanoseconds()
         XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
             guard case .timedOut = $0 as? ChannelError else { return XCTFail("\($0)") }
@@ -196,12 +222,10 @@ final class RingTests: XCTestCase {
     /// A device that keeps sending stale answers cannot hold a vCPU past the deadline, and once it has missed one,
     /// later accesses wait only the short probe, not the whole timeout each.
     func testStaleAnswersCannotHoldTheVCPUAndAFailedDeviceCostsOnlyAProbe() throws {
-        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let doorbell = try EventFD(), response = try EventFD()
-        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 200, failedProbeMs: 5)
+        let lane = try ClientLane()
+        var client = lane.client(timeoutMs: 200, failedProbeMs: 5)
         let stop = Atomic<Bool>(false)
-        let region = ch.device
+        let region = lane.region
         let flooder = Thread {
             var forged = RingProducer(region.responseRing(0))
             while !stop.load(ordering: .relaxed) {
@@ -229,11 +253,9 @@ final class RingTests: XCTestCase {
     /// past the deadline. The vCPU waits for it as it waited for the restart, instead of giving up on the stale
     /// answer. (A device never replaced gets no such time: see the test above.)
     func testAStaleAnswerFromARestartedDeviceDoesNotEndTheWait() throws {
-        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let doorbell = try EventFD(), response = try EventFD()
-        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 5)
-        let region = ch.device
+        let lane = try ClientLane()
+        var client = lane.client(timeoutMs: 50, failedProbeMs: 5)
+        let region = lane.region
         region.deviceStatus = .restarting
         let successor = Thread {
             // The restart outlasts one timeout (the wait is extended at 50 ms); the successor's stale answer is on
@@ -244,9 +266,7 @@ final class RingTests: XCTestCase {
             _ = try? answers.push(Message(sequence: 0, operation: .response, size: 1, address: 0x3ff, data: 0x11))
             region.deviceStatus = .serving
             usleep(35_000)
-            var server = DeviceServer(region: region, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
-                                      policy: WaitPolicy(maxSpinMicroseconds: 0))
-            if let request = try? server.poll() { try? server.respond(lane: 0, to: request.message, data: 0x22) }
+            lane.answerWaitingRequest(with: 0x22)
         }
         successor.start()
         XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3ff), 0x22)
@@ -258,11 +278,9 @@ final class RingTests: XCTestCase {
         // counted, serving), and the successor, busy with what its predecessor left on the ring, has answered nothing
         // when the deadline comes (50 ms): it is waited for as a restart is, and answers at 80 ms. (tools/test once
         // failed so: a pio successor started after a 600 ms back-off had not reached the read by the deadline.)
-        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let doorbell = try EventFD(), response = try EventFD()
-        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 50, failedProbeMs: 5)
-        let region = ch.device
+        let lane = try ClientLane()
+        var client = lane.client(timeoutMs: 50, failedProbeMs: 5)
+        let region = lane.region
         let successor = Thread {
             usleep(10_000)
             region.deviceStatus = .restarting
@@ -270,9 +288,7 @@ final class RingTests: XCTestCase {
             region.restarts &+= 1
             region.deviceStatus = .serving
             usleep(60_000)
-            var server = DeviceServer(region: region, deviceDoorbell: doorbell.raw, responseDoorbells: [response.raw],
-                                      policy: WaitPolicy(maxSpinMicroseconds: 0))
-            if let request = try? server.poll() { try? server.respond(lane: 0, to: request.message, data: 0x33) }
+            lane.answerWaitingRequest(with: 0x33)
         }
         successor.start()
         XCTAssertEqual(try client.call(.portRead, size: 1, address: 0x3fd), 0x33)
@@ -284,11 +300,9 @@ final class RingTests: XCTestCase {
     }
 
     func testWrongSequenceFromDeviceIsAnError() throws {
-        let ch = try LocalChannel(layout: ChannelLayout(lanes: 1, capacity: 8))
-        let doorbell = try EventFD(), response = try EventFD()
-        var client = DeviceClient(region: ch.vcpu, lane: 0, deviceDoorbell: doorbell.raw, responseDoorbell: response.raw,
-                                  policy: WaitPolicy(maxSpinMicroseconds: 10), timeoutMs: 100)
-        var forged = RingProducer(ch.device.responseRing(0))
+        let lane = try ClientLane()
+        var client = lane.client(timeoutMs: 100)
+        var forged = RingProducer(lane.region.responseRing(0))
         XCTAssertTrue(try forged.push(Message(sequence: 77, operation: .response, size: 1, address: 0, data: 0)))
         XCTAssertThrowsError(try client.call(.portRead, size: 1, address: 0x3fd)) {
             guard case .peer(.unexpectedSequence) = $0 as? ChannelError else { return XCTFail("\($0)") }
