@@ -76,6 +76,16 @@ final class SpecCodingTests: XCTestCase {
         XCTAssertEqual(decoded.testCommitDelayMicroseconds, 0)
     }
 
+    /// The built-in policy goes by its name: its text, sent in every spec before, stayed in each helper's heap.
+    func testTheBuiltinPolicyIsNotSent() throws {
+        var spec = virtio
+        spec.sandbox.policyText = nil
+        let json = try spec.encoded()
+        XCTAssertFalse(json.contains("policyText"), json)
+        XCTAssertFalse(json.contains("read: 1"), json)
+        XCTAssertNil(try VirtioSpec.decode(json).sandbox.policyText)
+    }
+
     func testASpecThatDoesNotFitIsRefusedWithItsPath() throws {
         let text = try virtio.encoded()
         func refusal(_ edited: String) -> String {

@@ -5,11 +5,14 @@ import Machine
 import Sandbox
 import System
 
-/// How a helper is confined, as the supervisor decided it: the policy text (includes expanded), the seccomp
-/// mode, the unprivileged ids, and a test-only fault to provoke once confined.
+/// How a helper is confined, as the supervisor decided it: its policy, the seccomp mode, the unprivileged ids, and
+/// a test-only fault to provoke once confined.
 struct SandboxSpec: Codable {
     var policyName: String
-    var policyText: String
+    /// The policy's text (includes expanded) when it is not the role's built-in one (`vmm run --unsafe-policy-dir`);
+    /// nil for the built-in policy, which a forked helper gets compiled by the launcher and an exec'd one has in its
+    /// binary. Not sent by default: each copy of the text in the spec stayed in the helper's heap for its life.
+    var policyText: String?
     var mode: SeccompFilter.Mode
     /// The unprivileged ids to switch to; nil in a user namespace, where the helper keeps the user's own ids.
     var uid: UInt32?
@@ -34,13 +37,19 @@ enum HelperSandbox {
         try Privileges.drop(uid: spec.uid, gid: spec.gid)
         try rearmParentDeathSignal(controlFD: controlFD)
         Log.debug("privileges dropped")
-        let handedDown = HelperLauncher.filterHandedDown(role: role, policyText: spec.policyText)
-        let program = try handedDown
-            ?? SeccompFilter.program(Policy.parse(spec.policyText, file: spec.policyName, constants: PolicyConstants.table))
+        let handedDown = HelperLauncher.filterHandedDown(builtinPolicy: spec.policyText == nil)
+        let program = try handedDown ?? SeccompFilter.program(Policy.parse(
+            spec.policyText ?? builtinPolicy(role),
+            file: spec.policyName, constants: PolicyConstants.table))
         try SeccompFilter.load(program, mode: spec.mode, reportFD: controlFD)
         Log.debug("seccomp policy \(spec.policyName) \(handedDown != nil ? "loaded, compiled by the launcher" : "compiled and loaded") "
                   + "(\(program.ruleCount) rules)")
         if let fault = spec.faultSyscall { provoke(fault) }
+    }
+
+    /// The role's built-in policy, includes expanded: what a helper runs unless `--unsafe-policy-dir` names another.
+    static func builtinPolicy(_ role: Role) throws -> String {
+        try BuiltinPolicies.load(file: role.policyFile, directory: nil, reader: { _ in nil })
     }
 
     /// Changing credentials clears the parent-death signal set before exec: set it again, then make sure the

@@ -213,7 +213,7 @@ extension HelperLauncher {
         var filters: [Role: SeccompFilter.Program] = [:]
         /// A policy that does not compile is the helper's to report, when it compiles it itself.
         func compile(_ role: Role) {
-            guard filters[role] == nil, let text = builtinPolicy(role) else { return }
+            guard filters[role] == nil, let text = try? HelperSandbox.builtinPolicy(role) else { return }
             filters[role] = try? SeccompFilter.program(Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table))
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
@@ -399,12 +399,6 @@ extension HelperLauncher {
         becomeHelper(request)
     }
 
-    /// The built-in policy of `role`, includes expanded: what the supervisor puts in the spec unless it was told to
-    /// read policies from a directory (the helper then compiles its own).
-    private static func builtinPolicy(_ role: Role) -> String? {
-        try? BuiltinPolicies.load(file: role.policyFile, directory: nil, reader: { _ in nil })
-    }
-
     /// The last word to a blank after its request: its role's compiled filter (the marker 1 and the program), or
     /// only the marker 0 when the policy does not compile (the helper compiles it itself and reports the error).
     private static func handDown(_ filter: SeccompFilter.Program?, to socket: Int32) {
@@ -416,10 +410,10 @@ extension HelperLauncher {
     /// In a forked helper: its end of the launcher's socket, until the filter is taken.
     nonisolated(unsafe) private static var filterSource: Int32 = -1
 
-    /// The seccomp filter the launcher compiled for this forked helper's role, if `policyText` is that role's
-    /// built-in policy: waited for here, where the helper needs it, so that the launcher compiles it while the helper
+    /// The seccomp filter the launcher compiled for this forked helper's role (its built-in policy), if the helper
+    /// runs that policy: waited for here, where the helper needs it, so that the launcher compiles it while the helper
     /// starts. nil in an exec'd helper, for another policy, or when the launcher sent none (or is gone).
-    static func filterHandedDown(role: Role, policyText: String) -> SeccompFilter.Program? {
+    static func filterHandedDown(builtinPolicy: Bool) -> SeccompFilter.Program? {
         guard filterSource >= 0 else { return nil }
         defer { close(filterSource); filterSource = -1 }
         let capacity = 64 << 10
@@ -427,8 +421,7 @@ extension HelperLauncher {
         defer { buffer.deallocate() }
         var none: Int32 = -1, count: Int32 = 0
         let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count, 0)
-        guard n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: buffer[1..<n]),
-              builtinPolicy(role) == policyText else { return nil }
+        guard builtinPolicy, n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: buffer[1..<n]) else { return nil }
         return program
     }
 

@@ -471,13 +471,15 @@ public final class Supervisor {
         return failure
     }
 
-    /// A role's confinement: its policy (read here, since the helper can open no files), mode and ids.
+    /// A role's confinement: its policy (read here from `--unsafe-policy-dir`, since the helper can open no files;
+    /// the built-in one goes by name), mode and ids.
     private func sandboxSpec(_ role: Role, device: String? = nil) throws -> SandboxSpec {
-        let text: String
-        do {
-            text = try BuiltinPolicies.load(file: role.policyFile, directory: config.vmm.sandbox.unsafePolicyDirectory,
-                                            reader: FileDescriptor.readText)
-        } catch { throw HostSetupError(description: "policy for \(role.rawValue): \(error)") }
+        var text: String?
+        if let directory = config.vmm.sandbox.unsafePolicyDirectory {
+            do { text = try BuiltinPolicies.load(file: role.policyFile, directory: directory, reader: FileDescriptor.readText) } catch {
+                throw HostSetupError(description: "policy for \(role.rawValue): \(error)")
+            }
+        }
         var fault = faultInjection.flatMap { $0.role == role ? $0.syscall : nil }
         if fault != nil, getenv("VMM_FAULT_INJECT_ONCE") != nil, !faultSyscallGiven.insert(role).inserted { fault = nil }
         return SandboxSpec(policyName: role.policyFile, policyText: text,
