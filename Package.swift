@@ -115,10 +115,15 @@ for target in package.targets where target.type == .regular || target.type == .e
 // dynamic symbol table, and ld.so resolved each relocation against one by name; with 1.3 MiB of relocations and 1.2
 // MiB of symbol table and names in the code segment, all of it read at every start, that was 3 MiB of each VM's PSS.
 for target in package.targets where (target.type == .regular || target.type == .executable) && target.path?.hasPrefix("Tests") != true {
-    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-static-stdlib"], .when(configuration: .release))]
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-static-stdlib", "-Xfrontend", "-function-sections"], .when(configuration: .release))]
     if target.type == .executable {
+        // vmm's functions in the order of tools/link-order/vmm.order (see tools/link-order/generate, which sets
+        // VMM_LINK_MAP to get the link map it needs).
+        let order = target.name != "vmm" ? [] : [
+            "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/tools/link-order/vmm.order", "-Xlinker", "--no-warn-symbol-ordering",
+        ] + (Context.environment["VMM_LINK_MAP"].map { ["-Xlinker", "-Map=\($0)", "-Xlinker", "--no-demangle"] } ?? [])
         target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags([
             "-static-stdlib", "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
-        ], .when(configuration: .release))]
+        ] + order, .when(configuration: .release))]
     }
 }
