@@ -114,16 +114,20 @@ for target in package.targets where target.type == .regular || target.type == .e
 // without the static stdlib's `-export-dynamic`: exported, every symbol of the runtime and the program went into the
 // dynamic symbol table, and ld.so resolved each relocation against one by name; with 1.3 MiB of relocations and 1.2
 // MiB of symbol table and names in the code segment, all of it read at every start, that was 3 MiB of each VM's PSS.
+// libstdc++ comes from its archive too (tools/link/static-libstdc++ says how and why).
+// Our modules are compiled with one section per function, and vmm's release link places the functions a VM runs
+// first, in the order of tools/link/vmm.order: every process of a VM maps vmm's code, 64 KiB around each page it
+// runs, and spread over 12 MiB of .text the VM's 2.4 MiB of code pages mapped 6.1 MiB (tools/link/generate-order
+// makes the order; it sets VMM_LINK_MAP to get the link map it reads).
 for target in package.targets where (target.type == .regular || target.type == .executable) && target.path?.hasPrefix("Tests") != true {
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-static-stdlib", "-Xfrontend", "-function-sections"], .when(configuration: .release))]
     if target.type == .executable {
-        // vmm's functions in the order of tools/link-order/vmm.order (see tools/link-order/generate, which sets
-        // VMM_LINK_MAP to get the link map it needs).
         let order = target.name != "vmm" ? [] : [
-            "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/tools/link-order/vmm.order", "-Xlinker", "--no-warn-symbol-ordering",
+            "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/tools/link/vmm.order", "-Xlinker", "--no-warn-symbol-ordering",
         ] + (Context.environment["VMM_LINK_MAP"].map { ["-Xlinker", "-Map=\($0)", "-Xlinker", "--no-demangle"] } ?? [])
         target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags([
             "-static-stdlib", "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
+            "-L", "\(Context.packageDirectory)/tools/link/static-libstdc++",
         ] + order, .when(configuration: .release))]
     }
 }
