@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <poll.h>
 #include <linux/sched.h>
+#include <malloc.h>
 
 int vmm_memfd_create(const char *name, unsigned int flags);
 int vmm_eventfd(unsigned int initval, int flags);

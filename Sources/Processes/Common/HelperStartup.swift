@@ -19,6 +19,18 @@ public enum HelperStartup {
         }
     }
 
+    /// In the launcher, once per role: decodes a spec as the role's helper does, and drops it. The type metadata,
+    /// conformances and witness tables the runtime looks up and caches on the way are then in the launcher's memory,
+    /// which every helper it forks afterwards (standbys, restarts) shares, instead of in a copy of each helper's own.
+    static func rehearse(_ role: Role, spec: String) {
+        switch role {
+        case .vcpu: _ = try? VCPUSpec.decode(spec)
+        case .pio: _ = try? PIOSpec.decode(spec)
+        case .irqchip: _ = try? IRQChipSpec.decode(spec)
+        case .virtioBlock, .virtioNet, .virtioVsock, .virtioRNG: _ = try? VirtioSpec.decode(spec)
+        }
+    }
+
     static func begin(role: Role, logLevel: Int) {
         Log.role = role.rawValue
         Log.level = Log.Level(rawValue: logLevel) ?? .warning
