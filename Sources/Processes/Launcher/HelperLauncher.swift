@@ -178,8 +178,11 @@ extension HelperLauncher {
         let socket: Int32
     }
 
-    /// How many blanks the launcher keeps ready: a VM's first three helpers (vcpu, pio, irqchip) and one device.
+    /// How many blanks the launcher may have ready: a VM's first three helpers (vcpu, pio, irqchip) and one device.
     static let poolSize = 4
+    /// How many it makes again once a VM has started: one, for the next restart's standby or a hot-plugged device (a
+    /// second at once gets one forked for it). Each blank kept is about 80 KiB of the VM's PSS.
+    static let runningPoolSize = 1
     /// How long the launcher waits after a request before it forks blanks again.
     static let refillDelayNanoseconds: UInt64 = 50_000_000
 
@@ -246,13 +249,13 @@ extension HelperLauncher {
                     }
                     continue
                 }
-                guard pool.count < poolSize || !later.isEmpty, let last = lastRequest else { break }
+                guard pool.count < runningPoolSize || !later.isEmpty, let last = lastRequest else { break }
                 if case let quiet = refillDelayNanoseconds, monotonicNanoseconds() - last < quiet {
                     let left = Int32((quiet - (monotonicNanoseconds() - last)) / 1_000_000) + 1
                     if (try? Poll.wait([socket], timeoutMs: left))?.first?.isEmpty == false { break }
                     continue
                 }
-                if pool.count < poolSize {
+                if pool.count < runningPoolSize {
                     guard let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) else { break }
                     pool.append(blank)
                 } else {
