@@ -45,6 +45,9 @@ enum HelperSandbox {
         Log.debug("seccomp policy \(spec.policyName) \(handedDown != nil ? "loaded, compiled by the launcher" : "compiled and loaded") "
                   + "(\(program.ruleCount) rules)")
         if let fault = spec.faultSyscall { provoke(fault) }
+        // What the start allocated and freed (the spec's JSON, the policy's filter) goes back to the kernel: a
+        // standby may wait the VM's whole life.
+        _ = malloc_trim(0)
     }
 
     /// The role's built-in policy, includes expanded: what a helper runs unless `--unsafe-policy-dir` names another.
