@@ -56,7 +56,9 @@ final class SandboxTests: GuestTestCase {
     }
 
     /// Run by root, each VM's helpers get an id of their own from `vmm.sandbox.id_range`, held while the VM runs; a VM
-    /// that finds every id of its range taken does not start.
+    /// that finds every id of its range taken does not start. The ids are looked up (getpwuid, getgrgid) by a child of
+    /// the launcher: the NSS modules the lookups load (libnss_systemd on most hosts) are not mapped in the supervisor
+    /// for the VM's life.
     func testEachVMGetsItsOwnHelperIDFromTheRange() throws {
         guard geteuid() == 0 else { throw XCTSkip("SKIPPED: helper ids are chosen only when vmm runs as root") }
         let config = Harness.config(kernel: try Harness.guest("portloop.elf"), args: "iters=100000000000",
@@ -68,6 +70,8 @@ final class SandboxTests: GuestTestCase {
             let run = try Harness.run(config: config)
             runs.append(run)
             XCTAssertTrue(run.waitForOutput("portloop: ready"), run.stderr)
+            let maps = try Harness.procFile("/proc/\(run.process.processIdentifier)/maps")
+            XCTAssertFalse(maps.contains("libnss_"), "the supervisor maps no NSS module: \(maps.split(separator: "\n").filter { $0.contains("libnss_") })")
             let helpers = Harness.settledHelpers(of: run.process.processIdentifier, count: 5)
             ids.append(Set(try helpers.map { pid in
                 XCTAssertTrue(Harness.waitUntilSandboxed(pid), "pid \(pid) entered its sandbox")  // ids change on the way in

@@ -110,6 +110,28 @@ public final class HelperLauncher: @unchecked Sendable {
         }
     }
 
+    /// Up to `limit` ids of `range`, in order, that no host account or group uses (getpwuid and getgrgid, so NSS
+    /// sources too), and the id the search stopped before. A child the launcher forks for the purpose looks them up:
+    /// the NSS modules those calls load (libnss_systemd here: 0.3 MiB of mappings) go with it, where in the supervisor
+    /// they stayed for the VM's life. Throws `.launcherGone` when the launcher cannot answer.
+    public func unusedIDs(in range: Range<UInt32>, limit: Int) throws(LaunchError) -> (ids: [UInt32], next: UInt32) {
+        try exchange.withLock { _ throws(LaunchError) -> (ids: [UInt32], next: UInt32) in
+            let request = Self.idsMessage + [range.lowerBound, range.upperBound, UInt32(limit)].flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } }
+            guard request.withUnsafeBytes({ vmm_send_with_fds(socket.raw, $0.baseAddress, $0.count, [], 0) }) == request.count else {
+                throw .launcherGone(SystemError("send to the helper launcher", errno: errno))
+            }
+            var words = [UInt32](repeating: 0, count: 2 + limit)
+            var none: Int32 = -1, count: Int32 = 0
+            let n = words.withUnsafeMutableBytes { vmm_receive_with_fds(socket.raw, $0.baseAddress, $0.count, &none, 1, &count, 0) }
+            if count == 1 { close(none) }
+            // [0, next, ids...]: found; [errno]: the child could not be forked.
+            guard n >= 8, n % 4 == 0, words[0] == 0, words[1] > range.lowerBound, words[1] <= range.upperBound else {
+                throw .launcherGone(SystemError("unused ids from the helper launcher", errno: n < 0 ? errno : n == 4 ? Int32(words[0]) : EPROTO))
+            }
+            return (Array(words[2..<n / 4]), words[1])
+        }
+    }
+
     /// Why a launch failed.
     public enum LaunchError: Error, CustomStringConvertible {
         /// The launcher is unreachable (dead, or it answered nonsense): exec the helper instead.
@@ -127,6 +149,8 @@ public final class HelperLauncher: @unchecked Sendable {
 
     static let descriptorsPerMessage = 250
     static let retireMessage = Array("retire".utf8)
+    /// A request for unused ids: this, then the range's bounds and the limit (UInt32 each, little-endian).
+    static let idsMessage = Array("unused-ids".utf8)
     /// The reply's error when the blank given the request had died (not an errno).
     static let blankDied: Int32 = -1
 
@@ -272,6 +296,11 @@ extension HelperLauncher {
                 _ = pids.withUnsafeMutableBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
                 _exit(0)
             }
+            if header.starts(with: idsMessage) {
+                answerUnusedIDs(header.dropFirst(idsMessage.count), socket: socket)
+                fds.forEach { _ = close($0) }
+                continue
+            }
             guard let request = LaunchRequest(decoding: header) else {
                 fds.forEach { _ = close($0) }
                 reply(socket, pid: -1, error: EPROTO, pidfd: -1)
@@ -309,6 +338,34 @@ extension HelperLauncher {
             close(blank.socket)
             close(blank.pidfd)
         }
+    }
+
+    /// Looks up unused ids (see `unusedIDs(in:limit:)`) in a child forked for it (the launcher has one thread: the
+    /// child may call anything), which answers on `socket` itself while the launcher waits for it to end.
+    private static func answerUnusedIDs(_ arguments: ArraySlice<UInt8>, socket: Int32) {
+        let words = stride(from: arguments.startIndex, to: arguments.endIndex - 3, by: 4).map { i in
+            arguments[i..<i + 4].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        }
+        func send(_ reply: [UInt32]) {
+            _ = reply.withUnsafeBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
+        }
+        guard words.count == 3, words[0] < words[1], (1...4096).contains(words[2]) else { return send([UInt32(EINVAL)]) }
+        let child = fork()
+        if child == 0 {
+            var ids: [UInt32] = []
+            var id = words[0]
+            while id < words[1] && ids.count < Int(words[2]) {
+                if getpwuid(id) == nil && getgrgid(id) == nil { ids.append(id) }
+                id += 1
+            }
+            send([0, id] + ids)
+            _exit(0)
+        }
+        guard child > 0 else { return send([UInt32(errno)]) }
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        // A child that died before it answered (it should not) leaves the supervisor without a reply: say so.
+        if !(status & 0x7f == 0 && (status >> 8) & 0xff == 0) { send([UInt32(ECHILD)]) }
     }
 
     /// The largest request: a spec is far below this (an exec'd helper's argument may not pass 128 KiB).

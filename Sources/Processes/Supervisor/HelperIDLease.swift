@@ -19,13 +19,38 @@ final class HelperIDLease {
 
     struct Exhausted: Error, CustomStringConvertible { let description: String }
 
-    static func acquire(from range: Range<UInt32>, directory: String = directory) throws -> HelperIDLease {
+    /// Ids of a range that no host account or group uses, in order, at most the given number, and the id the search
+    /// stopped before.
+    typealias UnusedIDs = (Range<UInt32>, Int) -> (ids: [UInt32], next: UInt32)
+
+    /// `UnusedIDs` looked up in this process (which then keeps the NSS modules the lookups load).
+    static func unusedIDsHere(_ range: Range<UInt32>, limit: Int) -> (ids: [UInt32], next: UInt32) {
+        var ids: [UInt32] = []
+        var id = range.lowerBound
+        while id < range.upperBound && ids.count < limit {
+            if getpwuid(id) == nil && getgrgid(id) == nil { ids.append(id) }
+            id += 1
+        }
+        return (ids, id)
+    }
+
+    static func acquire(from range: Range<UInt32>, directory: String = directory,
+                        unusedIDs: UnusedIDs = unusedIDsHere(_:limit:)) throws -> HelperIDLease {
         try makeDirectory(directory)
-        for id in range where getpwuid(id) == nil && getgrgid(id) == nil {
-            // No links followed, nothing but a regular file of root's: the directory is root's own, mode 0700.
-            let file = try FileDescriptor.open("\(directory)/\(id)", O_RDWR | O_CREAT | O_NOFOLLOW, mode: 0o600)
-            if flock(file.raw, LOCK_EX | LOCK_NB) == 0 { return HelperIDLease(id: id, lock: file) }
-            guard errno == EWOULDBLOCK else { throw SystemError("flock(\(directory)/\(id))", errno: errno) }
+        var start = range.lowerBound
+        // One id first (each lookup can cost 0.1 ms with NSS modules that ask a daemon); more at a time once the
+        // first turns out to be held by another VM.
+        var limit = 1
+        while start < range.upperBound {
+            let (ids, next) = unusedIDs(start..<range.upperBound, limit)
+            limit = 16
+            for id in ids {
+                // No links followed, nothing but a regular file of root's: the directory is root's own, mode 0700.
+                let file = try FileDescriptor.open("\(directory)/\(id)", O_RDWR | O_CREAT | O_NOFOLLOW, mode: 0o600)
+                if flock(file.raw, LOCK_EX | LOCK_NB) == 0 { return HelperIDLease(id: id, lock: file) }
+                guard errno == EWOULDBLOCK else { throw SystemError("flock(\(directory)/\(id))", errno: errno) }
+            }
+            start = max(next, start + 1)
         }
         throw Exhausted(description: "vmm.sandbox.id_range: every id of \(range.lowerBound)..<\(range.upperBound) is held by another VM or used by a host account")
     }

@@ -136,7 +136,13 @@ public final class Supervisor {
     private func launchAndWatch() throws -> ExitStatus {
         Log.debug("supervisor starting")
         if geteuid() == 0 && !config.vmm.sandbox.sharedIDs {
-            do { idLease = try HelperIDLease.acquire(from: config.vmm.sandbox.idRange) } catch {
+            // The launcher looks the ids up in a child of its own, so that this process does not load NSS modules.
+            let launcher = self.launcher
+            do {
+                idLease = try HelperIDLease.acquire(from: config.vmm.sandbox.idRange) { range, limit in
+                    (try? launcher?.unusedIDs(in: range, limit: limit)) ?? HelperIDLease.unusedIDsHere(range, limit: limit)
+                }
+            } catch {
                 throw HostSetupError(description: "\(error)")
             }
             Log.info("helpers run as uid and gid \(idLease?.id ?? 0)")
