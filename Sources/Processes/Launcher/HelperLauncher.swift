@@ -352,13 +352,8 @@ extension HelperLauncher {
         guard words.count == 3, words[0] < words[1], (1...4096).contains(words[2]) else { return send([UInt32(EINVAL)]) }
         let child = fork()
         if child == 0 {
-            var ids: [UInt32] = []
-            var id = words[0]
-            while id < words[1] && ids.count < Int(words[2]) {
-                if getpwuid(id) == nil && getgrgid(id) == nil { ids.append(id) }
-                id += 1
-            }
-            send([0, id] + ids)
+            let (ids, next) = HelperIDLease.unusedIDsHere(words[0]..<words[1], limit: Int(words[2]))
+            send([0, next] + ids)
             _exit(0)
         }
         guard child > 0 else { return send([UInt32(errno)]) }
