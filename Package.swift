@@ -114,7 +114,7 @@ for target in package.targets where target.type == .regular || target.type == .e
 // without the static stdlib's `-export-dynamic`: exported, every symbol of the runtime and the program went into the
 // dynamic symbol table, and ld.so resolved each relocation against one by name; with 1.3 MiB of relocations and 1.2
 // MiB of symbol table and names in the code segment, all of it read at every start, that was 3 MiB of each VM's PSS.
-// libstdc++ comes from its archive too (tools/link/static-libstdc++ says how and why).
+// libstdc++ comes from its archive too, through the linker script tools/link/prepare writes to .build/link.
 // Our modules are compiled with one section per function, and vmm's release link places the functions a VM runs
 // first, in the order of tools/link/vmm.order: every process of a VM maps vmm's code, 64 KiB around each page it
 // runs, and spread over 12 MiB of .text the VM's 2.4 MiB of code pages mapped 6.1 MiB (tools/link/generate-order
@@ -127,7 +127,7 @@ for target in package.targets where (target.type == .regular || target.type == .
         ] + (Context.environment["VMM_LINK_MAP"].map { ["-Xlinker", "-Map=\($0)", "-Xlinker", "--no-demangle"] } ?? [])
         target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags([
             "-static-stdlib", "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
-            "-L", "\(Context.packageDirectory)/tools/link/static-libstdc++",
+            "-L", "\(Context.packageDirectory)/.build/link",
         ] + order, .when(configuration: .release))]
     }
 }
