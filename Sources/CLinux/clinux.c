@@ -266,3 +266,41 @@ int vmm_seccomp_load_bpf(const void *instructions, size_t count) {
     if (r < 0) return -errno;
     return r == 0 ? 0 : -EAGAIN;  // a positive result names a thread that could not be synchronised
 }
+
+#include <link.h>
+
+static int object_has_text_relocations(const struct dl_phdr_info *info) {
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_DYNAMIC) continue;
+        for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(info->dlpi_addr + ph->p_vaddr); d->d_tag != DT_NULL; d++) {
+            if (d->d_tag == DT_TEXTREL) return 1;
+            if (d->d_tag == DT_FLAGS && (d->d_un.d_val & DF_TEXTREL)) return 1;
+        }
+    }
+    return 0;
+}
+
+static int release_object_code(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    int *error = data;
+    // The vDSO is the kernel's own mapping; code patched at load (text relocations) lives in private copies that
+    // dropping would lose.
+    if (strncmp(info->dlpi_name, "linux-vdso", 10) == 0 || object_has_text_relocations(info)) return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X) || (ph->p_flags & PF_W)) continue;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t start = (info->dlpi_addr + ph->p_vaddr) & ~(page - 1);
+        uintptr_t end = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz + page - 1) & ~(page - 1);
+        if (madvise((void *)start, end - start, MADV_DONTNEED) != 0 && *error == 0) *error = errno;
+    }
+    return 0;
+}
+
+int vmm_release_code_mappings(void) {
+    int error = 0;
+    dl_iterate_phdr(release_object_code, &error);
+    if (error != 0) { errno = error; return -1; }
+    return 0;
+}

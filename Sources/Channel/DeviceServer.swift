@@ -11,6 +11,8 @@ public struct DeviceServer: @unchecked Sendable {
     public let region: ChannelRegion
     /// How long this device spins for its next request, learnt from the gaps between requests.
     public var window: SpinWindow
+    /// Run once, when the process first blocks after its start-up (see `SettleAction`).
+    public var settling: SettleAction?
     private var nextLane = 0
     /// Requests taken since the last `commit()`.
     public private(set) var uncommitted = 0
@@ -209,7 +211,8 @@ public struct DeviceServer: @unchecked Sendable {
         if rings.contains(where: { $0.hasMessages() }) { return none }
         let doorbells = servers.map(\.deviceDoorbell)
         let ready: [Poll.Event]
-        do { ready = try Poll.wait(doorbells + extra, timeoutMs: timeoutMs) } catch { throw .system(error) }
+        let settling = servers.lazy.compactMap(\.settling).first
+        do { ready = try SettleAction.wait(doorbells + extra, timeoutMs: timeoutMs, settling: settling) } catch { throw .system(error) }
         for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
         return Array(ready.dropFirst(doorbells.count))
     }

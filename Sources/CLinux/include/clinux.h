@@ -30,6 +30,11 @@ int vmm_signalfd_read(int fd);
 int vmm_set_pdeathsig(int sig);
 int vmm_set_affinity(pid_t pid, const int *cpus, int count);
 
+/// Unmaps this process's pages of program code (the executable segments of the executable and of every loaded
+/// library, not the vDSO, not an object with text relocations): what it runs afterwards maps again from the page
+/// cache on first use. Returns 0, or -1 with errno set by the first madvise that failed.
+int vmm_release_code_mappings(void);
+
 /// clone3 + execve with `fds[i]` as the child's fd i (all others closed), optionally in new namespaces
 /// (CLONE_NEW* flags). The child gets SIGKILL when this process dies, and does not start if `parent_pidfd`
 /// (>= 0) shows this process already gone. Returns the pid and a pidfd, or -1 with *error_out set.

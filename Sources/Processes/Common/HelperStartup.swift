@@ -64,6 +64,8 @@ extension HelperStartup {
     /// have looked at its channels yet: ring positions are read when it starts serving, not before.
     static func awaitTakeover(_ fd: Int32) throws {
         Log.debug("standing by")
+        // Its start-up is over; the code of its serving comes back at the takeover.
+        StartupCode.release()
         _ = try Poll.wait([fd], timeoutMs: -1)
         var value: UInt64 = 0
         _ = Glibc.read(fd, &value, 8)

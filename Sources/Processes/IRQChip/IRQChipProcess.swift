@@ -62,6 +62,7 @@ public enum IRQChipProcess {
         let chip = state.chip, outbox = state.outbox
         if !resumed { outbox.continueNumbering(from: mailbox) }
         server.announceServing()
+        server.settling = StartupCode.settleAction()
         lines.announceServing()
         var expirations: UInt64 = 0
         /// When a timer left to its halted vCPU (InterruptMailbox.leaveTimer) is overdue enough for this process to

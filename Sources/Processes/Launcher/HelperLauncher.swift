@@ -253,6 +253,7 @@ extension HelperLauncher {
         // Once the VM runs (see the refill below).
         var later: [Chore] = [Role.virtioBlock, .virtioNet, .virtioVsock, .virtioRNG].map { .compile($0) }
         var lastRequest: UInt64?
+        var releasedAfter: UInt64?
         var rehearsed: Set<Role> = []
         while true {
             // One chore at a time while no request waits. Blanks are made again, and the later chores done, only
@@ -286,6 +287,12 @@ extension HelperLauncher {
                     chores = later
                     later = []
                 }
+            }
+            // Nothing left to do until the next request (a restart): the code that forked and prepared the helpers
+            // is unmapped, once after each request (see StartupCode).
+            if let last = lastRequest, releasedAfter != last, chores.isEmpty, later.isEmpty, pool.count >= runningPoolSize {
+                StartupCode.release()
+                releasedAfter = last
             }
             guard let (header, fds) = receiveRequest(socket, buffer) else { _exit(0) }  // the supervisor is gone
             if header.elementsEqual(retireMessage) {

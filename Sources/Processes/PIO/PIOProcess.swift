@@ -44,6 +44,7 @@ public enum PIOProcess {
             }
         }
         server.announceServing()
+        server.settling = StartupCode.settleAction()
         let news = devices.news
 
         while true {

@@ -41,6 +41,9 @@ extension Supervisor {
     var hangTickNanoseconds: UInt64 { max(10_000_000, UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 200_000) }
 
     private func firstDecisiveEvent(_ slots: [Slot], console: ConsolePump, faults: FaultInjector) throws -> Ending {
+        // When the code that read the config and started the VM is unmapped (see StartupCode): once the standbys
+        // are up (they start 30 ms after their devices); again after a restart.
+        var startupCodeDue: UInt64? = monotonicNanoseconds() + StartupCode.settleNanoseconds
         while true {
             let helpers = slots.map(\.helper)
             // Devices' messages are read before the vCPU's: the vCPU reports a stop only after a sync with every
@@ -62,6 +65,7 @@ extension Supervisor {
             let now = monotonicNanoseconds()
             var wake = faults.nextDue(now: now)
             if let due = apiWake { wake = min(wake ?? .max, due) }
+            if let due = startupCodeDue { wake = min(wake ?? .max, due) }
             if slots.contains(where: { $0.restartable && !$0.broken }) {
                 wake = min(wake ?? .max, now + (faults.recovering ? Self.watchTickNanoseconds : hangTickNanoseconds))
             }
@@ -88,6 +92,7 @@ extension Supervisor {
                     return Ending(status: .helperDied, message: "\(what) while the guest was running")
                 }
                 if let ending = failed(slot, what, faults: faults) { return ending }
+                startupCodeDue = monotonicNanoseconds() + StartupCode.settleNanoseconds
             }
             for (standby, event) in zip(standbys, ready[standbysEnded]) where !event.isEmpty {
                 standbyDied(standby, in: slots)
@@ -100,8 +105,15 @@ extension Supervisor {
             let after = monotonicNanoseconds()
             apiTimers(slots, now: after)
             watchForHangs(slots, now: after, faults: faults)
+            if let due = startupCodeDue, due <= after {
+                StartupCode.release()
+                startupCodeDue = nil
+            }
             for slot in slots {
-                if let due = slot.restartDue, due <= after { try restart(slot, faults: faults) }
+                if let due = slot.restartDue, due <= after {
+                    try restart(slot, faults: faults)
+                    startupCodeDue = after + StartupCode.settleNanoseconds
+                }
                 if slot.standby == nil && slot.wantsStandby && config.vmm.deviceRestart.standby && slot.standbyDue.map({ $0 <= after }) != false {
                     startStandby(slot)
                 }

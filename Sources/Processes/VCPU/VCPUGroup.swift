@@ -1,3 +1,4 @@
+import Channel
 import Synchronization
 import System
 
@@ -28,11 +29,11 @@ final class VCPUGroup: @unchecked Sendable {
 
     func unpark() { state.withLock { $0.parked -= 1 } }
 
-    /// Blocks the calling (main) thread until a vCPU stops the VM.
-    func waitForStop() -> ControlMessage.VCPUStop {
+    /// Blocks the calling (main) thread until a vCPU stops the VM; runs `settling` when it is due meanwhile.
+    func waitForStop(settling: SettleAction? = nil) -> ControlMessage.VCPUStop {
         while true {
             if let why = state.withLock({ $0.stop }) { return why }
-            _ = try? Poll.wait([stopped.raw], timeoutMs: -1)
+            _ = try? SettleAction.wait([stopped.raw], timeoutMs: -1, settling: settling)
         }
     }
 }

@@ -95,7 +95,7 @@ public enum VCPUProcess {
         for runner in runners {
             _ = try OSThread.start(name: "vcpu\(runner.vcpu.id)") { group.stop(runner.run()) }
         }
-        let stop = group.waitForStop()
+        let stop = group.waitForStop(settling: StartupCode.settleAction())
         // Counted by each vCPU thread without locks: a snapshot that may miss the last few exits of the others.
         for runner in runners { Log.info(runner.exitSummary(statistics.read(vcpu: runner.vcpu.id))) }
         return stop

@@ -87,6 +87,7 @@ public enum VirtioProcess {
             transport.sayInterruptLevel()
         }
         server.announceServing()
+        server.settling = StartupCode.settleAction()
         let window = spec.windowBase..<(spec.windowBase + MachineLayout.virtioWindow)
         var counter: UInt64 = 0
         var reported: String?

@@ -277,8 +277,9 @@ struct BenchCommand: ParsableCommand {
         defer { everyDevice?.remove() }
         for m in [ours as VMMUnderTest] + (everyDevice.map { [$0.vmm] } ?? []) + qemus.filter(\.irqchip) where wants("memory") {
             let p = try Runner.startResident(m, kernel: portloop, args: "iters=100000000000", memMiB: memMiB, ready: "portloop: ready")
-            // Standbys start 30 ms after their device's first process.
-            if m.name == everyDevice?.vmm.name { usleep(300_000) }
+            // Read once the VM has settled, as it stays for its life: the standbys start 30 ms after their device's
+            // first process, and each process unmaps its start-up's code 250 ms after it began serving (StartupCode).
+            usleep(1_000_000)
             var pss = 0
             var unreadable: [Int32] = []
             for pid in ProcessTree.all(p.processIdentifier) {
