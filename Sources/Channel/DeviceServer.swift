@@ -179,6 +179,7 @@ public struct DeviceServer: @unchecked Sendable {
         defer { self.window = window }
         if restartable == nil || uncommitted >= batchLimit { commit() }
         guard uncommitted > 0 else { return try Self.wait([self], extra: extra, timeoutMs: timeoutMs, window: &window) }
+        settling?.pass()
         let start = monotonicNanoseconds()
         let live = requests.indices.filter { !brokenLanes.contains($0) }.map { requests[$0] }
         if spin(window: &window, census: policy.census, until: { live.contains { $0.hasMessages() } }, extra: Self.anyReady(extra)) {
@@ -195,6 +196,8 @@ public struct DeviceServer: @unchecked Sendable {
     public static func wait(_ servers: [DeviceServer], extra: [Int32], timeoutMs: Int32 = -1,
                             window: inout SpinWindow, spunSince: UInt64? = nil) throws(ChannelError) -> [Poll.Event] {
         precondition(servers.allSatisfy { $0.uncommitted == 0 }, "commit before waiting")
+        let settling = servers.lazy.compactMap(\.settling).first
+        if spunSince == nil { settling?.pass() }  // a caller that spun itself passed it already
         let rings = servers.flatMap { s in s.requests.indices.filter { !s.brokenLanes.contains($0) }.map { s.requests[$0] } }
         let none = [Poll.Event](repeating: [], count: extra.count)
         let start = spunSince ?? monotonicNanoseconds()
@@ -211,7 +214,6 @@ public struct DeviceServer: @unchecked Sendable {
         if rings.contains(where: { $0.hasMessages() }) { return none }
         let doorbells = servers.map(\.deviceDoorbell)
         let ready: [Poll.Event]
-        let settling = servers.lazy.compactMap(\.settling).first
         do { ready = try SettleAction.wait(doorbells + extra, timeoutMs: timeoutMs, settling: settling) } catch { throw .system(error) }
         for (i, d) in doorbells.enumerated() where ready[i].contains(.readable) { drain(d) }
         return Array(ready.dropFirst(doorbells.count))

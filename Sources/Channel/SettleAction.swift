@@ -2,10 +2,12 @@ import System
 
 /// What a device process does once, when its start-up is over: the first time it is about to block, at least
 /// `delay` after it began serving. A block that would last past that moment is cut there, so that a process the
-/// guest leaves idle gets to it too. A class: the copies of a `DeviceServer` share it.
+/// guest leaves idle gets to it too, and one the guest keeps too busy to block gets to it on a wait
+/// (`pass()`). A class: the copies of a `DeviceServer` share it.
 public final class SettleAction: @unchecked Sendable {
     private let due: UInt64
     private var action: (() -> Void)?
+    private var passes: UInt32 = 0
 
     public init(afterNanoseconds delay: UInt64, _ action: @escaping () -> Void) {
         due = monotonicNanoseconds() + delay
@@ -16,6 +18,14 @@ public final class SettleAction: @unchecked Sendable {
     func remainingMs(now: UInt64) -> Int32? {
         guard action != nil else { return nil }
         return now >= due ? 0 : Int32(clamping: (due - now + 999_999) / 1_000_000)
+    }
+
+    /// A wait that may not block (a request may come while it spins): runs the action if it is due, looking at the
+    /// clock only every 256th time (a busy device waits once per batch of requests, every few microseconds).
+    func pass() {
+        passes &+= 1
+        guard passes & 255 == 0, action != nil, monotonicNanoseconds() >= due else { return }
+        run()
     }
 
     func run() {

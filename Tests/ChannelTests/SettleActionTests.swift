@@ -65,6 +65,20 @@ final class SettleActionTests: XCTestCase {
         XCTAssertEqual(counter.runs, 0, "neither a ready descriptor nor a shorter timeout reaches the moment")
     }
 
+    func testABusyProcessThatNeverBlocksRunsItOnAWait() {
+        let counter = Counter()
+        let action = SettleAction(afterNanoseconds: 0) { counter.runs += 1 }
+        for _ in 0..<255 { action.pass() }
+        XCTAssertEqual(counter.runs, 0, "the clock is looked at every 256th wait")
+        action.pass()
+        XCTAssertEqual(counter.runs, 1)
+        for _ in 0..<1024 { action.pass() }
+        XCTAssertEqual(counter.runs, 1, "once")
+        let later = SettleAction(afterNanoseconds: 10_000_000_000) { counter.runs += 1 }
+        for _ in 0..<1024 { later.pass() }
+        XCTAssertEqual(counter.runs, 1, "not before it is due")
+    }
+
     func testADueActionRunsBeforeTheBlock() throws {
         let fds = try pipe()
         let counter = Counter()
