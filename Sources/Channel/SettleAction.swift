@@ -3,7 +3,7 @@ import System
 /// What a device process does once, when its start-up is over: the first time it is about to block, at least
 /// `delay` after it began serving. A block that would last past that moment is cut there, so that a process the
 /// guest leaves idle gets to it too, and one the guest keeps too busy to block gets to it on a wait
-/// (`pass()`). A class: the copies of a `DeviceServer` share it.
+/// (`pass()`). A class: the copies of a `DeviceServer` share it; only the thread that waits uses it.
 public final class SettleAction: @unchecked Sendable {
     private let due: UInt64
     private var action: (() -> Void)?
