@@ -287,10 +287,10 @@ static int release_object_code(struct dl_phdr_info *info, size_t size, void *dat
     // The vDSO is the kernel's own mapping; code patched at load (text relocations) lives in private copies that
     // dropping would lose.
     if (strncmp(info->dlpi_name, "linux-vdso", 10) == 0 || object_has_text_relocations(info)) return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X) || (ph->p_flags & PF_W)) continue;
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
         uintptr_t start = (info->dlpi_addr + ph->p_vaddr) & ~(page - 1);
         uintptr_t end = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz + page - 1) & ~(page - 1);
         if (madvise((void *)start, end - start, MADV_DONTNEED) != 0 && *error == 0) *error = errno;

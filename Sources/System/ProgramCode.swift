@@ -13,5 +13,4 @@ public enum ProgramCode {
     public static func releaseMappings() throws(SystemError) {
         _ = try syscallRetrying("madvise(MADV_DONTNEED) of the program's code") { vmm_release_code_mappings() }
     }
-
 }

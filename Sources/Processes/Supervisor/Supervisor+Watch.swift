@@ -41,8 +41,8 @@ extension Supervisor {
     var hangTickNanoseconds: UInt64 { max(10_000_000, UInt64(config.vmm.deviceRestart.hangTimeoutMs) * 200_000) }
 
     private func firstDecisiveEvent(_ slots: [Slot], console: ConsolePump, faults: FaultInjector) throws -> Ending {
-        // When the code that read the config and started the VM is unmapped (see StartupCode): once the standbys
-        // are up (they start 30 ms after their devices); again after a restart.
+        // When the code that read the config and started the VM is unmapped (see StartupCode): 250 ms in, by when
+        // the standbys (started 30 ms after their devices) are up; again that long after a restart.
         var startupCodeDue: UInt64? = monotonicNanoseconds() + StartupCode.settleNanoseconds
         while true {
             let helpers = slots.map(\.helper)
