@@ -71,7 +71,7 @@ let package = Package(
         // The benchmark suite: pure figures and reporting (unit-tested), and the command that measures.
         .target(name: "BenchKit", path: "tools/bench/BenchKit"),
         // A guest on a bare in-process KVM loop: the benchmark's baseline and a harness for guest-level tests.
-        .target(name: "BareLoop", dependencies: ["KVM", "Memory", "Boot", "System", "CKVM", "CLinux", "Emulator"], path: "tools/bench/BareLoop"),
+        .target(name: "BareLoop", dependencies: ["KVM", "Memory", "Boot", "System", "CKVM", "CLinux", "Emulator", "Channel"], path: "tools/bench/BareLoop"),
         .executableTarget(name: "VMMBench", dependencies: [
             "BenchKit", "BareLoop", "KVM", "Memory", "Boot", "System", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -94,7 +94,7 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System", "ACPI"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
         .testTarget(name: "SystemTests", dependencies: ["System"]),
-        .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop", "TestSupport"], path: "Tests/VMMTests"),
+        .testTarget(name: "VMMTests", dependencies: ["vmm", "System", "BareLoop", "BenchKit", "TestSupport"], path: "Tests/VMMTests"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -10,6 +10,20 @@ final class BenchKitTests: XCTestCase {
         XCTAssertEqual(GuestTiming(cycles: 3_000_000, iterations: 1000).nanosecondsPerIteration(tscKHz: 3_000_000), 1000)
     }
 
+    func testParsesTheWindowLineAndTakesItsMedian() {
+        let out = "portloop: ready\ncycles=9000 iters=3000\nwindow=1000 cycles=3000,9000,3300\n"
+        let t = GuestTiming.parse(out)
+        XCTAssertEqual(t?.window, 1000)
+        XCTAssertEqual(t?.windows, [3000, 9000, 3300])
+        // The median window (3300 cycles / 1000 iterations) at 1 GHz: 3.3 ns; the long window does not count.
+        XCTAssertEqual(t?.steadyNanosecondsPerIteration(tscKHz: 1_000_000) ?? 0, 3.3, accuracy: 1e-9)
+        XCTAssertEqual(t?.nanosecondsPerIteration(tscKHz: 1_000_000) ?? 0, 3.0, accuracy: 1e-9)
+        XCTAssertNil(GuestTiming.parse("cycles=9000 iters=3000\n")?.steadyNanosecondsPerIteration(tscKHz: 1_000_000))
+        let broken = GuestTiming.parse("cycles=9000 iters=3000\nwindow=1000 cycles=3000,x,3300\n")
+        XCTAssertEqual(broken?.cycles, 9000, "a malformed window line leaves the total")
+        XCTAssertNil(broken?.steadyNanosecondsPerIteration(tscKHz: 1_000_000))
+    }
+
     func testParsesTheVirtioBenchLineAndConvertsToRequestsPerSecond() throws {
         let r = try XCTUnwrap(BlockBenchResult.parse("virtio: device 0\nvirtio-bench: mode=randread depth=32 count=1000 cycles=2000000 errors=0\n"))
         XCTAssertEqual(r, BlockBenchResult(mode: "randread", depth: 32, count: 1000, cycles: 2_000_000, errors: 0))

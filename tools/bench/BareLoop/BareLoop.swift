@@ -1,4 +1,5 @@
 import Boot
+import Channel
 import CKVM
 import CLinux
 import Emulator
@@ -11,7 +12,14 @@ import System
 /// other process, no sandbox. The benchmark's baseline, and a harness for tests that inspect guest memory and
 /// vCPU state after the guest ran. Not part of the product.
 public final class BareVM {
-    public struct Result { public var output: [UInt8] = []; public var exitStatus: Int32 = -1; public var exits = 0; public var tscKHz = 0 }
+    public struct Result {
+        public var output: [UInt8] = []
+        public var exitStatus: Int32 = -1
+        public var exits = 0
+        public var tscKHz = 0
+        /// `runPosting`: the port writes the device thread took.
+        public var posted = 0
+    }
 
     public let vcpu: VCPU
     public let memory: GuestMemory
@@ -49,6 +57,78 @@ public final class BareVM {
                 guard try onOtherExit(reason) else { throw KVMError.unsupported("exit reason \(reason) in the bare loop") }
             }
         }
+    }
+
+    /// The floor of a posted write handed to another CPU: `run()`, but each port write other than COM1's THR and
+    /// debug-exit goes to a device thread of this process over a channel, as vmm's vCPU posts it to the pio process
+    /// (`postDeferringWake`, then `wakeIfAsleep` before the next entry), and the thread takes it with vmm's
+    /// `DeviceServer` and its waiting (a learnt spin window up to `spinMicroseconds`, then the doorbell). `census`:
+    /// both also use a spin census as vmm's do (the vCPU's seat held through each KVM_RUN, the device's taken for
+    /// each spin, stepping aside). No vcpu process, sandbox or device model: what this loop costs over `run()` is
+    /// the channel's (and the census's), and the rest of vmm's row is the rest of vmm.
+    public func runPosting(spinMicroseconds: Int = 200, census useCensus: Bool = false) throws -> Result {
+        let layout = ChannelLayout(lanes: 1)
+        let region = try ChannelRegion.create(layout: layout, name: "bare-channel")
+        let vcpuSide = try ChannelRegion(attaching: region.raw, layout: layout)
+        let deviceSide = try ChannelRegion(attaching: region.raw, layout: layout)
+        let deviceBell = try EventFD(), answerBell = try EventFD(), stop = try EventFD()
+        let censusRegion = try SpinCensus.create(cpus: SpinCensus.availableCPUs(), seats: 2)
+        let census = try SpinCensus(attaching: censusRegion.raw)
+        let vcpuSeat = useCensus ? census.seat(0) : nil
+        let policy = WaitPolicy(maxSpinMicroseconds: spinMicroseconds, census: useCensus ? census.seat(1, stepsAside: true) : nil)
+        var client = DeviceClient(region: vcpuSide, lane: 0, deviceDoorbell: deviceBell.raw, responseDoorbell: answerBell.raw,
+                                  policy: policy, timeoutMs: 1000)
+        let server = DeviceServer(region: deviceSide, deviceDoorbell: deviceBell.raw, responseDoorbells: [answerBell.raw], policy: policy)
+        let stopFD = stop.raw
+        final class DeviceThread: @unchecked Sendable { var taken = 0; var error: Error? }
+        let thread = DeviceThread()
+        let device = try OSThread.start(name: "bare-device") {
+            var server = server
+            do {
+                while true {
+                    while let (_, message) = server.next(malformed: { _ in }) {
+                        if message.operation == .portWrite { thread.taken += 1 }
+                    }
+                    if try server.wait(extra: [stopFD]).first?.contains(.readable) == true { break }
+                }
+            } catch { thread.error = error }
+        }
+        var result = Result()
+        result.tscKHz = vcpu.tscKHz()
+        var failure: Error?
+        do {
+            loop: while true {
+                vcpuSeat?.hold()
+                try client.wakeIfAsleep()
+                let reason = try vcpu.runOnce()
+                vcpuSeat?.release()
+                result.exits += 1
+                switch Int32(reason) {
+                case KVM_EXIT_IO:
+                    let io = vmm_run_io(vcpu.run)
+                    if io.direction == UInt8(KVM_EXIT_IO_OUT) && io.port != 0x3f8 && io.port != 0xf4 {
+                        let data = vcpu.ioData
+                        let value = io.size == 4 ? UInt64(data.loadUnaligned(as: UInt32.self))
+                            : io.size == 2 ? UInt64(data.loadUnaligned(as: UInt16.self)) : UInt64(data.load(as: UInt8.self))
+                        try client.postDeferringWake(.portWrite, size: io.size, address: UInt64(io.port), data: value)
+                    } else if answerPortIO(&result) {
+                        break loop
+                    }
+                case KVM_EXIT_MMIO:
+                    answerMMIO()
+                case KVM_EXIT_HLT:
+                    break loop
+                default:
+                    throw KVMError.unsupported("exit reason \(reason) in the bare posting loop")
+                }
+            }
+        } catch { failure = error }
+        var one: UInt64 = 1
+        _ = write(stop.raw, &one, 8)
+        device.join()
+        if let failure = failure ?? thread.error { throw failure }
+        result.posted = thread.taken
+        return result
     }
 
     /// COM1 (LSR: always ready; THR: the byte joins the output) and debug-exit; other ports read all-ones. True

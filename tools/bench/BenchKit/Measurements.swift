@@ -4,21 +4,49 @@ import Foundation
 public struct GuestTiming: Equatable, Sendable {
     public let cycles: UInt64
     public let iterations: UInt64
+    /// The guest's `window=` timings, when it was asked for them: iterations per window, and each window's cycles.
+    public var window: UInt64 = 0
+    public var windows: [UInt64] = []
 
-    /// Finds the timing line in a guest's console output; nil when absent or malformed.
+    public init(cycles: UInt64, iterations: UInt64, window: UInt64 = 0, windows: [UInt64] = []) {
+        self.cycles = cycles
+        self.iterations = iterations
+        self.window = window
+        self.windows = windows
+    }
+
+    /// Finds the timing line (and the window line, if any) in a guest's console output; nil when the timing line
+    /// is absent or malformed. A malformed window line counts as absent.
     public static func parse(_ output: String) -> GuestTiming? {
+        var timing: GuestTiming?
         for line in output.split(whereSeparator: \.isNewline) {
             let fields = line.split(separator: " ")
-            guard fields.count == 2, fields[0].hasPrefix("cycles="), fields[1].hasPrefix("iters="),
-                  let c = UInt64(fields[0].dropFirst(7)), let n = UInt64(fields[1].dropFirst(6)), n > 0 else { continue }
-            return GuestTiming(cycles: c, iterations: n)
+            guard fields.count == 2 else { continue }
+            if timing == nil, fields[0].hasPrefix("cycles="), fields[1].hasPrefix("iters="),
+               let c = UInt64(fields[0].dropFirst(7)), let n = UInt64(fields[1].dropFirst(6)), n > 0 {
+                timing = GuestTiming(cycles: c, iterations: n)
+            } else if timing != nil, fields[0].hasPrefix("window="), fields[1].hasPrefix("cycles="),
+                      let w = UInt64(fields[0].dropFirst(7)), w > 0 {
+                let values = fields[1].dropFirst(7).split(separator: ",").map { UInt64($0) }
+                guard !values.isEmpty, values.allSatisfy({ $0 != nil }) else { continue }
+                timing?.window = w
+                timing?.windows = values.map { $0! }
+            }
         }
-        return nil
+        return timing
     }
 
     /// Nanoseconds per iteration at a TSC of `tscKHz`.
     public func nanosecondsPerIteration(tscKHz: Int) -> Double {
         Double(cycles) * 1_000_000 / (Double(iterations) * Double(tscKHz))
+    }
+
+    /// The same from the median window: what an iteration costs when nothing interrupts it (a preemption or a
+    /// host hiccup lengthens some windows, which the median leaves out; a cost every iteration pays moves it).
+    /// nil without windows.
+    public func steadyNanosecondsPerIteration(tscKHz: Int) -> Double? {
+        guard window > 0, let median = Samples(windows.map { Double($0) }).median else { return nil }
+        return median * 1_000_000 / (Double(window) * Double(tscKHz))
     }
 }
 

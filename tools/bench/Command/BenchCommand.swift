@@ -67,14 +67,22 @@ struct BenchCommand: ParsableCommand {
             // follows the same one (a slow neighbour or a warm cache would otherwise favour one side every time).
             for loop in ExitLoop.all(iterations: iterations) where wants("exits") && wantsLoop(loop) {
                 let kernel = guestDir + "/" + loop.guest
-                var runners: [(String, () throws -> (Double?, String))] = [
+                let image = { Array(try Data(contentsOf: URL(fileURLWithPath: kernel))) }
+                var runners: [(String, () throws -> (GuestTiming?, String))] = [
                     (loop.row("bare KVM loop"), {
-                        let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args)
+                        let bare = try BareVM.run(kernel: try image(), cmdline: loop.args)
                         tscKHz = bare.tscKHz
-                        let out = String(decoding: bare.output, as: UTF8.self)
-                        return (GuestTiming.parse(out)?.nanosecondsPerIteration(tscKHz: tscKHz), "status \(bare.exitStatus)")
+                        return (GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
                     }),
                 ]
+                // The floors of a posted write handed to another CPU (see BareVM.runPosting): vmm's channel alone,
+                // then with the spin census's seats held and released as vmm's vCPU and devices do.
+                for census in loop.postsWrites ? [false, true] : [] {
+                    runners.append((loop.postingBare(census: census), {
+                        let bare = try BareVM(kernel: try image(), cmdline: loop.args).runPosting(census: census)
+                        return (GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
+                    }))
+                }
                 // vmm, the baseline build and (32-bit guests) QEMU: the same run and the same reading of its timing.
                 let vmms: [(String, VMMUnderTest)] = [(loop.ours, ours)]
                     + (baseline.map { [(loop.baseline, $0)] } ?? [])
@@ -94,12 +102,19 @@ struct BenchCommand: ParsableCommand {
                             failures[split.inRun] = "no statistics line (\(Self.why(r)))"
                             failures[split.vmmTime] = "no statistics line (\(Self.why(r)))"
                         }
-                        return (GuestTiming.parse(r.output)?.nanosecondsPerIteration(tscKHz: tscKHz), Self.why(r))
+                        return (GuestTiming.parse(r.output), Self.why(r))
                     }))
                 }
                 for (name, measure) in runners.shuffled() {
-                    let (value, why) = try measure()
-                    if let value, tscKHz > 0 { add(name, value) } else { failures[name] = "no timing from the guest (\(why))" }
+                    let (timing, why) = try measure()
+                    guard let timing, tscKHz > 0 else {
+                        failures[name] = "no timing from the guest (\(why))"
+                        failures[ExitLoop.steady(name)] = failures[name]
+                        continue
+                    }
+                    add(name, timing.nanosecondsPerIteration(tscKHz: tscKHz))
+                    // An older guest (a baseline build's own) may print no windows: then that row has no steady figure.
+                    add(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
                 }
             }
             // Timer interrupt latency, by the guest's TSC: the bare in-process baseline (the vCPU thread waits on a
@@ -311,6 +326,10 @@ struct BenchCommand: ParsableCommand {
         for loop in ExitLoop.all(iterations: 0) {
             let bare = loop.row("bare KVM loop")
             row(bare, "ns/exit")
+            if loop.postsWrites {
+                row(loop.postingBare(census: false), "ns/exit", baseline: bare, note: "floor: each write posted to a thread over vmm's channel")
+                row(loop.postingBare(census: true), "ns/exit", baseline: bare, note: "the same with the spin census's seats")
+            }
             row(loop.ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
             // The same exits split (per KVM_RUN entry): time inside it against the bare loop's whole exit, and the
             // VMM's own handling between two entries (its share of the bare exit: the row's ratio).
@@ -322,6 +341,13 @@ struct BenchCommand: ParsableCommand {
             row(baselineSplit.inRun, "ns/exit", baseline: bare)
             row(baselineSplit.vmmTime, "ns/exit", baseline: bare)
             if loop.qemu { for q in qemus { row(loop.row(q.name), "ns/exit", baseline: bare) } }
+            // The same rows from the median window of each run (see GuestTiming.steadyNanosecondsPerIteration): what
+            // an exit costs when neither this VMM's other processes nor the host interrupt it.
+            let bareSteady = ExitLoop.steady(bare)
+            row(bareSteady, "ns/exit", note: "each run's median window (a run times about 200)")
+            for name in (loop.postsWrites ? [loop.postingBare(census: false), loop.postingBare(census: true)] : []) + [loop.ours, loop.baseline] {
+                row(ExitLoop.steady(name), "ns/exit", baseline: loop.goalBaseline.map(ExitLoop.steady) ?? bareSteady)
+            }
         }
         for kind in ["mean", "best"] {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
@@ -478,6 +504,13 @@ struct ExitLoop {
     var ours: String { row("vmm (\(server) process)") }
     /// The row of the `--baseline-vmm` build.
     var baseline: String { row("baseline vmm") }
+    /// A port-write loop: it also runs on the bare loop that posts each write to a device thread (`runPosting`).
+    var postsWrites: Bool { args.contains("op=out") }
+    func postingBare(census: Bool) -> String { row(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread") }
+    /// A row's figure from its runs' median windows.
+    static func steady(_ row: String) -> String { row + ", steady" }
+    /// Exits per timed window: about 200 windows a run.
+    static func windowSize(iterations: Int) -> Int { max(1, iterations / 200) }
     /// The rows that split a vmm row's exits: time inside KVM_RUN, and the vcpu process's own time.
     static func split(_ row: String) -> (inRun: String, vmmTime: String) { (row + ": in KVM_RUN", row + ": VMM time") }
 
@@ -485,18 +518,19 @@ struct ExitLoop {
     /// port exit there).
     static func all(iterations: Int) -> [ExitLoop] {
         let wide = max(1, iterations / 4)
+        let (narrow, wideWindow) = (windowSize(iterations: iterations), windowSize(iterations: wide))
         return [
-            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "iters=\(iterations) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "window=\(narrow) iters=\(iterations) op=in port=1021", server: "pio",
                      qemu: true, goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "iters=\(iterations) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "window=\(narrow) iters=\(iterations) op=out port=1023", server: "pio",
                      qemu: true, goal: 1.03, note: "posted write"),
-            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=in port=1021", server: "pio",
                      goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=out port=1023", server: "pio",
                      goal: 1.03, note: "posted write"),
-            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=read addr=4276092976", server: "irqchip",
+            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=read addr=4276092976", server: "irqchip",
                      goal: 1.10, goalBaseline: "port in, 64-bit: bare KVM loop", note: "version register, against a bare port exit"),
-            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "iters=\(wide) op=write addr=4273995776", server: "irqchip",
+            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=write addr=4273995776", server: "irqchip",
                      goal: 1.03, note: "register select, posted"),
         ]
     }
