@@ -4,6 +4,7 @@
  *   op=in (default) reads port=P (default the UART's LSR, 0x3fd); op=out writes 0 to it instead;
  *   op=read reads the 32-bit register at addr=A (default the local APIC's version register, 0xfee00030);
  *   op=write writes 0 to it (e.g. addr=4273995776, the IOAPIC's register select, a posted write).
+ * warmup=N makes N accesses before the timed ones (the VMM's start-up, its processes settling, is then over).
  * window=W also times each run of W accesses and prints them after the total, as "window=W cycles=C1,C2,...", for
  * a figure that host interruptions (whole windows that run long) do not move: the median window. */
 #include "guest.h"
@@ -27,8 +28,11 @@ static void accesses(uint64_t n) {
     }
 }
 
+static uint64_t warmup;
+
 static void user_loop(void) {
     uint64_t count = 0;
+    accesses(warmup);
     uint64_t start = rdtsc();
     if (window) {
         /* Whole windows only, at most MAX_WINDOWS of them: the rest of the iterations run untimed by window. */
@@ -68,6 +72,7 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *o = cmdline_arg(cmdline, "op");
     iterations = parse_u64(cmdline_arg(cmdline, "iters"));
     window = cmdline_arg(cmdline, "window") ? parse_u64(cmdline_arg(cmdline, "window")) : 0;
+    warmup = cmdline_arg(cmdline, "warmup") ? parse_u64(cmdline_arg(cmdline, "warmup")) : 0;
     port = cmdline_arg(cmdline, "port") ? (uint16_t)parse_u64(cmdline_arg(cmdline, "port")) : COM1 + 5;
     mmio = (volatile uint32_t *)(uintptr_t)(cmdline_arg(cmdline, "addr") ? parse_u64(cmdline_arg(cmdline, "addr")) : 0xfee00030u);
     /* in, out, read, write: told apart by their first letter ("in" is the default). */

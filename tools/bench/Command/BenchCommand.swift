@@ -14,6 +14,7 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Guest port accesses per exit-cost sample.") var iterations = 1_000_000
     @Option(help: "Samples of each figure.") var repetitions = 5
+    @Option(help: "Interleaved rounds per repetition of each exit loop: every runner runs iterations/rounds accesses a round, in a fresh random order each round; a repetition's figure is the mean of its rounds.") var rounds = 4
     @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
     @Option(help: "A second vmm binary (e.g. an older build) measured side by side in the exits, irq and startup groups.") var baselineVmm: String?
@@ -64,8 +65,13 @@ struct BenchCommand: ParsableCommand {
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
             // The exit-cost loops; within each, the runners in a fresh random order, so that no runner always
-            // follows the same one (a slow neighbour or a warm cache would otherwise favour one side every time).
-            for loop in ExitLoop.all(iterations: iterations) where wants("exits") && wantsLoop(loop) {
+            // follows the same one (a slow neighbour or a warm cache would otherwise favour one side every time),
+            // and in rounds: this host's speed drifts by several percent over tens of seconds, and short runs taken
+            // in turn meet the same drift, where one long run each would each meet their own.
+            let rounds = smoke ? 1 : max(1, self.rounds)
+            for loop in ExitLoop.all(iterations: max(1, iterations / rounds)) where wants("exits") && wantsLoop(loop) {
+                var thisRepetition: [String: [Double]] = [:]
+                func add(_ name: String, _ v: Double?) { if let v { thisRepetition[name, default: []].append(v) } }
                 let kernel = guestDir + "/" + loop.guest
                 let image = { Array(try Data(contentsOf: URL(fileURLWithPath: kernel))) }
                 var runners: [(String, () throws -> (GuestTiming?, String))] = [
@@ -105,16 +111,22 @@ struct BenchCommand: ParsableCommand {
                         return (GuestTiming.parse(r.output), Self.why(r))
                     }))
                 }
-                for (name, measure) in runners.shuffled() {
-                    let (timing, why) = try measure()
-                    guard let timing, tscKHz > 0 else {
-                        failures[name] = "no timing from the guest (\(why))"
-                        failures[ExitLoop.steady(name)] = failures[name]
-                        continue
+                for _ in 0..<rounds {
+                    for (name, measure) in runners.shuffled() {
+                        let (timing, why) = try measure()
+                        guard let timing, tscKHz > 0 else {
+                            failures[name] = "no timing from the guest (\(why))"
+                            failures[ExitLoop.steady(name)] = failures[name]
+                            continue
+                        }
+                        add(name, timing.nanosecondsPerIteration(tscKHz: tscKHz))
+                        // An older guest (a baseline build's own) may print no windows: that row has no steady figure.
+                        add(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
                     }
-                    add(name, timing.nanosecondsPerIteration(tscKHz: tscKHz))
-                    // An older guest (a baseline build's own) may print no windows: then that row has no steady figure.
-                    add(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
+                }
+                // A runner that failed in any round has no figure for this repetition.
+                for (name, values) in thisRepetition where values.count == rounds && failures[name] == nil {
+                    rows[name, default: Samples()].values.append(values.reduce(0, +) / Double(rounds))
                 }
             }
             // Timer interrupt latency, by the guest's TSC: the bare in-process baseline (the vCPU thread waits on a
@@ -316,11 +328,12 @@ struct BenchCommand: ParsableCommand {
 
         var report = Report(machine: machineInfo(tscKHz: tscKHz), rows: [])
         func row(_ name: String, _ unit: String, baseline: String? = nil, goal: Double? = nil, note: String? = nil) {
-            guard let s = rows[name] else {
-                // A runner that failed fails its figure, visibly: no number, and why.
-                if let why = failures[name] { report.rows.append(Row(name: name, unit: unit, samples: Samples(), note: "FAILED: \(why)")) }
+            // A runner that failed fails its figure, visibly (no number, and why), even where other repetitions gave one.
+            if let why = failures[name] {
+                report.rows.append(Row(name: name, unit: unit, samples: Samples(), note: "FAILED: \(why)"))
                 return
             }
+            guard let s = rows[name] else { return }
             report.rows.append(Row(name: name, unit: unit, samples: s, baseline: baseline, goal: goal, note: note))
         }
         for loop in ExitLoop.all(iterations: 0) {
@@ -519,18 +532,22 @@ struct ExitLoop {
     static func all(iterations: Int) -> [ExitLoop] {
         let wide = max(1, iterations / 4)
         let (narrow, wideWindow) = (windowSize(iterations: iterations), windowSize(iterations: wide))
+        // Half a second or so of untimed accesses first (a 32-bit exit takes ~12 us here, a 64-bit one ~40): vmm's
+        // start-up is still going on in its first ~300 ms (standbys starting, each process unmapping its start-up's
+        // code 250 ms in and faulting back what it runs), which is start-up's cost, not an exit's.
+        let (warm, wideWarm) = (min(40_000, iterations), min(12_000, wide))
         return [
-            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "window=\(narrow) iters=\(iterations) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "warmup=\(warm) window=\(narrow) iters=\(iterations) op=in port=1021", server: "pio",
                      qemu: true, goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "window=\(narrow) iters=\(iterations) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "warmup=\(warm) window=\(narrow) iters=\(iterations) op=out port=1023", server: "pio",
                      qemu: true, goal: 1.03, note: "posted write"),
-            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=in port=1021", server: "pio",
                      goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=out port=1023", server: "pio",
                      goal: 1.03, note: "posted write"),
-            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=read addr=4276092976", server: "irqchip",
+            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=read addr=4276092976", server: "irqchip",
                      goal: 1.10, goalBaseline: "port in, 64-bit: bare KVM loop", note: "version register, against a bare port exit"),
-            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "window=\(wideWindow) iters=\(wide) op=write addr=4273995776", server: "irqchip",
+            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=write addr=4273995776", server: "irqchip",
                      goal: 1.03, note: "register select, posted"),
         ]
     }
