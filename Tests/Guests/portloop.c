@@ -15,7 +15,7 @@ static volatile uint32_t *mmio;
 static char op;
 static uint8_t user_stack[8192] __attribute__((aligned(16)));
 
-static uint64_t window;
+static uint64_t warmup, window;
 #define MAX_WINDOWS 4096
 static uint64_t windows[MAX_WINDOWS];
 
@@ -27,8 +27,6 @@ static void accesses(uint64_t n) {
     default: for (uint64_t i = 0; i < n; i++) (void)inb(port); break;
     }
 }
-
-static uint64_t warmup;
 
 static void user_loop(void) {
     uint64_t count = 0;

@@ -72,10 +72,9 @@ public final class BareVM {
         let vcpuSide = try ChannelRegion(attaching: region.raw, layout: layout)
         let deviceSide = try ChannelRegion(attaching: region.raw, layout: layout)
         let deviceBell = try EventFD(), answerBell = try EventFD(), stop = try EventFD()
-        let censusRegion = try SpinCensus.create(cpus: SpinCensus.availableCPUs(), seats: 2)
-        let census = try SpinCensus(attaching: censusRegion.raw)
-        let vcpuSeat = useCensus ? census.seat(0) : nil
-        let policy = WaitPolicy(maxSpinMicroseconds: spinMicroseconds, census: useCensus ? census.seat(1, stepsAside: true) : nil)
+        let census = try useCensus ? Self.twoSeatCensus() : nil
+        let vcpuSeat = census?.seat(0)
+        let policy = WaitPolicy(maxSpinMicroseconds: spinMicroseconds, census: census?.seat(1, stepsAside: true))
         var client = DeviceClient(region: vcpuSide, lane: 0, deviceDoorbell: deviceBell.raw, responseDoorbell: answerBell.raw,
                                   policy: policy, timeoutMs: 1000)
         let server = DeviceServer(region: deviceSide, deviceDoorbell: deviceBell.raw, responseDoorbells: [answerBell.raw], policy: policy)
@@ -129,6 +128,12 @@ public final class BareVM {
         if let failure = failure ?? thread.error { throw failure }
         result.posted = thread.taken
         return result
+    }
+
+    /// A census for one vCPU and one device (the mapping outlives the descriptor, closed on return).
+    private static func twoSeatCensus() throws -> SpinCensus {
+        let fd = try SpinCensus.create(cpus: SpinCensus.availableCPUs(), seats: 2)
+        return try SpinCensus(attaching: fd.raw)
     }
 
     /// COM1 (LSR: always ready; THR: the byte joins the output) and debug-exit; other ports read all-ones. True

@@ -27,10 +27,11 @@ public struct GuestTiming: Equatable, Sendable {
                 timing = GuestTiming(cycles: c, iterations: n)
             } else if timing != nil, fields[0].hasPrefix("window="), fields[1].hasPrefix("cycles="),
                       let w = UInt64(fields[0].dropFirst(7)), w > 0 {
-                let values = fields[1].dropFirst(7).split(separator: ",").map { UInt64($0) }
-                guard !values.isEmpty, values.allSatisfy({ $0 != nil }) else { continue }
+                let parts = fields[1].dropFirst(7).split(separator: ",")
+                let values = parts.compactMap { UInt64($0) }
+                guard !values.isEmpty, values.count == parts.count else { continue }
                 timing?.window = w
-                timing?.windows = values.map { $0! }
+                timing?.windows = values
             }
         }
         return timing

@@ -70,8 +70,9 @@ struct BenchCommand: ParsableCommand {
             // in turn meet the same drift, where one long run each would each meet their own.
             let rounds = smoke ? 1 : max(1, self.rounds)
             for loop in ExitLoop.all(iterations: max(1, iterations / rounds)) where wants("exits") && wantsLoop(loop) {
+                // Each round's figures, averaged into the repetition's sample below.
                 var thisRepetition: [String: [Double]] = [:]
-                func add(_ name: String, _ v: Double?) { if let v { thisRepetition[name, default: []].append(v) } }
+                func addRound(_ name: String, _ v: Double?) { if let v { thisRepetition[name, default: []].append(v) } }
                 let kernel = guestDir + "/" + loop.guest
                 let image = { Array(try Data(contentsOf: URL(fileURLWithPath: kernel))) }
                 var runners: [(String, () throws -> (GuestTiming?, String))] = [
@@ -83,7 +84,7 @@ struct BenchCommand: ParsableCommand {
                 ]
                 // The floors of a posted write handed to another CPU (see BareVM.runPosting): vmm's channel alone,
                 // then with the spin census's seats held and released as vmm's vCPU and devices do.
-                for census in loop.postsWrites ? [false, true] : [] {
+                for census in loop.floors {
                     runners.append((loop.postingBare(census: census), {
                         let bare = try BareVM(kernel: try image(), cmdline: loop.args).runPosting(census: census)
                         return (GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
@@ -101,8 +102,8 @@ struct BenchCommand: ParsableCommand {
                         let r = try Runner.run(atInfo ?? m, kernel: kernel, args: loop.args, captureLog: atInfo != nil)
                         let split = ExitLoop.split(name)
                         if atInfo != nil, let stats = RunStatistics.parse(r.log), stats.entries > 0 {
-                            add(split.inRun, stats.runMilliseconds * 1e6 / Double(stats.entries))
-                            add(split.vmmTime, stats.byReason.reduce(0) { $0 + $1.milliseconds } * 1e6 / Double(stats.entries))
+                            addRound(split.inRun, stats.runMilliseconds * 1e6 / Double(stats.entries))
+                            addRound(split.vmmTime, stats.byReason.reduce(0) { $0 + $1.milliseconds } * 1e6 / Double(stats.entries))
                         } else if name == loop.ours {
                             // Ours must say; an older baseline build may not have the line, and then has no split.
                             failures[split.inRun] = "no statistics line (\(Self.why(r)))"
@@ -119,9 +120,9 @@ struct BenchCommand: ParsableCommand {
                             failures[ExitLoop.steady(name)] = failures[name]
                             continue
                         }
-                        add(name, timing.nanosecondsPerIteration(tscKHz: tscKHz))
+                        addRound(name, timing.nanosecondsPerIteration(tscKHz: tscKHz))
                         // An older guest (a baseline build's own) may print no windows: that row has no steady figure.
-                        add(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
+                        addRound(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
                     }
                 }
                 // A runner that failed in any round has no figure for this repetition.
@@ -339,9 +340,9 @@ struct BenchCommand: ParsableCommand {
         for loop in ExitLoop.all(iterations: 0) {
             let bare = loop.row("bare KVM loop")
             row(bare, "ns/exit")
-            if loop.postsWrites {
-                row(loop.postingBare(census: false), "ns/exit", baseline: bare, note: "floor: each write posted to a thread over vmm's channel")
-                row(loop.postingBare(census: true), "ns/exit", baseline: bare, note: "the same with the spin census's seats")
+            for census in loop.floors {
+                row(loop.postingBare(census: census), "ns/exit", baseline: bare,
+                    note: census ? "the same with the spin census's seats" : "floor: each write posted to a thread over vmm's channel")
             }
             row(loop.ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
             // The same exits split (per KVM_RUN entry): time inside it against the bare loop's whole exit, and the
@@ -358,7 +359,7 @@ struct BenchCommand: ParsableCommand {
             // an exit costs when neither this VMM's other processes nor the host interrupt it.
             let bareSteady = ExitLoop.steady(bare)
             row(bareSteady, "ns/exit", note: "each run's median window (a run times about 200)")
-            for name in (loop.postsWrites ? [loop.postingBare(census: false), loop.postingBare(census: true)] : []) + [loop.ours, loop.baseline] {
+            for name in loop.floors.map(loop.postingBare) + [loop.ours, loop.baseline] {
                 row(ExitLoop.steady(name), "ns/exit", baseline: loop.goalBaseline.map(ExitLoop.steady) ?? bareSteady)
             }
         }
@@ -517,8 +518,9 @@ struct ExitLoop {
     var ours: String { row("vmm (\(server) process)") }
     /// The row of the `--baseline-vmm` build.
     var baseline: String { row("baseline vmm") }
-    /// A port-write loop: it also runs on the bare loop that posts each write to a device thread (`runPosting`).
-    var postsWrites: Bool { args.contains("op=out") }
+    /// A port-write loop also runs on the bare loop that posts each write to a device thread (`runPosting`), without
+    /// and with the spin census: the floors' census settings, none for other loops.
+    var floors: [Bool] { args.contains("op=out") ? [false, true] : [] }
     func postingBare(census: Bool) -> String { row(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread") }
     /// A row's figure from its runs' median windows.
     static func steady(_ row: String) -> String { row + ", steady" }
@@ -536,18 +538,20 @@ struct ExitLoop {
         // start-up is still going on in its first ~300 ms (standbys starting, each process unmapping its start-up's
         // code 250 ms in and faulting back what it runs), which is start-up's cost, not an exit's.
         let (warm, wideWarm) = (min(40_000, iterations), min(12_000, wide))
+        let narrowRun = "warmup=\(warm) window=\(narrow) iters=\(iterations)"
+        let wideRun = "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide)"
         return [
-            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "warmup=\(warm) window=\(narrow) iters=\(iterations) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=in port=1021", server: "pio",
                      qemu: true, goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "warmup=\(warm) window=\(narrow) iters=\(iterations) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=out port=1023", server: "pio",
                      qemu: true, goal: 1.03, note: "posted write"),
-            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=in port=1021", server: "pio",
+            ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=in port=1021", server: "pio",
                      goal: 1.05, note: "read answered by the device process"),
-            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=out port=1023", server: "pio",
+            ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=out port=1023", server: "pio",
                      goal: 1.03, note: "posted write"),
-            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=read addr=4276092976", server: "irqchip",
+            ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=read addr=4276092976", server: "irqchip",
                      goal: 1.10, goalBaseline: "port in, 64-bit: bare KVM loop", note: "version register, against a bare port exit"),
-            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide) op=write addr=4273995776", server: "irqchip",
+            ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=write addr=4273995776", server: "irqchip",
                      goal: 1.03, note: "register select, posted"),
         ]
     }
