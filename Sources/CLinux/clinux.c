@@ -96,6 +96,10 @@ int vmm_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fal
 
 long vmm_getrandom(void *buffer, size_t count, unsigned int flags) { return syscall(SYS_getrandom, buffer, count, flags); }
 
+int vmm_poll_ns(struct pollfd *fds, unsigned long count, uint64_t timeout_ns) {
+    struct timespec t = { (time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull) };
+    return ppoll(fds, count, &t, NULL);
+}
 int vmm_timerfd_create(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); }
 int vmm_timerfd_set_absolute(int fd, uint64_t at_ns) {
     struct itimerspec t = { { 0, 0 }, { (time_t)(at_ns / 1000000000ull), (long)(at_ns % 1000000000ull) } };

@@ -27,8 +27,10 @@ public struct LAPICMirror: @unchecked Sendable {
     private func word32(_ byteOffset: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (base + byteOffset).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
-    // Header: 0 sequence, 8 handled position, 16 countdown start, 24 ns per tick, 32 initial count, 36 countdown mode.
+    // Header: 0 sequence, 8 handled position, 16 countdown start, 24 ns per tick, 32 initial count, 36 countdown mode,
+    // 40 when the timer is armed to expire (CLOCK_MONOTONIC ns, 0: not armed).
     private static let positionOffset = 8, startOffset = 16, tickOffset = 24, initialOffset = 32, modeOffset = 36
+    private static let armedOffset = 40
     private static let currentCountOffset: UInt64 = 0x390
 
     // MARK: irqchip side
@@ -44,6 +46,7 @@ public struct LAPICMirror: @unchecked Sendable {
         word64(Self.tickOffset).pointee.store(countdown.nanosecondsPerTick, ordering: .relaxed)
         word32(Self.initialOffset).pointee.store(countdown.initial, ordering: .relaxed)
         word32(Self.modeOffset).pointee.store(countdown.mode, ordering: .relaxed)
+        word64(Self.armedOffset).pointee.store(apic.timerArmedAt ?? 0, ordering: .relaxed)
         for i in 0..<Self.registers where UInt64(i * 16) != Self.currentCountOffset {
             // Reads of every other register have no side effect and do not depend on the time.
             word32(64 + 4 * i).pointee.store(apic.read(offset: UInt64(i * 16), now: 0), ordering: .relaxed)
@@ -105,6 +108,18 @@ public struct LAPICMirror: @unchecked Sendable {
         if let highestRequest, highestRequest > vector { return nil }
         return vector
     }
+
+    /// The timer as a copy that includes everything up to `sentPosition` shows it: the irqchip arms the timerfd
+    /// before it publishes, so an armed time is the one the timerfd holds. nil: no such copy (yet).
+    public func timer(sentPosition: UInt64) -> TimerCopy? {
+        wholeCopy(sentPosition: sentPosition) {
+            let at = word64(Self.armedOffset).pointee.load(ordering: .relaxed)
+            return at == 0 ? .disarmed : .armed(at: at)
+        }
+    }
+
+    /// Whether the timer is armed, and to expire when (CLOCK_MONOTONIC ns).
+    public enum TimerCopy: Equatable, Sendable { case disarmed, armed(at: UInt64) }
 
     /// Whether the copy shows a requested vector (IRR) of a priority class above `priorityClass`, even if the copy
     /// is older than this vCPU's last writes (a vector in IRR stays there until this vCPU takes it); nil when there

@@ -162,6 +162,19 @@ public enum Poll {
         return pfds.map { Event(rawValue: $0.revents) }
     }
 
+    /// The same with a timeout in nanoseconds (ppoll), for waits shorter than a millisecond.
+    public static func wait(_ fds: [Int32], timeoutNanoseconds: UInt64) throws(SystemError) -> [Event] {
+        var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let n = pfds.count
+        var r: Int32
+        repeat {
+            r = pfds.withUnsafeMutableBufferPointer { vmm_poll_ns($0.baseAddress, UInt(n), timeoutNanoseconds) }
+        } while r < 0 && Glibc.errno == EINTR
+        if r < 0 { throw SystemError("ppoll", errno: Glibc.errno) }
+        if r == 0 { return Array(repeating: [], count: n) }
+        return pfds.map { Event(rawValue: $0.revents) }
+    }
+
     /// Descriptors to wait on, added in groups: each group's readiness is read back by the range `add` gave it,
     /// not by offsets the caller works out from the groups before it.
     public struct List {

@@ -30,6 +30,28 @@ final class LAPICMirrorTests: XCTestCase {
         XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: 0), "the other vCPU's copy is its own")
     }
 
+    func testTheTimerCopyGivesTheArmedTimeOnceEverythingSentIsHandled() throws {
+        let fd = try InterruptMailbox.create(vcpus: 1)
+        let boxes = try InterruptMailbox(attaching: fd.raw, vcpus: 1)
+        defer { withExtendedLifetime(boxes) {} }  // the mirror points into its mapping
+        let mirror = boxes.mirror(vcpu: 0)
+        XCTAssertNil(mirror.timer(sentPosition: 0), "nothing published")
+        let apic = LocalAPIC(apicID: 0)
+        _ = apic.write(offset: 0xf0, value: 0x1ff, now: 0)
+        _ = apic.write(offset: 0x3e0, value: 0xb, now: 0)     // divide by 1: a tick per ns of the model
+        _ = apic.write(offset: 0x320, value: 0x40, now: 0)    // one-shot, vector 0x40
+        mirror.publish(apic, handledPosition: 2)
+        XCTAssertEqual(mirror.timer(sentPosition: 2), .disarmed)
+        let effects = apic.write(offset: 0x380, value: 200_000, now: 5_000)
+        XCTAssertTrue(effects.contains(.armTimer(atNanoseconds: 205_000)), "\(effects)")
+        mirror.publish(apic, handledPosition: 3)
+        XCTAssertEqual(mirror.timer(sentPosition: 3), .armed(at: 205_000), "the time the irqchip armed the timerfd to")
+        XCTAssertNil(mirror.timer(sentPosition: 4), "a write the irqchip has not handled: the timerfd may change")
+        _ = apic.write(offset: 0x380, value: 0, now: 6_000)   // a zero count stops it
+        mirror.publish(apic, handledPosition: 4)
+        XCTAssertEqual(mirror.timer(sentPosition: 4), .disarmed)
+    }
+
     func testTheTimerVectorIsTakenAtOnceOnlyWhenNothingOutranksIt() throws {
         let fd = try InterruptMailbox.create(vcpus: 1)
         let boxes = try InterruptMailbox(attaching: fd.raw, vcpus: 1)

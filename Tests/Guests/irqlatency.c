@@ -1,17 +1,20 @@
 /* Interrupt latency: the local APIC timer armed one-shot for delay=NS nanoseconds, samples=N times, the guest
  * waiting in HLT; each sample is the TSC from arming to the first instruction of the handler. Prints
  * "irqlat: samples=N delay=NS min=C total=C" (cycles) and exits with status 0. The delay is subtracted by
- * whoever knows the TSC rate. */
+ * whoever knows the TSC rate. dump=1 also prints each sample's cycles, one line "irqlat-samples: c1,c2,..." (at
+ * most the first 4096), to look at the spread. */
 #include "guest.h"
 
 volatile uint32_t fired_lo, fired_hi;
 void isr_timer(void);
 static volatile uint32_t *const lapic = (volatile uint32_t *)0xfee00000;
+static uint64_t each[4096];
 
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     uint32_t samples = (uint32_t)parse_u64(cmdline_arg(cmdline, "samples"));
     uint32_t delay = (uint32_t)parse_u64(cmdline_arg(cmdline, "delay"));
+    int dump = parse_u64(cmdline_arg(cmdline, "dump")) != 0;
     idt_set_gate(0x40, isr_timer);
     idt_load();
     lapic[0xf0 / 4] = 0x1ff;
@@ -25,6 +28,7 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
         while (!fired_lo && !fired_hi) __asm__ volatile("sti; hlt; cli");
         uint64_t took = (((uint64_t)fired_hi << 32) | fired_lo) - start;
         total += took;
+        if (i < 4096) each[i] = took;
         if (took < min) min = took;
     }
     puts("irqlat: samples="); put_dec(samples);
@@ -32,5 +36,13 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     puts(" min="); put_dec(min);
     puts(" total="); put_dec(total);
     puts("\n");
+    if (dump) {
+        puts("irqlat-samples: ");
+        for (uint32_t i = 0; i < samples && i < 4096; i++) {
+            if (i) puts(",");
+            put_dec(each[i]);
+        }
+        puts("\n");
+    }
     guest_exit(0);
 }

@@ -111,6 +111,8 @@ long vmm_getrandom(void *buffer, size_t count, unsigned int flags);
 /* fallocate(2) (a _GNU_SOURCE declaration). */
 int vmm_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int vmm_timerfd_set_absolute(int fd, uint64_t at_ns);
+/// poll(2) with a timeout in nanoseconds (ppoll), for waits shorter than a millisecond.
+int vmm_poll_ns(struct pollfd *fds, unsigned long count, uint64_t timeout_ns);
 /// Installs an empty handler for `sig` without SA_RESTART, so a blocking KVM_RUN returns EINTR (the vCPU kick).
 int vmm_install_kick_handler(int sig);
 int vmm_thread_signal(unsigned long thread, int sig);

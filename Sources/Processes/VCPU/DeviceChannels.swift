@@ -191,6 +191,13 @@ final class DeviceChannels {
         return lapicMirror.timerVectorTakenAtOnce(sentPosition: clients[irqchip].sentPosition)
     }
 
+    /// This vCPU's timer as the irqchip's copy shows it, once that includes everything this vCPU sent it; nil: not
+    /// yet (or no copy).
+    func timerCopy() -> LAPICMirror.TimerCopy? {
+        guard let lapicMirror, irqchip >= 0 else { return nil }
+        return lapicMirror.timer(sentPosition: clients[irqchip].sentPosition)
+    }
+
     /// The vCPU took its timer's expiry itself and injected `vector` (MessageKind.timerTaken).
     func timerTaken(_ vector: UInt8) {
         lastAcknowledged = vector

@@ -87,6 +87,7 @@ final class VCPURunner: @unchecked Sendable {
         // Asked on this vCPU's own thread, from its HLT wait.
         interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
         interrupts.timerWatchEnded = { [unowned self] in self.devices.timerWatchEnded() }
+        interrupts.timerCopy = { [unowned self] in self.devices.timerCopy() }
         interrupts.beforeSleeping = { [unowned self] in self.devices.wakeDevicesAsleep() }
     }
 
@@ -304,7 +305,7 @@ final class VCPURunner: @unchecked Sendable {
         }
         if interrupts.timerWakes > 0 {
             parts.append("(halted, woken by the timer: \(interrupts.timerWakes), took the expiry itself \(interrupts.timersTakenHere), "
-                         + "caught the irqchip's offer on the spot \(interrupts.offersCaught))")
+                         + "caught the irqchip's offer on the spot \(interrupts.offersCaught); timers moved to this CPU \(interrupts.timersMovedHere))")
         }
         if windowStepper.steps > 0 { parts.append("(instructions stepped for interrupt windows: \(windowStepper.steps))") }
         if devices.mirrorReads + devices.irqchipReads > 0 {
