@@ -131,9 +131,10 @@ struct BenchCommand: ParsableCommand {
                 }
             }
             // Timer interrupt latency, by the guest's TSC: the bare in-process baseline (the vCPU thread waits on a
-            // timerfd itself and injects), vmm, and QEMU where this host lets it; in a random order.
+            // timerfd itself and injects), vmm, and QEMU where this host lets it; in a random order. A thousand
+            // samples a run (0.3 s): with 200, one host hiccup of a millisecond moved a run's mean by 5 us.
             if wants("irq") && tscKHz > 0 {
-                let kernel = guestDir + "/irqlatency.elf", args = "samples=\(smoke ? 5 : 200) delay=200000"
+                let kernel = guestDir + "/irqlatency.elf", args = "samples=\(smoke ? 5 : 1000) delay=200000"
                 var runners: [(String, () throws -> (InterruptLatency?, String))] = [("bare KVM loop", {
                     let bare = try BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: args).runWithLocalTimer()
                     return (InterruptLatency.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
