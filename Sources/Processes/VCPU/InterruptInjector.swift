@@ -329,6 +329,7 @@ final class InterruptInjector: @unchecked Sendable {
     /// time its copy says, and nothing but this thread touches the timerfd until it hands the timer back
     /// (InterruptMailbox.leaveTimer), or an INIT from another vCPU resets the APIC; an expiry that then comes is
     /// handed back as any other this thread does not take, and the irqchip finds no timer armed.
+    ///
     /// True once settled (moved, or nothing to move); false: the irqchip's copy is not current yet, ask again.
     private func moveTimerHere() -> Bool {
         guard let timerFD, let copy = timerCopy?() else { return timerCopy == nil }
