@@ -151,26 +151,24 @@ public enum Poll {
 
     /// Waits until one of `fds` is readable (or hung up); returns the readiness per fd. `timeoutMs` < 0 waits forever.
     public static func wait(_ fds: [Int32], timeoutMs: Int32) throws(SystemError) -> [Event] {
-        var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let n = pfds.count
-        var r: Int32
-        repeat {
-            r = pfds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t(n), timeoutMs) }
-        } while r < 0 && Glibc.errno == EINTR
-        if r < 0 { throw SystemError("poll", errno: Glibc.errno) }
-        if r == 0 { return Array(repeating: [], count: n) }
-        return pfds.map { Event(rawValue: $0.revents) }
+        try wait(fds, call: "poll") { poll($0, nfds_t($1), timeoutMs) }
     }
 
     /// The same with a timeout in nanoseconds (ppoll), for waits shorter than a millisecond.
     public static func wait(_ fds: [Int32], timeoutNanoseconds: UInt64) throws(SystemError) -> [Event] {
+        try wait(fds, call: "ppoll") { vmm_poll_ns($0, UInt($1), timeoutNanoseconds) }
+    }
+
+    /// Polls `fds` for reading with `poll` (the descriptors, their count), again after EINTR.
+    private static func wait(_ fds: [Int32], call: String,
+                             _ poll: (UnsafeMutablePointer<pollfd>?, Int) -> Int32) throws(SystemError) -> [Event] {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         let n = pfds.count
         var r: Int32
         repeat {
-            r = pfds.withUnsafeMutableBufferPointer { vmm_poll_ns($0.baseAddress, UInt(n), timeoutNanoseconds) }
+            r = pfds.withUnsafeMutableBufferPointer { poll($0.baseAddress, n) }
         } while r < 0 && Glibc.errno == EINTR
-        if r < 0 { throw SystemError("ppoll", errno: Glibc.errno) }
+        if r < 0 { throw SystemError(call, errno: Glibc.errno) }
         if r == 0 { return Array(repeating: [], count: n) }
         return pfds.map { Event(rawValue: $0.revents) }
     }

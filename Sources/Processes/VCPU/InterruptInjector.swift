@@ -332,7 +332,8 @@ final class InterruptInjector: @unchecked Sendable {
     ///
     /// True once settled (moved, or nothing to move); false: the irqchip's copy is not current yet, ask again.
     private func moveTimerHere() -> Bool {
-        guard let timerFD, let copy = timerCopy?() else { return timerCopy == nil }
+        guard let timerFD, let timerCopy else { return true }
+        guard let copy = timerCopy() else { return false }
         guard case .armed(let at) = copy, at > monotonicNanoseconds() &+ Self.timerMoveMinimumNanoseconds else { return true }
         if vmm_timerfd_set_absolute(timerFD, at) == 0 { timersMovedHere += 1 }
         return true
