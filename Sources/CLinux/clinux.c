@@ -77,6 +77,18 @@ int vmm_set_affinity(pid_t pid, const int *cpus, int count) {
     return sched_setaffinity(pid, sizeof set, &set);
 }
 
+int vmm_get_affinity(pid_t pid, int *cpus, int max) {
+    cpu_set_t set;
+    if (sched_getaffinity(pid, sizeof set, &set) != 0) return -1;
+    int count = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        if (count < max) cpus[count] = cpu;
+        count++;
+    }
+    return count;
+}
+
 const int VMM_PR_CAPBSET_DROP = PR_CAPBSET_DROP, VMM_PR_CAP_AMBIENT = PR_CAP_AMBIENT;
 const int VMM_PR_CAP_AMBIENT_CLEAR_ALL = PR_CAP_AMBIENT_CLEAR_ALL, VMM_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
 const int VMM_PR_SET_NAME = PR_SET_NAME, VMM_PR_GET_NAME = PR_GET_NAME;

@@ -123,10 +123,17 @@ public enum Signals {
     }
 }
 
-/// Restricts a process to the given CPUs (sched_setaffinity).
+/// Restricts a process (or a thread, by its id; 0: the calling thread) to the given CPUs (sched_setaffinity).
 public func setCPUAffinity(pid: pid_t, cpus: [Int]) throws(SystemError) {
     let list = cpus.map { Int32($0) }
     _ = try syscallRetrying("sched_setaffinity") { vmm_set_affinity(pid, list, Int32(list.count)) }
+}
+
+/// The CPUs a process (or a thread; 0: the calling thread) may run on (sched_getaffinity).
+public func cpuAffinity(pid: pid_t) throws(SystemError) -> [Int] {
+    var cpus = [Int32](repeating: 0, count: 1024)
+    let count = try syscallRetrying("sched_getaffinity") { vmm_get_affinity(pid, &cpus, Int32(cpus.count)) }
+    return cpus.prefix(Int(count)).map(Int.init)
 }
 
 enum ProcessInfo {

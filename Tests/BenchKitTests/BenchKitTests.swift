@@ -83,6 +83,68 @@ final class BenchKitTests: XCTestCase {
         XCTAssertNoThrow(try report.json())
     }
 
+    /// Rows that ran their rounds side by side are compared round by round (the host's drift moves both figures of
+    /// a round together): the ratio is the median of the per-round ratios.
+    func testRatiosPairByRound() {
+        let bareRounds: [Double] = [100, 100, 120, 120, 100, 100]
+        let vmmRounds = zip(bareRounds, [1.02, 1.01, 1.05, 1.02, 1.00, 1.02]).map { $0 * $1 }
+        func row(_ name: String, _ rounds: [Double], group: String? = "loop", baseline: String? = nil) -> Row {
+            let values = stride(from: 0, to: rounds.count, by: 2).map { (rounds[$0] + rounds[$0 + 1]) / 2 }
+            return Row(name: name, unit: "ns", samples: Samples(values, rounds: rounds, roundGroup: group), baseline: baseline, goal: 1.03)
+        }
+        let report = Report(machine: [:], rows: [
+            row("bare", bareRounds),
+            row("vmm", vmmRounds, baseline: "bare"),
+            // Rounds of another loop (another time) do not pair: the ratio falls back to the medians.
+            row("other loop", [110, 110, 130, 130, 100, 100], group: "another loop", baseline: "bare"),
+            // Nor do rounds of a different count.
+            row("fewer", [102, 102, 122, 122], baseline: "bare"),
+        ])
+        let rounds = report.roundRatios(report.rows[1])!
+        XCTAssertEqual(rounds.count, 6)
+        XCTAssertEqual(rounds[2], 1.05, accuracy: 1e-9)
+        XCTAssertEqual(report.ratio(report.rows[1])!, 1.02, accuracy: 1e-9)
+        XCTAssertEqual(report.meetsGoal(report.rows[1]), true)
+        XCTAssertNil(report.roundRatios(report.rows[2]))
+        XCTAssertEqual(report.ratio(report.rows[2])!, 110.0 / 100.0, accuracy: 1e-9)
+        XCTAssertNil(report.roundRatios(report.rows[3]))
+        XCTAssertTrue(report.table().contains("(6 rounds 1.000-1.050x; ratio of medians 1.015x)"), report.table())
+        XCTAssertNoThrow(try report.json())
+    }
+
+    /// The phases of each KVM_RUN round trip from a tracefs text: the vCPU's thread is the one with KVM's FPU
+    /// events (a task name may hold dashes and spaces); other threads, other syscalls and a round trip missing an
+    /// event are left out.
+    func testExitPhasesFromATrace() {
+        let trace = """
+        # tracer: nop
+        #           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+                   vcpu0-11601   [001] ..... 1000: sys_enter: NR 16 (13, ae80, 0, 0, 0, 0)
+                   vcpu0-11601   [001] b.... 1100: kvm_fpu: load
+               vmm-pio x-11605   [000] ..... 1150: sys_enter: NR 16 (5, 1, 0, 0, 0, 0)
+                   vcpu0-11601   [001] ..... 1500: kvm_fpu: unload
+                   vcpu0-11601   [001] ..... 1550: sys_exit: NR 16 = 0
+                   vcpu0-11601   [001] ..... 1600: sys_enter: NR 7 (3, 1, 0, 0, 0, 0)
+                   vcpu0-11601   [001] ..... 1700: sys_enter: NR 16 (13, ae80, 0, 0, 0, 0)
+                   vcpu0-11601   [001] b.... 1820: kvm_fpu: load
+                   vcpu0-11601   [000] ..... 2240: kvm_fpu: unload
+                   vcpu0-11601   [000] ..... 2290: sys_exit: NR 16 = 0
+                   vcpu0-11601   [000] ..... 2400: sys_enter: NR 16 (13, ae80, 0, 0, 0, 0)
+                   vcpu0-11601   [000] ..... 2900: sys_exit: NR 16 = -4
+                   vcpu0-11601   [000] ..... 3000: sys_enter: NR 16 (13, ae80, 0, 0, 0, 0)
+        """
+        let phases = ExitPhases.parse(trace)!
+        // Two complete round trips (1000 -> 1700, 1700 -> 2400); the one from 2400 had no FPU switch (interrupted).
+        XCTAssertEqual(phases.exits, 2)
+        XCTAssertEqual(phases.medianCycles[.entering], 110)
+        XCTAssertEqual(phases.medianCycles[.guest], 410)
+        XCTAssertEqual(phases.medianCycles[.leaving], 50)
+        XCTAssertEqual(phases.medianCycles[.between], 130)
+        XCTAssertEqual(phases.medianCycles[.whole], 700)
+        XCTAssertEqual(phases.cpus, [1: 6, 0: 5])
+        XCTAssertNil(ExitPhases.parse("# nothing traced\n"))
+    }
+
     func testPSSLeavesOutGuestRAM() {
         let smaps = """
         55d0c0a00000-55d0c0b00000 r-xp 00000000 fe:01 123  /usr/bin/vmm

@@ -29,6 +29,9 @@ int vmm_open(const char *path, int flags, int mode);
 int vmm_signalfd_read(int fd);
 int vmm_set_pdeathsig(int sig);
 int vmm_set_affinity(pid_t pid, const int *cpus, int count);
+/// Writes the CPUs in `pid`'s affinity mask (0: the calling thread) to `cpus`, at most `max` of them; returns how many
+/// the mask holds, or -1 with errno.
+int vmm_get_affinity(pid_t pid, int *cpus, int max);
 
 /// Unmaps this process's pages of program code (the executable segments of the executable and of every loaded
 /// library, not the vDSO, not an object with text relocations): what it runs afterwards maps again from the page

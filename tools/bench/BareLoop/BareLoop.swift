@@ -23,6 +23,9 @@ public final class BareVM {
 
     public let vcpu: VCPU
     public let memory: GuestMemory
+    /// The CPU `run()` and `runPosting` run the vCPU on (the calling thread's mask is restored after); nil: wherever
+    /// the scheduler puts it.
+    public var cpu: Int?
     private let vm: VirtualMachine
     private let ram: FileDescriptor
 
@@ -43,6 +46,8 @@ public final class BareVM {
     public func run(onOtherExit: (UInt32) throws -> Bool = { _ in false }) throws -> Result {
         var result = Result()
         result.tscKHz = vcpu.tscKHz()
+        let restore = try pin()
+        defer { restore() }
         while true {
             let reason = try vcpu.runOnce()
             result.exits += 1
@@ -96,6 +101,8 @@ public final class BareVM {
         result.tscKHz = vcpu.tscKHz()
         var failure: Error?
         do {
+            let restore = try pin()  // after the device thread started: it must not inherit the pin
+            defer { restore() }
             loop: while true {
                 vcpuSeat?.hold()
                 try client.wakeIfAsleep()
@@ -128,6 +135,14 @@ public final class BareVM {
         if let failure = failure ?? thread.error { throw failure }
         result.posted = thread.taken
         return result
+    }
+
+    /// Pins the calling thread to `cpu`, if set; returns what puts its mask back.
+    private func pin() throws -> () -> Void {
+        guard let cpu else { return {} }
+        let mask = try cpuAffinity(pid: 0)
+        try setCPUAffinity(pid: 0, cpus: [cpu])
+        return { try? setCPUAffinity(pid: 0, cpus: mask) }
     }
 
     /// A census for one vCPU and one device (the mapping outlives the descriptor, closed on return).
@@ -221,7 +236,9 @@ public final class BareVM {
     }
 
     /// One-shot form for the benchmark.
-    public static func run(kernel: [UInt8], cmdline: String, memoryMiB: Int = 64) throws -> Result {
-        try BareVM(kernel: kernel, cmdline: cmdline, memoryMiB: memoryMiB).run()
+    public static func run(kernel: [UInt8], cmdline: String, memoryMiB: Int = 64, cpu: Int? = nil) throws -> Result {
+        let vm = try BareVM(kernel: kernel, cmdline: cmdline, memoryMiB: memoryMiB)
+        vm.cpu = cpu
+        return try vm.run()
     }
 }

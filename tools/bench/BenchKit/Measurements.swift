@@ -156,8 +156,18 @@ public struct BlockPattern: Sendable {
 
 /// Repeated samples of one figure.
 public struct Samples: Equatable, Sendable, Codable {
+    /// One per repetition.
     public var values: [Double]
-    public init(_ values: [Double] = []) { self.values = values }
+    /// Where a repetition runs in rounds (the exit loops): every round's figure, in the order they ran, and what
+    /// ran beside it. Two figures with the same `roundGroup` ran their rounds side by side (each round runs every
+    /// runner once, back to back), so their rounds pair up.
+    public var rounds: [Double] = []
+    public var roundGroup: String?
+    public init(_ values: [Double] = [], rounds: [Double] = [], roundGroup: String? = nil) {
+        self.values = values
+        self.rounds = rounds
+        self.roundGroup = roundGroup
+    }
 
     public var min: Double? { values.min() }
     public var max: Double? { values.max() }
@@ -199,11 +209,29 @@ public struct Report: Sendable, Codable {
         self.rows = rows
     }
 
-    /// Ratio of this row's median to its baseline's median, both from this run.
+    /// This row against its baseline, from this run: the median of its per-round ratios where the two ran their
+    /// rounds side by side (`roundRatios`), else the ratio of the two medians.
     public func ratio(_ row: Row) -> Double? {
+        if let paired = roundRatios(row) { return Samples(paired).median }
+        return ratioOfMedians(row)
+    }
+
+    /// Ratio of this row's median to its baseline's median.
+    public func ratioOfMedians(_ row: Row) -> Double? {
         guard let b = row.baseline, let base = rows.first(where: { $0.name == b })?.samples.median, base > 0,
               let m = row.samples.median else { return nil }
         return m / base
+    }
+
+    /// This row's figure over its baseline's from the same round, one ratio per round: the two ran back to back,
+    /// so each ratio meets one stretch of the host's drift (which moves a figure by several percent over tens of
+    /// seconds here) where the medians of the two rows may come from different repetitions. nil unless both rows
+    /// ran the same rounds side by side (the same round group and count, at least two).
+    public func roundRatios(_ row: Row) -> [Double]? {
+        guard let b = row.baseline, let base = rows.first(where: { $0.name == b })?.samples,
+              let group = row.samples.roundGroup, base.roundGroup == group,
+              base.rounds.count >= 2, base.rounds.count == row.samples.rounds.count, base.rounds.allSatisfy({ $0 > 0 }) else { return nil }
+        return zip(row.samples.rounds, base.rounds).map { $0 / $1 }
     }
 
     /// This row's sample over its baseline's from the same repetition, one ratio per repetition (the runners of a
@@ -228,8 +256,9 @@ public struct Report: Sendable, Codable {
             pad(c[0], 52) + pad(c[1], 10, right: true) + " " + pad(c[2], 10, right: true) + " " + pad(c[3], 10, right: true)
                 + "  " + pad(c[4], 8) + pad(c[5], 8, right: true) + "  " + c[6]
         }
-        // min and max show the spread of the samples; ratios and goals use the medians. A goal's row also shows
-        // the range of its per-repetition ratios, which says how close to the goal a verdict was.
+        // min and max show the spread of the samples; ratios and goals use the medians (of the per-round ratios
+        // where there are rounds). A goal's row also shows the range of its per-round (or per-repetition) ratios,
+        // which says how close to the goal a verdict was.
         var lines = [line(["figure", "min", "median", "max", "unit", "ratio", "goal"])]
         for r in rows {
             let ratioText = ratio(r).map { String(format: $0 < 0.1 ? "%.3fx" : "%.2fx", $0) } ?? ""
@@ -237,7 +266,9 @@ public struct Report: Sendable, Codable {
             if let g = r.goal {
                 let what = r.baseline != nil ? "<= \(String(format: "%.2f", g))x \(r.baseline!)" : "<= \(f(g)) \(r.unit)"
                 goalText = "\(what): " + (meetsGoal(r).map { $0 ? "met" : "MISSED" } ?? "no data")
-                if let paired = pairedRatios(r), let lo = paired.min(), let hi = paired.max() {
+                if let rounds = roundRatios(r), let lo = rounds.min(), let hi = rounds.max(), let m = ratioOfMedians(r) {
+                    goalText += String(format: " (%d rounds %.3f-%.3fx; ratio of medians %.3fx)", rounds.count, lo, hi, m)
+                } else if let paired = pairedRatios(r), let lo = paired.min(), let hi = paired.max() {
                     goalText += String(format: " (each repetition %.3f-%.3fx)", lo, hi)
                 }
             }
@@ -256,11 +287,14 @@ public struct Report: Sendable, Codable {
         struct Out: Codable { var machine: [String: String]; var rows: [Entry] }
         struct Entry: Codable {
             var name: String, unit: String, samples: [Double], min: Double?, median: Double?, max: Double?
-            var baseline: String?, ratio: Double?, pairedRatios: [Double]?, goal: Double?, goalMet: Bool?, note: String?
+            var baseline: String?, ratio: Double?, ratioOfMedians: Double?, pairedRatios: [Double]?, rounds: [Double]?
+            var roundRatios: [Double]?, goal: Double?, goalMet: Bool?, note: String?
         }
         let out = Out(machine: machine, rows: rows.map {
             Entry(name: $0.name, unit: $0.unit, samples: $0.samples.values, min: $0.samples.min, median: $0.samples.median, max: $0.samples.max,
-                  baseline: $0.baseline, ratio: ratio($0), pairedRatios: pairedRatios($0), goal: $0.goal, goalMet: meetsGoal($0), note: $0.note)
+                  baseline: $0.baseline, ratio: ratio($0), ratioOfMedians: ratioOfMedians($0), pairedRatios: pairedRatios($0),
+                  rounds: $0.samples.rounds.isEmpty ? nil : $0.samples.rounds, roundRatios: roundRatios($0), goal: $0.goal,
+                  goalMet: meetsGoal($0), note: $0.note)
         })
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]

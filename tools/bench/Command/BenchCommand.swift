@@ -4,6 +4,7 @@ import BenchKit
 import Foundation
 import Glibc
 import struct System.FileDescriptor
+import func System.cpuAffinity
 
 /// Measures the VMM's hot paths side by side with a bare in-process KVM loop and QEMU, in one run, and prints
 /// ratios computed within that run (these machines are noisy; only same-run ratios mean anything).
@@ -14,16 +15,17 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Guest port accesses per exit-cost sample.") var iterations = 1_000_000
     @Option(help: "Samples of each figure.") var repetitions = 5
-    @Option(help: "Interleaved rounds per repetition of each exit loop: every runner runs iterations/rounds accesses a round, in a fresh random order each round; a repetition's figure is the mean of its rounds.") var rounds = 4
+    @Option(help: "Interleaved rounds per repetition of each exit loop: every runner runs iterations/rounds accesses a round, in a fresh random order each round; a repetition's figure is the mean of its rounds, and an exit row's ratio the median of its per-round ratios.") var rounds = 4
     @Option(help: "Where to write the JSON report.") var json = "out/bench.json"
     @Option(help: "The vmm binary (default: next to this one).") var vmm: String?
     @Option(help: "A second vmm binary (e.g. an older build) measured side by side in the exits, irq and startup groups.") var baselineVmm: String?
     @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, phases, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
     @Option(help: "Only the exit loops whose name contains one of these (semicolon-separated, as loop names hold commas: \"port out, 64;LAPIC\").") var loops: String?
     @Option(help: "tools/linux-image's output directory, for the linux group.") var linuxImage = "out/linux"
+    @Option(help: "The CPU the exit loops run every runner's vCPU on (the bare loops' thread, vmm's vCPU thread; not QEMU's), -1 for none: this host's CPUs differ in speed from one moment to the next.") var pinCpu = 0
     @Option(help: "virtio-blk reads per sample (4 KiB random, 128 KiB sequential).") var blkCount = 10_000
     @Option(help: "Size of the virtio-blk test image in MiB.") var blkImageMib = 64
 
@@ -61,6 +63,11 @@ struct BenchCommand: ParsableCommand {
         }
         var failures: [String: String] = [:]
         let baseline = baselineVmm.map { OurVMM(binary: $0, name: "baseline vmm") }
+        var phasesUnavailable: String?
+        let pin = pinCpu >= 0 ? pinCpu : nil
+        if let pin, !(try cpuAffinity(pid: 0)).contains(pin) {
+            throw ValidationError("--pin-cpu \(pin): not a CPU this process may run on (-1 runs unpinned)")
+        }
 
         for rep in 0..<repetitions {
             log("repetition \(rep + 1)/\(repetitions)")
@@ -77,7 +84,7 @@ struct BenchCommand: ParsableCommand {
                 let image = { Array(try Data(contentsOf: URL(fileURLWithPath: kernel))) }
                 var runners: [(String, () throws -> (GuestTiming?, String))] = [
                     (loop.row("bare KVM loop"), {
-                        let bare = try BareVM.run(kernel: try image(), cmdline: loop.args)
+                        let bare = try BareVM.run(kernel: try image(), cmdline: loop.args, cpu: pin)
                         tscKHz = bare.tscKHz
                         return (GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
                     }),
@@ -86,7 +93,9 @@ struct BenchCommand: ParsableCommand {
                 // then with the spin census's seats held and released as vmm's vCPU and devices do.
                 for census in loop.floors {
                     runners.append((loop.postingBare(census: census), {
-                        let bare = try BareVM(kernel: try image(), cmdline: loop.args).runPosting(census: census)
+                        let vm = try BareVM(kernel: try image(), cmdline: loop.args)
+                        vm.cpu = pin
+                        let bare = try vm.runPosting(census: census)
                         return (GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)), "status \(bare.exitStatus)")
                     }))
                 }
@@ -99,7 +108,9 @@ struct BenchCommand: ParsableCommand {
                         // Ours at info level: its statistics line splits each exit into time in KVM_RUN and the
                         // VMM's own time, so the row's ratio shows which side of the exit the cost is on.
                         let atInfo = (m as? OurVMM).map { o -> VMMUnderTest in var o = o; o.options += ["--log-level", "info"]; return o }
-                        let r = try Runner.run(atInfo ?? m, kernel: kernel, args: loop.args, captureLog: atInfo != nil)
+                        let r = try Runner.run(atInfo ?? m, kernel: kernel, args: loop.args, captureLog: atInfo != nil,
+                                               pinVCPU: m is OurVMM ? pin : nil)
+                        if let why = r.pinFailure { failures[name] = "could not pin its vCPU thread (\(why))" }
                         let split = ExitLoop.split(name)
                         if atInfo != nil, let stats = RunStatistics.parse(r.log), stats.entries > 0 {
                             addRound(split.inRun, stats.runMilliseconds * 1e6 / Double(stats.entries))
@@ -125,9 +136,52 @@ struct BenchCommand: ParsableCommand {
                         addRound(ExitLoop.steady(name), timing.steadyNanosecondsPerIteration(tscKHz: tscKHz))
                     }
                 }
-                // A runner that failed in any round has no figure for this repetition.
+                // A runner that failed in any round has no figure for this repetition. Every round's figure is
+                // kept too: the rows of one loop ran their rounds side by side, and pair up by round.
                 for (name, values) in thisRepetition where values.count == rounds && failures[name] == nil {
                     rows[name, default: Samples()].values.append(values.reduce(0, +) / Double(rounds))
+                    rows[name]!.rounds += values
+                    rows[name]!.roundGroup = loop.what
+                }
+            }
+            // Where a posted write's exit goes, by the kernel's tracepoints (see ExitPhases): each runner's guest
+            // runs a couple of seconds and is traced for a fraction of one, past vmm's start-up.
+            if wants("phases") && tscKHz > 0 && phasesUnavailable == nil {
+                let (delay, duration) = smoke ? (0.3, 0.1) : (1.0, 0.3)
+                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where loop.posted && wantsLoop(loop) {
+                    let kernel = guestDir + "/" + loop.guest
+                    var runners: [(String, () throws -> String?)] = [("bare KVM loop", {
+                        let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args, cpu: pin)
+                        return GuestTiming.parse(String(decoding: bare.output, as: UTF8.self)) == nil ? "status \(bare.exitStatus)" : nil
+                    })]
+                    for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) {
+                        runners.append((m.name, {
+                            let r = try Runner.run(m, kernel: kernel, args: loop.args, pinVCPU: pin)
+                            if let why = r.pinFailure { return "could not pin its vCPU thread (\(why))" }
+                            return GuestTiming.parse(r.output) == nil ? Self.why(r) : nil
+                        }))
+                    }
+                    for (who, run) in runners.shuffled() {
+                        let name = ExitLoop.phaseRow(loop, who, .whole)
+                        let tracer: PhaseTracer
+                        do { tracer = try PhaseTracer(delay: delay, duration: duration) } catch {
+                            phasesUnavailable = "\(error)"
+                            break
+                        }
+                        let failed = try run()
+                        let trace = try tracer.finish()
+                        if let failed {
+                            failures[name] = "the guest did not finish its loop (\(failed))"
+                        } else if let phases = ExitPhases.parse(trace) {
+                            let cpus = phases.cpus.sorted { $0.key < $1.key }.map { "CPU \($0.key): \($0.value)" }.joined(separator: ", ")
+                            log("\(loop.what), \(who): \(phases.exits) exits traced, whole exit \(Int(phases.medianCycles[.whole] ?? 0)) cycles (events by CPU: \(cpus))")
+                            for (phase, cycles) in phases.medianCycles {
+                                add(ExitLoop.phaseRow(loop, who, phase), cycles * 1e6 / Double(tscKHz))
+                            }
+                        } else {
+                            failures[name] = "no complete KVM_RUN round trip traced"
+                        }
+                    }
                 }
             }
             // Timer interrupt latency, by the guest's TSC: the bare in-process baseline (the vCPU thread waits on a
@@ -364,6 +418,18 @@ struct BenchCommand: ParsableCommand {
                 row(ExitLoop.steady(name), "ns/exit", baseline: loop.goalBaseline.map(ExitLoop.steady) ?? bareSteady)
             }
         }
+        for loop in ExitLoop.all(iterations: 0) where loop.posted && wants("phases") {
+            if let why = phasesUnavailable {
+                report.rows.append(Row(name: ExitLoop.phaseRow(loop, "vmm", .whole), unit: "ns", samples: Samples(), note: "not traced: \(why)"))
+                continue
+            }
+            for phase in ExitPhases.Phase.allCases {
+                let bare = ExitLoop.phaseRow(loop, "bare KVM loop", phase)
+                row(bare, "ns", note: phase == .whole ? "medians of the traced exits; tracing adds its own cost to every exit" : nil)
+                row(ExitLoop.phaseRow(loop, "vmm", phase), "ns", baseline: bare)
+                row(ExitLoop.phaseRow(loop, "baseline vmm", phase), "ns", baseline: bare)
+            }
+        }
         for kind in ["mean", "best"] {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
             row(bare, "us", note: kind == "mean" ? "timerfd waited on by the vCPU thread, KVM_INTERRUPT" : nil)
@@ -519,6 +585,12 @@ struct ExitLoop {
     var ours: String { row("vmm (\(server) process)") }
     /// The row of the `--baseline-vmm` build.
     var baseline: String { row("baseline vmm") }
+    /// A posted write (a port write, an MMIO write): the loops the phases group traces.
+    var posted: Bool { args.contains("op=out") || args.contains("op=write") }
+    /// A row of the phases group: `who`'s median time in `phase` of this loop's exits.
+    static func phaseRow(_ loop: ExitLoop, _ who: String, _ phase: ExitPhases.Phase) -> String {
+        "\(loop.what), traced: \(who): \(phase.rawValue)"
+    }
     /// A port-write loop also runs on the bare loop that posts each write to a device thread (`runPosting`), without
     /// and with the spin census: the floors' census settings, none for other loops.
     var floors: [Bool] { args.contains("op=out") ? [false, true] : [] }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import func System.monotonicNanoseconds
 import struct System.FileDescriptor
+import func System.setCPUAffinity
 
 /// Starts a VMM (ours or QEMU) on a test guest and collects what the guest printed.
 struct GuestRun {
@@ -14,6 +15,8 @@ struct GuestRun {
     var spawnedAt: UInt64 = 0
     /// What the VMM logged, when the run captured it.
     var log = ""
+    /// Why the run's vCPU thread could not be pinned, when it was asked to be.
+    var pinFailure: String?
 }
 
 protocol VMMUnderTest {
@@ -111,8 +114,9 @@ enum Runner {
         return (p, out)
     }
 
+    /// `pinVCPU`: the CPU to pin vmm's vCPU thread to once it exists (see `pinVCPUThread`).
     static func run(_ vmm: VMMUnderTest, kernel: String, args: String, memMiB: Int = 64, timeout: Double = 300,
-                    captureLog: Bool = false) throws -> GuestRun {
+                    captureLog: Bool = false, pinVCPU: Int? = nil) throws -> GuestRun {
         let logPath = NSTemporaryDirectory() + "vmm-bench-log-\(getpid())"
         defer { if captureLog { try? FileManager.default.removeItem(atPath: logPath) } }
         var logFile: FileHandle?
@@ -127,6 +131,15 @@ enum Runner {
         try p.run()
         let killer = DispatchWorkItem { p.terminate() }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        final class Pinning: @unchecked Sendable { var failure: String?; let done = DispatchSemaphore(value: 0) }
+        let pinning = Pinning()
+        if let cpu = pinVCPU {
+            let pid = p.processIdentifier
+            DispatchQueue.global().async {
+                pinning.failure = pinVCPUThread(of: pid, to: cpu)
+                pinning.done.signal()
+            }
+        }
         var data = Data()
         while true {
             let chunk = out.fileHandleForReading.availableData
@@ -139,10 +152,36 @@ enum Runner {
         result.total = Date().timeIntervalSince(start)
         p.waitUntilExit()
         killer.cancel()
+        if pinVCPU != nil {
+            pinning.done.wait()
+            result.pinFailure = pinning.failure
+        }
         result.status = p.terminationStatus
         result.output = String(decoding: data, as: UTF8.self)
         if captureLog { result.log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
         return result
+    }
+
+    /// Pins the vCPU thread of the vmm started as `pid` (the thread vcpu0 of its vcpu process, a descendant) to `cpu`,
+    /// waiting up to `timeout` seconds for it to exist; nil once pinned, else why not. The exit loops run the vCPU of
+    /// every runner on the same CPU: this host's two CPUs differ in speed from one moment to the next (a traced exit
+    /// took 20-35% longer on one than on the other at the same time), which moved single runs by as much.
+    static func pinVCPUThread(of pid: pid_t, to cpu: Int, timeout: Double = 2) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            for process in ProcessTree.all(pid) {
+                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process)/task")) ?? []
+                for task in tasks {
+                    guard let tid = pid_t(task),
+                          FileDescriptor.readText("/proc/\(process)/task/\(task)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines) == "vcpu0"
+                    else { continue }
+                    do { try setCPUAffinity(pid: tid, cpus: [cpu]) } catch { return "sched_setaffinity on its vCPU thread: \(error)" }
+                    return nil
+                }
+            }
+            usleep(1000)
+        }
+        return "no vcpu0 thread within \(timeout) s"
     }
 
     /// Starts a guest that runs until killed, waits for `ready`, returns the process.

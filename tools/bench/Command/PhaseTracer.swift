@@ -1,0 +1,71 @@
+import BenchKit
+import Foundation
+
+/// Traces the KVM_RUN ioctl's entry and return and KVM's guest-FPU switches (see ExitPhases) for a while, in a
+/// tracefs instance of its own (its own ring buffer, clock and event filters: the host's tracing is left as it was),
+/// from a thread of its own, while the caller runs a guest.
+/// `failure` is written by the tracing thread before it signals `done` and read only after `finish` waited on it.
+final class PhaseTracer: @unchecked Sendable {
+    let instance: String
+    private let done = DispatchSemaphore(value: 0)
+    private var failure: String?
+
+    /// tracefs, where this kernel has it (root only).
+    static var root: String? {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].first { FileManager.default.fileExists(atPath: $0 + "/instances") }
+    }
+
+    /// Starts tracing `delay` seconds from now (past the guest's start-up), for `duration` seconds.
+    init(delay: Double, duration: Double) throws {
+        guard let root = Self.root else { throw Failure("no tracefs with instances (tracing needs root)") }
+        instance = root + "/instances/vmm-bench-\(getpid())"
+        try? FileManager.default.removeItem(atPath: instance)
+        guard mkdir(instance, 0o755) == 0 else { throw Failure("cannot make a tracefs instance: \(String(cString: strerror(errno)))") }
+        do {
+            try set("tracing_on", "0")
+            try set("trace_clock", "x86-tsc")
+            try set("buffer_size_kb", "16384")
+            for call in ["sys_enter", "sys_exit"] {
+                try set("events/raw_syscalls/\(call)/filter", "id == 16")  // ioctl: KVM_RUN among others
+                try set("events/raw_syscalls/\(call)/enable", "1")
+            }
+            try set("events/kvm/kvm_fpu/enable", "1")
+        } catch {
+            rmdir(instance)
+            throw error
+        }
+        Thread.detachNewThread { [self] in
+            Thread.sleep(forTimeInterval: delay)
+            do {
+                try set("tracing_on", "1")
+                Thread.sleep(forTimeInterval: duration)
+                try set("tracing_on", "0")
+            } catch {
+                failure = "\(error)"
+            }
+            done.signal()
+        }
+    }
+
+    /// Waits for the tracing to end (the guest must run past it), reads what it traced and removes the instance.
+    func finish() throws -> String {
+        done.wait()
+        defer { rmdir(instance) }
+        if let failure { throw Failure(failure) }
+        guard let file = FileHandle(forReadingAtPath: instance + "/trace") else { throw Failure("cannot read \(instance)/trace") }
+        defer { try? file.close() }  // before the instance goes
+        return String(decoding: try file.readToEnd() ?? Data(), as: UTF8.self)
+    }
+
+    private func set(_ file: String, _ value: String) throws {
+        let path = instance + "/" + file
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw Failure("cannot open \(path)") }
+        defer { try? handle.close() }
+        do { try handle.write(contentsOf: Data((value + "\n").utf8)) } catch { throw Failure("cannot write \(value) to \(path): \(error)") }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+}
