@@ -18,8 +18,12 @@ final class PhaseTracer: @unchecked Sendable {
     /// Starts tracing `delay` seconds from now (past the guest's start-up), for `duration` seconds.
     init(delay: Double, duration: Double) throws {
         guard let root = Self.root else { throw Failure("no tracefs with instances (tracing needs root)") }
+        // A benchmark killed while it traced left its instance (and its buffers) behind: gone with it now.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/instances")) ?? [] where name.hasPrefix("vmm-bench-") {
+            if let pid = pid_t(name.dropFirst("vmm-bench-".count)), kill(pid, 0) != 0 && errno == ESRCH { rmdir(root + "/instances/" + name) }
+        }
         instance = root + "/instances/vmm-bench-\(getpid())"
-        try? FileManager.default.removeItem(atPath: instance)
+        rmdir(instance)  // this run's previous one, should it have been left
         guard mkdir(instance, 0o755) == 0 else { throw Failure("cannot make a tracefs instance: \(String(cString: strerror(errno)))") }
         do {
             try set("tracing_on", "0")
