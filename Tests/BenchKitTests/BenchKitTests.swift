@@ -141,6 +141,7 @@ final class BenchKitTests: XCTestCase {
         XCTAssertEqual(phases.medianCycles[.leaving], 50)
         XCTAssertEqual(phases.medianCycles[.between], 130)
         XCTAssertEqual(phases.medianCycles[.whole], 700)
+        XCTAssertEqual(phases.meanCycles, 700)
         XCTAssertEqual(phases.cpus, [1: 6, 0: 5])
         XCTAssertNil(ExitPhases.parse("# nothing traced\n"))
     }

@@ -23,6 +23,9 @@ public struct ExitPhases: Equatable, Sendable {
 
     /// Median cycles per phase.
     public var medianCycles: [Phase: Double]
+    /// Mean cycles of a whole exit: its distance above the median is what the slow exits add (the benchmark's
+    /// exit rows are means).
+    public var meanCycles: Double = 0
     /// Complete exits traced.
     public var exits: Int
     /// The vCPU thread's traced events per CPU it ran on.
@@ -74,7 +77,9 @@ public struct ExitPhases: Equatable, Sendable {
             }
         }
         guard let exits = phases[.whole]?.count, exits > 0 else { return nil }
-        return ExitPhases(medianCycles: phases.compactMapValues { Samples($0).median }, exits: exits, cpus: cpus)
+        let whole = phases[.whole] ?? []
+        return ExitPhases(medianCycles: phases.compactMapValues { Samples($0).median },
+                          meanCycles: whole.reduce(0, +) / Double(exits), exits: exits, cpus: cpus)
     }
 }
 

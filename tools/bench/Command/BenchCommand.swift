@@ -178,6 +178,7 @@ struct BenchCommand: ParsableCommand {
                             for (phase, cycles) in phases.medianCycles {
                                 add(ExitLoop.phaseRow(loop, who, phase), cycles * 1e6 / Double(tscKHz))
                             }
+                            add(ExitLoop.phaseMeanRow(loop, who), phases.meanCycles * 1e6 / Double(tscKHz))
                         } else {
                             failures[name] = "no complete KVM_RUN round trip traced"
                         }
@@ -429,6 +430,10 @@ struct BenchCommand: ParsableCommand {
                 row(ExitLoop.phaseRow(loop, "vmm", phase), "ns", baseline: bare)
                 row(ExitLoop.phaseRow(loop, "baseline vmm", phase), "ns", baseline: bare)
             }
+            let bareMean = ExitLoop.phaseMeanRow(loop, "bare KVM loop")
+            row(bareMean, "ns", note: "the mean of the same exits: its distance above the median is what slow exits add")
+            row(ExitLoop.phaseMeanRow(loop, "vmm"), "ns", baseline: bareMean)
+            row(ExitLoop.phaseMeanRow(loop, "baseline vmm"), "ns", baseline: bareMean)
         }
         for kind in ["mean", "best"] {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
@@ -591,6 +596,8 @@ struct ExitLoop {
     static func phaseRow(_ loop: ExitLoop, _ who: String, _ phase: ExitPhases.Phase) -> String {
         "\(loop.what), traced: \(who): \(phase.rawValue)"
     }
+    /// The phases group's mean whole exit of `who` in this loop.
+    static func phaseMeanRow(_ loop: ExitLoop, _ who: String) -> String { "\(loop.what), traced: \(who): whole exit, mean" }
     /// A port-write loop also runs on the bare loop that posts each write to a device thread (`runPosting`), without
     /// and with the spin census: the floors' census settings, none for other loops.
     var floors: [Bool] { args.contains("op=out") ? [false, true] : [] }
