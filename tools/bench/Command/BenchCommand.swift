@@ -144,11 +144,12 @@ struct BenchCommand: ParsableCommand {
                     rows[name]!.roundGroup = loop.what
                 }
             }
-            // Where a posted write's exit goes, by the kernel's tracepoints (see ExitPhases): each runner's guest
-            // runs a couple of seconds and is traced for a fraction of one, past vmm's start-up.
+            // Where an exit's time goes, by the kernel's tracepoints (see ExitPhases): each runner's guest runs a
+            // couple of seconds and is traced for a fraction of one, past vmm's start-up. For a read, the time between
+            // KVM_RUNs holds the round trip to the device process.
             if wants("phases") && tscKHz > 0 && phasesUnavailable == nil {
                 let (delay, duration) = smoke ? (0.3, 0.1) : (1.0, 0.3)
-                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where loop.posted && wantsLoop(loop) {
+                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where wantsLoop(loop) {
                     let kernel = guestDir + "/" + loop.guest
                     var runners: [(String, () throws -> String?)] = [("bare KVM loop", {
                         let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args, cpu: pin)
@@ -419,7 +420,7 @@ struct BenchCommand: ParsableCommand {
                 row(ExitLoop.steady(name), "ns/exit", baseline: loop.goalBaseline.map(ExitLoop.steady) ?? bareSteady)
             }
         }
-        for loop in ExitLoop.all(iterations: 0) where loop.posted && wants("phases") {
+        for loop in ExitLoop.all(iterations: 0) where wants("phases") {
             if let why = phasesUnavailable {
                 report.rows.append(Row(name: ExitLoop.phaseRow(loop, "vmm", .whole), unit: "ns", samples: Samples(), note: "not traced: \(why)"))
                 continue
@@ -590,8 +591,6 @@ struct ExitLoop {
     var ours: String { row("vmm (\(server) process)") }
     /// The row of the `--baseline-vmm` build.
     var baseline: String { row("baseline vmm") }
-    /// A posted write (a port write, an MMIO write): the loops the phases group traces.
-    var posted: Bool { args.contains("op=out") || args.contains("op=write") }
     /// A row of the phases group: `who`'s median time in `phase` of this loop's exits.
     static func phaseRow(_ loop: ExitLoop, _ who: String, _ phase: ExitPhases.Phase) -> String {
         "\(loop.what), traced: \(who): \(phase.rawValue)"
