@@ -76,10 +76,9 @@ public struct ExitPhases: Equatable, Sendable {
             case .exit: if unload != nil && exit == nil { exit = e.cycles }
             }
         }
-        guard let exits = phases[.whole]?.count, exits > 0 else { return nil }
-        let whole = phases[.whole] ?? []
+        guard let whole = phases[.whole], !whole.isEmpty else { return nil }
         return ExitPhases(medianCycles: phases.compactMapValues { Samples($0).median },
-                          meanCycles: whole.reduce(0, +) / Double(exits), exits: exits, cpus: cpus)
+                          meanCycles: whole.reduce(0, +) / Double(whole.count), exits: whole.count, cpus: cpus)
     }
 }
 

@@ -149,7 +149,8 @@ struct BenchCommand: ParsableCommand {
             // KVM_RUNs holds the round trip to the device process.
             if wants("phases") && tscKHz > 0 && phasesUnavailable == nil {
                 let (delay, duration) = smoke ? (0.3, 0.1) : (1.0, 0.3)
-                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where wantsLoop(loop) {
+                // A tracer that could not start says why once, in the rows: no other loop tries again.
+                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where wantsLoop(loop) && phasesUnavailable == nil {
                     let kernel = guestDir + "/" + loop.guest
                     var runners: [(String, () throws -> String?)] = [("bare KVM loop", {
                         let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args, cpu: pin)
