@@ -9,6 +9,7 @@
 /// `1` allows the call; `return ENOSYS` makes it fail with that errno; otherwise the expression is a disjunction (`||`) of conjunctions (`&&`) of comparisons
 /// `argN OP VALUE` with OP one of == != < <= > >=, or `argN & BITS` (all of BITS set). Values are integers or names
 /// from a constant table. Every rule needs a comment saying why: on the line above or at the end of its line.
+/// The filter tests the rules in the file's order (its includes where they stand), a rule's first comparison first.
 public struct Policy: Equatable, Sendable {
     public struct Comparison: Equatable, Sendable {
         public enum Op: String, Sendable, CaseIterable { case eq = "==", ne = "!=", le = "<=", lt = "<", ge = ">=", gt = ">", allBits = "&" }
@@ -26,6 +27,20 @@ public struct Policy: Equatable, Sendable {
         public let errno: Int32?
         public let line: Int
         public let comment: String
+
+        /// Arguments that meet the rule's first clause (all zero for a rule without one), where its comparisons
+        /// test different arguments: a call the rule allows.
+        public var firstCaseArguments: [UInt64] {
+            var arguments = [UInt64](repeating: 0, count: 6)
+            for c in clauses.first ?? [] {
+                switch c.op {
+                case .eq, .le, .ge, .allBits: arguments[c.argument] = c.value
+                case .ne, .gt: arguments[c.argument] = c.value &+ 1
+                case .lt: arguments[c.argument] = c.value &- 1
+                }
+            }
+            return arguments
+        }
     }
 
     public var rules: [Rule]

@@ -10,22 +10,32 @@ public enum SeccompFilter {
     public struct Error: Swift.Error, CustomStringConvertible { public let description: String }
 
     /// Checks every rule against libseccomp without loading anything (tools/policy-check uses it too).
+    ///
+    /// The filter tests the rules in the policy's order, and a rule's first comparison before its others: every
+    /// system call pays for the tests before its own, so a role's policy puts its hot call first (the vCPU's
+    /// KVM_RUN: 9 BPF instructions instead of 56 in libseccomp's own order).
     public static func compile(_ policy: Policy) throws(Error) -> scmp_filter_ctx {
         guard let ctx = seccomp_init(UInt32(SCMP_ACT_TRAP)) else { throw Error(description: "seccomp_init failed") }
-        for rule in policy.rules {
+        for (index, rule) in policy.rules.enumerated() {
             let nr = seccomp_syscall_resolve_name(rule.syscall)
             guard nr != __NR_SCMP_ERROR else {
                 seccomp_release(ctx)
                 throw Error(description: "line \(rule.line): unknown system call \(rule.syscall)")
             }
-            var failed: Int32 = 0
-            if let e = rule.errno {
+            // libseccomp tests calls of higher priority first (ties: the shorter rule first).
+            var failed = seccomp_syscall_priority(ctx, nr, UInt8(max(0, 255 - index)))
+            if failed == 0, let e = rule.errno {
                 failed = seccomp_rule_add_array(ctx, 0x0005_0000 | UInt32(e & 0xffff), nr, 0, nil)  // SCMP_ACT_ERRNO(e)
-            } else if rule.clauses.isEmpty {
+            } else if failed == 0, rule.clauses.isEmpty {
                 failed = seccomp_rule_add_array(ctx, UInt32(SCMP_ACT_ALLOW), nr, 0, nil)
-            } else {
-                for clause in rule.clauses where failed == 0 {
-                    let cmps = clause.map(argumentComparison)
+            } else if failed == 0 {
+                for (n, clause) in rule.clauses.enumerated() where failed == 0 {
+                    var cmps = clause.map(argumentComparison)
+                    // libseccomp orders a rule's equality tests by value, largest first, but puts masked tests
+                    // before them: the first test as one with every bit in its mask goes first, meaning the same.
+                    if n == 0, cmps[0].op == SCMP_CMP_EQ {
+                        cmps[0] = scmp_arg_cmp(arg: cmps[0].arg, op: SCMP_CMP_MASKED_EQ, datum_a: ~0, datum_b: cmps[0].datum_a)
+                    }
                     failed = cmps.withUnsafeBufferPointer {
                         seccomp_rule_add_array(ctx, UInt32(SCMP_ACT_ALLOW), nr, UInt32(cmps.count), $0.baseAddress)
                     }
@@ -88,6 +98,10 @@ public enum SeccompFilter {
     public static func program(_ policy: Policy) throws(Error) -> Program {
         let ctx = try compile(policy)
         defer { seccomp_release(ctx) }
+        return try export(ctx, ruleCount: policy.rules.count)
+    }
+
+    static func export(_ ctx: scmp_filter_ctx, ruleCount: Int) throws(Error) -> Program {
         let fd = vmm_memfd_create("seccomp-bpf", 1)  // MFD_CLOEXEC
         guard fd >= 0 else { throw Error(description: "memfd_create: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -98,7 +112,7 @@ public enum SeccompFilter {
         guard size > 0, size % 8 == 0, bytes.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, size, 0) }) == size else {
             throw Error(description: "reading the exported filter back failed")
         }
-        return Program(instructions: bytes, ruleCount: policy.rules.count)
+        return Program(instructions: bytes, ruleCount: ruleCount)
     }
 
     /// Installs the SIGSYS handler and loads the filter, on every thread of the process (TSYNC).
@@ -106,6 +120,12 @@ public enum SeccompFilter {
         if vmm_sigsys_install(reportFD, mode == .log ? 1 : 0) != 0 { throw Error(description: "sigaction(SIGSYS) failed") }
         let r = program.instructions.withUnsafeBytes { vmm_seccomp_load_bpf($0.baseAddress, $0.count / 8) }
         if r != 0 { throw Error(description: "loading the seccomp filter failed: \(String(cString: strerror(-r)))") }
+    }
+
+    /// A system call's number on this architecture, nil for a name libseccomp does not know.
+    public static func number(of name: String) -> Int32? {
+        let nr = seccomp_syscall_resolve_name(name)
+        return nr == __NR_SCMP_ERROR ? nil : nr
     }
 
     /// The name of a system call number on this architecture.

@@ -14,15 +14,19 @@ public enum PolicyCheck {
             do {
                 let text = try BuiltinPolicies.load(file: role.policyFile, directory: directory, reader: reader)
                 let policy = try Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table)
-                SeccompFilter.release(try SeccompFilter.compile(policy))
-                out.append("\n\(role.policyFile): \(policy.rules.count) rules, compiles")
+                let program = try SeccompFilter.program(policy)
+                out.append("\n\(role.policyFile): \(policy.rules.count) rules, compiles (\(program.length) BPF instructions;"
+                           + " the column before each rule: the instructions its first case runs through)")
                 for r in policy.rules {
                     let condition: String
                     if let e = r.errno { condition = "fails with errno \(e)" } else if r.clauses.isEmpty { condition = "allowed" } else {
                         condition = r.clauses.map { c in c.map { "arg\($0.argument) \($0.op.rawValue) 0x\(String($0.value, radix: 16))" }
                             .joined(separator: " && ") }.joined(separator: " || ")
                     }
-                    out.append("  \(r.syscall.padding(18)) \(condition)  # \(r.comment)")
+                    let cost = SeccompFilter.number(of: r.syscall).flatMap {
+                        program.evaluate(syscall: $0, arguments: r.firstCaseArguments)
+                    }.map { String($0.instructions) } ?? "?"
+                    out.append("  \(cost.padding(4))\(r.syscall.padding(18)) \(condition)  # \(r.comment)")
                 }
             } catch {
                 ok = false
