@@ -125,6 +125,7 @@ unsigned long vmm_thread_self(void);
 long vmm_fault_ptrace(void);
 
 static inline void vmm_cpu_relax(void) { __builtin_ia32_pause(); }
+static inline unsigned long long vmm_rdtsc(void) { return __builtin_ia32_rdtsc(); }
 /// The number of CPUs in the calling thread's affinity mask (1 if it cannot be read).
 int vmm_available_cpus(void);
 /// The CPU the calling thread runs on (glibc reads it from the thread's rseq area: no system call), -1 if unknown.

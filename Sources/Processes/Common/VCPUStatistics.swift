@@ -6,8 +6,8 @@ import System
 /// Per-vCPU run statistics in a shared memory region of their own: the supervisor creates the memfd and maps it
 /// read-only, the vcpu process maps it writable. Each vCPU thread is the only writer of its block (relaxed atomic
 /// stores of 64-bit words, no read-modify-write needed), the supervisor reads whenever it reports (the metrics
-/// line, the summary at the end of the run). Nothing here is a syscall on the vCPU's path: two CLOCK_MONOTONIC
-/// reads per exit, which the vDSO answers.
+/// line, the summary at the end of the run). Nothing here is a syscall on the vCPU's path: two reads of the time
+/// stamp counter per exit (CycleClock), in nanoseconds by the time they are stored.
 ///
 /// Per vCPU (a block of `stride` bytes): KVM_RUN entries, nanoseconds inside KVM_RUN, when (CLOCK_MONOTONIC) its
 /// first KVM_RUN returned (the guest had run its first instructions: start-up ends there), then per KVM exit reason
@@ -60,9 +60,10 @@ public final class VCPUStatistics: @unchecked Sendable {
             w.pointee.store(w.pointee.load(ordering: .relaxed) &+ value, ordering: .relaxed)
         }
 
-        /// One KVM_RUN that took `nanoseconds` and returned with `reason` at `exited` (CLOCK_MONOTONIC).
-        func ran(nanoseconds: UInt64, exit reason: UInt32, at exited: UInt64) {
-            if base.pointee.load(ordering: .relaxed) == 0 { (base + 2).pointee.store(exited, ordering: .relaxed) }
+        /// One KVM_RUN that took `nanoseconds` and returned with `reason` at `exited` (CLOCK_MONOTONIC, only read
+        /// at the first).
+        func ran(nanoseconds: UInt64, exit reason: UInt32, at exited: @autoclosure () -> UInt64) {
+            if base.pointee.load(ordering: .relaxed) == 0 { (base + 2).pointee.store(exited(), ordering: .relaxed) }
             add(0, 1)
             add(1, nanoseconds)
             if reason < UInt32(VCPUStatistics.reasons) { add(VCPUStatistics.headerWords + 2 * Int(reason), 1) }

@@ -19,6 +19,8 @@ final class SyscallFixup {
     }
     /// How often the IDT is looked at again (it changes a few times during boot, then never).
     static let refreshNanoseconds: UInt64 = 20_000_000
+    /// The same in the runner's clock.
+    private let refreshTicks: UInt64
 
     let vcpu: VCPU
     let fallback: EmulationFallback
@@ -30,19 +32,20 @@ final class SyscallFixup {
     /// Jumps to the system-call entry that were not a SYSCALL.
     private(set) var refusals = 0
 
-    init(vcpu: VCPU, fallback: EmulationFallback) {
+    init(vcpu: VCPU, fallback: EmulationFallback, clock: CycleClock) {
         self.vcpu = vcpu
         self.fallback = fallback
+        refreshTicks = clock.ticks(nanoseconds: Self.refreshNanoseconds)
     }
 
     /// Whether the fix-up has set guest debugging (its breakpoint, or a step past it): nobody else may change it.
     var ownsGuestDebug: Bool { handler != nil || singleStepping }
 
     /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due. `now`: the
-    /// caller's clock reading (the last exit's will do: the refresh period is far longer than an exit).
+    /// runner's clock (CycleClock ticks; the last exit's reading will do: the refresh period is far longer than an exit).
     func refreshIfDue(now: UInt64) throws(KVMError) {
         guard now >= nextRefresh, !singleStepping else { return }
-        nextRefresh = now + Self.refreshNanoseconds
+        nextRefresh = now &+ refreshTicks
         let sregs = try vcpu.sregs()
         guard sregs.efer & 0x400 != 0, sregs.idt.limit >= 14 * 16 + 15 else { return }  // long mode with an IDT
         fallback.mmu.update(try vcpu.pagingContext())

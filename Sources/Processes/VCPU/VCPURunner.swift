@@ -12,7 +12,6 @@ import System
 /// interrupts through `interrupts`; this type only decides what each exit means.
 final class VCPURunner: @unchecked Sendable {
     enum Action { case resume, stop(ControlMessage.VCPUStop) }
-    typealias Handler = @Sendable (VCPURunner) throws -> Action
 
     let vcpu: VCPU
     let devices: DeviceChannels
@@ -40,35 +39,36 @@ final class VCPURunner: @unchecked Sendable {
     let seat: SpinCensus.Seat
     /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
     private let statistics: VCPUStatistics.Writer
-    /// The exit being handled, and when KVM_RUN returned with it: its VMM time runs until the next entry.
+    /// The exit being handled, and when KVM_RUN returned with it (`clock`'s ticks): its VMM time runs until the
+    /// next entry.
     private var handling: (reason: UInt32, since: UInt64)?
+    /// Times the exits for `statistics`.
+    private let clock: CycleClock
     /// A timer expiry this vCPU took itself and injected at the last entry, for the irqchip to hear of at the exit.
     private var timerTakenToTell: UInt8?
 
-    /// Exit handlers indexed by KVM exit reason, in the spirit of KVM's kvm_vmx_exit_handlers.
-    static let handlers: [Handler?] = {
-        var table = [Handler?](repeating: nil, count: 64)
-        table[Int(KVM_EXIT_IO)] = { try $0.handlePortIO() }
-        table[Int(KVM_EXIT_MMIO)] = { $0.handleMMIO() }
-        table[Int(KVM_EXIT_HLT)] = { try $0.handleHalt() }
-        table[Int(KVM_EXIT_DEBUG)] = { try $0.handleDebug() }
-        table[Int(KVM_EXIT_X86_RDMSR)] = { try $0.handleMSR(write: false) }
-        table[Int(KVM_EXIT_X86_WRMSR)] = { try $0.handleMSR(write: true) }
-        table[Int(KVM_EXIT_INTR)] = { _ in .resume }
-        table[Int(KVM_EXIT_IRQ_WINDOW_OPEN)] = { _ in .resume }  // the injection happens before the next entry
-        table[Int(KVM_EXIT_SET_TPR)] = { _ in .resume }  // CR8 lowered: followed after every exit (followCR8)
-        table[Int(KVM_EXIT_SHUTDOWN)] = { $0.fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)") }
-        table[Int(KVM_EXIT_INTERNAL_ERROR)] = { try $0.handleInternalError() }
-        table[Int(KVM_EXIT_FAIL_ENTRY)] = {
-            let reason = vmm_run_fail_entry_reason($0.vcpu.run)
-            return $0.fatal(.failedEntry(reason: reason), "KVM could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
+    /// Dispatches an exit to its handler, in the spirit of KVM's kvm_vmx_exit_handlers; nil for a reason vmm
+    /// does not handle. A switch, not a table of closures: no closure to fetch and retain on every exit.
+    private func handle(_ reason: UInt32) throws -> Action? {
+        switch Int32(bitPattern: reason) {
+        case KVM_EXIT_IO: return try handlePortIO()
+        case KVM_EXIT_MMIO: return handleMMIO()
+        case KVM_EXIT_HLT: return try handleHalt()
+        case KVM_EXIT_DEBUG: return try handleDebug()
+        case KVM_EXIT_X86_RDMSR: return try handleMSR(write: false)
+        case KVM_EXIT_X86_WRMSR: return try handleMSR(write: true)
+        case KVM_EXIT_INTR: return .resume
+        case KVM_EXIT_IRQ_WINDOW_OPEN: return .resume  // the injection happens before the next entry
+        case KVM_EXIT_SET_TPR: return .resume  // CR8 lowered: followed after every exit (followCR8)
+        case KVM_EXIT_SHUTDOWN: return fatal(.tripleFault, "triple fault (KVM_EXIT_SHUTDOWN)")
+        case KVM_EXIT_INTERNAL_ERROR: return try handleInternalError()
+        case KVM_EXIT_FAIL_ENTRY:
+            let reason = vmm_run_fail_entry_reason(vcpu.run)
+            return fatal(.failedEntry(reason: reason), "KVM could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
+        case KVM_EXIT_SYSTEM_EVENT: return .stop(.systemEvent(type: vmm_run_system_event_type(vcpu.run)))
+        default: return nil
         }
-        table[Int(KVM_EXIT_SYSTEM_EVENT)] = {
-            let type = vmm_run_system_event_type($0.vcpu.run)
-            return .stop(.systemEvent(type: type))
-        }
-        return table
-    }()
+    }
 
     init(vcpu: VCPU, memory: GuestMemory, devices: DeviceChannels, interrupts: InterruptInjector, group: VCPUGroup,
          bootstrap: Bool, syscallFixup: Bool, windowStepping: Bool = false, seat: SpinCensus.Seat, statistics: VCPUStatistics.Writer) throws {
@@ -81,8 +81,10 @@ final class VCPURunner: @unchecked Sendable {
         self.group = group
         state = bootstrap ? .running : .waitingForStartup
         fallback = try EmulationFallback(vcpu: vcpu, memory: memory)
-        tscDeadline = TSCDeadline(tscKHz: vcpu.tscKHz())
-        self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback) : nil
+        let tscKHz = vcpu.tscKHz()
+        tscDeadline = TSCDeadline(tscKHz: tscKHz)
+        clock = CycleClock(kHz: tscKHz)
+        self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback, clock: clock) : nil
         self.windowStepping = windowStepping
         // Asked on this vCPU's own thread, from its HLT wait.
         interrupts.timerVectorTakenAtOnce = { [unowned self] in self.devices.timerVectorTakenAtOnce() }
@@ -96,16 +98,16 @@ final class VCPURunner: @unchecked Sendable {
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
         seat.release()  // still held if KVM_RUN failed
-        finishHandling(at: monotonicNanoseconds())
+        finishHandling(at: CycleClock.now())
         if let vector = timerTakenToTell { devices.timerTaken(vector) }
         devices.settleAll()
         return why
     }
 
-    /// The exit being handled is done at `now`: its time goes to its reason.
+    /// The exit being handled is done at `now` (`clock`'s ticks): its time goes to its reason.
     private func finishHandling(at now: UInt64) {
         guard let h = handling else { return }
-        statistics.handled(h.reason, nanoseconds: now &- h.since)
+        statistics.handled(h.reason, nanoseconds: clock.nanoseconds(now &- h.since))
         handling = nil
     }
 
@@ -119,7 +121,7 @@ final class VCPURunner: @unchecked Sendable {
                 if state != .running { continue }
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
                 if let gate = interrupts.pauseGate, gate.isRequested {
-                    finishHandling(at: monotonicNanoseconds())  // paused time is no exit's
+                    finishHandling(at: CycleClock.now())  // paused time is no exit's
                     devices.wakeDevicesAsleep()
                     gate.wait()
                     continue
@@ -133,13 +135,13 @@ final class VCPURunner: @unchecked Sendable {
                     timerTakenToTell = vector
                 case nil: break
                 }
-                try syscallFixup?.refreshIfDue(now: handling?.since ?? monotonicNanoseconds())
+                try syscallFixup?.refreshIfDue(now: handling?.since ?? CycleClock.now())
                 try updateWindowStepping()
                 // The seat first: a device the doorbells below wake onto this CPU then sees it taken and does not
                 // spin here. The doorbells last: by now the posts' cache lines are mostly over (RingProducer.push).
                 seat.hold()
                 devices.wakeDevicesAsleep()
-                let entered = monotonicNanoseconds()
+                let entered = CycleClock.now()
                 finishHandling(at: entered)
                 let reason = try vcpu.runOnce()
                 // Released at once, not kept through the exit's handling: kept, it made timer interrupts slower
@@ -149,8 +151,8 @@ final class VCPURunner: @unchecked Sendable {
                     devices.timerTaken(vector)
                     timerTakenToTell = nil
                 }
-                let exited = monotonicNanoseconds()
-                statistics.ran(nanoseconds: exited &- entered, exit: reason, at: exited)
+                let exited = CycleClock.now()
+                statistics.ran(nanoseconds: clock.nanoseconds(exited &- entered), exit: reason, at: monotonicNanoseconds())
                 handling = (reason, exited)
                 // A kick (KVM_EXIT_INTR) is no progress of the guest's: a HLT that stepping stopped before is still
                 // ahead, and must not be stepped.
@@ -161,11 +163,10 @@ final class VCPURunner: @unchecked Sendable {
                 followAPICBase()
                 followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
-                let handler = Int(reason) < Self.handlers.count ? Self.handlers[Int(reason)] : nil
-                guard let handler else {
+                guard let action = try handle(reason) else {
                     return stopWithDump(.unhandledExit(reason: reason), "unhandled exit reason \(reason)")
                 }
-                if case .stop(let why) = try handler(self) { return why }
+                if case .stop(let why) = action { return why }
             } catch {
                 return stopWithDump(.runFailed, "vCPU failed: \(error)")
             }

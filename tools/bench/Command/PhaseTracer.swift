@@ -15,9 +15,20 @@ final class PhaseTracer: @unchecked Sendable {
         ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].first { FileManager.default.fileExists(atPath: $0 + "/instances") }
     }
 
+    /// tracefs, mounted where systemd would have mounted it if nobody did (a container, a minimal image): root
+    /// only; nil with the reason otherwise.
+    static func mountedRoot() -> Result<String, Failure> {
+        if let root { return .success(root) }
+        guard geteuid() == 0 else { return .failure(Failure("no tracefs with instances (tracing needs root)")) }
+        guard mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nil) == 0, let root else {
+            return .failure(Failure("no tracefs with instances, and mounting one on /sys/kernel/tracing failed: \(String(cString: strerror(errno)))"))
+        }
+        return .success(root)
+    }
+
     /// Starts tracing `delay` seconds from now (past the guest's start-up), for `duration` seconds.
     init(delay: Double, duration: Double) throws {
-        guard let root = Self.root else { throw Failure("no tracefs with instances (tracing needs root)") }
+        let root = try Self.mountedRoot().get()
         // A benchmark killed while it traced left its instance (and its buffers) behind: gone with it now.
         for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/instances")) ?? [] where name.hasPrefix("vmm-bench-") {
             if let pid = pid_t(name.dropFirst("vmm-bench-".count)), kill(pid, 0) != 0 && errno == ESRCH { rmdir(root + "/instances/" + name) }
