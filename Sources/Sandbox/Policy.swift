@@ -9,7 +9,8 @@
 /// `1` allows the call; `return ENOSYS` makes it fail with that errno; otherwise the expression is a disjunction (`||`) of conjunctions (`&&`) of comparisons
 /// `argN OP VALUE` with OP one of == != < <= > >=, or `argN & BITS` (all of BITS set). Values are integers or names
 /// from a constant table. Every rule needs a comment saying why: on the line above or at the end of its line.
-/// The filter tests the rules in the file's order (its includes where they stand), a rule's first comparison first.
+/// The filter tests the rules in the file's order (its includes where they stand), and a first clause's leading
+/// `==` before the rule's other tests (SeccompFilter.compile).
 public struct Policy: Equatable, Sendable {
     public struct Comparison: Equatable, Sendable {
         public enum Op: String, Sendable, CaseIterable { case eq = "==", ne = "!=", le = "<=", lt = "<", ge = ">=", gt = ">", allBits = "&" }

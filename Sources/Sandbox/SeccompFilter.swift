@@ -11,9 +11,9 @@ public enum SeccompFilter {
 
     /// Checks every rule against libseccomp without loading anything (tools/policy-check uses it too).
     ///
-    /// The filter tests the rules in the policy's order, and a rule's first comparison before its others: every
-    /// system call pays for the tests before its own, so a role's policy puts its hot call first (the vCPU's
-    /// KVM_RUN: 9 BPF instructions instead of 56 in libseccomp's own order).
+    /// The filter tests the rules in the policy's order, and a first clause's leading `==` before the rule's other
+    /// tests: every system call pays for the tests before its own, so a role's policy puts its hot call first (the
+    /// vCPU's KVM_RUN: 10 BPF instructions instead of 56 in libseccomp's own order).
     public static func compile(_ policy: Policy) throws(Error) -> scmp_filter_ctx {
         guard let ctx = seccomp_init(UInt32(SCMP_ACT_TRAP)) else { throw Error(description: "seccomp_init failed") }
         for (index, rule) in policy.rules.enumerated() {
@@ -31,8 +31,9 @@ public enum SeccompFilter {
             } else if failed == 0 {
                 for (n, clause) in rule.clauses.enumerated() where failed == 0 {
                     var cmps = clause.map(argumentComparison)
-                    // libseccomp orders a rule's equality tests by value, largest first, but puts masked tests
-                    // before them: the first test as one with every bit in its mask goes first, meaning the same.
+                    // libseccomp tests a rule's plain `==` values under one shared node, largest first. The same
+                    // test given as a masked one with every bit set (equal on all 64 bits) stays apart from that
+                    // node and, added first, is tested first (libseccomp's internals: RolePolicyTests pins it).
                     if n == 0, cmps[0].op == SCMP_CMP_EQ {
                         cmps[0] = scmp_arg_cmp(arg: cmps[0].arg, op: SCMP_CMP_MASKED_EQ, datum_a: ~0, datum_b: cmps[0].datum_a)
                     }

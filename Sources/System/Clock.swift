@@ -12,8 +12,10 @@ public func monotonicNanoseconds() -> UInt64 {
 /// The time stamp counter as a clock for intervals on the vCPU's path, where every exit reads the time twice: one
 /// RDTSC (about 10 ns here, no memory touched) instead of a CLOCK_MONOTONIC read through the vDSO (about 25 ns and a
 /// load from its data page, which KVM_RUN's work has often evicted). Measured as the time between two KVM_RUNs of a
-/// posted port write: 25-30 ns less. The counter runs at one rate on every CPU of a host KVM supports as-is; its
-/// readings mean nothing to other processes, so only differences leave the vCPU thread, in nanoseconds.
+/// posted port write: 25-30 ns less. For statistics only: RDTSC is not ordered with the code around it (the vDSO's
+/// read is), which moves a reading by tens of cycles, and on a host whose CPUs' counters are out of step a thread
+/// that moves may see time go back, which `nanoseconds(from:to:)` counts as none. Its readings mean nothing to other
+/// processes, so only differences leave the vCPU thread, in nanoseconds.
 public struct CycleClock: Sendable {
     /// Nanoseconds per tick, 32.32 fixed point.
     private let nanosecondsPerTick: UInt64
@@ -28,6 +30,13 @@ public struct CycleClock: Sendable {
     public init(kHz: Int) {
         let rate = kHz > 0 ? UInt64(kHz) : Self.measureKHz()
         nanosecondsPerTick = max(1, (1_000_000 << 32) / max(1, rate))
+    }
+
+    /// The nanoseconds from reading `start` to reading `end`; 0 if the counter went back.
+    @inline(__always)
+    public func nanoseconds(from start: UInt64, to end: UInt64) -> UInt64 {
+        let ticks = end &- start
+        return Int64(bitPattern: ticks) > 0 ? nanoseconds(ticks) : 0
     }
 
     /// `ticks` of the counter in nanoseconds.

@@ -26,7 +26,7 @@ final class RolePolicyTests: XCTestCase {
     }
 
     func testEveryRolesDoorbellCallsAreCheap() throws {
-        // read and write on an eventfd ring and answer doorbells; every role's first rules.
+        // read and write ring and answer doorbells: common.policy's first rules (after ioctl in vcpu.policy).
         for role in Role.allCases {
             let p = try program(role)
             for call: Int32 in [0, 1] {

@@ -26,7 +26,7 @@ public enum PolicyCheck {
                     let cost = SeccompFilter.number(of: r.syscall).flatMap {
                         program.evaluate(syscall: $0, arguments: r.firstCaseArguments)
                     }.map { String($0.instructions) } ?? "?"
-                    out.append("  \(cost.padding(4))\(r.syscall.padding(18)) \(condition)  # \(r.comment)")
+                    out.append("  \(cost.padding(5))\(r.syscall.padding(18)) \(condition)  # \(r.comment)")
                 }
             } catch {
                 ok = false

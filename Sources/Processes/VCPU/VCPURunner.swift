@@ -107,7 +107,7 @@ final class VCPURunner: @unchecked Sendable {
     /// The exit being handled is done at `now` (`clock`'s ticks): its time goes to its reason.
     private func finishHandling(at now: UInt64) {
         guard let h = handling else { return }
-        statistics.handled(h.reason, nanoseconds: clock.nanoseconds(now &- h.since))
+        statistics.handled(h.reason, nanoseconds: clock.nanoseconds(from: h.since, to: now))
         handling = nil
     }
 
@@ -152,7 +152,7 @@ final class VCPURunner: @unchecked Sendable {
                     timerTakenToTell = nil
                 }
                 let exited = CycleClock.now()
-                statistics.ran(nanoseconds: clock.nanoseconds(exited &- entered), exit: reason, at: monotonicNanoseconds())
+                statistics.ran(nanoseconds: clock.nanoseconds(from: entered, to: exited), exit: reason, at: monotonicNanoseconds())
                 handling = (reason, exited)
                 // A kick (KVM_EXIT_INTR) is no progress of the guest's: a HLT that stepping stopped before is still
                 // ahead, and must not be stepped.

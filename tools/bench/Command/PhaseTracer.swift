@@ -20,9 +20,10 @@ final class PhaseTracer: @unchecked Sendable {
     static func mountedRoot() -> Result<String, Failure> {
         if let root { return .success(root) }
         guard geteuid() == 0 else { return .failure(Failure("no tracefs with instances (tracing needs root)")) }
-        guard mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nil) == 0, let root else {
+        guard mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nil) == 0 else {
             return .failure(Failure("no tracefs with instances, and mounting one on /sys/kernel/tracing failed: \(String(cString: strerror(errno)))"))
         }
+        guard let root else { return .failure(Failure("tracefs mounted on /sys/kernel/tracing has no instances (kernel too old)")) }
         return .success(root)
     }
 
