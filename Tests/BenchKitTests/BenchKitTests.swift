@@ -146,6 +146,18 @@ final class BenchKitTests: XCTestCase {
         XCTAssertNil(ExitPhases.parse("# nothing traced\n"))
     }
 
+    func testFastStateKeepsTheRunsWhoseEnteringPhaseIsNearTheFastest() {
+        let runs: [String: [ExitPhases.Run]] = [
+            "bare": [.init(entering: 4700, whole: 12100), .init(entering: 6600, whole: 17000), .init(entering: 4750, whole: 12150)],
+            "vmm": [.init(entering: 6500, whole: 16800), .init(entering: 4720, whole: 12300), .init(entering: 5100, whole: 12400)],
+        ]
+        let fast = ExitPhases.fastState(runs)
+        XCTAssertEqual(fast["bare"], [12100, 12150], "the slow run left out")
+        XCTAssertEqual(fast["vmm"], [12300, 12400], "5100 is within 10% of 4700, 6500 is not")
+        XCTAssertEqual(ExitPhases.fastState(runs, tolerance: 0.05)["vmm"], [12300])
+        XCTAssertEqual(ExitPhases.fastState([:]), [:])
+    }
+
     func testPSSLeavesOutGuestRAM() {
         let smaps = """
         55d0c0a00000-55d0c0b00000 r-xp 00000000 fe:01 123  /usr/bin/vmm

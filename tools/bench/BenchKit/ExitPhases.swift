@@ -82,6 +82,27 @@ public struct ExitPhases: Equatable, Sendable {
     }
 }
 
+extension ExitPhases {
+    /// A traced run's median entering phase and whole exit, in one unit.
+    public struct Run: Equatable, Sendable {
+        public let entering: Double
+        public let whole: Double
+        public init(entering: Double, whole: Double) {
+            self.entering = entering
+            self.whole = whole
+        }
+    }
+
+    /// Each runner's whole exits from the runs that met the host in its fast state: those whose entering phase is
+    /// within `tolerance` of the fastest entering phase of any runner of the loop. Entering KVM_RUN is the same
+    /// kernel code for every runner (the bare loop and vmm take the same time there to within 1-2%), and this host's
+    /// slow state makes every phase 1.2-1.4x at once, so that phase tells which runs it met.
+    public static func fastState(_ runs: [String: [Run]], tolerance: Double = 0.1) -> [String: [Double]] {
+        guard let fastest = runs.values.joined().map(\.entering).min(), fastest > 0 else { return [:] }
+        return runs.mapValues { list in list.filter { $0.entering <= fastest * (1 + tolerance) }.map(\.whole) }
+    }
+}
+
 /// One line of a tracefs `trace`: "TASK-TID [CPU] FLAGS TIMESTAMP: EVENT: ARGUMENTS" (a task's name may hold spaces
 /// and dashes; its thread id follows the last dash before the CPU).
 struct TraceLine {

@@ -49,6 +49,8 @@ struct BenchCommand: ParsableCommand {
         var rows: [String: Samples] = [:]
         var unavailable: Set<String> = []
         func add(_ name: String, _ v: Double?) { if let v { rows[name, default: Samples()].values.append(v) } }
+        /// The phases group's traced runs by loop and runner, for the fast-state rows (ExitPhases.fastState).
+        var tracedRuns: [String: [String: [ExitPhases.Run]]] = [:]
         // The guest TSC rate, for turning guest-measured cycles into time (a vCPU that never runs is enough).
         var tscKHz = (try? BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: portloop))), cmdline: "").vcpu.tscKHz()) ?? 0
         // The virtio-blk rows' image, in a directory of its own removed at the end.
@@ -181,6 +183,10 @@ struct BenchCommand: ParsableCommand {
                                 add(ExitLoop.phaseRow(loop, who, phase), cycles * 1e6 / Double(tscKHz))
                             }
                             add(ExitLoop.phaseMeanRow(loop, who), phases.meanCycles * 1e6 / Double(tscKHz))
+                            if let entering = phases.medianCycles[.entering], let whole = phases.medianCycles[.whole] {
+                                tracedRuns[loop.what, default: [:]][who, default: []]
+                                    .append(ExitPhases.Run(entering: entering * 1e6 / Double(tscKHz), whole: whole * 1e6 / Double(tscKHz)))
+                            }
                         } else {
                             failures[name] = "no complete KVM_RUN round trip traced"
                         }
@@ -436,6 +442,15 @@ struct BenchCommand: ParsableCommand {
             row(bareMean, "ns", note: "the mean of the same exits: its distance above the median is what slow exits add")
             row(ExitLoop.phaseMeanRow(loop, "vmm"), "ns", baseline: bareMean)
             row(ExitLoop.phaseMeanRow(loop, "baseline vmm"), "ns", baseline: bareMean)
+            let runs = tracedRuns[loop.what] ?? [:]
+            let fast = ExitPhases.fastState(runs)
+            for who in ["bare KVM loop", "vmm", "baseline vmm"] where runs[who] != nil {
+                let name = ExitLoop.phaseRow(loop, who, .whole) + ", fast host state"
+                rows[name] = Samples(fast[who] ?? [])
+                let kept = "\(fast[who]?.count ?? 0) of \(runs[who]?.count ?? 0) runs"
+                row(name, "ns", baseline: who == "bare KVM loop" ? nil : ExitLoop.phaseRow(loop, "bare KVM loop", .whole) + ", fast host state",
+                    note: who == "bare KVM loop" ? "runs whose entering KVM_RUN was within 10% of the loop's fastest (the host's slow state makes every phase 1.2-1.4x at once): \(kept)" : kept)
+            }
         }
         for kind in ["mean", "best"] {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
