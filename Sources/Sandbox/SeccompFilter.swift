@@ -17,8 +17,7 @@ public enum SeccompFilter {
     public static func compile(_ policy: Policy) throws(Error) -> scmp_filter_ctx {
         guard let ctx = seccomp_init(UInt32(SCMP_ACT_TRAP)) else { throw Error(description: "seccomp_init failed") }
         for (index, rule) in policy.rules.enumerated() {
-            let nr = seccomp_syscall_resolve_name(rule.syscall)
-            guard nr != __NR_SCMP_ERROR else {
+            guard let nr = number(of: rule.syscall) else {
                 seccomp_release(ctx)
                 throw Error(description: "line \(rule.line): unknown system call \(rule.syscall)")
             }
