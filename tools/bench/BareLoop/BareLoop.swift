@@ -26,6 +26,9 @@ public final class BareVM {
     /// The CPU `run()` and `runPosting` run the vCPU on (the calling thread's mask is restored after); nil: wherever
     /// the scheduler puts it.
     public var cpu: Int?
+    /// Where each line of the guest's console also goes as it completes (a child process's stdout, which the
+    /// benchmark reads while the guest runs); nil: the output is only in the result.
+    public var streamOutput: Int32?
     private let vm: VirtualMachine
     private let ram: FileDescriptor
 
@@ -58,6 +61,8 @@ public final class BareVM {
                 answerMMIO()
             case KVM_EXIT_HLT:
                 return result
+            case KVM_EXIT_INTR:
+                continue  // a signal (the interleaved group pauses and resumes the process): enter again
             default:
                 guard try onOtherExit(reason) else { throw KVMError.unsupported("exit reason \(reason) in the bare loop") }
             }
@@ -124,6 +129,8 @@ public final class BareVM {
                     answerMMIO()
                 case KVM_EXIT_HLT:
                     break loop
+                case KVM_EXIT_INTR:
+                    continue
                 default:
                     throw KVMError.unsupported("exit reason \(reason) in the bare posting loop")
                 }
@@ -159,12 +166,28 @@ public final class BareVM {
         if io.direction == UInt8(KVM_EXIT_IO_IN) {
             data.storeBytes(of: io.port == 0x3fd ? UInt8(0x60) : 0xff, as: UInt8.self)
         } else if io.port == 0x3f8 {
-            result.output.append(data.load(as: UInt8.self))
+            let byte = data.load(as: UInt8.self)
+            result.output.append(byte)
+            if byte == 0x0a, let fd = streamOutput { writeLine(of: result.output, to: fd) }
         } else if io.port == 0xf4 {
             result.exitStatus = (Int32(data.load(as: UInt8.self)) << 1) | 1
             return true
         }
         return false
+    }
+
+    /// Writes the last line of `output` (which ends with a newline) to `fd`.
+    private func writeLine(of output: [UInt8], to fd: Int32) {
+        let start = output.dropLast().lastIndex(of: 0x0a).map { $0 + 1 } ?? 0
+        output[start...].withUnsafeBytes { bytes in
+            var done = 0
+            while done < bytes.count {
+                let n = write(fd, bytes.baseAddress! + done, bytes.count - done)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                done += n
+            }
+        }
     }
 
     /// Every MMIO read answers the local APIC's version register (0x50014), writes are dropped: the benchmark's

@@ -7,6 +7,8 @@ public struct GuestTiming: Equatable, Sendable {
     /// The guest's `window=` timings, when it was asked for them: iterations per window, and each window's cycles.
     public var window: UInt64 = 0
     public var windows: [UInt64] = []
+    /// The guest TSC at which its timed accesses began ("start=T", printed with windows).
+    public var start: UInt64?
 
     public init(cycles: UInt64, iterations: UInt64, window: UInt64 = 0, windows: [UInt64] = []) {
         self.cycles = cycles
@@ -21,6 +23,9 @@ public struct GuestTiming: Equatable, Sendable {
         var timing: GuestTiming?
         for line in output.split(whereSeparator: \.isNewline) {
             let fields = line.split(separator: " ")
+            if timing != nil, fields.count == 1, fields[0].hasPrefix("start="), let t = UInt64(fields[0].dropFirst(6)) {
+                timing?.start = t
+            }
             guard fields.count == 2 else { continue }
             if timing == nil, fields[0].hasPrefix("cycles="), fields[1].hasPrefix("iters="),
                let c = UInt64(fields[0].dropFirst(7)), let n = UInt64(fields[1].dropFirst(6)), n > 0 {

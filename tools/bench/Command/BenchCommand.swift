@@ -11,7 +11,8 @@ import func System.cpuAffinity
 @main
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "vmm-bench",
-                                                    abstract: "Exit cost, start-up and memory, against a bare KVM loop and QEMU.")
+                                                    abstract: "Exit cost, start-up and memory, against a bare KVM loop and QEMU.",
+                                                    subcommands: [BareLoopCommand.self])
 
     @Option(help: "Guest port accesses per exit-cost sample.") var iterations = 1_000_000
     @Option(help: "Samples of each figure.") var repetitions = 5
@@ -22,7 +23,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Directory with the test guests (built there if missing or older than Tests/Guests).") var guests = "out/guests"
     @Option(help: "QEMU comparison: install (apt-get it if missing; the default), auto (only if installed), skip.") var qemu = "install"
     @Flag(help: "Tiny counts, to check the benchmark itself works.") var smoke = false
-    @Option(help: "Measure only these groups (comma-separated: exits, phases, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
+    @Option(help: "Measure only these groups (comma-separated: exits, interleaved, phases, irq, blk, restart, startup, memory, mmu; linux only when named).") var only: String?
     @Option(help: "Only the exit loops whose name contains one of these (semicolon-separated, as loop names hold commas: \"port out, 64;LAPIC\").") var loops: String?
     @Option(help: "tools/linux-image's output directory, for the linux group.") var linuxImage = "out/linux"
     @Option(help: "The CPU the exit loops run every runner's vCPU on (the bare loops' thread, vmm's vCPU thread; not QEMU's), -1 for none: this host's CPUs differ in speed from one moment to the next.") var pinCpu = 0
@@ -190,6 +191,47 @@ struct BenchCommand: ParsableCommand {
                         } else {
                             failures[name] = "no complete KVM_RUN round trip traced"
                         }
+                    }
+                }
+            }
+            // The same loops in turns (see Interleaving): every runner's guest alive at once, each running only in
+            // its turns of 50 ms, in a fresh order every cycle. Their per-cycle ratios are what the exit goals are
+            // checked on: turns 50 ms apart meet the same host speed, rounds seconds long do not.
+            if wants("interleaved") && tscKHz > 0 {
+                let (perLoop, turn) = smoke ? (20_000, 20) : (max(1, iterations / 2), 50)
+                let all = ExitLoop.all(iterations: perLoop, windows: smoke ? 100 : 2000)
+                for loop in all where wantsLoop(loop) {
+                    let kernel = guestDir + "/" + loop.guest
+                    var runners = [bareTurnRunner(loop, name: loop.interleaved("bare KVM loop"), kernel: kernel, pin: pin)]
+                    for census in loop.floors {
+                        var r = bareTurnRunner(loop, name: loop.interleaved(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread"), kernel: kernel, pin: pin)
+                        let inner = r.process
+                        r = TurnRunner(name: r.name, process: { let (p, o) = try inner(); p.arguments! += ["--posting"] + (census ? ["--census"] : []); return (p, o) })
+                        runners.append(r)
+                    }
+                    if let goalBaseline = loop.goalBaseline, let other = all.first(where: { $0.row("bare KVM loop") == goalBaseline }) {
+                        runners.append(bareTurnRunner(other, name: loop.interleaved("bare KVM loop, \(other.what)"), kernel: guestDir + "/" + other.guest, pin: pin))
+                    }
+                    for (who, m) in [("vmm (\(loop.server) process)", ours)] + (baseline.map { [("baseline vmm", $0)] } ?? []) {
+                        // Paused for up to three turns of others: more than a hung device's default 300 ms would allow.
+                        var paused = m
+                        paused.vmmSettings += #", "device_restart": {"hang_timeout_ms": 10000}"#
+                        runners.append(TurnRunner(name: loop.interleaved(who), process: {
+                            try Runner.process(paused, kernel: kernel, args: loop.args, memMiB: 64)
+                        }, pinVCPU: pin))
+                    }
+                    let outcome = try TurnTaking.run(runners, turnMilliseconds: turn, tscKHz: tscKHz, timeout: 600)
+                    failures.merge(outcome.failures) { first, _ in first }
+                    let paired = Interleaving.commonCycles(outcome.figures)
+                    for runner in runners where outcome.failures[runner.name] == nil {
+                        guard let values = paired[runner.name], !values.isEmpty else {
+                            failures[runner.name] = "no cycle in which every runner's turn held enough whole windows"
+                            continue
+                        }
+                        let ns = values.map { $0 * 1e6 / Double(tscKHz) }
+                        rows[runner.name, default: Samples()].values.append(ns.reduce(0, +) / Double(ns.count))
+                        rows[runner.name]!.rounds += ns
+                        rows[runner.name]!.roundGroup = loop.interleaved("")
                     }
                 }
             }
@@ -408,7 +450,8 @@ struct BenchCommand: ParsableCommand {
                 row(loop.postingBare(census: census), "ns/exit", baseline: bare,
                     note: census ? "the same with the spin census's seats" : "floor: each write posted to a thread over vmm's channel")
             }
-            row(loop.ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            // The goal on these rows only where the interleaved group, which holds it otherwise, did not run.
+            row(loop.ours, "ns/exit", baseline: loop.goalBaseline ?? bare, goal: wants("interleaved") ? nil : loop.goal, note: loop.note)
             // The same exits split (per KVM_RUN entry): time inside it against the bare loop's whole exit, and the
             // VMM's own handling between two entries (its share of the bare exit: the row's ratio).
             let oursSplit = ExitLoop.split(loop.ours)
@@ -426,6 +469,18 @@ struct BenchCommand: ParsableCommand {
             for name in loop.floors.map(loop.postingBare) + [loop.ours, loop.baseline] {
                 row(ExitLoop.steady(name), "ns/exit", baseline: loop.goalBaseline.map(ExitLoop.steady) ?? bareSteady)
             }
+        }
+        for loop in ExitLoop.all(iterations: 0) where wants("interleaved") {
+            let bare = loop.interleaved("bare KVM loop")
+            row(bare, "ns/exit", note: "turns of 50 ms (20 with --smoke), every runner's guest paused but in its turns; a figure per cycle: its turn's median window")
+            let goalBaseline = loop.goalBaseline.flatMap { goal in ExitLoop.all(iterations: 0).first { $0.row("bare KVM loop") == goal } }
+                .map { loop.interleaved("bare KVM loop, \($0.what)") }
+            if let goalBaseline { row(goalBaseline, "ns/exit") }
+            for census in loop.floors {
+                row(loop.interleaved(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread"), "ns/exit", baseline: bare)
+            }
+            row(loop.interleaved("vmm (\(loop.server) process)"), "ns/exit", baseline: goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            row(loop.interleaved("baseline vmm"), "ns/exit", baseline: goalBaseline ?? bare)
         }
         for loop in ExitLoop.all(iterations: 0) where wants("phases") {
             if let why = phasesUnavailable {
@@ -558,6 +613,19 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
+    /// The bare loop of `loop` as a process of its own (`vmm-bench bare-loop`), for the interleaved group.
+    func bareTurnRunner(_ loop: ExitLoop, name: String, kernel: String, pin: Int?) -> TurnRunner {
+        TurnRunner(name: name, process: {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            p.arguments = ["bare-loop", "--kernel", kernel, "--cmdline", loop.args, "--cpu", "\(pin ?? -1)"]
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardInput = FileHandle.nullDevice
+            return (p, out)
+        })
+    }
+
     func machineInfo(tscKHz: Int) -> [String: String] {
         var info: [String: String] = ["date": ISO8601DateFormatter().string(from: Date()), "tsc_khz": "\(tscKHz)",
                                       "iterations": "\(smoke ? 1000 : iterations)", "repetitions": "\(smoke ? 1 : repetitions)"]
@@ -605,6 +673,8 @@ struct ExitLoop {
     func row(_ who: String) -> String { "\(what): \(who)" }
     /// The row of this project's vmm.
     var ours: String { row("vmm (\(server) process)") }
+    /// A row of the interleaved group.
+    func interleaved(_ who: String) -> String { "\(what), interleaved: \(who)" }
     /// The row of the `--baseline-vmm` build.
     var baseline: String { row("baseline vmm") }
     /// A row of the phases group: `who`'s median time in `phase` of this loop's exits.
@@ -620,15 +690,15 @@ struct ExitLoop {
     /// A row's figure from its runs' median windows.
     static func steady(_ row: String) -> String { row + ", steady" }
     /// Exits per timed window: about 200 windows a run.
-    static func windowSize(iterations: Int) -> Int { max(1, iterations / 200) }
+    static func windowSize(iterations: Int, windows: Int = 200) -> Int { max(1, iterations / windows) }
     /// The rows that split a vmm row's exits: time inside KVM_RUN, and the vcpu process's own time.
     static func split(_ row: String) -> (inRun: String, vmmTime: String) { (row + ": in KVM_RUN", row + ": VMM time") }
 
     /// The loops, the 64-bit and MMIO ones with a quarter of `iterations` (an exit costs about twice a 32-bit
-    /// port exit there).
-    static func all(iterations: Int) -> [ExitLoop] {
+    /// port exit there), each timed in `windows` windows.
+    static func all(iterations: Int, windows: Int = 200) -> [ExitLoop] {
         let wide = max(1, iterations / 4)
-        let (narrow, wideWindow) = (windowSize(iterations: iterations), windowSize(iterations: wide))
+        let (narrow, wideWindow) = (windowSize(iterations: iterations, windows: windows), windowSize(iterations: wide, windows: windows))
         // Half a second or so of untimed accesses first (a 32-bit exit takes ~12 us here, a 64-bit one ~40): vmm's
         // start-up is still going on in its first ~300 ms (standbys starting, each process unmapping its start-up's
         // code 250 ms in and faulting back what it runs), which is start-up's cost, not an exit's.

@@ -199,11 +199,14 @@ enum Runner {
 }
 
 enum ProcessTree {
-    /// `pid` and all its descendants.
+    /// `pid` and all its descendants (the children of each of its threads), parents before their children.
     static func all(_ pid: pid_t) -> [pid_t] {
         var out = [pid]
-        let children = FileDescriptor.readText("/proc/\(pid)/task/\(pid)/children") ?? ""
-        for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? ["\(pid)"]
+        for task in tasks {
+            let children = FileDescriptor.readText("/proc/\(pid)/task/\(task)/children") ?? ""
+            for c in children.split(separator: " ").compactMap({ pid_t($0) }) { out += all(c) }
+        }
         return out
     }
 }
