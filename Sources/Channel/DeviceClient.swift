@@ -145,6 +145,7 @@ public struct DeviceClient: @unchecked Sendable {
             if region.deviceStatus == .broken { throw .broken }  // the supervisor rings us when it gives up
             responses.setSleeping(true)
             blocked = true
+            policy.census?.release()  // a vCPU's seat, held through its exit, is not held while it sleeps
             if !responses.hasMessages() {
                 let left = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
                 do { _ = try Poll.wait([responseDoorbell], timeoutMs: left) } catch { throw .system(error) }

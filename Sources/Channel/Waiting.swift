@@ -125,9 +125,17 @@ public final class SpinCensus: @unchecked Sendable {
         let stepsAside: Bool
         private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
 
-        /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest).
-        @inline(__always) public func hold() { hold(cpu: vmm_current_cpu()) }
-        @inline(__always) public func release() { word.pointee.store(0, ordering: .relaxed) }
+        /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest). Written only when
+        /// it changes, as `release` is: the device processes read the seats at every spin, and a store to the line
+        /// they read takes it back from their CPU's cache, a cross-CPU miss at every entry (~50 ns here, several
+        /// times that after a 64-bit guest's exit).
+        @inline(__always) public func hold() {
+            let held = Self.word(holding: vmm_current_cpu())
+            if word.pointee.load(ordering: .relaxed) != held { word.pointee.store(held, ordering: .relaxed) }
+        }
+        @inline(__always) public func release() {
+            if word.pointee.load(ordering: .relaxed) != 0 { word.pointee.store(0, ordering: .relaxed) }
+        }
 
         /// A seat's word: 0 free, else the CPU held plus one (`unknownCPU` when the owner could not tell).
         @inline(__always) static func word(holding cpu: Int32) -> Int64 { cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU }

@@ -255,6 +255,7 @@ final class InterruptInjector: @unchecked Sendable {
         // look at the mailbox (in `ready` or `beforeEntry`), so that look finds the offer the kick was for.
         sleeping.store(true, ordering: .sequentiallyConsistent)
         defer { sleeping.store(false, ordering: .sequentiallyConsistent) }
+        seat?.release()  // held through the exit that brought it here (VCPURunner): this thread leaves its CPU
         beforeSleeping?()  // a device posted to just before a HLT must not sleep through it
         var value: UInt64 = 0
         var watchTimer = timerFD != nil
