@@ -62,6 +62,7 @@ public final class VCPUStatistics: @unchecked Sendable {
 
         /// One KVM_RUN that took `nanoseconds` and returned with `reason` at `exited` (CLOCK_MONOTONIC, only read
         /// at the first).
+        @inline(__always)
         func ran(nanoseconds: UInt64, exit reason: UInt32, at exited: @autoclosure () -> UInt64) {
             if base.pointee.load(ordering: .relaxed) == 0 { (base + 2).pointee.store(exited(), ordering: .relaxed) }
             add(0, 1)
@@ -70,6 +71,7 @@ public final class VCPUStatistics: @unchecked Sendable {
         }
 
         /// The VMM spent `nanoseconds` on an exit with `reason`.
+        @inline(__always)
         func handled(_ reason: UInt32, nanoseconds: UInt64) {
             guard reason < UInt32(VCPUStatistics.reasons) else { return }
             add(VCPUStatistics.headerWords + 2 * Int(reason) + 1, nanoseconds)

@@ -10,6 +10,7 @@ struct APICBase {
     private var known: UInt64 = 0xfee0_0000 | APICBase.globalEnable
 
     /// The new value, if `reported` moves or disables or enables the APIC.
+    @inline(__always)
     mutating func change(reported: UInt64) -> UInt64? {
         let relevant = reported & (Self.pageMask | Self.globalEnable)
         guard relevant != known else { return nil }

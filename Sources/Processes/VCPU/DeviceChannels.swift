@@ -176,6 +176,7 @@ final class DeviceChannels {
 
     /// Whether the TPR holds back every vector the irqchip's copy shows requested, and there is one: a vCPU in
     /// long mode may lower it with a MOV to CR8, which does not exit here (see WindowStepper).
+    @inline(__always)
     var tprHoldsARequest: Bool {
         guard taskPriorityClass > 0, let lapicMirror else { return false }
         return lapicMirror.requestsAbove(priorityClass: 0) == true

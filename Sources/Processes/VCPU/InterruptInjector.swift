@@ -191,6 +191,7 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// Called where the vCPU looked at the mailbox (finding `offered`) without injecting: times the wait, warns once
     /// when it is long.
+    @inline(__always)
     private func noteUntakenOffer(_ offered: UInt8?, halted: Bool) {
         guard let offered else {
             offerWaitingSince = nil

@@ -43,6 +43,7 @@ final class SyscallFixup {
 
     /// Re-arms the breakpoint if the guest's page-fault handler moved; cheap unless the refresh is due. `now`: the
     /// runner's clock (CycleClock ticks; the last exit's reading will do: the refresh period is far longer than an exit).
+    @inline(__always)
     func refreshIfDue(now: UInt64) throws(KVMError) {
         guard now >= nextRefresh, !singleStepping else { return }
         nextRefresh = now &+ refreshTicks

@@ -7,6 +7,7 @@ import KVM
 extension VCPURunner {
     /// Steps the guest while a vector waits (see WindowStepper), unless the SYSCALL fix-up holds guest debugging
     /// (a long-mode guest with a page-fault handler): KVM has one guest-debug setting, and its breakpoint must stay.
+    @inline(__always)
     func updateWindowStepping() throws {
         guard windowStepping else { return }
         let fixupOwns = syscallFixup?.ownsGuestDebug ?? false
@@ -45,6 +46,7 @@ extension VCPURunner {
 
     /// Whether a requested vector waits on the TPR while the vCPU is in long mode, where a MOV to CR8 lowers it
     /// without an exit. Long mode is read once per such wait (one KVM_GET_SREGS).
+    @inline(__always)
     func tprMayDropUnseen() throws -> Bool {
         guard devices.tprHoldsARequest else {
             longModeWhileHeld = nil
@@ -64,6 +66,7 @@ extension VCPURunner {
 
     /// The guest's IA32_APIC_BASE as KVM reports it: a disabled APIC takes nothing and has no page; a moved one
     /// answers at its new page (see APICBase).
+    @inline(__always)
     func followAPICBase() {
         guard let value = apicBase.change(reported: vcpu.run.pointee.apic_base) else { return }
         Log.debug("IA32_APIC_BASE 0x\(String(value, radix: 16))")
@@ -80,6 +83,7 @@ extension VCPURunner {
     /// Without an in-kernel local APIC, KVM keeps CR8 for the VMM in kvm_run: it reports the guest's CR8 after
     /// every exit (a MOV to CR8 that lowers it exits with KVM_EXIT_SET_TPR) and loads kvm_run.cr8 at every entry.
     /// A CR8 that differs from the TPR's class is one the guest wrote: that is a TPR write (CR8 = TPR[7:4]).
+    @inline(__always)
     func followCR8() {
         let cr8 = vcpu.run.pointee.cr8
         guard cr8 != UInt64(interrupts.taskPriority.priorityClass) else { return }

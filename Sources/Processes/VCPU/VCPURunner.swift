@@ -105,6 +105,7 @@ final class VCPURunner: @unchecked Sendable {
     }
 
     /// The exit being handled is done at `now` (`clock`'s ticks): its time goes to its reason.
+    @inline(__always)
     private func finishHandling(at now: UInt64) {
         guard let h = handling else { return }
         statistics.handled(h.reason, nanoseconds: clock.nanoseconds(from: h.since, to: now))

@@ -17,6 +17,7 @@ struct WindowStepper {
 
     /// Before an entry, whether a vector waits (`wanted`): true to start stepping, false to stop, nil to leave
     /// guest debugging as it is.
+    @inline(__always)
     mutating func change(wanted: Bool) -> Bool? {
         guard wanted else {
             left = Self.budget
@@ -36,6 +37,7 @@ struct WindowStepper {
     }
 
     /// An exit that was neither a step nor a kick: the guest got somewhere, a new run of steps may follow.
+    @inline(__always)
     mutating func exitedOtherwise() { left = Self.budget }
 
     /// The next instruction must not be stepped (a HLT): stepping ends at the next entry, until another exit.
