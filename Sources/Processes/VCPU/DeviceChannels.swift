@@ -255,6 +255,7 @@ final class DeviceChannels {
 
     /// Wakes each device a post went to that fell asleep before it saw the post (DeviceClient.wakeIfAsleep). Owed
     /// before the vCPU enters the guest or waits for anything; cheap when nothing was posted since.
+    @inline(__always)
     func wakeDevicesAsleep() {
         while wakeChecksDue != 0 {
             let channel = wakeChecksDue.trailingZeroBitCount

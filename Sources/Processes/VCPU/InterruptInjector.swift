@@ -109,6 +109,7 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// Before KVM_RUN: injects the posted vector (or the timer's, taken while halted) if the guest can take it now;
     /// returns what it injected so the caller can tell the irqchip.
+    @inline(__always)
     func beforeEntry() throws -> Injection? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once

@@ -49,6 +49,7 @@ final class VCPURunner: @unchecked Sendable {
 
     /// Dispatches an exit to its handler, in the spirit of KVM's kvm_vmx_exit_handlers; nil for a reason vmm
     /// does not handle. A switch, not a table of closures: no closure to fetch and retain on every exit.
+    @inline(__always)
     private func handle(_ reason: UInt32) throws -> Action? {
         switch Int32(bitPattern: reason) {
         case KVM_EXIT_IO: return try handlePortIO()
@@ -211,6 +212,7 @@ final class VCPURunner: @unchecked Sendable {
 
     // MARK: handlers
 
+    @inline(__always)
     func handlePortIO() throws -> Action {
         let io = vmm_run_io(vcpu.run)
         let size = Int(io.size)
