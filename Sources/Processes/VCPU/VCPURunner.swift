@@ -118,10 +118,7 @@ final class VCPURunner: @unchecked Sendable {
         if state != .running { _ = group.park() }
         while true {
             do {
-                if state != .running && !interrupts.hasEvents {
-                    seat.release()
-                    try interrupts.waitForEvent()
-                }
+                if state != .running && !interrupts.hasEvents { try interrupts.waitForEvent() }
                 if interrupts.hasEvents { try apply(interrupts.takeEvents()) }
                 if state != .running { continue }
                 // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
@@ -151,10 +148,11 @@ final class VCPURunner: @unchecked Sendable {
                 finishHandling(at: entered)
                 let reason = try vcpu.runOnce()
                 // The seat stays held through the exit's handling, which runs on this CPU as the guest did: every
-                // wait that blocks releases it first (the HLT's and the pause's here, InterruptInjector's sleep, a
-                // read's in DeviceClient, and a spin gives it back when it ends), since a device that saw it held
-                // while this thread slept would not spin for it (kept through a HLT, it once made timer interrupts
-                // slower: mean 49 -> 64 us in the latency guest). An exit that only posts then writes no seat.
+                // wait that blocks releases it first (the pause's here, InterruptInjector's sleep for a HLT or a
+                // stopped vCPU, a read's in DeviceClient, and a spin gives it back when it ends), since a device
+                // that saw it held while this thread slept would not spin for it (kept through a HLT, it once made
+                // timer interrupts slower: mean 49 -> 64 us in the latency guest). An exit that only posts then
+                // writes no seat.
                 if let vector = timerTakenToTell {
                     devices.timerTaken(vector)
                     timerTakenToTell = nil

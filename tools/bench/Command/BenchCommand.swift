@@ -204,15 +204,13 @@ struct BenchCommand: ParsableCommand {
                     let kernel = guestDir + "/" + loop.guest
                     var runners = [bareTurnRunner(loop, name: loop.interleaved("bare KVM loop"), kernel: kernel, pin: pin)]
                     for census in loop.floors {
-                        var r = bareTurnRunner(loop, name: loop.interleaved(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread"), kernel: kernel, pin: pin)
-                        let inner = r.process
-                        r = TurnRunner(name: r.name, process: { let (p, o) = try inner(); p.arguments! += ["--posting"] + (census ? ["--census"] : []); return (p, o) })
-                        runners.append(r)
+                        runners.append(bareTurnRunner(loop, name: loop.interleaved(ExitLoop.postingWho(census: census)), kernel: kernel, pin: pin,
+                                                      options: ["--posting"] + (census ? ["--census"] : [])))
                     }
-                    if let goalBaseline = loop.goalBaseline, let other = all.first(where: { $0.row("bare KVM loop") == goalBaseline }) {
+                    if let other = loop.goalLoop(among: all) {
                         runners.append(bareTurnRunner(other, name: loop.interleaved("bare KVM loop, \(other.what)"), kernel: guestDir + "/" + other.guest, pin: pin))
                     }
-                    for (who, m) in [("vmm (\(loop.server) process)", ours)] + (baseline.map { [("baseline vmm", $0)] } ?? []) {
+                    for (who, m) in [(loop.oursWho, ours)] + (baseline.map { [("baseline vmm", $0)] } ?? []) {
                         // Paused for up to three turns of others: more than a hung device's default 300 ms would allow.
                         var paused = m
                         paused.vmmSettings += #", "device_restart": {"hang_timeout_ms": 10000}"#
@@ -473,13 +471,12 @@ struct BenchCommand: ParsableCommand {
         for loop in ExitLoop.all(iterations: 0) where wants("interleaved") {
             let bare = loop.interleaved("bare KVM loop")
             row(bare, "ns/exit", note: "turns of 50 ms (20 with --smoke), every runner's guest paused but in its turns; a figure per cycle: its turn's median window")
-            let goalBaseline = loop.goalBaseline.flatMap { goal in ExitLoop.all(iterations: 0).first { $0.row("bare KVM loop") == goal } }
-                .map { loop.interleaved("bare KVM loop, \($0.what)") }
+            let goalBaseline = loop.goalLoop(among: ExitLoop.all(iterations: 0)).map { loop.interleaved("bare KVM loop, \($0.what)") }
             if let goalBaseline { row(goalBaseline, "ns/exit") }
             for census in loop.floors {
-                row(loop.interleaved(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread"), "ns/exit", baseline: bare)
+                row(loop.interleaved(ExitLoop.postingWho(census: census)), "ns/exit", baseline: bare)
             }
-            row(loop.interleaved("vmm (\(loop.server) process)"), "ns/exit", baseline: goalBaseline ?? bare, goal: loop.goal, note: loop.note)
+            row(loop.interleaved(loop.oursWho), "ns/exit", baseline: goalBaseline ?? bare, goal: loop.goal, note: loop.note)
             row(loop.interleaved("baseline vmm"), "ns/exit", baseline: goalBaseline ?? bare)
         }
         for loop in ExitLoop.all(iterations: 0) where wants("phases") {
@@ -614,11 +611,12 @@ struct BenchCommand: ParsableCommand {
     }
 
     /// The bare loop of `loop` as a process of its own (`vmm-bench bare-loop`), for the interleaved group.
-    func bareTurnRunner(_ loop: ExitLoop, name: String, kernel: String, pin: Int?) -> TurnRunner {
+    /// `options`: more `bare-loop` options (the posting floors').
+    func bareTurnRunner(_ loop: ExitLoop, name: String, kernel: String, pin: Int?, options: [String] = []) -> TurnRunner {
         TurnRunner(name: name, process: {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-            p.arguments = ["bare-loop", "--kernel", kernel, "--cmdline", loop.args, "--cpu", "\(pin ?? -1)"]
+            p.arguments = ["bare-loop", "--kernel", kernel, "--cmdline", loop.args, "--cpu", "\(pin ?? -1)"] + options
             let out = Pipe()
             p.standardOutput = out
             p.standardInput = FileHandle.nullDevice
@@ -671,8 +669,10 @@ struct ExitLoop {
     var note: String?
 
     func row(_ who: String) -> String { "\(what): \(who)" }
+    /// This project's vmm, as its rows name it.
+    var oursWho: String { "vmm (\(server) process)" }
     /// The row of this project's vmm.
-    var ours: String { row("vmm (\(server) process)") }
+    var ours: String { row(oursWho) }
     /// A row of the interleaved group.
     func interleaved(_ who: String) -> String { "\(what), interleaved: \(who)" }
     /// The row of the `--baseline-vmm` build.
@@ -686,7 +686,13 @@ struct ExitLoop {
     /// A port-write loop also runs on the bare loop that posts each write to a device thread (`runPosting`), without
     /// and with the spin census: the floors' census settings, none for other loops.
     var floors: [Bool] { args.contains("op=out") ? [false, true] : [] }
-    func postingBare(census: Bool) -> String { row(census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread") }
+    func postingBare(census: Bool) -> String { row(Self.postingWho(census: census)) }
+    /// The posting floor, as its rows name it.
+    static func postingWho(census: Bool) -> String { census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread" }
+    /// The loop among `loops` whose bare row is this loop's goal baseline (the LAPIC read's: the 64-bit port read).
+    func goalLoop(among loops: [ExitLoop]) -> ExitLoop? {
+        goalBaseline.flatMap { goal in loops.first { $0.row("bare KVM loop") == goal } }
+    }
     /// A row's figure from its runs' median windows.
     static func steady(_ row: String) -> String { row + ", steady" }
     /// Exits per timed window: about 200 windows a run.
