@@ -50,7 +50,10 @@ public struct DeviceClient: @unchecked Sendable {
 
     /// What a port read would give, answered from the device's published reads (see ReadMirror) when the device is
     /// serving and had handled everything every lane sent when it published them; nil: make the call.
-    public func mirroredPortRead(_ port: UInt16, size: Int) -> UInt64? {
+    /// `mutating` though it changes nothing: a caller that keeps its clients in place (the vCPU's lanes, on every
+    /// port read) then hands this one over in place, where a non-mutating call copied all of it (177 bytes, a retain
+    /// of each reference it holds, and their releases).
+    public mutating func mirroredPortRead(_ port: UInt16, size: Int) -> UInt64? {
         guard let readMirror, region.deviceStatus == .serving else { return nil }
         let (own, mine, region) = (lane, requests.position, region)
         return readMirror.read(port: port, size: size) {

@@ -55,22 +55,25 @@ public struct AccessRoutes: Codable, Sendable, Equatable {
 public struct AccessRouter: Sendable {
     /// The most channels a vCPU can route to.
     public static let maxChannels = 64
+    /// A port nobody serves (inlined code compares with the literal: a static would be an accessor call).
     private static let none: UInt8 = 0xff
-    private var portTable = [UInt8](repeating: AccessRouter.none, count: 65536)
+    @usableFromInline var portTable = [UInt8](repeating: AccessRouter.none, count: 65536)
     private let mmio: [AccessRoutes.MMIORange]
 
-    public init(_ routes: AccessRoutes) {
-        for r in routes.ports where r.first <= r.last && (0..<Self.maxChannels).contains(r.channel) {
+    /// `channels`: how many channels there are (at most `maxChannels`); routes to others are dropped.
+    public init(_ routes: AccessRoutes, channels: Int = AccessRouter.maxChannels) {
+        let known = 0..<min(channels, Self.maxChannels)
+        for r in routes.ports where r.first <= r.last && known.contains(r.channel) {
             for port in Int(r.first)...Int(r.last) { portTable[port] = UInt8(r.channel) }
         }
-        mmio = routes.mmio.filter { $0.size > 0 && $0.base <= UInt64.max - $0.size && (0..<Self.maxChannels).contains($0.channel) }
+        mmio = routes.mmio.filter { $0.size > 0 && $0.base <= UInt64.max - $0.size && known.contains($0.channel) }
     }
 
-    /// The channel serving `port`, nil when nothing answers it.
-    @inline(__always)
+    /// The channel serving `port`, nil when nothing answers it. Inlinable: it is on every port exit's path.
+    @inlinable @inline(__always)
     public func channel(forPort port: UInt16) -> Int? {
         let c = portTable[Int(port)]
-        return c == Self.none ? nil : Int(c)
+        return c == 0xff ? nil : Int(c)
     }
 
     /// The channel serving `address` and how a write there is ordered, nil when nothing answers it.

@@ -12,7 +12,9 @@ import Virtio
 /// A class, used by its vCPU thread only: the runner asks it something on every exit, and a struct held by the
 /// runner (a class) was copied out for each such question, retaining and releasing everything it holds.
 final class DeviceChannels {
-    private var clients: [DeviceClient]
+    /// Each channel's lane, kept in place: an element of an array was copied out (retaining everything a
+    /// DeviceClient holds) for every non-mutating question, such as a port read's `mirroredPortRead`.
+    private let clients: UnsafeMutableBufferPointer<DeviceClient>
     private let servers: [Server]
     private let router: AccessRouter
     /// The irqchip's channel, for the vCPU's own messages to it (acknowledgements, TSC deadlines).
@@ -46,13 +48,19 @@ final class DeviceChannels {
     init(clients: [DeviceClient], servers: [Server], routes: AccessRoutes, lapicMirror: LAPICMirror? = nil) {
         self.lapicMirror = lapicMirror
         precondition(clients.count == servers.count && clients.count <= AccessRouter.maxChannels)
-        self.clients = clients
+        self.clients = .allocate(capacity: clients.count)
+        _ = self.clients.initialize(from: clients)
         self.servers = servers
-        router = AccessRouter(routes)
+        router = AccessRouter(routes, channels: clients.count)
         irqchip = servers.firstIndex { $0.role == .irqchip } ?? -1
         virtioWindows = servers.indices.map { c in
             servers[c].role.isVirtio ? routes.mmio.first { $0.channel == c }?.base : nil
         }
+    }
+
+    deinit {
+        clients.deinitialize()
+        clients.deallocate()
     }
 
     // MARK: guest accesses
