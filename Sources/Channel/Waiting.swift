@@ -78,7 +78,7 @@ public final class SpinCensus: @unchecked Sendable {
     public static let maxSeats = 256
     static let byteSize = 64 + maxSeats * 64
     /// A held seat whose owner's CPU is not known: counts as busy, matches no CPU.
-    static let unknownCPU = Int64.max
+    @inlinable static var unknownCPU: Int64 { .max }
 
     /// The supervisor's side: a new census for `cpus` CPUs and `seats` seats.
     public static func create(cpus: Int, seats: Int) throws(SystemError) -> FileDescriptor {
@@ -123,22 +123,37 @@ public final class SpinCensus: @unchecked Sendable {
         let census: SpinCensus
         let index: Int
         let stepsAside: Bool
-        private var word: UnsafeMutablePointer<Atomic<Int64>> { census.seatWord(index) }
+        @usableFromInline let word: UnsafeMutablePointer<Atomic<Int64>>
+
+        init(census: SpinCensus, index: Int, stepsAside: Bool) {
+            self.census = census
+            self.index = index
+            self.stepsAside = stepsAside
+            word = census.seatWord(index)
+        }
 
         /// The owner holds the CPU it runs on without asking (a vCPU thread entering the guest). Written only when
         /// it changes, as `release` is: the device processes read the seats at every spin, and a store to the line
         /// they read takes it back from their CPU's cache, a cross-CPU miss at every entry (~50 ns here, several
         /// times that after a 64-bit guest's exit).
-        @inline(__always) public func hold() {
+        ///
+        /// A seat still held keeps the CPU it names unless `recheck`: asking which CPU this is cost ~100-250 ns an
+        /// entry after a 64-bit guest's exit here (glibc's code and the thread's rseq area, both cold by then), and
+        /// a thread moves seldom; the vCPU rechecks every 256th entry and on every first entry after a wait.
+        /// Inlinable, as `release`: the vCPU calls them on its every exit.
+        @inlinable @inline(__always) public func hold(recheck: Bool = true) {
+            let current = word.pointee.load(ordering: .relaxed)
+            guard current == 0 || recheck else { return }
             let held = Self.word(holding: vmm_current_cpu())
-            if word.pointee.load(ordering: .relaxed) != held { word.pointee.store(held, ordering: .relaxed) }
+            if current != held { word.pointee.store(held, ordering: .relaxed) }
         }
-        @inline(__always) public func release() {
+        @inlinable @inline(__always) public func release() {
             if word.pointee.load(ordering: .relaxed) != 0 { word.pointee.store(0, ordering: .relaxed) }
         }
 
         /// A seat's word: 0 free, else the CPU held plus one (`unknownCPU` when the owner could not tell).
-        @inline(__always) static func word(holding cpu: Int32) -> Int64 { cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU }
+        @inlinable @inline(__always)
+        static func word(holding cpu: Int32) -> Int64 { cpu >= 0 ? Int64(cpu) + 1 : SpinCensus.unknownCPU }
         @inline(__always) func hold(cpu: Int32) { word.pointee.store(Self.word(holding: cpu), ordering: .relaxed) }
 
         /// Takes a CPU to spin on when one is free and no other seat holds the one this thread runs on (the

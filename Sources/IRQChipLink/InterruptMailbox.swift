@@ -19,7 +19,7 @@ import System
 /// so two that arrive before the vCPU takes either must both be delivered; a third collapses, as on the CPU.
 public final class InterruptMailbox: @unchecked Sendable {
     private let mapping: MappedRegion
-    private let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     public let vcpus: Int
     static let offeredBit: UInt32 = 0x100, takenBit: UInt32 = 0x200
 
@@ -46,11 +46,13 @@ public final class InterruptMailbox: @unchecked Sendable {
         self.vcpus = vcpus
     }
 
-    private func word(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+    @inlinable @inline(__always)
+    func word(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (base + 64 * vcpu).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
 
-    private func eventWord(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
+    @inlinable @inline(__always)
+    func eventWord(_ vcpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (base + 64 * vcpu + 4).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
 
@@ -72,6 +74,8 @@ public final class InterruptMailbox: @unchecked Sendable {
         public var isEmpty: Bool { nmis == 0 && !initialize && startup == nil }
 
         static let nmiBit: UInt32 = 1, initBit: UInt32 = 2, startupBit: UInt32 = 4, secondNMIBit: UInt32 = 8
+        /// Every bit `init(word:)` reads a signal from: a word without them is empty.
+        @usableFromInline static var signalBits: UInt32 { 0xf }
 
         /// A second NMI without a first (a word only a hostile peer writes) counts as one.
         init(word w: UInt32) {
@@ -195,13 +199,15 @@ public final class InterruptMailbox: @unchecked Sendable {
         }
     }
 
-    /// Whether events wait, without taking them.
-    public func hasEvents(vcpu: Int) -> Bool { !Events(word: eventWord(vcpu).pointee.load(ordering: .acquiring)).isEmpty }
+    /// Whether events wait, without taking them. Inlinable, as `pendingVector`: the vCPU asks before every entry.
+    @inlinable @inline(__always)
+    public func hasEvents(vcpu: Int) -> Bool { eventWord(vcpu).pointee.load(ordering: .acquiring) & Events.signalBits != 0 }
 
     /// Whether a vector is offered (a hostile word counts as nothing).
     public func hasPending(vcpu: Int) -> Bool { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) != nil }
 
     /// The offered vector, without taking it (nil: nothing valid is offered).
+    @inlinable @inline(__always)
     public func pendingVector(vcpu: Int) -> UInt8? { Self.offeredVector(word(vcpu).pointee.load(ordering: .acquiring)) }
 
     /// Takes the offered vector, leaving it marked taken; nil when nothing valid (a vector of 16 or more) is offered.
@@ -216,9 +222,10 @@ public final class InterruptMailbox: @unchecked Sendable {
         return nil
     }
 
+    /// Offered (not taken), no bit of 10-15 set, a vector of 16 or more (bits as `Offer(word:)` reads them).
+    @inlinable @inline(__always)
     static func offeredVector(_ w: UInt32) -> UInt8? {
-        let offer = Offer(word: w)
-        guard offer.state == .offered, w & 0xfc00 == 0, offer.vector >= 16 else { return nil }
-        return offer.vector
+        guard w & 0xff00 == 0x100, w & 0xff >= 16 else { return nil }
+        return UInt8(truncatingIfNeeded: w)
     }
 }

@@ -37,6 +37,8 @@ final class VCPURunner: @unchecked Sendable {
     /// This vCPU's seat in the VM's spin census: held while in the guest, so that device processes spin only on
     /// CPUs the vCPUs leave free (and never on the CPU of a vCPU they preempted).
     let seat: SpinCensus.Seat
+    /// Counts entries up to the next time the seat asks which CPU this thread is on (see `Seat.hold`).
+    private var entriesSinceCPUCheck: UInt8 = 0
     /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
     private let statistics: VCPUStatistics.Writer
     /// The exit being handled, and when KVM_RUN returned with it (`clock`'s ticks): its VMM time runs until the
@@ -142,7 +144,8 @@ final class VCPURunner: @unchecked Sendable {
                 try updateWindowStepping()
                 // The seat first: a device the doorbells below wake onto this CPU then sees it taken and does not
                 // spin here. The doorbells last: by now the posts' cache lines are mostly over (RingProducer.push).
-                seat.hold()
+                entriesSinceCPUCheck &+= 1
+                seat.hold(recheck: entriesSinceCPUCheck == 0)
                 devices.wakeDevicesAsleep()
                 let entered = CycleClock.now()
                 finishHandling(at: entered)
