@@ -8,7 +8,7 @@ final class LAPICMirrorTests: XCTestCase {
     func testReadsWhatTheAPICReadsOnceEverythingSentIsHandled() throws {
         let fd = try InterruptMailbox.create(vcpus: 2)
         let irqchip = try InterruptMailbox(attaching: fd.raw, vcpus: 2), vcpu = try InterruptMailbox(attaching: fd.raw, vcpus: 2)
-        XCTAssertNil(vcpu.mirror(vcpu: 1).read(offset: 0x20, sentPosition: 0, now: 0), "nothing published yet")
+        XCTAssertNil(vcpu.mirror(vcpu: 1).read(offset: 0x20, sentPosition: 0, now: { 0 }), "nothing published yet")
         let apic = LocalAPIC(apicID: 1)
         _ = apic.write(offset: 0xf0, value: 0x1ff, now: 0)
         _ = apic.write(offset: 0x80, value: 0x20, now: 0)
@@ -19,15 +19,20 @@ final class LAPICMirrorTests: XCTestCase {
         irqchip.mirror(vcpu: 1).publish(apic, handledPosition: 7)
         let mirror = vcpu.mirror(vcpu: 1)
         for offset in stride(from: UInt64(0), to: 0x400, by: 16) {
-            XCTAssertEqual(mirror.read(offset: offset, sentPosition: 7, now: 251_000), apic.read(offset: offset, now: 251_000),
+            XCTAssertEqual(mirror.read(offset: offset, sentPosition: 7, now: { 251_000 }), apic.read(offset: offset, now: 251_000),
                            "offset 0x\(String(offset, radix: 16))")
         }
-        XCTAssertEqual(mirror.read(offset: 0x390, sentPosition: 7, now: 251_000), 750_000, "current count at the read's time")
-        XCTAssertEqual(mirror.read(offset: 0x390, sentPosition: 7, now: 1_251_000), 750_000, "periodic: counts down again")
-        XCTAssertNil(mirror.read(offset: 0x80, sentPosition: 8, now: 0), "a write the irqchip has not handled: ask it")
-        XCTAssertNil(mirror.read(offset: 0x84, sentPosition: 7, now: 0), "not a register's offset")
-        XCTAssertNil(mirror.read(offset: 0x400, sentPosition: 7, now: 0))
-        XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: 0), "the other vCPU's copy is its own")
+        XCTAssertEqual(mirror.read(offset: 0x390, sentPosition: 7, now: { 251_000 }), 750_000, "current count at the read's time")
+        XCTAssertEqual(mirror.read(offset: 0x390, sentPosition: 7, now: { 1_251_000 }), 750_000, "periodic: counts down again")
+        XCTAssertNil(mirror.read(offset: 0x80, sentPosition: 8, now: { 0 }), "a write the irqchip has not handled: ask it")
+        XCTAssertNil(mirror.read(offset: 0x84, sentPosition: 7, now: { 0 }), "not a register's offset")
+        XCTAssertNil(mirror.read(offset: 0x400, sentPosition: 7, now: { 0 }))
+        var clockReads = 0
+        _ = mirror.read(offset: 0x30, sentPosition: 7, now: { clockReads += 1; return 0 })
+        XCTAssertEqual(clockReads, 0, "only the current count needs the time")
+        _ = mirror.read(offset: 0x390, sentPosition: 7, now: { clockReads += 1; return 0 })
+        XCTAssertEqual(clockReads, 1)
+        XCTAssertNil(vcpu.mirror(vcpu: 0).read(offset: 0x20, sentPosition: 0, now: { 0 }), "the other vCPU's copy is its own")
     }
 
     func testTheTimerCopyGivesTheArmedTimeOnceEverythingSentIsHandled() throws {

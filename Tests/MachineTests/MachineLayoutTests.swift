@@ -33,6 +33,8 @@ final class MachineLayoutTests: XCTestCase {
         XCTAssertEqual(router.mmio(IOAPIC.defaultBase + 0x40)?.writes, .synchronous, "nor an EOI")
         XCTAssertEqual(router.mmio(IOAPIC.defaultBase)?.writes, .posted, "selecting a register is ordered by the ring")
         XCTAssertEqual(router.mmio(IOAPIC.defaultBase + 0xfff)?.channel, irqchip)
+        XCTAssertEqual(router.mmioChannel(IOAPIC.defaultBase + 0xfff), irqchip, "a read's lookup agrees")
+        XCTAssertNil(router.mmioChannel(IOAPIC.defaultBase + 0x1000))
         XCTAssertNil(router.mmio(IOAPIC.defaultBase + 0x1000))
         XCTAssertNil(router.mmio(LocalAPIC.defaultBase - 1))
         XCTAssertNil(router.mmio(0xd000_0000))

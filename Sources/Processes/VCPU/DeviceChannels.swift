@@ -105,25 +105,25 @@ final class DeviceChannels {
 
     /// MMIO nobody owns reads as all-ones, as a bus with nothing behind the address.
     func mmioRead(_ guestAddress: UInt64, size: Int) -> UInt64 {
-        guard let address = routed(guestAddress), let route = router.mmio(address) else { return ~0 }
-        if let base = virtioWindows[route.channel], address >= base, clients[route.channel].region.deviceStatus == .broken {
-            if complainedAbout.insert(route.channel).inserted {
-                Log.warning("the \(servers[route.channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
+        guard let address = routed(guestAddress), let channel = router.mmioChannel(address) else { return ~0 }
+        if let base = virtioWindows[channel], address >= base, clients[channel].region.deviceStatus == .broken {
+            if complainedAbout.insert(channel).inserted {
+                Log.warning("the \(servers[channel]) process was given up on; its Status reads DEVICE_NEEDS_RESET")
             }
             return VirtioMMIOTransport.brokenDeviceRead(offset: address - base, size: size)
         }
-        if route.channel == irqchip, address & ~0xfff == LocalAPIC.defaultBase, let lapicMirror {
+        if channel == irqchip, address & ~0xfff == LocalAPIC.defaultBase, let lapicMirror {
             // The irqchip serving (a restarting or broken one answers nothing from a copy) and the copy current:
             // everything this vCPU sent it is in the copy, so the answer is the one a round trip would give.
             if size == 4, clients[irqchip].region.deviceStatus == .serving,
-               let value = lapicMirror.read(offset: address & 0xfff, sentPosition: clients[irqchip].sentPosition, now: monotonicNanoseconds()) {
+               let value = lapicMirror.read(offset: address & 0xfff, sentPosition: clients[irqchip].sentPosition, now: monotonicNanoseconds) {
                 posted.answered(by: irqchip)
                 mirrorReads += 1
                 return UInt64(value)
             }
             irqchipReads += 1
         }
-        return call(route.channel, .mmioRead, address: address, size: size)
+        return call(channel, .mmioRead, address: address, size: size)
     }
 
     func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {

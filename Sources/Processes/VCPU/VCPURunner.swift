@@ -235,17 +235,17 @@ final class VCPURunner: @unchecked Sendable {
         let run = vcpu.run
         let address = vmm_run_mmio_addr(run)
         let len = Int(vmm_run_mmio_len(run))
-        guard let data = vmm_run_mmio_data(run), [1, 2, 4, 8].contains(len) else { return .resume }
+        guard let data = vmm_run_mmio_data(run), len == 1 || len == 2 || len == 4 || len == 8 else { return .resume }
         let bytes = UnsafeMutableRawPointer(data)
         if vmm_run_mmio_is_write(run) != 0 {
-            let value = loadLittleEndian(bytes, count: len)
+            let value = load(bytes, size: len)
             if len == 4 && devices.lapicOffset(address) == LocalAPIC.Register.tpr {
                 setTaskPriority(UInt8(truncatingIfNeeded: value))
             } else {
                 devices.mmioWrite(address, size: len, value: value)
             }
         } else {
-            storeLittleEndian(devices.mmioRead(address, size: len), to: bytes, count: len)
+            store(devices.mmioRead(address, size: len), to: bytes, size: len)
         }
         return .resume
     }
@@ -367,12 +367,14 @@ final class VCPURunner: @unchecked Sendable {
 
     // MARK: the exit data
 
+    /// The 1-, 2-, 4- or 8-byte value at `p` (the guest's and the host's byte order are both little-endian).
     @inline(__always)
     private func load(_ p: UnsafeMutableRawPointer, size: Int) -> UInt64 {
         switch size {
         case 1: return UInt64(p.load(as: UInt8.self))
         case 2: return UInt64(p.loadUnaligned(as: UInt16.self))
-        default: return UInt64(p.loadUnaligned(as: UInt32.self))
+        case 4: return UInt64(p.loadUnaligned(as: UInt32.self))
+        default: return p.loadUnaligned(as: UInt64.self)
         }
     }
 
@@ -381,15 +383,8 @@ final class VCPURunner: @unchecked Sendable {
         switch size {
         case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: v), as: UInt8.self)
         case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
-        default: p.storeBytes(of: UInt32(truncatingIfNeeded: v), as: UInt32.self)
+        case 4: p.storeBytes(of: UInt32(truncatingIfNeeded: v), as: UInt32.self)
+        default: p.storeBytes(of: v, as: UInt64.self)
         }
-    }
-
-    private func loadLittleEndian(_ p: UnsafeMutableRawPointer, count: Int) -> UInt64 {
-        (0..<count).reduce(UInt64(0)) { $0 | UInt64(p.load(fromByteOffset: $1, as: UInt8.self)) << (8 * UInt64($1)) }
-    }
-
-    private func storeLittleEndian(_ v: UInt64, to p: UnsafeMutableRawPointer, count: Int) {
-        for i in 0..<count { p.storeBytes(of: UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))), toByteOffset: i, as: UInt8.self) }
     }
 }
