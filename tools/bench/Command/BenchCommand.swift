@@ -713,11 +713,11 @@ struct ExitLoop {
         let wideRun = "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide)"
         return [
             ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=in port=1021", server: "pio",
-                     qemu: true, goal: 1.05, note: "read answered by the device process"),
+                     qemu: true, goal: 1.05, note: "the UART's LSR, answered from the pio's published copy"),
             ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=out port=1023", server: "pio",
                      qemu: true, goal: 1.03, note: "posted write"),
             ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=in port=1021", server: "pio",
-                     goal: 1.05, note: "read answered by the device process"),
+                     goal: 1.05, note: "the UART's LSR, answered from the pio's published copy"),
             ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=out port=1023", server: "pio",
                      goal: 1.03, note: "posted write"),
             ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=read addr=4276092976", server: "irqchip",
