@@ -105,6 +105,29 @@ final class WaitingTests: XCTestCase {
         pio.release()
     }
 
+    func testAHeldSeatAsksForItsCPUOnlyWhenFreeOrRechecking() throws {
+        let fd = try SpinCensus.create(cpus: 8, seats: 1)
+        let vcpu = try SpinCensus(attaching: fd.raw).seat(0)
+        func word() -> Int64 { vcpu.word.pointee.load(ordering: .relaxed) }
+        /// `body`'s seat word and this thread's CPU as a seat word, tried again if the thread moved meanwhile.
+        func onOneCPU(_ body: () -> Void) -> (seat: Int64, here: Int64) {
+            while true {
+                let cpu = vmm_current_cpu()
+                body()
+                if vmm_current_cpu() == cpu { return (word(), Int64(cpu) + 1) }
+            }
+        }
+        let elsewhere = Self.anotherCPU()
+        vcpu.hold(cpu: elsewhere)  // held since an entry on another CPU; the thread has moved since
+        XCTAssertEqual(onOneCPU { vcpu.hold(recheck: false) }.seat, Int64(elsewhere) + 1, "a held seat keeps its CPU")
+        let rechecked = onOneCPU { vcpu.hold(recheck: true) }
+        XCTAssertEqual(rechecked.seat, rechecked.here, "a recheck finds the CPU this thread is on")
+        vcpu.release()
+        XCTAssertEqual(word(), 0)
+        let taken = onOneCPU { vcpu.release(); vcpu.hold(recheck: false) }
+        XCTAssertEqual(taken.seat, taken.here, "a free seat always asks")
+    }
+
     func testADeviceStepsAsideFromTheCPUAVCPUHolds() throws {
         let cpus = SpinCensus.availableCPUs()
         guard cpus >= 2 else { throw XCTSkip("SKIPPED: stepping aside needs two CPUs in this process's affinity mask, it has \(cpus)") }
