@@ -139,7 +139,7 @@ public final class SpinCensus: @unchecked Sendable {
         ///
         /// A seat still held keeps the CPU it names unless `recheck`: asking which CPU this is cost ~100-250 ns an
         /// entry after a 64-bit guest's exit here (glibc's code and the thread's rseq area, both cold by then), and
-        /// a thread moves seldom; the vCPU rechecks every 256th entry and on every first entry after a wait.
+        /// a thread moves seldom; the vCPU rechecks once a millisecond, and a seat released for a wait asks anew.
         /// Inlinable, as `release`: the vCPU calls them on its every exit.
         @inlinable @inline(__always) public func hold(recheck: Bool = true) {
             let current = word.pointee.load(ordering: .relaxed)

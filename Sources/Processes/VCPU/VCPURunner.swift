@@ -37,8 +37,10 @@ final class VCPURunner: @unchecked Sendable {
     /// This vCPU's seat in the VM's spin census: held while in the guest, so that device processes spin only on
     /// CPUs the vCPUs leave free (and never on the CPU of a vCPU they preempted).
     let seat: SpinCensus.Seat
-    /// Counts entries up to the next time the seat asks which CPU this thread is on (see `Seat.hold`).
-    private var entriesSinceCPUCheck: UInt8 = 0
+    /// When the held seat last asked which CPU this thread is on (`clock`'s ticks): at most once a millisecond
+    /// while it stays held (see `Seat.hold`; a free seat asks whenever it is taken).
+    private var cpuCheckedAt: UInt64 = 0
+    static let cpuRecheckNanoseconds: UInt64 = 1_000_000
     /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
     private let statistics: VCPUStatistics.Writer
     /// The exit being handled, and when KVM_RUN returned with it (`clock`'s ticks): its VMM time runs until the
@@ -107,6 +109,18 @@ final class VCPURunner: @unchecked Sendable {
         return why
     }
 
+    /// Holds the seat for the entry, asking for this thread's CPU again once a millisecond has passed since it last
+    /// did (the exit's time stands for now: the clock is read next for the entry).
+    @inline(__always)
+    private func holdSeat() {
+        guard let since = handling?.since, clock.nanoseconds(from: cpuCheckedAt, to: since) > Self.cpuRecheckNanoseconds else {
+            seat.hold(recheck: false)
+            return
+        }
+        cpuCheckedAt = since
+        seat.hold(recheck: true)
+    }
+
     /// The exit being handled is done at `now` (`clock`'s ticks): its time goes to its reason.
     @inline(__always)
     private func finishHandling(at now: UInt64) {
@@ -144,8 +158,7 @@ final class VCPURunner: @unchecked Sendable {
                 try updateWindowStepping()
                 // The seat first: a device the doorbells below wake onto this CPU then sees it taken and does not
                 // spin here. The doorbells last: by now the posts' cache lines are mostly over (RingProducer.push).
-                entriesSinceCPUCheck &+= 1
-                seat.hold(recheck: entriesSinceCPUCheck == 0)
+                holdSeat()
                 devices.wakeDevicesAsleep()
                 let entered = CycleClock.now()
                 finishHandling(at: entered)
