@@ -21,14 +21,14 @@ public struct MessageKind: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// The transport's codes (1-5 and the response), as a test rather than a set: every message read off a ring
     /// asks, and a Set hashed the byte (plus a lazy global's check) each time.
     private static func isTransport(_ code: UInt8) -> Bool { (1...5).contains(code) || code == 0x80 }
-    private static var deviceRange: ClosedRange<UInt8> { 0x40...0x7f }
+    @usableFromInline static var deviceRange: ClosedRange<UInt8> { 0x40...0x7f }
 
     /// The `n`th operation of a device protocol: always posted, with a size of 1, 2, 4 or 8 and data that fits it.
     /// The kinds are computed, inlinable, rather than stored: a stored one is a lazy global, checked at every use
-    /// on the vCPU's exit path. (0x40...0x7f is `deviceRange`, spelled out for inlining.)
+    /// on the vCPU's exit path.
     @inlinable public static func device(_ n: UInt8) -> MessageKind {
-        precondition(n <= 0x3f, "device operations are 0...63")
-        return MessageKind(code: 0x40 + n)
+        precondition(n <= deviceRange.upperBound - deviceRange.lowerBound, "device operations are 0...63")
+        return MessageKind(code: deviceRange.lowerBound + n)
     }
 
     public var isRead: Bool { self == .portRead || self == .mmioRead }

@@ -21,7 +21,9 @@ public final class InterruptMailbox: @unchecked Sendable {
     private let mapping: MappedRegion
     @usableFromInline let base: UnsafeMutableRawPointer
     public let vcpus: Int
-    static let offeredBit: UInt32 = 0x100, takenBit: UInt32 = 0x200
+    /// Computed, not stored, so that the vCPU's inlined checks can name them (a stored one is a lazy global).
+    @usableFromInline static var offeredBit: UInt32 { 0x100 }
+    @usableFromInline static var takenBit: UInt32 { 0x200 }
 
     /// The mailboxes, then each vCPU's LAPICMirror from the next page on.
     static func mirrorsOffset(vcpus: Int) -> Int { (vcpus * 64 + 4095) & ~4095 }
@@ -73,9 +75,12 @@ public final class InterruptMailbox: @unchecked Sendable {
         }
         public var isEmpty: Bool { nmis == 0 && !initialize && startup == nil }
 
-        static let nmiBit: UInt32 = 1, initBit: UInt32 = 2, startupBit: UInt32 = 4, secondNMIBit: UInt32 = 8
+        @usableFromInline static var nmiBit: UInt32 { 1 }
+        @usableFromInline static var initBit: UInt32 { 2 }
+        @usableFromInline static var startupBit: UInt32 { 4 }
+        @usableFromInline static var secondNMIBit: UInt32 { 8 }
         /// Every bit `init(word:)` reads a signal from: a word without them is empty.
-        @usableFromInline static var signalBits: UInt32 { 0xf }
+        @inlinable static var signalBits: UInt32 { nmiBit | initBit | startupBit | secondNMIBit }
 
         /// A second NMI without a first (a word only a hostile peer writes) counts as one.
         init(word w: UInt32) {
@@ -225,7 +230,7 @@ public final class InterruptMailbox: @unchecked Sendable {
     /// Offered (not taken), no bit of 10-15 set, a vector of 16 or more (bits as `Offer(word:)` reads them).
     @inlinable @inline(__always)
     static func offeredVector(_ w: UInt32) -> UInt8? {
-        guard w & 0xff00 == 0x100, w & 0xff >= 16 else { return nil }
+        guard w & 0xff00 == offeredBit, w & 0xff >= 16 else { return nil }
         return UInt8(truncatingIfNeeded: w)
     }
 }
