@@ -167,6 +167,8 @@ pid_t vmm_fork_blank(unsigned long namespaces, int as_sibling, int parent_pidfd,
     long pid = clone_child(namespaces | (as_sibling ? CLONE_PARENT : 0), &pidfd, report, error_out);
     if (pid < 0) return -1;
     if (pid == 0) {
+        // Named first: until then it carries its launcher's name, and a reader of /proc would count two launchers.
+        (void)prctl(PR_SET_NAME, (unsigned long)"vmm-blank", 0, 0, 0);
         prepare_identity(report[1], namespaces, parent_pidfd, uid_map, gid_map);
         // Keep stderr, `keep_fd` and the report; then report readiness by closing it.
         int lowest = keep_fd < report[1] ? keep_fd : report[1], highest = keep_fd < report[1] ? report[1] : keep_fd;

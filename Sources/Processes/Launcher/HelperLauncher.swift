@@ -450,7 +450,6 @@ extension HelperLauncher {
 
     /// A blank's life: wait for its request, then become that helper. Ends quietly if the launcher goes first.
     private static func blankLife(_ socket: Int32) -> Never {
-        "vmm-blank".withCString { _ = vmm_prctl5(VMM_PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
         Signals.ignore([SIGINT, SIGQUIT, SIGTSTP, SIGPIPE])  // the terminal's signals are the supervisor's
         // The empty root (and what the command line needs of /proc before it) now, not on the way to the guest.
         _ = vmm_read_memory_map()
