@@ -69,3 +69,34 @@ final class HelperIDLease {
         }
     }
 }
+
+extension HelperIDLease {
+    /// A lease being acquired on a thread of its own: the host's account lookups (a child of the launcher that loads
+    /// the NSS modules: 3-5 ms here) run while the supervisor prepares the VM, instead of before it. Only the helpers'
+    /// specs need the id.
+    final class Pending {
+        private final class Outcome: @unchecked Sendable {
+            /// Written by the thread, read after joining it.
+            var lease: Result<HelperIDLease, any Error>?
+        }
+        private let outcome = Outcome()
+        private var thread: OSThread?
+
+        init(from range: Range<UInt32>, unusedIDs: @escaping UnusedIDs) throws(SystemError) {
+            let outcome = self.outcome
+            thread = try OSThread.start(name: "vmm-ids", stackSize: 256 << 10) {
+                outcome.lease = Result { try HelperIDLease.acquire(from: range, unusedIDs: unusedIDs) }
+            }
+        }
+
+        /// The lease, once acquired; throws what acquiring it threw.
+        func wait() throws -> HelperIDLease {
+            thread?.join()
+            thread = nil
+            guard let lease = outcome.lease else { throw Exhausted(description: "the id lookup's thread ended without an answer") }
+            return try lease.get()
+        }
+
+        deinit { thread?.join() }
+    }
+}

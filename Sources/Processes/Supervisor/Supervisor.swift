@@ -135,16 +135,20 @@ public final class Supervisor {
 
     private func launchAndWatch() throws -> ExitStatus {
         Log.debug("supervisor starting")
+        var pendingLease: HelperIDLease.Pending?
         if geteuid() == 0 && !config.vmm.sandbox.sharedIDs {
-            // The launcher looks the ids up in a child of its own, so that this process does not load NSS modules.
+            // The launcher looks the ids up in a child of its own, so that this process does not load NSS modules;
+            // meanwhile this thread prepares the VM (see `waitForIDLease`).
             let launcher = self.launcher
-            do {
-                idLease = try HelperIDLease.acquire(from: config.vmm.sandbox.idRange) { range, limit in
-                    (try? launcher?.unusedIDs(in: range, limit: limit)) ?? HelperIDLease.unusedIDsHere(range, limit: limit)
-                }
-            } catch {
-                throw HostSetupError(description: "\(error)")
+            pendingLease = try HelperIDLease.Pending(from: config.vmm.sandbox.idRange) { range, limit in
+                (try? launcher?.unusedIDs(in: range, limit: limit)) ?? HelperIDLease.unusedIDsHere(range, limit: limit)
             }
+        }
+        /// Before the first spawn: the helpers' specs name the id.
+        func waitForIDLease() throws(HostSetupError) {
+            guard let pending = pendingLease else { return }
+            pendingLease = nil
+            do { idLease = try pending.wait() } catch { throw HostSetupError(description: "\(error)") }
             Log.info("helpers run as uid and gid \(idLease?.id ?? 0)")
         }
         cgroupSetup = try CgroupSetup(name: "vmm-\(getpid())", limits: cgroupLimits())
@@ -229,6 +233,7 @@ public final class Supervisor {
             WaitingSpec(maxSpinMicroseconds: config.vmm.spinBudgetMicroseconds, censusFD: fds.add(census.raw, owner: census), seat: seat)
         }
         Log.debug("memory, channels and console ready")
+        try waitForIDLease()
 
         // The vCPU first: its path to the first guest instruction (VM set-up) is the longer one. It cannot get
         // ahead of the devices: requests wait on the channels, which exist already, until a device serves them.
