@@ -255,25 +255,28 @@ extension HelperLauncher {
         var lastRequest: UInt64?
         var releasedAfter: UInt64?
         var rehearsed: Set<Role> = []
+        /// Does the next chore; false when none is left.
+        func doChore() -> Bool {
+            guard let chore = chores.first else { return false }
+            chores.removeFirst()
+            switch chore {
+            case .compile(let role):
+                compile(role)
+            case .handDown(let role, let blankSocket):
+                compile(role)
+                handDown(filters[role], to: blankSocket)
+            case .blank:
+                if pool.count < poolSize, let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
+            case .rehearse(let role, let spec):
+                HelperStartup.rehearse(role, spec: spec)
+            }
+            return true
+        }
         while true {
             // One chore at a time while no request waits. Blanks are made again, and the later chores done, only
             // once no request came for a while: the helpers just handed out are starting on the same CPUs.
             while (try? Poll.wait([socket], timeoutMs: 0))?.first?.isEmpty != false {
-                if let chore = chores.first {
-                    chores.removeFirst()
-                    switch chore {
-                    case .compile(let role):
-                        compile(role)
-                    case .handDown(let role, let blankSocket):
-                        compile(role)
-                        handDown(filters[role], to: blankSocket)
-                    case .blank:
-                        if pool.count < poolSize, let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
-                    case .rehearse(let role, let spec):
-                        HelperStartup.rehearse(role, spec: spec)
-                    }
-                    continue
-                }
+                if doChore() { continue }
                 guard pool.count < runningPoolSize || !later.isEmpty, let last = lastRequest else { break }
                 if case let quiet = refillDelayNanoseconds, monotonicNanoseconds() - last < quiet {
                     let left = Int32((quiet - (monotonicNanoseconds() - last)) / 1_000_000) + 1
@@ -304,7 +307,7 @@ extension HelperLauncher {
                 _exit(0)
             }
             if header.starts(with: idsMessage) {
-                answerUnusedIDs(header.dropFirst(idsMessage.count), socket: socket)
+                answerUnusedIDs(header.dropFirst(idsMessage.count), socket: socket, whileWaiting: doChore)
                 fds.forEach { _ = close($0) }
                 continue
             }
@@ -352,8 +355,10 @@ extension HelperLauncher {
     }
 
     /// Looks up unused ids (see `unusedIDs(in:limit:)`) in a child forked for it (the launcher has one thread: the
-    /// child may call anything), which answers on `socket` itself while the launcher waits for it to end.
-    private static func answerUnusedIDs(_ arguments: ArraySlice<UInt8>, socket: Int32) {
+    /// child may call anything), which answers on `socket` itself. Meanwhile the launcher does its chores
+    /// (`whileWaiting`, false when none is left; the lookups take 2-5 ms here, the first VM's start asks for them, and
+    /// its first helpers wait for the blanks and filters those chores make), then waits for the child to end.
+    private static func answerUnusedIDs(_ arguments: ArraySlice<UInt8>, socket: Int32, whileWaiting: () -> Bool) {
         let words = stride(from: arguments.startIndex, to: arguments.endIndex - 3, by: 4).map { i in
             arguments[i..<i + 4].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
         }
@@ -369,6 +374,7 @@ extension HelperLauncher {
         }
         guard child > 0 else { return send([UInt32(errno)]) }
         var status: Int32 = 0
+        while waitpid(child, &status, WNOHANG) == 0 && whileWaiting() {}
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
         // A child that died before it answered (it should not) leaves the supervisor without a reply: say so.
         if !(status & 0x7f == 0 && (status >> 8) & 0xff == 0) { send([UInt32(ECHILD)]) }
