@@ -108,6 +108,15 @@ for target in package.targets where target.type == .regular || target.type == .e
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 }
 
+// The modules whose types go into the helpers' specs get concrete generic types' metadata from direct accessors, not
+// from a mangled name the runtime demangles: instantiating `KeyedEncodingContainer<Spec.CodingKeys>` by name checks
+// `CodingKeys: CodingKey` at run time, and the first check of each type scans all of vmm's ~5,000 protocol
+// conformance records (~70 us here). The supervisor's encoding of the first helpers' specs made ~25 such scans, ~1.8
+// ms on the way to the guest's first instruction (perf: 10% of the supervisor's samples in a VM's start).
+for target in package.targets where ["Processes", "Machine", "X86"].contains(target.name) {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"], .when(configuration: .release))]
+}
+
 // Release builds link the Swift runtime and libraries statically (what `swift build --static-swift-stdlib` does, here
 // so that every release build gets it): vmm loads no Swift shared libraries at its start. Not the test-support targets
 // (XCTest has no static library). The executables are linked by lld with their relative relocations packed (RELR) and
