@@ -108,12 +108,14 @@ for target in package.targets where target.type == .regular || target.type == .e
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 }
 
-// The modules whose types go into the helpers' specs get concrete generic types' metadata from direct accessors, not
-// from a mangled name the runtime demangles: instantiating `KeyedEncodingContainer<Spec.CodingKeys>` by name checks
-// `CodingKeys: CodingKey` at run time, and the first check of each type scans all of vmm's ~5,000 protocol
-// conformance records (~70 us here). The supervisor's encoding of the first helpers' specs made ~25 such scans, ~1.8
-// ms on the way to the guest's first instruction (perf: 10% of the supervisor's samples in a VM's start).
-for target in package.targets where ["Processes", "Machine", "X86"].contains(target.name) {
+// The modules whose types go into the helpers' specs, and the config's reader, get concrete generic types' metadata
+// from direct accessors, not from a mangled name the runtime demangles: instantiating
+// `KeyedEncodingContainer<Spec.CodingKeys>` by name checks `CodingKeys: CodingKey` at run time, and the first check
+// of each type scans all of vmm's ~5,000 protocol conformance records (~70 us here). The supervisor's encoding of the
+// first helpers' specs made ~25 such scans, ~1.8 ms on the way to the guest's first instruction (perf: 10% of the
+// supervisor's samples in a VM's start). Unspecialised standard-library generics still scan once per type and
+// process (`joined(separator:)`, a dictionary's Codable): avoid them on the way to the guest.
+for target in package.targets where ["Processes", "Machine", "X86", "Config"].contains(target.name) {
     target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-Xfrontend", "-disable-concrete-type-metadata-mangled-name-accessors"], .when(configuration: .release))]
 }
 

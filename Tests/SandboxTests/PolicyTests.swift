@@ -62,8 +62,8 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(program.instructions.count % 8, 0)
         let bytes = program.serialized
         XCTAssertEqual(SeccompFilter.Program(serialized: bytes), program)
-        XCTAssertNil(SeccompFilter.Program(serialized: bytes.dropLast()), "a torn instruction")
-        XCTAssertNil(SeccompFilter.Program(serialized: bytes.prefix(8)), "a count and no instruction")
+        XCTAssertNil(SeccompFilter.Program(serialized: Array(bytes.dropLast())), "a torn instruction")
+        XCTAssertNil(SeccompFilter.Program(serialized: Array(bytes.prefix(8))), "a count and no instruction")
         XCTAssertNil(SeccompFilter.Program(serialized: [UInt8]()))
     }
 }

@@ -502,7 +502,7 @@ extension HelperLauncher {
         defer { buffer.deallocate() }
         var none: Int32 = -1, count: Int32 = 0
         let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count, 0)
-        guard builtinPolicy, n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: buffer[1..<n]) else { return nil }
+        guard builtinPolicy, n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: Array(buffer[1..<n])) else { return nil }
         return program
     }
 
@@ -518,7 +518,9 @@ extension HelperLauncher {
         for entry in request.environment { putenv(strdup(entry)) }
         // The name first: whoever reads the role from the command line (ps, the tests) then sees the name too.
         request.role.processName.withCString { _ = vmm_prctl5(VMM_PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
-        let commandLine = Array((["/proc/self/exe", "_role", request.role.rawValue, request.spec].joined(separator: "\0") + "\0").utf8)
+        // Interpolated: the standard library's generic `joined(separator:)` scans every protocol conformance of vmm
+        // at its first call in a process, and here that is the vcpu process's way to the guest.
+        let commandLine = Array("/proc/self/exe\0_role\0\(request.role.rawValue)\0\(request.spec)\0".utf8)
         let text = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: commandLine.count)  // kept for the process's life
         _ = text.initialize(from: commandLine)
         if vmm_set_command_line(text.baseAddress, text.count) != 0 {

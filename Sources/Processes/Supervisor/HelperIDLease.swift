@@ -59,7 +59,8 @@ final class HelperIDLease {
     private static func makeDirectory(_ path: String) throws {
         var prefix = ""
         for part in path.split(separator: "/") {
-            prefix += "/" + part
+            prefix += "/"
+            prefix += String(part)  // not `+ part`: a generic append, unspecialised, that scans every conformance
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir(\(prefix))", errno: errno) }
         }
         var st = stat()
