@@ -49,6 +49,43 @@ public struct AccessRoutes: Codable, Sendable, Equatable {
     }
 }
 
+/// The exceptions travel as the standard library writes a dictionary whose keys are not strings, offset and ordering
+/// in turn (`[768, "synchronous", 176, "posted"]`), here in the offsets' order, but by this code: the library's
+/// generic Codable for dictionaries, unspecialised, scanned every protocol conformance of vmm at its first use in a
+/// process (the vcpu process's spec, on its way to the guest's first instruction).
+extension AccessRoutes.MMIORange {
+    private enum CodingKeys: String, CodingKey { case base, size, channel, writes, exceptions }
+
+    public init(from decoder: any Decoder) throws {
+        let fields = try decoder.container(keyedBy: CodingKeys.self)
+        var pairs = try fields.nestedUnkeyedContainer(forKey: .exceptions)
+        var exceptions: [UInt64: WriteOrdering] = [:]
+        while !pairs.isAtEnd {
+            let offset = try pairs.decode(UInt64.self)
+            guard !pairs.isAtEnd else {
+                throw DecodingError.dataCorruptedError(in: pairs, debugDescription: "offset \(offset) has no ordering")
+            }
+            exceptions[offset] = try pairs.decode(WriteOrdering.self)
+        }
+        self.init(base: try fields.decode(UInt64.self, forKey: .base), size: try fields.decode(UInt64.self, forKey: .size),
+                  channel: try fields.decode(Int.self, forKey: .channel), writes: try fields.decode(WriteOrdering.self, forKey: .writes),
+                  exceptions: exceptions)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var fields = encoder.container(keyedBy: CodingKeys.self)
+        try fields.encode(base, forKey: .base)
+        try fields.encode(size, forKey: .size)
+        try fields.encode(channel, forKey: .channel)
+        try fields.encode(writes, forKey: .writes)
+        var pairs = fields.nestedUnkeyedContainer(forKey: .exceptions)
+        for (offset, writes) in exceptions.sorted(by: { $0.key < $1.key }) {
+            try pairs.encode(offset)
+            try pairs.encode(writes)
+        }
+    }
+}
+
 /// The vcpu process's lookup for every port and MMIO exit: one table load per port, a short scan per MMIO
 /// address. Routes that make no sense (an empty or wrapping range, a channel number the table cannot hold) are
 /// dropped: the address then floats, as on a bus with nothing behind it.

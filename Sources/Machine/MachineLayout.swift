@@ -147,9 +147,14 @@ public struct MachineLayout: Sendable, Equatable {
     /// Linux's description of the virtio-mmio devices for kernels built with VIRTIO_MMIO_CMDLINE_DEVICES (the
     /// distro kernel finds them through ACPI instead), e.g. `virtio_mmio.device=4K@0xd0000000:5`.
     public var virtioCommandLine: String {
-        virtioDevices.compactMap { d in
-            d.mmio.flatMap { w in d.irq.map { "virtio_mmio.device=\(w.size >> 10)K@0x\(String(w.base, radix: 16)):\($0)" } }
-        }.joined(separator: " ")
+        // Appended, not `joined(separator:)`: the standard library's generic join scans every protocol conformance of
+        // vmm at its first call in a process, and this is on the supervisor's way to the guest.
+        var line = ""
+        for d in virtioDevices {
+            guard let w = d.mmio, let irq = d.irq else { continue }
+            line += (line.isEmpty ? "" : " ") + "virtio_mmio.device=\(w.size >> 10)K@0x\(String(w.base, radix: 16)):\(irq)"
+        }
+        return line
     }
 
     /// The devices that raise an interrupt, one lane each of the irqchip's lines channel: lane i drives pin

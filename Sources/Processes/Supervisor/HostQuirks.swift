@@ -40,8 +40,9 @@ struct HostQuirks {
         return HostQuirks()
     }
 
+    /// (Reduced, not joined: see MachineLayout.virtioCommandLine.)
     var summary: String {
-        "PVM-style host KVM (kvm_pvm): masking CPUID CX16, adding \"\(linuxCommandLine.dropLast().joined(separator: " "))\" and "
+        "PVM-style host KVM (kvm_pvm): masking CPUID CX16, adding \"\(linuxCommandLine.dropLast().reduce("") { $0.isEmpty ? $1 : $0 + " " + $1 })\" and "
             + "glibc tunables without AVX to a Linux command line, rewinding user-mode SYSCALLs, stepping for interrupt windows; vmm.host_quirks = \"off\" turns this off"
     }
 }
