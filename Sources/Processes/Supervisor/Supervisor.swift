@@ -462,12 +462,13 @@ public final class Supervisor {
         do { try cgroup.add(pid) } catch { throw HostSetupError(description: "placing the \(role.rawValue) process in its cgroup: \(error)") }
     }
 
-    /// Hands the helpers of the VM's start, all spawned now, to the cgroup's set-up (see CgroupSetup): the helpers
-    /// meanwhile run their first milliseconds (their start, their sandbox) under their own limits (address space,
-    /// no new files), outside the VM's memory and process counts; a helper that cannot be placed fails the VM (the
-    /// watch loop hears it).
+    /// Hands the helpers of the VM's start, all spawned now, to the cgroup's set-up (see CgroupSetup), to be placed
+    /// once the guest has run: the helpers meanwhile run their first milliseconds (their start, their sandbox, the
+    /// guest's first instructions) under their own limits (address space, no new files), outside the VM's memory and
+    /// process counts; a helper that cannot be placed fails the VM (the watch loop hears it).
     private func placeStartingHelpers() {
-        cgroupSetup?.place(unplaced ?? [])
+        let statistics = api.vcpuStatistics
+        cgroupSetup?.place(unplaced ?? []) { statistics?.read(vcpu: 0).firstExitAt ?? 1 != 0 }
         unplaced = nil
     }
 

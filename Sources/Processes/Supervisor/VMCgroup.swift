@@ -167,24 +167,42 @@ final class VMCgroup: Sendable {
 /// A VM's cgroup made, and the helpers of its start moved in, on a thread of its own, off the way to the guest's first
 /// instruction: making it takes about 0.7 ms here (a directory and limits in each v1 hierarchy), and on cgroup v1 the
 /// first move of a burst waits for an RCU grace period (0-20 ms), which held back the next helper's spawn when made
-/// after each, and the watch loop (so the console's first bytes) when made after all. The supervisor hands over the
-/// helpers once spawned (`place`) and polls `done`.
+/// after each, and the watch loop (so the console's first bytes) when made after all. It is made only once the
+/// supervisor has handed over the start's helpers (`place`) and the guest has run (or `guestWaitNanoseconds` later):
+/// made while the helpers started, its CPU time on two CPUs held the guest's first instruction back by 5-7%. The
+/// supervisor polls `done`; `finish` makes it at once.
 final class CgroupSetup: @unchecked Sendable {
     /// Readable once the helpers handed over are in (or it failed).
     let done: EventFD
     private let go: EventFD
     private final class Shared: Sendable {
         let helpers = Mutex<[(pid: pid_t, role: Role)]>([])
+        /// Whether the guest has run its first instruction (nil until `place`).
+        let guestRan = Mutex<(@Sendable () -> Bool)?>(nil)
+        /// `finish` wants the outcome now: no more waiting for the guest.
+        let hurried = Atomic<Bool>(false)
         let outcome = Mutex<(cgroup: VMCgroup?, failure: String?)>((nil, nil))
     }
     private let shared = Shared()
     private var thread: OSThread?
+
+    /// How long the set-up waits for the guest's first instruction once the helpers are handed over (a guest that
+    /// never runs, or a vcpu process that does not say so, gets its cgroup this much later).
+    static let guestWaitNanoseconds: UInt64 = 20_000_000
 
     init(name: String, limits: VMCgroup.Limits) throws(SystemError) {
         done = try EventFD()
         go = try EventFD()
         let shared = self.shared, goFD = go.raw, doneFD = done.raw
         thread = try OSThread.start(name: "vmm-cgroup") {
+            _ = try? Poll.wait([goFD], timeoutMs: -1)
+            let handedOver = monotonicNanoseconds()
+            if let guestRan = shared.guestRan.withLock({ $0 }) {
+                while !shared.hurried.load(ordering: .relaxed) && !guestRan()
+                        && monotonicNanoseconds() - handedOver < Self.guestWaitNanoseconds {
+                    usleep(500)
+                }
+            }
             do {
                 let group = try VMCgroup.create(name: name, limits: limits)
                 shared.outcome.withLock { $0.cgroup = group }
@@ -192,7 +210,6 @@ final class CgroupSetup: @unchecked Sendable {
             } catch {
                 Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
             }
-            _ = try? Poll.wait([goFD], timeoutMs: -1)
             if let group = shared.outcome.withLock({ $0.cgroup }) {
                 for (pid, role) in shared.helpers.withLock({ $0 }) {
                     do { try group.add(pid) } catch {
@@ -206,15 +223,17 @@ final class CgroupSetup: @unchecked Sendable {
         }
     }
 
-    /// Hands over the helpers of the VM's start, spawned now, to be moved in.
-    func place(_ helpers: [(pid: pid_t, role: Role)]) {
+    /// Hands over the helpers of the VM's start, spawned now, to be moved in once `guestRan` says the guest has run.
+    func place(_ helpers: [(pid: pid_t, role: Role)], guestRan: @escaping @Sendable () -> Bool) {
         shared.helpers.withLock { $0 = helpers }
+        shared.guestRan.withLock { $0 = guestRan }
         try? go.signal()
     }
 
-    /// Waits for the thread (handing over nothing more if `place` was not called) and returns the cgroup, if one
-    /// could be made, and why the helpers could not be moved in, if they could not.
+    /// Waits for the thread (handing over nothing more if `place` was not called, waiting no longer for the guest)
+    /// and returns the cgroup, if one could be made, and why the helpers could not be moved in, if they could not.
     func finish() -> (cgroup: VMCgroup?, failure: String?) {
+        shared.hurried.store(true, ordering: .relaxed)
         try? go.signal()
         thread?.join()
         thread = nil
