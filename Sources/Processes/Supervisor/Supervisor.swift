@@ -468,7 +468,7 @@ public final class Supervisor {
     /// process counts; a helper that cannot be placed fails the VM (the watch loop hears it).
     private func placeStartingHelpers() {
         let statistics = api.vcpuStatistics
-        cgroupSetup?.place(unplaced ?? []) { statistics?.read(vcpu: 0).firstExitAt ?? 1 != 0 }
+        cgroupSetup?.place(unplaced ?? []) { (statistics?.read(vcpu: 0).firstExitAt ?? 1) != 0 }
         unplaced = nil
     }
 
