@@ -31,11 +31,14 @@ let package = Package(
         // The machine layout (which process serves which port, address and pin), the access routes built from
         // it and the roles: pure, unit-tested without a VM.
         .target(name: "Machine", dependencies: ["Devices"]),
+        // The policy format and its compiler: text -> rules -> a classic BPF program (libseccomp).
+        .target(name: "SeccompPolicy", dependencies: ["CLinux", "CKVM", "CSeccomp"]),
         // Policies -> seccomp, capabilities, namespaces, the empty-root jail.
-        // Policies/*.policy are built into it (the EmbedPolicies plugin): a config cannot choose them.
-        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], plugins: ["EmbedPolicies"]),
+        // Policies/*.policy are built into it, as texts and compiled (the EmbedPolicies plugin): a config cannot
+        // choose them, and no helper compiles them on its way to the guest.
+        .target(name: "Sandbox", dependencies: ["CLinux", "CCap", "SeccompPolicy"], plugins: ["EmbedPolicies"]),
         .plugin(name: "EmbedPolicies", capability: .buildTool(), dependencies: ["PolicyEmbedder"]),
-        .executableTarget(name: "PolicyEmbedder", path: "Plugins/PolicyEmbedder"),
+        .executableTarget(name: "PolicyEmbedder", dependencies: ["SeccompPolicy"], path: "Plugins/PolicyEmbedder"),
         // Guest RAM and guest-physical addresses.
         .target(name: "Memory", dependencies: ["System"]),
         // Shared-memory rings, doorbells and the messages that cross them.
@@ -56,7 +59,7 @@ let package = Package(
         .target(name: "Config"),
         // One folder per process role.
         .target(name: "Processes", dependencies: [
-            "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "Sandbox", "Emulator", "X86", "Machine", "ACPI", "Virtio",
+            "System", "KVM", "Memory", "Channel", "IRQChipLink", "Devices", "Boot", "Config", "SeccompPolicy", "Sandbox", "Emulator", "X86", "Machine", "ACPI", "Virtio",
         ]),
         // Firecracker's REST API on a Unix socket: HTTP routing and request decoding into the config model (validated
         // by the config parser's own section readers); the supervisor serves what needs the running VM.
@@ -88,7 +91,7 @@ let package = Package(
         .testTarget(name: "ChannelTests", dependencies: ["Channel", "System", "ring-peer", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "BenchKitTests", dependencies: ["BenchKit"]),
-        .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompPolicy"]),
         .testTarget(name: "MMUTests", dependencies: ["Memory", "KVM", "System", "BareLoop", "TestSupport"]),
         .testTarget(name: "EmulatorTests", dependencies: ["Emulator"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "System", "ACPI"]),

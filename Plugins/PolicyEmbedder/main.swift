@@ -1,7 +1,11 @@
 import Glibc
+import SeccompPolicy
 
-// The EmbedPolicies plugin's generator: `PolicyEmbedder OUTPUT FILE...` writes a Swift file that defines
-// `BuiltinPolicies.texts`, the contents of each FILE keyed by its name, as plain string literals.
+// The EmbedPolicies plugin's generator: `PolicyEmbedder OUTPUT FILE...` writes a Swift file that defines, for
+// `BuiltinPolicies`, `texts` (the contents of each FILE keyed by its name, as plain string literals) and
+// `serializedProgram(of:)`: each policy that no other includes (a role's) compiled with its includes, by the parser
+// and libseccomp calls a helper would make, as `SeccompFilter.Program.serialized` gives it. A policy that does not
+// parse or compile fails the build, naming it.
 
 /// A Swift string literal for `text`: printable ASCII as it is, everything else escaped, so that no policy text
 /// can end the literal or inject code.
@@ -39,14 +43,39 @@ func fail(_ message: String) -> Never {
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else { fail("usage: PolicyEmbedder OUTPUT FILE...") }
-var source = "// Generated at build time from Policies/*.policy by the EmbedPolicies plugin. Do not edit; not checked in.\n\n"
-source += "extension BuiltinPolicies {\n    static let texts: [String: String] = [\n"
+var files: [(name: String, directory: String, text: String)] = []
 for path in arguments.dropFirst(2) {
     guard let text = readFile(path) else { fail("cannot read \(path)") }
-    let name = path.split(separator: "/").last.map(String.init) ?? path
-    source += "        \(literal(name)): \(literal(text)),\n"
+    let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+    files.append((String(parts.last ?? ""), parts.dropLast().joined(separator: "/"), text))
 }
-source += arguments.count == 2 ? "        :\n" : ""
-source += "    ]\n}\n"
+var source = "// Generated at build time from Policies/*.policy by the EmbedPolicies plugin. Do not edit; not checked in.\n\n"
+source += "extension BuiltinPolicies {\n    static let texts: [String: String] = [\n"
+for file in files { source += "        \(literal(file.name)): \(literal(file.text)),\n" }
+source += files.isEmpty ? "        :\n" : ""
+source += "    ]\n\n"
+source += "    /// A role's policy (a file no other includes), compiled: its rule count and BPF program.\n"
+source += "    static func serializedProgram(of file: String) -> [UInt8]? {\n        switch file {\n"
+let included = Set(files.flatMap { file in
+    file.text.split(separator: "\n").compactMap { line -> String? in
+        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        return words.count == 2 && words[0] == "@include" ? String(words[1]) : nil
+    }
+})
+for file in files where !included.contains(file.name) {
+    let bytes: [UInt8]
+    do {
+        let text = try PolicySource.load(file.name, directory: file.directory, reader: readFile)
+        bytes = try SeccompFilter.program(Policy.parse(text, file: file.name, constants: PolicyConstants.table)).serialized
+    } catch {
+        fail("\(file.name): \(error)")
+    }
+    source += "        case \(literal(file.name)):\n            return ["
+    for (i, byte) in bytes.enumerated() {
+        source += (i % 16 == 0 ? "\n                " : " ") + "0x" + (byte < 16 ? "0" : "") + String(byte, radix: 16) + ","
+    }
+    source += "\n            ]\n"
+}
+source += "        default:\n            return nil\n        }\n    }\n}\n"
 guard let out = fopen(arguments[1], "wb") else { fail("cannot write \(arguments[1])") }
 guard fputs(source, out) >= 0, fclose(out) == 0 else { fail("cannot write \(arguments[1])") }

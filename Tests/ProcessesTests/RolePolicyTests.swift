@@ -3,12 +3,22 @@ import Machine
 import XCTest
 @testable import Processes
 @testable import Sandbox
+@testable import SeccompPolicy
 
-/// The built-in policies' filters, run on the calls each role makes most.
+/// The built-in policies' filters, as helpers load them (compiled into vmm), run on the calls each role makes most.
 final class RolePolicyTests: XCTestCase {
     func program(_ role: Role) throws -> SeccompFilter.Program {
-        let text = try BuiltinPolicies.load(file: role.policyFile, directory: nil) { _ in nil }
-        return try SeccompFilter.program(try Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table))
+        try XCTUnwrap(BuiltinPolicies.program(file: role.policyFile), "\(role)")
+    }
+
+    func testTheProgramsCompiledIntoVMMAreTheBuiltInTextsCompiledNow() throws {
+        for role in Role.allCases {
+            let text = try BuiltinPolicies.load(file: role.policyFile, directory: nil) { _ in nil }
+            let policy = try Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table)
+            let built = try program(role)
+            XCTAssertEqual(built, try SeccompFilter.program(policy), "\(role)")
+            XCTAssertEqual(built.ruleCount, policy.rules.count, "\(role)")
+        }
     }
 
     func testTheVCPUsKVMRunPassesTheFilterFirst() throws {

@@ -1,5 +1,6 @@
 import XCTest
 @testable import Sandbox
+@testable import SeccompPolicy
 
 /// The policies vmm enforces are the ones in Policies/, built in when vmm is built.
 final class BuiltinPoliciesTests: XCTestCase {

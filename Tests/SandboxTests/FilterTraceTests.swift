@@ -1,5 +1,6 @@
 import XCTest
 @testable import Sandbox
+@testable import SeccompPolicy
 
 /// The filter as the kernel runs it: libseccomp's program, interpreted instruction by instruction.
 final class FilterTraceTests: XCTestCase {

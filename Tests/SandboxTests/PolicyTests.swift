@@ -1,5 +1,6 @@
 import XCTest
 @testable import Sandbox
+@testable import SeccompPolicy
 
 final class PolicyTests: XCTestCase {
     let constants: [String: UInt64] = ["KVM_RUN": 0xae80, "PROT_READ": 1, "PROT_WRITE": 2, "ENOSYS": 38]

@@ -52,10 +52,9 @@ final class HelperLauncherTests: GuestTestCase {
         }
     }
 
-    /// The launcher compiles the built-in policies while the helpers set up and hands each forked helper its own;
-    /// a helper whose policy is another text (here `--unsafe-policy-dir`, each file with one more comment) compiles
-    /// its own, and so does every exec'd helper.
-    func testForkedHelpersGetTheLaunchersFilterOnlyForTheBuiltInPolicy() throws {
+    /// Every helper, forked or exec'd, loads its role's program as it was compiled into vmm; a helper whose policy is
+    /// another text (here `--unsafe-policy-dir`, each file with one more comment) compiles its own.
+    func testHelpersLoadTheProgramCompiledIntoVMMOnlyForTheBuiltInPolicy() throws {
         let portloop = try Harness.guest("portloop.elf")
         func loads(options: [String] = [], extra: String = "") throws -> [String: String] {
             // A guest that runs until stopped, stopped once every helper is sandboxed: a VM that ends at once can
@@ -71,12 +70,12 @@ final class HelperLauncherTests: GuestTestCase {
             var found: [String: String] = [:]
             for line in run.stderr.split(separator: "\n") where line.contains("debug: seccomp policy ") {
                 let role = String(line.dropFirst().prefix { $0 != "]" })
-                found[role] = line.contains("compiled by the launcher") ? "launcher" : line.contains("compiled and loaded") ? "itself" : String(line)
+                found[role] = line.contains("loaded, compiled into vmm") ? "built" : line.contains("compiled and loaded") ? "itself" : String(line)
             }
             return found
         }
-        XCTAssertEqual(try loads(), ["vcpu": "launcher", "pio": "launcher", "irqchip": "launcher"])
-        XCTAssertEqual(try loads(extra: #", "sandbox": {"helper_start": "exec"}"#), ["vcpu": "itself", "pio": "itself", "irqchip": "itself"])
+        XCTAssertEqual(try loads(), ["vcpu": "built", "pio": "built", "irqchip": "built"])
+        XCTAssertEqual(try loads(extra: #", "sandbox": {"helper_start": "exec"}"#), ["vcpu": "built", "pio": "built", "irqchip": "built"])
         let directory = NSTemporaryDirectory() + "vmm-policies-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.copyItem(atPath: Harness.sourceRoot + "/Policies", toPath: directory)

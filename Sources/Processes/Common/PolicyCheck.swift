@@ -1,5 +1,6 @@
 import Machine
 import Sandbox
+import SeccompPolicy
 
 /// The policy checker behind `vmm policy-check`: every role's policy must parse (each rule with its comment)
 /// and compile with libseccomp; prints each role's rules.

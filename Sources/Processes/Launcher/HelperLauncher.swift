@@ -211,10 +211,7 @@ extension HelperLauncher {
     static let refillDelayNanoseconds: UInt64 = 50_000_000
 
     private enum Chore {
-        case compile(Role)
         case blank
-        /// Send the helper just forked for `role` its filter (on its blank's socket, closed then).
-        case handDown(Role, socket: Int32)
         /// Decode a spec of `role` as its helper does (see HelperStartup.rehearse).
         case rehearse(Role, spec: String)
     }
@@ -238,20 +235,11 @@ extension HelperLauncher {
 
         let namespaces = ChildProcess.Namespaces.forHelpers.rawValue
         var pool: [Blank] = []
-        /// The built-in policies' filters compiled so far: each forked helper is handed its role's.
-        var filters: [Role: SeccompFilter.Program] = [:]
-        /// A policy that does not compile is the helper's to report, when it compiles it itself.
-        func compile(_ role: Role) {
-            guard filters[role] == nil, let text = try? HelperSandbox.builtinPolicy(role) else { return }
-            filters[role] = try? SeccompFilter.program(Policy.parse(text, file: role.policyFile, constants: PolicyConstants.table))
-        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
-        // While the supervisor reads its config and prepares the VM: a blank and the filter of each of the first
-        // three helpers, in the order they are asked for. No more: on two CPUs, every other millisecond of work now
-        // delays the supervisor and those helpers. The fourth blank and the devices' filters come once the VM runs.
-        var chores: [Chore] = [.blank, .compile(.vcpu), .blank, .compile(.pio), .blank, .compile(.irqchip)]
-        // Once the VM runs (see the refill below).
-        var later: [Chore] = [Role.virtioBlock, .virtioNet, .virtioVsock, .virtioRNG].map { .compile($0) }
+        // While the supervisor reads its config and prepares the VM: a blank for each of the first three helpers. No
+        // more: on two CPUs, every other millisecond of work now delays the supervisor and those helpers. The fourth
+        // blank comes once the VM runs.
+        var chores: [Chore] = [.blank, .blank, .blank]
         var lastRequest: UInt64?
         var releasedAfter: UInt64?
         var rehearsed: Set<Role> = []
@@ -260,11 +248,6 @@ extension HelperLauncher {
             guard let chore = chores.first else { return false }
             chores.removeFirst()
             switch chore {
-            case .compile(let role):
-                compile(role)
-            case .handDown(let role, let blankSocket):
-                compile(role)
-                handDown(filters[role], to: blankSocket)
             case .blank:
                 if pool.count < poolSize, let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) { pool.append(blank) }
             case .rehearse(let role, let spec):
@@ -273,27 +256,22 @@ extension HelperLauncher {
             return true
         }
         while true {
-            // One chore at a time while no request waits. Blanks are made again, and the later chores done, only
-            // once no request came for a while: the helpers just handed out are starting on the same CPUs.
+            // One chore at a time while no request waits. Blanks are made again only once no request came for a
+            // while: the helpers just handed out are starting on the same CPUs.
             while (try? Poll.wait([socket], timeoutMs: 0))?.first?.isEmpty != false {
                 if doChore() { continue }
-                guard pool.count < runningPoolSize || !later.isEmpty, let last = lastRequest else { break }
+                guard pool.count < runningPoolSize, let last = lastRequest else { break }
                 if case let quiet = refillDelayNanoseconds, monotonicNanoseconds() - last < quiet {
                     let left = Int32((quiet - (monotonicNanoseconds() - last)) / 1_000_000) + 1
                     if (try? Poll.wait([socket], timeoutMs: left))?.first?.isEmpty == false { break }
                     continue
                 }
-                if pool.count < runningPoolSize {
-                    guard let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) else { break }
-                    pool.append(blank)
-                } else {
-                    chores = later
-                    later = []
-                }
+                guard let blank = pooledBlank(namespaces: namespaces, supervisorPidfd: supervisorPidfd) else { break }
+                pool.append(blank)
             }
             // Nothing left to do until the next request (a restart): the code that forked and prepared the helpers
             // is unmapped, once after each request (see StartupCode).
-            if let last = lastRequest, releasedAfter != last, chores.isEmpty, later.isEmpty, pool.count >= runningPoolSize {
+            if let last = lastRequest, releasedAfter != last, chores.isEmpty, pool.count >= runningPoolSize {
                 StartupCode.release()
                 releasedAfter = last
             }
@@ -301,7 +279,6 @@ extension HelperLauncher {
             if header.elementsEqual(retireMessage) {
                 // The supervisor execs its helpers after all (or is done): it reaps the blanks, its children.
                 for blank in pool { close(blank.socket); close(blank.pidfd) }
-                for case .handDown(_, let blankSocket) in chores { close(blankSocket) }
                 var pids = pool.map(\.pid)
                 _ = pids.withUnsafeMutableBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
                 _exit(0)
@@ -334,15 +311,7 @@ extension HelperLauncher {
             }
             if forward(header, fds, to: blank.socket) {
                 reply(socket, pid: blank.pid, error: 0, pidfd: blank.pidfd)
-                // Its filter next, unless another request waits: the helper needs it only once it is set up. After
-                // the filters of helpers asked for before it, which will be set up first: the vcpu process, the
-                // first asked for and the one the guest waits for, waited ~3 ms for its filter when each new one
-                // went to the front.
-                let handDowns = chores.prefix { if case .handDown = $0 { true } else { false } }.count
-                chores.insert(.handDown(request.role, socket: blank.socket), at: handDowns)
                 if rehearsed.insert(request.role).inserted { chores.append(.rehearse(request.role, spec: request.spec)) }
-                close(blank.pidfd)
-                continue
             } else {
                 // It died before it was told its role (it says why on stderr): named to the supervisor, whose child
                 // it is, to reap, and which then execs its helpers instead.
@@ -357,7 +326,7 @@ extension HelperLauncher {
     /// Looks up unused ids (see `unusedIDs(in:limit:)`) in a child forked for it (the launcher has one thread: the
     /// child may call anything), which answers on `socket` itself. Meanwhile the launcher does its chores
     /// (`whileWaiting`, false when none is left; the lookups take 2-5 ms here, the first VM's start asks for them, and
-    /// its first helpers wait for the blanks and filters those chores make), then waits for the child to end.
+    /// its first helpers wait for the blanks those chores make), then waits for the child to end.
     private static func answerUnusedIDs(_ arguments: ArraySlice<UInt8>, socket: Int32, whileWaiting: () -> Bool) {
         let words = stride(from: arguments.startIndex, to: arguments.endIndex - 3, by: 4).map { i in
             arguments[i..<i + 4].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
@@ -433,7 +402,7 @@ extension HelperLauncher {
         var pair: [Int32] = [-1, -1]
         guard vmm_seqpacket_pair(&pair) == 0 else { return .failed(pid: -1, pidfd: -1, error: errno) }
         // The child inherits the launcher's heap, and each page of it that its allocations write becomes a copy of
-        // its own: pages the launcher freed (policy texts it compiled, specs it rehearsed) go back to the kernel first,
+        // its own: pages the launcher freed (specs it rehearsed) go back to the kernel first,
         // so that the child fills fresh pages instead of copying stale ones (20-30 KiB less per helper).
         _ = malloc_trim(0)
         var pidfd: Int32 = -1, error: Int32 = 0
@@ -470,40 +439,13 @@ extension HelperLauncher {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: messageCapacity, alignment: 8)
         guard let (header, fds) = receiveRequest(socket, buffer), let request = LaunchRequest(decoding: header),
               fds.count == request.fdCount else { _exit(0) }
-        var launcher = socket  // kept for the filter the launcher hands down (see filterHandedDown)
-        guard vmm_place_fds(fds, Int32(fds.count), &launcher) == 0 else {
+        // Its descriptors in place, every other one closed (the launcher's socket among them).
+        guard vmm_place_fds(fds, Int32(fds.count), nil) == 0 else {
             Log.error("a forked \(request.role.rawValue) process could not take its descriptors: \(String(cString: strerror(errno)))")
             _exit(127)
         }
         buffer.deallocate()
-        filterSource = launcher
         becomeHelper(request)
-    }
-
-    /// The last word to a blank after its request: its role's compiled filter (the marker 1 and the program), or
-    /// only the marker 0 when the policy does not compile (the helper compiles it itself and reports the error).
-    private static func handDown(_ filter: SeccompFilter.Program?, to socket: Int32) {
-        let message = filter.map { [1] + $0.serialized } ?? [0]
-        _ = message.withUnsafeBytes { vmm_send_with_fds(socket, $0.baseAddress, $0.count, [], 0) }
-        close(socket)
-    }
-
-    /// In a forked helper: its end of the launcher's socket, until the filter is taken.
-    nonisolated(unsafe) private static var filterSource: Int32 = -1
-
-    /// The seccomp filter the launcher compiled for this forked helper's role (its built-in policy), if the helper
-    /// runs that policy: waited for here, where the helper needs it, so that the launcher compiles it while the helper
-    /// starts. nil in an exec'd helper, for another policy, or when the launcher sent none (or is gone).
-    static func filterHandedDown(builtinPolicy: Bool) -> SeccompFilter.Program? {
-        guard filterSource >= 0 else { return nil }
-        defer { close(filterSource); filterSource = -1 }
-        let capacity = 64 << 10
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 8)
-        defer { buffer.deallocate() }
-        var none: Int32 = -1, count: Int32 = 0
-        let n = vmm_receive_with_fds(filterSource, buffer.baseAddress, capacity, &none, 1, &count, 0)
-        guard builtinPolicy, n > 1, buffer[0] == 1, let program = SeccompFilter.Program(serialized: Array(buffer[1..<n])) else { return nil }
-        return program
     }
 
     private static func reply(_ socket: Int32, pid: pid_t, error: Int32, pidfd: Int32) {

@@ -1,6 +1,7 @@
 import Glibc
 import Machine
 import Sandbox
+import SeccompPolicy
 import System
 
 /// Watching a running VM: the first decisive event (a signal, a helper's report or death), then settling the

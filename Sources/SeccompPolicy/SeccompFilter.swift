@@ -2,12 +2,16 @@ import CLinux
 import CSeccomp
 import Glibc
 
-/// Compiles a `Policy` with libseccomp and loads it. Calls outside the policy trap: the SIGSYS handler reports
-/// them on the control pipe, then kills the process (kill mode) or fails the call with ENOSYS (log mode).
+/// Compiles a `Policy` with libseccomp into a classic BPF program (Sandbox loads it: calls outside the policy trap,
+/// and the SIGSYS handler reports them on the control pipe, then kills the process (kill mode) or fails the call
+/// with ENOSYS (log mode)).
 public enum SeccompFilter {
     public enum Mode: String, Sendable, Codable { case kill, log }
 
-    public struct Error: Swift.Error, CustomStringConvertible { public let description: String }
+    public struct Error: Swift.Error, CustomStringConvertible {
+        public let description: String
+        public init(description: String) { self.description = description }
+    }
 
     /// Checks every rule against libseccomp without loading anything (tools/policy-check uses it too).
     ///
@@ -70,7 +74,7 @@ public enum SeccompFilter {
     /// A compiled filter, ready to load: classic BPF, as libseccomp exports it. The mode (kill or log) is the SIGSYS
     /// handler's, not the filter's, so one program serves both.
     public struct Program: Sendable, Equatable {
-        let instructions: [UInt8]
+        package let instructions: [UInt8]
         public let ruleCount: Int
 
         /// The program as bytes, for another process of this binary (`init(serialized:)`).
@@ -94,8 +98,8 @@ public enum SeccompFilter {
         }
     }
 
-    /// Compiles `policy` into a program to load, here or in another process (the helper launcher compiles the
-    /// built-in policies while the helpers it forked set up).
+    /// Compiles `policy` into a program to load, here or in another process (the built-in policies are compiled
+    /// when vmm is built: BuiltinPolicies).
     public static func program(_ policy: Policy) throws(Error) -> Program {
         let ctx = try compile(policy)
         defer { seccomp_release(ctx) }
@@ -114,13 +118,6 @@ public enum SeccompFilter {
             throw Error(description: "reading the exported filter back failed")
         }
         return Program(instructions: bytes, ruleCount: ruleCount)
-    }
-
-    /// Installs the SIGSYS handler and loads the filter, on every thread of the process (TSYNC).
-    public static func load(_ program: Program, mode: Mode, reportFD: Int32) throws(Error) {
-        if vmm_sigsys_install(reportFD, mode == .log ? 1 : 0) != 0 { throw Error(description: "sigaction(SIGSYS) failed") }
-        let r = program.instructions.withUnsafeBytes { vmm_seccomp_load_bpf($0.baseAddress, $0.count / 8) }
-        if r != 0 { throw Error(description: "loading the seccomp filter failed: \(String(cString: strerror(-r)))") }
     }
 
     /// A system call's number on this architecture, nil for a name libseccomp does not know.
