@@ -17,8 +17,11 @@ let package = Package(
         // C interop: KVM ioctl numbers and structs, Linux calls Swift cannot import directly.
         .target(name: "CKVM"),
         .target(name: "CLinux"),
-        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
-        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        // Without pkgConfig: its -L/usr/lib/... would come before .build/link in vmm's release link, where
+        // tools/link/prepare makes -lseccomp and -lcap link the static archives (headers and libraries are in the
+        // system's default paths; tools/install-deps installs libseccomp-dev and libcap-dev).
+        .systemLibrary(name: "CSeccomp"),
+        .systemLibrary(name: "CCap"),
         .systemLibrary(name: "CZydis", providers: [.apt(["libzydis-dev"])]),
 
         // The thin syscall layer: owned fds and mappings, typed errno, spawning with exact fds.
