@@ -402,8 +402,8 @@ extension HelperLauncher {
         var pair: [Int32] = [-1, -1]
         guard vmm_seqpacket_pair(&pair) == 0 else { return .failed(pid: -1, pidfd: -1, error: errno) }
         // The child inherits the launcher's heap, and each page of it that its allocations write becomes a copy of
-        // its own: pages the launcher freed (specs it rehearsed) go back to the kernel first,
-        // so that the child fills fresh pages instead of copying stale ones (20-30 KiB less per helper).
+        // its own: pages the launcher freed (specs it rehearsed) go back to the kernel first, so that the child fills
+        // fresh pages instead of copying stale ones (20-30 KiB less per helper).
         _ = malloc_trim(0)
         var pidfd: Int32 = -1, error: Int32 = 0
         let pid = vmm_fork_blank(namespaces, 1, supervisorPidfd, pair[1], waitReady ? 1 : 0, &pidfd, &error)
