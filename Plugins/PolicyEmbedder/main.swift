@@ -56,16 +56,13 @@ source += files.isEmpty ? "        :\n" : ""
 source += "    ]\n\n"
 source += "    /// A role's policy (a file no other includes), compiled: its rule count and BPF program.\n"
 source += "    static func serializedProgram(of file: String) -> [UInt8]? {\n        switch file {\n"
-let included = Set(files.flatMap { file in
-    file.text.split(separator: "\n").compactMap { line -> String? in
-        let words = line.split(separator: " ", omittingEmptySubsequences: true)
-        return words.count == 2 && words[0] == "@include" ? String(words[1]) : nil
-    }
-})
+let included = Set(files.flatMap { PolicySource.includes(of: $0.text) })
+// Includes are read from the texts above, so that each program is compiled from exactly the texts built in.
+let textAt = Dictionary(files.map { ("\($0.directory)/\($0.name)", $0.text) }, uniquingKeysWith: { first, _ in first })
 for file in files where !included.contains(file.name) {
     let bytes: [UInt8]
     do {
-        let text = try PolicySource.load(file.name, directory: file.directory, reader: readFile)
+        let text = try PolicySource.load(file.name, directory: file.directory) { textAt[$0] }
         bytes = try SeccompFilter.program(Policy.parse(text, file: file.name, constants: PolicyConstants.table)).serialized
     } catch {
         fail("\(file.name): \(error)")

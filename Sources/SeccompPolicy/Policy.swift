@@ -167,9 +167,7 @@ public enum PolicySource {
         // "#@file NAME N" tells the parser that the next line is line N+1 of NAME, so errors name the right place.
         var out = ["#@file \(file) 0"]
         for (i, line) in text.lines.enumerated() {
-            let trimmed = line.trimmingCharacters(in: " \t")
-            if trimmed.hasPrefix("@include ") {
-                let included = trimmed.dropFirst(9).trimmingCharacters(in: " \t")
+            if let included = includedFile(line) {
                 out.append(try expand(included, directory: directory, reader: reader, seen: &seen))
                 out.append("#@file \(file) \(i + 1)")
             } else {
@@ -177,6 +175,16 @@ public enum PolicySource {
             }
         }
         return out.joined(separator: "\n")
+    }
+
+    /// The files a policy text includes directly, in order.
+    public static func includes(of text: String) -> [String] { text.lines.compactMap(includedFile) }
+
+    /// The file an `@include` line names; nil for any other line.
+    private static func includedFile(_ line: Substring) -> String? {
+        let trimmed = line.trimmingCharacters(in: " \t")
+        guard trimmed.hasPrefix("@include ") else { return nil }
+        return trimmed.dropFirst(9).trimmingCharacters(in: " \t")
     }
 }
 
