@@ -109,10 +109,28 @@ final class InterruptInjector: @unchecked Sendable {
 
     /// Before KVM_RUN: injects the posted vector (or the timer's, taken while halted) if the guest can take it now;
     /// returns what it injected so the caller can tell the irqchip.
+    ///
+    /// Inlined into the run loop for the common case, nothing claimed and nothing offered; the rest is a call. After an
+    /// exit of a 64-bit guest on these hosts every line of code the vCPU runs is fetched again (about 50 cycles a line,
+    /// 65 more a page): the call alone, with its frame and its epilogue a page away, was seven lines.
     @inline(__always)
     func beforeEntry() throws -> Injection? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
+        guard claimedTimer != nil || mailbox.pendingVector(vcpu: index) != nil else {
+            run.pointee.request_interrupt_window = 0
+            windowWanted.store(false, ordering: .relaxed)
+            offerWaitingSince = nil  // noteUntakenOffer(nil, ...)
+            offerWaitReported = false
+            return nil
+        }
+        return try offerBeforeEntry()
+    }
+
+    /// `beforeEntry` when a timer expiry is claimed or a vector offered.
+    @inline(never)
+    private func offerBeforeEntry() throws -> Injection? {
+        let run = vcpu.run
         if let vector = claimedTimer {
             // Right after the HLT it woke from: the CPU takes it at this boundary (the copy said nothing outranks it).
             claimedTimer = nil

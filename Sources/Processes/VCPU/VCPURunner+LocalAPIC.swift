@@ -7,9 +7,23 @@ import KVM
 extension VCPURunner {
     /// Steps the guest while a vector waits (see WindowStepper), unless the SYSCALL fix-up holds guest debugging
     /// (a long-mode guest with a page-fault handler): KVM has one guest-debug setting, and its breakpoint must stay.
+    /// Inlined into the run loop for the common case, no vector waiting, no TPR raised and no stepping under way,
+    /// where the full check below would conclude the same: nothing to change (see InterruptInjector.beforeEntry
+    /// for why a call costs).
     @inline(__always)
     func updateWindowStepping() throws {
         guard windowStepping else { return }
+        guard interrupts.wantsWindow || devices.taskPriorityClass > 0 || windowStepper.stepping else {
+            interrupts.tprWatch.store(false, ordering: .relaxed)
+            longModeWhileHeld = nil  // tprMayDropUnseen()
+            _ = windowStepper.change(wanted: false)
+            return
+        }
+        try updateWindowSteppingFully()
+    }
+
+    @inline(never)
+    private func updateWindowSteppingFully() throws {
         let fixupOwns = syscallFixup?.ownsGuestDebug ?? false
         let watchTPR = try tprMayDropUnseen()
         interrupts.tprWatch.store(watchTPR, ordering: .relaxed)
