@@ -145,14 +145,16 @@ public struct AccessRouter: Sendable {
 /// One vCPU's record of which channels have posted writes that may not have taken effect yet. A read or a sync
 /// on a channel is answered in order, so its answer settles every earlier write to that channel.
 public struct PostedWrites: Sendable, Equatable {
-    private var unsettled: UInt64 = 0
+    @usableFromInline var unsettled: UInt64 = 0
 
     public init() {}
 
-    @inline(__always)
+    /// Inlinable: the vCPU notes every posted write and every read answered from a device's copy (a call from another
+    /// module costs its own code lines on every exit, see InterruptInjector.beforeEntry).
+    @inlinable @inline(__always)
     public mutating func posted(to channel: Int) { unsettled |= 1 << UInt64(channel) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func answered(by channel: Int) { unsettled &= ~(1 << UInt64(channel)) }
 
     /// The other channels to sync before a write to `channel` with `afterPostedWritesElsewhere` ordering, in

@@ -230,8 +230,16 @@ final class VCPURunner: @unchecked Sendable {
     func handlePortIO() throws -> Action {
         let io = vmm_run_io(vcpu.run)
         let size = Int(io.size)
-        guard size == 1 || size == 2 || size == 4 else { return fatal(.unhandledExit(reason: UInt32(KVM_EXIT_IO)), "port access of size \(size)") }
+        guard size == 1 || size == 2 || size == 4 else { return unhandledPortSize(size) }
         let data = vcpu.ioData
+        if io.count == 1 {  // all but string I/O (INS, OUTS): no loop, and its code stays short
+            if io.direction == UInt8(KVM_EXIT_IO_IN) {
+                store(devices.portRead(io.port, size: size), to: data, size: size)
+            } else {
+                devices.portWrite(io.port, size: size, value: load(data, size: size))
+            }
+            return .resume
+        }
         for i in 0..<Int(io.count) {
             let element = data + i * size
             if io.direction == UInt8(KVM_EXIT_IO_IN) {
@@ -241,6 +249,12 @@ final class VCPURunner: @unchecked Sendable {
             }
         }
         return .resume
+    }
+
+    /// Out of line: its message's code would otherwise sit among the port handler's hot lines.
+    @inline(never)
+    private func unhandledPortSize(_ size: Int) -> Action {
+        fatal(.unhandledExit(reason: UInt32(KVM_EXIT_IO)), "port access of size \(size)")
     }
 
     /// An MMIO access goes to the device whose window holds it (see DeviceChannels for what nobody owns).
