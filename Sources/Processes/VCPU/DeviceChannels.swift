@@ -128,6 +128,20 @@ final class DeviceChannels {
 
     func mmioWrite(_ guestAddress: UInt64, size: Int, value: UInt64) {
         guard let address = routed(guestAddress), let route = router.mmio(address) else { return }
+        // Most writes are posted and nothing else comes with them (an IOAPIC's register select, most LAPIC
+        // registers): straight to the ring, the rest out of line (a 64-bit guest's exit refetches every code line
+        // the vCPU runs, see InterruptInjector.beforeEntry).
+        let (initialCount, eoi) = (LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, LocalAPIC.defaultBase + LocalAPIC.Register.eoi)
+        if route.writes == .posted && address != initialCount && address != eoi {
+            post(route.channel, .mmioWrite, address: address, size: size, value: value)
+            return
+        }
+        orderedMMIOWrite(address, route: route, size: size, value: value)
+    }
+
+    /// A write with a side effect to start (the LAPIC timer's initial count), an ordering to keep, or an EOI.
+    @inline(never)
+    private func orderedMMIOWrite(_ address: UInt64, route: (channel: Int, writes: WriteOrdering), size: Int, value: UInt64) {
         if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
             // The timer counts from the guest's write, not from when the irqchip takes it.
             post(irqchip, .timestamp, address: 0, size: 8, value: monotonicNanoseconds())
