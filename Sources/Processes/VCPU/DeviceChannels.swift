@@ -131,18 +131,22 @@ final class DeviceChannels {
         // Most writes are posted and nothing else comes with them (an IOAPIC's register select, most LAPIC
         // registers): straight to the ring, the rest out of line (a 64-bit guest's exit refetches every code line
         // the vCPU runs, see InterruptInjector.beforeEntry).
-        let (initialCount, eoi) = (LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, LocalAPIC.defaultBase + LocalAPIC.Register.eoi)
-        if route.writes == .posted && address != initialCount && address != eoi {
+        if route.writes == .posted && address != Self.timerInitialCount && address != Self.eoi {
             post(route.channel, .mmioWrite, address: address, size: size, value: value)
             return
         }
         orderedMMIOWrite(address, route: route, size: size, value: value)
     }
 
+    /// The routed addresses of the two LAPIC registers whose writes do more than their post (computed, so that they
+    /// fold to constants: a stored static would be a lazy global, initialised through a call on the hot path).
+    private static var timerInitialCount: UInt64 { LocalAPIC.defaultBase + LocalAPIC.Register.initialCount }
+    private static var eoi: UInt64 { LocalAPIC.defaultBase + LocalAPIC.Register.eoi }
+
     /// A write with a side effect to start (the LAPIC timer's initial count), an ordering to keep, or an EOI.
     @inline(never)
     private func orderedMMIOWrite(_ address: UInt64, route: (channel: Int, writes: WriteOrdering), size: Int, value: UInt64) {
-        if address == LocalAPIC.defaultBase + LocalAPIC.Register.initialCount, route.channel == irqchip {
+        if address == Self.timerInitialCount, route.channel == irqchip {
             // The timer counts from the guest's write, not from when the irqchip takes it.
             post(irqchip, .timestamp, address: 0, size: 8, value: monotonicNanoseconds())
         }
@@ -151,7 +155,7 @@ final class DeviceChannels {
             // lines before vCPU messages, so their line changes are then ahead of this write.
             for other in posted.toSettle(before: route.channel) { _ = call(other, .sync, address: 0, size: 0) }
         }
-        let unblocks = route.channel == irqchip && address == LocalAPIC.defaultBase + LocalAPIC.Register.eoi
+        let unblocks = route.channel == irqchip && address == Self.eoi
             && eoiUnblocksARequest()
         post(route.channel, .mmioWrite, address: address, size: size, value: value)
         if route.writes == .synchronous { _ = call(route.channel, .sync, address: 0, size: 0) }

@@ -117,14 +117,17 @@ final class InterruptInjector: @unchecked Sendable {
     func beforeEntry() throws -> Injection? {
         let run = vcpu.run
         run.pointee.immediate_exit = 0  // before the check: a kick after it makes the next KVM_RUN return at once
-        guard claimedTimer != nil || mailbox.pendingVector(vcpu: index) != nil else {
-            run.pointee.request_interrupt_window = 0
-            windowWanted.store(false, ordering: .relaxed)
-            offerWaitingSince = nil  // noteUntakenOffer(nil, ...)
-            offerWaitReported = false
-            return nil
-        }
+        guard claimedTimer != nil || mailbox.pendingVector(vcpu: index) != nil else { return enterWithoutInjecting(nil) }
         return try offerBeforeEntry()
+    }
+
+    /// Nothing to inject at this entry: no window requested; `pending`, an offer the guest cannot take yet, is timed.
+    @inline(__always)
+    private func enterWithoutInjecting(_ pending: UInt8?) -> Injection? {
+        vcpu.run.pointee.request_interrupt_window = 0
+        windowWanted.store(false, ordering: .relaxed)
+        noteUntakenOffer(pending, halted: false)
+        return nil
     }
 
     /// `beforeEntry` when a timer expiry is claimed or a vector offered.
@@ -141,12 +144,7 @@ final class InterruptInjector: @unchecked Sendable {
             return .timer(vector)
         }
         let pending = mailbox.pendingVector(vcpu: index)
-        guard apicEnabled, let offered = pending else {
-            run.pointee.request_interrupt_window = 0
-            windowWanted.store(false, ordering: .relaxed)
-            noteUntakenOffer(pending, halted: false)
-            return nil
-        }
+        guard apicEnabled, let offered = pending else { return enterWithoutInjecting(pending) }
         if taskPriority.holdsBack(offered) {
             noteUntakenOffer(offered, halted: false)
             // It waits for the TPR to drop. A TPR register write exits, but a MOV to CR8 does not on this host's

@@ -233,22 +233,21 @@ final class VCPURunner: @unchecked Sendable {
         guard size == 1 || size == 2 || size == 4 else { return unhandledPortSize(size) }
         let data = vcpu.ioData
         if io.count == 1 {  // all but string I/O (INS, OUTS): no loop, and its code stays short
-            if io.direction == UInt8(KVM_EXIT_IO_IN) {
-                store(devices.portRead(io.port, size: size), to: data, size: size)
-            } else {
-                devices.portWrite(io.port, size: size, value: load(data, size: size))
-            }
+            portAccess(io, size: size, at: data)
             return .resume
         }
-        for i in 0..<Int(io.count) {
-            let element = data + i * size
-            if io.direction == UInt8(KVM_EXIT_IO_IN) {
-                store(devices.portRead(io.port, size: size), to: element, size: size)
-            } else {
-                devices.portWrite(io.port, size: size, value: load(element, size: size))
-            }
-        }
+        for i in 0..<Int(io.count) { portAccess(io, size: size, at: data + i * size) }
         return .resume
+    }
+
+    /// One element of a port exit: a read stored at `element`, or the write of what is there.
+    @inline(__always)
+    private func portAccess(_ io: vmm_io_exit, size: Int, at element: UnsafeMutableRawPointer) {
+        if io.direction == UInt8(KVM_EXIT_IO_IN) {
+            store(devices.portRead(io.port, size: size), to: element, size: size)
+        } else {
+            devices.portWrite(io.port, size: size, value: load(element, size: size))
+        }
     }
 
     /// Out of line: its message's code would otherwise sit among the port handler's hot lines.
