@@ -324,6 +324,7 @@ public enum ConfigParser {
         }
         s.spinBudgetMicroseconds = try r.integer("spin_budget_us", in: 0...1_000_000) ?? s.spinBudgetMicroseconds
         s.deviceTimeoutMs = try r.integer("device_timeout_ms", in: 1...600_000) ?? s.deviceTimeoutMs
+        s.coalescedWrites = try r.bool("coalesced_writes") ?? s.coalescedWrites
         s.debugExit = try r.bool("debug_exit") ?? s.debugExit
         s.panicWatch = try r.bool("panic_watch") ?? s.panicWatch
         if let quirks = try r.string("host_quirks") {

@@ -42,6 +42,9 @@ public struct VMConfig: Equatable, Sendable {
         public var serialInputFromStdin = true
         /// The longest a side spins on a ring before it blocks on the doorbell (each side learns its own window).
         public var spinBudgetMicroseconds = 200
+        /// Let KVM queue the posted writes the machine layout marks (the UART's, the IOAPIC's register select) for the
+        /// vCPU to post at its next exit, instead of exiting for each (see CoalescedZone); with one vCPU only.
+        public var coalescedWrites = true
         /// How long the vcpu process waits for a device to answer a read.
         public var deviceTimeoutMs = 1000
         /// CPUs the vcpu process and the device processes may run on (empty: anywhere).

@@ -43,6 +43,15 @@ public final class VCPU: @unchecked Sendable {
         syncRegs = (UInt32(caps) & UInt32(KVM_SYNC_X86_REGS)) != 0
     }
 
+    /// KVM's ring of coalesced writes, in this vCPU's mapping (every vCPU maps the VM's one ring); nil when the
+    /// host has none (no KVM_CAP_COALESCED_MMIO, or without ports: KVM_CAP_COALESCED_PIO).
+    public func coalescedWriteRing() -> CoalescedWriteRing? {
+        let page = vm.host.checkExtension(KVM_CAP_COALESCED_MMIO)
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard page > 0, vm.host.checkExtension(KVM_CAP_COALESCED_PIO) > 0, (Int(page) + 1) * pageSize <= runPage.size else { return nil }
+        return CoalescedWriteRing(page: runPage.base + Int(page) * pageSize)
+    }
+
     // MARK: register cache
 
     public func regs() throws(KVMError) -> kvm_regs {

@@ -49,6 +49,17 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try kvmCall("KVM_IOEVENTFD") { vmm_ioctl_ptr(self.fd.raw, VMM_KVM_IOEVENTFD, &event) }
     }
 
+    /// Makes KVM queue the guest's writes to `size` bytes at `address` (ports when `port`) in its ring of coalesced
+    /// writes (CoalescedWriteRing) and go on running the guest, with no exit to userspace; the VMM takes them from
+    /// the ring at the next exit. Reads there, and writes while the ring is full, exit as before.
+    public func coalesceWrites(at address: UInt64, size: UInt32, port: Bool) throws(KVMError) {
+        var zone = kvm_coalesced_mmio_zone()
+        zone.addr = address
+        zone.size = size
+        zone.pio = port ? 1 : 0
+        _ = try kvmCall("KVM_REGISTER_COALESCED_MMIO") { vmm_ioctl_ptr(fd.raw, VMM_KVM_REGISTER_COALESCED_MMIO, &zone) }
+    }
+
     public func createVCPU(id: Int) throws(KVMError) -> VCPU {
         let vcpu = try kvmCall("KVM_CREATE_VCPU") { vmm_ioctl_val(fd.raw, VMM_KVM_CREATE_VCPU, UInt(id)) }
         return try VCPU(vm: self, id: id, fd: FileDescriptor(owning: vcpu))

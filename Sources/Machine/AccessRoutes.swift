@@ -43,9 +43,28 @@ public struct AccessRoutes: Codable, Sendable, Equatable {
 
     public var ports: [PortRange]
     public var mmio: [MMIORange]
-    public init(ports: [PortRange], mmio: [MMIORange]) {
+    /// Where KVM queues writes for the vCPU to post at its next exit (empty: every write exits).
+    public var coalesced: [CoalescedZone]
+    public init(ports: [PortRange], mmio: [MMIORange], coalesced: [CoalescedZone] = []) {
         self.ports = ports
         self.mmio = mmio
+        self.coalesced = coalesced
+    }
+}
+
+/// Ports or MMIO bytes whose writes KVM may queue in its coalesced ring (KVM_REGISTER_COALESCED_MMIO) instead of
+/// exiting: the guest runs on, and the vCPU posts them to their device at its next exit, before that exit's own
+/// access. Only for writes that are posted anyway and whose effect may wait for that exit: any read of the device
+/// is an exit, so it still sees every earlier write; what waits is a side effect nobody reads for, such as an
+/// interrupt the write would raise (until the next exit: a HLT, a timer's kick, any access that exits).
+public struct CoalescedZone: Codable, Sendable, Equatable {
+    public var address: UInt64
+    public var size: UInt32
+    public var port: Bool
+    public init(address: UInt64, size: UInt32, port: Bool) {
+        self.address = address
+        self.size = size
+        self.port = port
     }
 }
 

@@ -12,6 +12,8 @@ public struct MachineLayout: Sendable, Equatable {
         public var mmio: MMIOWindow?
         /// The IOAPIC pin it raises (ISA IRQ n is pin n, as the MP table says).
         public var irq: Int?
+        /// Where KVM may queue the guest's writes instead of exiting (see CoalescedZone); posted writes only.
+        public var coalescedWrites: [CoalescedZone]
 
         /// A virtio-mmio device's QueueNotify register: KVM signals the device's eventfd on writes there, so
         /// queue notifications reach the device process without an exit to the vcpu process.
@@ -20,12 +22,26 @@ public struct MachineLayout: Sendable, Equatable {
             return w.base + MachineLayout.virtioQueueNotifyOffset
         }
 
-        public init(name: String, server: Server, ports: ClosedRange<UInt16>? = nil, mmio: MMIOWindow? = nil, irq: Int? = nil) {
+        public init(name: String, server: Server, ports: ClosedRange<UInt16>? = nil, mmio: MMIOWindow? = nil, irq: Int? = nil,
+                    coalescedWrites: [CoalescedZone] = []) {
             self.name = name
             self.server = server
             self.ports = ports
             self.mmio = mmio
             self.irq = irq
+            self.coalescedWrites = coalescedWrites
+        }
+
+        /// Whether `zone` is this device's and its writes are posted (in a window: the register it starts at; the
+        /// router orders an access by its first byte).
+        func holdsPosted(_ zone: CoalescedZone) -> Bool {
+            guard zone.size > 0 else { return false }
+            if zone.port {
+                guard let p = ports else { return false }
+                return zone.address >= UInt64(p.lowerBound) && zone.address + UInt64(zone.size) - 1 <= UInt64(p.upperBound)
+            }
+            guard let w = mmio, zone.address >= w.base, zone.address - w.base + UInt64(zone.size) <= w.size else { return false }
+            return (w.exceptions[zone.address - w.base] ?? w.writes) == .posted
         }
     }
 
@@ -50,8 +66,11 @@ public struct MachineLayout: Sendable, Equatable {
         case overlap(String, String)
         case pinTaken(Int, String, String)
         case outOfPins(String)
+        /// A coalesced zone outside the device's ports or window, or over writes that are not posted.
+        case coalescedNotPosted(String)
         public var description: String {
             switch self {
+            case .coalescedNotPosted(let d): return "\(d)'s coalesced writes must be its own posted writes"
             case .overlap(let a, let b): return "\(a) and \(b) overlap"
             case .pinTaken(let pin, let a, let b): return "\(a) and \(b) both raise IOAPIC pin \(pin)"
             case .outOfPins(let d): return "no IOAPIC pin is left for \(d)"
@@ -66,6 +85,7 @@ public struct MachineLayout: Sendable, Equatable {
 
     /// Adds a device; refuses one that overlaps a placed device's ports, window or pin.
     public mutating func add(_ device: Device) throws(LayoutError) {
+        guard device.coalescedWrites.allSatisfy(device.holdsPosted) else { throw .coalescedNotPosted(device.name) }
         for d in devices {
             if let a = d.ports, let b = device.ports, a.overlaps(b) { throw .overlap(d.name, device.name) }
             if let a = d.mmio, let b = device.mmio, a.base < b.base &+ b.size, b.base < a.base &+ a.size {
@@ -86,7 +106,10 @@ public struct MachineLayout: Sendable, Equatable {
         // posted: whatever reads or writes through the window next comes after it on the same ring.
         let ioapic = MMIOWindow(base: IOAPIC.defaultBase, size: 0x1000, writes: .synchronous, exceptions: [IOAPIC.selectRegister: .posted])
         let devices: [Device] = [
-            Device(name: "com1", server: Server(.pio), ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4),
+            // Its writes wait in KVM's ring for the next exit, which every read of the UART is: a console line costs
+            // one exit per byte (the LSR poll) instead of two.
+            Device(name: "com1", server: Server(.pio), ports: Serial8250.com1...Serial8250.com1 + 7, irq: 4,
+                   coalescedWrites: [CoalescedZone(address: UInt64(Serial8250.com1), size: 8, port: true)]),
             Device(name: "debug-exit", server: Server(.pio), ports: DebugExit.defaultPort...DebugExit.defaultPort),
             // The keyboard's IRQ 1 belongs to the data port, where its scancodes are read.
             Device(name: "i8042-data", server: Server(.pio), ports: I8042.dataPort...I8042.dataPort, irq: 1),
@@ -94,7 +117,9 @@ public struct MachineLayout: Sendable, Equatable {
             Device(name: "rtc", server: Server(.pio), ports: CMOSRTC.defaultPort...CMOSRTC.defaultPort + 1),
             Device(name: "boot-timer", server: Server(.pio), ports: BootTimer.defaultPort...BootTimer.defaultPort),
             Device(name: "lapic", server: Server(.irqchip), mmio: lapic),
-            Device(name: "ioapic", server: Server(.irqchip), mmio: ioapic),
+            // Selecting a register does nothing until the window's access, an exit, which brings it along.
+            Device(name: "ioapic", server: Server(.irqchip), mmio: ioapic,
+                   coalescedWrites: [CoalescedZone(address: IOAPIC.defaultBase + IOAPIC.selectRegister, size: 4, port: false)]),
         ]
         do { return try MachineLayout(devices: devices) } catch { preconditionFailure("the standard layout overlaps: \(error)") }
     }()
@@ -178,7 +203,8 @@ public struct MachineLayout: Sendable, Equatable {
                 d.mmio.flatMap { w in
                     channel[d.server].map { AccessRoutes.MMIORange(base: w.base, size: w.size, channel: $0, writes: w.writes, exceptions: w.exceptions) }
                 }
-            })
+            },
+            coalesced: devices.flatMap(\.coalescedWrites))
     }
 
     /// The IOAPIC pin of the device called `name`.

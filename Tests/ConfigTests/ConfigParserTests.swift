@@ -292,6 +292,12 @@ final class ConfigParserTests: XCTestCase {
         assertError(#"{\#(boot), "vmm": {"spin_budget_us": -1}}"#, "vmm.spin_budget_us: -1 is out of range 0...1000000")
     }
 
+    func testCoalescedWritesAreOnUnlessTurnedOff() throws {
+        XCTAssertTrue(try parse(#"{\#(boot)}"#).vmm.coalescedWrites)
+        XCTAssertFalse(try parse(#"{\#(boot), "vmm": {"coalesced_writes": false}}"#).vmm.coalescedWrites)
+        assertError(#"{\#(boot), "vmm": {"coalesced_writes": "no"}}"#, "vmm.coalesced_writes: expected true or false, found a string")
+    }
+
     func testJSONParserEscapesAndNumbers() throws {
         let v = try JSONParser.parse(Array(#"{"s": "a\u00e9\n\ud83d\ude00", "n": -1.5e3, "l": [true, false, null]}"#.utf8))
         XCTAssertEqual(v, .object([("s", .string("aé\n😀")), ("n", .number("-1.5e3")), ("l", .array([.bool(true), .bool(false), .null]))]))

@@ -40,6 +40,26 @@ final class MachineLayoutTests: XCTestCase {
         XCTAssertNil(router.mmio(0xd000_0000))
     }
 
+    /// KVM queues writes only where they are posted anyway: COM1's registers and the IOAPIC's register select.
+    func testCoalescedWritesAreCOM1sAndTheIOAPICsRegisterSelectOnly() throws {
+        XCTAssertEqual(layout.routes.coalesced, [CoalescedZone(address: 0x3f8, size: 8, port: true),
+                                                 CoalescedZone(address: IOAPIC.defaultBase, size: 4, port: false)])
+        var l = try MachineLayout(devices: [.init(name: "a", server: Server(.pio), ports: 0x100...0x107)])
+        let window = MachineLayout.MMIOWindow(base: 0x1000, size: 0x1000, writes: .synchronous, exceptions: [0x10: .posted])
+        for bad in [CoalescedZone(address: 0x100, size: 8, port: true),  // a's ports, not b's
+                    CoalescedZone(address: 0x1000, size: 4, port: false),  // a synchronous register
+                    CoalescedZone(address: 0x1ffe, size: 4, port: false),  // past the window
+                    CoalescedZone(address: 0x1010, size: 0, port: false)] {
+            XCTAssertThrowsError(try l.add(.init(name: "b", server: Server(.irqchip), ports: 0x200...0x201, mmio: window, coalescedWrites: [bad])),
+                                 "\(bad)") {
+                XCTAssertEqual($0 as? MachineLayout.LayoutError, .coalescedNotPosted("b"))
+            }
+        }
+        try l.add(.init(name: "b", server: Server(.irqchip), ports: 0x200...0x201, mmio: window,
+                        coalescedWrites: [CoalescedZone(address: 0x200, size: 2, port: true), CoalescedZone(address: 0x1010, size: 4, port: false)]))
+        XCTAssertEqual(l.routes.coalesced.count, 2)
+    }
+
     func testCOM1RaisesISAIRQ4() {
         XCTAssertEqual(layout.irq(of: "com1"), 4)
         XCTAssertNil(layout.irq(of: "rtc"))

@@ -78,6 +78,31 @@ final class GuestRunTests: GuestTestCase {
         }
     }
 
+    /// With one vCPU, KVM queues the UART's writes (coalesced) and the vCPU posts them at its next exit, before that
+    /// exit's own access: every scratch-register read sees the write before it and the console is byte-exact. With
+    /// `coalesced_writes` off, or two vCPUs (KVM's ring does not say which vCPU wrote), every write exits.
+    func testCoalescedUARTWritesComeBeforeTheReadsAfterThem() throws {
+        var portExits: [String: Int] = [:]
+        for (coalesced, vcpus) in [(true, 1), (false, 1), (true, 2)] {
+            let run = try Harness.run(config: Harness.config(kernel: try Harness.guest("uartstress.elf"), args: "lines=300", vcpus: vcpus,
+                                                             extra: #", "coalesced_writes": \#(coalesced)"#),
+                                      options: ["--log-level", "info"])
+            let what = "coalesced_writes \(coalesced), \(vcpus) vCPUs"
+            XCTAssertEqual(run.wait(timeout: 60), 1, "\(what): \(run.stderr)")
+            XCTAssertEqual(run.stdout, "uartstress: ready\n" + (0..<300).map { "line \($0)\n" }.joined()
+                           + "uartstress: done 300 lines, 0 scratch mismatches\n", what)
+            let statistics = try XCTUnwrap(run.stderr.split(separator: "\n").first { $0.contains("vcpu statistics") }, what)
+            let count = try XCTUnwrap(statistics.split(separator: " io ").last?.prefix { $0.isNumber }, String(statistics))
+            portExits[what] = Int(count)
+        }
+        // Each line: four scratch writes and reads, and each console byte's LSR read and THR write. Coalesced, only the
+        // reads exit: about half the exits.
+        let exiting = try XCTUnwrap(portExits["coalesced_writes false, 1 vCPUs"])
+        XCTAssertGreaterThan(exiting, 300 * 8 * 2, "\(portExits)")
+        XCTAssertLessThan(try XCTUnwrap(portExits["coalesced_writes true, 1 vCPUs"]), exiting * 6 / 10, "\(portExits)")
+        XCTAssertEqual(portExits["coalesced_writes true, 2 vCPUs"], exiting, "two vCPUs: not coalesced, \(portExits)")
+    }
+
     /// The guest's SSE registers are its own: they survive exits to the VMM (whose own code uses them freely) and a
     /// round trip through the guest's kernel that saves and restores them (FXSAVE/FXRSTOR, emulated on these hosts),
     /// as a task switch in Linux does. (AVX and AVX-512 registers do not survive on PVM hosts: README.)

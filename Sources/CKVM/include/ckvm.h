@@ -34,6 +34,10 @@ static const unsigned long VMM_KVM_GET_MSRS = KVM_GET_MSRS;
 static const unsigned long VMM_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 static const unsigned long VMM_KVM_IOEVENTFD = KVM_IOEVENTFD;
 static const uint32_t VMM_KVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+static const unsigned long VMM_KVM_REGISTER_COALESCED_MMIO = KVM_REGISTER_COALESCED_MMIO;
+/// Entries in KVM's ring of coalesced writes: KVM_COALESCED_MMIO_MAX, whose PAGE_SIZE is the kernel's (x86: 4 KiB).
+static const uint32_t VMM_KVM_COALESCED_MMIO_MAX =
+    (4096 - sizeof(struct kvm_coalesced_mmio_ring)) / sizeof(struct kvm_coalesced_mmio);
 
 /// Makes accesses to `indices` exit to userspace (KVM_EXIT_X86_RDMSR/WRMSR) instead of being handled or dropped
 /// by KVM: enables KVM_CAP_X86_USER_SPACE_MSR for filtered MSRs, then installs a filter denying just those.

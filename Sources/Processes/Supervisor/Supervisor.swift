@@ -240,6 +240,10 @@ public final class Supervisor {
         var helpers: [Slot] = []
         defer { stopAll(helpers) }
 
+        // KVM's ring of coalesced writes is the VM's, shared by its vCPUs, and does not say which one wrote: with more
+        // than one, a vCPU could post another's writes after that one's later accesses. One vCPU only.
+        var routes = layout.routes
+        if !config.vmm.coalescedWrites || vcpus > 1 { routes.coalesced = [] }
         helpers.append(try spawn(.vcpu, cpus: config.vmm.vcpuCPUs, stdio: stdio) { fds, control in
             VCPUSpec(
                 kvmFD: fds.add(kvm.raw, owner: kvm), ramFD: fds.add(ram.raw, owner: ram), memSizeMiB: config.machine.memSizeMiB,
@@ -247,7 +251,7 @@ public final class Supervisor {
                 cpuid: config.cpuid.map { CPUIDRuleSpec(leaf: $0.leaf, subleaf: $0.subleaf, register: $0.register, clear: $0.clear, set: $0.set) }
                     + (quirks?.cpuidMasks ?? []),  // the host's masks after the template: it cannot undo them
                 trackDirtyPages: config.machine.trackDirtyPages,
-                channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: layout.routes,
+                channels: channels.map { $0.spec(&fds) }, servers: layout.servers, routes: routes,
                 mailboxFD: fds.add(mailboxes.raw), kickFDs: kicks.map { fds.add($0.raw, owner: $0) },
                 timerFDs: timers.map { fds.add($0.raw, owner: $0) },
                 statisticsFD: fds.add(statistics.raw, owner: statistics),

@@ -290,6 +290,8 @@ final class DeviceChannels {
         }
     }
 
+    /// Out of line: its message would otherwise sit among the hot lines of every access that calls it.
+    @inline(never)
     private func complain(_ channel: Int, _ error: Error) {
         if complainedAbout.insert(channel).inserted {
             Log.warning("the \(servers[channel]) process failed: \(error); its reads return all-ones")

@@ -51,6 +51,8 @@ final class InterruptInjector: @unchecked Sendable {
     private var listener: OSThread?
     /// While a pause is requested a sleeping vCPU waits at the gate, and the listener stops its window kicks.
     var pauseGate: PauseGate?
+    /// The API asked for a pause.
+    var pauseRequested: Bool { pauseGate?.isRequested == true }
     /// The vCPU's seat in the VM's spin census: it waits on the spot for a timer's offer only on a free CPU.
     var seat: SpinCensus.Seat?
 
@@ -75,7 +77,7 @@ final class InterruptInjector: @unchecked Sendable {
         var value: UInt64 = 0
         while true {
             let wanted = (windowWanted.load(ordering: .relaxed) || tprWatch.load(ordering: .relaxed))
-                && pauseGate?.isRequested != true
+                && !pauseRequested
             let r = poll(&pfd, 1, wanted ? 1 : -1)
             if r > 0 {
                 _ = Glibc.read(kickFD, &value, 8)

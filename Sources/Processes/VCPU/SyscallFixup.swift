@@ -45,7 +45,13 @@ final class SyscallFixup {
     /// runner's clock (CycleClock ticks; the last exit's reading will do: the refresh period is far longer than an exit).
     @inline(__always)
     func refreshIfDue(now: UInt64) throws(KVMError) {
-        guard now >= nextRefresh, !singleStepping else { return }
+        guard _slowPath(now >= nextRefresh), !singleStepping else { return }
+        try refresh(now: now)
+    }
+
+    /// Out of line: the run loop calls `refreshIfDue` on every exit, and this body is due once in a long while.
+    @inline(never)
+    private func refresh(now: UInt64) throws(KVMError) {
         nextRefresh = now &+ refreshTicks
         let sregs = try vcpu.sregs()
         guard sregs.efer & 0x400 != 0, sregs.idt.limit >= 14 * 16 + 15 else { return }  // long mode with an IDT

@@ -71,6 +71,19 @@ public enum VCPUProcess {
                                   group: group, bootstrap: i == 0, syscallFixup: spec.syscallFixup, windowStepping: spec.windowStepping,
                                   seat: census.seat(spec.waiting.seat + i), statistics: statistics.writer(vcpu: i))
         }
+        // Coalesced writes (the supervisor sends zones only for a VM of one vCPU): a host without the ring has every
+        // write exit, as before.
+        if !spec.routes.coalesced.isEmpty {
+            if let runner = runners.first, runners.count == 1, let ring = runner.vcpu.coalescedWriteRing() {
+                for zone in spec.routes.coalesced {
+                    try vm.coalesceWrites(at: zone.address, size: zone.size, port: zone.port)
+                }
+                runner.coalescedWrites = ring
+                Log.debug("coalesced writes: \(spec.routes.coalesced.count) zones")
+            } else {
+                Log.debug("coalesced writes: not on this host (no KVM_CAP_COALESCED_PIO); every write exits")
+            }
+        }
         // Virtio queue notifications go from KVM straight to the device processes' eventfds.
         for n in spec.queueNotifications {
             try vm.signalEventFD(n.fd, onWriteOf: UInt64(n.queue), length: 4, at: n.address)

@@ -41,6 +41,8 @@ final class VCPURunner: @unchecked Sendable {
     /// while it stays held (see `Seat.hold`; a free seat asks whenever it is taken).
     private var cpuCheckedAt: UInt64 = 0
     static let cpuRecheckNanoseconds: UInt64 = 1_000_000
+    /// `cpuRecheckNanoseconds` in `clock`'s ticks: compared on every entry, no conversion.
+    private let cpuRecheckTicks: UInt64
     /// Entries, time in KVM_RUN, exits and VMM time by reason, in the region the supervisor reads.
     private let statistics: VCPUStatistics.Writer
     /// The exit being handled, and when KVM_RUN returned with it (`clock`'s ticks): its VMM time runs until the
@@ -50,6 +52,11 @@ final class VCPURunner: @unchecked Sendable {
     private let clock: CycleClock
     /// A timer expiry this vCPU took itself and injected at the last entry, for the irqchip to hear of at the exit.
     private var timerTakenToTell: UInt8?
+    /// KVM's ring of the guest's coalesced writes (only for a VM of one vCPU): posted at every exit, before it is
+    /// handled, as if each had exited in turn.
+    var coalescedWrites: CoalescedWriteRing?
+    /// How many writes came through `coalescedWrites`.
+    private(set) var coalescedWriteCount: UInt64 = 0
 
     /// Dispatches an exit to its handler, in the spirit of KVM's kvm_vmx_exit_handlers; nil for a reason vmm
     /// does not handle. A switch, not a table of closures: no closure to fetch and retain on every exit.
@@ -89,6 +96,7 @@ final class VCPURunner: @unchecked Sendable {
         let tscKHz = vcpu.tscKHz()
         tscDeadline = TSCDeadline(tscKHz: tscKHz)
         clock = CycleClock(kHz: tscKHz)
+        cpuRecheckTicks = clock.ticks(nanoseconds: Self.cpuRecheckNanoseconds)
         self.syscallFixup = syscallFixup ? SyscallFixup(vcpu: vcpu, fallback: fallback, clock: clock) : nil
         self.windowStepping = windowStepping
         // Asked on this vCPU's own thread, from its HLT wait.
@@ -103,6 +111,7 @@ final class VCPURunner: @unchecked Sendable {
     func run() -> ControlMessage.VCPUStop {
         let why = runUntilStop()
         seat.release()  // still held if KVM_RUN failed
+        postCoalescedWrites()  // a stop that did not come from an exit (KVM_RUN failed) may leave some
         finishHandling(at: CycleClock.now())
         if let vector = timerTakenToTell { devices.timerTaken(vector) }
         devices.settleAll()
@@ -113,7 +122,8 @@ final class VCPURunner: @unchecked Sendable {
     /// did (the exit's time stands for now: the clock is read next for the entry).
     @inline(__always)
     private func holdSeat() {
-        guard let since = handling?.since, clock.nanoseconds(from: cpuCheckedAt, to: since) > Self.cpuRecheckNanoseconds else {
+        // Unsigned: a counter that went back (a thread moved between CPUs out of step) rechecks at once.
+        guard let since = handling?.since, _slowPath(since &- cpuCheckedAt > cpuRecheckTicks) else {
             seat.hold(recheck: false)
             return
         }
@@ -134,16 +144,8 @@ final class VCPURunner: @unchecked Sendable {
         if state != .running { _ = group.park() }
         while true {
             do {
-                if state != .running && !interrupts.hasEvents { try interrupts.waitForEvent() }
-                if interrupts.hasEvents { try apply(interrupts.takeEvents()) }
-                if state != .running { continue }
-                // Paused (the API's PATCH /vm): wait here, outside KVM_RUN, until the resume.
-                if let gate = interrupts.pauseGate, gate.isRequested {
-                    finishHandling(at: CycleClock.now())  // paused time is no exit's
-                    devices.wakeDevicesAsleep()
-                    seat.release()
-                    gate.wait()
-                    continue
+                if _slowPath(state != .running || interrupts.hasEvents || interrupts.pauseRequested) {
+                    guard try attendBeforeEntry() else { continue }
                 }
                 switch try interrupts.beforeEntry() {
                 case .offered(let vector): devices.acknowledgeInterrupt(vector)
@@ -182,6 +184,8 @@ final class VCPURunner: @unchecked Sendable {
                     windowStepper.exitedOtherwise()
                     stepContextFresh = false
                 }
+                // The writes the guest made before this exit's access, in order: the access must come after them.
+                if let ring = coalescedWrites, !ring.isEmpty { postCoalescedWrites() }
                 followAPICBase()
                 followCR8()
                 if reason != UInt32(KVM_EXIT_INTERNAL_ERROR) { retriedRIP = nil }  // the guest moved on
@@ -193,6 +197,37 @@ final class VCPURunner: @unchecked Sendable {
                 return stopWithDump(.runFailed, "vCPU failed: \(error)")
             }
         }
+    }
+
+    /// Posts the writes KVM queued in its coalesced ring to their devices, oldest first, as their exits would have.
+    @inline(never)
+    private func postCoalescedWrites() {
+        coalescedWrites?.drain { write in
+            coalescedWriteCount &+= 1
+            if write.port {
+                devices.portWrite(UInt16(truncatingIfNeeded: write.address), size: write.size, value: write.value)
+            } else {
+                devices.mmioWrite(write.address, size: write.size, value: write.value)
+            }
+        }
+    }
+
+    /// Before an entry, what a running vCPU seldom meets: waits while it is not running, applies NMI, INIT and
+    /// start-up IPIs, and holds it at a pause (the API's PATCH /vm) outside KVM_RUN until the resume. Returns
+    /// whether to enter now (false: look again). Out of line: the run loop's common case stays on few code lines.
+    @inline(never)
+    private func attendBeforeEntry() throws -> Bool {
+        if state != .running && !interrupts.hasEvents { try interrupts.waitForEvent() }
+        if interrupts.hasEvents { try apply(interrupts.takeEvents()) }
+        if state != .running { return false }
+        if let gate = interrupts.pauseGate, gate.isRequested {
+            finishHandling(at: CycleClock.now())  // paused time is no exit's
+            devices.wakeDevicesAsleep()
+            seat.release()
+            gate.wait()
+            return false
+        }
+        return true
     }
 
     /// INIT resets the vCPU into waiting for a start-up IPI (which a running vCPU ignores); NMIs wake a parked
@@ -348,6 +383,7 @@ final class VCPURunner: @unchecked Sendable {
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
+        if coalescedWriteCount > 0 { parts.append("(writes KVM coalesced, posted at the next exit: \(coalescedWriteCount))") }
         if devices.mirroredPortReads > 0 { parts.append("(port reads answered from the device's copy: \(devices.mirroredPortReads))") }
         return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }

@@ -110,7 +110,7 @@ struct BenchCommand: ParsableCommand {
                     runners.append((name, {
                         // Ours at info level: its statistics line splits each exit into time in KVM_RUN and the
                         // VMM's own time, so the row's ratio shows which side of the exit the cost is on.
-                        let atInfo = (m as? OurVMM).map { o -> VMMUnderTest in var o = o; o.options += ["--log-level", "info"]; return o }
+                        let atInfo = (loop.configured(m) as? OurVMM).map { o -> VMMUnderTest in var o = o; o.options += ["--log-level", "info"]; return o }
                         let r = try Runner.run(atInfo ?? m, kernel: kernel, args: loop.args, captureLog: atInfo != nil,
                                                pinVCPU: m is OurVMM ? pin : nil)
                         if let why = r.pinFailure { failures[name] = "could not pin its vCPU thread (\(why))" }
@@ -153,7 +153,7 @@ struct BenchCommand: ParsableCommand {
             if wants("phases") && tscKHz > 0 && phasesUnavailable == nil {
                 let (delay, duration) = smoke ? (0.3, 0.1) : (1.0, 0.3)
                 // A tracer that could not start says why once, in the rows: no other loop tries again.
-                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where wantsLoop(loop) && phasesUnavailable == nil {
+                for loop in ExitLoop.all(iterations: smoke ? 32_000 : 200_000) where wantsLoop(loop) && !loop.coalesced && phasesUnavailable == nil {
                     let kernel = guestDir + "/" + loop.guest
                     var runners: [(String, () throws -> String?)] = [("bare KVM loop", {
                         let bare = try BareVM.run(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: loop.args, cpu: pin)
@@ -161,7 +161,7 @@ struct BenchCommand: ParsableCommand {
                     })]
                     for m in [ours as VMMUnderTest] + (baseline.map { [$0] } ?? []) {
                         runners.append((m.name, {
-                            let r = try Runner.run(m, kernel: kernel, args: loop.args, pinVCPU: pin)
+                            let r = try Runner.run(loop.configured(m), kernel: kernel, args: loop.args, pinVCPU: pin)
                             if let why = r.pinFailure { return "could not pin its vCPU thread (\(why))" }
                             return GuestTiming.parse(r.output) == nil ? Self.why(r) : nil
                         }))
@@ -213,7 +213,7 @@ struct BenchCommand: ParsableCommand {
                     for (who, m) in [(loop.oursWho, ours)] + (baseline.map { [("baseline vmm", $0)] } ?? []) {
                         // Paused for up to three turns of others: more than a hung device's default 300 ms would allow.
                         var paused = m
-                        paused.vmmSettings += #", "device_restart": {"hang_timeout_ms": 10000}"#
+                        paused.vmmSettings += loop.vmmSettings + #", "device_restart": {"hang_timeout_ms": 10000}"#
                         runners.append(TurnRunner(name: loop.interleaved(who), process: {
                             try Runner.process(paused, kernel: kernel, args: loop.args, memMiB: 64)
                         }, pinVCPU: pin))
@@ -666,9 +666,21 @@ struct ExitLoop {
     var goal: Double?
     /// The row the goal's ratio is taken against, when not this loop's own bare row.
     var goalBaseline: String?
+    /// vmm queues the loop's writes in KVM's coalesced ring (its default for the UART and the IOAPIC's register
+    /// select): the guest's write does not exit, and the row shows what it costs the guest all the same. It runs no
+    /// posting floors and is not traced by phases: there is no exit to compare.
+    var coalesced = false
+    /// More "vmm" settings for vmm's runs of this loop (and the baseline build's, which must know them).
+    var vmmSettings = ""
     var note: String?
 
     func row(_ who: String) -> String { "\(what): \(who)" }
+    /// `m` with this loop's settings, when it is a build of this vmm.
+    func configured(_ m: VMMUnderTest) -> VMMUnderTest {
+        guard var ours = m as? OurVMM else { return m }
+        ours.vmmSettings += vmmSettings
+        return ours
+    }
     /// This project's vmm, as its rows name it.
     var oursWho: String { "vmm (\(server) process)" }
     /// The row of this project's vmm.
@@ -685,7 +697,7 @@ struct ExitLoop {
     static func phaseMeanRow(_ loop: ExitLoop, _ who: String) -> String { "\(loop.what), traced: \(who): whole exit, mean" }
     /// A port-write loop also runs on the bare loop that posts each write to a device thread (`runPosting`), without
     /// and with the spin census: the floors' census settings, none for other loops.
-    var floors: [Bool] { args.contains("op=out") ? [false, true] : [] }
+    var floors: [Bool] { args.contains("op=out") && !coalesced ? [false, true] : [] }
     func postingBare(census: Bool) -> String { row(Self.postingWho(census: census)) }
     /// The posting floor, as its rows name it.
     static func postingWho(census: Bool) -> String { census ? "bare KVM loop posting, spin census" : "bare KVM loop posting to a thread" }
@@ -711,6 +723,7 @@ struct ExitLoop {
         let (warm, wideWarm) = (min(40_000, iterations), min(12_000, wide))
         let narrowRun = "warmup=\(warm) window=\(narrow) iters=\(iterations)"
         let wideRun = "warmup=\(wideWarm) window=\(wideWindow) iters=\(wide)"
+        let exitPath = #", "coalesced_writes": false"#
         return [
             ExitLoop(what: "port in, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=in port=1021", server: "pio",
                      qemu: true, goal: 1.05, note: "the UART's LSR, answered from the pio's published copy"),
@@ -718,16 +731,24 @@ struct ExitLoop {
             // goals' rows (the reads a guest polls, published by the device) leave out; this row shows what it costs.
             ExitLoop(what: "port read round trip, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=in port=1016", server: "pio",
                      qemu: true, note: "the UART's data register (a read with a side effect): answered by the pio process"),
+            // The posted writes' rows time the exit path: vmm with coalescing off (its default lets KVM queue these
+            // writes with no exit, the coalesced rows below).
             ExitLoop(what: "port out, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=out port=1023", server: "pio",
-                     qemu: true, goal: 1.03, note: "posted write"),
+                     qemu: true, goal: 1.03, vmmSettings: exitPath, note: "posted write, coalescing off: the exit path"),
+            ExitLoop(what: "port out coalesced, 32-bit", guest: "portloop.elf", args: "\(narrowRun) op=out port=1023", server: "pio",
+                     coalesced: true, note: "posted write KVM queues (vmm's default for the UART): no exit"),
             ExitLoop(what: "port in, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=in port=1021", server: "pio",
                      goal: 1.05, note: "the UART's LSR, answered from the pio's published copy"),
             ExitLoop(what: "port out, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=out port=1023", server: "pio",
-                     goal: 1.03, note: "posted write"),
+                     goal: 1.03, vmmSettings: exitPath, note: "posted write, coalescing off: the exit path"),
+            ExitLoop(what: "port out coalesced, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=out port=1023", server: "pio",
+                     coalesced: true, note: "posted write KVM queues (vmm's default for the UART): no exit"),
             ExitLoop(what: "LAPIC read, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=read addr=4276092976", server: "irqchip",
                      goal: 1.10, goalBaseline: "port in, 64-bit: bare KVM loop", note: "version register, against a bare port exit"),
             ExitLoop(what: "IOAPIC write, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=write addr=4273995776", server: "irqchip",
-                     goal: 1.03, note: "register select, posted"),
+                     goal: 1.03, vmmSettings: exitPath, note: "register select, posted, coalescing off: the exit path"),
+            ExitLoop(what: "IOAPIC write coalesced, 64-bit", guest: "portloop64.elf", args: "\(wideRun) op=write addr=4273995776",
+                     server: "irqchip", coalesced: true, note: "register select KVM queues (vmm's default): no exit"),
         ]
     }
 }
