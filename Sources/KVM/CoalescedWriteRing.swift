@@ -44,6 +44,13 @@ public struct CoalescedWriteRing: @unchecked Sendable {
         return UInt32(truncatingIfNeeded: indices) == UInt32(truncatingIfNeeded: indices >> 32)
     }
 
+    /// Where the ring stands, its two indices in one word; nil when it is empty. Another thread can tell from two
+    /// readings whether KVM or the draining vCPU moved it in between.
+    public var position: UInt64? {
+        let indices = page.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .acquiring)
+        return UInt32(truncatingIfNeeded: indices) == UInt32(truncatingIfNeeded: indices >> 32) ? nil : indices
+    }
+
     /// Hands every queued write to `body`, oldest first, and frees its entry.
     public func drain(_ body: (Write) -> Void) {
         var index = first.pointee.load(ordering: .relaxed)

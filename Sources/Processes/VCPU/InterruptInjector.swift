@@ -78,7 +78,13 @@ final class InterruptInjector: @unchecked Sendable {
         while true {
             let wanted = (windowWanted.load(ordering: .relaxed) || tprWatch.load(ordering: .relaxed))
                 && !pauseRequested
-            let r = poll(&pfd, 1, wanted ? 1 : -1)
+            let r = poll(&pfd, 1, wanted ? 1 : coalescedWrites != nil ? Self.coalescedCheckMilliseconds : -1)
+            var stuck = false
+            if let ring = coalescedWrites {
+                let position = ring.position
+                stuck = position != nil && position == heldWrites
+                heldWrites = stuck ? nil : position
+            }
             if r > 0 {
                 _ = Glibc.read(kickFD, &value, 8)
                 // A sleeping vCPU thread wakes on the kick too, unless this read took it: a wake-up is all it needs.
@@ -89,9 +95,18 @@ final class InterruptInjector: @unchecked Sendable {
                     continue
                 }
             }
-            if r > 0 || wanted { kick() }
+            if r > 0 || wanted || stuck { kick() }
         }
     }
+
+    /// KVM's ring of the guest's coalesced writes, which the runner posts at every exit. A guest that writes and then
+    /// runs on without an exit (Linux after a panic spins with interrupts off, its message in the ring) would keep
+    /// them there: the listener looks every `coalescedCheckMilliseconds` (an idle vCPU's listener then wakes 50 times
+    /// a second) and kicks the vCPU out when the ring still holds what it held at its last look.
+    var coalescedWrites: CoalescedWriteRing?
+    static let coalescedCheckMilliseconds: Int32 = 20
+    /// The ring's position at the listener's last look, when it held writes.
+    private var heldWrites: UInt64?
 
     /// Makes the vCPU thread leave KVM_RUN (or not enter it) and wakes it from a HLT wait.
     func kick() {

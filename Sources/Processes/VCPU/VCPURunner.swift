@@ -54,7 +54,7 @@ final class VCPURunner: @unchecked Sendable {
     private var timerTakenToTell: UInt8?
     /// KVM's ring of the guest's coalesced writes (only for a VM of one vCPU): posted at every exit, before it is
     /// handled, as if each had exited in turn.
-    var coalescedWrites: CoalescedWriteRing?
+    var coalescedWrites: CoalescedWriteRing? { didSet { interrupts.coalescedWrites = coalescedWrites } }
     /// How many writes came through `coalescedWrites`.
     private(set) var coalescedWriteCount: UInt64 = 0
 
