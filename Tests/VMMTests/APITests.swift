@@ -276,6 +276,7 @@ final class APITests: GuestTestCase {
         let entries = try XCTUnwrap(vcpu["kvm_run_entries"] as? Int)
         XCTAssertGreaterThan(entries, 0)
         XCTAssertGreaterThan(vcpu["kvm_run_ns"] as? Int ?? 0, 0)
+        XCTAssertEqual(vcpu["coalesced_writes"] as? Int, 0, "two vCPUs: KVM coalesces nothing")
         let exits = try XCTUnwrap(vcpu["exits"] as? [String: [String: Int]], line.description)
         XCTAssertGreaterThan(exits["io"]?["count"] ?? 0, 0, "uartstress writes its lines through port I/O")
         XCTAssertGreaterThan(exits["io"]?["vmm_ns"] ?? 0, 0)

@@ -94,6 +94,13 @@ final class GuestRunTests: GuestTestCase {
             let statistics = try XCTUnwrap(run.stderr.split(separator: "\n").first { $0.contains("vcpu statistics") }, what)
             let count = try XCTUnwrap(statistics.split(separator: " io ").last?.prefix { $0.isNumber }, String(statistics))
             portExits[what] = Int(count)
+            let coalescedCount = statistics.split(separator: "writes coalesced without an exit: ").dropFirst().first.map { Int($0.prefix { $0.isNumber }) }
+            if coalesced && vcpus == 1 {
+                // Four scratch writes a line, and each console byte's.
+                XCTAssertGreaterThanOrEqual((coalescedCount ?? 0) ?? 0, 300 * 4, String(statistics))
+            } else {
+                XCTAssertNil(coalescedCount, "\(what): \(statistics)")
+            }
         }
         // Each line: four scratch writes and reads, and each console byte's LSR read and THR write. Coalesced, only the
         // reads exit: about half the exits.

@@ -10,7 +10,8 @@ import System
 /// stamp counter per exit (CycleClock), in nanoseconds by the time they are stored.
 ///
 /// Per vCPU (a block of `stride` bytes): KVM_RUN entries, nanoseconds inside KVM_RUN, when (CLOCK_MONOTONIC) its
-/// first KVM_RUN returned (the guest had run its first instructions: start-up ends there), then per KVM exit reason
+/// first KVM_RUN returned (the guest had run its first instructions: start-up ends there), the writes KVM coalesced
+/// for it (made without an exit, posted at the next one: see CoalescedWriteRing), then per KVM exit reason
 /// (0..<`reasons`) the exits and the nanoseconds the VMM spent on them: from KVM_RUN's return to the next entry
 /// (the handler, and the interrupt injection before re-entering). So the two kinds of time add up to the vCPU's
 /// wall time, less the time it was paused by the API. An HLT's time includes the wait for the interrupt that
@@ -21,7 +22,7 @@ import System
 public final class VCPUStatistics: @unchecked Sendable {
     /// KVM exit reasons with a slot; a larger reason is not counted by reason (the vCPU stops on it anyway).
     public static let reasons = 64
-    static let headerWords = 3
+    static let headerWords = 4
     static let stride = ((headerWords + 2 * reasons) * 8 + 63) & ~63
 
     static func byteSize(vcpus: Int) -> Int { (vcpus * stride + 4095) & ~4095 }
@@ -70,6 +71,9 @@ public final class VCPUStatistics: @unchecked Sendable {
             if reason < UInt32(VCPUStatistics.reasons) { add(VCPUStatistics.headerWords + 2 * Int(reason), 1) }
         }
 
+        /// `count` more writes came through KVM's coalesced ring.
+        func coalesced(_ count: UInt64) { add(3, count) }
+
         /// The VMM spent `nanoseconds` on an exit with `reason`.
         @inline(__always)
         func handled(_ reason: UInt32, nanoseconds: UInt64) {
@@ -84,6 +88,8 @@ public final class VCPUStatistics: @unchecked Sendable {
         public var runNanoseconds: UInt64 = 0
         /// When (CLOCK_MONOTONIC ns) the first KVM_RUN returned (the earliest of the vCPUs' in a sum); 0: none yet.
         public var firstExitAt: UInt64 = 0
+        /// Writes the guest made without an exit, which KVM queued (CoalescedWriteRing).
+        public var coalescedWrites: UInt64 = 0
         /// Per KVM exit reason: exits, nanoseconds in the VMM.
         public var exits = [UInt64](repeating: 0, count: VCPUStatistics.reasons)
         public var handlingNanoseconds = [UInt64](repeating: 0, count: VCPUStatistics.reasons)
@@ -100,6 +106,7 @@ public final class VCPUStatistics: @unchecked Sendable {
         mutating func add(_ other: Totals) {
             entries &+= other.entries
             runNanoseconds &+= other.runNanoseconds
+            coalescedWrites &+= other.coalescedWrites
             if other.firstExitAt != 0 && (firstExitAt == 0 || other.firstExitAt < firstExitAt) { firstExitAt = other.firstExitAt }
             for r in 0..<VCPUStatistics.reasons {
                 exits[r] &+= other.exits[r]
@@ -114,11 +121,12 @@ public final class VCPUStatistics: @unchecked Sendable {
             }
         }
 
-        /// One line: entries and time in KVM_RUN, then exits and VMM time per reason.
+        /// One line: entries and time in KVM_RUN, then exits and VMM time per reason, then the coalesced writes.
         public var summary: String {
             let reasons = byReason.map { "\($0.name) \($0.exits) (\(Self.milliseconds($0.nanoseconds)) ms)" }
             return "KVM_RUN \(entries) entries, \(Self.milliseconds(runNanoseconds)) ms; exits: "
                 + (reasons.isEmpty ? "none" : reasons.joined(separator: ", "))
+                + (coalescedWrites > 0 ? "; writes coalesced without an exit: \(coalescedWrites)" : "")
         }
 
         static func milliseconds(_ ns: UInt64) -> String {
@@ -134,6 +142,7 @@ public final class VCPUStatistics: @unchecked Sendable {
         t.entries = word(vcpu, 0).pointee.load(ordering: .relaxed)
         t.runNanoseconds = word(vcpu, 1).pointee.load(ordering: .relaxed)
         t.firstExitAt = word(vcpu, 2).pointee.load(ordering: .relaxed)
+        t.coalescedWrites = word(vcpu, 3).pointee.load(ordering: .relaxed)
         for r in 0..<Self.reasons {
             t.exits[r] = word(vcpu, Self.headerWords + 2 * r).pointee.load(ordering: .relaxed)
             t.handlingNanoseconds[r] = word(vcpu, Self.headerWords + 2 * r + 1).pointee.load(ordering: .relaxed)

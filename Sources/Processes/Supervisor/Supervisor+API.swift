@@ -166,11 +166,12 @@ extension Supervisor {
         writeMetrics(slots)
     }
 
-    /// The `vcpu` object of a metrics line: the vCPUs' statistics summed (`kvm_run_entries`, `kvm_run_ns`, and per
-    /// exit reason `exits` and `vmm_ns`), then the same per vCPU under `vcpus`.
+    /// The `vcpu` object of a metrics line: the vCPUs' statistics summed (`kvm_run_entries`, `kvm_run_ns`,
+    /// `coalesced_writes`, and per exit reason `exits` and `vmm_ns`), then the same per vCPU under `vcpus`.
     static func vcpuMetrics(_ statistics: VCPUStatistics) -> JSONValue {
         func object(_ t: VCPUStatistics.Totals) -> [(key: String, value: JSONValue)] {
             [("kvm_run_entries", .number("\(t.entries)")), ("kvm_run_ns", .number("\(t.runNanoseconds)")),
+             ("coalesced_writes", .number("\(t.coalescedWrites)")),
              ("exits", .object(t.byReason.map { ($0.name, .object([("count", .number("\($0.exits)")), ("vmm_ns", .number("\($0.nanoseconds)"))])) }))]
         }
         // Each vCPU's block read once, the total summed from those reads: the vCPUs keep counting meanwhile, and

@@ -55,8 +55,6 @@ final class VCPURunner: @unchecked Sendable {
     /// KVM's ring of the guest's coalesced writes (only for a VM of one vCPU): posted at every exit, before it is
     /// handled, as if each had exited in turn.
     var coalescedWrites: CoalescedWriteRing? { didSet { interrupts.coalescedWrites = coalescedWrites } }
-    /// How many writes came through `coalescedWrites`.
-    private(set) var coalescedWriteCount: UInt64 = 0
 
     /// Dispatches an exit to its handler, in the spirit of KVM's kvm_vmx_exit_handlers; nil for a reason vmm
     /// does not handle. A switch, not a table of closures: no closure to fetch and retain on every exit.
@@ -202,8 +200,10 @@ final class VCPURunner: @unchecked Sendable {
     /// Posts the writes KVM queued in its coalesced ring to their devices, oldest first, as their exits would have.
     @inline(never)
     private func postCoalescedWrites() {
+        var count: UInt64 = 0
+        defer { if count > 0 { statistics.coalesced(count) } }
         coalescedWrites?.drain { write in
-            coalescedWriteCount &+= 1
+            count += 1
             if write.port {
                 devices.portWrite(UInt16(truncatingIfNeeded: write.address), size: write.size, value: write.value)
             } else {
@@ -383,7 +383,6 @@ final class VCPURunner: @unchecked Sendable {
         if devices.mirrorReads + devices.irqchipReads > 0 {
             parts.append("(LAPIC reads: \(devices.mirrorReads) from the irqchip's copy, \(devices.irqchipReads) asked)")
         }
-        if coalescedWriteCount > 0 { parts.append("(writes KVM coalesced, posted at the next exit: \(coalescedWriteCount))") }
         if devices.mirroredPortReads > 0 { parts.append("(port reads answered from the device's copy: \(devices.mirroredPortReads))") }
         return "vcpu\(vcpu.id) exits: " + (parts.isEmpty ? "none" : parts.joined(separator: ", "))
     }
