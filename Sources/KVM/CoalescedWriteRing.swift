@@ -39,13 +39,11 @@ public struct CoalescedWriteRing: @unchecked Sendable {
 
     /// Whether KVM queued anything since the last `drain`: one load from the ring's first line, on every exit.
     @inlinable @inline(__always)
-    public var isEmpty: Bool {
-        let indices = page.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .acquiring)
-        return UInt32(truncatingIfNeeded: indices) == UInt32(truncatingIfNeeded: indices >> 32)
-    }
+    public var isEmpty: Bool { position == nil }
 
     /// Where the ring stands, its two indices in one word; nil when it is empty. Another thread can tell from two
     /// readings whether KVM or the draining vCPU moved it in between.
+    @inlinable @inline(__always)
     public var position: UInt64? {
         let indices = page.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .acquiring)
         return UInt32(truncatingIfNeeded: indices) == UInt32(truncatingIfNeeded: indices >> 32) ? nil : indices

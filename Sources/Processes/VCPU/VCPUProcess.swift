@@ -81,7 +81,7 @@ public enum VCPUProcess {
                 runner.coalescedWrites = ring
                 Log.debug("coalesced writes: \(spec.routes.coalesced.count) zones")
             } else {
-                Log.debug("coalesced writes: not on this host (no KVM_CAP_COALESCED_PIO); every write exits")
+                Log.debug("coalesced writes: not on this host (no KVM_CAP_COALESCED_PIO), or more than one vCPU; every write exits")
             }
         }
         // Virtio queue notifications go from KVM straight to the device processes' eventfds.
