@@ -154,7 +154,7 @@ public final class Supervisor {
         cgroupSetup = try CgroupSetup(name: "vmm-\(getpid())", limits: cgroupLimits())
         // Removed once every helper is gone (this runs after stopAll below).
         defer {
-            finishCgroupSetup()  // a move under way would keep a directory busy
+            finishCgroupSetup(vmEnding: true)  // a move under way would keep a directory busy
             cgroup?.remove()
         }
         // Captured by the spec builders, which are kept for restarts.
@@ -477,12 +477,12 @@ public final class Supervisor {
     }
 
     /// Waits for the cgroup's set-up, if under way, and takes its outcome: the cgroup, and why the start's helpers
-    /// could not be placed, if they could not.
+    /// could not be placed, if they could not. `vmEnding`: only to remove it (see `CgroupSetup.finish`).
     @discardableResult
-    func finishCgroupSetup() -> String? {
+    func finishCgroupSetup(vmEnding: Bool = false) -> String? {
         guard let setup = cgroupSetup else { return nil }
         cgroupSetup = nil
-        let (group, failure) = setup.finish()
+        let (group, failure) = setup.finish(vmEnding: vmEnding)
         cgroup = group
         return failure
     }
@@ -601,6 +601,7 @@ public final class Supervisor {
     }
 
     func stopAll(_ slots: [Slot]) {
+        cgroupSetup?.abandon()
         let all = slots.reversed().flatMap { [$0.helper] + ($0.standby.map { [$0] } ?? []) }
         for h in all where h.ended == nil { h.process.kill(SIGKILL) }
         for h in all where h.ended == nil { h.ended = try? h.process.reap(block: true) }
