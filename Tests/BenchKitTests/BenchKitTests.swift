@@ -52,6 +52,14 @@ final class BenchKitTests: XCTestCase {
         XCTAssertNil(InterruptLatency.parse("irqlat: samples=0 delay=1 min=1 total=1"))
     }
 
+    /// The warm-up samples' line and the measured samples' line are told apart whichever comes first.
+    func testInterruptLatencyWarmupLineIsKeptApart() throws {
+        let output = "irqlat-warmup: samples=2 delay=200000 min=900000 total=2000000\nirqlat: samples=4 delay=200000 min=600000 total=3200000\n"
+        XCTAssertEqual(InterruptLatency.parse(output)?.totalCycles, 3_200_000)
+        XCTAssertEqual(InterruptLatency.parse(output, warmup: true)?.samples, 2)
+        XCTAssertNil(InterruptLatency.parse("irqlat: samples=4 delay=200000 min=600000 total=3200000", warmup: true))
+    }
+
     func testMinMedianAndRatio() {
         XCTAssertEqual(Samples([5, 1, 3]).median, 3)
         XCTAssertEqual(Samples([4, 1, 3, 2]).median, 2.5)

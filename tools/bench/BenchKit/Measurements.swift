@@ -56,14 +56,17 @@ public struct GuestTiming: Equatable, Sendable {
     }
 }
 
-/// What the interrupt-latency guest printed: "irqlat: samples=N delay=NS min=C total=C".
+/// What the interrupt-latency guest printed: "irqlat: samples=N delay=NS min=C total=C", and for its warm-up
+/// samples (taken first) the same after "irqlat-warmup: ".
 public struct InterruptLatency: Equatable, Sendable {
     public let samples: UInt64, delayNs: UInt64, minCycles: UInt64, totalCycles: UInt64
 
-    public static func parse(_ output: String) -> InterruptLatency? {
-        for line in output.split(whereSeparator: \.isNewline) where line.hasPrefix("irqlat: ") {
+    /// `warmup`: the warm-up samples' line instead of the measured ones'.
+    public static func parse(_ output: String, warmup: Bool = false) -> InterruptLatency? {
+        let prefix = warmup ? "irqlat-warmup: " : "irqlat: "
+        for line in output.split(whereSeparator: \.isNewline) where line.hasPrefix(prefix) {
             var f: [String: UInt64] = [:]
-            for field in line.dropFirst(8).split(separator: " ") {
+            for field in line.dropFirst(prefix.count).split(separator: " ") {
                 let kv = field.split(separator: "=")
                 if kv.count == 2, let v = UInt64(kv[1]) { f[String(kv[0])] = v }
             }

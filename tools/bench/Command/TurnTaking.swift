@@ -147,11 +147,13 @@ struct BareLoopCommand: ParsableCommand {
 
     @Flag(help: "Post each port write to a device thread over vmm's channel (BareVM.runPosting).") var posting = false
     @Flag(help: "With --posting: and the spin census.") var census = false
+    @Flag(help: "The interrupt baseline: the guest's local APIC timer on a timerfd the vCPU thread waits on (BareVM.runWithLocalTimer).")
+    var localTimer = false
     func run() throws {
         let vm = try BareVM(kernel: Array(try Data(contentsOf: URL(fileURLWithPath: kernel))), cmdline: cmdline)
         vm.cpu = cpu >= 0 ? cpu : nil
         vm.streamOutput = STDOUT_FILENO
-        let result = posting ? try vm.runPosting(census: census) : try vm.run()
+        let result = localTimer ? try vm.runWithLocalTimer() : posting ? try vm.runPosting(census: census) : try vm.run()
         throw ExitCode(result.exitStatus)
     }
 }
