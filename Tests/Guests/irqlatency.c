@@ -29,6 +29,18 @@ static void report(const char *prefix, uint32_t samples, uint32_t delay, uint64_
     puts("\n");
 }
 
+/* Takes `count` samples and reports them after `prefix`; `keep`: where the first 4096 go, if anywhere. */
+static void measure(const char *prefix, uint32_t count, uint32_t delay, uint64_t *keep) {
+    uint64_t total = 0, min = ~0ull;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t took = sample(delay);
+        total += took;
+        if (keep && i < 4096) keep[i] = took;
+        if (took < min) min = took;
+    }
+    report(prefix, count, delay, min, total);
+}
+
 void guest_main(uint32_t magic, struct multiboot_info *info) {
     const char *cmdline = multiboot_cmdline(magic, (uintptr_t)info);
     uint32_t samples = (uint32_t)parse_u64(cmdline_arg(cmdline, "samples"));
@@ -40,23 +52,8 @@ void guest_main(uint32_t magic, struct multiboot_info *info) {
     lapic[0xf0 / 4] = 0x1ff;
     lapic[0x3e0 / 4] = 0xb;   /* divide by 1: one tick per ns at 1 GHz */
     lapic[0x320 / 4] = 0x40;  /* one-shot */
-    if (warmup) {
-        uint64_t total = 0, min = ~0ull;
-        for (uint32_t i = 0; i < warmup; i++) {
-            uint64_t took = sample(delay);
-            total += took;
-            if (took < min) min = took;
-        }
-        report("irqlat-warmup: samples=", warmup, delay, min, total);
-    }
-    uint64_t total = 0, min = ~0ull;
-    for (uint32_t i = 0; i < samples; i++) {
-        uint64_t took = sample(delay);
-        total += took;
-        if (i < 4096) each[i] = took;
-        if (took < min) min = took;
-    }
-    report("irqlat: samples=", samples, delay, min, total);
+    if (warmup) measure("irqlat-warmup: samples=", warmup, delay, 0);
+    measure("irqlat: samples=", samples, delay, each);
     if (dump) {
         puts("irqlat-samples: ");
         for (uint32_t i = 0; i < samples && i < 4096; i++) {

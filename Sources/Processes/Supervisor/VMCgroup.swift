@@ -211,17 +211,14 @@ final class CgroupSetup: @unchecked Sendable {
                     usleep(500)
                 }
             }
-            guard !shared.abandoned.load(ordering: .relaxed) else {
-                var one: UInt64 = 1
-                _ = Glibc.write(doneFD, &one, 8)
-                return
-            }
-            do {
-                let group = try VMCgroup.create(name: name, limits: limits)
-                shared.outcome.withLock { $0.cgroup = group }
-                Log.info("helpers run in \(group.directories.joined(separator: ", "))")
-            } catch {
-                Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
+            if !shared.abandoned.load(ordering: .relaxed) {
+                do {
+                    let group = try VMCgroup.create(name: name, limits: limits)
+                    shared.outcome.withLock { $0.cgroup = group }
+                    Log.info("helpers run in \(group.directories.joined(separator: ", "))")
+                } catch {
+                    Log.info("no cgroup for this VM's helpers (\(error)); each still has its own resource limits")
+                }
             }
             if let group = shared.outcome.withLock({ $0.cgroup }) {
                 for (pid, role) in shared.helpers.withLock({ $0 }) where !shared.abandoned.load(ordering: .relaxed) {

@@ -13,6 +13,10 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "vmm-bench",
                                                     abstract: "Exit cost, start-up and memory, against a bare KVM loop and QEMU.",
                                                     subcommands: [BareLoopCommand.self])
+    /// The timer-latency guest's measured samples a run, and as many warm-up samples before them.
+    static let interruptSamples = 1000
+    /// The timer-latency rows: the measured samples' mean and best, the warm-up samples' mean.
+    static let interruptKinds = ["mean", "best", "warm-up mean"]
 
     @Option(help: "Guest port accesses per exit-cost sample.") var iterations = 1_000_000
     @Option(help: "Samples of each figure.") var repetitions = 5
@@ -240,7 +244,8 @@ struct BenchCommand: ParsableCommand {
             // tenth of vmm's samples took 0.3-4 ms (the bare loop's: a fortieth), and after that vmm's latency
             // was the bare loop's (the 200-sample means 29-42 us against 28-43 us).
             if wants("irq") && tscKHz > 0 {
-                let kernel = guestDir + "/irqlatency.elf", args = "samples=\(smoke ? 5 : 1000) delay=200000 warmup=\(smoke ? 5 : 1000)"
+                let kernel = guestDir + "/irqlatency.elf", samples = smoke ? 5 : Self.interruptSamples
+                let args = "samples=\(samples) delay=200000 warmup=\(samples)"
                 /// A run's measured samples, its warm-up samples, and why there are none.
                 typealias Latencies = (measured: InterruptLatency?, warmup: InterruptLatency?, why: String)
                 func latencies(_ output: String, _ why: String) -> Latencies {
@@ -262,11 +267,15 @@ struct BenchCommand: ParsableCommand {
                         let us = l.latencyMicroseconds(tscKHz: tscKHz)
                         add("timer interrupt latency (mean): \(name)", us.mean)
                         add("timer interrupt latency (best): \(name)", us.min)
-                        if let w = warmup { add("timer interrupt latency (warm-up mean): \(name)", w.latencyMicroseconds(tscKHz: tscKHz).mean) }
+                        if let w = warmup {
+                            add("timer interrupt latency (warm-up mean): \(name)", w.latencyMicroseconds(tscKHz: tscKHz).mean)
+                        } else {
+                            failures["timer interrupt latency (warm-up mean): \(name)"] = "no warm-up line (\(why))"
+                        }
                     } else if name.hasPrefix("qemu") {
                         unavailable.insert("timer interrupt latency (mean): \(name)")
                     } else {
-                        for kind in ["mean", "best"] { failures["timer interrupt latency (\(kind)): \(name)"] = "no latency line (\(why))" }
+                        for kind in Self.interruptKinds { failures["timer interrupt latency (\(kind)): \(name)"] = "no latency line (\(why))" }
                     }
                 }
             }
@@ -513,10 +522,10 @@ struct BenchCommand: ParsableCommand {
                     note: who == "bare KVM loop" ? "runs whose entering KVM_RUN was within 10% of the loop's fastest (the host's slow state makes every phase 1.2-1.4x at once): \(kept)" : kept)
             }
         }
-        for kind in ["mean", "best", "warm-up mean"] {
+        for kind in Self.interruptKinds {
             let bare = "timer interrupt latency (\(kind)): bare KVM loop"
             row(bare, "us", note: kind == "mean" ? "timerfd waited on by the vCPU thread, KVM_INTERRUPT; after the warm-up"
-                : kind == "warm-up mean" ? "the first 1000 samples of the run, from the VM's start" : nil)
+                : kind == "warm-up mean" ? "the first \(Self.interruptSamples) samples of the run, from the VM's start" : nil)
             row("timer interrupt latency (\(kind)): vmm", "us", baseline: bare, goal: kind == "mean" ? 1.5 : nil)
             row("timer interrupt latency (\(kind)): baseline vmm", "us", baseline: bare)
             for q in qemus {
